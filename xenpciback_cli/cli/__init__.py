@@ -1,0 +1,147 @@
+"""The ``xen-pciback`` command group: global options, lazy subcommands, and the one error boundary.
+
+Importing this module must stay cheap (only click): ``--help`` and shell completion run it on
+every keystroke. Each subcommand lives in its own module under ``xenpciback_cli.cli`` and is
+imported only when it runs. To add a command, add one line to :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from xenpciback_cli import __version__
+
+#: name -> (module under xenpciback_cli.cli, attribute, one-line help shown by ``--help``).
+#: The help text lives here so that ``xen-pciback --help`` imports no command module.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": ("demo", "command", "Show list, hide and unhide on a fresh sandbox."),
+    "list": ("list_cmd", "command", "List PCI devices with driver, state and IOMMU group."),
+    "hide": ("hide", "command", "Seize devices from their host drivers for passthrough."),
+    "unhide": ("unhide", "command", "Release seized devices, optionally rebinding the original driver."),
+    "recover": ("recover", "command", "Finish or roll back operations interrupted by a crash."),
+    "restore": ("restore", "command", "Re-seize every device in the persisted configuration (boot time)."),
+    "cmdline": ("cmdline", "command", "Print the xen-pciback.hide=... boot parameter for persisted devices."),
+    "inspect": ("inspect", "command", "Decode config space and show the guest's filtered view."),
+    "sandbox": ("sandbox", "group", "Create and drive a simulated host (no Xen needed)."),
+    "xenstore": ("xenstore", "group", "Small xenstore debugging commands (ls, read, write, rm, watch)."),
+}
+
+EXIT_CODES_HELP = (
+    "\b\nExit codes:\n  0  done\n  1  operation failed\n  2  bad usage or input\n"
+    "  3  refused for safety (--force overrides where offered)"
+)
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def __init__(self, *args: object, lazy: dict[str, tuple[str, str, str]] | None = None,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module_name, attr, _ = self.lazy[cmd_name]
+            import importlib
+
+            module = importlib.import_module(f"{__name__}.{module_name}")
+            return getattr(module, attr)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self.lazy[name][2]) for name in self.list_commands(ctx) if name in self.lazy]
+        rows += [(name, cmd.get_short_help_str())
+                 for name, cmd in sorted(self.commands.items()) if name not in self.lazy]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXIT_CODES_HELP,
+)
+@click.version_option(__version__, "--version", prog_name="xen-pciback")
+@click.option("--sandbox", "sandbox", metavar="DIR", envvar="XEN_PCIBACK_SANDBOX",
+              type=click.Path(file_okay=False), help="Act on the simulated host in DIR "
+              "(env XEN_PCIBACK_SANDBOX).")
+@click.option("--sysfs-root", metavar="PATH", envvar="XEN_PCIBACK_SYSFS_ROOT", default="/sys",
+              show_default=True, help="Where sysfs is mounted (env XEN_PCIBACK_SYSFS_ROOT).")
+@click.option("--state-dir", metavar="PATH", default=None,
+              help="Journal and state [default: /var/lib/xen-pciback, or DIR/state in a sandbox].")
+@click.option("--json", "json_output", is_flag=True, help="Machine-readable JSON output.")
+@click.option("-v", "--verbose", count=True, help="More detail; tracebacks for internal errors.")
+@click.option("--no-color", is_flag=True, envvar="NO_COLOR", help="Plain output (also NO_COLOR).")
+@click.pass_context
+def cli(ctx: click.Context, sandbox: str | None, sysfs_root: str, state_dir: str | None,
+        json_output: bool, verbose: int, no_color: bool) -> None:
+    """Administer Xen PCI passthrough on the host (dom0).
+
+    Seize devices from their host drivers, attach them to guests through xenstore, inspect
+    the config space a guest sees, and serve guests as a userspace pciback. Everything runs
+    against a simulated host with --sandbox DIR (create one with 'sandbox init DIR').
+    """
+    from xenpciback_cli.app import Application, Settings
+
+    ctx.obj = Application(Settings(
+        sandbox=sandbox,
+        sysfs_root=sysfs_root,
+        state_dir=state_dir,
+        json=json_output,
+        verbose=verbose,
+        color=not no_color and "NO_COLOR" not in os.environ,
+    ))
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"xen-pciback: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: the single boundary where errors become one line + exit code."""
+    from xenpciback_cli.errors import ExitCode, XenPcibackError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
+                  for a in args)
+    try:
+        cli.main(args=args, prog_name="xen-pciback", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as exc:  # usage errors, bad parameters
+        code = exc.exit_code if exc.exit_code else ExitCode.USAGE
+        message = exc.format_message().replace("\n", " ")
+        if isinstance(exc, click.UsageError) and exc.ctx is not None and exc.ctx.command_path:
+            message = f"{message} (see '{exc.ctx.command_path} --help')"
+        _fail(message, int(code))
+    except XenPcibackError as exc:
+        _fail(str(exc).replace("\n", " "), int(exc.exit_code))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        # Output piped into 'head' and closed: not an error worth a line.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
+        finally:
+            raise SystemExit(ExitCode.FAILED) from None
+    except Exception as exc:  # a bug: one line, traceback only with -v
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for a traceback)",
+              ExitCode.FAILED)
+    raise SystemExit(ExitCode.OK)

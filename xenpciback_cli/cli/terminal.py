@@ -1,0 +1,109 @@
+"""The terminal façade: the only place that writes to the user's terminal.
+
+It owns the rich console (imported lazily, markup and highlighting off, so device names, driver
+names and anything a guest wrote are printed inertly) and the JSON and tabulate renderings. Commands
+hand it data; they never print directly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+TABLE_FORMATS = ("rich", "plain", "simple", "github", "csv")
+
+
+class Terminal:
+    """Renders results for a person (rich) or a script (plain text, csv, JSON)."""
+
+    def __init__(self, *, color: bool = True, verbose: int = 0, stdout: Any = None,
+                 stderr: Any = None) -> None:
+        self.color = color
+        self.verbose = verbose
+        self.stdout = stdout if stdout is not None else sys.stdout
+        self.stderr = stderr if stderr is not None else sys.stderr
+        self._console: Any = None
+
+    @property
+    def is_tty(self) -> bool:
+        return bool(getattr(self.stdout, "isatty", lambda: False)())
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(file=self.stdout, markup=False, highlight=False, emoji=False,
+                                    no_color=not self.color, soft_wrap=False)
+        return self._console
+
+    # -- plain lines -------------------------------------------------------------------------
+    def line(self, text: str = "") -> None:
+        self.stdout.write(text + "\n")
+
+    def info(self, text: str) -> None:
+        """A progress or status line for a person; goes to stderr so stdout stays parseable."""
+        self.stderr.write(text + "\n")
+
+    def warn(self, text: str) -> None:
+        self.stderr.write(f"xen-pciback: warning: {text}\n")
+
+    def debug(self, text: str) -> None:
+        if self.verbose:
+            self.stderr.write(f"xen-pciback: {text}\n")
+
+    # -- structured output -------------------------------------------------------------------
+    def json(self, data: Any) -> None:
+        json.dump(data, self.stdout, indent=2, sort_keys=False, default=str)
+        self.stdout.write("\n")
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
+              fmt: str | None = None, title: str | None = None) -> None:
+        """A table: rich on a terminal (or fmt='rich'), tabulate/csv for scripts."""
+        fmt = fmt or ("rich" if self.is_tty else "plain")
+        cells = [["" if c is None else str(c) for c in row] for row in rows]
+        if fmt == "csv":
+            import csv
+
+            writer = csv.writer(self.stdout, lineterminator="\n")
+            writer.writerow(headers)
+            writer.writerows(cells)
+            return
+        if fmt == "rich":
+            from rich.table import Table
+
+            table = Table(title=title, box=None if not self.color else None, show_edge=False,
+                          header_style="bold" if self.color else "")
+            for header in headers:
+                table.add_column(header, overflow="fold")
+            for row in cells:
+                table.add_row(*row)
+            self.console.print(table)
+            return
+        from tabulate import tabulate
+
+        self.line(tabulate(cells, headers=list(headers), tablefmt=fmt, disable_numparse=True))
+
+    def progress(self, items: Iterable[T], *, total: int, description: str,
+                 threshold: int = 4) -> Iterator[T]:
+        """Iterate with a progress bar when many items go by on a terminal; silently otherwise."""
+        if total < threshold or not getattr(self.stderr, "isatty", lambda: False)():
+            yield from items
+            return
+        from rich.progress import Progress
+        from rich.console import Console
+
+        with Progress(console=Console(file=self.stderr, markup=False), transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            for item in items:
+                yield item
+                bar.advance(task)
+
+
+def terminal_for(app: Any) -> Terminal:
+    """The terminal matching the application's global options."""
+    return Terminal(color=app.settings.color, verbose=app.settings.verbose)

@@ -1,0 +1,1 @@
+"""The host model (``model``) and its adapters: real sysfs (``sysfs``) and the sandbox (``sandbox``)."""

@@ -1,0 +1,219 @@
+"""The host model: one interface over "a machine with PCI devices and a kernel that binds drivers".
+
+Two adapters implement it:
+
+* ``host.sysfs.SysfsHost`` - real sysfs under a configurable root (default ``/sys``) and procfs
+  under a configurable root (default ``/proc``). Plain file reads work on any tree, so tests point
+  it at temporary directories; pyudev is used for enumeration and names only on the real ``/sys``.
+* ``host.sandbox`` - a simulated host kept in a directory. Its tree has the same shape as real
+  sysfs/procfs (so the same reader serves it, and even ``lspci -A linux-sysfs`` can read it); its
+  writes go to a simulated kernel that applies the real kernel's semantics (unbind, bind,
+  driver_override, drivers_probe, pciback slots, reset).
+
+Every mutation of the host is a write of text to a sysfs attribute, and every one goes through
+:meth:`Host.write_attribute`. That is what makes ``--dry-run`` (record instead of write), crash
+tests (fail after the Nth write) and the journal possible without special cases.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from xenpciback_cli.pci.address import Bdf
+
+#: The Linux PCI driver name of the kernel backend (module xen-pciback registers driver "pciback").
+PCIBACK_DRIVER = "pciback"
+#: Drivers that merely hold a device for a userspace backend.
+STUB_DRIVERS = ("pciback", "pci-stub", "vfio-pci")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One line of sysfs ``resource``: a BAR, the ROM, or a bridge window."""
+
+    index: int
+    start: int
+    end: int
+    flags: int
+
+    @property
+    def size(self) -> int:
+        return 0 if self.end <= self.start and self.start == 0 else self.end - self.start + 1
+
+    @property
+    def is_io(self) -> bool:
+        return bool(self.flags & 0x100)  # IORESOURCE_IO
+
+    @property
+    def is_mem(self) -> bool:
+        return bool(self.flags & 0x200)  # IORESOURCE_MEM
+
+    @property
+    def is_64bit(self) -> bool:
+        return bool(self.flags & 0x100000)  # IORESOURCE_MEM_64
+
+    @property
+    def is_prefetchable(self) -> bool:
+        return bool(self.flags & 0x2000)  # IORESOURCE_PREFETCH
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    """What the host knows about one PCI function, as sysfs spells it."""
+
+    bdf: Bdf
+    vendor_id: int
+    device_id: int
+    class_code: int  # 24 bits: base class, subclass, prog-if
+    revision: int
+    subsystem_vendor_id: int | None = None
+    subsystem_device_id: int | None = None
+    header_type: int = 0  # low 7 bits of config byte 0x0e
+    multifunction: bool = False
+    driver: str | None = None
+    driver_override: str | None = None
+    iommu_group: int | None = None
+    numa_node: int | None = None
+    irq: int | None = None
+    boot_vga: bool | None = None
+    physfn: Bdf | None = None  # set on an SR-IOV virtual function
+    virtfns: tuple[Bdf, ...] = ()  # live VFs of an SR-IOV physical function
+    sriov_numvfs: int | None = None
+    sriov_totalvfs: int | None = None
+    resources: tuple[Resource, ...] = ()
+    reset_methods: tuple[str, ...] = ()  # sysfs reset_method, e.g. ("flr", "bus")
+    vendor_name: str | None = None
+    device_name: str | None = None
+    class_name: str | None = None
+    sysfs_path: str | None = None  # resolved path of the device directory
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.header_type == 1 or (self.class_code >> 16) == 0x06
+
+
+@dataclass(frozen=True)
+class HostUsage:
+    """Evidence that the host itself uses a device (what ``hide`` refuses to take away).
+
+    Each entry is a short human sentence naming the resource, e.g.
+    ``"block device nvme0n1p2 is mounted on /"`` or ``"network interface eth0 is up with
+    address 10.0.2.15/24"``.
+    """
+
+    block: tuple[str, ...] = ()
+    network: tuple[str, ...] = ()
+    console: tuple[str, ...] = ()
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return self.block + self.network + self.console
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.reasons)
+
+
+@dataclass
+class AttributeWrite:
+    """One sysfs write, as recorded by ``--dry-run`` and the journal."""
+
+    path: str  # relative to the sysfs root, e.g. "bus/pci/devices/0000:03:00.0/driver/unbind"
+    value: str
+
+
+WriteHook = Callable[[AttributeWrite], None]
+
+
+class Host(abc.ABC):
+    """A machine's PCI devices and its kernel's driver binding, read and changed through sysfs."""
+
+    #: Called before every write (dry-run recording, crash injection in tests). A hook that
+    #: raises stops the write.
+    write_hooks: list[WriteHook]
+
+    def __init__(self) -> None:
+        self.write_hooks = []
+        self.dry_run = False
+        self.recorded: list[AttributeWrite] = []
+
+    # -- reading -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def devices(self) -> Sequence[PciDevice]:
+        """Every PCI function, sorted by address."""
+
+    @abc.abstractmethod
+    def device(self, bdf: Bdf) -> PciDevice:
+        """One function; raises ``errors.DeviceNotFound`` if absent."""
+
+    @abc.abstractmethod
+    def read_config(self, bdf: Bdf, offset: int = 0, length: int | None = None) -> bytes:
+        """Config space bytes as this host lets us read them (real sysfs without root: 64)."""
+
+    @abc.abstractmethod
+    def loaded_drivers(self) -> frozenset[str]:
+        """Names under ``bus/pci/drivers``."""
+
+    @abc.abstractmethod
+    def supports_driver_override(self, bdf: Bdf) -> bool:
+        """Whether the kernel offers ``driver_override`` for this device."""
+
+    @abc.abstractmethod
+    def pciback_slots(self) -> Sequence[str]:
+        """Lines of ``bus/pci/drivers/pciback/slots`` (empty if pciback is not loaded)."""
+
+    @abc.abstractmethod
+    def usage(self, bdf: Bdf) -> HostUsage:
+        """What the host is using below this device (mounted filesystems, swap, up NICs, console)."""
+
+    # -- writing: everything funnels through write_attribute ---------------------------------
+    def write_attribute(self, path: str, value: str) -> None:
+        """Write ``value`` to the sysfs attribute at ``path`` (relative to the sysfs root).
+
+        In dry-run mode the write is recorded and not done. Hooks run first, in order.
+        """
+        write = AttributeWrite(path, value)
+        for hook in self.write_hooks:
+            hook(write)
+        self.recorded.append(write)
+        if not self.dry_run:
+            self._write(write)
+
+    @abc.abstractmethod
+    def _write(self, write: AttributeWrite) -> None:
+        """Actually perform one write; turn errno into typed errors with ``errors.from_oserror``."""
+
+    # Convenience writers, so the engine speaks in kernel operations, not paths.
+    def unbind(self, bdf: Bdf, driver: str) -> None:
+        self.write_attribute(f"bus/pci/drivers/{driver}/unbind", str(bdf))
+
+    def bind(self, bdf: Bdf, driver: str) -> None:
+        self.write_attribute(f"bus/pci/drivers/{driver}/bind", str(bdf))
+
+    def set_driver_override(self, bdf: Bdf, driver: str | None) -> None:
+        # The kernel clears the override on an empty write (a lone newline).
+        self.write_attribute(f"bus/pci/devices/{bdf}/driver_override", driver or "\n")
+
+    def probe(self, bdf: Bdf) -> None:
+        self.write_attribute("bus/pci/drivers_probe", str(bdf))
+
+    def pciback_new_slot(self, bdf: Bdf) -> None:
+        self.write_attribute(f"bus/pci/drivers/{PCIBACK_DRIVER}/new_slot", str(bdf))
+
+    def pciback_remove_slot(self, bdf: Bdf) -> None:
+        self.write_attribute(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf))
+
+    def reset(self, bdf: Bdf) -> None:
+        self.write_attribute(f"bus/pci/devices/{bdf}/reset", "1")
+
+
+@dataclass
+class DryRunRecorder:
+    """Collects writes without performing them (``--dry-run``)."""
+
+    writes: list[AttributeWrite] = field(default_factory=list)
+
+    def __call__(self, write: AttributeWrite) -> None:
+        self.writes.append(write)

@@ -1,0 +1,1 @@
+"""Sans-IO PCI knowledge: addresses, the spec strings administrators type, register layouts."""

@@ -1,0 +1,56 @@
+"""PCI addresses: the value type used everywhere, and parsing of the plain BDF forms.
+
+A :class:`Bdf` is an immutable (domain, bus, slot, function). It prints the way the kernel names
+devices in sysfs (``0000:03:00.0``). Parsing here covers the forms a person types for one device;
+``pci.spec`` (xl's PCI_SPEC_STRING, wildcards, the ``xen-pciback.hide=`` list) builds on it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from xenpciback_cli.errors import InputError
+
+_BDF_RE = re.compile(
+    r"^(?:(?P<domain>[0-9a-fA-F]{1,4}):)?(?P<bus>[0-9a-fA-F]{1,2}):"
+    r"(?P<slot>[0-9a-fA-F]{1,2})\.(?P<func>[0-7])$"
+)
+
+
+class Bdf(NamedTuple):
+    """A PCI function address: segment (domain), bus, slot (device) and function."""
+
+    domain: int
+    bus: int
+    slot: int
+    function: int
+
+    def __str__(self) -> str:
+        return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
+
+    @property
+    def devfn(self) -> int:
+        return (self.slot << 3) | self.function
+
+    @property
+    def xs_key(self) -> str:
+        """libxl's spelling under ``/libxl/pci``: ``DDDD-BB-DD-F``."""
+        return f"{self.domain:04x}-{self.bus:02x}-{self.slot:02x}-{self.function:x}"
+
+    @classmethod
+    def from_devfn(cls, domain: int, bus: int, devfn: int) -> Bdf:
+        return cls(domain, bus, (devfn >> 3) & 0x1F, devfn & 0x7)
+
+    @classmethod
+    def parse(cls, text: str) -> Bdf:
+        """Parse ``DDDD:BB:DD.F`` or ``BB:DD.F`` (segment 0); raise :class:`InputError` otherwise."""
+        value = text.strip()
+        match = _BDF_RE.match(value)
+        if not match:
+            raise InputError(f"invalid PCI address {text!r}: expected [DDDD:]BB:DD.F in hex, "
+                             "e.g. 0000:03:00.0")
+        slot = int(match["slot"], 16)
+        if slot > 0x1F:
+            raise InputError(f"invalid PCI address {text!r}: slot {slot:#x} is above 0x1f")
+        return cls(int(match["domain"] or "0", 16), int(match["bus"], 16), slot, int(match["func"]))
