@@ -42,6 +42,7 @@ class LazyGroup(click.Group):
                  **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.lazy = dict(lazy or {})
+        self.package = __name__
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
@@ -51,7 +52,7 @@ class LazyGroup(click.Group):
             module_name, attr, _ = self.lazy[cmd_name]
             import importlib
 
-            module = importlib.import_module(f"{__name__}.{module_name}")
+            module = importlib.import_module(f"{self.package}.{module_name}")
             return getattr(module, attr)
         return super().get_command(ctx, cmd_name)
 
