@@ -11,6 +11,7 @@ then the initial event) and RELEASE (reply, then @releaseDomain).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -132,9 +133,9 @@ class Core:
     # -- argument helpers -----------------------------------------------------------------------
     @staticmethod
     def _one_arg(payload: bytes) -> str:
-        """A single NUL-terminated string (C xenstored: no NUL means no such node)."""
+        """Exactly one NUL-terminated string, else EINVAL (as C xenstored)."""
         if not payload.endswith(b"\0") or b"\0" in payload[:-1]:
-            raise StoreError("EINVAL" if payload.endswith(b"\0") else "ENOENT")
+            raise StoreError("EINVAL")
         return payload[:-1].decode("utf-8", "surrogateescape")
 
     @staticmethod
@@ -361,12 +362,18 @@ class Core:
         self._after.append("@releaseDomain")  # after the reply, as C xenstored
         return wire.OK
 
+    @staticmethod
+    def _atoi(text: str) -> int:
+        """C xenstored reads these domain ids with atoi: leading digits, else 0."""
+        digits = re.match(r"\s*([0-9]*)", text)
+        return int(digits.group(1) or 0) if digits else 0
+
     def _get_domain_path(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
-        domid = self._domid(self._one_arg(msg.payload))
+        domid = self._atoi(self._one_arg(msg.payload))
         return f"/local/domain/{domid}\0".encode()
 
     def _is_introduced(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
-        domid = self._domid(self._one_arg(msg.payload))
+        domid = self._atoi(self._one_arg(msg.payload))
         return b"T\0" if domid in self.domains else b"F\0"
 
     def _resume(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
