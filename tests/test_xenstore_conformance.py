@@ -12,7 +12,8 @@ import xenstore_conformance as conformance
 
 
 @pytest.mark.parametrize("script", sorted(conformance.SCRIPTS))
-def test_script(xenstored_daemon, script):
+def test_script(fresh_xenstored_daemon, script):
+    xenstored_daemon = fresh_xenstored_daemon
     problems = conformance.run_script(xenstored_daemon.socket, conformance.SCRIPTS[script],
                                       xenstored_daemon.kind)
     assert problems == []
