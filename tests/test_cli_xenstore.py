@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from xenpciback_cli.xenstore.client import Perm, connect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,3 +104,25 @@ def test_missing_sandbox_is_one_line(tmp_path):
     r = xp("--sandbox", str(tmp_path / "nope"), "xenstore", "ls")
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "does not exist" in r.stderr
+
+
+def test_connect_sandbox_as_dom0_and_as_guest(tmp_path):
+    from xenpciback_cli.xenstore.client import XenstoreError
+    from xenpciback_cli.xenstore.sandbox import connect_sandbox, domain_socket_path, stop
+
+    try:
+        with connect_sandbox(tmp_path) as dom0:
+            dom0.introduce(3, 1, 1)
+            dom0.mkdir("/local/domain/3")
+            dom0.set_perms("/local/domain/3", [Perm(3, "n"), Perm(0, "r")])
+            assert os.path.exists(domain_socket_path(tmp_path, 3))
+            with connect_sandbox(tmp_path, 3) as guest:
+                guest.write("device/x", "1")
+                try:
+                    guest.write("/elsewhere", "no")
+                    raise AssertionError("a guest wrote outside its home")
+                except XenstoreError as exc:
+                    assert exc.errno_name == "EACCES"
+            assert dom0.read("/local/domain/3/device/x") == b"1"
+    finally:
+        assert stop(tmp_path) is not None
