@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from xenpciback_cli.xenstore.client import Perm, connect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +22,7 @@ def xp(*args, env=None, timeout=30):
                           text=True, timeout=timeout, env=full_env)
 
 
+@pytest.mark.realdaemon
 def test_commands_against_real_cxenstored(real_cxenstored_socket):
     sock = real_cxenstored_socket
     r = xp("xenstore", "--socket", sock, "write", "/cli/a", "va\\x01", "/cli/b/c", "deep")
@@ -43,6 +46,7 @@ def test_commands_against_real_cxenstored(real_cxenstored_socket):
     assert r.stderr == "xen-pciback: error: xenstore read /cli/b/c: ENOENT (No such file or directory)\n"
 
 
+@pytest.mark.realdaemon
 def test_watch_command_against_real_cxenstored(real_cxenstored_socket):
     sock = real_cxenstored_socket
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -63,6 +67,7 @@ def test_watch_command_against_real_cxenstored(real_cxenstored_socket):
     assert proc.returncode == 0
 
 
+@pytest.mark.realdaemon
 def test_watch_timeout_ends_quietly(real_cxenstored_socket):
     r = xp("xenstore", "--socket", real_cxenstored_socket, "watch", "/quiet", "--timeout", "0.3")
     assert r.returncode == 0

@@ -14,6 +14,8 @@ from xenstore_conformance import RawConnection
 from xenpciback_cli.xenstore import wire
 from xenpciback_cli.xenstore.wire import MessageType as T
 
+pytestmark = pytest.mark.realdaemon
+
 NAMES = ["a", "b", "c"]
 STEPS = 400
 

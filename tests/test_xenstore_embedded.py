@@ -177,3 +177,42 @@ def test_sandbox_xenstored_refuses_a_live_socket(embedded):
                           capture_output=True, text=True, timeout=30, env=embedded.env)
     assert proc.returncode == 1
     assert proc.stderr.startswith("xen-pciback: error: ") and "already listening" in proc.stderr
+
+
+def test_a_peer_that_never_reads_is_dropped_not_buffered_forever(tmp_path):
+    import socket as s
+
+    from xenpciback_cli.xenstore import wire
+    from xenpciback_cli.xenstore.daemon import server
+
+    daemon = xsdaemons.start_embedded(tmp_path / "d", extra=["--no-state"])
+    try:
+        greedy = s.socket(s.AF_UNIX)
+        greedy.connect(daemon.socket)
+        greedy.settimeout(10)
+        request = wire.encode(wire.MessageType.READ, 1, 0, b"/big\0")
+        with connect(daemon.socket) as client:
+            client.write("/big", b"x" * 4000)
+            # Ask for ~4 KiB replies without ever reading them, until the daemon gives up on us.
+            sent = 0
+            try:
+                while sent < 4 * server.MAX_PENDING:
+                    greedy.sendall(request * 64)
+                    sent += 64 * 4000
+            except OSError:
+                pass
+            assert client.read("/big") == b"x" * 4000  # everyone else is still served
+        greedy.settimeout(5)
+        drained = 0
+        while True:
+            try:
+                chunk = greedy.recv(1 << 20)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drained += len(chunk)
+        assert drained < 4 * server.MAX_PENDING  # the connection was closed, not fed forever
+        greedy.close()
+    finally:
+        daemon.stop()

@@ -21,6 +21,9 @@ from xenpciback_cli.xenstore.daemon.core import Connection, Core
 
 READ_SIZE = 65536
 BACKLOG = 128
+#: A peer that lets this much output pile up (never reads its replies or watch events) is
+#: dropped: a hostile guest must not make the daemon grow without bound.
+MAX_PENDING = 8 << 20
 
 
 class _Peer:
@@ -202,6 +205,10 @@ class Server:
                                                               frame[wire.HEADER_SIZE:]))
             peer.pending += b"".join(conn.outbox)
             conn.outbox.clear()
+            if len(peer.pending) > MAX_PENDING:
+                self._log(f"connection {conn.id}: over {MAX_PENDING} bytes unread; dropping it")
+                self._drop(peer)
+                continue
             self._flush_peer(peer)
 
     def _flush_peer(self, peer: _Peer) -> None:
