@@ -205,3 +205,15 @@ def test_fuzzed_requests_each_get_exactly_one_reply(requests):
         if path != "/":
             parent = path.rsplit("/", 1)[0] or "/"
             assert path.rsplit("/", 1)[1] in nodes[parent].children
+
+
+def test_a_bug_in_a_handler_answers_eio_and_is_kept_for_the_log(core, monkeypatch):
+    dom0 = Peer(core)
+
+    def broken(*_):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setitem(core._dispatch, T.READ, broken)
+    assert dom0.err(T.READ, b"/public\0") == "EIO"
+    assert "ZeroDivisionError" in core.internal_errors[0]
+    assert dom0.ok(T.WRITE, b"/still\0works") == b"OK\0"

@@ -74,6 +74,7 @@ class Core:
         self.domains: dict[int, Domain] = {0: Domain(0, 0, 0)}
         self.actions: list[tuple[str, int]] = []  # ("introduced"|"released", domid)
         self.dirty: set[Connection] = set()  # connections with frames waiting in their outbox
+        self.internal_errors: list[str] = []  # tracebacks of our own bugs, for the edge to log
         self._next_conn = 1
         tree = Tree(self.store, 0)
         tree.write("/tool/xenstored", b"")
@@ -125,6 +126,12 @@ class Core:
             return
         except StoreError as exc:
             self._send(conn, _encode(T.ERROR, msg.req_id, msg.tx_id, exc.name.encode() + b"\0"))
+            return
+        except Exception:  # a bug of ours must not take the daemon (and every guest) down
+            import traceback
+
+            self.internal_errors.append(traceback.format_exc())
+            self._send(conn, _encode(T.ERROR, msg.req_id, msg.tx_id, b"EIO\0"))
             return
         self._send(conn, _encode(msg.type, msg.req_id, msg.tx_id, body))
         for path in self._after:

@@ -187,6 +187,12 @@ class Server:
         except wire.ProtocolError as exc:
             self._log(f"connection {peer.conn.id}: {exc}; dropping it")
             self._drop(peer)
+        if core.internal_errors:
+            import sys
+
+            for text in core.internal_errors:
+                sys.stderr.write(f"xenstored: internal error (answered EIO):\n{text}")
+            core.internal_errors.clear()
         if core.actions:
             self._apply_actions()
         self._flush_dirty()
