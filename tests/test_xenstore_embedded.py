@@ -1,5 +1,6 @@
 """The embedded daemon as a process: per-domain sockets, save/reload, trace, and real clients
-(Debian's xenstore-utils and pyxs) talking to it unchanged."""
+(Debian's xenstore-utils and pyxs) talking to it unchanged. The real-client tests also run
+against the two real daemons, which shows the tests expect what real xenstored does."""
 
 import json
 import os
@@ -30,8 +31,8 @@ def tool(name):
     return path
 
 
-def run_tool(embedded, *argv, check=True):
-    env = dict(os.environ, XENSTORED_PATH=embedded.socket)
+def run_tool(daemon, *argv, check=True):
+    env = dict(os.environ, XENSTORED_PATH=daemon.socket)
     proc = subprocess.run([tool(argv[0]), *argv[1:]], env=env, capture_output=True, text=True,
                           timeout=20)
     if check:
@@ -39,27 +40,27 @@ def run_tool(embedded, *argv, check=True):
     return proc
 
 
-def test_xenstore_utils_round_trip(embedded):
-    run_tool(embedded, "xenstore-write", "/u/a", "one", "/u/b", "two")
-    assert run_tool(embedded, "xenstore-read", "/u/a").stdout == "one\n"
-    assert run_tool(embedded, "xenstore-list", "/u").stdout.split() == ["a", "b"]
-    run_tool(embedded, "xenstore-chmod", "/u/a", "n0", "r5")
-    out = run_tool(embedded, "xenstore-ls", "-p", "/u").stdout
+def test_xenstore_utils_round_trip(xenstored_daemon):
+    run_tool(xenstored_daemon, "xenstore-write", "/u/a", "one", "/u/b", "two")
+    assert run_tool(xenstored_daemon, "xenstore-read", "/u/a").stdout == "one\n"
+    assert run_tool(xenstored_daemon, "xenstore-list", "/u").stdout.split() == ["a", "b"]
+    run_tool(xenstored_daemon, "xenstore-chmod", "/u/a", "n0", "r5")
+    out = run_tool(xenstored_daemon, "xenstore-ls", "-p", "/u").stdout
     assert 'a = "one"' in out and "(n0,r5)" in out
-    run_tool(embedded, "xenstore-rm", "/u/a")
-    bad = run_tool(embedded, "xenstore-read", "/u/a", check=False)
+    run_tool(xenstored_daemon, "xenstore-rm", "/u/a")
+    bad = run_tool(xenstored_daemon, "xenstore-read", "/u/a", check=False)
     assert bad.returncode != 0
-    with connect(embedded.socket) as client:
+    with connect(xenstored_daemon.socket) as client:
         assert client.get_perms("/u/b") == [Perm(0, "n")]
 
 
-def test_xenstore_watch_tool(embedded):
-    env = dict(os.environ, XENSTORED_PATH=embedded.socket)
+def test_xenstore_watch_tool(xenstored_daemon):
+    env = dict(os.environ, XENSTORED_PATH=xenstored_daemon.socket)
     proc = subprocess.Popen([tool("xenstore-watch"), "-n", "2", "/uw"], env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "/uw\n"  # the initial event: its watch is in place
-        with connect(embedded.socket) as client:
+        with connect(xenstored_daemon.socket) as client:
             client.write("/uw/x", "1")
         out, _ = proc.communicate(timeout=10)
     finally:
@@ -70,13 +71,13 @@ def test_xenstore_watch_tool(embedded):
     assert proc.returncode == 0
 
 
-def test_pyxs_against_embedded(embedded):
+def test_pyxs_against_each_daemon(xenstored_daemon):
     if not Path(PYXS_PYTHON).exists() or subprocess.run(
             [PYXS_PYTHON, "-c", "import pyxs"], capture_output=True).returncode != 0:
         pytest.skip("python3-pyxs is not installed for /usr/bin/python3")
     script = f"""
 import json, pyxs
-with pyxs.Client(unix_socket_path={embedded.socket!r}) as c:
+with pyxs.Client(unix_socket_path={xenstored_daemon.socket!r}) as c:
     c[b'/py/a'] = b'v\\x00bin'
     out = {{'read': c[b'/py/a'].decode('latin-1'), 'list': [x.decode() for x in c.list(b'/py')]}}
     c.set_perms(b'/py/a', [b'b0', b'r3'])
