@@ -33,6 +33,9 @@ def command(app: object, patterns: tuple[str, ...], seized_only: bool, class_tex
     class_filter = ClassFilter.parse(class_text) if class_text is not None else None
     settings = app.settings  # type: ignore[attr-defined]
     terminal = terminal_for(app)
+    from xenpciback_cli.cli.pending import warn_pending
+
+    warn_pending(app, terminal)  # interrupted hide/unhide: one line each
     rows = inventory(app.host, state_dir=app.state_dir, patterns=parsed,  # type: ignore[attr-defined]
                      class_filter=class_filter, seized_only=seized_only)
     if settings.json:
