@@ -166,7 +166,7 @@ def test_hostile_requests_get_errors_not_crashes(core):
     assert dom0.ok(T.READ, b"/public\0") == b"hello"
 
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _paths = st.sampled_from([b"/f", b"/f/a", b"/f/a/b", b"f/rel", b"/", b"@introduceDomain", b""])
@@ -181,6 +181,7 @@ _payloads = st.one_of(
 
 
 @settings(max_examples=150, deadline=None)
+@example([(0, 0, b"", 0), (4, 0, b"/f\x00\x80\x00", 0)])  # a watch token that is not UTF-8
 @given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 3), _payloads, st.sampled_from([0, 5])),
                 max_size=40))
 def test_fuzzed_requests_each_get_exactly_one_reply(requests):

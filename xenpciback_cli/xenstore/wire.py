@@ -128,7 +128,9 @@ def check(payload: bytes) -> None:
 
 
 def to_bytes(value: bytes | str) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
+    """Strings here may carry undecodable bytes a peer sent (decoded with surrogateescape):
+    encode them back to exactly those bytes instead of failing."""
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
 
 
 def args(*items: bytes | str) -> bytes:
@@ -138,7 +140,7 @@ def args(*items: bytes | str) -> bytes:
 
 def write_payload(path: str, value: bytes | str) -> bytes:
     """WRITE is the exception: ``"path\\0value"`` with the value raw, not NUL-terminated."""
-    return path.encode() + b"\0" + to_bytes(value)
+    return to_bytes(path) + b"\0" + to_bytes(value)
 
 
 def perms_payload(perms: list[Perm] | tuple[Perm, ...]) -> bytes:
