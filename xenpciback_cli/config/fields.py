@@ -11,7 +11,7 @@ How a write is applied is the field's write handler, named by ``write_kind``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from xenpciback_cli.config.registers import XenPciErr
 
@@ -62,7 +62,7 @@ WRITE_EFFECTS = {
 }
 
 
-@dataclass
+@dataclass(eq=False, slots=True)  # identity: two fields are never the same field
 class Field:
     """One register range: where, how big, how it reads, how a write is applied."""
 
@@ -79,14 +79,20 @@ class Field:
     bar_len: int = 0
     bar_sizing_mask: int = 0
     size_known: bool = True
+    # Filled in by the overlay when it builds its tables: the bound write handler, and the read
+    # entries (key, offset, size, hardware mask) to refresh when the virtual value changes.
+    writer: Any = None
+    read_entries: tuple[tuple[int, int, int, int], ...] = ()
+    entry_cache: dict[int, dict[int, tuple[int, int]]] | None = None
+
+    width_mask: int = 0  # all ones over the field's bytes (set from size)
+
+    def __post_init__(self) -> None:
+        self.width_mask = (1 << (8 * self.size)) - 1
 
     @property
     def end(self) -> int:
         return self.offset + self.size
-
-    @property
-    def width_mask(self) -> int:
-        return (1 << (8 * self.size)) - 1
 
     def describe(self) -> dict[str, object]:
         out: dict[str, object] = {

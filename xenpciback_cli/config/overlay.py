@@ -76,6 +76,17 @@ _DENIED = int(XenPciErr.ACCESS_DENIED)
 _INVALID_READ = (_INVALID, 0)
 _WIDTH = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 _SIZES = (1, 2, 4)
+_COMMAND = int(Reg.COMMAND)
+_CACHE_LINE = int(Reg.CACHE_LINE_SIZE)
+_BIST = int(Reg.BIST)
+_DECODE = int(Command.IO | Command.MEMORY)
+_MASTER = int(Command.MASTER)
+_MWI = int(Command.INVALIDATE)
+_INTX_DISABLE = int(Command.INTX_DISABLE)
+_GUEST = int(COMMAND_GUEST_BITS)
+_NOT_GUEST = ~_GUEST & 0xFFFF
+#: Write kinds whose handler changes the field's virtual value.
+_CHANGING_KINDS = frozenset({"command", "bar", "rom"})
 
 
 @dataclass
@@ -145,6 +156,8 @@ class OverlayDevice:
     def _add(self, field: Field) -> bool:
         """Add a field unless any of its bytes already belongs to one (stricter than Linux,
         which compares only start offsets) or it leaves config space."""
+        field.offset, field.hw_mask, field.virtual = \
+            int(field.offset), int(field.hw_mask), int(field.virtual)  # no enum arithmetic later
         if field.offset < 0 or field.end > self.config_size:
             return False
         if any(self._owner[b] is not None for b in range(field.offset, field.end)):
@@ -292,7 +305,7 @@ class OverlayDevice:
                          if self._owner[b] is not None)
             raise QuirkError(f"quirk at {offset:#x} overlaps the {owner.name} field at "
                              f"{owner.offset:#x}")
-        if hasattr(self, "_read_tables"):
+        if hasattr(self, "_reads"):
             self._rebuild_tables()
         return field
 
@@ -305,49 +318,77 @@ class OverlayDevice:
         self._rebuild_tables()
 
     # -- lookup tables -----------------------------------------------------------------------
-    def _rebuild_tables(self) -> None:
-        self._read_tables: dict[int, dict[int, tuple[int, int]]] = {s: {} for s in _SIZES}
-        self._write_plans: dict[int, dict[int, tuple[Field, ...]]] = {s: {} for s in _SIZES}
-        for size in _SIZES:
-            plans = self._write_plans[size]
-            for offset in range(0, self.config_size, size):
-                self._refresh_entry(size, offset)
-                seen: list[Field] = []
-                for b in range(offset, offset + size):
-                    owner = self._owner[b]
-                    if owner is not None and owner not in seen:
-                        seen.append(owner)
-                seen.sort(key=self._fields.index)  # Linux applies fields in list order
-                plans[offset] = tuple(seen)
+    # Keys are ``offset << 3 | size``: sizes 1, 2, 4 fit in the low three bits, so a key exists
+    # only for a valid, aligned, in-range access; every other (offset, size) misses the dict.
+    # Negative offsets give negative keys (never present); sizes above 4 are refused first.
 
-    def _refresh_entry(self, size: int, offset: int) -> None:
-        hwmask = 0
-        virt = 0
-        for i in range(size):
-            owner = self._owner[offset + i]
-            if owner is None:
-                hwmask |= 0xFF << (8 * i)
-                continue
-            shift = 8 * (offset + i - owner.offset)
-            hwmask |= ((owner.hw_mask >> shift) & 0xFF) << (8 * i)
-            virt |= ((owner.virtual & ~owner.hw_mask) >> shift & 0xFF) << (8 * i)
-        self._read_tables[size][offset] = (hwmask, virt)
+    def _rebuild_tables(self) -> None:
+        self._shadow = bytearray(self.config_size)
+        for field in self._fields:
+            self._shadow[field.offset:field.end] = \
+                (field.virtual & ~field.hw_mask & field.width_mask).to_bytes(field.size, "little")
+        self._reads: dict[int, tuple[int, int]] = {}
+        self._plans: dict[int, tuple[Field, ...]] = {}
+        affected: dict[int, list[tuple[int, int, int]]] = {id(f): [] for f in self._fields}
+        for size in _SIZES:
+            for offset in range(0, self.config_size, size):
+                key = offset << 3 | size
+                hwmask = 0
+                seen: list[Field] = []
+                for i in range(size):
+                    owner = self._owner[offset + i]
+                    if owner is None:
+                        hwmask |= 0xFF << (8 * i)
+                        continue
+                    shift = 8 * (offset + i - owner.offset)
+                    hwmask |= ((owner.hw_mask >> shift) & 0xFF) << (8 * i)
+                    if owner not in seen:
+                        seen.append(owner)
+                virt = int.from_bytes(self._shadow[offset:offset + size], "little")
+                self._reads[key] = (hwmask, virt)
+                seen.sort(key=self._fields.index)  # Linux applies fields in list order
+                self._plans[key] = tuple(seen)
+                for owner in seen:
+                    affected[id(owner)].append((key, offset, size))
+        changing = [f for f in self._fields if f.write_kind in _CHANGING_KINDS]
+        for field in self._fields:
+            field.read_entries = tuple((key, offset, size, self._reads[key][0])
+                                       for key, offset, size in affected[id(field)])
+            field.writer = self._writers[field.write_kind]
+            shares = any(other is not field and other in self._plans[key]
+                         for other in changing for key, _, _ in affected[id(field)])
+            field.entry_cache = None if shares else {}
 
     def _set_virtual(self, field: Field, value: int) -> None:
-        """Change a field's virtual value and refresh the read entries that cover it."""
-        field.virtual = value & field.width_mask
-        start, end = field.offset, field.end
-        for size in _SIZES:
-            for offset in range(start - start % size, end, size):
-                self._refresh_entry(size, offset)
+        """Change a field's virtual value and refresh the read entries that cover it.
+
+        A field's virtual value takes few distinct values (a BAR: address or size mask; COMMAND:
+        what the guest writes), so the refreshed entries are cached per value and applied with
+        one dict update. That is valid because no read entry covers two fields whose virtual
+        values change (checked when the tables are built; such fields are not cached).
+        """
+        value &= field.width_mask
+        if value == field.virtual:
+            return
+        field.virtual = value
+        self._shadow[field.offset:field.offset + field.size] = \
+            (value & ~field.hw_mask & field.width_mask).to_bytes(field.size, "little")
+        cache = field.entry_cache
+        entries = cache.get(value) if cache is not None else None
+        if entries is None:
+            shadow = self._shadow
+            entries = {key: (hwmask, int.from_bytes(shadow[offset:offset + size], "little"))
+                       for key, offset, size, hwmask in field.read_entries}
+            if cache is not None and len(cache) < 32:
+                cache[value] = entries
+        self._reads.update(entries)
 
     # -- the guest's ops (hot path) ----------------------------------------------------------
     def read(self, offset: int, size: int) -> tuple[int, int]:
         """A guest ``conf_read``: ``(err, value)``; value holds only the requested bytes."""
-        table = self._read_tables.get(size)
-        if table is None:
+        if size > 4:
             return _INVALID_READ
-        entry = table.get(offset)
+        entry = self._reads.get(offset << 3 | size)
         if entry is None:
             return _INVALID_READ
         hwmask, virt = entry
@@ -360,10 +401,9 @@ class OverlayDevice:
 
     def write(self, offset: int, size: int, value: int) -> int:
         """A guest ``conf_write``: the wire error code."""
-        plans = self._write_plans.get(size)
-        if plans is None:
+        if size > 4:
             return _INVALID
-        fields = plans.get(offset)
+        fields = self._plans.get(offset << 3 | size)
         if fields is None:
             return _INVALID
         value &= _WIDTH[size]
@@ -378,6 +418,10 @@ class OverlayDevice:
                             f"(size {size}); dropped (logged once)")
                     self.dropped_writes += 1
                 return _OK
+            if len(fields) == 1:
+                field = fields[0]
+                if field.offset == offset and field.size == size:
+                    return field.writer(field, value)  # the whole field: nothing to merge
             err = _OK
             for field in fields:
                 current = self._field_value(field)
@@ -386,12 +430,20 @@ class OverlayDevice:
                     merged = (current & ~(_WIDTH[size] << shift)) | (value << shift)
                 else:
                     merged = (current & ~(_WIDTH[size] >> -shift)) | (value >> -shift)
-                result = self._writers[field.write_kind](field, merged & field.width_mask)
+                result = field.writer(field, merged & field.width_mask)
                 if result and not err:
                     err = result  # stricter than Linux: a later field cannot hide a denial
             return err
         except ConfigAccessError as exc:
             return exc.err
+
+    def op_read(self, offset: int, size: int, value: int) -> tuple[int, int]:
+        """``read`` with the op dispatcher's signature: ``handlers[0] = device.op_read``."""
+        return self.read(offset, size)
+
+    def op_write(self, offset: int, size: int, value: int) -> tuple[int, int]:
+        """``write`` with the op dispatcher's signature; a write answers value 0."""
+        return self.write(offset, size, value), 0
 
     def _field_value(self, field: Field) -> int:
         if field.hw_mask:
@@ -415,9 +467,9 @@ class OverlayDevice:
         return _OK
 
     def _w_bist(self, field: Field, value: int) -> int:
-        current = self._hw.read(Reg.BIST, 1)
+        current = self._hw.read(_BIST, 1)
         if value == BIST_START or (value & ~BIST_START) == (current & ~BIST_START):
-            self._hw.write(Reg.BIST, 1, value)
+            self._hw.write(_BIST, 1, value)
         return _OK
 
     def _decode_bits(self) -> int:
@@ -434,37 +486,37 @@ class OverlayDevice:
         return int(bits)
 
     def _w_command(self, field: Field, value: int) -> int:
-        hw = self._hw.read(Reg.COMMAND, 2)
-        decode = Command.IO | Command.MEMORY
+        # Plain ints, not the IntFlag members: enum arithmetic costs microseconds per op.
+        hw = self._hw.read(_COMMAND, 2)
         new = hw
-        if not self.enabled and value & decode:
+        if not self.enabled and value & _DECODE:
             new |= self._decode_bits()
             self.enabled = True
             self.enable_intx = True
-        elif self.enabled and not value & decode:
-            new &= ~Command.MASTER  # disabling clears bus mastering only, never decode (XSA-120)
+        elif self.enabled and not value & _DECODE:
+            new &= ~_MASTER  # disabling clears bus mastering only, never decode (XSA-120)
             self.enabled = False
             self.enable_intx = False
-        if value & Command.MASTER:
-            new |= Command.MASTER
+        if value & _MASTER:
+            new |= _MASTER
         else:
-            new &= ~Command.MASTER
-        if value & Command.INVALIDATE and not self._vcmd & Command.INVALIDATE:
-            if self._hw.read(Reg.CACHE_LINE_SIZE, 1):
-                new |= Command.INVALIDATE
+            new &= ~_MASTER
+        if value & _MWI and not self._vcmd & _MWI:
+            if self._hw.read(_CACHE_LINE, 1):
+                new |= _MWI
             else:  # MWI needs a cache line size; Linux's pci_set_mwi fails the same way
-                value &= ~Command.INVALIDATE
-        elif not value & Command.INVALIDATE and self._vcmd & Command.INVALIDATE:
-            new &= ~Command.INVALIDATE
-        if self.allow_interrupt_control and (value ^ self._vcmd) & Command.INTX_DISABLE:
-            new = (new & ~Command.INTX_DISABLE) | (value & Command.INTX_DISABLE)
+                value &= ~_MWI
+        elif not value & _MWI and self._vcmd & _MWI:
+            new &= ~_MWI
+        if self.allow_interrupt_control and (value ^ self._vcmd) & _INTX_DISABLE:
+            new = (new & ~_INTX_DISABLE) | (value & _INTX_DISABLE)
         if self.permissive or self.policy.permissive:
-            new = (value & COMMAND_GUEST_BITS) | (new & ~COMMAND_GUEST_BITS)
+            new = (value & _GUEST) | (new & ~_GUEST)
         new &= 0xFFFF
         if new != hw:
-            self._hw.write(Reg.COMMAND, 2, new)
+            self._hw.write(_COMMAND, 2, new)
         self._vcmd = value
-        self._set_virtual(field, value & ~COMMAND_GUEST_BITS)
+        self._set_virtual(field, value & _NOT_GUEST)
         return _OK
 
     def _w_bar(self, field: Field, value: int) -> int:
@@ -509,7 +561,7 @@ class OverlayDevice:
             return "msi"
         if self._msix is not None and self._hw.read(self._msix + 2, 2) & MSIX_FLAGS_ENABLE:
             return "msix"
-        if not self._hw.read(Reg.COMMAND, 2) & Command.INTX_DISABLE:
+        if not self._hw.read(_COMMAND, 2) & _INTX_DISABLE:
             return "intx"
         return "none"
 
