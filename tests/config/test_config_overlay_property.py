@@ -107,3 +107,22 @@ def test_reads_agree_with_bytewise_view(size, offset):
     for i in range(size):
         expected |= ov.read(offset + i, 1)[1] << (8 * i)
     assert value == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(min_size=64, max_size=4096), status=st.booleans(),
+       pointer=st.integers(0, 255), header=st.sampled_from([0, 1, 2, 0x7F, 0x80, 0x81]))
+def test_hostile_config_never_crashes_inspect_or_overlay(data, status, pointer, header):
+    """A device (or a dump) may hold anything: decoding and the overlay must cope."""
+    from xenpciback_cli.config.report import DeviceSource, build_report
+
+    raw = bytearray(data)
+    raw[0x0E] = header
+    raw[0x34] = pointer
+    if status:
+        raw[6] |= 0x10
+    report = build_report(DeviceSource("0000:00:00.0", bytes(raw), "fuzz"))
+    assert report["config_bytes"] == len(raw)
+    offsets = [f["offset"] for f in report["fields"]]
+    ends = [f["offset"] + f["size"] for f in report["fields"]]
+    assert all(e <= s for e, s in zip(ends, offsets[1:]))  # fields never overlap
