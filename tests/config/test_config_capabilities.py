@@ -177,3 +177,34 @@ def test_every_capability_has_a_name():
     for cap_id in range(0x35):
         assert not capabilities.ext_cap_name(cap_id).startswith("Extended Capability ID")
     assert capabilities.cap_name(0x7F) == "Capability ID 0x7f"
+
+
+def _dump_of(data: bytes, path: Path) -> Path:
+    lines = ["00:00.0 Device"] + [
+        f"{off:02x}: " + " ".join(f"{b:02x}" for b in data[off:off + 16])
+        for off in range(0, len(data), 16)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("case", ["ext-into-std", "ext-all-ones", "std-into-header",
+                                  "ext-loop", "std-broken"])
+def test_hostile_lists_agree_with_lspci(case, tmp_path, require_lspci):
+    data = _blank(4096)
+    data[0x34] = 0x40
+    data[0x40:0x44] = bytes([0x10, 0x00, 0x02, 0x00])
+    if case == "ext-into-std":
+        data[0x100:0x104] = (0x1 | (1 << 16) | (0x48 << 20)).to_bytes(4, "little")
+        data[0x48:0x4C] = (0xFFFF).to_bytes(4, "little")
+    elif case == "ext-all-ones":
+        data[0x100:0x1000] = b"\xff" * 0xF00
+    elif case == "std-into-header":
+        data[0x41] = 0x08
+    elif case == "ext-loop":
+        data[0x100:0x104] = (0x1 | (1 << 16) | (0x100 << 20)).to_bytes(4, "little")
+    elif case == "std-broken":
+        data[0x41] = 0x50
+        data[0x50:0x52] = bytes([0xFF, 0x60])
+    dump = _dump_of(bytes(data), tmp_path / "dump")
+    expected = lspci_decode(["-F", str(dump), "-vvv"])["0000:00:00.0"]
+    _compare(capabilities.walk(bytes(data)), expected, case)

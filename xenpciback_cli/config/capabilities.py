@@ -11,8 +11,8 @@ The walk follows lspci's rules (so ``inspect`` and ``lspci -vvv`` list the same 
 * standard list: only when STATUS has the capability-list bit; the pointer is at 0x34 (0x14 for a
   CardBus bridge); the low two bits of every pointer are ignored; id 0xFF means "chain broken";
 * extended list: only for devices that have a PCI Express or PCI-X capability, starting at 0x100;
-  an all-zero header ends it; id 0xFFFF means "chain broken"; the next pointer is bits 20..31
-  with the low two bits ignored.
+  an all-zero or all-ones header ends it; an id of 0xFFFF is listed like any other (lspci does so) with a
+  problem noted; the next pointer is bits 20..31 with the low two bits ignored.
 """
 
 from __future__ import annotations
@@ -252,6 +252,10 @@ def _walk_extended(data: bytes, result: CapabilityWalk) -> None:
         header = _dword(data, where)
         if header == 0:
             break
+        if header == 0xFFFFFFFF:  # nothing answering there (lspci stops silently too)
+            if where != 0x100:
+                result.problems.append(f"extended capability at {where:#05x} reads all-ones")
+            break
         if where in seen:
             result.problems.append(f"extended capability list loops back to {where:#05x}")
             break
@@ -261,9 +265,9 @@ def _walk_extended(data: bytes, result: CapabilityWalk) -> None:
             break
         seen.add(where)
         cap_id = header & 0xFFFF
-        if cap_id == 0xFFFF:
-            result.problems.append(f"extended capability list broken at {where:#05x} (id 0xffff)")
-            break
+        if cap_id == 0xFFFF:  # listed (as lspci does), but say what it probably means
+            result.problems.append(f"extended capability at {where:#05x} reads as id 0xffff "
+                                   "(no device answering, or a broken list)")
         if where < 0x100:
             result.problems.append(f"extended capability at {where:#05x} lies in standard space")
         result.extended.append(Capability(where, cap_id, ext_cap_name(cap_id), extended=True,
