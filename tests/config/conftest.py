@@ -72,7 +72,9 @@ _CAP_RE = re.compile(r"^\tCapabilities: \[([0-9a-f]+)(?: v(\d+))?\] (.*)$")
 _UNKNOWN_RE = re.compile(r"^(?:Extended )?Capability ID (0x[0-9a-f]+|[0-9a-f]+)")
 
 
-def _lspci_id(name: str, table: list) -> int | tuple[int, ...]:
+def _lspci_id(name: str, table: list) -> int | tuple[int, ...] | None:
+    if not name:
+        return None  # lspci printed no name: the offset is still compared
     unknown = _UNKNOWN_RE.match(name)
     if unknown:
         return int(unknown.group(1), 16)
@@ -92,26 +94,33 @@ def parse_lspci(text: str) -> dict[str, dict[str, list]]:
             key = f"{int(dev.group(1) or '0', 16):04x}:{dev.group(2)}:{dev.group(3)}.{dev.group(4)}"
             current = devices.setdefault(key, {"standard": [], "extended": []})
             continue
-        cap = _CAP_RE.match(line)
-        if not cap or current is None:
+        if current is None or not line.startswith("\tCapabilities: ["):
             continue
-        offset = int(cap.group(1), 16)
-        name = cap.group(3)
-        if name.startswith("<"):  # <chain looped>, <chain broken>, <access denied>: no entry
-            continue
-        if offset >= 0x100 or cap.group(2) is not None:
-            current["extended"].append((offset, _lspci_id(name, LSPCI_EXT_NAMES),
-                                        int(cap.group(2) or 0)))
-        else:
-            current["standard"].append((offset, _lspci_id(name, LSPCI_STD_NAMES)))
+        # lspci prints nothing after the offset for a few malformed capabilities, so the next
+        # entry can follow on the same line: split on every entry.
+        for piece in line.split("\tCapabilities: ")[1:]:
+            cap = _CAP_RE.match("\tCapabilities: " + piece)
+            if not cap:
+                continue
+            offset = int(cap.group(1), 16)
+            name = cap.group(3).strip()
+            if name.startswith("<"):  # <chain looped>, <chain broken>, <access denied>
+                continue
+            if offset >= 0x100 or cap.group(2) is not None:
+                current["extended"].append((offset, _lspci_id(name, LSPCI_EXT_NAMES),
+                                            int(cap.group(2) or 0)))
+            else:
+                current["standard"].append((offset, _lspci_id(name, LSPCI_STD_NAMES)))
     return devices
 
 
 def lspci_decode(args: list[str]) -> dict[str, dict[str, list]]:
-    result = subprocess.run(["lspci", *args], capture_output=True, text=True, timeout=60,
-                            check=True)
-    return parse_lspci(result.stdout)
+    result = subprocess.run(["lspci", *args], capture_output=True, timeout=60, check=True)
+    # lspci prints device-provided strings (VPD) as they are: not always UTF-8
+    return parse_lspci(result.stdout.decode("utf-8", errors="replace"))
 
 
-def id_matches(expected: int | tuple[int, ...], actual: int) -> bool:
+def id_matches(expected: int | tuple[int, ...] | None, actual: int) -> bool:
+    if expected is None:
+        return True
     return actual in expected if isinstance(expected, tuple) else actual == expected

@@ -8,6 +8,7 @@ number of steps is capped. A broken list never raises; the walk stops and says w
 
 The walk follows lspci's rules (so ``inspect`` and ``lspci -vvv`` list the same entries):
 
+* nothing for an unknown header type (not 0, 1 or 2): the pointer's place is unknown;
 * standard list: only when STATUS has the capability-list bit; the pointer is at 0x34 (0x14 for a
   CardBus bridge); the low two bits of every pointer are ignored; id 0xFF means "chain broken";
 * extended list: only for devices that have a PCI Express or PCI-X capability, starting at 0x100;
@@ -202,8 +203,12 @@ def walk(data: bytes) -> CapabilityWalk:
         result.problems.append(f"only {available} bytes of config space: no capability list")
         return result
     can_have_ext = False
+    header_type = data[Reg.HEADER_TYPE] & HEADER_TYPE_MASK
+    if header_type not in (HeaderType.NORMAL, HeaderType.BRIDGE, HeaderType.CARDBUS):
+        result.problems.append(f"unknown header type {header_type:#04x}: layout unknown, "
+                               "capabilities not walked")
+        return result
     if _word(data, Reg.STATUS) & STATUS_CAP_LIST:
-        header_type = data[Reg.HEADER_TYPE] & HEADER_TYPE_MASK
         pointer_reg = Reg.CARDBUS_CAPABILITY_LIST if header_type == HeaderType.CARDBUS \
             else Reg.CAPABILITY_LIST
         where = data[pointer_reg] & ~3
