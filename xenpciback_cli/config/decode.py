@@ -186,6 +186,9 @@ def decode_bars(data: bytes, resources: Sequence[Resource] | None = None) -> lis
     while index < count:
         offset = Reg.BAR0 + 4 * index
         raw = _d(data, offset)
+        if raw == 0xFFFFFFFF:  # nothing answering (or a broken device): not a BAR
+            index += 1
+            continue
         if raw & BAR_SPACE_IO:
             bars.append(Bar(index, offset, "io", False, False, raw & BAR_IO_ADDR_MASK,
                             _size(_resource_for(resources, index)), raw))
