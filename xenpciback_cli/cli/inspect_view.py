@@ -82,10 +82,14 @@ def render(term: Terminal, reports: list[dict[str, Any]], *, guest: bool, diff: 
                  f["guest_value"] or "?", f["write_effect"]] for f in fields]
         if rows:
             term.table(["off", "size", "field", "read", "hardware", "guest", "guest write"], rows)
+        else:
+            term.line("    (none)")
         term.line(f"  other registers: {rep['other_registers']}")
         hw = bytes.fromhex(rep["config"])
         guest_bytes = bytes.fromhex(rep["guest_config"])
         which = "guest view" if guest else "hardware"
         term.line(f"  Config space ({which}; * = differs from the "
                   f"{'hardware' if guest else 'guest view'}):")
+        if diff and hw[:len(guest_bytes)] == guest_bytes:
+            term.line("    (identical)")
         _hexdump(term, hw[:len(guest_bytes)], guest_bytes, show_guest=guest, diff=diff)
