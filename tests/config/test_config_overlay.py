@@ -418,3 +418,42 @@ def test_real_captures_build_and_survive_full_sweep(device):
         err, value = ov.read(off, 4)
         assert err == 0 and 0 <= value <= 0xFFFFFFFF
     assert ov.read(0, 2) == (0, int.from_bytes(device.data[0:2], "little"))
+
+
+def test_file_accessor_round_trip_on_a_temporary_file(tmp_path):
+    """The serve adapter, on a copy (never the real /sys)."""
+    from xenpciback_cli.config.accessor import FileConfigAccessor
+    from xenpciback_cli.host.model import PciDevice
+    from xenpciback_cli.pci.address import Bdf
+
+    image = tmp_path / "config"
+    image.write_bytes(bytes(make_config()))
+    device = PciDevice(Bdf(0, 3, 0, 0), 0x8086, 0x10D3, 0x020000, 1, irq=17, resources=RESOURCES)
+    with FileConfigAccessor(str(image), writable=True) as hw:
+        ov = OverlayDevice.for_device(hw, device, policy=Policy())
+        assert ov.read(0x3C, 1) == (0, 17)
+        assert ov.write(0x0C, 1, 0x20) == 0
+        assert ov.read(0x2000, 4) == (INVALID, 0)
+    assert image.read_bytes()[0x0C] == 0x20
+    short = tmp_path / "short"
+    short.write_bytes(bytes(make_config())[:64])  # what a non-root reader gets
+    with FileConfigAccessor(str(short)) as hw:
+        assert hw.read(0, 4) == 0x10D38086
+        with pytest.raises(Exception) as exc:
+            hw.read(0x40, 4)
+        assert exc.value.err == XenPciErr.OP_FAILED
+        with pytest.raises(Exception) as exc:
+            hw.write(0, 2, 0)
+        assert exc.value.err == XenPciErr.ACCESS_DENIED
+
+
+def test_overlay_over_a_short_readable_device(tmp_path):
+    from xenpciback_cli.config.accessor import FileConfigAccessor
+
+    short = tmp_path / "short"
+    short.write_bytes(bytes(make_config())[:64])
+    with FileConfigAccessor(str(short)) as hw:
+        ov = OverlayDevice(hw, resources=RESOURCES, policy=Policy())
+        assert ov.read(0, 4) == (0, 0x10D38086)
+        assert ov.read(0x40, 4) == (XenPciErr.OP_FAILED, 0)  # the error reaches the guest
+        assert ov.write(0x0C, 1, 0) == XenPciErr.ACCESS_DENIED  # read-only accessor

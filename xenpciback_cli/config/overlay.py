@@ -68,7 +68,7 @@ from xenpciback_cli.config.registers import (
     Reg,
     XenPciErr,
 )
-from xenpciback_cli.host.model import Resource
+from xenpciback_cli.host.model import PciDevice, Resource
 
 _OK = 0
 _INVALID = int(XenPciErr.INVALID_OFFSET)
@@ -122,7 +122,8 @@ class OverlayDevice:
         self.allow_interrupt_control = allow_interrupt_control
         self.policy = policy if policy is not None else GLOBAL_POLICY
         self.resources = None if resources is None else tuple(resources)
-        snapshot = b"".join(hw.read(o, 4).to_bytes(4, "little") for o in range(0, CONFIG_SIZE, 4))
+        snapshot = b"".join(_read_or_ones(hw, o).to_bytes(4, "little")
+                            for o in range(0, CONFIG_SIZE, 4))
         self.header_type = snapshot[Reg.HEADER_TYPE] & HEADER_TYPE_MASK
         self.caps = capabilities.walk(snapshot)
         if config_size is None:
@@ -151,6 +152,13 @@ class OverlayDevice:
         for quirk in quirks:
             self.add_quirk(quirk)
         self._rebuild_tables()
+
+    @classmethod
+    def for_device(cls, hw: HardwareAccessor, device: PciDevice, **options: object) -> OverlayDevice:
+        """The overlay for a host device: resources, dom0 IRQ and the kernel's cached ids from
+        the host model (an SR-IOV VF reads all-ones for its ids in hardware)."""
+        return cls(hw, resources=device.resources, vendor_id=device.vendor_id,
+                   device_id=device.device_id, irq=device.irq or 0, **options)  # type: ignore[arg-type]
 
     # -- building the field table ----------------------------------------------------------
     def _add(self, field: Field) -> bool:
@@ -613,6 +621,14 @@ class OverlayDevice:
             err, value = self.read(offset, 4)
             out += (value if err == 0 else 0xFFFFFFFF).to_bytes(4, "little")
         return bytes(out)
+
+
+def _read_or_ones(hw: HardwareAccessor, offset: int) -> int:
+    """A dword for building the field table; unreadable reads as all-ones (no capability)."""
+    try:
+        return hw.read(offset, 4)
+    except ConfigAccessError:
+        return 0xFFFFFFFF
 
 
 def _res_size(res: Resource | None) -> int:
