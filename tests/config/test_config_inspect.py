@@ -176,3 +176,29 @@ def test_this_machine_inspect_matches_lspci(capsys, require_lspci):
         assert [c["offset"] for c in rep["capabilities"]] == [o for o, _ in want["standard"]]
         assert [c["offset"] for c in rep["extended_capabilities"]] == \
             [o for o, _, _ in want["extended"]]
+
+
+def test_inspect_real_host_devices_through_the_host_model(capsys, require_lspci):
+    """The real-device path (SysfsHost, read-only) agrees with lspci -vvv, sizes included."""
+    pytest.importorskip("xenpciback_cli.host.sysfs")
+    root = Path("/sys/bus/pci/devices")
+    names = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if not names:
+        pytest.skip("no PCI devices")
+    from test_config_decode import lspci_regions
+
+    code, out, err = run(capsys, "--json", "inspect", *names)
+    assert code == 0, err
+    reports = {r["bdf"]: r for r in json.loads(out)}
+    regions = lspci_regions(["-vvv", "-D"])
+    for name in names:
+        rep = reports[name]
+        want = lspci_decode(["-vvv", "-D", "-s", name])[name]
+        if rep["config_bytes"] > 64:
+            assert [c["offset"] for c in rep["capabilities"]] == [o for o, _ in want["standard"]]
+            assert [c["offset"] for c in rep["extended_capabilities"]] == \
+                [o for o, _, _ in want["extended"]]
+        else:
+            assert any("64 bytes" in n for n in rep["notes"])
+        got = [(b["index"], b["type"], b["size"]) for b in rep["bars"]]
+        assert got == [(r[0], r[1], r[5]) for r in regions.get(name, [])]
