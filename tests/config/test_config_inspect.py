@@ -13,7 +13,7 @@ from xenpciback_cli.cli import main
 from xenpciback_cli.config.report import build_report
 from xenpciback_cli.config.sources import collect_sources
 from xenpciback_cli.errors import DeviceNotFound, InputError
-from xenpciback_cli.host.model import Host, PciDevice, Resource
+from xenpciback_cli.host.model import Host, PciDevice
 from xenpciback_cli.pci.address import Bdf
 
 
