@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from xenpciback_cli.errors import OperationFailed
+from xenpciback_cli.errors import InputError, OperationFailed
 from xenpciback_cli.pci.address import Bdf
 
 RECORDS_FILE = "seized.json"
@@ -71,7 +71,7 @@ def load_records(state_dir: str | os.PathLike[str]) -> dict[Bdf, SeizeRecord]:
         data = json.loads(text)
         entries = data["devices"]
         records = [SeizeRecord.from_json(entry) for entry in entries]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, InputError) as exc:
         raise OperationFailed(f"the seize records {path} are corrupt ({exc}); move the file "
                               "aside and run 'xen-pciback recover'") from None
     return {record.bdf: record for record in records}

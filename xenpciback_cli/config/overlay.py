@@ -1,0 +1,647 @@
+"""The overlay engine: what a guest reads from, and writes to, one passed-through device.
+
+Sans-IO. An :class:`OverlayDevice` is built when a device is exported, from a hardware accessor
+and the device's resources; the backend then feeds it guest ``conf_read``/``conf_write`` ops and
+sends back ``(err, value)``. It follows Linux pciback's field model (spec §4) and is stricter on
+purpose where Linux is sloppy (docs/linux-differences.md):
+
+* offsets outside the device's config space, negative offsets, misaligned accesses and sizes other
+  than 1, 2, 4 are ``XEN_PCI_ERR_invalid_offset`` - checked by a single table lookup;
+* a read returns only the bytes asked for;
+* quirk masks are enforced, and a quirk that would overlap a field is refused, not ignored;
+* MSI/MSI-X enable bits never reach hardware through config writes, even in permissive mode
+  (the enable ops do that), and the MSI/MSI-X register bodies are read-only even in permissive mode;
+* when several fields are written by one access, the first error is kept.
+
+Read path: for each valid (size, offset) a precomputed pair (bits read from hardware, virtual
+value of the rest). Emulated and constant fields therefore cost two dict lookups and touch no
+hardware; the pairs are refreshed for the few affected entries whenever a virtual value changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from xenpciback_cli.config import capabilities
+from xenpciback_cli.config.fields import (
+    READ_CONSTANT,
+    READ_EMULATED,
+    READ_HARDWARE,
+    READ_MIXED,
+    ConfigAccessError,
+    Field,
+    HardwareAccessor,
+    QuirkError,
+)
+from xenpciback_cli.config.registers import (
+    BAR_MEM_TYPE_64,
+    BAR_MEM_TYPE_MASK,
+    BAR_SPACE_IO,
+    BIST_START,
+    COMMAND_GUEST_BITS,
+    CONFIG_SIZE,
+    EXT_CONFIG_SIZE,
+    HEADER_TYPE_MASK,
+    IORESOURCE_DISABLED,
+    IORESOURCE_IO,
+    IORESOURCE_MEM,
+    IORESOURCE_MEM_64,
+    IORESOURCE_UNSET,
+    MSI_FLAGS_64BIT,
+    MSI_FLAGS_ENABLE,
+    MSI_FLAGS_MASKBIT,
+    MSIX_FLAGS_ENABLE,
+    MSIX_FLAGS_MASKALL,
+    PM_CAP_D1,
+    PM_CAP_D2,
+    PM_CAP_PME_MASK,
+    PM_CTRL_DATA_SEL_MASK,
+    PM_CTRL_PME_ENABLE,
+    PM_CTRL_PME_STATUS,
+    PM_CTRL_STATE_MASK,
+    ROM_RESOURCE_INDEX,
+    VPD_ADDR_F,
+    CapId,
+    Command,
+    HeaderType,
+    Reg,
+    XenPciErr,
+)
+from xenpciback_cli.host.model import PciDevice, Resource
+
+_OK = 0
+_INVALID = int(XenPciErr.INVALID_OFFSET)
+_DENIED = int(XenPciErr.ACCESS_DENIED)
+_INVALID_READ = (_INVALID, 0)
+_WIDTH = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+_SIZES = (1, 2, 4)
+_COMMAND = int(Reg.COMMAND)
+_CACHE_LINE = int(Reg.CACHE_LINE_SIZE)
+_BIST = int(Reg.BIST)
+_DECODE = int(Command.IO | Command.MEMORY)
+_MASTER = int(Command.MASTER)
+_MWI = int(Command.INVALIDATE)
+_INTX_DISABLE = int(Command.INTX_DISABLE)
+_GUEST = int(COMMAND_GUEST_BITS)
+_NOT_GUEST = ~_GUEST & 0xFFFF
+#: Write kinds whose handler changes the field's virtual value.
+_CHANGING_KINDS = frozenset({"command", "bar", "rom"})
+
+
+@dataclass
+class Policy:
+    """Settings shared by every device: Linux's module parameter ``permissive``."""
+
+    permissive: bool = False
+
+
+#: The process-wide policy (``xen-pciback.permissive`` equivalent).
+GLOBAL_POLICY = Policy()
+
+
+@dataclass(frozen=True)
+class Quirk:
+    """An extra pass-through register: guest writes reach hardware only under ``mask``."""
+
+    offset: int
+    size: int
+    mask: int
+
+
+class OverlayDevice:
+    """One exported device's config space as its guest sees it."""
+
+    def __init__(self, hw: HardwareAccessor, *, resources: Sequence[Resource] | None = None,
+                 config_size: int | None = None, vendor_id: int | None = None,
+                 device_id: int | None = None, irq: int = 0, permissive: bool = False,
+                 allow_interrupt_control: bool = False, quirks: Iterable[Quirk] = (),
+                 policy: Policy | None = None) -> None:
+        self._hw = hw
+        self.permissive = permissive
+        self.allow_interrupt_control = allow_interrupt_control
+        self.policy = policy if policy is not None else GLOBAL_POLICY
+        self.resources = None if resources is None else tuple(resources)
+        snapshot = b"".join(_read_or_ones(hw, o).to_bytes(4, "little")
+                            for o in range(0, CONFIG_SIZE, 4))
+        self.header_type = snapshot[Reg.HEADER_TYPE] & HEADER_TYPE_MASK
+        self.caps = capabilities.walk(snapshot)
+        if config_size is None:
+            config_size = EXT_CONFIG_SIZE if self.caps.find(CapId.EXP) or \
+                self.caps.find(CapId.PCIX) else CONFIG_SIZE
+        if config_size not in (CONFIG_SIZE, EXT_CONFIG_SIZE):
+            raise ValueError(f"config size must be 256 or 4096, not {config_size}")
+        self.config_size = config_size
+        self.vendor_id = int.from_bytes(snapshot[0:2], "little") if vendor_id is None else vendor_id
+        self.device_id = int.from_bytes(snapshot[2:4], "little") if device_id is None else device_id
+        self.irq = irq
+        self.enabled = False  # Linux: the device is disabled after being seized
+        self.enable_intx = False  # fake-IRQ handler wanted (spec §3.7)
+        self.dropped_writes = 0
+        self.events: list[str] = []
+        self._fields: list[Field] = []
+        self._owner: list[Field | None] = [None] * config_size
+        self._writers = {
+            "drop": self._w_drop, "readonly": self._w_drop, "hardware": self._w_hardware,
+            "masked": self._w_masked, "command": self._w_command, "bist": self._w_bist,
+            "bar": self._w_bar, "rom": self._w_bar, "vpd_address": self._w_vpd_address,
+            "pmcsr": self._w_pmcsr, "msi_flags": self._w_msi_flags,
+            "msix_flags": self._w_msix_flags,
+        }
+        self._build(snapshot)
+        for quirk in quirks:
+            self.add_quirk(quirk)
+        self._rebuild_tables()
+
+    @classmethod
+    def for_device(cls, hw: HardwareAccessor, device: PciDevice, **options: object) -> OverlayDevice:
+        """The overlay for a host device: resources, dom0 IRQ and the kernel's cached ids from
+        the host model (an SR-IOV VF reads all-ones for its ids in hardware)."""
+        return cls(hw, resources=device.resources, vendor_id=device.vendor_id,
+                   device_id=device.device_id, irq=device.irq or 0, **options)  # type: ignore[arg-type]
+
+    # -- building the field table ----------------------------------------------------------
+    def _add(self, field: Field) -> bool:
+        """Add a field unless any of its bytes already belongs to one (stricter than Linux,
+        which compares only start offsets) or it leaves config space."""
+        field.offset, field.hw_mask, field.virtual = \
+            int(field.offset), int(field.hw_mask), int(field.virtual)  # no enum arithmetic later
+        if field.offset < 0 or field.end > self.config_size:
+            return False
+        if any(self._owner[b] is not None for b in range(field.offset, field.end)):
+            return False
+        self._fields.append(field)
+        for b in range(field.offset, field.end):
+            self._owner[b] = field
+        return True
+
+    def _const(self, offset: int, size: int, name: str, value: int,
+               kind: str = READ_CONSTANT) -> None:
+        self._add(Field(offset, size, name, kind, 0, value, "drop"))
+
+    def _hwf(self, offset: int, size: int, name: str, write_kind: str = "drop") -> None:
+        self._add(Field(offset, size, name, READ_HARDWARE, _WIDTH[size], 0, write_kind))
+
+    def _build(self, snap: bytes) -> None:
+        hw_command = int.from_bytes(snap[4:6], "little")
+        self._const(Reg.VENDOR_ID, 2, "vendor ID", self.vendor_id)
+        self._const(Reg.DEVICE_ID, 2, "device ID", self.device_id)
+        self._vcmd = hw_command
+        self._add(Field(Reg.COMMAND, 2, "command", READ_MIXED, int(COMMAND_GUEST_BITS),
+                        hw_command & ~COMMAND_GUEST_BITS & 0xFFFF, "command"))
+        self._hwf(Reg.CACHE_LINE_SIZE, 1, "cache line size", "hardware")
+        self._hwf(Reg.LATENCY_TIMER, 1, "latency timer")
+        self._hwf(Reg.BIST, 1, "BIST", "bist")
+        self._const(Reg.INTERRUPT_LINE, 1, "interrupt line", self.irq & 0xFF)
+        self._hwf(Reg.INTERRUPT_PIN, 1, "interrupt pin")
+        if self.header_type in (HeaderType.NORMAL, HeaderType.BRIDGE):
+            self._build_bars(snap)
+        for cap_id, builder in ((CapId.VPD, self._build_vpd), (CapId.PM, self._build_pm),
+                                (CapId.MSI, self._build_msi), (CapId.MSIX, self._build_msix)):
+            cap = self.caps.find(cap_id)
+            if cap is not None and cap.offset >= 0x40:  # Linux ignores pointers into the header
+                self._hwf(cap.offset, 2, f"{cap.name} capability header")
+                builder(cap.offset, snap)
+
+    def _resource(self, index: int) -> Resource | None:
+        if self.resources is None:
+            return None
+        return next((r for r in self.resources if r.index == index), None)
+
+    def _build_bars(self, snap: bytes) -> None:
+        count = 6 if self.header_type == HeaderType.NORMAL else 2
+        previous_64 = False
+        for pos in range(count):
+            offset = Reg.BAR0 + 4 * pos
+            raw = int.from_bytes(snap[offset:offset + 4], "little")
+            field = Field(offset, 4, f"BAR{pos}", READ_EMULATED, 0, 0, "bar")
+            if self.resources is None:
+                # No resource information (a dump or image): show the address, size unknown.
+                field.size_known = False
+                field.bar_val = raw
+                field.bar_len = 0
+                upper = previous_64
+                previous_64 = not upper and not raw & BAR_SPACE_IO and \
+                    (raw & BAR_MEM_TYPE_MASK) == BAR_MEM_TYPE_64
+            else:
+                lower = self._resource(pos - 1) if pos else None
+                upper = lower is not None and bool(lower.flags & IORESOURCE_MEM) and \
+                    bool(lower.flags & IORESOURCE_MEM_64)
+                if upper:
+                    size = _res_size(lower)
+                    field.bar_val = (lower.start >> 32) & 0xFFFFFFFF
+                    field.bar_len = ((-size) >> 32) & 0xFFFFFFFF if size else 0
+                else:
+                    field.bar_val, field.bar_len = _bar_values(self._resource(pos))
+            raw_is_io = bool(field.bar_val & BAR_SPACE_IO) if not upper else False
+            field.bar_sizing_mask = 0 if upper else (0x3 if raw_is_io else 0xF)
+            if upper:
+                field.name = f"BAR{pos} (upper half of BAR{pos - 1})"
+            field.virtual = field.bar_val
+            self._add(field)
+        rom_offset = Reg.ROM_ADDRESS if self.header_type == HeaderType.NORMAL \
+            else Reg.BRIDGE_ROM_ADDRESS
+        rom = Field(rom_offset, 4, "expansion ROM", READ_EMULATED, 0, 0, "rom")
+        rom.bar_sizing_mask = 0x7FF
+        if self.resources is None:
+            rom.size_known = False
+            rom.bar_val = int.from_bytes(snap[rom_offset:rom_offset + 4], "little")
+        else:
+            rom.bar_val, rom.bar_len = _bar_values(self._resource(ROM_RESOURCE_INDEX))
+        rom.virtual = rom.bar_val
+        self._add(rom)
+
+    def _build_vpd(self, pos: int, snap: bytes) -> None:
+        self._hwf(pos + 2, 2, "VPD address", "vpd_address")
+        self._hwf(pos + 4, 4, "VPD data")
+
+    def _build_pm(self, pos: int, snap: bytes) -> None:
+        self._pm = pos
+        self._add(Field(pos + 2, 2, "PM capabilities", READ_MIXED, ~PM_CAP_PME_MASK & 0xFFFF, 0,
+                        "drop"))
+        self._hwf(pos + 4, 2, "PM control/status", "pmcsr")
+        self._hwf(pos + 6, 1, "PM bridge extensions")
+        self._hwf(pos + 7, 1, "PM data")
+        pmcsr = self._hw.read(pos + 4, 2)
+        if pmcsr & PM_CTRL_PME_ENABLE:  # a guest must not get wake-ups armed by the host
+            self._hw.write(pos + 4, 2, pmcsr & ~PM_CTRL_PME_ENABLE & ~PM_CTRL_PME_STATUS)
+
+    def _build_msi(self, pos: int, snap: bytes) -> None:
+        self._msi = pos
+        flags = int.from_bytes(snap[pos + 2:pos + 4], "little")
+        self._hwf(pos + 2, 2, "MSI message control", "msi_flags")
+        self._ro(pos + 4, 4, "MSI address")
+        at = pos + 8
+        if flags & MSI_FLAGS_64BIT:
+            self._ro(at, 4, "MSI upper address")
+            at += 4
+        self._ro(at, 2, "MSI data")
+        if flags & MSI_FLAGS_MASKBIT:
+            self._ro(at + 4, 4, "MSI mask bits")
+            self._ro(at + 8, 4, "MSI pending bits")
+
+    def _build_msix(self, pos: int, snap: bytes) -> None:
+        self._msix = pos
+        self._hwf(pos + 2, 2, "MSI-X message control", "msix_flags")
+        self._ro(pos + 4, 4, "MSI-X table offset/BIR")
+        self._ro(pos + 8, 4, "MSI-X PBA offset/BIR")
+
+    def _ro(self, offset: int, size: int, name: str) -> None:
+        self._add(Field(offset, size, name, READ_HARDWARE, _WIDTH[size], 0, "readonly"))
+
+    _pm: int | None = None
+    _msi: int | None = None
+    _msix: int | None = None
+
+    # -- quirks ------------------------------------------------------------------------------
+    def add_quirk(self, quirk: Quirk) -> Field:
+        """Add a pass-through register with an enforced write mask (sysfs ``quirks``)."""
+        offset, size, mask = quirk.offset, quirk.size, quirk.mask
+        if size not in _SIZES:
+            raise QuirkError(f"quirk size must be 1, 2 or 4, not {size}")
+        if offset < 0 or offset + size > self.config_size:
+            raise QuirkError(f"quirk at {offset:#x} is outside the {self.config_size}-byte "
+                             "config space")
+        if offset % size:
+            raise QuirkError(f"quirk at {offset:#x} is not aligned to its size {size}")
+        if mask & ~_WIDTH[size] or mask < 0:
+            raise QuirkError(f"quirk mask {mask:#x} does not fit in {size} bytes")
+        field = Field(offset, size, f"quirk {offset:#05x}", READ_HARDWARE, _WIDTH[size], 0,
+                      "masked", mask=mask)
+        if not self._add(field):
+            owner = next(self._owner[b] for b in range(offset, offset + size)
+                         if self._owner[b] is not None)
+            raise QuirkError(f"quirk at {offset:#x} overlaps the {owner.name} field at "
+                             f"{owner.offset:#x}")
+        if hasattr(self, "_reads"):
+            self._rebuild_tables()
+        return field
+
+    def remove_quirks(self) -> None:
+        """Drop every quirk (Linux does so on guest detach)."""
+        for field in [f for f in self._fields if f.write_kind == "masked"]:
+            self._fields.remove(field)
+            for b in range(field.offset, field.end):
+                self._owner[b] = None
+        self._rebuild_tables()
+
+    # -- lookup tables -----------------------------------------------------------------------
+    # Keys are ``offset << 3 | size``: sizes 1, 2, 4 fit in the low three bits, so a key exists
+    # only for a valid, aligned, in-range access; every other (offset, size) misses the dict.
+    # Negative offsets give negative keys (never present); sizes above 4 are refused first.
+
+    def _rebuild_tables(self) -> None:
+        self._shadow = bytearray(self.config_size)
+        for field in self._fields:
+            self._shadow[field.offset:field.end] = \
+                (field.virtual & ~field.hw_mask & field.width_mask).to_bytes(field.size, "little")
+        self._reads: dict[int, tuple[int, int]] = {}
+        self._plans: dict[int, tuple[Field, ...]] = {}
+        affected: dict[int, list[tuple[int, int, int]]] = {id(f): [] for f in self._fields}
+        for size in _SIZES:
+            for offset in range(0, self.config_size, size):
+                key = offset << 3 | size
+                hwmask = 0
+                seen: list[Field] = []
+                for i in range(size):
+                    owner = self._owner[offset + i]
+                    if owner is None:
+                        hwmask |= 0xFF << (8 * i)
+                        continue
+                    shift = 8 * (offset + i - owner.offset)
+                    hwmask |= ((owner.hw_mask >> shift) & 0xFF) << (8 * i)
+                    if owner not in seen:
+                        seen.append(owner)
+                virt = int.from_bytes(self._shadow[offset:offset + size], "little")
+                self._reads[key] = (hwmask, virt)
+                seen.sort(key=self._fields.index)  # Linux applies fields in list order
+                self._plans[key] = tuple(seen)
+                for owner in seen:
+                    affected[id(owner)].append((key, offset, size))
+        changing = [f for f in self._fields if f.write_kind in _CHANGING_KINDS]
+        for field in self._fields:
+            field.read_entries = tuple((key, offset, size, self._reads[key][0])
+                                       for key, offset, size in affected[id(field)])
+            field.writer = self._writers[field.write_kind]
+            shares = any(other is not field and other in self._plans[key]
+                         for other in changing for key, _, _ in affected[id(field)])
+            field.entry_cache = None if shares else {}
+
+    def _set_virtual(self, field: Field, value: int) -> None:
+        """Change a field's virtual value and refresh the read entries that cover it.
+
+        A field's virtual value takes few distinct values (a BAR: address or size mask; COMMAND:
+        what the guest writes), so the refreshed entries are cached per value and applied with
+        one dict update. That is valid because no read entry covers two fields whose virtual
+        values change (checked when the tables are built; such fields are not cached).
+        """
+        value &= field.width_mask
+        if value == field.virtual:
+            return
+        field.virtual = value
+        self._shadow[field.offset:field.offset + field.size] = \
+            (value & ~field.hw_mask & field.width_mask).to_bytes(field.size, "little")
+        cache = field.entry_cache
+        entries = cache.get(value) if cache is not None else None
+        if entries is None:
+            shadow = self._shadow
+            entries = {key: (hwmask, int.from_bytes(shadow[offset:offset + size], "little"))
+                       for key, offset, size, hwmask in field.read_entries}
+            if cache is not None and len(cache) < 32:
+                cache[value] = entries
+        self._reads.update(entries)
+
+    # -- the guest's ops (hot path) ----------------------------------------------------------
+    def read(self, offset: int, size: int) -> tuple[int, int]:
+        """A guest ``conf_read``: ``(err, value)``; value holds only the requested bytes."""
+        if size > 4:
+            return _INVALID_READ
+        entry = self._reads.get(offset << 3 | size)
+        if entry is None:
+            return _INVALID_READ
+        hwmask, virt = entry
+        if hwmask:
+            try:
+                return _OK, (self._hw.read(offset, size) & hwmask) | virt
+            except ConfigAccessError as exc:
+                return exc.err, 0
+        return _OK, virt
+
+    def write(self, offset: int, size: int, value: int) -> int:
+        """A guest ``conf_write``: the wire error code."""
+        if size > 4:
+            return _INVALID
+        fields = self._plans.get(offset << 3 | size)
+        if fields is None:
+            return _INVALID
+        value &= _WIDTH[size]
+        try:
+            if not fields:
+                if self.permissive or self.policy.permissive:
+                    self._hw.write(offset, size, value)
+                else:
+                    if not self.dropped_writes:
+                        self.events.append(
+                            f"guest tried to write to read-only config space at {offset:#x} "
+                            f"(size {size}); dropped (logged once)")
+                    self.dropped_writes += 1
+                return _OK
+            if len(fields) == 1:
+                field = fields[0]
+                if field.offset == offset and field.size == size:
+                    return field.writer(field, value)  # the whole field: nothing to merge
+            err = _OK
+            for field in fields:
+                current = self._field_value(field)
+                shift = 8 * (offset - field.offset)
+                if shift >= 0:
+                    merged = (current & ~(_WIDTH[size] << shift)) | (value << shift)
+                else:
+                    merged = (current & ~(_WIDTH[size] >> -shift)) | (value >> -shift)
+                result = field.writer(field, merged & field.width_mask)
+                if result and not err:
+                    err = result  # stricter than Linux: a later field cannot hide a denial
+            return err
+        except ConfigAccessError as exc:
+            return exc.err
+
+    def op_read(self, offset: int, size: int, value: int) -> tuple[int, int]:
+        """``read`` with the op dispatcher's signature: ``handlers[0] = device.op_read``."""
+        return self.read(offset, size)
+
+    def op_write(self, offset: int, size: int, value: int) -> tuple[int, int]:
+        """``write`` with the op dispatcher's signature; a write answers value 0."""
+        return self.write(offset, size, value), 0
+
+    def _field_value(self, field: Field) -> int:
+        if field.hw_mask:
+            return (self._hw.read(field.offset, field.size) & field.hw_mask) | \
+                (field.virtual & ~field.hw_mask)
+        return field.virtual
+
+    # -- write handlers (each returns the wire error) ----------------------------------------
+    def _w_drop(self, field: Field, value: int) -> int:
+        return _OK
+
+    def _w_hardware(self, field: Field, value: int) -> int:
+        self._hw.write(field.offset, field.size, value)
+        return _OK
+
+    def _w_masked(self, field: Field, value: int) -> int:
+        current = self._hw.read(field.offset, field.size)
+        new = (current & ~field.mask) | (value & field.mask)
+        if new != current:
+            self._hw.write(field.offset, field.size, new)
+        return _OK
+
+    def _w_bist(self, field: Field, value: int) -> int:
+        current = self._hw.read(_BIST, 1)
+        if value == BIST_START or (value & ~BIST_START) == (current & ~BIST_START):
+            self._hw.write(_BIST, 1, value)
+        return _OK
+
+    def _decode_bits(self) -> int:
+        """The decode bits pci_enable_device would turn on: those for the BAR types present."""
+        bits = 0
+        for field in self._fields:
+            if field.write_kind == "bar" and field.bar_sizing_mask and field.bar_val:
+                bits |= Command.IO if field.bar_val & BAR_SPACE_IO else Command.MEMORY
+        if self.resources is not None and self.header_type == HeaderType.BRIDGE:
+            for res in self.resources:
+                if res.index > ROM_RESOURCE_INDEX and _res_size(res):
+                    bits |= Command.IO if res.flags & IORESOURCE_IO else \
+                        Command.MEMORY if res.flags & IORESOURCE_MEM else 0
+        return int(bits)
+
+    def _w_command(self, field: Field, value: int) -> int:
+        # Plain ints, not the IntFlag members: enum arithmetic costs microseconds per op.
+        hw = self._hw.read(_COMMAND, 2)
+        new = hw
+        if not self.enabled and value & _DECODE:
+            new |= self._decode_bits()
+            self.enabled = True
+            self.enable_intx = True
+        elif self.enabled and not value & _DECODE:
+            new &= ~_MASTER  # disabling clears bus mastering only, never decode (XSA-120)
+            self.enabled = False
+            self.enable_intx = False
+        if value & _MASTER:
+            new |= _MASTER
+        else:
+            new &= ~_MASTER
+        if value & _MWI and not self._vcmd & _MWI:
+            if self._hw.read(_CACHE_LINE, 1):
+                new |= _MWI
+            else:  # MWI needs a cache line size; Linux's pci_set_mwi fails the same way
+                value &= ~_MWI
+        elif not value & _MWI and self._vcmd & _MWI:
+            new &= ~_MWI
+        if self.allow_interrupt_control and (value ^ self._vcmd) & _INTX_DISABLE:
+            new = (new & ~_INTX_DISABLE) | (value & _INTX_DISABLE)
+        if self.permissive or self.policy.permissive:
+            new = (value & _GUEST) | (new & ~_GUEST)
+        new &= 0xFFFF
+        if new != hw:
+            self._hw.write(_COMMAND, 2, new)
+        self._vcmd = value
+        self._set_virtual(field, value & _NOT_GUEST)
+        return _OK
+
+    def _w_bar(self, field: Field, value: int) -> int:
+        if (value | field.bar_sizing_mask) == 0xFFFFFFFF:
+            self._set_virtual(field, field.bar_len)  # sizing: the guest reads the size mask
+            return _OK
+        if value == field.bar_val and field.size_known:
+            if self._hw.read(field.offset, 4) != field.bar_val:
+                self._hw.write(field.offset, 4, field.bar_val)  # restore after a reset
+        self._set_virtual(field, field.bar_val)
+        return _OK
+
+    def _w_vpd_address(self, field: Field, value: int) -> int:
+        if value & VPD_ADDR_F:
+            return _DENIED  # a VPD write request: guests may read VPD, never write it
+        self._hw.write(field.offset, 2, value)
+        return _OK
+
+    def _w_pmcsr(self, field: Field, value: int) -> int:
+        pos = field.offset - 4
+        allowed = PM_CTRL_PME_STATUS | PM_CTRL_DATA_SEL_MASK
+        current = self._hw.read(field.offset, 2)
+        if (current & allowed) != (value & allowed):
+            self._hw.write(field.offset, 2, (current & ~allowed & ~PM_CTRL_PME_ENABLE)
+                           | (value & allowed))
+            current = self._hw.read(field.offset, 2)
+        target = value & PM_CTRL_STATE_MASK
+        state = current & PM_CTRL_STATE_MASK
+        if target == state:
+            return _OK
+        pmc = self._hw.read(pos + 2, 2)
+        if (target == 1 and not pmc & PM_CAP_D1) or (target == 2 and not pmc & PM_CAP_D2):
+            return _DENIED
+        if target and state and target < state:
+            return _DENIED  # from D1-D3hot only deeper, or back to D0
+        self._hw.write(field.offset, 2, (current & ~PM_CTRL_STATE_MASK & ~PM_CTRL_PME_STATUS
+                                         & ~PM_CTRL_PME_ENABLE) | target)
+        return _OK
+
+    def _interrupt_type(self) -> str:
+        if self._msi is not None and self._hw.read(self._msi + 2, 2) & MSI_FLAGS_ENABLE:
+            return "msi"
+        if self._msix is not None and self._hw.read(self._msix + 2, 2) & MSIX_FLAGS_ENABLE:
+            return "msix"
+        if not self._hw.read(_COMMAND, 2) & _INTX_DISABLE:
+            return "intx"
+        return "none"
+
+    def _w_irq_flags(self, field: Field, value: int, enable: int, allowed: int,
+                     kind: str) -> int:
+        old = self._hw.read(field.offset, 2)
+        if value == old:
+            return _OK
+        if self.allow_interrupt_control:
+            if (value ^ old) & ~allowed:
+                return _DENIED
+            if value & enable and not old & enable and self._interrupt_type() not in \
+                    ("none", "intx", kind):
+                return _DENIED
+            self._hw.write(field.offset, 2, value)
+            return _OK
+        if self.permissive or self.policy.permissive:
+            # Permissive opens other bits, never the enable bit: that is the enable ops' job.
+            self._hw.write(field.offset, 2, (value & ~enable) | (old & enable))
+            return _OK
+        return _DENIED
+
+    def _w_msi_flags(self, field: Field, value: int) -> int:
+        return self._w_irq_flags(field, value, MSI_FLAGS_ENABLE, MSI_FLAGS_ENABLE, "msi")
+
+    def _w_msix_flags(self, field: Field, value: int) -> int:
+        return self._w_irq_flags(field, value, MSIX_FLAGS_ENABLE,
+                                 MSIX_FLAGS_ENABLE | MSIX_FLAGS_MASKALL, "msix")
+
+    # -- lifecycle and description -----------------------------------------------------------
+    def reset(self) -> None:
+        """Guest detach: BARs back to showing their address; quirks removed."""
+        for field in self._fields:
+            if field.write_kind in ("bar", "rom"):
+                self._set_virtual(field, field.bar_val)
+        self.remove_quirks()
+
+    def fields(self) -> list[Field]:
+        """The field table in the order Linux would apply it."""
+        return list(self._fields)
+
+    def field_at(self, offset: int) -> Field | None:
+        return self._owner[offset] if 0 <= offset < self.config_size else None
+
+    def guest_view(self, length: int | None = None) -> bytes:
+        """Every byte as the guest would read it (dword reads; failed reads show as 0xFF)."""
+        out = bytearray()
+        for offset in range(0, length or self.config_size, 4):
+            err, value = self.read(offset, 4)
+            out += (value if err == 0 else 0xFFFFFFFF).to_bytes(4, "little")
+        return bytes(out)
+
+
+def _read_or_ones(hw: HardwareAccessor, offset: int) -> int:
+    """A dword for building the field table; unreadable reads as all-ones (no capability)."""
+    try:
+        return hw.read(offset, 4)
+    except ConfigAccessError:
+        return 0xFFFFFFFF
+
+
+def _res_size(res: Resource | None) -> int:
+    if res is None or (res.start == 0 and res.end == 0) or res.end < res.start:
+        return 0
+    return res.end - res.start + 1
+
+
+def _bar_values(res: Resource | None) -> tuple[int, int]:
+    """Linux's (val, len_val) for a BAR or ROM resource: address|type bits and -size|type bits."""
+    if res is None or res.flags & (IORESOURCE_DISABLED | IORESOURCE_UNSET) or not _res_size(res) \
+            or not res.flags & (IORESOURCE_IO | IORESOURCE_MEM):
+        return 0, 0
+    low_bits = res.flags & 0xF
+    size = _res_size(res)
+    return (res.start & 0xFFFFFFFF) | low_bits, ((-size) & 0xFFFFFFFF) | low_bits

@@ -1,0 +1,95 @@
+"""What ``inspect`` shows about one device, as plain data (the command only renders it).
+
+Given config bytes (as many as could be read) and, when the host knows them, the device's
+resources and IRQ, this decodes the header, BARs and both capability lists, builds the overlay the
+device would get if exported, and lists every field with what the guest reads next to what the
+hardware holds. All on an in-memory copy: inspecting never touches the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from xenpciback_cli.config import capabilities, decode
+from xenpciback_cli.config.fields import MemoryAccessor
+from xenpciback_cli.config.overlay import OverlayDevice, Policy
+from xenpciback_cli.config.registers import CONFIG_SIZE, EXT_CONFIG_SIZE, CapId
+from xenpciback_cli.host.model import Resource
+
+
+@dataclass
+class DeviceSource:
+    """Config bytes and what we know besides them."""
+
+    bdf: str
+    data: bytes
+    source: str  # "sysfs", "sandbox", "dump FILE", "binary FILE"
+    resources: Sequence[Resource] | None = None
+    irq: int | None = None  # dom0's IRQ (what Linux shows in INTERRUPT_LINE); None: unknown
+    title: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def build_report(src: DeviceSource, *, permissive: bool = False) -> dict[str, object]:
+    data = src.data
+    notes = list(src.notes)
+    if len(data) < 0x40:
+        raise ValueError(f"{src.bdf}: only {len(data)} bytes of config space")
+    walk = capabilities.walk(data)
+    has_ext = walk.find(CapId.EXP) is not None or walk.find(CapId.PCIX) is not None
+    config_size = EXT_CONFIG_SIZE if len(data) > CONFIG_SIZE or has_ext else CONFIG_SIZE
+    if len(data) <= 0x40:
+        notes.append("only the first 64 bytes of config space are readable (sysfs gives the rest "
+                     "to root only): capabilities and bytes from 0x40 are unknown")
+    elif has_ext and len(data) <= CONFIG_SIZE:
+        notes.append("extended config space (0x100-0xfff) was not available: extended "
+                     "capabilities are unknown")
+    irq = src.irq
+    if irq is None:
+        irq = data[0x3C]
+        notes.append("dom0 IRQ unknown: the guest's interrupt line is shown as the register value")
+    hw = MemoryAccessor(data, size=config_size)
+    overlay = OverlayDevice(hw, resources=src.resources, config_size=config_size, irq=irq,
+                            permissive=permissive, policy=Policy())
+    header = decode.decode_header(data)
+    bars = decode.decode_bars(data, src.resources)
+    rom = decode.decode_rom(data, src.resources)
+    if src.resources is None:
+        notes.append("no resource information: BAR and ROM sizes are unknown")
+    readable = len(data)
+    fields = []
+    for f in sorted(overlay.fields(), key=lambda f: f.offset):
+        item = f.describe()
+        known = f.end <= readable
+        hw_value = int.from_bytes(data[f.offset:f.end], "little") if known else None
+        err, guest = overlay.read(f.offset, f.size)
+        width = 2 + 2 * f.size
+        item["hardware_value"] = None if hw_value is None else f"{hw_value:#0{width}x}"
+        item["guest_value"] = f"{guest:#0{width}x}" if err == 0 and known else None
+        item["differs"] = known and err == 0 and guest != hw_value
+        fields.append(item)
+    guest_bytes = overlay.guest_view(readable - readable % 4)
+    return {
+        "bdf": src.bdf,
+        "title": src.title,
+        "source": src.source,
+        "config_bytes": readable,
+        "config_size": config_size,
+        "vendor_id": f"{header.vendor_id:#06x}",
+        "device_id": f"{header.device_id:#06x}",
+        "class": f"{header.class_code:#08x}",
+        "header_type": header.header_type,
+        "header": header.as_dict(),
+        "bars": [b.as_dict() for b in bars],
+        "rom": rom.as_dict() if rom else None,
+        "capabilities": [c.as_dict() for c in walk.standard],
+        "extended_capabilities": [c.as_dict() for c in walk.extended],
+        "problems": walk.problems,
+        "notes": notes,
+        "fields": fields,
+        "other_registers": "read from hardware; writes dropped" + (
+            " (written: permissive)" if permissive else " unless the device is permissive"),
+        "config": data.hex(),
+        "guest_config": guest_bytes.hex(),
+    }
