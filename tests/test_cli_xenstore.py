@@ -131,3 +131,21 @@ def test_connect_sandbox_as_dom0_and_as_guest(tmp_path):
             assert dom0.read("/local/domain/3/device/x") == b"1"
     finally:
         assert stop(tmp_path) is not None
+
+
+def test_sandbox_daemon_starts_from_a_relative_sandbox_path(tmp_path, monkeypatch):
+    """`--sandbox S` is usually typed relative to the current directory."""
+    from click.testing import CliRunner
+
+    from xenpciback_cli.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "S").mkdir()
+    runner = CliRunner()
+    try:
+        result = runner.invoke(cli, ["--sandbox", "S", "xenstore", "write", "/a", "1"])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(cli, ["--sandbox", "S", "xenstore", "read", "/a"])
+        assert result.output.strip() == "1"
+    finally:
+        runner.invoke(cli, ["--sandbox", "S", "sandbox", "stop"])

@@ -8,6 +8,7 @@ imported only when it runs. To add a command, add one line to :data:`COMMANDS`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 import sys
 
 import click
@@ -53,7 +54,9 @@ class LazyGroup(click.Group):
             import importlib
 
             module = importlib.import_module(f"{self.package}.{module_name}")
-            return getattr(module, attr)
+            command: click.Command = getattr(module, attr)
+            accept_global_flags(command)
+            return command
         return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -63,6 +66,43 @@ class LazyGroup(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def _set_flag(setting: str, value: object) -> "Callable[[click.Context, click.Parameter, object], None]":
+    """A callback that turns a subcommand's copy of a global flag into the global setting."""
+
+    def callback(ctx: click.Context, _param: click.Parameter, given: object) -> None:
+        app = ctx.find_root().obj
+        if given and app is not None:
+            import dataclasses
+
+            app.settings = dataclasses.replace(app.settings, **{setting: value})
+
+    return callback
+
+
+def accept_global_flags(command: click.Command) -> None:
+    """Let people put --json and --no-color after the subcommand too (``list --json``).
+
+    Administrators type flags where they think of them; xl and virsh accept them after the
+    command. Rather than every command declaring them, the group adds them once, here, to each
+    command it resolves (and to the commands of plain sub-groups).
+    """
+    if getattr(command, "_global_flags_added", False):
+        return
+    command._global_flags_added = True  # type: ignore[attr-defined]
+    if isinstance(command, click.Group) and not isinstance(command, LazyGroup):
+        for sub in command.commands.values():
+            accept_global_flags(sub)
+    taken = {opt for param in command.params for opt in getattr(param, "opts", ())}
+    if "--json" not in taken:
+        command.params.append(click.Option(
+            ["--json"], is_flag=True, expose_value=False, callback=_set_flag("json", True),
+            help="Machine-readable JSON output (same as the global --json)."))
+    if "--no-color" not in taken:
+        command.params.append(click.Option(
+            ["--no-color"], is_flag=True, expose_value=False, hidden=True,
+            callback=_set_flag("color", False)))
 
 
 @click.group(

@@ -32,7 +32,8 @@ class SandboxDaemonError(Exception):
 
 
 def xenstore_dir(sandbox: str | os.PathLike[str]) -> Path:
-    return Path(sandbox) / "xenstore"
+    """Absolute, so the daemon (started in this directory) and its pid check agree on paths."""
+    return Path(sandbox).absolute() / "xenstore"
 
 
 def socket_path(sandbox: str | os.PathLike[str]) -> str:
