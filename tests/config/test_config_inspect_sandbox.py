@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import lspci_decode
+from configspace_helpers import lspci_decode
 from test_config_decode import lspci_regions
 from xenpciback_cli.cli import main
 
