@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
+from configspace_helpers import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
 from xenpciback_cli.config import capabilities
 from xenpciback_cli.config.dumpfile import read_dump_file
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pciutils_fixtures
+from configspace_helpers import pciutils_fixtures
 from xenpciback_cli.config import decode
 from xenpciback_cli.config.dumpfile import parse_dump, read_dump_file
 from xenpciback_cli.host.model import Resource

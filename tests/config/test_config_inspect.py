@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
+from configspace_helpers import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
 from xenpciback_cli.cli import main
 from xenpciback_cli.config.report import build_report
 from xenpciback_cli.config.sources import collect_sources

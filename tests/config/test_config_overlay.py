@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import pciutils_fixtures
+from configspace_helpers import pciutils_fixtures
 from xenpciback_cli.config.dumpfile import read_dump_file
 from xenpciback_cli.config.fields import MemoryAccessor, QuirkError
 from xenpciback_cli.config.overlay import OverlayDevice, Policy, Quirk
@@ -457,3 +457,13 @@ def test_overlay_over_a_short_readable_device(tmp_path):
         assert ov.read(0, 4) == (0, 0x10D38086)
         assert ov.read(0x40, 4) == (XenPciErr.OP_FAILED, 0)  # the error reaches the guest
         assert ov.write(0x0C, 1, 0) == XenPciErr.ACCESS_DENIED  # read-only accessor
+
+
+def test_resource_flags_without_type_bits_still_give_bar_type_bits():
+    bare = (Resource(0, 0xFEBF0000, 0xFEBFFFFF, 0x200), Resource(1, 0xE000, 0xE01F, 0x100),
+            Resource(2, 0x380000000, 0x38FFFFFFF, 0x100200 | 0x2000))
+    ov = OverlayDevice(MemoryAccessor(bytes(make_config())), resources=bare, policy=Policy())
+    assert ov.read(0x10, 4) == (0, 0xFEBF0000)
+    assert ov.read(0x14, 4) == (0, 0xE001)
+    assert ov.read(0x18, 4) == (0, 0x8000000C)
+    assert ov.read(0x1C, 4) == (0, 0x3)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import pciutils_fixtures
+from configspace_helpers import pciutils_fixtures
 from xenpciback_cli.config.dumpfile import read_dump_file
 from xenpciback_cli.config.fields import MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy, Quirk

@@ -35,6 +35,7 @@ from xenpciback_cli.config.fields import (
     QuirkError,
 )
 from xenpciback_cli.config.registers import (
+    BAR_MEM_PREFETCH,
     BAR_MEM_TYPE_64,
     BAR_MEM_TYPE_MASK,
     BAR_SPACE_IO,
@@ -47,6 +48,7 @@ from xenpciback_cli.config.registers import (
     IORESOURCE_IO,
     IORESOURCE_MEM,
     IORESOURCE_MEM_64,
+    IORESOURCE_PREFETCH,
     IORESOURCE_UNSET,
     MSI_FLAGS_64BIT,
     MSI_FLAGS_ENABLE,
@@ -631,6 +633,22 @@ def _read_or_ones(hw: HardwareAccessor, offset: int) -> int:
         return 0xFFFFFFFF
 
 
+def _type_bits(res: Resource) -> int:
+    """The BAR's low type bits. Linux keeps them in the resource flags (bits 0-3); a flags word
+    without them (some tools write only the IORESOURCE_* bits) gets them from those bits."""
+    bits = res.flags & 0xF
+    if res.flags & IORESOURCE_IO:
+        return bits | BAR_SPACE_IO
+    if res.index == ROM_RESOURCE_INDEX:
+        return bits & 0x1
+    if not bits:
+        if res.flags & IORESOURCE_MEM_64:
+            bits |= BAR_MEM_TYPE_64
+        if res.flags & IORESOURCE_PREFETCH:
+            bits |= BAR_MEM_PREFETCH
+    return bits
+
+
 def _res_size(res: Resource | None) -> int:
     if res is None or (res.start == 0 and res.end == 0) or res.end < res.start:
         return 0
@@ -642,6 +660,6 @@ def _bar_values(res: Resource | None) -> tuple[int, int]:
     if res is None or res.flags & (IORESOURCE_DISABLED | IORESOURCE_UNSET) or not _res_size(res) \
             or not res.flags & (IORESOURCE_IO | IORESOURCE_MEM):
         return 0, 0
-    low_bits = res.flags & 0xF
+    low_bits = _type_bits(res)
     size = _res_size(res)
     return (res.start & 0xFFFFFFFF) | low_bits, ((-size) & 0xFFFFFFFF) | low_bits

@@ -28,6 +28,8 @@ class DeviceSource:
     resources: Sequence[Resource] | None = None
     irq: int | None = None  # dom0's IRQ (what Linux shows in INTERRUPT_LINE); None: unknown
     title: str = ""
+    vendor_id: int | None = None  # the kernel's ids (an SR-IOV VF reads all-ones in hardware)
+    device_id: int | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -51,6 +53,7 @@ def build_report(src: DeviceSource, *, permissive: bool = False) -> dict[str, ob
         notes.append("dom0 IRQ unknown: the guest's interrupt line is shown as the register value")
     hw = MemoryAccessor(data, size=config_size)
     overlay = OverlayDevice(hw, resources=src.resources, config_size=config_size, irq=irq,
+                            vendor_id=src.vendor_id, device_id=src.device_id,
                             permissive=permissive, policy=Policy())
     header = decode.decode_header(data)
     bars = decode.decode_bars(data, src.resources)
@@ -76,8 +79,8 @@ def build_report(src: DeviceSource, *, permissive: bool = False) -> dict[str, ob
         "source": src.source,
         "config_bytes": readable,
         "config_size": config_size,
-        "vendor_id": f"{header.vendor_id:#06x}",
-        "device_id": f"{header.device_id:#06x}",
+        "vendor_id": f"{overlay.vendor_id:#06x}",
+        "device_id": f"{overlay.device_id:#06x}",
         "class": f"{header.class_code:#08x}",
         "header_type": header.header_type,
         "header": header.as_dict(),

@@ -54,5 +54,6 @@ def collect_sources(app: Any, bdfs: Sequence[str], *, dump_file: str | None = No
             raise DeviceNotFound(f"{bdf}: config space unreadable ({len(data)} bytes)", bdf=bdf)
         title = " ".join(x for x in (device.vendor_name, device.device_name) if x)
         out.append(DeviceSource(str(bdf), data, source, resources=device.resources,
-                                irq=device.irq, title=title))
+                                irq=device.irq, title=title, vendor_id=device.vendor_id,
+                                device_id=device.device_id))
     return out
