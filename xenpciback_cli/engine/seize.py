@@ -218,7 +218,12 @@ class Seizer:
             return writes
         self.journal.begin(entry)
         for index, step in enumerate(entry.steps):
-            self.host.write_attribute(step.path, step.value)
+            try:
+                self.host.write_attribute(step.path, step.value)
+            except errors.HostError as exc:
+                raise errors.OperationFailed(
+                    f"{entry.op} {entry.bdf} failed at step {index + 1}/{len(entry.steps)} "
+                    f"({step.description}): {exc}; run 'xen-pciback recover'") from None
             self.journal.step_done(entry, index)
         return writes
 
