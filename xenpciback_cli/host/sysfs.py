@@ -357,7 +357,9 @@ class SysfsHost(Host):
             if addresses:
                 facts.append("has address " + ", ".join(addresses))
             if name in routes:
-                facts.append("carries " + " and ".join(sorted(routes[name])))
+                kinds = routes[name]
+                facts.append("carries the default route" + (" and other routes" if "routes" in kinds else "")
+                             if "the default route" in kinds else "carries routes")
             if facts:
                 reasons.append(f"network interface {name} " + ", ".join(facts))
         return reasons

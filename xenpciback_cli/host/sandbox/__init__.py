@@ -158,6 +158,8 @@ def _build(root: Path) -> None:
             primary = secondary[parent] if parent else 0
             config = configspace.set_bridge_buses(config, primary, *slot.buses)
             secondary[str(slot.bdf)] = slot.buses[0]
+        if slot.bar_shift:
+            config = configspace.shift_bars(config, *slot.bar_shift)
         if slot.multifunction is not None:
             config = configspace.set_multifunction(config, slot.multifunction)
         sizes = {int(k): v for k, v in meta["bar_sizes"].items()}
