@@ -193,3 +193,10 @@ def test_real_root_is_enumerated_through_pyudev_when_present():
     h = SysfsHost("/sys")
     assert h.is_real and h.proc_root == "/proc"
     assert [str(b) for b in h.addresses()] == sorted(os.listdir("/sys/bus/pci/devices"))
+
+
+def test_wide_vmd_domains_are_listed(tmp_path):
+    t = FakeSysfs(tmp_path)
+    t.add_device("10000:e1:00.0", 0x8086, 0x0A54, 0x010802, driver="nvme")
+    t.add_device("0000:00:0e.0", 0x8086, 0x467F, 0x010400, driver="vmd")
+    assert [str(b) for b in SysfsHost(str(t.sys)).addresses()] == ["0000:00:0e.0", "10000:e1:00.0"]

@@ -20,8 +20,8 @@ from xenpciback_cli.host.model import AttributeWrite, Host, HostUsage, PciDevice
 from xenpciback_cli.pci.address import Bdf
 
 REAL_SYSFS = "/sys"
-_BDF_NAME = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
-_WRITE_BDF = re.compile(r"([0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])")
+_BDF_NAME = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
+_WRITE_BDF = re.compile(r"([0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])")
 IFF_UP = 0x1
 _EMPTY_RESOURCE = "0x0000000000000000 0x0000000000000000 0x0000000000000000"
 

@@ -45,7 +45,7 @@ from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.spec import BdfPattern
 
 STUB_DRIVERS = ("pciback", "pci-stub", "vfio-pci")
-_BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
+_BDF_RE = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 
 
 def _fail(code: int, path: str) -> OSError:
