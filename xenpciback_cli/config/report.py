@@ -77,8 +77,10 @@ def build_report(src: DeviceSource, *, permissive: bool = False,
     has_ext = walk.find(CapId.EXP) is not None or walk.find(CapId.PCIX) is not None
     config_size = EXT_CONFIG_SIZE if len(data) > CONFIG_SIZE or has_ext else CONFIG_SIZE
     if len(data) <= 0x40:
-        notes.append("only the first 64 bytes of config space are readable (sysfs gives the rest "
-                     "to root only): capabilities and bytes from 0x40 are unknown")
+        why = "sysfs gives the rest to root only" if src.source in ("sysfs", "sandbox") \
+            else "the source holds no more"
+        notes.append(f"only the first 64 bytes of config space are readable ({why}): "
+                     "capabilities and bytes from 0x40 are unknown")
     elif has_ext and len(data) <= CONFIG_SIZE:
         notes.append("extended config space (0x100-0xfff) was not available: extended "
                      "capabilities are unknown")
