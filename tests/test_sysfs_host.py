@@ -174,3 +174,22 @@ def test_parse_resource_file_skips_empty_lines_keeps_index():
             "0x000000000000e000 0x000000000000e0ff 0x0000000000040101\n")
     (res,) = parse_resource_file(text)
     assert res.index == 1 and res.is_io and res.size == 256
+
+
+def test_udev_hwdb_names_win_over_pci_ids(tree):
+    h = host(tree)
+    h._hwdb_names[NIC] = ("Vendor From Hwdb", "Model From Hwdb")
+    device = h.device(Bdf.parse(NIC))
+    assert (device.vendor_name, device.device_name) == ("Vendor From Hwdb", "Model From Hwdb")
+    other = h.device(Bdf.parse("0000:03:00.1"))
+    assert other.device_name != "Model From Hwdb"
+
+
+def test_real_root_is_enumerated_through_pyudev_when_present():
+    import os
+
+    if not os.path.isdir("/sys/bus/pci/devices"):
+        pytest.skip("no PCI bus here")
+    h = SysfsHost("/sys")
+    assert h.is_real and h.proc_root == "/proc"
+    assert [str(b) for b in h.addresses()] == sorted(os.listdir("/sys/bus/pci/devices"))
