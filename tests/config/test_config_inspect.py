@@ -202,3 +202,29 @@ def test_inspect_real_host_devices_through_the_host_model(capsys, require_lspci)
             assert any("64 bytes" in n for n in rep["notes"])
         got = [(b["index"], b["type"], b["size"]) for b in rep["bars"]]
         assert got == [(r[0], r[1], r[5]) for r in regions.get(name, [])]
+
+
+def test_simulated_xsa120_write_keeps_decode(capsys):
+    """inspect --write shows what a guest write would do: XSA-120 on a real capture."""
+    paths = [p for p in pciutils_fixtures() if p.name == "cap-pcie-2"]
+    if not paths:
+        pytest.skip("../shared absent")
+    code, out, err = run(capsys, "--json", "inspect", "--from-dump", str(paths[0]),
+                         "--write", "0x04:2:0x0007", "--write", "0x04:2:0x0000",
+                         "--write", "-4:4:0", "--write", "0x10:4:0xffffffff")
+    assert code == 0, err
+    for rep in json.loads(out):
+        enable, clear, negative, sizing = rep["guest_writes"]
+        assert clear["err"] == 0 and clear["guest_reads_back"] == "0x0"
+        hw_after = bytes.fromhex(rep["config_after_writes"])
+        assert hw_after[4] & 0x3 == 0x3 or not bytes.fromhex(rep["config"])[4] & 0x3
+        assert all(c["offset"] in (4, 5) for c in enable["hardware_changes"] +
+                   clear["hardware_changes"])
+        assert negative["err"] == -2 and not negative["hardware_changes"]
+        assert not sizing["hardware_changes"]
+
+
+@pytest.mark.parametrize("text", ["4:3:0", "4:2:0x10000", "zz:2:0", "4:2", "4:2:0:1"])
+def test_bad_simulated_write_is_exit_2(capsys, text):
+    code, _, err = run(capsys, "inspect", "--from-binary", "/dev/null", "--write", text)
+    assert code == 2 and "guest write" in err

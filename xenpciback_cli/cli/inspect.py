@@ -14,9 +14,12 @@ import click
 @click.option("--guest", is_flag=True, help="Show the values a guest would read.")
 @click.option("--diff", is_flag=True, help="Show only where guest and hardware differ.")
 @click.option("--permissive", is_flag=True, help="Show the overlay as for a permissive device.")
+@click.option("--write", "writes", metavar="OFF:SIZE:VALUE", multiple=True,
+              help="Simulate a guest config write (hex; repeatable) on a copy and show its "
+                   "answer and what would reach the device, e.g. --write 0x04:2:0.")
 @click.pass_obj
 def command(app, bdfs: tuple[str, ...], dump_file: str | None, binary_file: str | None,
-            guest: bool, diff: bool, permissive: bool) -> None:
+            guest: bool, diff: bool, permissive: bool, writes: tuple[str, ...]) -> None:
     """Decode config space (header, BARs, capabilities) and show the overlay a guest gets.
 
     BDF names a device of the host (or of the sandbox with --sandbox). With --from-dump every
@@ -25,11 +28,12 @@ def command(app, bdfs: tuple[str, ...], dump_file: str | None, binary_file: str 
     """
     from xenpciback_cli.cli.inspect_view import render
     from xenpciback_cli.cli.terminal import terminal_for
-    from xenpciback_cli.config.report import build_report
+    from xenpciback_cli.config.report import build_report, parse_guest_write
     from xenpciback_cli.config.sources import collect_sources
 
+    guest_writes = [parse_guest_write(text) for text in writes]
     sources = collect_sources(app, bdfs, dump_file=dump_file, binary_file=binary_file)
-    reports = [build_report(src, permissive=permissive) for src in sources]
+    reports = [build_report(src, permissive=permissive, writes=guest_writes) for src in sources]
     term = terminal_for(app)
     if app.settings.json:
         term.json(reports)

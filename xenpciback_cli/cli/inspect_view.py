@@ -85,6 +85,12 @@ def render(term: Terminal, reports: list[dict[str, Any]], *, guest: bool, diff: 
         else:
             term.line("    (none)")
         term.line(f"  other registers: {rep['other_registers']}")
+        for write in rep.get("guest_writes", []):
+            changes = ", ".join(f"{c['offset']:03x}: {c['before']}->{c['after']}"
+                                for c in write["hardware_changes"]) or "nothing"
+            term.line(f"  guest write {write['size']} bytes {write['value']} at "
+                      f"{write['offset']:#x}: err {write['err']}, reached hardware: {changes}; "
+                      f"guest reads back {write['guest_reads_back']}")
         hw = bytes.fromhex(rep["config"])
         guest_bytes = bytes.fromhex(rep["guest_config"])
         which = "guest view" if guest else "hardware"

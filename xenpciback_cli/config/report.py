@@ -9,12 +9,14 @@ hardware holds. All on an in-memory copy: inspecting never touches the device.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import re
 from dataclasses import dataclass, field
 
 from xenpciback_cli.config import capabilities, decode
 from xenpciback_cli.config.fields import MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy
 from xenpciback_cli.config.registers import CONFIG_SIZE, EXT_CONFIG_SIZE, CapId
+from xenpciback_cli.errors import InputError
 from xenpciback_cli.host.model import Resource
 
 
@@ -33,7 +35,40 @@ class DeviceSource:
     notes: list[str] = field(default_factory=list)
 
 
-def build_report(src: DeviceSource, *, permissive: bool = False) -> dict[str, object]:
+_WRITE_RE = re.compile(r"^\s*(-?(?:0x)?[0-9a-fA-F]+):([124]):((?:0x)?[0-9a-fA-F]+)\s*$")
+
+
+def parse_guest_write(text: str) -> tuple[int, int, int]:
+    """``OFFSET:SIZE:VALUE`` (hex; size 1, 2 or 4) as typed after ``inspect --write``."""
+    match = _WRITE_RE.match(text)
+    if not match:
+        raise InputError(f"invalid guest write {text!r}: expected OFFSET:SIZE:VALUE in hex with "
+                         "SIZE 1, 2 or 4, e.g. 0x04:2:0x0000")
+    value = int(match.group(3), 16)
+    size = int(match.group(2))
+    if value >= 1 << (8 * size):
+        raise InputError(f"invalid guest write {text!r}: value does not fit in {size} bytes")
+    return int(match.group(1), 16), size, value
+
+
+def _simulate_writes(overlay: OverlayDevice, hw: MemoryAccessor,
+                     writes: Sequence[tuple[int, int, int]]) -> list[dict[str, object]]:
+    """Apply guest writes to the in-memory copy; report each answer and what reached hardware."""
+    out = []
+    for offset, size, value in writes:
+        before = bytes(hw.data)
+        err = overlay.write(offset, size, value)
+        changes = [{"offset": i, "before": f"{a:#04x}", "after": f"{b:#04x}"}
+                   for i, (a, b) in enumerate(zip(before, hw.data)) if a != b]
+        read_err, readback = overlay.read(offset, size)
+        out.append({"offset": offset, "size": size, "value": f"{value:#x}", "err": err,
+                    "hardware_changes": changes,
+                    "guest_reads_back": f"{readback:#x}" if read_err == 0 else None})
+    return out
+
+
+def build_report(src: DeviceSource, *, permissive: bool = False,
+                 writes: Sequence[tuple[int, int, int]] = ()) -> dict[str, object]:
     data = src.data
     notes = list(src.notes)
     if len(data) < 0x40:
@@ -42,8 +77,10 @@ def build_report(src: DeviceSource, *, permissive: bool = False) -> dict[str, ob
     has_ext = walk.find(CapId.EXP) is not None or walk.find(CapId.PCIX) is not None
     config_size = EXT_CONFIG_SIZE if len(data) > CONFIG_SIZE or has_ext else CONFIG_SIZE
     if len(data) <= 0x40:
-        notes.append("only the first 64 bytes of config space are readable (sysfs gives the rest "
-                     "to root only): capabilities and bytes from 0x40 are unknown")
+        why = "sysfs gives the rest to root only" if src.source in ("sysfs", "sandbox") \
+            else "the source holds no more"
+        notes.append(f"only the first 64 bytes of config space are readable ({why}): "
+                     "capabilities and bytes from 0x40 are unknown")
     elif has_ext and len(data) <= CONFIG_SIZE:
         notes.append("extended config space (0x100-0xfff) was not available: extended "
                      "capabilities are unknown")
@@ -73,7 +110,8 @@ def build_report(src: DeviceSource, *, permissive: bool = False) -> dict[str, ob
         item["differs"] = known and err == 0 and guest != hw_value
         fields.append(item)
     guest_bytes = overlay.guest_view(readable - readable % 4)
-    return {
+    simulated = _simulate_writes(overlay, hw, writes)
+    report: dict[str, object] = {
         "bdf": src.bdf,
         "title": src.title,
         "source": src.source,
@@ -96,3 +134,8 @@ def build_report(src: DeviceSource, *, permissive: bool = False) -> dict[str, ob
         "config": data.hex(),
         "guest_config": guest_bytes.hex(),
     }
+    if writes:
+        report["guest_writes"] = simulated
+        report["guest_config_after_writes"] = overlay.guest_view(readable - readable % 4).hex()
+        report["config_after_writes"] = bytes(hw.data[:readable]).hex()
+    return report
