@@ -1,0 +1,45 @@
+"""Shared pytest fixtures."""
+
+# -- xenstore daemons (tests/xsdaemons.py): keep these fixture names stable, others reuse them --
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import xsdaemons as _xsd  # noqa: E402
+
+
+def _start_xenstored(kind, tmp_path_factory, **kwargs):
+    try:
+        return _xsd.start(kind, tmp_path_factory.mktemp(kind), tmp_path_factory.getbasetemp() / "xsshim",
+                          **kwargs)
+    except _xsd.Unavailable as exc:
+        pytest.skip(f"{kind} unavailable: {exc}")
+
+
+@pytest.fixture(scope="module", params=_xsd.KINDS)
+def xenstored_daemon(request, tmp_path_factory):
+    """A fresh daemon of each kind (embedded, cxenstored, oxenstored) per test module."""
+    daemon = _start_xenstored(request.param, tmp_path_factory)
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def xenstored_socket(xenstored_daemon):
+    """The socket path of a fresh daemon of each kind, shared by one test module."""
+    return xenstored_daemon.socket
+
+
+@pytest.fixture(scope="module")
+def real_cxenstored_daemon(tmp_path_factory):
+    daemon = _start_xenstored("cxenstored", tmp_path_factory)
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def real_cxenstored_socket(real_cxenstored_daemon):
+    """The socket of Debian's real C xenstored (skipped when it cannot run here)."""
+    return real_cxenstored_daemon.socket
