@@ -326,7 +326,7 @@ def plan_attach_rollback(view: BackendView, plan: AttachPlan, bdfs: Sequence[Bdf
     checks :func:`can_roll_back_attach` inside the same transaction.
     """
     if plan.first:
-        return destroy_ops(view.domid) + [Rm(libxl_domid_path(b)) for b in bdfs]
+        return destroy_ops(view.domid) + _forget(bdfs)
     be = backend_path(view.domid)
     ops: list[Op] = []
     for index in plan.indices:
@@ -334,8 +334,7 @@ def plan_attach_rollback(view: BackendView, plan: AttachPlan, bdfs: Sequence[Bdf
     ops.append(Write(f"{be}/num_devs", str(min(plan.indices))))
     if previous_state is not None and view.state == XenbusState.RECONFIGURING:
         ops.append(Write(f"{be}/state", str(int(previous_state))))
-    ops += [Rm(libxl_domid_path(b)) for b in bdfs]
-    return ops
+    return ops + _forget(bdfs)
 
 
 def can_roll_back_attach(view: BackendView, plan: AttachPlan, bdfs: Sequence[Bdf]) -> bool:
@@ -401,6 +400,14 @@ def destroy_ops(domid: int) -> list[Op]:
 
 def plan_libxl_release(bdf: Bdf) -> list[Op]:
     return [Rm(libxl_domid_path(bdf))]
+
+
+def _forget(bdfs: Sequence[Bdf]) -> list[Op]:
+    """Undo our ``/libxl/pci/<bdf>/domid`` writes, and the per-device node if we created it."""
+    ops: list[Op] = []
+    for bdf in bdfs:
+        ops += [Rm(libxl_domid_path(bdf)), Prune(libxl_domid_path(bdf), LIBXL_PCI_ROOT)]
+    return ops
 
 
 def libxl_layout(domid: int, domain_name: str | None,
