@@ -168,7 +168,7 @@ def test_attach_rollback_restores_the_tree():
     plan = attach(tree, GPU, hotplug=True)
     view = read_backend(tree, DOMID)
     assert L.can_roll_back_attach(view, plan, [GPU])
-    tree.apply(L.plan_attach_rollback(view, plan, [GPU], S.CONNECTED))
+    tree.apply(L.plan_attach_rollback(view, plan, [GPU], S.CONNECTED, [GPU]))
     assert tree.dump("/") == before
 
 

@@ -319,14 +319,16 @@ def plan_attach(request: AttachRequest, view: BackendView, domain_name: str | No
 
 
 def plan_attach_rollback(view: BackendView, plan: AttachPlan, bdfs: Sequence[Bdf],
-                         previous_state: XenbusState | None) -> list[Op]:
+                         previous_state: XenbusState | None,
+                         created: Sequence[Bdf] = ()) -> list[Op]:
     """Undo an attach whose handshake never finished, when nothing was exported yet.
 
     Only valid while our entries are still the last ones and still ``state-i = 1``; the caller
-    checks :func:`can_roll_back_attach` inside the same transaction.
+    checks :func:`can_roll_back_attach` inside the same transaction. ``created`` lists the
+    functions whose ``/libxl/pci/<bdf>`` node the attach created (removed again when empty).
     """
     if plan.first:
-        return destroy_ops(view.domid) + _forget(bdfs)
+        return destroy_ops(view.domid) + _forget(bdfs, created)
     be = backend_path(view.domid)
     ops: list[Op] = []
     for index in plan.indices:
@@ -334,7 +336,7 @@ def plan_attach_rollback(view: BackendView, plan: AttachPlan, bdfs: Sequence[Bdf
     ops.append(Write(f"{be}/num_devs", str(min(plan.indices))))
     if previous_state is not None and view.state == XenbusState.RECONFIGURING:
         ops.append(Write(f"{be}/state", str(int(previous_state))))
-    return ops + _forget(bdfs)
+    return ops + _forget(bdfs, created)
 
 
 def can_roll_back_attach(view: BackendView, plan: AttachPlan, bdfs: Sequence[Bdf]) -> bool:
@@ -402,11 +404,13 @@ def plan_libxl_release(bdf: Bdf) -> list[Op]:
     return [Rm(libxl_domid_path(bdf))]
 
 
-def _forget(bdfs: Sequence[Bdf]) -> list[Op]:
-    """Undo our ``/libxl/pci/<bdf>/domid`` writes, and the per-device node if we created it."""
+def _forget(bdfs: Sequence[Bdf], created: Sequence[Bdf]) -> list[Op]:
+    """Undo our ``/libxl/pci/<bdf>/domid`` writes, and the per-device node where we created it."""
     ops: list[Op] = []
     for bdf in bdfs:
-        ops += [Rm(libxl_domid_path(bdf)), Prune(libxl_domid_path(bdf), LIBXL_PCI_ROOT)]
+        ops.append(Rm(libxl_domid_path(bdf)))
+        if bdf in created:
+            ops.append(Prune(libxl_domid_path(bdf), LIBXL_PCI_ROOT))
     return ops
 
 

@@ -36,8 +36,10 @@ class PeerRunner:
         self.failure: BaseException | None = None
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(read_dir_values(self.client, backend_path(self.domid)),
-                        read_dir_values(self.client, frontend_path(self.domid)))
+        """Both directories read in one transaction: a consistent view, never half a commit."""
+        return self.client.transact(lambda tx: Snapshot(
+            read_dir_values(tx, backend_path(self.domid)),
+            read_dir_values(tx, frontend_path(self.domid))))
 
     def settle(self) -> int:
         """Step the peer until it has nothing more to write; returns the number of writes."""
