@@ -43,3 +43,11 @@ def real_cxenstored_daemon(tmp_path_factory):
 def real_cxenstored_socket(real_cxenstored_daemon):
     """The socket of Debian's real C xenstored (skipped when it cannot run here)."""
     return real_cxenstored_daemon.socket
+
+
+@pytest.fixture(params=_xsd.KINDS)
+def fresh_xenstored_daemon(request, tmp_path_factory):
+    """A daemon of each kind started for this one test (for tests that need a fresh tree)."""
+    daemon = _start_xenstored(request.param, tmp_path_factory)
+    yield daemon
+    daemon.stop()

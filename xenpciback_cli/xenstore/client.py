@@ -57,6 +57,9 @@ class XenstoreConnectionLost(XenstoreError):
 
     def __init__(self, detail: str, path: str | None = None, op: str | None = None) -> None:
         super().__init__("EIO", path, op, detail)
+        what = " ".join(x for x in ("xenstore", op and op.lower(), path) if x)
+        self.message = f"{what}: {detail}"
+        self.args = (self.message,)
 
 
 class XenstoreUnavailable(XenstoreConnectionLost):

@@ -1,0 +1,400 @@
+"""The embedded xenstored's brain: requests in, frames out, per connection. No sockets here.
+
+``Core.handle(conn, message)`` applies one request and returns nothing; the frames to send are
+appended to each affected connection's ``outbox`` (the edge writes them), and domain lifecycle
+changes go to :attr:`Core.actions` (the edge opens or closes per-domain sockets).
+
+Ordering follows C xenstored, which clients are tested against: a WATCH_EVENT caused by a
+request goes out *before* that request's reply on the same connection, except for WATCH (reply,
+then the initial event) and RELEASE (reply, then @releaseDomain).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from xenpciback_cli.xenstore import wire
+from xenpciback_cli.xenstore.daemon.store import (Store, StoreError, Tree, TxView, can_read,
+                                                   canonical, is_under, parent_of)
+from xenpciback_cli.xenstore.wire import REL_PATH_MAX, Message, Perm
+from xenpciback_cli.xenstore.wire import MessageType as T
+
+SPECIAL_WATCHES = ("@introduceDomain", "@releaseDomain")
+_encode = wire.encode
+
+
+@dataclass
+class Quotas:
+    """Limits for unprivileged domains (dom0 is exempt, as in C xenstored)."""
+
+    max_nodes: int = 1000  # nodes a domain may own
+    max_value: int = 2048  # bytes in one value
+    max_watches: int = 128
+    max_transactions: int = 10
+
+
+@dataclass(eq=False)
+class Watch:
+    given: str  # the path as the client wrote it (events are reported relative to it)
+    path: str  # absolute path, or a special @name
+    token: str
+
+
+@dataclass(eq=False)
+class Connection:
+    id: int
+    domid: int
+    outbox: list[bytes] = field(default_factory=list)
+    watches: list[Watch] = field(default_factory=list)
+    transactions: dict[int, TxView] = field(default_factory=dict)
+    next_tx: int = 1
+    closed: bool = False
+
+    @property
+    def prefix(self) -> str:
+        return f"/local/domain/{self.domid}/"
+
+
+@dataclass
+class Domain:
+    domid: int
+    mfn: int
+    port: int
+
+
+class Core:
+    """All state of the daemon: the store, connections, introduced domains."""
+
+    def __init__(self, quotas: Quotas | None = None) -> None:
+        self.store = Store()
+        self.quotas = quotas or Quotas()
+        self.connections: dict[int, Connection] = {}
+        self.domains: dict[int, Domain] = {0: Domain(0, 0, 0)}
+        self.actions: list[tuple[str, int]] = []  # ("introduced"|"released", domid)
+        self.dirty: set[Connection] = set()  # connections with frames waiting in their outbox
+        self._next_conn = 1
+        tree = Tree(self.store, 0)
+        tree.write("/tool/xenstored", b"")
+        self._dispatch: dict[int, Callable[[Connection, Message, TxView | None], bytes]] = {
+            T.READ: self._read, T.WRITE: self._write, T.DIRECTORY: self._directory,
+            T.DIRECTORY_PART: self._directory_part, T.MKDIR: self._mkdir, T.RM: self._rm,
+            T.GET_PERMS: self._get_perms, T.SET_PERMS: self._set_perms,
+            T.WATCH: self._watch, T.UNWATCH: self._unwatch,
+            T.TRANSACTION_START: self._tx_start, T.TRANSACTION_END: self._tx_end,
+            T.INTRODUCE: self._introduce, T.RELEASE: self._release,
+            T.GET_DOMAIN_PATH: self._get_domain_path,
+            T.IS_DOMAIN_INTRODUCED: self._is_introduced, T.RESUME: self._resume,
+            T.SET_TARGET: self._set_target, T.RESET_WATCHES: self._reset_watches,
+        }
+
+    def _send(self, conn: Connection, frame: bytes) -> None:
+        conn.outbox.append(frame)
+        self.dirty.add(conn)
+
+    # -- connections ----------------------------------------------------------------------------
+    def connect(self, domid: int = 0) -> Connection:
+        conn = Connection(self._next_conn, domid)
+        self._next_conn += 1
+        self.connections[conn.id] = conn
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        conn.closed = True
+        self.dirty.discard(conn)
+        conn.transactions.clear()
+        conn.watches.clear()
+        self.connections.pop(conn.id, None)
+
+    # -- the one entry point --------------------------------------------------------------------
+    def handle(self, conn: Connection, msg: Message) -> None:
+        self._after: list[str] = []
+        handler = self._dispatch.get(msg.type)
+        try:
+            if handler is None:
+                raise StoreError("ENOSYS" if msg.type not in (T.WATCH_EVENT, T.ERROR, T.CONTROL)
+                                 else "EINVAL")
+            tx = None
+            if msg.tx_id and msg.type != T.TRANSACTION_START:
+                tx = conn.transactions.get(msg.tx_id)
+                if tx is None:
+                    raise StoreError("ENOENT")
+            body = handler(conn, msg, tx)
+        except _Done:
+            return
+        except StoreError as exc:
+            self._send(conn, _encode(T.ERROR, msg.req_id, msg.tx_id, exc.name.encode() + b"\0"))
+            return
+        self._send(conn, _encode(msg.type, msg.req_id, msg.tx_id, body))
+        for path in self._after:
+            self.fire(path, True)
+
+    # -- argument helpers -----------------------------------------------------------------------
+    @staticmethod
+    def _one_arg(payload: bytes) -> str:
+        """Exactly one NUL-terminated string, else EINVAL (as C xenstored)."""
+        if not payload.endswith(b"\0") or b"\0" in payload[:-1]:
+            raise StoreError("EINVAL")
+        return payload[:-1].decode("utf-8", "surrogateescape")
+
+    @staticmethod
+    def _args(payload: bytes, count: int) -> list[str]:
+        parts = payload.split(b"\0")
+        if len(parts) < count + 1:
+            raise StoreError("EINVAL")
+        return [p.decode("utf-8", "surrogateescape") for p in parts[:count]]
+
+    @staticmethod
+    def _domid(text: str) -> int:
+        if not text.isdigit() or int(text) > 0x7FEF:
+            raise StoreError("EINVAL")
+        return int(text)
+
+    def _tree(self, conn: Connection, tx: TxView | None) -> Tree:
+        return Tree(tx if tx is not None else self.store, conn.domid)
+
+    def _path(self, conn: Connection, text: str) -> str:
+        return canonical(conn.domid, text)
+
+    # -- node requests --------------------------------------------------------------------------
+    def _read(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        return self._tree(conn, tx).read(self._path(conn, self._one_arg(msg.payload)))
+
+    def _directory(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        node = self._tree(conn, tx).children(self._path(conn, self._one_arg(msg.payload)))
+        body = b"".join(c.encode("utf-8", "surrogateescape") + b"\0" for c in node.children)
+        if len(body) > wire.PAYLOAD_MAX:
+            raise StoreError("E2BIG")
+        return body
+
+    def _directory_part(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        path_text, offset_text = self._args(msg.payload, 2)
+        if not offset_text.isdigit():
+            raise StoreError("EINVAL")
+        node = self._tree(conn, tx).children(self._path(conn, path_text))
+        blob = b"".join(c.encode("utf-8", "surrogateescape") + b"\0" for c in node.children)
+        gen = str(node.gen).encode() + b"\0"
+        off = int(offset_text)
+        if off >= len(blob):
+            return gen + b"\0"
+        room = wire.PAYLOAD_MAX - len(gen) - 1
+        end = off
+        while end < len(blob):
+            nxt = blob.index(b"\0", end) + 1
+            if nxt - off > room:
+                break
+            end = nxt
+        chunk = blob[off:end]
+        return gen + chunk + (b"\0" if end == len(blob) else b"")
+
+    def _check_value_quota(self, conn: Connection, value: bytes) -> None:
+        if conn.domid != 0 and len(value) > self.quotas.max_value:
+            raise StoreError("ENOSPC")
+
+    def _check_node_quota(self, conn: Connection, tree: Tree, created: int) -> None:
+        if conn.domid != 0 and created > 0:
+            if self.store.owned_by(conn.domid) + created > self.quotas.max_nodes:
+                raise StoreError("ENOSPC")
+
+    def _write(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        path_b, sep, value = msg.payload.partition(b"\0")
+        if not sep:
+            raise StoreError("EINVAL")
+        path = self._path(conn, path_b.decode("utf-8", "surrogateescape"))
+        self._check_value_quota(conn, value)
+        tree = self._tree(conn, tx)
+        if conn.domid != 0 and tree.view.get(path) is None:
+            self._check_node_quota(conn, tree, path.count("/"))  # upper bound on new nodes
+        tree.write(path, value)
+        self._changed(tx, path, False)
+        return wire.OK
+
+    def _mkdir(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        path = self._path(conn, self._one_arg(msg.payload))
+        tree = self._tree(conn, tx)
+        if conn.domid != 0 and tree.view.get(path) is None:
+            self._check_node_quota(conn, tree, path.count("/"))
+        if tree.mkdir(path) >= 0:
+            self._changed(tx, path, False)
+        return wire.OK
+
+    def _rm(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        path = self._path(conn, self._one_arg(msg.payload))
+        removed = self._tree(conn, tx).rm(path)
+        if removed is not None:
+            for p in removed[:-1]:
+                self._changed(tx, p, True)
+            self._changed(tx, path, False)
+        return wire.OK
+
+    def _get_perms(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        perms = self._tree(conn, tx).get_perms(self._path(conn, self._one_arg(msg.payload)))
+        return wire.perms_payload(perms)
+
+    def _set_perms(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        parts = msg.payload.split(b"\0")
+        if len(parts) < 3 or parts[-1] != b"":
+            raise StoreError("EINVAL")
+        path = self._path(conn, parts[0].decode("utf-8", "surrogateescape"))
+        try:
+            perms = tuple(Perm.parse(p.decode("ascii")) for p in parts[1:-1])
+        except (ValueError, UnicodeDecodeError):
+            raise StoreError("EINVAL") from None
+        self._tree(conn, tx).set_perms(path, perms)
+        self._changed(tx, path, False)
+        return wire.OK
+
+    def _changed(self, tx: TxView | None, path: str, exact: bool) -> None:
+        if tx is not None:
+            tx.events.append((path, exact))
+        else:
+            self.fire(path, exact)
+
+    # -- watches --------------------------------------------------------------------------------
+    def _watch(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        given, token = self._args(msg.payload, 2)
+        path = self._watch_path(conn, given)
+        if any(w.path == path and w.token == token for w in conn.watches):
+            raise StoreError("EEXIST")
+        if conn.domid != 0 and len(conn.watches) >= self.quotas.max_watches:
+            raise StoreError("E2BIG")
+        watch = Watch(given, path, token)
+        conn.watches.append(watch)
+        self._send(conn, _encode(T.WATCH, msg.req_id, msg.tx_id, wire.OK))
+        self._send(conn, _encode(T.WATCH_EVENT, 0, 0, wire.args(given, token)))
+        raise _Done
+
+    def _watch_path(self, conn: Connection, given: str) -> str:
+        if given.startswith("@"):
+            if len(given) > REL_PATH_MAX:
+                raise StoreError("EINVAL")
+            return given
+        return self._path(conn, given)
+
+    def _unwatch(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        given, token = self._args(msg.payload, 2)
+        path = self._watch_path(conn, given)
+        for w in conn.watches:
+            if w.path == path and w.token == token:
+                conn.watches.remove(w)
+                return wire.OK
+        raise StoreError("ENOENT")
+
+    def _reset_watches(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        conn.watches.clear()
+        return wire.OK
+
+    def fire(self, path: str, exact: bool = False) -> None:
+        """Queue a WATCH_EVENT on every connection watching ``path`` (or, unless exact, above it)."""
+        special = path.startswith("@")
+        for conn in self.connections.values():
+            for w in conn.watches:
+                hit = (w.path == path) if (exact or special) else is_under(path, w.path)
+                if not hit or not self._may_see(conn, path, special):
+                    continue
+                shown = path
+                if not special and w.given[:1] != "/" and path.startswith(conn.prefix):
+                    shown = path[len(conn.prefix):]
+                self._send(conn, _encode(T.WATCH_EVENT, 0, 0, wire.args(shown, w.token)))
+
+    def _may_see(self, conn: Connection, path: str, special: bool) -> bool:
+        if conn.domid == 0:
+            return True
+        if special:
+            return False
+        node = self.store.get(path) or self.store.get(parent_of(path))
+        return node is not None and can_read(conn.domid, node.perms)
+
+    # -- transactions ---------------------------------------------------------------------------
+    def _tx_start(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        if msg.tx_id:
+            raise StoreError("EBUSY")
+        if conn.domid != 0 and len(conn.transactions) >= self.quotas.max_transactions:
+            raise StoreError("ENOSPC")
+        tx_id = conn.next_tx
+        conn.next_tx += 1
+        conn.transactions[tx_id] = TxView(self.store)
+        return str(tx_id).encode() + b"\0"
+
+    def _tx_end(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        arg = self._one_arg(msg.payload) if msg.payload.endswith(b"\0") else None
+        if arg not in ("T", "F"):
+            raise StoreError("EINVAL")
+        if tx is None:
+            raise StoreError("ENOENT")
+        del conn.transactions[msg.tx_id]
+        if arg == "T":
+            if tx.conflicts():
+                raise StoreError("EAGAIN")
+            tx.apply()
+            for path, exact in tx.events:
+                self.fire(path, exact)
+        return wire.OK
+
+    # -- domains --------------------------------------------------------------------------------
+    def _introduce(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        if conn.domid != 0:
+            raise StoreError("EACCES")
+        domid_t, mfn_t, port_t = self._args(msg.payload, 3)
+        domid = self._domid(domid_t)
+        if not mfn_t.isdigit() or not port_t.isdigit():
+            raise StoreError("EINVAL")
+        if domid not in self.domains:
+            self.domains[domid] = Domain(domid, int(mfn_t), int(port_t))
+            self.actions.append(("introduced", domid))
+        self.fire("@introduceDomain", True)
+        return wire.OK
+
+    def _release(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        if conn.domid != 0:
+            raise StoreError("EACCES")
+        domid = self._domid(self._one_arg(msg.payload))
+        if domid == 0:
+            raise StoreError("EINVAL")
+        if domid not in self.domains:
+            raise StoreError("ENOENT")
+        del self.domains[domid]
+        self.actions.append(("released", domid))
+        for other in list(self.connections.values()):
+            if other.domid == domid:
+                self.disconnect(other)
+        self._after.append("@releaseDomain")  # after the reply, as C xenstored
+        return wire.OK
+
+    @staticmethod
+    def _atoi(text: str) -> int:
+        """C xenstored reads these domain ids with atoi: leading digits, else 0."""
+        digits = re.match(r"\s*([0-9]*)", text)
+        return int(digits.group(1) or 0) if digits else 0
+
+    def _get_domain_path(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        domid = self._atoi(self._one_arg(msg.payload))
+        return f"/local/domain/{domid}\0".encode()
+
+    def _is_introduced(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        domid = self._atoi(self._one_arg(msg.payload))
+        return b"T\0" if domid in self.domains else b"F\0"
+
+    def _resume(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        if conn.domid != 0:
+            raise StoreError("EACCES")
+        if self._domid(self._one_arg(msg.payload)) not in self.domains:
+            raise StoreError("ENOENT")
+        return wire.OK
+
+    def _set_target(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
+        if conn.domid != 0:
+            raise StoreError("EACCES")
+        domid_t, target_t = self._args(msg.payload, 2)
+        domid, target = self._domid(domid_t), self._domid(target_t)
+        if domid not in self.domains or target not in self.domains:
+            raise StoreError("ENOENT")
+        return wire.OK
+
+
+class _Done(StoreError):
+    """A handler queued its own reply (WATCH)."""
+
+    def __init__(self) -> None:
+        super().__init__("")

@@ -1,0 +1,276 @@
+"""The node tree, its permissions and transaction views: no I/O, no connections.
+
+Rules (the ones C xenstored follows, which is what clients are written against):
+
+1. Access for domain D to a node: dom0 and the node's owner (first permission entry) have both
+   read and write; otherwise the entry naming D, else the first entry's default. Letters n/r/w/b.
+2. A missing node is ENOENT, unless the nearest existing ancestor is unreadable: then EACCES,
+   so that a guest cannot probe for what it may not see.
+3. Creating a node needs write access to the nearest existing ancestor; missing intermediate
+   nodes are created with the parent's permissions; an unprivileged creator becomes the owner.
+4. Every change gives the node a new generation number. A transaction remembers the
+   generation of every node it touched (or that it was absent) and fails with EAGAIN at commit
+   if any of them changed in the meantime.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from xenpciback_cli.xenstore.wire import ABS_PATH_MAX, REL_PATH_MAX, Perm
+
+ROOT_PERMS = (Perm(0, "n"),)
+_VALID = re.compile(r"[A-Za-z0-9\-/_@]*\Z")
+
+
+class StoreError(Exception):
+    """An operation fails with a wire error name (``ENOENT``, ``EACCES``...)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node. Immutable: a change makes a new Node, so transactions can share the rest."""
+
+    value: bytes
+    perms: tuple[Perm, ...]
+    children: tuple[str, ...] = ()
+    gen: int = 0
+
+
+def parent_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def basename(path: str) -> str:
+    return path.rsplit("/", 1)[1]
+
+
+def is_under(path: str, top: str) -> bool:
+    """``path`` is ``top`` or inside it."""
+    if path == top or top == "/":
+        return True
+    return path.startswith(top) and path[len(top)] == "/"
+
+
+def canonical(domid: int, path: str) -> str:
+    """Absolute, validated node path for a request from ``domid`` (EINVAL if malformed)."""
+    if not path:
+        raise StoreError("EINVAL")
+    if path[0] != "/":
+        if len(path) > REL_PATH_MAX:
+            raise StoreError("EINVAL")
+        path = f"/local/domain/{domid}/{path}"
+    if (len(path) > ABS_PATH_MAX or not _VALID.match(path) or "//" in path
+            or (path.endswith("/") and path != "/") or "@" in path):
+        raise StoreError("EINVAL")
+    return path
+
+
+def access(domid: int, perms: tuple[Perm, ...]) -> str:
+    """What ``domid`` may do with a node: 'b', 'r', 'w' or 'n' (rule 1)."""
+    if domid == 0 or perms[0].domid == domid:
+        return "b"
+    for p in perms[1:]:
+        if p.domid == domid:
+            return p.access
+    return perms[0].access
+
+
+def can_read(domid: int, perms: tuple[Perm, ...]) -> bool:
+    return access(domid, perms) in "rb"
+
+
+def can_write(domid: int, perms: tuple[Perm, ...]) -> bool:
+    return access(domid, perms) in "wb"
+
+
+class Store:
+    """The committed tree: ``path -> Node`` plus a generation counter."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {"/": Node(b"", ROOT_PERMS)}
+        self.generation = 0
+
+    def get(self, path: str) -> Node | None:
+        return self.nodes.get(path)
+
+    def put(self, path: str, node: Node) -> None:
+        self.generation += 1
+        self.nodes[path] = Node(node.value, node.perms, node.children, self.generation)
+
+    def delete(self, path: str) -> None:
+        self.nodes.pop(path, None)
+
+    def owned_by(self, domid: int) -> int:
+        return sum(1 for n in self.nodes.values() if n.perms[0].domid == domid)
+
+
+class TxView:
+    """A transaction: changes kept aside, the generations it saw remembered (rule 4)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.changes: dict[str, Node | None] = {}
+        self.seen: dict[str, int | None] = {}
+        self.events: list[tuple[str, bool]] = []  # (path, exact) fired at commit
+
+    def _remember(self, path: str) -> None:
+        if path not in self.seen:
+            node = self.store.nodes.get(path)
+            self.seen[path] = node.gen if node is not None else None
+
+    def get(self, path: str) -> Node | None:
+        if path in self.changes:
+            return self.changes[path]
+        self._remember(path)
+        return self.store.nodes.get(path)
+
+    def put(self, path: str, node: Node) -> None:
+        self._remember(path)
+        self.changes[path] = node
+
+    def delete(self, path: str) -> None:
+        self._remember(path)
+        self.changes[path] = None
+
+    def conflicts(self) -> bool:
+        nodes = self.store.nodes
+        for path, gen in self.seen.items():
+            node = nodes.get(path)
+            if (node.gen if node is not None else None) != gen:
+                return True
+        return False
+
+    def apply(self) -> None:
+        for path, node in self.changes.items():
+            if node is None:
+                self.store.delete(path)
+            else:
+                self.store.put(path, node)
+
+
+View = Store | TxView
+
+
+class Tree:
+    """The operations on a view, as one domain (rules 1-3). Returns what watches must see."""
+
+    def __init__(self, view: View, domid: int) -> None:
+        self.view = view
+        self.domid = domid
+
+    def _missing(self, path: str) -> StoreError:
+        """ENOENT, or EACCES when the nearest existing ancestor is unreadable (rule 2)."""
+        p = path
+        while p != "/":
+            p = parent_of(p)
+            node = self.view.get(p)
+            if node is not None:
+                return StoreError("ENOENT" if can_read(self.domid, node.perms) else "EACCES")
+        return StoreError("ENOENT")
+
+    def node(self, path: str, want: str) -> Node:
+        node = self.view.get(path)
+        if node is None:
+            raise self._missing(path)
+        if want == "r" and not can_read(self.domid, node.perms):
+            raise StoreError("EACCES")
+        if want == "w" and not can_write(self.domid, node.perms):
+            raise StoreError("EACCES")
+        return node
+
+    def read(self, path: str) -> bytes:
+        return self.node(path, "r").value
+
+    def children(self, path: str) -> Node:
+        return self.node(path, "r")
+
+    def get_perms(self, path: str) -> tuple[Perm, ...]:
+        return self.node(path, "r").perms
+
+    def write(self, path: str, value: bytes) -> int:
+        """Set a value, creating the node (and parents) if needed; returns nodes created."""
+        node = self.view.get(path)
+        if node is not None:
+            if not can_write(self.domid, node.perms):
+                raise StoreError("EACCES")
+            self.view.put(path, Node(value, node.perms, node.children, node.gen))
+            return 0
+        return self._create(path, value)
+
+    def mkdir(self, path: str) -> int:
+        node = self.view.get(path)
+        if node is not None:
+            if not can_read(self.domid, node.perms):
+                raise StoreError("EACCES")
+            return -1  # exists: no change, no event
+        return self._create(path, b"")
+
+    def _create(self, path: str, value: bytes) -> int:
+        missing = [path]
+        p = path
+        while True:
+            p = parent_of(p)
+            anchor = self.view.get(p)
+            if anchor is not None:
+                break
+            missing.append(p)
+        if not can_write(self.domid, anchor.perms):
+            raise StoreError("EACCES")
+        perms = anchor.perms
+        if self.domid != 0:
+            perms = (Perm(self.domid, perms[0].access),) + tuple(perms[1:])
+        parent_path, parent = p, anchor
+        for new in reversed(missing):
+            self.view.put(parent_path, Node(parent.value, parent.perms,
+                                            parent.children + (basename(new),), parent.gen))
+            child = Node(value if new == path else b"", perms)
+            self.view.put(new, child)
+            parent_path, parent = new, child
+        return len(missing)
+
+    def rm(self, path: str) -> list[str] | None:
+        """Remove a subtree; returns the removed paths (deepest first), None if nothing to do."""
+        if path == "/":
+            raise StoreError("EINVAL")
+        node = self.view.get(path)
+        if node is None:
+            parent = self.view.get(parent_of(path))
+            if parent is not None:
+                if not can_read(self.domid, parent.perms):
+                    raise StoreError("EACCES")
+                return None  # a missing leaf whose parent exists: OK (both real daemons)
+            raise self._missing(path)
+        if not can_write(self.domid, node.perms):
+            raise StoreError("EACCES")
+        removed: list[str] = []
+        self._collect(path, node, removed)
+        for p in removed:
+            self.view.delete(p)
+        parent_path = parent_of(path)
+        parent = self.view.get(parent_path)
+        if parent is not None:
+            name = basename(path)
+            self.view.put(parent_path, Node(parent.value, parent.perms,
+                                            tuple(c for c in parent.children if c != name),
+                                            parent.gen))
+        return removed
+
+    def _collect(self, path: str, node: Node, out: list[str]) -> None:
+        for child in node.children:
+            cpath = f"{path}/{child}" if path != "/" else f"/{child}"
+            cnode = self.view.get(cpath)
+            if cnode is not None:
+                self._collect(cpath, cnode, out)
+        out.append(path)
+
+    def set_perms(self, path: str, perms: tuple[Perm, ...]) -> None:
+        node = self.node(path, "w")
+        if self.domid != 0 and perms[0].domid != node.perms[0].domid:
+            raise StoreError("EPERM")  # unprivileged domains may not give a node away
+        self.view.put(path, Node(node.value, perms, node.children, node.gen))

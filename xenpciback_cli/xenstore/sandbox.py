@@ -1,0 +1,130 @@
+"""The sandbox's own xenstored: started in the background on demand, stopped by ``sandbox stop``.
+
+Layout under the sandbox directory S::
+
+    S/xenstore/socket        dom0's socket (S/xenstore/socket.d/D for introduced domain D)
+    S/xenstore/state.json    the tree, saved when the daemon stops cleanly
+    S/xenstore/pid           the daemon's pid
+    S/xenstore/daemon.log    its stderr
+    S/xenstore/lock          serialises concurrent "start it if needed"
+
+Why a detached process rather than a thread: every ``xen-pciback`` invocation is short-lived,
+and the simulated guests and backends of a sandbox must share one store between commands.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+class SandboxDaemonError(Exception):
+    """The sandbox's xenstored could not be started or stopped (message says why)."""
+
+
+def xenstore_dir(sandbox: str | os.PathLike[str]) -> Path:
+    return Path(sandbox) / "xenstore"
+
+
+def socket_path(sandbox: str | os.PathLike[str]) -> str:
+    return str(xenstore_dir(sandbox) / "socket")
+
+
+def _answers(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(1.0)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def read_pid(sandbox: str | os.PathLike[str]) -> int | None:
+    try:
+        pid = int((xenstore_dir(sandbox) / "pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _is_our_daemon(pid, socket_path(sandbox)) else None
+
+
+def _is_our_daemon(pid: int, sock: str) -> bool:
+    """The pid is alive and is the xenstored serving this sandbox (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"xenstored" in cmdline and sock.encode() in cmdline
+
+
+def ensure_running(sandbox: str | os.PathLike[str]) -> str:
+    """Start the sandbox's xenstored unless it already answers; return its socket path."""
+    sandbox = Path(sandbox)
+    if not sandbox.is_dir():
+        raise SandboxDaemonError(f"sandbox {sandbox} does not exist (create it with 'sandbox init')")
+    sock = socket_path(sandbox)
+    if _answers(sock):
+        return sock
+    xdir = xenstore_dir(sandbox)
+    xdir.mkdir(exist_ok=True)
+    with open(xdir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _answers(sock):
+            return sock
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+        for var in ("XENSTORED_PATH", "XENSTORED_RUNDIR"):
+            env.pop(var, None)
+        log = open(xdir / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "xenpciback_cli", "sandbox", "xenstored", "--socket", sock,
+                 "--state", str(xdir / "state.json")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(xdir), env=env,
+                start_new_session=True, close_fds=True)
+        finally:
+            log.close()
+        (xdir / "pid").write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = (xdir / "daemon.log").read_text(errors="replace").strip().splitlines()[-1:]
+                raise SandboxDaemonError(f"xenstored for {sandbox} exited at start"
+                                         + (f": {tail[0]}" if tail else ""))
+            if _answers(sock):
+                return sock
+            time.sleep(0.02)
+        proc.terminate()
+        raise SandboxDaemonError(f"xenstored for {sandbox} did not start within {START_TIMEOUT:g}s")
+
+
+def stop(sandbox: str | os.PathLike[str]) -> int | None:
+    """Stop the sandbox's xenstored (it saves its tree); returns its pid, None if not running."""
+    pid = read_pid(sandbox)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if not _is_our_daemon(pid, socket_path(sandbox)):
+            break
+        time.sleep(0.02)
+    else:
+        raise SandboxDaemonError(f"xenstored (pid {pid}) did not stop within {STOP_TIMEOUT:g}s")
+    try:
+        (xenstore_dir(sandbox) / "pid").unlink()
+    except OSError:
+        pass
+    return pid
