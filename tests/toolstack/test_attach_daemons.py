@@ -214,3 +214,21 @@ def test_status_names_states_and_errors(client, domid):
                                 "vdevfn": None, "name": None}]
     assert data["backend_error"] == "14 version mismatch"
     assert data["next_move"].startswith("the backend (dom0 pciback): probe")
+
+
+def test_endless_conflicts_give_up_cleanly(client, domid, xenstored_socket):
+    other = XenstoreClient.open_socket(xenstored_socket)
+    before = dump(client, "/")
+    try:
+        with pytest.raises(OperationFailed, match=r"^attaching to domain \d+: xenstore transaction "
+                                                  r"conflicted with other writers 3 times; nothing was changed$"):
+            attach(client, AttachSpec(domid, NIC), retries=2,
+                   on_attempt=lambda n: other.write(f"{be(domid)}/num_devs", str(n)))
+    finally:
+        other.close()
+    after = dump(client, "/")
+    after.pop(f"{be(domid)}/num_devs")  # the concurrent writer's own node
+    after.pop(be(domid)), after.pop("/local/domain/0/backend/pci/" + str(domid))
+    after.pop("/local/domain/0/backend/pci", None), after.pop("/local/domain/0/backend", None)
+    before.pop("/local/domain/0/backend/pci", None), before.pop("/local/domain/0/backend", None)
+    assert after == before

@@ -29,7 +29,7 @@ from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
 from xenpciback_cli.toolstack.xenbus import XenbusState
-from xenpciback_cli.toolstack.xsexec import apply_ops, read_backend, read_or_none
+from xenpciback_cli.toolstack.xsexec import apply_ops, read_backend, read_or_none, transact
 
 DEFAULT_TIMEOUT = 10.0  # libxl__wait_for_backend: 100 polls of 100 ms
 TRANSACTION_RETRIES = 16
@@ -234,7 +234,7 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
             on_attempt(attempts)
         return plan
 
-    plan = client.transact(build, retries=retries)
+    plan = transact(client, build, retries=retries, what=f"attaching to domain {domid}")
     if attempts > 1:
         notes.append(f"xenstore transaction retried {attempts - 1} time(s) after conflicts")
     result = AttachResult(domid, list(bdfs), list(plan.indices), plan.hotplug, plan.first,

@@ -28,7 +28,7 @@ from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
 from xenpciback_cli.toolstack.xenbus import XenbusState
-from xenpciback_cli.toolstack.xsexec import apply_ops, read_backend, read_or_none
+from xenpciback_cli.toolstack.xsexec import apply_ops, read_backend, read_or_none, transact
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -89,7 +89,7 @@ def _find(view: L.BackendView, bdf: Bdf, domid: int) -> int:
 
 
 def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force: bool = False,
-           timeout: float = DEFAULT_TIMEOUT, reset: bool = True,
+           timeout: float = DEFAULT_TIMEOUT, reset: bool = True, retries: int = 16,
            on_attempt: Callable[[int], None] | None = None) -> DetachResult:
     """Detach ``bdf`` from ``domid``; see the module docstring."""
     if not 0 < domid < 0x7FF0:
@@ -123,7 +123,7 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
         apply_ops(tx, L.plan_detach_request(domid, i, reconfigure=reconfigure))
         return reconfigure
 
-    handshake = client.transact(request)
+    handshake = transact(client, request, retries=retries, what=f"detaching {bdf}")
     if handshake:
         try:
             wait_for(client, domid, round_finished, timeout=timeout,
@@ -151,7 +151,7 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
         if on_attempt is not None:
             on_attempt(attempts)
 
-    client.transact(remove)
+    transact(client, remove, retries=retries, what=f"detaching {bdf}")
     if attempts > 1:
         notes.append(f"xenstore transaction retried {attempts - 1} time(s) after conflicts")
     outcome = reset_device(host, bdf) if reset else None

@@ -92,3 +92,16 @@ def apply_ops(node: Any, ops: Sequence[Op]) -> None:
                 node.rm(up)
         else:  # pragma: no cover
             raise TypeError(op)
+
+
+def transact(client: Any, fn: Any, *, retries: int, what: str) -> Any:
+    """``client.transact`` with a person-readable failure when conflicts never stop."""
+    from xenpciback_cli.errors import OperationFailed
+
+    try:
+        return client.transact(fn, retries=retries)
+    except OperationFailed as exc:
+        if getattr(exc, "errno_name", None) == "EAGAIN":
+            raise OperationFailed(f"{what}: xenstore transaction conflicted with other writers "
+                                  f"{retries + 1} times; nothing was changed") from None
+        raise
