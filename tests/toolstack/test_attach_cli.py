@@ -133,3 +133,13 @@ def test_spec_string_forms_are_equivalent():
                      ("36:20.0", "slot 0x20"), ("36:00.0,rdm_policy=lax", "strict or relaxed")]:
         with pytest.raises(InputError, match=why):
             parse_attach_spec(bad)
+
+
+def test_status_shows_a_guests_error_node_inertly(sandbox):
+    if run(sandbox, "status", "--domid", "6", check=False).returncode != 0:
+        run(sandbox, "sandbox", "domain", "create", "6", "--no-guest")
+    env = dict(os.environ, XENSTORED_PATH=str(sandbox / "xenstore" / "socket"))
+    subprocess.run(["xenstore-write", "/local/domain/6/error/device/pci/0/error",
+                    "22 \x1b[31mred"], env=env, check=True, timeout=30)
+    out = run(sandbox, "status", "--domid", "6").stdout
+    assert "frontend error: 22 \\x1b[31mred" in out and "\x1b" not in out

@@ -22,15 +22,22 @@ def command(app: object, domid: int, socket_path: str | None) -> None:
         term.json(status.to_json())
         return
 
+    def safe(text: object) -> str:
+        """Guests write some of these nodes: show control characters as \\xNN, never raw."""
+        if text is None:
+            return ""
+        return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+
     def named(state: object) -> str:
         return state.describe() if state is not None else "absent"  # type: ignore[attr-defined]
 
-    title = f"domain {domid}" + (f" ({status.name})" if status.name else "")
+    title = f"domain {domid}" + (f" ({safe(status.name)})" if status.name else "")
     term.line(f"{title}: backend {named(status.backend_state)}, "
               f"frontend {named(status.frontend_state)}, {status.num_devs} device(s)")
     if status.devices:
-        rows = [(d.index, d.bdf, f"{d.state} ({d.state_name})" if d.state_name else d.state,
-                 d.vdev, d.opts) for d in status.devices]
+        rows = [(d.index, safe(d.bdf),
+                 f"{d.state} ({d.state_name})" if d.state_name else safe(d.state),
+                 safe(d.vdev), safe(d.opts)) for d in status.devices]
         term.table(["#", "device", "state-N", "vdev-N", "opts"], rows)
     if status.next_move:
         term.line(f"next move: {status.next_move}")
@@ -38,4 +45,4 @@ def command(app: object, domid: int, socket_path: str | None) -> None:
                         ("frontend error", status.frontend_error),
                         ("AER", status.aer_state)):
         if text:
-            term.line(f"{label}: {text}")
+            term.line(f"{label}: {safe(text)}")
