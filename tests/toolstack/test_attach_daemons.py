@@ -232,3 +232,24 @@ def test_endless_conflicts_give_up_cleanly(client, domid, xenstored_socket):
     after.pop("/local/domain/0/backend/pci", None), after.pop("/local/domain/0/backend", None)
     before.pop("/local/domain/0/backend/pci", None), before.pop("/local/domain/0/backend", None)
     assert after == before
+
+
+def test_stale_record_of_a_vanished_domain_is_cleared_with_force(client):
+    d = next(_domids)
+    client.write("/libxl/pci/0000-04-00-0/domid", str(d))  # a guest that died uncleanly
+    dev = Bdf(0, 4, 0, 0)
+    other = next(_domids)
+    create_domain(client, other)
+    try:
+        with pytest.raises(SafetyRefusal, match=f"attached to domain {d}, which no longer exists: "
+                                                f"run 'detach 0000:04:00.0 --domid {d} --force'"):
+            attach(client, AttachSpec(other, dev))
+        with pytest.raises(InputError, match="stale record there: use --force"):
+            detach(client, dev, d)
+        out = detach(client, dev, d, force=True)
+        assert out.forced and "stale record" in out.notes[0]
+        assert not client.exists("/libxl/pci/0000-04-00-0/domid")
+        attach(client, AttachSpec(other, dev))
+    finally:
+        destroy_domain(client, other)
+        client.rm("/libxl/pci/0000-04-00-0")

@@ -95,8 +95,20 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
     if not 0 < domid < 0x7FF0:
         raise InputError(f"invalid domain id {domid}: guests are 1-32751 (0 is dom0)")
     view = read_backend(client, domid)
+    stale = view.index_of(bdf) is None and read_or_none(client, L.libxl_domid_path(bdf)) == str(domid)
+    if stale and force:
+        # libxl's record says the guest holds it, but no backend entry does (the guest died
+        # and nobody cleaned up): clear the record so the device can be attached again.
+        transact(client, lambda tx: apply_ops(tx, L.plan_libxl_release(bdf)), retries=retries,
+                 what=f"detaching {bdf}")
+        return DetachResult(domid, bdf, -1, False, True, False,
+                            reset_device(host, bdf) if reset else None,
+                            [f"no backend entry for {bdf} in domain {domid}: removed the stale "
+                             f"record {L.libxl_domid_path(bdf)}"])
     if not view.exists and not client.exists(L.domain_home(domid)):
-        raise InputError(f"unknown domain {domid}: /local/domain/{domid} does not exist")
+        raise InputError(f"unknown domain {domid}: /local/domain/{domid} does not exist"
+                         + (f" ({bdf} has a stale record there: use --force to clear it)"
+                            if stale else ""))
     index = _find(view, bdf, domid)
     notes: list[str] = []
     forced = False
