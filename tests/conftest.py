@@ -18,7 +18,11 @@ def _start_xenstored(kind, tmp_path_factory, **kwargs):
         pytest.skip(f"{kind} unavailable: {exc}")
 
 
-@pytest.fixture(scope="module", params=_xsd.KINDS)
+_KIND_PARAMS = [pytest.param(k, marks=() if k == "embedded" else pytest.mark.realdaemon)
+                for k in _xsd.KINDS]
+
+
+@pytest.fixture(scope="module", params=_KIND_PARAMS)
 def xenstored_daemon(request, tmp_path_factory):
     """A fresh daemon of each kind (embedded, cxenstored, oxenstored) per test module."""
     daemon = _start_xenstored(request.param, tmp_path_factory)
@@ -45,7 +49,7 @@ def real_cxenstored_socket(real_cxenstored_daemon):
     return real_cxenstored_daemon.socket
 
 
-@pytest.fixture(params=_xsd.KINDS)
+@pytest.fixture(params=_KIND_PARAMS)
 def fresh_xenstored_daemon(request, tmp_path_factory):
     """A daemon of each kind started for this one test (for tests that need a fresh tree)."""
     daemon = _start_xenstored(request.param, tmp_path_factory)

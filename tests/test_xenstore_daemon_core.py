@@ -164,3 +164,56 @@ def test_hostile_requests_get_errors_not_crashes(core):
         for payload in (b"", b"\0", b"\xff\xfe\0", b"/a\0b\0c\0", b"x" * 10):
             t, _ = dom0.ask(op, payload)  # exactly one reply each, whatever it is
     assert dom0.ok(T.READ, b"/public\0") == b"hello"
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_paths = st.sampled_from([b"/f", b"/f/a", b"/f/a/b", b"f/rel", b"/", b"@introduceDomain", b""])
+_payloads = st.one_of(
+    st.binary(max_size=64),
+    st.builds(lambda p, v: p + b"\0" + v, _paths, st.binary(max_size=16)),
+    st.builds(lambda p: p + b"\0", _paths),
+    st.builds(lambda p, a, b: p + b"\0" + a + b"\0" + b + b"\0", _paths,
+              st.sampled_from([b"n0", b"r5", b"b3", b"x", b"T", b"F", b"1", b"0"]),
+              st.sampled_from([b"tok", b"", b"w7", b"1"])),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 3), _payloads, st.sampled_from([0, 5])),
+                max_size=40))
+def test_fuzzed_requests_each_get_exactly_one_reply(requests):
+    core = Core(Quotas(max_nodes=30))
+    Peer(core).ok(T.INTRODUCE, b"5\x001\x001\0")  # so a domain-5 connection is legitimate
+    peers = {0: Peer(core, 0), 5: Peer(core, 5)}
+    for op, tx, payload, domid in requests:
+        peer = peers[domid]
+        if peer.conn.closed:
+            continue
+        peer.req += 1
+        core.handle(peer.conn, wire.Message(op, peer.req, tx, payload))
+        replies = [m for m in peer.drain() if m.type != T.WATCH_EVENT]
+        assert len(replies) == 1
+        assert replies[0].req_id == peer.req and replies[0].tx_id == tx
+        assert len(replies[0].payload) <= wire.PAYLOAD_MAX
+    # The store is still a tree: every child listed exists and every node's parent lists it.
+    nodes = core.store.nodes
+    for path, node in nodes.items():
+        for child in node.children:
+            assert (path.rstrip("/") + "/" + child) in nodes
+        if path != "/":
+            parent = path.rsplit("/", 1)[0] or "/"
+            assert path.rsplit("/", 1)[1] in nodes[parent].children
+
+
+def test_a_bug_in_a_handler_answers_eio_and_is_kept_for_the_log(core, monkeypatch):
+    dom0 = Peer(core)
+
+    def broken(*_):
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setitem(core._dispatch, T.READ, broken)
+    assert dom0.err(T.READ, b"/public\0") == "EIO"
+    assert "ZeroDivisionError" in core.internal_errors[0]
+    assert dom0.ok(T.WRITE, b"/still\0works") == b"OK\0"

@@ -1,5 +1,6 @@
 """The embedded daemon as a process: per-domain sockets, save/reload, trace, and real clients
-(Debian's xenstore-utils and pyxs) talking to it unchanged."""
+(Debian's xenstore-utils and pyxs) talking to it unchanged. The real-client tests also run
+against the two real daemons, which shows the tests expect what real xenstored does."""
 
 import json
 import os
@@ -30,8 +31,8 @@ def tool(name):
     return path
 
 
-def run_tool(embedded, *argv, check=True):
-    env = dict(os.environ, XENSTORED_PATH=embedded.socket)
+def run_tool(daemon, *argv, check=True):
+    env = dict(os.environ, XENSTORED_PATH=daemon.socket)
     proc = subprocess.run([tool(argv[0]), *argv[1:]], env=env, capture_output=True, text=True,
                           timeout=20)
     if check:
@@ -39,50 +40,44 @@ def run_tool(embedded, *argv, check=True):
     return proc
 
 
-def test_xenstore_utils_round_trip(embedded):
-    run_tool(embedded, "xenstore-write", "/u/a", "one", "/u/b", "two")
-    assert run_tool(embedded, "xenstore-read", "/u/a").stdout == "one\n"
-    assert run_tool(embedded, "xenstore-list", "/u").stdout.split() == ["a", "b"]
-    run_tool(embedded, "xenstore-chmod", "/u/a", "n0", "r5")
-    out = run_tool(embedded, "xenstore-ls", "-p", "/u").stdout
+def test_xenstore_utils_round_trip(xenstored_daemon):
+    run_tool(xenstored_daemon, "xenstore-write", "/u/a", "one", "/u/b", "two")
+    assert run_tool(xenstored_daemon, "xenstore-read", "/u/a").stdout == "one\n"
+    assert run_tool(xenstored_daemon, "xenstore-list", "/u").stdout.split() == ["a", "b"]
+    run_tool(xenstored_daemon, "xenstore-chmod", "/u/a", "n0", "r5")
+    out = run_tool(xenstored_daemon, "xenstore-ls", "-p", "/u").stdout
     assert 'a = "one"' in out and "(n0,r5)" in out
-    run_tool(embedded, "xenstore-rm", "/u/a")
-    bad = run_tool(embedded, "xenstore-read", "/u/a", check=False)
+    run_tool(xenstored_daemon, "xenstore-rm", "/u/a")
+    bad = run_tool(xenstored_daemon, "xenstore-read", "/u/a", check=False)
     assert bad.returncode != 0
-    with connect(embedded.socket) as client:
+    with connect(xenstored_daemon.socket) as client:
         assert client.get_perms("/u/b") == [Perm(0, "n")]
 
 
-def test_xenstore_watch_tool(embedded):
-    env = dict(os.environ, XENSTORED_PATH=embedded.socket)
+def test_xenstore_watch_tool(xenstored_daemon):
+    env = dict(os.environ, XENSTORED_PATH=xenstored_daemon.socket)
     proc = subprocess.Popen([tool("xenstore-watch"), "-n", "2", "/uw"], env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
-        with connect(embedded.socket) as client:
-            client.watch("/uw", "sync")  # our own watch proves the tool's is in place... almost:
-            client.next_event(2)
-            import time
-            for _ in range(100):  # the tool registers its watch asynchronously
-                client.write("/uw/x", "1")
-                if client.next_event(0.05) and proc.poll() is not None:
-                    break
-                time.sleep(0.05)
+        assert proc.stdout.readline() == "/uw\n"  # the initial event: its watch is in place
+        with connect(xenstored_daemon.socket) as client:
+            client.write("/uw/x", "1")
         out, _ = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert out.splitlines()[0] == "/uw"
-    assert out.splitlines()[1] == "/uw/x"
+    assert out == "/uw/x\n"
+    assert proc.returncode == 0
 
 
-def test_pyxs_against_embedded(embedded):
+def test_pyxs_against_each_daemon(xenstored_daemon):
     if not Path(PYXS_PYTHON).exists() or subprocess.run(
             [PYXS_PYTHON, "-c", "import pyxs"], capture_output=True).returncode != 0:
         pytest.skip("python3-pyxs is not installed for /usr/bin/python3")
     script = f"""
 import json, pyxs
-with pyxs.Client(unix_socket_path={embedded.socket!r}) as c:
+with pyxs.Client(unix_socket_path={xenstored_daemon.socket!r}) as c:
     c[b'/py/a'] = b'v\\x00bin'
     out = {{'read': c[b'/py/a'].decode('latin-1'), 'list': [x.decode() for x in c.list(b'/py')]}}
     c.set_perms(b'/py/a', [b'b0', b'r3'])
@@ -183,3 +178,42 @@ def test_sandbox_xenstored_refuses_a_live_socket(embedded):
                           capture_output=True, text=True, timeout=30, env=embedded.env)
     assert proc.returncode == 1
     assert proc.stderr.startswith("xen-pciback: error: ") and "already listening" in proc.stderr
+
+
+def test_a_peer_that_never_reads_is_dropped_not_buffered_forever(tmp_path):
+    import socket as s
+
+    from xenpciback_cli.xenstore import wire
+    from xenpciback_cli.xenstore.daemon import server
+
+    daemon = xsdaemons.start_embedded(tmp_path / "d", extra=["--no-state"])
+    try:
+        greedy = s.socket(s.AF_UNIX)
+        greedy.connect(daemon.socket)
+        greedy.settimeout(10)
+        request = wire.encode(wire.MessageType.READ, 1, 0, b"/big\0")
+        with connect(daemon.socket) as client:
+            client.write("/big", b"x" * 4000)
+            # Ask for ~4 KiB replies without ever reading them, until the daemon gives up on us.
+            sent = 0
+            try:
+                while sent < 4 * server.MAX_PENDING:
+                    greedy.sendall(request * 64)
+                    sent += 64 * 4000
+            except OSError:
+                pass
+            assert client.read("/big") == b"x" * 4000  # everyone else is still served
+        greedy.settimeout(5)
+        drained = 0
+        while True:
+            try:
+                chunk = greedy.recv(1 << 20)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drained += len(chunk)
+        assert drained < 4 * server.MAX_PENDING  # the connection was closed, not fed forever
+        greedy.close()
+    finally:
+        daemon.stop()

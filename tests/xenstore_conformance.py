@@ -41,9 +41,19 @@ class Like:
         return f"Like({self.pattern!r})"
 
 
+@dataclass(frozen=True)
+class OneOf:
+    """Any of these replies (where the real daemon's answer is not deterministic)."""
+
+    options: tuple
+
+    def __repr__(self) -> str:
+        return " or ".join(repr(o) for o in self.options)
+
+
 OK = b"OK\0"
 TXID = Like(rb"[1-9][0-9]*\0")
-Reply = bytes | Err | Like
+Reply = bytes | Err | Like | OneOf
 REPLY_FIRST = {T.WATCH, T.RELEASE}  # C xenstored sends these replies before the events
 
 
@@ -110,8 +120,10 @@ SCRIPTS: dict[str, list[Step]] = {
         S("a", "READ", "/err/trailing/\0", Err("EINVAL")),
         S("a", "READ", "/err/bad char\0", Err("EINVAL")),
         S("a", "WRITE", "/err/x*y\0v", Err("EINVAL")),
-        S("a", "READ", "/err/nonul", Err("EINVAL"),
-          note="READ whose path lacks its NUL"),
+        S("a", "READ", "/err/nonul", OneOf((Err("EINVAL"), Err("ENOENT"))),
+          note="READ whose path lacks its NUL (C xenstored reads past the payload: its answer "
+               "depends on leftover buffer bytes, and random sequences of such requests crashed "
+               "it; ours and oxenstored answer EINVAL)"),
         S("a", "WRITE", "/err/no-separator", Err("EINVAL")),
         S("a", "GET_DOMAIN_PATH", "abc\0", b"/local/domain/0\0",
           note="a domain id that is not a number (C reads it with atoi)"),
@@ -284,6 +296,10 @@ SCRIPTS: dict[str, list[Step]] = {
         S("a", "WRITE", "/e/unrelated\0", OK, tx="t3"),
         S("a", "TRANSACTION_END", "T\0", Err("EAGAIN"), tx="t3",
           note="a node read as missing was created meanwhile"),
+        S("a", "TRANSACTION_START", "\0", TXID, save_tx="t4"),
+        S("a", "RM", "/e/never-there\0", OK, tx="t4",
+          note="RM of a missing leaf whose parent exists, inside a transaction"),
+        S("a", "TRANSACTION_END", "F\0", OK, tx="t4"),
         S("a", "DIRECTORY", "/e/v\0", b""),
         S("a", "GET_PERMS", "relative-missing\0", Err("ENOENT")),
     ],
@@ -336,6 +352,14 @@ def op_type(name: str) -> int:
 def check_reply(step: Step, kind: str, msg: wire.Message) -> str | None:
     """None if ``msg`` is an acceptable reply to ``step`` from a daemon of ``kind``."""
     expected = step.alt.get(kind, step.reply)
+    return _check(step, expected, msg)
+
+
+def _check(step: Step, expected: Reply, msg: wire.Message) -> str | None:
+    if isinstance(expected, OneOf):
+        if any(_check(step, o, msg) is None for o in expected.options):
+            return None
+        return f"want {expected!r}, got {wire.type_name(msg.type)} {msg.payload!r}"
     if isinstance(expected, Err):
         ok = msg.type == T.ERROR and msg.payload == expected.name.encode() + b"\0"
     elif msg.type == T.ERROR:

@@ -11,7 +11,8 @@
  *  - open/open64: /proc/xen/xsd_port and /proc/xen/xsd_kva (dom0's ring) come from files in
  *    $XS_SHIM_DIR, which the test launcher creates.
  *  - setrlimit: oxenstored asks for more open files than an unprivileged process may have.
- *  - bind/unlink: oxenstored hard-codes /var/run/xenstored/; we move it to $XENSTORED_PATH's dir.
+ *  - bind/unlink/mkdir: oxenstored hard-codes /var/run/xenstored/ (its socket, and a "db" dump
+ *    written at exit); the socket goes to $XENSTORED_PATH, the rest to $XS_SHIM_DIR.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -177,10 +178,24 @@ static const char *redirect(const char *path, char *buf, size_t len)
         snprintf(buf, len, "%s/xsd_kva", dir);
         return buf;
     }
-    if (sock && strcmp(path, "/var/run/xenstored/socket") == 0)
+    /* oxenstored's run directory (socket, socket_ro, its "db" dump at exit) */
+    const char *name = NULL;
+    if (strcmp(path, "/var/run/xenstored") == 0 || strcmp(path, "/run/xenstored") == 0)
+        return dir;
+    if (strncmp(path, "/var/run/xenstored/", 19) == 0)
+        name = path + 19;
+    else if (strncmp(path, "/run/xenstored/", 15) == 0)
+        name = path + 15;
+    if (!name)
+        return NULL;
+    if (sock && strcmp(name, "socket") == 0)
         return sock;
-    if (sock && strcmp(path, "/var/run/xenstored/socket_ro") == 0) {
+    if (sock && strcmp(name, "socket_ro") == 0) {
         snprintf(buf, len, "%s_ro", sock);
+        return buf;
+    }
+    if (dir) {
+        snprintf(buf, len, "%s/%s", dir, name);
         return buf;
     }
     return NULL;
@@ -245,4 +260,12 @@ int unlink(const char *path)
     char buf[PATH_MAX];
     const char *to = redirect(path, buf, sizeof(buf));
     return real(to ? to : path);
+}
+
+int mkdir(const char *path, mode_t mode)
+{
+    int (*real)(const char *, mode_t) = dlsym(RTLD_NEXT, "mkdir");
+    char buf[PATH_MAX];
+    const char *to = redirect(path, buf, sizeof(buf));
+    return real(to ? to : path, mode);
 }

@@ -129,7 +129,11 @@ def rm(ctx: click.Context, paths: tuple[str, ...], socket_path: str | None) -> N
 @click.pass_context
 def watch(ctx: click.Context, paths: tuple[str, ...], count: int | None, timeout: float | None,
           socket_path: str | None) -> None:
-    """Print 'PATH TOKEN' for each event on PATH (or below); --json: one JSON object a line."""
+    """Print 'CHANGED-PATH WATCHED-PATH' for each change at or below PATH.
+
+    Each watch first reports its own PATH once (xenstore's initial event). With --json, one
+    JSON object per line.
+    """
     import json
     import time
 

@@ -39,6 +39,19 @@ def socket_path(sandbox: str | os.PathLike[str]) -> str:
     return str(xenstore_dir(sandbox) / "socket")
 
 
+def domain_socket_path(sandbox: str | os.PathLike[str], domid: int) -> str:
+    """Where a simulated guest of domain ``domid`` connects (exists once it is introduced)."""
+    return f"{socket_path(sandbox)}.d/{domid}"
+
+
+def connect_sandbox(sandbox: str | os.PathLike[str], domid: int = 0, **kwargs: object) -> object:
+    """A client of the sandbox's xenstored (started if needed), as dom0 or as ``domid``."""
+    from xenpciback_cli.xenstore.client import connect
+
+    sock = ensure_running(sandbox)
+    return connect(sock if domid == 0 else domain_socket_path(sandbox, domid), **kwargs)  # type: ignore[arg-type]
+
+
 def _answers(path: str) -> bool:
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(1.0)

@@ -74,6 +74,7 @@ class Core:
         self.domains: dict[int, Domain] = {0: Domain(0, 0, 0)}
         self.actions: list[tuple[str, int]] = []  # ("introduced"|"released", domid)
         self.dirty: set[Connection] = set()  # connections with frames waiting in their outbox
+        self.internal_errors: list[str] = []  # tracebacks of our own bugs, for the edge to log
         self._next_conn = 1
         tree = Tree(self.store, 0)
         tree.write("/tool/xenstored", b"")
@@ -125,6 +126,12 @@ class Core:
             return
         except StoreError as exc:
             self._send(conn, _encode(T.ERROR, msg.req_id, msg.tx_id, exc.name.encode() + b"\0"))
+            return
+        except Exception:  # a bug of ours must not take the daemon (and every guest) down
+            import traceback
+
+            self.internal_errors.append(traceback.format_exc())
+            self._send(conn, _encode(T.ERROR, msg.req_id, msg.tx_id, b"EIO\0"))
             return
         self._send(conn, _encode(msg.type, msg.req_id, msg.tx_id, body))
         for path in self._after:
@@ -289,6 +296,7 @@ class Core:
         """Queue a WATCH_EVENT on every connection watching ``path`` (or, unless exact, above it)."""
         special = path.startswith("@")
         for conn in self.connections.values():
+            sent: set[bytes] = set()  # one event per (path, token), as C xenstored
             for w in conn.watches:
                 hit = (w.path == path) if (exact or special) else is_under(path, w.path)
                 if not hit or not self._may_see(conn, path, special):
@@ -296,7 +304,10 @@ class Core:
                 shown = path
                 if not special and w.given[:1] != "/" and path.startswith(conn.prefix):
                     shown = path[len(conn.prefix):]
-                self._send(conn, _encode(T.WATCH_EVENT, 0, 0, wire.args(shown, w.token)))
+                body = wire.args(shown, w.token)
+                if body not in sent:
+                    sent.add(body)
+                    self._send(conn, _encode(T.WATCH_EVENT, 0, 0, body))
 
     def _may_see(self, conn: Connection, path: str, special: bool) -> bool:
         if conn.domid == 0:
@@ -340,9 +351,10 @@ class Core:
         domid = self._domid(domid_t)
         if not mfn_t.isdigit() or not port_t.isdigit():
             raise StoreError("EINVAL")
-        if domid not in self.domains:
-            self.domains[domid] = Domain(domid, int(mfn_t), int(port_t))
-            self.actions.append(("introduced", domid))
+        if domid in self.domains:
+            return wire.OK  # already introduced: no event (C xenstored)
+        self.domains[domid] = Domain(domid, int(mfn_t), int(port_t))
+        self.actions.append(("introduced", domid))
         self.fire("@introduceDomain", True)
         return wire.OK
 
@@ -359,8 +371,28 @@ class Core:
         for other in list(self.connections.values()):
             if other.domid == domid:
                 self.disconnect(other)
+        self._remove_orphans(domid)
         self._after.append("@releaseDomain")  # after the reply, as C xenstored
         return wire.OK
+
+    def _remove_orphans(self, domid: int) -> None:
+        """Delete the subtrees the released domain owns, as C xenstored does (watches fire)."""
+        nodes = self.store.nodes
+        tree = Tree(self.store, 0)
+        stack = ["/"]
+        while stack:
+            path = stack.pop()
+            node = nodes.get(path)
+            if node is None:
+                continue
+            if path != "/" and node.perms[0].domid == domid:
+                removed = tree.rm(path) or []
+                for p in removed[:-1]:
+                    self.fire(p, True)
+                self.fire(path, False)
+                continue
+            prefix = "/" if path == "/" else path + "/"
+            stack.extend(prefix + c for c in reversed(node.children))
 
     @staticmethod
     def _atoi(text: str) -> int:

@@ -21,6 +21,9 @@ from xenpciback_cli.xenstore.daemon.core import Connection, Core
 
 READ_SIZE = 65536
 BACKLOG = 128
+#: A peer that lets this much output pile up (never reads its replies or watch events) is
+#: dropped: a hostile guest must not make the daemon grow without bound.
+MAX_PENDING = 8 << 20
 
 
 class _Peer:
@@ -184,6 +187,12 @@ class Server:
         except wire.ProtocolError as exc:
             self._log(f"connection {peer.conn.id}: {exc}; dropping it")
             self._drop(peer)
+        if core.internal_errors:
+            import sys
+
+            for text in core.internal_errors:
+                sys.stderr.write(f"xenstored: internal error (answered EIO):\n{text}")
+            core.internal_errors.clear()
         if core.actions:
             self._apply_actions()
         self._flush_dirty()
@@ -202,6 +211,10 @@ class Server:
                                                               frame[wire.HEADER_SIZE:]))
             peer.pending += b"".join(conn.outbox)
             conn.outbox.clear()
+            if len(peer.pending) > MAX_PENDING:
+                self._log(f"connection {conn.id}: over {MAX_PENDING} bytes unread; dropping it")
+                self._drop(peer)
+                continue
             self._flush_peer(peer)
 
     def _flush_peer(self, peer: _Peer) -> None:

@@ -111,24 +111,31 @@ class Store:
 
 
 class TxView:
-    """A transaction: changes kept aside, the generations it saw remembered (rule 4)."""
+    """A transaction: changes kept aside, every node it touched remembered (rule 4).
+
+    Like C xenstored, the first access to a node copies it into the transaction: later reads
+    in the transaction see that copy (a child added outside does not appear in its DIRECTORY),
+    while nodes not touched yet are read fresh from the store.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.changes: dict[str, Node | None] = {}
-        self.seen: dict[str, int | None] = {}
+        self.seen: dict[str, tuple[int | None, Node | None]] = {}  # path -> (gen, copy)
         self.events: list[tuple[str, bool]] = []  # (path, exact) fired at commit
 
-    def _remember(self, path: str) -> None:
-        if path not in self.seen:
+    def _remember(self, path: str) -> Node | None:
+        got = self.seen.get(path)
+        if got is None:
             node = self.store.nodes.get(path)
-            self.seen[path] = node.gen if node is not None else None
+            self.seen[path] = (node.gen if node is not None else None, node)
+            return node
+        return got[1]
 
     def get(self, path: str) -> Node | None:
         if path in self.changes:
             return self.changes[path]
-        self._remember(path)
-        return self.store.nodes.get(path)
+        return self._remember(path)
 
     def put(self, path: str, node: Node) -> None:
         self._remember(path)
@@ -140,7 +147,7 @@ class TxView:
 
     def conflicts(self) -> bool:
         nodes = self.store.nodes
-        for path, gen in self.seen.items():
+        for path, (gen, _) in self.seen.items():
             node = nodes.get(path)
             if (node.gen if node is not None else None) != gen:
                 return True
@@ -254,19 +261,27 @@ class Tree:
             self.view.delete(p)
         parent_path = parent_of(path)
         parent = self.view.get(parent_path)
-        if parent is not None:
-            name = basename(path)
-            self.view.put(parent_path, Node(parent.value, parent.perms,
-                                            tuple(c for c in parent.children if c != name),
-                                            parent.gen))
+        name = basename(path)
+        if parent is None:
+            raise StoreError("EINVAL")  # C: the parent cannot be read (stale transaction copy)
+        if name not in parent.children:
+            # A transaction's copy of the parent predates the child: C xenstored fails the
+            # request with EIO after having removed the subtree in the transaction; so do we.
+            raise StoreError("EIO")
+        self.view.put(parent_path, Node(parent.value, parent.perms,
+                                        tuple(c for c in parent.children if c != name),
+                                        parent.gen))
         return removed
 
     def _collect(self, path: str, node: Node, out: list[str]) -> None:
         for child in node.children:
             cpath = f"{path}/{child}" if path != "/" else f"/{child}"
             cnode = self.view.get(cpath)
-            if cnode is not None:
-                self._collect(cpath, cnode, out)
+            if cnode is None:
+                # Only a transaction's stale copy can list a child that is gone; C xenstored
+                # answers EIO then (the commit would fail with EAGAIN anyway).
+                raise StoreError("EIO")
+            self._collect(cpath, cnode, out)
         out.append(path)
 
     def set_perms(self, path: str, perms: tuple[Perm, ...]) -> None:
