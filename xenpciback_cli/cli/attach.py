@@ -34,30 +34,38 @@ def command(app: object, spec: str | None, domid: int, vslot: str | None,
     """
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.errors import InputError
+    from xenpciback_cli.pci.spec import parse_pci_spec
     from xenpciback_cli.toolstack.attach import AttachSpec, attach
-    from xenpciback_cli.toolstack.attach_spec import ParsedSpec, parse_attach_spec, parse_vslot
     from xenpciback_cli.toolstack.libxl_layout import PciOptions
     from xenpciback_cli.toolstack.session import host_of, open_xenstore, seizer_of
 
-    parsed = parse_attach_spec(spec) if spec else ParsedSpec()
+    if spec and name:
+        raise InputError("give either a device (SPEC) or --name, not both")
     if not spec and not name:
         raise InputError("give a device (SPEC) or --name")
-    if vslot is not None:
-        parsed.vslot = parse_vslot(vslot, vslot)
-    if name is not None:
-        if parsed.bdf is not None and spec:
-            raise InputError("give either a device address or --name, not both")
-        parsed.name = name
+    text = spec if spec else f"name={name}"
+    if vslot is not None:  # --vslot VSLOT is SPEC@VSLOT
+        if "@" in text or "vslot=" in text:
+            raise InputError("give the virtual slot once: SPEC@VSLOT or --vslot")
+        text = f"{text},vslot={vslot}"
+    parsed = parse_pci_spec(text)
 
-    def pick(flag: bool | None, value: bool | None) -> bool:
-        return bool(flag if flag is not None else value)
+    def pick(flag: bool | None, key: str) -> bool:
+        return bool(flag) if flag is not None else bool(getattr(parsed, key))
 
-    options = PciOptions(msitranslate=pick(msitranslate, parsed.msitranslate),
-                         power_mgmt=pick(power_mgmt, parsed.power_mgmt),
-                         permissive=pick(permissive, parsed.permissive),
+    options = PciOptions(msitranslate=pick(msitranslate, "msitranslate"),
+                         power_mgmt=pick(power_mgmt, "power_mgmt"),
+                         permissive=pick(permissive, "permissive"),
                          rdm_policy=(rdm_policy or parsed.rdm_policy or "strict").lower())
-    request = AttachSpec(domid, parsed.bdf, parsed.all_functions, parsed.vslot, options,
-                         parsed.name, pick(seize, parsed.seize))
+    target = parsed.target
+    all_functions = target is not None and target.function is None
+    bdf = None
+    if target is not None:
+        from xenpciback_cli.pci.address import Bdf
+
+        bdf = Bdf(target.domain or 0, target.bus, target.slot, target.function or 0)
+    request = AttachSpec(domid, bdf, all_functions, parsed.vslot, options, parsed.name,
+                         pick(seize, "seize"))
     host = host_of(app)
     term = terminal_for(app)
     with open_xenstore(app, socket_path) as client:

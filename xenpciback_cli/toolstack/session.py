@@ -24,18 +24,40 @@ def host_of(app: Any) -> Any | None:
         return None
 
 
-def seizer_of(app: Any, host: Any) -> Any | None:
-    """A function seizing a list of functions through the hide engine (``--seize``)."""
-    try:
-        from xenpciback_cli.engine import seize as seize_engine  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    hide = getattr(seize_engine, "hide", None)
-    if hide is None:
-        return None
+def seizer_of(app: Any, host: Any) -> Any:
+    """``--seize``: hide the functions through the seize engine (pre-flight checks, journal,
+    records) before attaching; its refusals (host uses the device...) stop the attach."""
 
     def seize(bdfs: list) -> list:
-        hide(host, list(bdfs), state_dir=app.state_dir)
-        return list(bdfs)
+        from xenpciback_cli.engine.seize import Seizer
+
+        seizer = Seizer(host, app.state_dir)
+        preflights = seizer.preflight(bdfs, "pciback")
+        seizer.enforce(preflights, force=False)
+        return [seizer.hide(p, "pciback").bdf for p in preflights]
 
     return seize
+
+
+def try_open_xenstore(app: Any) -> Any | None:
+    """Like :func:`open_xenstore`, but None when no daemon can be reached (no Xen here).
+
+    In a sandbox the daemon is started only if it has a saved tree to serve: a sandbox that never
+    used xenstore has nothing attached, and listing it must not leave a daemon behind.
+    """
+    from xenpciback_cli.errors import OperationFailed
+
+    if app.sandbox_dir is not None:
+        from xenpciback_cli.xenstore import sandbox as xs_sandbox
+        from xenpciback_cli.xenstore.client import connect
+
+        sock = xs_sandbox.socket_path(app.sandbox_dir)
+        try:
+            return connect(sock, timeout=5.0)
+        except OperationFailed:
+            if not (xs_sandbox.xenstore_dir(app.sandbox_dir) / "state.json").exists():
+                return None
+    try:
+        return open_xenstore(app, timeout=5.0)
+    except OperationFailed:
+        return None
