@@ -196,3 +196,19 @@ def test_stall_message_names_the_state_and_the_owner():
     assert text == ("backend state 7 (Reconfiguring), frontend state 4 (Connected): waiting for "
                     "the guest's pcifront to see backend Reconfiguring and switch to Reconfiguring")
     assert "the backend (dom0 pciback)" in describe_stall(S.RECONFIGURING, S.RECONFIGURING)
+
+
+def test_removing_a_middle_entry_moves_later_ones_down_with_their_optional_keys():
+    tree = fresh_tree()
+    attach(tree, NIC)
+    attach(tree, GPU, vslot=2, name="gpu")
+    attach(tree, NIC1, options=L.PciOptions(permissive=True))
+    tree.apply(L.plan_detach_remove(read_backend(tree, DOMID), 0))
+    values = read_dir_values(tree, BE)
+    entries = {k: v for k, v in values.items() if k.rsplit("-", 1)[-1].isdigit()}
+    assert entries == {
+        "key-0": "0000:02:00.0", "dev-0": "0000:02:00.0", "vdevfn-0": "10", "name-0": "gpu",
+        "opts-0": OPTS, "state-0": "1",
+        "key-1": "0000:03:00.1", "dev-1": "0000:03:00.1", "state-1": "1",
+        "opts-1": "msitranslate=0,power_mgmt=0,permissive=1,rdm_policy=strict"}
+    assert values["num_devs"] == "2"
