@@ -204,3 +204,23 @@ def test_new_operation_refused_while_interrupted(box):
     assert run.code == 1 and "run 'xen-pciback recover' first" in run.error
     assert invoke("--sandbox", box, "recover").code == 0
     assert_consistent(box)
+
+
+def test_kernel_error_mid_hide_names_the_step_and_recover_rolls_back(box):
+    from xenpciback_cli.errors import DeviceBusy
+
+    def busy(write):
+        if write.path.endswith("/unbind"):
+            raise DeviceBusy("write to unbind failed: device busy", bdf=NIC0)
+
+    host = open_sandbox(box)
+    host.write_hooks.append(busy)
+    seizer = Seizer(host, box / "state")
+    [pre] = seizer.preflight([NIC0], "pciback")
+    with pytest.raises(Exception) as info:
+        seizer.hide(pre, "pciback")
+    assert "hide 0000:03:00.0 failed at step 2/3 (unbind from igb)" in str(info.value)
+    assert "run 'xen-pciback recover'" in str(info.value)
+    run = invoke("--sandbox", box, "--json", "recover")
+    assert run.code == 0 and '"action": "rolled back"' in run.output
+    assert assert_consistent(box) == "host"

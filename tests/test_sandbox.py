@@ -288,3 +288,15 @@ def test_lspci_reads_the_sandbox(sandbox):
                               "-vv", "-s", "03:00.0"], capture_output=True, text=True, timeout=60).stdout
     assert "Region 0: Memory at e0800000 (32-bit, non-prefetchable) [size=128K]" in verbose
     assert "MSI-X" in verbose
+
+
+def test_no_two_devices_claim_the_same_addresses(sandbox):
+    sandbox.write_attribute("bus/pci/devices/0000:03:00.0/sriov_numvfs", "2")
+    claimed = []
+    for device in sandbox.devices():
+        for resource in device.resources:
+            if resource.index < 6 or resource.index == 6:
+                claimed.append((resource.is_io, resource.start, resource.end, str(device.bdf)))
+    claimed.sort()
+    for (io_a, start_a, end_a, a), (io_b, start_b, end_b, b) in zip(claimed, claimed[1:]):
+        assert io_a != io_b or end_a < start_b, f"{a} and {b} overlap"

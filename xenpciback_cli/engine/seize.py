@@ -135,20 +135,26 @@ class Seizer:
 
     @staticmethod
     def enforce(preflights: list[Preflight], *, force: bool) -> list[str]:
-        """Raise for fatal checks, and for refusals unless forced; return what force overrode."""
+        """Raise for a missing device, then for refusals unless forced (exit 3 names the danger
+        even when the target driver is also missing), then for other fatal checks; return what
+        force overrode."""
         for result in preflights:
             for check in result.fatal:
                 if check.name == "device-exists":
                     raise errors.DeviceNotFound(check.detail, bdf=result.bdf)
-                raise errors.OperationFailed(f"cannot hide {result.bdf}: {check.detail}")
         overridden: list[str] = []
         for result in preflights:
             for check in result.refusals:
+                if check.fatal:
+                    continue
                 if not force:
                     raise errors.SafetyRefusal(
                         f"refusing to hide {result.bdf}: {check.name}: {check.detail} "
                         "(--force overrides)", [check.detail])
                 overridden.append(f"{result.bdf}: {check.name}: {check.detail}")
+        for result in preflights:
+            for check in result.fatal:
+                raise errors.OperationFailed(f"cannot hide {result.bdf}: {check.detail}")
         return overridden
 
     def hide(self, preflight: Preflight, target: str, *, persist: bool = False,
@@ -212,7 +218,12 @@ class Seizer:
             return writes
         self.journal.begin(entry)
         for index, step in enumerate(entry.steps):
-            self.host.write_attribute(step.path, step.value)
+            try:
+                self.host.write_attribute(step.path, step.value)
+            except errors.HostError as exc:
+                raise errors.OperationFailed(
+                    f"{entry.op} {entry.bdf} failed at step {index + 1}/{len(entry.steps)} "
+                    f"({step.description}): {exc}; run 'xen-pciback recover'") from None
             self.journal.step_done(entry, index)
         return writes
 

@@ -5,7 +5,9 @@
   ``hide=`` list.
 * :class:`PciSpec` - xl's PCI_SPEC_STRING: ``[DDDD:]BB:DD.F[@VSLOT][,key=value...]``.
   Unlike xl (which runs booleans through ``atoi`` so ``permissive=yes`` silently means 0) booleans
-  accept 0/1/yes/no/true/false/on/off and anything else is an error.
+  accept 0/1/yes/no/true/false/on/off and anything else is an error. A vslot is a 5-bit slot
+  number (0-1f), so ``@20`` - which xl's hex parser takes and then shifts out of the devfn byte -
+  is refused here.
 * The kernel's ``xen-pciback.hide=(DDDD:BB:DD.F)(BB:DD.*)`` list: :func:`parse_hide_list` and
   :func:`format_hide_list`.
 

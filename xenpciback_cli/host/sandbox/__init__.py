@@ -13,7 +13,7 @@ pciutils' test dumps of real hardware by ``tools/extract_captures.py``). Topolog
     0000:00:00.0  host bridge           Intel 8086:6f00                  (no driver)   group 0
     0000:00:14.0  USB 3 xHCI            TI TUSB73x0 104c:8241            xhci_hcd      group 1
     0000:00:1c.0  PCIe root port -> 01  Intel ICH7 port 1                pcieport      group 2
-    0000:01:00.0    NVMe SSD            Samsung PM174X 144d:a80b         nvme          group 5
+    0000:01:00.0    NVMe SSD            Samsung PM174X 144d:a826         nvme          group 5
                     nvme0n1p2 mounted on /, p1 on /boot/efi, p3 active swap
     0000:00:1c.1  PCIe root port -> 02  Intel ICH7 port 2                pcieport      group 3
     0000:02:00.0    VGA (boot VGA, fb0) AMD Fiji 1002:7300 (multi-fn)    amdgpu        group 6
@@ -158,6 +158,8 @@ def _build(root: Path) -> None:
             primary = secondary[parent] if parent else 0
             config = configspace.set_bridge_buses(config, primary, *slot.buses)
             secondary[str(slot.bdf)] = slot.buses[0]
+        if slot.bar_shift:
+            config = configspace.shift_bars(config, *slot.bar_shift)
         if slot.multifunction is not None:
             config = configspace.set_multifunction(config, slot.multifunction)
         sizes = {int(k): v for k, v in meta["bar_sizes"].items()}
