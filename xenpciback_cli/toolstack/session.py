@@ -31,7 +31,7 @@ def seizer_of(app: Any, host: Any) -> Any:
     def seize(bdfs: list) -> list:
         from xenpciback_cli.engine.seize import Seizer
 
-        seizer = Seizer(host, app.state_dir)
+        seizer = Seizer(host, app.state_dir, xenstore=app.xenstore())
         preflights = seizer.preflight(bdfs, "pciback")
         seizer.enforce(preflights, force=False)
         return [seizer.hide(p, "pciback").bdf for p in preflights]
