@@ -77,7 +77,8 @@ def test_attach_hotplug_detach_in_the_sandbox(sandbox):
     assert {k.rsplit("/", 1)[1]: v for k, v in fe.items()} == {
         "backend": (BE, "n5,r0"), "backend-id": ("0", "n5,r0"), "state": ("4", "n5,r0"),
         "pci-op-ref": ("8", "n5,r0"), "event-channel": ("8", "n5,r0"), "magic": ("7", "n5,r0")}
-    assert xenstore_ls(sandbox, "/libxl/pci/0000-03-00-0") == {
+    assert xenstore_ls(sandbox, "/libxl/pci/0000-03-00-0") == {  # --seize recorded driver_path too
+        "/libxl/pci/0000-03-00-0/driver_path": ("/sys/bus/pci/drivers/igb", "n0"),
         "/libxl/pci/0000-03-00-0/domid": ("5", "n0")}
 
     listing = run(sandbox, "--json", "list", "03:00.0").stdout
@@ -98,7 +99,8 @@ def test_attach_hotplug_detach_in_the_sandbox(sandbox):
     tree = xenstore_ls(sandbox, BE)
     assert tree[f"{BE}/dev-0"][0] == "0000:04:10.1" and tree[f"{BE}/vdevfn-0"][0] == "20"
     assert tree[f"{BE}/num_devs"][0] == "1" and f"{BE}/dev-1" not in tree
-    assert xenstore_ls(sandbox, "/libxl/pci/0000-03-00-0") == {}
+    assert xenstore_ls(sandbox, "/libxl/pci/0000-03-00-0") == {
+        "/libxl/pci/0000-03-00-0/driver_path": ("/sys/bus/pci/drivers/igb", "n0")}
 
     listing = run(sandbox, "status", "--domid", "5").stdout
     assert "backend 4 (Connected), frontend 4 (Connected), 1 device(s)" in listing
