@@ -35,7 +35,13 @@ def serve(socket: str, domid: int, stop: threading.Event) -> None:
     backend = PeerRunner(XenstoreClient.open_socket(socket, timeout=None), SimBackend(domid))
     frontend = PeerRunner(XenstoreClient.open_socket(guest_socket, timeout=None),
                           SimFrontend(domid))
-    threads = [threading.Thread(target=r.run, args=(stop,), daemon=True) for r in (backend, frontend)]
+    def run(runner: PeerRunner) -> None:
+        try:
+            runner.run(stop)
+        except Exception as exc:  # noqa: BLE001 - one line in the log; the daemon went away
+            sys.stderr.write(f"simguest {domid}: {type(runner.peer).__name__} stopped: {exc}\n")
+
+    threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in (backend, frontend)]
     for t in threads:
         t.start()
     while not stop.is_set() and all(t.is_alive() for t in threads):
