@@ -253,3 +253,30 @@ def test_stale_record_of_a_vanished_domain_is_cleared_with_force(client):
     finally:
         destroy_domain(client, other)
         client.rm("/libxl/pci/0000-04-00-0")
+
+
+def test_wildcard_and_named_devices(client, domid, xenstored_daemon):
+    from .test_host_side import MemoryHost, dev
+
+    nic1 = Bdf(0, 3, 0, 1)
+    host = MemoryHost([dev(NIC, "pciback"), dev(nic1, "pciback"), dev(GPU, "pciback")])
+    client.write("/libxl/pci/0000-02-00-0/name", "gpu0")  # pci-assignable-add -n gpu0
+    try:
+        with sim_guest(xenstored_daemon, domid) as guest:
+            result = attach(client, AttachSpec(domid, NIC, all_functions=True, vslot=6), host=host)
+            assert result.devices == [NIC, nic1] and result.indices == [0, 1]
+            _wait_connected(client, domid)
+            values = {k.rsplit("/", 1)[1]: v[0] for k, v in dump(client, be(domid)).items()}
+            assert (values["vdevfn-0"], values["vdevfn-1"]) == ("30", "31")
+            # pciback keeps the functions of one host slot together in one virtual slot.
+            assert (values["vdev-0"], values["vdev-1"]) == ("0000:00:00.00", "0000:00:00.01")
+            assert guest.frontend.peer.devices == {Bdf(0, 0, 0, 0), Bdf(0, 0, 0, 1)}
+
+            result = attach(client, AttachSpec(domid, None, name="gpu0"), host=host)
+            assert result.hotplug and result.devices == [GPU]
+            assert client.read(f"{be(domid)}/name-2") == b"gpu0"
+            with pytest.raises(InputError, match="no assignable device is named 'nope'"):
+                attach(client, AttachSpec(domid, None, name="nope"), host=host)
+    finally:
+        destroy_domain(client, domid)
+        client.rm("/libxl/pci/0000-02-00-0")
