@@ -180,8 +180,16 @@ def test_bad_requests_leave_xenstore_as_it_was(client, domid):
 
 def test_destroying_a_domain_cleans_up_its_devices(client, xenstored_daemon):
     d = next(_domids)
+    client.watch("@introduceDomain", "introduced")
+    while client.next_event(0.2) is not None:  # the initial event
+        pass
     create_domain(client, d, "doomed")
     assert client.is_domain_introduced(d)
+    event = client.next_event(5)
+    assert event is not None and event.path == "@introduceDomain"
+    client.unwatch("@introduceDomain", "introduced")
+    assert dump(client, f"/local/domain/{d}")[f"/local/domain/{d}"] == ("", f"n0 r{d}")
+    assert dump(client, f"/local/domain/{d}/data")[f"/local/domain/{d}/data"] == ("", f"n{d}")
     attach(client, AttachSpec(d, NIC))
     attach(client, AttachSpec(d, GPU))  # backend not connected: queued, no round
     token = "released"
@@ -197,6 +205,15 @@ def test_destroying_a_domain_cleans_up_its_devices(client, xenstored_daemon):
     event = client.next_event(5)
     assert event is not None and event.path == "@releaseDomain"
     client.unwatch("@releaseDomain", token)
+
+
+def test_attach_refuses_a_backend_being_torn_down(client, domid):
+    attach(client, AttachSpec(domid, NIC))
+    client.write(f"{be(domid)}/state", "5")
+    before = dump(client, "/")
+    with pytest.raises(OperationFailed, match=r"PCI backend is 5 \(Closing\): .*nothing changed$"):
+        attach(client, AttachSpec(domid, GPU))
+    assert dump(client, "/") == before
 
 
 def test_status_names_states_and_errors(client, domid):

@@ -224,6 +224,9 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
         if current.state in (XenbusState.RECONFIGURING, XenbusState.RECONFIGURED):
             raise OperationFailed(f"domain {domid}'s backend started another reconfiguration "
                                   "round; try again")
+        if current.state in (XenbusState.CLOSING, XenbusState.CLOSED):
+            raise OperationFailed(f"domain {domid}'s PCI backend is {current.state.describe()}: "
+                                  "the guest's PV PCI device is being torn down; nothing changed")
         try:
             plan = L.plan_attach(request, current, domain_name,
                                  hotplug=current.state == XenbusState.CONNECTED)
