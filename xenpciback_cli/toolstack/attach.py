@@ -29,7 +29,13 @@ from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
 from xenpciback_cli.toolstack.xenbus import XenbusState
-from xenpciback_cli.toolstack.xsexec import apply_ops, read_backend, read_or_none, transact
+from xenpciback_cli.toolstack.xsexec import (
+    apply_ops,
+    list_or_empty,
+    read_backend,
+    read_or_none,
+    transact,
+)
 
 DEFAULT_TIMEOUT = 10.0  # libxl__wait_for_backend: 100 polls of 100 ms
 TRANSACTION_RETRIES = 16
@@ -91,7 +97,7 @@ def require_domain(client: Any, domid: int) -> str | None:
 
 def lookup_name(client: Any, name: str) -> Bdf:
     """``name2bdf``: the device given that name at assignable-add (``/libxl/pci/*/name``)."""
-    for key in sorted(_list(client, L.LIBXL_PCI_ROOT)):
+    for key in sorted(list_or_empty(client, L.LIBXL_PCI_ROOT)):
         if read_or_none(client, f"{L.LIBXL_PCI_ROOT}/{key}/name") == name:
             parts = key.split("-")
             if len(parts) == 4:
@@ -101,12 +107,6 @@ def lookup_name(client: Any, name: str) -> Bdf:
                 except ValueError:
                     continue
     raise InputError(f"no assignable device is named {name!r} (see /libxl/pci/*/name)")
-
-
-def _list(client: Any, path: str) -> list[str]:
-    from xenpciback_cli.toolstack.xsexec import list_or_empty
-
-    return list_or_empty(client, path)
 
 
 def resolve_functions(spec: AttachSpec, host: Any | None) -> list[Bdf]:

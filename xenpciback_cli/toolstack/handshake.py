@@ -56,12 +56,11 @@ def wait_for(client: Any, domid: int, done: Callable[[BackendView, XenbusState |
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            event = client.next_event(min(remaining, 0.5))
+            client.next_event(min(remaining, 0.5))  # any event (or a quiet 0.5 s): look again
             view = read_backend(client, domid)
             fe = frontend_state(client, domid)
             if done(view, fe):
                 return view
-            del event
     finally:
         for path in paths:
             try:
