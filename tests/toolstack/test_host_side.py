@@ -106,3 +106,11 @@ def test_reset_says_which_method_or_why_not(host):
     host.fail_reset = True
     out = reset_device(host, NIC0)
     assert not out.done and out.reason == "reset through sysfs failed: reset failed: not supported by this kernel"
+
+
+def test_reset_on_a_kernel_without_reset_method(host, tmp_path):
+    (tmp_path / "reset").write_text("")
+    host.devs[GPU] = dataclasses.replace(host.devs[GPU], sysfs_path=str(tmp_path))
+    out = reset_device(host, GPU)
+    assert out.done and out.method is None
+    assert out.reason == "reset with the kernel's default (no reset_method file to name it)"

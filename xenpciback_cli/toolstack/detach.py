@@ -71,12 +71,21 @@ def reset_device(host: Any | None, bdf: Bdf) -> ResetOutcome:
         return ResetOutcome(False, None, f"cannot read the device: {exc}")
     methods = tuple(getattr(device, "reset_methods", ()) or ())
     if not methods:
-        return ResetOutcome(False, None, "the kernel offers no reset method for this device "
-                                         "(no FLR, PM or bus reset; sysfs 'reset' is absent)")
+        import os
+
+        path = getattr(device, "sysfs_path", None)
+        if path and os.path.exists(os.path.join(path, "reset")):
+            # Kernels before 5.15 have 'reset' but no 'reset_method' to say which one it uses.
+            methods = ("the kernel's default (no reset_method file to name it)",)
+        else:
+            return ResetOutcome(False, None, "the kernel offers no reset method for this device "
+                                             "(no FLR, PM or bus reset; sysfs 'reset' is absent)")
     try:
         host.reset(bdf)
     except XenPcibackError as exc:
         return ResetOutcome(False, methods[0], f"reset through sysfs failed: {exc}")
+    if len(methods) == 1 and " " in methods[0]:
+        return ResetOutcome(True, None, f"reset with {methods[0]}")
     return ResetOutcome(True, methods[0], f"reset with {methods[0]} (kernel's first method of "
                                           f"{', '.join(methods)})")
 
