@@ -221,3 +221,14 @@ def test_demo_runs_on_a_fresh_sandbox(tmp_path):
     assert "refusing to hide 0000:01:00.0" in run.stdout and "(exit 3" in run.stdout
     assert "released 0000:03:00.0: now igb" in run.stdout
     assert open_sandbox(tmp_path / "demo").device(NIC0).driver == "igb"
+
+
+def test_json_refusal_lists_the_checks(box):
+    run = invoke("--sandbox", box, "--json", "hide", "01:00.0", "03:00.0")
+    assert run.code == 3
+    data = json.loads(run.output[:run.output.rindex("}") + 1])
+    assert data["refused"] is True
+    verdicts = {d["bdf"]: {c["name"]: c["verdict"] for c in d["checks"]} for d in data["devices"]}
+    assert verdicts["0000:01:00.0"]["host-usage"] == "refuse"
+    assert verdicts["0000:03:00.0"]["host-usage"] == "ok"
+    assert open_sandbox(box).device(NIC0).driver == "igb"  # one refusal stops the whole hide

@@ -27,7 +27,7 @@ def test_patterns():
     ("03:*.0", "a '*' slot needs a '*' function"),
     ("03:00.8", "function '8' is not 0-7"),
     ("03:20.0", "slot '20' is above 0x1f"),
-    ("1ffff:03:00.0", "domain '1ffff' is above 0xffff"),
+    ("1ffffffff:03:00.0", "domain '1ffffffff' is above 0xffffffff"),
     ("zz:00.0", "bus 'zz' is not hex"),
     ("03-00-0", "expected [DDDD:]BB:DD.F"),
 ])
@@ -87,6 +87,14 @@ def test_spec_errors_say_what_and_where(text, fragment):
     assert fragment in message and repr(text) in message and "\n" not in message
 
 
+def test_domain_limits_follow_the_consumer():
+    assert BdfPattern.parse("10000:e1:00.*").domain == 0x10000  # a host's VMD domain
+    with pytest.raises(InputError, match="domain '10000' is above 0xffff"):
+        parse_pci_spec("10000:e1:00.0")  # xl takes 16-bit domains
+    with pytest.raises(InputError, match="domain '10000' is above 0xffff"):
+        parse_hide_list("(10000:e1:00.0)")
+
+
 def test_hide_list_round_trip():
     text = "xen-pciback.hide=(0000:01:00.0) (02:00.*)(0001:03:*.*)"
     patterns = parse_hide_list(text)
@@ -110,7 +118,7 @@ def test_hide_list_errors(text, fragment):
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("argument", ["03:00.9", "zz:00.0", "03:*.0", "0000:03:00", "1ffff:00:00.0"])
+@pytest.mark.parametrize("argument", ["03:00.9", "zz:00.0", "03:*.0", "0000:03:00", "1ffffffff:00:00.0"])
 def test_cli_bad_pattern_is_one_line_exit_2(tmp_path, argument):
     result = subprocess.run([sys.executable, "-m", "xenpciback_cli", "--sysfs-root", str(tmp_path),
                              "list", argument], capture_output=True, text=True, timeout=60)

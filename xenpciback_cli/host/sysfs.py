@@ -20,8 +20,8 @@ from xenpciback_cli.host.model import AttributeWrite, Host, HostUsage, PciDevice
 from xenpciback_cli.pci.address import Bdf
 
 REAL_SYSFS = "/sys"
-_BDF_NAME = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
-_WRITE_BDF = re.compile(r"([0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])")
+_BDF_NAME = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
+_WRITE_BDF = re.compile(r"([0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])")
 IFF_UP = 0x1
 _EMPTY_RESOURCE = "0x0000000000000000 0x0000000000000000 0x0000000000000000"
 
@@ -94,6 +94,8 @@ class SysfsHost(Host):
                 candidate = os.path.join(os.path.dirname(self.sysfs_root), "proc")
                 proc_root = candidate if os.path.isdir(candidate) else None
         self.proc_root = proc_root
+        #: Names from udev's hwdb by device name (filled during enumeration on the real /sys).
+        self._hwdb_names: dict[str, tuple[str | None, str | None]] = {}
         self.devices_dir = os.path.join(self.sysfs_root, "bus", "pci", "devices")
         self.drivers_dir = os.path.join(self.sysfs_root, "bus", "pci", "drivers")
 
@@ -126,7 +128,15 @@ class SysfsHost(Host):
         try:
             import pyudev
 
-            return [d.sys_name for d in pyudev.Context().list_devices(subsystem="pci")]
+            names = []
+            for udev_device in pyudev.Context().list_devices(subsystem="pci"):
+                names.append(udev_device.sys_name)
+                properties = udev_device.properties
+                vendor = properties.get("ID_VENDOR_FROM_DATABASE")
+                model = properties.get("ID_MODEL_FROM_DATABASE")
+                if vendor or model:  # hwdb names, when udev has imported them
+                    self._hwdb_names[udev_device.sys_name] = (vendor, model)
+            return names
         except Exception:  # no libudev: the directory is the same truth
             try:
                 return os.listdir(self.devices_dir)
@@ -226,7 +236,9 @@ class SysfsHost(Host):
                class_code: int) -> tuple[str | None, str | None, str | None]:
         from xenpciback_cli.pci import names
 
-        return names.lookup(vendor, device, class_code)
+        vendor_name, device_name, class_name = names.lookup(vendor, device, class_code)
+        hwdb_vendor, hwdb_model = self._hwdb_names.get(str(bdf), (None, None))
+        return hwdb_vendor or vendor_name, hwdb_model or device_name, class_name
 
     # -- other reads --------------------------------------------------------------------------
     def read_config(self, bdf: Bdf, offset: int = 0, length: int | None = None) -> bytes:

@@ -59,7 +59,9 @@ class BdfPattern:
         if len(parts) not in (2, 3) or "." not in parts[-1]:
             raise InputError(f"invalid {kind} {source!r}: expected [DDDD:]BB:DD.F "
                              "(F may be '*', or DD.F may be '*.*')")
-        domain = _hex_field(parts[0], "domain", 0xFFFF, source, kind) if len(parts) == 3 else 0
+        # xl and pciback take 16-bit domains; a host's own names can be wider (VMD: 10000+).
+        domain_limit = 0xFFFFFFFF if kind == "PCI address" else 0xFFFF
+        domain = _hex_field(parts[0], "domain", domain_limit, source, kind) if len(parts) == 3 else 0
         bus = _hex_field(parts[-2], "bus", 0xFF, source, kind)
         slot_text, _, func_text = parts[-1].partition(".")
         if slot_text == "*":

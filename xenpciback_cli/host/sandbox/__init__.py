@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from xenpciback_cli.host.model import AttributeWrite
 from xenpciback_cli.host.sandbox import configspace, topology
 from xenpciback_cli.host.sandbox.kernel import SimulatedKernel
 from xenpciback_cli.host.sandbox.tree import FORMAT, STATE_FILE, Tree, write_text
-from xenpciback_cli.host.sysfs import SysfsHost
+from xenpciback_cli.host.sysfs import _WRITE_BDF, SysfsHost
 
 __all__ = ["SandboxHost", "create_sandbox", "is_sandbox", "open_sandbox"]
 
@@ -66,8 +65,6 @@ class SandboxHost(SysfsHost):
         try:
             self.kernel.write(write.path, write.value)
         except OSError as exc:
-            from xenpciback_cli.host.sysfs import _WRITE_BDF
-
             match = _WRITE_BDF.search(write.path) or _WRITE_BDF.search(write.value)
             action = f"write {write.value.strip() or 'newline'!r} to {write.path}"
             raise errors.from_oserror(exc, action, bdf=match.group(1) if match else None,
@@ -124,6 +121,8 @@ def create_sandbox(directory: str | os.PathLike[str], *, force: bool = False) ->
 
 
 def _captures() -> tuple[dict[str, Any], Any]:
+    from importlib import resources  # only when building: it costs ~10 ms to import
+
     folder = resources.files(__name__).joinpath("captures")
     return json.loads(folder.joinpath("index.json").read_text()), folder
 
