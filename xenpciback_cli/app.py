@@ -71,3 +71,26 @@ class Application:
         from xenpciback_cli.host.sysfs import SysfsHost
 
         return SysfsHost(self.settings.sysfs_root)
+
+    # -- xenstore (toolstack): who holds which device -------------------------------------------
+    def xenstore(self) -> object | None:
+        """A xenstore client: the sandbox's daemon (started on demand) or the host's; None when
+        no xenstored answers (a host without Xen), so seizing works without one."""
+        if "_xenstore" not in self.__dict__:
+            from xenpciback_cli.toolstack.session import try_open_xenstore
+
+            self.__dict__["_xenstore"] = try_open_xenstore(self)
+        return self.__dict__["_xenstore"]
+
+    def attachment_details(self) -> dict:
+        """Bdf -> toolstack.status.Attachment (domid, guest address) from xenstore."""
+        if "_attachments" not in self.__dict__:
+            from xenpciback_cli.toolstack.status import attachments
+
+            client = self.xenstore()
+            self.__dict__["_attachments"] = attachments(client) if client is not None else {}
+        return self.__dict__["_attachments"]
+
+    def attachments(self) -> dict:
+        """Bdf -> domid of every device a guest holds (what unhide refuses and list shows)."""
+        return {bdf: a.domid for bdf, a in self.attachment_details().items()}

@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("inspect", "command", "Decode config space and show the guest's filtered view."),
     "sandbox": ("sandbox", "group", "Create and drive a simulated host (no Xen needed)."),
     "xenstore": ("xenstore", "group", "Small xenstore debugging commands (ls, read, write, rm, watch)."),
+    "attach": ("attach", "command", "Attach a seized device to a guest through xenstore (libxl layout)."),
+    "detach": ("detach", "command", "Detach a device from a guest safely, then reset it."),
+    "status": ("status", "command", "Show a guest's PV PCI handshake: states, vdevs, errors."),
 }
 
 EXIT_CODES_HELP = (

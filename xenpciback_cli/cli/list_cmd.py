@@ -36,10 +36,17 @@ def command(app: object, patterns: tuple[str, ...], seized_only: bool, class_tex
     from xenpciback_cli.cli.pending import warn_pending
 
     warn_pending(app, terminal)  # interrupted hide/unhide: one line each
+    attached = app.attachment_details()  # type: ignore[attr-defined]
     rows = inventory(app.host, state_dir=app.state_dir, patterns=parsed,  # type: ignore[attr-defined]
-                     class_filter=class_filter, seized_only=seized_only)
+                     class_filter=class_filter, seized_only=seized_only,
+                     attachments={bdf: a.domid for bdf, a in attached.items()})
+
+    def guest_address(bdf: object) -> str | None:
+        a = attached.get(bdf)
+        return None if a is None or a.vdev is None else str(a.vdev)
+
     if settings.json:
-        terminal.json([row.as_json() for row in rows])
+        terminal.json([row.as_json() | {"guest_address": guest_address(row.bdf)} for row in rows])
         return
     table = []
     for row in rows:
@@ -47,6 +54,8 @@ def command(app: object, patterns: tuple[str, ...], seized_only: bool, class_tex
         name = " ".join(part for part in (d.vendor_name, d.device_name) if part) or "-"
         table.append((str(d.bdf), f"{d.vendor_id:04x}:{d.device_id:04x}", name,
                       d.class_name or f"{d.class_code:06x}", d.driver or "-", row.state,
-                      "-" if row.domid is None else row.domid, row.original_driver or "-",
+                      "-" if row.domid is None else
+                      f"{row.domid} ({guest_address(row.bdf)})" if guest_address(row.bdf) else row.domid,
+                      row.original_driver or "-",
                       "-" if d.iommu_group is None else d.iommu_group))
     terminal.table(HEADERS, table, fmt=fmt)

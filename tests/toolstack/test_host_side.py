@@ -1,0 +1,116 @@
+"""The host side of attach/detach on a minimal in-memory host model: seized checks, --seize,
+pciback's permissive file, function wildcards and the reset method."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from xenpciback_cli.errors import InputError, NotSupported, SafetyRefusal
+from xenpciback_cli.host.model import Host, PciDevice
+from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.toolstack.attach import AttachSpec, apply_permissive, check_seized, resolve_functions
+from xenpciback_cli.toolstack.detach import reset_device
+from xenpciback_cli.toolstack.libxl_layout import PciOptions
+
+NIC0, NIC1, GPU = Bdf(0, 3, 0, 0), Bdf(0, 3, 0, 1), Bdf(0, 2, 0, 0)
+
+
+class MemoryHost(Host):
+    def __init__(self, devices):
+        super().__init__()
+        self.devs = {d.bdf: d for d in devices}
+        self.fail_reset = False
+
+    def devices(self):
+        return sorted(self.devs.values(), key=lambda d: d.bdf)
+
+    def device(self, bdf):
+        from xenpciback_cli.errors import DeviceNotFound
+
+        if bdf not in self.devs:
+            raise DeviceNotFound(f"no PCI device {bdf}")
+        return self.devs[bdf]
+
+    def read_config(self, bdf, offset=0, length=None):
+        return b""
+
+    def loaded_drivers(self):
+        return frozenset({"pciback", "e1000e"})
+
+    def supports_driver_override(self, bdf):
+        return True
+
+    def pciback_slots(self):
+        return []
+
+    def usage(self, bdf):
+        from xenpciback_cli.host.model import HostUsage
+
+        return HostUsage()
+
+    def _write(self, write):
+        if write.path.endswith("/reset") and self.fail_reset:
+            raise NotSupported("reset failed: not supported by this kernel")
+
+
+def dev(bdf, driver, methods=("flr", "bus")):
+    return PciDevice(bdf, 0x8086, 0x10D3, 0x020000, 0, driver=driver, reset_methods=methods)
+
+
+@pytest.fixture
+def host():
+    return MemoryHost([dev(NIC0, "pciback"), dev(NIC1, "e1000e"), dev(GPU, "pciback", ())])
+
+
+def test_unseized_device_is_refused_unless_seize(host):
+    with pytest.raises(SafetyRefusal, match=r"^0000:03:00.1 is not seized \(bound to e1000e\): hide "
+                                            r"it first, or attach with --seize$"):
+        check_seized([NIC0, NIC1], host, seize=False, seize_fn=None)
+    seized = []
+
+    def seize(bdfs):
+        seized.extend(bdfs)
+        for b in bdfs:
+            host.devs[b] = dataclasses.replace(host.devs[b], driver="pciback")
+        return bdfs
+
+    assert check_seized([NIC0, NIC1], host, seize=True, seize_fn=seize) == [NIC1]
+    assert seized == [NIC1]
+
+
+def test_wildcard_brings_every_function_and_needs_a_vslot(host):
+    assert resolve_functions(AttachSpec(5, NIC0, all_functions=True, vslot=4), host) == [NIC0, NIC1]
+    with pytest.raises(InputError, match="needs a virtual slot"):
+        resolve_functions(AttachSpec(5, NIC0, all_functions=True), host)
+    with pytest.raises(InputError, match=r"no PCI function at 0000:07:00\.\*"):
+        resolve_functions(AttachSpec(5, Bdf(0, 7, 0, 0), all_functions=True, vslot=1), host)
+
+
+def test_permissive_goes_to_pcibacks_sysfs_file_only_when_asked(host):
+    assert apply_permissive(host, [NIC0], PciOptions()) == []
+    assert host.recorded == []
+    assert apply_permissive(host, [NIC0], PciOptions(permissive=True)) == [NIC0]
+    assert [(w.path, w.value) for w in host.recorded] == [
+        ("bus/pci/drivers/pciback/permissive", "0000:03:00.0")]
+
+
+def test_reset_says_which_method_or_why_not(host):
+    out = reset_device(host, NIC0)
+    assert out.done and out.method == "flr"
+    assert out.reason == "reset with flr (kernel's first method of flr, bus)"
+    assert [(w.path, w.value) for w in host.recorded] == [("bus/pci/devices/0000:03:00.0/reset", "1")]
+    out = reset_device(host, GPU)
+    assert not out.done and "offers no reset method" in out.reason
+    host.fail_reset = True
+    out = reset_device(host, NIC0)
+    assert not out.done and out.reason == "reset through sysfs failed: reset failed: not supported by this kernel"
+
+
+def test_reset_on_a_kernel_without_reset_method(host, tmp_path):
+    (tmp_path / "reset").write_text("")
+    host.devs[GPU] = dataclasses.replace(host.devs[GPU], sysfs_path=str(tmp_path))
+    out = reset_device(host, GPU)
+    assert out.done and out.method is None
+    assert out.reason == "reset with the kernel's default (no reset_method file to name it)"

@@ -1,0 +1,83 @@
+"""``xen-pciback attach SPEC --domid N``: give a seized device to a guest, the way libxl does."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("attach")
+@click.argument("spec", required=False)
+@click.option("--domid", "-d", type=int, required=True, help="Guest domain id.")
+@click.option("--vslot", metavar="HEX", default=None, help="Guest slot (0-1f), like SPEC@VSLOT.")
+@click.option("--permissive/--no-permissive", default=None,
+              help="Let the guest write any config register (caution).")
+@click.option("--msitranslate/--no-msitranslate", default=None, help="Record msitranslate=1.")
+@click.option("--power-mgmt/--no-power-mgmt", default=None, help="Record power_mgmt=1 (HVM).")
+@click.option("--rdm-policy", type=click.Choice(["strict", "relaxed"], case_sensitive=False),
+              default=None, help="Reserved-memory policy recorded for the device [strict].")
+@click.option("--name", default=None, help="Attach the device given this name at assignable-add.")
+@click.option("--seize", is_flag=True, default=None, help="Seize (hide) the device first if needed.")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for the guest during a hot-plug.")
+@click.option("--no-wait", is_flag=True, help="Do not wait for the hot-plug handshake.")
+@click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
+@click.pass_obj
+def command(app: object, spec: str | None, domid: int, vslot: str | None,
+            permissive: bool | None, msitranslate: bool | None, power_mgmt: bool | None,
+            rdm_policy: str | None, name: str | None, seize: bool | None, timeout: float,
+            no_wait: bool, socket_path: str | None) -> None:
+    """Attach SPEC to guest --domid N, hot-plugging when the guest is running.
+
+    SPEC is a PCI address or xl's PCI_SPEC_STRING, e.g. 03:00.0, 0000:03:00.0@4,permissive=1,
+    or 03:00.*@4 (every function; needs a vslot). Options override what SPEC says. The device
+    must be seized (see 'hide', or --seize) and attached to no other guest.
+    """
+    from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.errors import InputError
+    from xenpciback_cli.pci.spec import parse_pci_spec
+    from xenpciback_cli.toolstack.attach import AttachSpec, attach
+    from xenpciback_cli.toolstack.libxl_layout import PciOptions
+    from xenpciback_cli.toolstack.session import host_of, open_xenstore, seizer_of
+
+    if spec and name:
+        raise InputError("give either a device (SPEC) or --name, not both")
+    if not spec and not name:
+        raise InputError("give a device (SPEC) or --name")
+    text = spec if spec else f"name={name}"
+    if vslot is not None:  # --vslot VSLOT is SPEC@VSLOT
+        if "@" in text or "vslot=" in text:
+            raise InputError("give the virtual slot once: SPEC@VSLOT or --vslot")
+        text = f"{text},vslot={vslot}"
+    parsed = parse_pci_spec(text)
+
+    def pick(flag: bool | None, key: str) -> bool:
+        return bool(flag) if flag is not None else bool(getattr(parsed, key))
+
+    options = PciOptions(msitranslate=pick(msitranslate, "msitranslate"),
+                         power_mgmt=pick(power_mgmt, "power_mgmt"),
+                         permissive=pick(permissive, "permissive"),
+                         rdm_policy=(rdm_policy or parsed.rdm_policy or "strict").lower())
+    target = parsed.target
+    all_functions = target is not None and target.function is None
+    bdf = None
+    if target is not None:
+        from xenpciback_cli.pci.address import Bdf
+
+        bdf = Bdf(target.domain or 0, target.bus, target.slot, target.function or 0)
+    request = AttachSpec(domid, bdf, all_functions, parsed.vslot, options, parsed.name,
+                         pick(seize, "seize"))
+    host = host_of(app)
+    term = terminal_for(app)
+    with open_xenstore(app, socket_path) as client:
+        result = attach(client, request, host=host, seize_fn=seizer_of(app, host) if host else None,
+                        timeout=timeout, wait=not no_wait)
+    if app.settings.json:  # type: ignore[attr-defined]
+        term.json(result.to_json())
+        return
+    for bdf, index in zip(result.devices, result.indices):
+        vdev = result.guest_addresses.get(bdf)
+        where = f" at guest address {vdev}" if vdev else ""
+        how = "hot-plugged into" if result.hotplug else "attached to"
+        term.line(f"{bdf} {how} domain {domid} (backend entry {index}){where}")
+    for note in result.notes:
+        term.info(note)

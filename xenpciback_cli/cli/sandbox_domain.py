@@ -1,0 +1,69 @@
+"""``xen-pciback --sandbox S sandbox domain create|destroy N``: simulated guest domains."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("domain")
+def group() -> None:
+    """Create and destroy simulated guest domains in the sandbox's xenstore."""
+
+
+def _sandbox(app: object):  # noqa: ANN202
+    from xenpciback_cli.errors import InputError
+
+    sandbox = app.sandbox_dir  # type: ignore[attr-defined]
+    if sandbox is None:
+        raise InputError("'sandbox domain' needs --sandbox DIR (or XEN_PCIBACK_SANDBOX)")
+    return sandbox
+
+
+@group.command("create")
+@click.argument("domid", type=int)
+@click.option("--name", default=None, help="Domain name [guestN].")
+@click.option("--guest/--no-guest", default=True, show_default=True,
+              help="Run a simulated kernel pciback and pcifront for it (the hot-plug peers).")
+@click.pass_obj
+def create(app: object, domid: int, name: str | None, guest: bool) -> None:
+    """Make domain DOMID exist as xl would (nodes, permissions, @introduceDomain)."""
+    from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.toolstack import simguest
+    from xenpciback_cli.toolstack.domains import create_domain
+    from xenpciback_cli.toolstack.session import open_xenstore
+
+    sandbox = _sandbox(app)
+    with open_xenstore(app) as client:
+        result = create_domain(client, domid, name)
+        socket = client.path
+    pid = simguest.start(sandbox, socket, domid) if guest else None
+    term = terminal_for(app)
+    if app.settings.json:  # type: ignore[attr-defined]
+        term.json(result.to_json() | {"simulated_guest_pid": pid})
+        return
+    term.line(f"domain {domid} ({result.name}) created"
+              + (f"; simulated pciback + pcifront running (pid {pid})" if pid else ""))
+
+
+@group.command("destroy")
+@click.argument("domid", type=int)
+@click.pass_obj
+def destroy(app: object, domid: int) -> None:
+    """Destroy domain DOMID: release its devices as libxl would, @releaseDomain."""
+    from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.toolstack import simguest
+    from xenpciback_cli.toolstack.domains import destroy_domain
+    from xenpciback_cli.toolstack.session import host_of, open_xenstore
+
+    sandbox = _sandbox(app)
+    simguest.stop(sandbox, domid)
+    with open_xenstore(app) as client:
+        result = destroy_domain(client, domid, host=host_of(app))
+    term = terminal_for(app)
+    if app.settings.json:  # type: ignore[attr-defined]
+        term.json(result.to_json())
+        return
+    term.line(f"domain {domid} destroyed")
+    for bdf in result.released_devices:
+        reset = result.resets.get(bdf)
+        term.line(f"released {bdf}" + (f"; {reset.reason}" if reset else ""))

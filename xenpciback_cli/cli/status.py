@@ -1,0 +1,48 @@
+"""``xen-pciback status --domid N``: the PV PCI handshake of one guest, as xenstore shows it."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("status")
+@click.option("--domid", "-d", type=int, required=True, help="Guest domain id.")
+@click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
+@click.pass_obj
+def command(app: object, domid: int, socket_path: str | None) -> None:
+    """Show each device's state-N and vdev-N, both ends' states by name, and errors."""
+    from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.toolstack.session import open_xenstore
+    from xenpciback_cli.toolstack.status import domain_status
+
+    term = terminal_for(app)
+    with open_xenstore(app, socket_path) as client:
+        status = domain_status(client, domid)
+    if app.settings.json:  # type: ignore[attr-defined]
+        term.json(status.to_json())
+        return
+
+    def safe(text: object) -> str:
+        """Guests write some of these nodes: show control characters as \\xNN, never raw."""
+        if text is None:
+            return ""
+        return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+
+    def named(state: object) -> str:
+        return state.describe() if state is not None else "absent"  # type: ignore[attr-defined]
+
+    title = f"domain {domid}" + (f" ({safe(status.name)})" if status.name else "")
+    term.line(f"{title}: backend {named(status.backend_state)}, "
+              f"frontend {named(status.frontend_state)}, {status.num_devs} device(s)")
+    if status.devices:
+        rows = [(d.index, safe(d.bdf),
+                 f"{d.state} ({d.state_name})" if d.state_name else safe(d.state),
+                 safe(d.vdev), safe(d.opts)) for d in status.devices]
+        term.table(["#", "device", "state-N", "vdev-N", "opts"], rows)
+    if status.next_move:
+        term.line(f"next move: {status.next_move}")
+    for label, text in (("backend error", status.backend_error),
+                        ("frontend error", status.frontend_error),
+                        ("AER", status.aer_state)):
+        if text:
+            term.line(f"{label}: {safe(text)}")

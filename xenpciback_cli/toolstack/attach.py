@@ -1,0 +1,303 @@
+"""Attach seized PCI functions to a guest the way libxl does, and hot-plug into a running one.
+
+Order of work (libxl's, ``toolstack-and-peers.md`` §A1, with its checks made explicit):
+
+1. checks that need no transaction: the domain exists (``/local/domain/N``), every function
+   exists and is seized (bound to pciback) - or is seized now with ``seize`` -, a function
+   wildcard has a virtual slot;
+2. the backend's state is read *outside* a transaction, like libxl, to wait out a
+   reconfiguration round already in progress;
+3. per-device permissive mode is written to the kernel backend's sysfs ``permissive`` file;
+4. one transaction, retried on conflict: nobody else holds the device (``/libxl/pci/<bdf>/domid``),
+   it fits the guest's backend, then the backend/frontend directories (first device) and the
+   device's ``*-i`` keys, ``num_devs``, backend ``state = 7`` when the backend is Connected, and
+   ``/libxl/pci/<bdf>/domid``;
+5. for a hot-plug, wait for the round to finish; on timeout, if the backend has not touched our
+   entries yet, a second transaction removes them again, leaving xenstore as it was.
+
+Nothing here imports click; errors are the project's typed errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from xenpciback_cli.errors import InputError, OperationFailed, SafetyRefusal
+from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.toolstack import libxl_layout as L
+from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
+from xenpciback_cli.toolstack.xenbus import XenbusState
+from xenpciback_cli.toolstack.xsexec import (
+    apply_ops,
+    list_or_empty,
+    read_backend,
+    read_or_none,
+    transact,
+)
+
+DEFAULT_TIMEOUT = 10.0  # libxl__wait_for_backend: 100 polls of 100 ms
+TRANSACTION_RETRIES = 16
+PCIBACK = "pciback"
+
+
+@dataclass
+class AttachSpec:
+    """What a person asked for, parsed: one function or a whole slot (``function=None``)."""
+
+    domid: int
+    bdf: Bdf | None = None
+    all_functions: bool = False
+    vslot: int | None = None
+    options: L.PciOptions = L.PciOptions()
+    name: str | None = None
+    seize: bool = False
+
+
+@dataclass
+class AttachResult:
+    domid: int
+    devices: list[Bdf]
+    indices: list[int]
+    hotplug: bool
+    first: bool
+    backend_state: XenbusState | None
+    guest_addresses: dict[Bdf, Bdf | None] = field(default_factory=dict)
+    permissive_applied: list[Bdf] = field(default_factory=list)
+    seized: list[Bdf] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "domid": self.domid,
+            "devices": [{"bdf": str(b), "index": i,
+                         "vdev": str(self.guest_addresses[b]) if self.guest_addresses.get(b) else None}
+                        for b, i in zip(self.devices, self.indices)],
+            "hotplug": self.hotplug,
+            "backend_state": self.backend_state.label if self.backend_state is not None else None,
+            "permissive": [str(b) for b in self.permissive_applied],
+            "seized": [str(b) for b in self.seized],
+            "notes": list(self.notes),
+        }
+
+
+def domain_exists(client: Any, domid: int) -> bool:
+    return client.exists(L.domain_home(domid))
+
+
+def require_domain(client: Any, domid: int) -> str | None:
+    """The domain's name; InputError when ``/local/domain/N`` does not exist."""
+    if not 0 < domid < 0x7FF0:
+        raise InputError(f"invalid domain id {domid}: guests are 1-32751 (0 is dom0)")
+    if not domain_exists(client, domid):
+        raise InputError(f"unknown domain {domid}: /local/domain/{domid} does not exist")
+    return read_or_none(client, f"{L.domain_home(domid)}/name")
+
+
+def lookup_name(client: Any, name: str) -> Bdf:
+    """``name2bdf``: the device given that name at assignable-add (``/libxl/pci/*/name``)."""
+    for key in sorted(list_or_empty(client, L.LIBXL_PCI_ROOT)):
+        if read_or_none(client, f"{L.LIBXL_PCI_ROOT}/{key}/name") == name:
+            parts = key.split("-")
+            if len(parts) == 4:
+                try:
+                    return Bdf(int(parts[0], 16), int(parts[1], 16), int(parts[2], 16),
+                               int(parts[3], 16))
+                except ValueError:
+                    continue
+    raise InputError(f"no assignable device is named {name!r} (see /libxl/pci/*/name)")
+
+
+def resolve_functions(spec: AttachSpec, host: Any | None) -> list[Bdf]:
+    """The functions to attach: one, or every function of the slot present on the host."""
+    assert spec.bdf is not None
+    if not spec.all_functions:
+        return [spec.bdf]
+    if spec.vslot is None:
+        raise InputError(f"{spec.bdf.domain:04x}:{spec.bdf.bus:02x}:{spec.bdf.slot:02x}.*: "
+                         "a multi-function device needs a virtual slot (@VSLOT or --vslot)")
+    if host is None:
+        raise InputError("a function wildcard needs the host's device list")
+    found = [d.bdf for d in host.devices()
+             if (d.bdf.domain, d.bdf.bus, d.bdf.slot) == (spec.bdf.domain, spec.bdf.bus, spec.bdf.slot)]
+    if not found:
+        raise InputError(f"no PCI function at {spec.bdf.domain:04x}:{spec.bdf.bus:02x}:"
+                         f"{spec.bdf.slot:02x}.*")
+    return sorted(found)
+
+
+def check_seized(bdfs: Sequence[Bdf], host: Any | None, *, seize: bool,
+                 seize_fn: Callable[[list[Bdf]], list[Bdf]] | None) -> list[Bdf]:
+    """Every function must be on pciback (``pci_multifunction_check``); seize it first on request.
+
+    Returns the functions seized here.
+    """
+    if host is None:
+        return []
+    missing = []
+    for bdf in bdfs:
+        device = host.device(bdf)  # DeviceNotFound for an absent function
+        if device.driver != PCIBACK:
+            missing.append((bdf, device.driver))
+    if not missing:
+        return []
+    if seize and seize_fn is not None:
+        return seize_fn([b for b, _ in missing])
+    bdf, driver = missing[0]
+    held = f"bound to {driver}" if driver else "not bound to any driver"
+    raise SafetyRefusal(f"{bdf} is not seized ({held}): hide it first, or attach with --seize")
+
+
+def apply_permissive(host: Any | None, bdfs: Sequence[Bdf], options: L.PciOptions) -> list[Bdf]:
+    """libxl writes the BDF to pciback's ``permissive`` file; the kernel cannot clear it again
+    until the device is unbound, so this is done only when asked."""
+    if not options.permissive or host is None:
+        return []
+    if PCIBACK not in host.loaded_drivers():
+        return []
+    for bdf in bdfs:
+        host.write_attribute(f"bus/pci/drivers/{PCIBACK}/permissive", str(bdf))
+    return list(bdfs)
+
+
+def _holder(tx: Any, bdf: Bdf) -> int | None:
+    text = read_or_none(tx, L.libxl_domid_path(bdf))
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if text.isdigit() else -1
+
+
+def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
+           seize_fn: Callable[[list[Bdf]], list[Bdf]] | None = None,
+           timeout: float = DEFAULT_TIMEOUT, wait: bool = True,
+           retries: int = TRANSACTION_RETRIES,
+           on_attempt: Callable[[int], None] | None = None) -> AttachResult:
+    """Attach ``spec`` to its domain; see the module docstring for the order of work.
+
+    ``on_attempt(n)`` runs inside each transaction attempt before the commit (tests use it to
+    make a concurrent writer collide with us).
+    """
+    domid = spec.domid
+    domain_name = require_domain(client, domid)
+    if spec.vslot is not None and not 0 <= spec.vslot <= L.MAX_VSLOT:
+        raise InputError(f"virtual slot {spec.vslot:#x} is out of range (0-0x1f)")
+    if spec.bdf is None:
+        if spec.name is None:
+            raise InputError("give a device address or --name")
+        spec.bdf = lookup_name(client, spec.name)
+    if spec.options.rdm_policy not in L.RDM_POLICIES:
+        raise InputError(f"rdm_policy must be strict or relaxed, not {spec.options.rdm_policy!r}")
+    bdfs = resolve_functions(spec, host)
+    seized = check_seized(bdfs, host, seize=spec.seize, seize_fn=seize_fn)
+    devices = tuple(L.DeviceRequest(b, v) for b, v in zip(bdfs, L.vdevfns_for(bdfs, spec.vslot)))
+    request = L.AttachRequest(domid, devices, spec.options, spec.name)
+    notes: list[str] = []
+
+    # libxl reads the backend outside the transaction: wait out a round in progress.
+    view = read_backend(client, domid)
+    if view.state in (XenbusState.RECONFIGURING, XenbusState.RECONFIGURED):
+        notes.append("waited for a reconfiguration round in progress")
+        wait_for(client, domid, round_finished, timeout=timeout,
+                 what="for the previous reconfiguration round to finish before attaching")
+
+    # Check the cheap refusals before touching sysfs.
+    _refuse_holders(client, bdfs, domid)
+    try:
+        L.check_attach(request, read_backend(client, domid))
+    except L.LayoutConflict as exc:
+        raise _conflict_error(exc) from None
+    permissive = apply_permissive(host, bdfs, spec.options)
+
+    attempts = 0
+    state_before: list[XenbusState | None] = [None]
+    created: list[Bdf] = []
+
+    def build(tx: Any) -> L.AttachPlan:
+        nonlocal attempts
+        attempts += 1
+        _refuse_holders(tx, bdfs, domid)
+        current = read_backend(tx, domid)
+        state_before[0] = current.state
+        created[:] = [b for b in bdfs if not tx.exists(L.libxl_pci_path(b))]
+        if current.state in (XenbusState.RECONFIGURING, XenbusState.RECONFIGURED):
+            raise OperationFailed(f"domain {domid}'s backend started another reconfiguration "
+                                  "round; try again")
+        if current.state in (XenbusState.CLOSING, XenbusState.CLOSED):
+            raise OperationFailed(f"domain {domid}'s PCI backend is {current.state.describe()}: "
+                                  "the guest's PV PCI device is being torn down; nothing changed")
+        try:
+            plan = L.plan_attach(request, current, domain_name,
+                                 hotplug=current.state == XenbusState.CONNECTED)
+        except L.LayoutConflict as exc:
+            raise _conflict_error(exc) from None
+        apply_ops(tx, plan.ops)
+        if on_attempt is not None:
+            on_attempt(attempts)
+        return plan
+
+    plan = transact(client, build, retries=retries, what=f"attaching to domain {domid}")
+    if attempts > 1:
+        notes.append(f"xenstore transaction retried {attempts - 1} time(s) after conflicts")
+    result = AttachResult(domid, list(bdfs), list(plan.indices), plan.hotplug, plan.first,
+                          None, permissive_applied=permissive, seized=seized, notes=notes)
+    if plan.hotplug and wait:
+        try:
+            view = wait_for(client, domid, round_finished, timeout=timeout,
+                            what=f"hot-plugging {', '.join(map(str, bdfs))} into domain {domid}")
+        except HandshakeTimeout as exc:
+            raise _roll_back(client, domid, plan, bdfs, state_before[0], created, exc) from None
+    else:
+        view = read_backend(client, domid)
+        if not plan.hotplug and view.state != XenbusState.CONNECTED:
+            notes.append(f"backend is {view.state.label if view.state is not None else 'absent'}:"
+                         " the device is exported when the backend and the guest connect")
+    result.backend_state = view.state
+    for bdf, index in zip(bdfs, plan.indices):
+        entry = view.entry(index)
+        result.guest_addresses[bdf] = entry.vdev if entry.dev == bdf else None
+    return result
+
+
+def _refuse_holders(node: Any, bdfs: Sequence[Bdf], domid: int) -> None:
+    for bdf in bdfs:
+        holder = _holder(node, bdf)
+        if holder is None:
+            continue
+        if holder == domid:
+            raise SafetyRefusal(f"{bdf} is already attached to domain {domid}")
+        if holder < 0:
+            raise SafetyRefusal(f"{bdf} has an unreadable owner in {L.libxl_domid_path(bdf)}")
+        if not node.exists(L.domain_home(holder)):
+            raise SafetyRefusal(f"{bdf} is recorded as attached to domain {holder}, which no longer "
+                                f"exists: run 'detach {bdf} --domid {holder} --force' first")
+        raise SafetyRefusal(f"{bdf} is attached to domain {holder}: detach it there first")
+
+
+def _conflict_error(exc: L.LayoutConflict) -> Exception:
+    text = str(exc)
+    if "virtual slot" in text:
+        return InputError(text)
+    return SafetyRefusal(text)
+
+
+def _roll_back(client: Any, domid: int, plan: L.AttachPlan, bdfs: Sequence[Bdf],
+               previous: XenbusState | None, created: Sequence[Bdf],
+               exc: HandshakeTimeout) -> Exception:
+    """Remove our entries again if the backend never touched them; say what happened."""
+    def undo(tx: Any) -> bool:
+        view = read_backend(tx, domid)
+        if not L.can_roll_back_attach(view, plan, bdfs):
+            return False
+        apply_ops(tx, L.plan_attach_rollback(view, plan, bdfs, previous, created))
+        return True
+
+    try:
+        undone = client.transact(undo)
+    except OperationFailed as undo_exc:
+        return OperationFailed(f"{exc}; rolling back failed too: {undo_exc}")
+    if undone:
+        return OperationFailed(f"{exc}; attach rolled back, xenstore is as it was")
+    return OperationFailed(f"{exc}; the backend already exported the device, left in place "
+                           f"(detach {bdfs[0]} --domid {domid} --force removes it)")

@@ -1,0 +1,196 @@
+"""Detach a device from a guest in the safe order, and reset it.
+
+1. ``state-i = 5`` (Closing) and, when the backend is Connected, backend ``state = 7``: one
+   transaction. The guest's pcifront removes the device, pciback releases it, both come back
+   to Connected.
+2. Wait for that (bounded). A guest that never answers: without ``force`` the request is taken
+   back (``state-i`` and ``state`` restored) and the command fails naming the stuck state; with
+   ``force`` the keys are removed anyway.
+3. One transaction: delete the device's keys and renumber the later ones exactly like libxl
+   (``libxl__device_pci_remove_xenstore``), the last device taking the whole PV device with it,
+   and clear ``/libxl/pci/<bdf>/domid``.
+4. Reset the function through sysfs ``reset`` when the kernel offers a method, saying which
+   (the first of ``reset_method``: flr, af_flr, pm, bus...), or why not.
+
+Unlike libxl (which resets and deassigns before it removes the xenstore entries), the reset
+comes last, after the guest has let go: resetting a device a guest is still driving is what
+makes guests oops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from xenpciback_cli.errors import InputError, OperationFailed, XenPcibackError
+from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.toolstack import libxl_layout as L
+from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
+from xenpciback_cli.toolstack.xenbus import XenbusState
+from xenpciback_cli.toolstack.xsexec import apply_ops, read_backend, read_or_none, transact
+
+DEFAULT_TIMEOUT = 10.0
+
+
+@dataclass
+class ResetOutcome:
+    done: bool
+    method: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"done": self.done, "method": self.method, "reason": self.reason}
+
+
+@dataclass
+class DetachResult:
+    domid: int
+    bdf: Bdf
+    index: int
+    handshake: bool
+    forced: bool
+    destroyed: bool
+    reset: ResetOutcome | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"domid": self.domid, "bdf": str(self.bdf), "index": self.index,
+                "handshake": self.handshake, "forced": self.forced,
+                "backend_destroyed": self.destroyed,
+                "reset": self.reset.to_json() if self.reset else None, "notes": list(self.notes)}
+
+
+def reset_device(host: Any | None, bdf: Bdf) -> ResetOutcome:
+    """Reset through sysfs ``reset``; the kernel tries the methods of ``reset_method`` in order."""
+    if host is None:
+        return ResetOutcome(False, None, "no host model: reset skipped")
+    try:
+        device = host.device(bdf)
+    except XenPcibackError as exc:
+        return ResetOutcome(False, None, f"cannot read the device: {exc}")
+    methods = tuple(getattr(device, "reset_methods", ()) or ())
+    if not methods:
+        import os
+
+        path = getattr(device, "sysfs_path", None)
+        if path and os.path.exists(os.path.join(path, "reset")):
+            # Kernels before 5.15 have 'reset' but no 'reset_method' to say which one it uses.
+            methods = ("the kernel's default (no reset_method file to name it)",)
+        else:
+            return ResetOutcome(False, None, "the kernel offers no reset method for this device "
+                                             "(no FLR, PM or bus reset; sysfs 'reset' is absent)")
+    try:
+        host.reset(bdf)
+    except XenPcibackError as exc:
+        return ResetOutcome(False, methods[0], f"reset through sysfs failed: {exc}")
+    if len(methods) == 1 and " " in methods[0]:
+        return ResetOutcome(True, None, f"reset with {methods[0]}")
+    return ResetOutcome(True, methods[0], f"reset with {methods[0]} (kernel's first method of "
+                                          f"{', '.join(methods)})")
+
+
+def _find(view: L.BackendView, bdf: Bdf, domid: int) -> int:
+    index = view.index_of(bdf)
+    if index is None:
+        raise InputError(f"{bdf} is not attached to domain {domid}")
+    return index
+
+
+def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force: bool = False,
+           timeout: float = DEFAULT_TIMEOUT, reset: bool = True, retries: int = 16,
+           on_attempt: Callable[[int], None] | None = None) -> DetachResult:
+    """Detach ``bdf`` from ``domid``; see the module docstring."""
+    if not 0 < domid < 0x7FF0:
+        raise InputError(f"invalid domain id {domid}: guests are 1-32751 (0 is dom0)")
+    view = read_backend(client, domid)
+    stale = view.index_of(bdf) is None and read_or_none(client, L.libxl_domid_path(bdf)) == str(domid)
+    if stale and force:
+        # libxl's record says the guest holds it, but no backend entry does (the guest died
+        # and nobody cleaned up): clear the record so the device can be attached again.
+        transact(client, lambda tx: apply_ops(tx, L.plan_libxl_release(bdf)), retries=retries,
+                 what=f"detaching {bdf}")
+        return DetachResult(domid, bdf, -1, False, True, False,
+                            reset_device(host, bdf) if reset else None,
+                            [f"no backend entry for {bdf} in domain {domid}: removed the stale "
+                             f"record {L.libxl_domid_path(bdf)}"])
+    if not view.exists and not client.exists(L.domain_home(domid)):
+        raise InputError(f"unknown domain {domid}: /local/domain/{domid} does not exist"
+                         + (f" ({bdf} has a stale record there: use --force to clear it)"
+                            if stale else ""))
+    index = _find(view, bdf, domid)
+    notes: list[str] = []
+    forced = False
+
+    if view.state in (XenbusState.RECONFIGURING, XenbusState.RECONFIGURED):
+        try:
+            view = wait_for(client, domid, round_finished, timeout=timeout,
+                            what="for the previous reconfiguration round to finish")
+        except HandshakeTimeout as exc:
+            if not force:
+                raise OperationFailed(f"{exc}; nothing changed (use --force if the guest is dead)") \
+                    from None
+            forced = True
+            notes.append(str(exc))
+
+    before: dict[str, XenbusState | None] = {}
+
+    def request(tx: Any) -> bool:
+        current = read_backend(tx, domid)
+        i = _find(current, bdf, domid)
+        before["entry"] = current.entry(i).state
+        before["state"] = current.state
+        reconfigure = current.state == XenbusState.CONNECTED
+        apply_ops(tx, L.plan_detach_request(domid, i, reconfigure=reconfigure))
+        return reconfigure
+
+    handshake = transact(client, request, retries=retries, what=f"detaching {bdf}")
+    if handshake:
+        try:
+            wait_for(client, domid, round_finished, timeout=timeout,
+                     what=f"for domain {domid} to release {bdf}")
+        except HandshakeTimeout as exc:
+            if not force:
+                raise _cancel(client, domid, bdf, before, exc) from None
+            forced = True
+            notes.append(f"{exc}; removed anyway (--force)")
+    elif view.state is not None:
+        notes.append(f"backend is {view.state.label}: no guest handshake needed")
+
+    attempts = 0
+    destroyed = [False]
+
+    def remove(tx: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        current = read_backend(tx, domid)
+        i = _find(current, bdf, domid)
+        destroyed[0] = current.num_devs <= 1
+        apply_ops(tx, L.plan_detach_remove(current, i))
+        if read_or_none(tx, L.libxl_domid_path(bdf)) == str(domid):
+            apply_ops(tx, L.plan_libxl_release(bdf))
+        if on_attempt is not None:
+            on_attempt(attempts)
+
+    transact(client, remove, retries=retries, what=f"detaching {bdf}")
+    if attempts > 1:
+        notes.append(f"xenstore transaction retried {attempts - 1} time(s) after conflicts")
+    outcome = reset_device(host, bdf) if reset else None
+    return DetachResult(domid, bdf, index, handshake, forced, destroyed[0], outcome, notes)
+
+
+def _cancel(client: Any, domid: int, bdf: Bdf, before: dict[str, XenbusState | None],
+            exc: HandshakeTimeout) -> Exception:
+    def undo(tx: Any) -> None:
+        current = read_backend(tx, domid)
+        i = current.index_of(bdf)
+        if i is None:
+            return
+        apply_ops(tx, L.plan_detach_cancel(current, i, before.get("entry"), before.get("state")))
+
+    try:
+        client.transact(undo)
+    except OperationFailed as undo_exc:
+        return OperationFailed(f"{exc}; restoring the entry failed too: {undo_exc}")
+    return OperationFailed(f"{exc}; detach cancelled, xenstore is as it was "
+                           "(use --force if the guest is dead)")

@@ -1,0 +1,63 @@
+"""Where a toolstack command gets its xenstore connection and host model from.
+
+``--socket PATH`` wins; with ``--sandbox S`` the sandbox's own xenstored (started on demand)
+and simulated host; otherwise the real daemon found the way Xen's library finds it and real
+sysfs. Kept out of the click modules so the engine and tests can use it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def open_xenstore(app: Any, socket: str | None = None, *, timeout: float = 10.0) -> Any:
+    from xenpciback_cli.xenstore.tools import open_client
+
+    return open_client(socket, app.sandbox_dir, timeout=timeout)
+
+
+def host_of(app: Any) -> Any | None:
+    """The application's host model, or None where this build has none to offer."""
+    try:
+        return app.host
+    except ImportError:
+        return None
+
+
+def seizer_of(app: Any, host: Any) -> Any:
+    """``--seize``: hide the functions through the seize engine (pre-flight checks, journal,
+    records) before attaching; its refusals (host uses the device...) stop the attach."""
+
+    def seize(bdfs: list) -> list:
+        from xenpciback_cli.engine.seize import Seizer
+
+        seizer = Seizer(host, app.state_dir, xenstore=app.xenstore())
+        preflights = seizer.preflight(bdfs, "pciback")
+        seizer.enforce(preflights, force=False)
+        return [seizer.hide(p, "pciback").bdf for p in preflights]
+
+    return seize
+
+
+def try_open_xenstore(app: Any) -> Any | None:
+    """Like :func:`open_xenstore`, but None when no daemon can be reached (no Xen here).
+
+    In a sandbox the daemon is started only if it has a saved tree to serve: a sandbox that never
+    used xenstore has nothing attached, and listing it must not leave a daemon behind.
+    """
+    from xenpciback_cli.errors import OperationFailed
+
+    if app.sandbox_dir is not None:
+        from xenpciback_cli.xenstore import sandbox as xs_sandbox
+        from xenpciback_cli.xenstore.client import connect
+
+        sock = xs_sandbox.socket_path(app.sandbox_dir)
+        try:
+            return connect(sock, timeout=5.0)
+        except OperationFailed:
+            if not (xs_sandbox.xenstore_dir(app.sandbox_dir) / "state.json").exists():
+                return None
+    try:
+        return open_xenstore(app, timeout=5.0)
+    except OperationFailed:
+        return None

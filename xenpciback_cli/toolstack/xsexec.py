@@ -1,0 +1,107 @@
+"""The adapter between plans and a xenstore connection: snapshots in, operations out.
+
+Reads and writes go through anything with the client's node API (a
+:class:`~xenpciback_cli.xenstore.client.Transaction`, the client itself, or a
+:class:`~xenpciback_cli.toolstack.plan.MemoryTree` in tests), so the planning code never sees
+a socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from xenpciback_cli.toolstack.libxl_layout import BackendView, backend_path
+from xenpciback_cli.toolstack.plan import Mkdir, Op, Prune, Rm, SetPerms, Write, prune_targets
+
+
+class NodeApi(Protocol):  # the subset of Transaction/XenstoreClient used here
+    def read(self, path: str) -> bytes: ...
+    def write(self, path: str, value: bytes | str) -> None: ...
+    def mkdir(self, path: str) -> None: ...
+    def rm(self, path: str) -> None: ...
+    def directory(self, path: str) -> list[str]: ...
+    def set_perms(self, path: str, perms: Any) -> None: ...
+
+
+def _missing(exc: Exception) -> bool:
+    return getattr(exc, "errno_name", None) == "ENOENT" or isinstance(exc, KeyError)
+
+
+def read_or_none(node: Any, path: str) -> str | None:
+    """A node's value as text, or None when it does not exist."""
+    try:
+        return node.read(path).decode("utf-8", "replace")
+    except Exception as exc:  # noqa: BLE001 - ENOENT only; everything else propagates
+        if _missing(exc):
+            return None
+        raise
+
+
+def list_or_empty(node: Any, path: str) -> list[str]:
+    try:
+        return list(node.directory(path))
+    except Exception as exc:  # noqa: BLE001
+        if _missing(exc):
+            return []
+        raise
+
+
+def read_dir_values(node: Any, path: str) -> dict[str, str]:
+    """``child -> value`` for the direct children of ``path`` (empty when absent)."""
+    out = {}
+    for child in list_or_empty(node, path):
+        value = read_or_none(node, f"{path}/{child}")
+        if value is not None:
+            out[child] = value
+    return out
+
+
+def read_backend(node: Any, domid: int) -> BackendView:
+    return BackendView(domid, read_dir_values(node, backend_path(domid)))
+
+
+def apply_ops(node: Any, ops: Sequence[Op]) -> None:
+    """Replay a plan on ``node`` (normally inside a transaction).
+
+    ``Rm`` of a missing node is not an error (libxl ignores it too); ``Prune`` walks up from
+    the path removing ancestors with no value and no children.
+    """
+    from xenpciback_cli.xenstore.client import Perm
+
+    for op in ops:
+        if isinstance(op, Write):
+            node.write(op.path, op.value)
+        elif isinstance(op, Mkdir):
+            node.mkdir(op.path)
+        elif isinstance(op, Rm):
+            try:
+                node.rm(op.path)
+            except Exception as exc:  # noqa: BLE001
+                if not _missing(exc):
+                    raise
+        elif isinstance(op, SetPerms):
+            node.set_perms(op.path, [Perm(domid, access) for domid, access in op.perms])
+        elif isinstance(op, Prune):
+            for up in prune_targets(op.path, op.stop):
+                value = read_or_none(node, up)
+                if value is None:
+                    continue
+                if value or list_or_empty(node, up):
+                    break
+                node.rm(up)
+        else:  # pragma: no cover
+            raise TypeError(op)
+
+
+def transact(client: Any, fn: Any, *, retries: int, what: str) -> Any:
+    """``client.transact`` with a person-readable failure when conflicts never stop."""
+    from xenpciback_cli.errors import OperationFailed
+
+    try:
+        return client.transact(fn, retries=retries)
+    except OperationFailed as exc:
+        if getattr(exc, "errno_name", None) == "EAGAIN":
+            raise OperationFailed(f"{what}: xenstore transaction conflicted with other writers "
+                                  f"{retries + 1} times; nothing was changed") from None
+        raise
