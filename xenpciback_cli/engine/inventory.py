@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xenpciback_cli.errors import InputError
+from xenpciback_cli.errors import DeviceNotFound, InputError
 from xenpciback_cli.host.model import STUB_DRIVERS, Host, PciDevice
 from xenpciback_cli.pci.address import Bdf
 
@@ -125,9 +125,20 @@ def inventory(host: Host, *, state_dir: Path | None = None,
     attachments = attachments or {}
     pattern_list = list(patterns)
     rows = []
-    for device in host.devices():
-        if pattern_list and not any(p.matches(device.bdf) for p in pattern_list):
-            continue
+    addresses = getattr(host, "addresses", None)
+    if pattern_list and addresses is not None:
+        # Load only the devices asked for (a cheap directory listing first).
+        devices = []
+        for bdf in addresses():
+            if any(p.matches(bdf) for p in pattern_list):
+                try:
+                    devices.append(host.device(bdf))
+                except DeviceNotFound:  # removed meanwhile (a VF destroyed, hot unplug)
+                    continue
+    else:
+        devices = [d for d in host.devices()
+                   if not pattern_list or any(p.matches(d.bdf) for p in pattern_list)]
+    for device in devices:
         if class_filter is not None and not class_filter.matches(device.class_code):
             continue
         domid = attachments.get(device.bdf)

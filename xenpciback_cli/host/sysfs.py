@@ -144,7 +144,9 @@ class SysfsHost(Host):
                 return []
 
     def devices(self) -> Sequence[PciDevice]:
-        return [self._load(bdf) for bdf in self.addresses()]
+        loaded = [self._load(bdf) for bdf in self.addresses()]
+        # A device removed while we read (VF destroyed, hot unplug) left nothing readable.
+        return [d for d in loaded if d.vendor_id != 0xFFFF or os.path.isdir(self.device_dir(d.bdf))]
 
     def device(self, bdf: Bdf) -> PciDevice:
         if not os.path.isdir(self.device_dir(bdf)):
