@@ -161,6 +161,9 @@ def fetch_kernel_deb(package: str, version: str, cache: Path) -> Path:
             raise BuildError(f"download kernel: apt-get download {package} produced no .deb")
         target = debs / downloaded[0].name
         os.replace(downloaded[0], target)
+    for stale in debs.glob(f"{package.split('-')[0]}-image-*.deb"):
+        if stale != target:
+            stale.unlink(missing_ok=True)  # an older kernel: superseded
     return target
 
 
@@ -315,6 +318,13 @@ def build(stage: Path, kernel_deb: Path, versions: dict[str, str]) -> str:
     return release
 
 
+def _prune(cache: Path, keep: Path) -> None:
+    """Drop guests built for other package versions: the cache holds one guest at a time."""
+    for other in cache.glob("guest-*"):
+        if other != keep:
+            shutil.rmtree(other, ignore_errors=True)
+
+
 def ensure_guest(log: Callable[[str], None] | None = None) -> GuestImage:
     """Return a cached guest image, building it (and fetching the kernel) when missing."""
     say = log or (lambda message: None)
@@ -352,9 +362,12 @@ def ensure_guest(log: Callable[[str], None] | None = None) -> GuestImage:
             raise BuildError(f"pack initramfs: find/cpio/gzip exited {codes}")
         manifest["kernel_release"] = release
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(partial, out)
+        try:
+            os.replace(partial, out)
+        except OSError:
+            if not (out / "manifest.json").is_file():  # not a concurrent build that won the race
+                raise
+    _prune(cache, keep=out)
     return GuestImage(out / "vmlinuz", out / "initramfs.cpio.gz", release, key, built=True)
 
 
