@@ -102,10 +102,16 @@ def qemu_command(image: GuestImage, share: Path, nvme: Path, serial: Path) -> li
     ]
 
 
+def source_tree() -> Path:
+    """The checkout whose ``xenpciback_cli`` the guest runs: this one, or
+    ``$XEN_PCIBACK_REALKERNEL_SOURCE`` (to try another branch's code with this harness)."""
+    return Path(os.environ.get("XEN_PCIBACK_REALKERNEL_SOURCE") or REPO)
+
+
 def prepare_share(share: Path) -> None:
     """The project's code and the scenarios go in; results come out in ``results/``."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "xenpciback_cli", share / "code/xenpciback_cli", ignore=ignore)
+    shutil.copytree(source_tree() / "xenpciback_cli", share / "code/xenpciback_cli", ignore=ignore)
     shutil.copytree(SCENARIOS, share / "scenario", ignore=ignore)
     (share / "results").mkdir()
     if sys.version_info[:2] == (3, 11):  # same bytecode as the guest's Python: skip compiling there

@@ -154,6 +154,13 @@ def one_line_error(proc: subprocess.CompletedProcess, what: str) -> str:
     return lines[0]
 
 
+def expect_rc(proc: subprocess.CompletedProcess, code: int, what: str) -> None:
+    """Exit code as documented (0 done, 1 failed, 2 bad input, 3 refused), else say what it said."""
+    expect(proc.returncode == code,
+           f"{what} exited {proc.returncode}, expected {code}; stderr: "
+           f"{proc.stderr.strip()[-600:]!r}; stdout: {proc.stdout.strip()[-400:]!r}")
+
+
 def list_by_bdf() -> dict[str, dict]:
     rows = cli_json("list")
     expect(isinstance(rows, list), f"list --json is not a list: {str(rows)[:200]}")
@@ -235,7 +242,7 @@ def check_list_agrees_with_lspci() -> str:
                f"{bdf}: class {row.get('class')} != lspci 0x{cls}..")
         expect(row.get("state") == "host", f"{bdf}: state {row.get('state')} before any hide")
     table = cli("list")
-    expect(table.returncode == 0, f"plain 'list' exited {table.returncode}: {table.stderr[-300:]}")
+    expect_rc(table, 0, "plain list")
     for bdf in rows:
         short = bdf[5:]
         expect(bdf in table.stdout or short in table.stdout, f"plain 'list' does not show {bdf}")
@@ -252,7 +259,7 @@ def check_iommu_groups_absent() -> str:
            is not None}
     expect(not bad, f"list reports IOMMU groups that do not exist: {bad}")
     proc = cli("hide", "--dry-run", "--driver", "pci-stub", NIC)
-    expect(proc.returncode == 0, f"hide --dry-run exited {proc.returncode}: {proc.stderr[-400:]}")
+    expect_rc(proc, 0, "hide --dry-run")
     text = (proc.stdout + proc.stderr).lower()
     expect("iommu" in text, "hide's pre-flight output does not mention the absent IOMMU groups")
     expect("traceback" not in text, "traceback in hide --dry-run output")
@@ -264,13 +271,13 @@ def check_dry_run_changes_nothing() -> str:
     before = sysfs_snapshot()
     proc = cli("hide", "--dry-run", "--driver", "pci-stub", NIC)
     after = sysfs_snapshot()
-    expect(proc.returncode == 0, f"hide --dry-run exited {proc.returncode}: {proc.stderr[-400:]}")
+    expect_rc(proc, 0, "hide --dry-run")
     expect(before == after, f"hide --dry-run changed the system: {before} -> {after}")
     expect("unbind" in proc.stdout and "driver_override" in proc.stdout,
            f"hide --dry-run does not print the unbind and driver_override writes: "
            f"{proc.stdout[-600:]!r}")
     wildcard = cli("hide", "--dry-run", "--driver", "pci-stub", MF_WILDCARD)
-    expect(wildcard.returncode == 0, f"wildcard --dry-run exited {wildcard.returncode}")
+    expect_rc(wildcard, 0, "wildcard hide --dry-run")
     expect(sysfs_snapshot() == before, "wildcard hide --dry-run changed the system")
     return "no sysfs or state change; writes printed"
 
@@ -279,7 +286,7 @@ def check_hide_nic_pci_stub() -> str:
     """hide --driver pci-stub: e1000e lets go, pci-stub takes the NIC (sysfs and lspci -k)."""
     interfaces = net_interfaces(NIC)
     proc = cli("hide", "--driver", "pci-stub", NIC)
-    expect(proc.returncode == 0, f"hide exited {proc.returncode}: {proc.stderr[-500:]}")
+    expect_rc(proc, 0, "hide")
     expect(driver_of(NIC) == "pci-stub", f"after hide, driver is {driver_of(NIC)}")
     expect(override_of(NIC) == "pci-stub",
            f"after hide, driver_override is {override_of(NIC)!r}, expected 'pci-stub'")
@@ -298,7 +305,7 @@ def check_unhide_dry_run_changes_nothing() -> str:
     cli_ok("hide", "--driver", "pci-stub", NIC)
     before = sysfs_snapshot()
     proc = cli("unhide", "--rebind", "--dry-run", NIC)
-    expect(proc.returncode == 0, f"unhide --dry-run exited {proc.returncode}: {proc.stderr[-400:]}")
+    expect_rc(proc, 0, "unhide --dry-run")
     expect(sysfs_snapshot() == before, "unhide --dry-run changed the system")
     expect(driver_of(NIC) == "pci-stub", "unhide --dry-run released the device")
     return "seized NIC stays seized"
@@ -308,7 +315,7 @@ def check_unhide_rebind_nic() -> str:
     """unhide --rebind: override cleared, pci-stub lets go, e1000e is back with its interface."""
     cli_ok("hide", "--driver", "pci-stub", NIC)
     proc = cli("unhide", "--rebind", NIC)
-    expect(proc.returncode == 0, f"unhide --rebind exited {proc.returncode}: {proc.stderr[-500:]}")
+    expect_rc(proc, 0, "unhide --rebind")
     expect(driver_of(NIC) == "e1000e", f"after unhide --rebind, driver is {driver_of(NIC)}")
     expect(override_of(NIC) is None, f"driver_override still {override_of(NIC)!r} after unhide")
     expect(lspci_drivers()[NIC] == "e1000e", f"lspci -k says {lspci_drivers()[NIC]}")
@@ -321,13 +328,13 @@ def check_unhide_rebind_nic() -> str:
 def check_hide_driverless_device() -> str:
     """A function no driver claims (pci-testdev) is seized and released too."""
     proc = cli("hide", "--driver", "pci-stub", TESTDEV)
-    expect(proc.returncode == 0, f"hide exited {proc.returncode}: {proc.stderr[-500:]}")
+    expect_rc(proc, 0, "hide")
     expect(driver_of(TESTDEV) == "pci-stub", f"after hide, driver is {driver_of(TESTDEV)}")
     row = list_by_bdf()[TESTDEV]
     expect(row.get("state") == "seized" and row.get("original_driver") is None,
            f"list: state {row.get('state')}, original_driver {row.get('original_driver')}")
     proc = cli("unhide", "--rebind", TESTDEV)
-    expect(proc.returncode == 0, f"unhide exited {proc.returncode}: {proc.stderr[-500:]}")
+    expect_rc(proc, 0, "unhide --rebind")
     expect(driver_of(TESTDEV) is None and override_of(TESTDEV) is None,
            f"after unhide: driver {driver_of(TESTDEV)}, override {override_of(TESTDEV)!r}")
     return "pci-testdev: none -> pci-stub -> none"
@@ -341,7 +348,7 @@ def check_refuse_nic_in_use() -> str:
     run(["ip", "addr", "add", NIC_ADDRESS, "dev", dev], check=True)
     run(["ip", "link", "set", dev, "up"], check=True)
     proc = cli("hide", "--driver", "pci-stub", NIC)
-    expect(proc.returncode == 3, f"hide of an up NIC exited {proc.returncode}, expected 3")
+    expect_rc(proc, 3, "hide of an up NIC with an address")
     line = one_line_error(proc, "refusal")
     expect(dev in proc.stdout + proc.stderr, f"refusal does not name {dev}: {line}")
     expect(driver_of(NIC) == "e1000e", f"refused hide still changed the driver: {driver_of(NIC)}")
@@ -355,7 +362,7 @@ def check_refuse_nvme_mounted() -> str:
     MOUNT_POINT.mkdir(parents=True, exist_ok=True)
     run(["mount", "-t", "ext4", "/dev/nvme0n1", str(MOUNT_POINT)], check=True)
     proc = cli("hide", "--driver", "pci-stub", NVME)
-    expect(proc.returncode == 3, f"hide of a mounted NVMe exited {proc.returncode}, expected 3")
+    expect_rc(proc, 3, "hide of an NVMe drive with a mounted filesystem")
     line = one_line_error(proc, "refusal")
     text = proc.stdout + proc.stderr
     expect("nvme0n1" in text or str(MOUNT_POINT) in text,
@@ -380,7 +387,7 @@ def check_killed_hide_recovered() -> str:
     expect("interrupted" in text.lower() and "recover" in text,
            f"the next 'list' does not report the interrupted hide: {text[-600:]!r}")
     proc = cli("recover")
-    expect(proc.returncode == 0, f"recover exited {proc.returncode}: {proc.stderr[-500:]}")
+    expect_rc(proc, 0, "recover")
     driver, override = driver_of(NIC), override_of(NIC)
     row = list_by_bdf()[NIC]
     if driver == "e1000e":
@@ -404,7 +411,7 @@ def check_killed_hide_recovered() -> str:
 def check_wildcard_multifunction() -> str:
     """hide 0000:00:05.* seizes both functions of the multi-function device; unhide gives back."""
     proc = cli("hide", "--driver", "pci-stub", MF_WILDCARD)
-    expect(proc.returncode == 0, f"wildcard hide exited {proc.returncode}: {proc.stderr[-500:]}")
+    expect_rc(proc, 0, "wildcard hide")
     for bdf in (MF0, MF1):
         expect(driver_of(bdf) == "pci-stub", f"{bdf}: driver {driver_of(bdf)} after wildcard hide")
         expect(override_of(bdf) == "pci-stub", f"{bdf}: override {override_of(bdf)!r}")
@@ -413,7 +420,7 @@ def check_wildcard_multifunction() -> str:
            f"list states {rows[MF0].get('state')}, {rows[MF1].get('state')}")
     expect(driver_of(NIC) == "e1000e", "wildcard reached beyond slot 05")
     proc = cli("unhide", "--rebind", MF_WILDCARD)
-    expect(proc.returncode == 0, f"wildcard unhide exited {proc.returncode}: {proc.stderr[-500:]}")
+    expect_rc(proc, 0, "wildcard unhide --rebind")
     expect(driver_of(MF0) == "e1000e", f"{MF0}: driver {driver_of(MF0)} after unhide --rebind")
     expect(driver_of(MF1) is None, f"{MF1}: driver {driver_of(MF1)} after unhide --rebind")
     expect(override_of(MF0) is None and override_of(MF1) is None, "overrides left after unhide")
@@ -424,7 +431,7 @@ def check_bad_input() -> str:
     """Bad addresses: one line, exit 2; an absent device: one line, non-zero, nothing changed."""
     before = sysfs_snapshot()
     proc = cli("hide", "--driver", "pci-stub", "0000:zz:00.0")
-    expect(proc.returncode == 2, f"malformed BDF exited {proc.returncode}, expected 2")
+    expect_rc(proc, 2, "hide of a malformed BDF")
     one_line_error(proc, "malformed BDF")
     proc = cli("hide", "--driver", "pci-stub", "0000:00:1e.7")
     expect(proc.returncode not in (0,), "hide of an absent device succeeded")
