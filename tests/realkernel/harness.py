@@ -41,7 +41,7 @@ GUEST_STAGES = (
     ("boot-to-init", "XPB-STAGE init", 90),
     ("share", "XPB-STAGE share-mounted", 60),
     ("drivers", "XPB-STAGE modules-loaded", 60),
-    ("scenarios", "XPB-STAGE scenario-exit", 420),
+    ("scenarios", "XPB-STAGE scenario-exit", 240),
     ("poweroff", "XPB-STAGE poweroff", 30),
 )
 SCENARIO_BUDGET = GUEST_STAGES[3][2] - 20  # the guest's own timeout fires first

@@ -120,6 +120,7 @@ def run(argv: list[str], check: bool = False, env: dict[str, str] | None = None,
     started = time.monotonic()
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL,
                               env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired as exc:
         raise CheckFailed(f"{' '.join(argv)} did not finish within {timeout} s") from exc
