@@ -181,6 +181,9 @@ BASELINE: dict[str, str | None] = {}
 
 def restore_baseline() -> None:
     """Put every device back on the driver the kernel gave it at boot, without the CLI."""
+    for driver in {d for d in BASELINE.values() if d}:
+        if not (SYS_PCI / "drivers" / driver).is_dir():
+            run(["modprobe", driver])  # a check unloaded it
     for bdf, original in BASELINE.items():
         if override_of(bdf) is not None:
             sysfs_write(SYS_PCI / "devices" / bdf / "driver_override", "\n")
@@ -428,6 +431,28 @@ def check_wildcard_multifunction() -> str:
     return "05.0 e1000e and 05.1 (no driver) -> pci-stub -> back"
 
 
+def check_rebind_to_unloaded_driver() -> str:
+    """The kernel refuses a bind to a driver that is gone: one line, exit 1, and a retry works."""
+    cli_ok("hide", "--driver", "pci-stub", NIC)
+    run(["rmmod", "e1000e"], check=True)
+    expect(not (SYS_PCI / "drivers/e1000e").exists(), "e1000e still registered after rmmod")
+    proc = cli("unhide", "--rebind", NIC)
+    expect_rc(proc, 1, "unhide --rebind to an unloaded driver")
+    line = one_line_error(proc, "failed rebind")
+    expect("e1000e" in line, f"the error does not name the missing driver: {line}")
+    expect(driver_of(NIC) in (None, "pci-stub"), f"NIC ended on {driver_of(NIC)}")
+    run(["modprobe", "e1000e"], check=True)
+    # Loading e1000e probes every unbound e1000e device; ours may be taken right away. Either
+    # way, a second unhide --rebind (or recover) must leave it on e1000e with no override.
+    again = cli("unhide", "--rebind", NIC)
+    if driver_of(NIC) != "e1000e" or override_of(NIC) is not None:
+        cli("recover")
+    expect(driver_of(NIC) == "e1000e", f"after modprobe and a retry, driver is {driver_of(NIC)} "
+                                       f"(retry exited {again.returncode}: {again.stderr[-300:]!r})")
+    expect(override_of(NIC) is None, f"driver_override left at {override_of(NIC)!r}")
+    return line
+
+
 def check_bad_input() -> str:
     """Bad addresses: one line, exit 2; an absent device: one line, non-zero, nothing changed."""
     before = sysfs_snapshot()
@@ -499,6 +524,7 @@ CHECKS = (
     ("refuse-nvme-mounted", check_refuse_nvme_mounted),
     ("killed-hide-recovered", check_killed_hide_recovered),
     ("wildcard-multifunction", check_wildcard_multifunction),
+    ("rebind-to-unloaded-driver", check_rebind_to_unloaded_driver),
     ("bad-input", check_bad_input),
 )
 
