@@ -277,9 +277,10 @@ def check_dry_run_changes_nothing() -> str:
     after = sysfs_snapshot()
     expect_rc(proc, 0, "hide --dry-run")
     expect(before == after, f"hide --dry-run changed the system: {before} -> {after}")
-    expect("unbind" in proc.stdout and "driver_override" in proc.stdout,
+    printed = proc.stdout + proc.stderr
+    expect(f"e1000e/unbind" in printed and f"{NIC}/driver_override" in printed,
            f"hide --dry-run does not print the unbind and driver_override writes: "
-           f"{proc.stdout[-600:]!r}")
+           f"{printed[-600:]!r}")
     wildcard = cli("hide", "--dry-run", "--driver", "pci-stub", MF_WILDCARD)
     expect_rc(wildcard, 0, "wildcard hide --dry-run")
     expect(sysfs_snapshot() == before, "wildcard hide --dry-run changed the system")
