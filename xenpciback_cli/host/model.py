@@ -106,6 +106,8 @@ class HostUsage:
     block: tuple[str, ...] = ()
     network: tuple[str, ...] = ()
     console: tuple[str, ...] = ()
+    #: What could not be checked (e.g. no procfs under a temporary root); not a reason to refuse.
+    unknown: tuple[str, ...] = ()
 
     @property
     def reasons(self) -> tuple[str, ...]:

@@ -1,0 +1,206 @@
+"""Crash safety (issue item 9): a hide or unhide stopped after ANY of its sysfs writes is noticed by
+the next command and fixed by ``recover``, leaving every device fully with its original driver or
+fully seized - driver, driver_override, pciback slots, records and journal all agreeing.
+
+Two ways of stopping: an in-process failure injected by a write hook (fast, covers both seize
+methods and the window after the last write), and a real process SIGKILLed by the test-only
+``XEN_PCIBACK_TEST_KILL_AFTER_WRITES`` hook.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+
+import pytest
+
+from xenpciback_cli.engine.journal import pending_operations
+from xenpciback_cli.engine.records import load_records
+from xenpciback_cli.engine.seize import InjectedFailure, Seizer, failure_hook
+from xenpciback_cli.host.sandbox import SandboxHost, create_sandbox, open_sandbox
+from xenpciback_cli.pci.address import Bdf
+
+from seize_helpers import invoke, script
+
+NIC0 = Bdf(0, 3, 0, 0)
+
+
+class NoOverrideSandbox(SandboxHost):
+    """A kernel without driver_override: pciback seizes through new_slot + bind."""
+
+    def supports_driver_override(self, bdf: Bdf) -> bool:
+        return False
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return create_sandbox(tmp_path_factory.mktemp("crash") / "s").directory
+
+
+@pytest.fixture()
+def box(pristine, tmp_path):
+    target = tmp_path / "s"
+    shutil.copytree(pristine, target, symlinks=True)
+    return target
+
+
+def open_host(box, method):
+    return NoOverrideSandbox(box) if method == "slot" else open_sandbox(box)
+
+
+def assert_consistent(box, bdf=NIC0, original="igb", xenstore=None):
+    """Fully seized or fully with the original driver; nothing half-way; journal empty."""
+    host = open_sandbox(box)
+    state = box / "state"
+    device = host.device(bdf)
+    records = load_records(state)
+    assert pending_operations(state) == []
+    slots = host.pciback_slots()
+    if device.driver == "pciback":
+        assert records[bdf].original_driver == original
+        assert records[bdf].target_driver == "pciback"
+        if records[bdf].method == "override":
+            assert device.driver_override == "pciback"
+        else:
+            assert str(bdf) in slots
+        if xenstore is not None:
+            assert xenstore[f"/libxl/pci/{bdf.xs_key}/driver_path"] == f"/sys/bus/pci/drivers/{original}"
+        return "seized"
+    assert device.driver == original, f"{bdf} ended with driver {device.driver}"
+    assert device.driver_override is None
+    assert str(bdf) not in slots
+    assert bdf not in records
+    if xenstore is not None:
+        assert f"/libxl/pci/{bdf.xs_key}/driver_path" not in xenstore
+    return "host"
+
+
+class DictXenstore(dict):
+    def write(self, path, value):
+        self[path] = value
+
+    def read(self, path):
+        return self[path].encode()
+
+    def rm(self, path):
+        self.pop(path, None)
+
+
+def hide(host, xenstore=None):
+    seizer = Seizer(host, host.directory / "state", xenstore=xenstore)
+    [pre] = seizer.preflight([NIC0], "pciback")
+    seizer.enforce([pre], force=False)
+    return seizer.hide(pre, "pciback")
+
+
+def plan_length(box, method, op):
+    host = open_host(box, method)
+    seizer = Seizer(host, box / "state")
+    if op == "hide":
+        [pre] = seizer.preflight([NIC0], "pciback")
+        return len(seizer.hide(pre, "pciback", dry_run=True).writes)
+    hide(open_host(box, method))
+    count = len(seizer.unhide(NIC0, rebind=True, dry_run=True).writes)
+    return count
+
+
+@pytest.mark.parametrize("method", ["override", "slot"])
+@pytest.mark.parametrize("op", ["hide", "unhide"])
+def test_injected_failure_after_every_write(pristine, tmp_path, method, op):
+    template = tmp_path / "template"
+    shutil.copytree(pristine, template, symlinks=True)
+    steps = plan_length(template, method, op)
+    assert steps >= 3
+    outcomes = set()
+    for after in range(steps):
+        box = tmp_path / f"case{after}"
+        shutil.copytree(pristine, box, symlinks=True)
+        xenstore = DictXenstore()
+        if op == "unhide":
+            hide(open_host(box, method), xenstore)
+        host = open_host(box, method)
+        host.write_hooks.append(failure_hook(after, kill=False))
+        seizer = Seizer(host, box / "state", xenstore=xenstore)
+        with pytest.raises(InjectedFailure):
+            if op == "hide":
+                [pre] = seizer.preflight([NIC0], "pciback")
+                seizer.hide(pre, "pciback")
+            else:
+                seizer.unhide(NIC0, rebind=True)
+        [entry] = pending_operations(box / "state")
+        assert entry.op == op and entry.bdf == NIC0 and entry.done == after
+        line = entry.describe()
+        assert line.startswith(f"interrupted operation: {op} 0000:03:00.0 stopped ")
+        assert "run 'xen-pciback recover'" in line
+        outcome = Seizer(open_host(box, method), box / "state", xenstore=xenstore).recover()
+        assert len(outcome) == 1 and outcome[0]["action"] in ("completed", "rolled back")
+        outcomes.add(assert_consistent(box, xenstore=xenstore))
+        # Idempotent: a second recover has nothing to do and changes nothing.
+        assert Seizer(open_host(box, method), box / "state").recover() == []
+        assert assert_consistent(box, xenstore=xenstore) in ("seized", "host")
+    # Some crash points roll back and some complete: both paths were exercised.
+    assert outcomes == {"seized", "host"}
+
+
+@pytest.mark.parametrize("op", ["hide", "unhide"])
+def test_failure_after_the_last_write_before_bookkeeping(box, monkeypatch, op):
+    """The window after the final sysfs write but before the record update and journal removal."""
+    xenstore = DictXenstore()
+    if op == "unhide":
+        hide(open_sandbox(box), xenstore)
+    target = "_ensure_record" if op == "hide" else "_forget"
+
+    def crash(*args, **kwargs):
+        raise InjectedFailure("crash during bookkeeping")
+
+    monkeypatch.setattr(Seizer, target, crash)
+    with pytest.raises(InjectedFailure):
+        if op == "hide":
+            hide(open_sandbox(box), xenstore)
+        else:
+            Seizer(open_sandbox(box), box / "state", xenstore=xenstore).unhide(NIC0, rebind=True)
+    monkeypatch.undo()
+    [entry] = pending_operations(box / "state")
+    assert entry.done == len(entry.steps)
+    [outcome] = Seizer(open_sandbox(box), box / "state", xenstore=xenstore).recover()
+    assert outcome["action"] == "completed"
+    assert assert_consistent(box, xenstore=xenstore) == ("seized" if op == "hide" else "host")
+
+
+@pytest.mark.parametrize("op", ["hide", "unhide"])
+def test_sigkill_after_every_write(pristine, tmp_path, op):
+    """A real process killed by SIGKILL at each write; the next command reports it; recover fixes it."""
+    outcomes = set()
+    for after in range(3):
+        box = tmp_path / f"case{after}"
+        shutil.copytree(pristine, box, symlinks=True)
+        if op == "unhide":
+            assert invoke("--sandbox", box, "hide", NIC0).code == 0
+            command = ["unhide", "--rebind", NIC0]
+        else:
+            command = ["hide", NIC0]
+        killed = script("--sandbox", box, *command,
+                        env={"XEN_PCIBACK_TEST_KILL_AFTER_WRITES": str(after)})
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        listed = script("--sandbox", box, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert (f"interrupted operation: {op} 0000:03:00.0 stopped "
+                f"{'after step ' + str(after) if after else 'before step 1'}/3") in listed.stderr
+        recovered = script("--sandbox", box, "--json", "recover")
+        assert recovered.returncode == 0, recovered.stderr
+        assert '"bdf": "0000:03:00.0"' in recovered.stdout
+        outcomes.add(assert_consistent(box))
+        again = script("--sandbox", box, "list")
+        assert "interrupted operation" not in again.stderr
+    assert outcomes == {"seized", "host"}
+
+
+def test_new_operation_refused_while_interrupted(box):
+    host = open_sandbox(box)
+    host.write_hooks.append(failure_hook(1, kill=False))
+    with pytest.raises(InjectedFailure):
+        hide(host)
+    run = invoke("--sandbox", box, "hide", NIC0)
+    assert run.code == 1 and "run 'xen-pciback recover' first" in run.error
+    assert invoke("--sandbox", box, "recover").code == 0
+    assert_consistent(box)

@@ -1,0 +1,167 @@
+"""``xen-pciback list`` through click's CliRunner and through the installed console script."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from xenpciback_cli.app import Application, Settings
+from xenpciback_cli.cli import cli
+from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
+from xenpciback_cli.pci.address import Bdf
+
+REPO = Path(__file__).resolve().parents[1]
+JSON_KEYS = {"bdf", "vendor_id", "device_id", "class", "driver", "state", "domid", "original_driver",
+             "iommu_group", "vendor_name", "device_name", "numa_node", "driver_override", "physfn"}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return create_sandbox(tmp_path_factory.mktemp("list") / "s").directory
+
+
+@pytest.fixture()
+def sandbox(pristine, tmp_path):
+    target = tmp_path / "s"
+    shutil.copytree(pristine, target, symlinks=True)
+    return target
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result
+
+
+def test_json_lists_every_device(sandbox):
+    result = invoke("--sandbox", str(sandbox), "--json", "list")
+    assert result.exit_code == 0
+    rows = json.loads(result.output)
+    host = open_sandbox(sandbox)
+    assert [r["bdf"] for r in rows] == [str(b) for b in host.addresses()]
+    by_bdf = {r["bdf"]: r for r in rows}
+    nic = by_bdf["0000:03:00.0"]
+    assert JSON_KEYS <= set(nic)
+    assert (nic["vendor_id"], nic["device_id"], nic["class"]) == ("0x8086", "0x10c9", "0x020000")
+    assert nic["driver"] == "igb" and nic["state"] == "host" and nic["domid"] is None
+    assert nic["original_driver"] is None and nic["iommu_group"] == 7
+    assert by_bdf["0000:00:00.0"]["driver"] is None
+    vf = next(r for r in rows if r["physfn"])
+    assert vf["physfn"] == "0000:03:00.1" and vf["device_id"] == "0x10ca"
+
+
+def test_seized_state_and_filter(sandbox):
+    host = open_sandbox(sandbox)
+    host.unbind(Bdf.parse("03:00.0"), "igb")
+    host.set_driver_override(Bdf.parse("03:00.0"), "pciback")
+    host.probe(Bdf.parse("03:00.0"))
+    rows = json.loads(invoke("--sandbox", str(sandbox), "--json", "list", "--seized").output)
+    assert [(r["bdf"], r["state"], r["driver"], r["driver_override"]) for r in rows] == [
+        ("0000:03:00.0", "seized", "pciback", "pciback")]
+
+
+def test_original_driver_comes_from_records(sandbox, monkeypatch):
+    from xenpciback_cli.engine import inventory
+
+    monkeypatch.setattr(inventory, "load_original_drivers",
+                        lambda state_dir: {Bdf.parse("03:00.0"): "igb"})
+    rows = json.loads(invoke("--sandbox", str(sandbox), "--json", "list", "03:00.0").output)
+    assert rows[0]["original_driver"] == "igb"
+
+
+@pytest.mark.parametrize("klass, expected", [
+    ("network", {"0000:03:00.0", "0000:03:00.1", "0000:04:10.1", "0000:04:10.3"}),
+    ("02", {"0000:03:00.0", "0000:03:00.1", "0000:04:10.1", "0000:04:10.3"}),
+    ("0x0108", {"0000:01:00.0"}),
+    ("0x0c0330", {"0000:00:14.0"}),
+    ("usb", {"0000:00:14.0"}),
+    ("display", {"0000:02:00.0"}),
+    ("multimedia", {"0000:02:00.1"}),
+    ("storage", {"0000:01:00.0"}),
+    ("bridge", {"0000:00:00.0", "0000:00:1c.0", "0000:00:1c.1", "0000:00:1c.2"}),
+    ("serial", {"0000:00:14.0"}),
+])
+def test_class_filter(sandbox, klass, expected):
+    rows = json.loads(invoke("--sandbox", str(sandbox), "--json", "list", "--class", klass).output)
+    assert {r["bdf"] for r in rows} == expected
+
+
+def test_patterns(sandbox):
+    rows = json.loads(invoke("--sandbox", str(sandbox), "--json", "list", "03:00.*", "01:00.0").output)
+    assert [r["bdf"] for r in rows] == ["0000:01:00.0", "0000:03:00.0", "0000:03:00.1"]
+    rows = json.loads(invoke("--sandbox", str(sandbox), "--json", "list", "04:*.*").output)
+    assert [r["bdf"] for r in rows] == ["0000:04:10.1", "0000:04:10.3"]
+    assert json.loads(invoke("--sandbox", str(sandbox), "--json", "list", "7f:00.0").output) == []
+
+
+def test_csv_and_plain_formats(sandbox):
+    out = invoke("--sandbox", str(sandbox), "list", "--format", "csv", "02:00.*").output
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0][:6] == ["BDF", "ID", "DEVICE", "CLASS", "DRIVER", "STATE"]
+    assert [(r[0], r[1], r[4], r[5]) for r in rows[1:]] == [
+        ("0000:02:00.0", "1002:7300", "amdgpu", "host"), ("0000:02:00.1", "8086:27d8", "snd_hda_intel", "host")]
+    plain = invoke("--sandbox", str(sandbox), "list", "--format", "plain", "01:00.0").output.splitlines()
+    assert plain[0].split()[:2] == ["BDF", "ID"] and plain[1].split()[:2] == ["0000:01:00.0", "144d:a826"]
+    github = invoke("--sandbox", str(sandbox), "list", "--format", "github", "01:00.0").output
+    assert github.startswith("| BDF") and "| 0000:01:00.0 |" in github
+    rich = CliRunner(env={"COLUMNS": "200"}).invoke(
+        cli, ["--sandbox", str(sandbox), "--no-color", "list", "--format", "rich", "01:00.0"]).output
+    assert "0000:01:00.0" in rich and "nvme" in rich
+
+
+def test_inventory_engine_directly(sandbox):
+    from xenpciback_cli.engine.inventory import ClassFilter, inventory
+
+    app = Application(Settings(sandbox=str(sandbox)))
+    rows = inventory(app.host, class_filter=ClassFilter.parse("0x0200"),
+                     attachments={Bdf.parse("03:00.0"): 5})
+    states = {str(r.bdf): (r.state, r.domid) for r in rows}
+    assert states["0000:03:00.0"] == ("attached", 5) and states["0000:03:00.1"] == ("host", None)
+
+
+def console(*args, **kwargs):
+    script = shutil.which("xen-pciback")
+    command = [script, *args] if script else [sys.executable, "-m", "xenpciback_cli", *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("XEN_PCIBACK_SANDBOX", None)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, **kwargs)
+
+
+def test_console_script_init_and_list(tmp_path):
+    target = tmp_path / "box"
+    made = console("sandbox", "init", str(target))
+    assert made.returncode == 0, made.stderr
+    listed = console("--sandbox", str(target), "--json", "list", "--class", "network")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["bdf"] for r in json.loads(listed.stdout)][:2] == ["0000:03:00.0", "0000:03:00.1"]
+    plain = console("--sandbox", str(target), "list", "--format", "simple")
+    assert plain.returncode == 0 and "0000:02:00.0" in plain.stdout and "amdgpu" in plain.stdout
+    again = console("sandbox", "init", str(target))
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--force" in again.stderr
+    assert console("sandbox", "init", "--force", str(target)).returncode == 0
+
+
+def test_console_script_errors_are_one_line(tmp_path):
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x").write_text("x")
+    refused = console("sandbox", "init", str(tmp_path / "foreign"))
+    assert refused.returncode == 3 and refused.stderr.startswith("xen-pciback: error: refusing")
+    missing = console("--sandbox", str(tmp_path / "nothing"), "list")
+    assert missing.returncode == 2 and "not a sandbox" in missing.stderr and "Traceback" not in missing.stderr
+    bad_class = console("--sysfs-root", str(tmp_path), "list", "--class", "teapot")
+    assert bad_class.returncode == 2 and bad_class.stderr.count("\n") == 1
+    bad_format = console("--sysfs-root", str(tmp_path), "list", "--format", "xml")
+    assert bad_format.returncode == 2 and bad_format.stderr.count("\n") == 1
+
+
+def test_list_on_empty_root_is_empty(tmp_path):
+    result = console("--sysfs-root", str(tmp_path), "--json", "list")
+    assert result.returncode == 0 and json.loads(result.stdout) == []

@@ -1,0 +1,70 @@
+"""Seize records: round trip, atomic replacement, corrupt files reported in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from xenpciback_cli.engine.records import (SeizeRecord, atomic_write, drop_record, load_records,
+                                           put_record, records_path, save_records)
+from xenpciback_cli.errors import OperationFailed
+from xenpciback_cli.pci.address import Bdf
+
+NIC = Bdf(0, 3, 0, 0)
+VF = Bdf(0, 4, 0x10, 1)
+
+
+def test_missing_state_dir_means_no_records(tmp_path):
+    assert load_records(tmp_path / "absent") == {}
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    records = {NIC: SeizeRecord(NIC, "igb", "pciback", persist=True, seized_at=12.5, method="slot"),
+               VF: SeizeRecord(VF, None, "vfio-pci")}
+    save_records(tmp_path, records)
+    assert load_records(tmp_path) == records
+    data = json.loads(records_path(tmp_path).read_text())
+    assert [d["bdf"] for d in data["devices"]] == ["0000:03:00.0", "0000:04:10.1"]
+    assert data["devices"][1]["original_driver"] is None
+
+
+def test_put_and_drop(tmp_path):
+    put_record(tmp_path, SeizeRecord(NIC, "igb", "pciback"))
+    put_record(tmp_path, SeizeRecord(VF, "igbvf", "pciback"))
+    assert set(load_records(tmp_path)) == {NIC, VF}
+    assert drop_record(tmp_path, NIC).original_driver == "igb"
+    assert drop_record(tmp_path, NIC) is None
+    assert set(load_records(tmp_path)) == {VF}
+
+
+def test_atomic_write_leaves_no_temporary_and_replaces(tmp_path):
+    target = tmp_path / "f.json"
+    atomic_write(target, "one")
+    atomic_write(target, "two")
+    assert target.read_text() == "two"
+    assert os.listdir(tmp_path) == ["f.json"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    save_records(tmp_path, {NIC: SeizeRecord(NIC, "igb", "pciback")})
+
+    def crash(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OperationFailed) as info:
+        put_record(tmp_path, SeizeRecord(VF, None, "pciback"))
+    assert "No space left" in str(info.value)
+    monkeypatch.undo()
+    assert set(load_records(tmp_path)) == {NIC}
+    assert os.listdir(tmp_path) == ["seized.json"]  # the temporary file was cleaned up
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"devices": [{"bdf": "zz"}]}', '{"format": 1}'])
+def test_corrupt_file_is_one_clear_error(tmp_path, text):
+    records_path(tmp_path).write_text(text)
+    with pytest.raises(OperationFailed) as info:
+        load_records(tmp_path)
+    assert "corrupt" in str(info.value) and "\n" not in str(info.value)

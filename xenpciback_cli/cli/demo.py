@@ -1,0 +1,50 @@
+"""``xen-pciback demo``: list, hide, refused hide, unhide on a fresh sandbox - the README's first command."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("demo")
+@click.option("--sandbox-dir", metavar="DIR", default=None, type=click.Path(file_okay=False),
+              help="Build the demo sandbox in DIR (empty or absent) and keep it; default: a temporary one.")
+@click.pass_obj
+def command(app: object, sandbox_dir: str | None) -> None:
+    """Create a sandbox and run, showing each command: list, hide 0000:03:00.0, list, a refused
+    hide of the NVMe drive holding the root filesystem, unhide --rebind, list."""
+    import shutil
+    import tempfile
+
+    from xenpciback_cli.cli import cli
+    from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.errors import SafetyRefusal, XenPcibackError
+    from xenpciback_cli.host.sandbox import create_sandbox
+
+    terminal = terminal_for(app)
+    temporary = sandbox_dir is None
+    directory = tempfile.mkdtemp(prefix="xen-pciback-demo-") if temporary else sandbox_dir
+    assert directory is not None
+    try:
+        create_sandbox(directory)
+        terminal.line(f"# a simulated host in {directory} (nothing on this machine is touched)")
+        steps = [["list"], ["hide", "0000:03:00.0"], ["list", "--seized"], ["hide", "0000:01:00.0"],
+                 ["unhide", "--rebind", "0000:03:00.0"], ["list"]]
+        extra = ["--no-color"] if not app.settings.color else []  # type: ignore[attr-defined]
+        for step in steps:
+            terminal.line("")
+            terminal.line(f"$ xen-pciback --sandbox {directory} {' '.join(step)}")
+            terminal.stdout.flush()
+            try:
+                cli.main(args=["--sandbox", directory, *extra, *step], prog_name="xen-pciback",
+                         standalone_mode=False)
+            except SafetyRefusal as exc:
+                terminal.line(f"xen-pciback: error: {exc}")
+                terminal.line(f"(exit {int(exc.exit_code)}: refused for safety, as it should be)")
+            except XenPcibackError as exc:
+                raise XenPcibackError(f"demo step '{' '.join(step)}' failed: {exc}") from None
+        if not temporary:
+            terminal.line("")
+            terminal.line(f"# the sandbox stays in {directory}: try 'xen-pciback --sandbox {directory} list'")
+    finally:
+        if temporary:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,52 @@
+"""``xen-pciback list``: every PCI device with its driver, passthrough state and IOMMU group."""
+
+from __future__ import annotations
+
+import click
+
+FORMATS = ("rich", "plain", "simple", "github", "csv")
+HEADERS = ("BDF", "ID", "DEVICE", "CLASS", "DRIVER", "STATE", "DOMID", "ORIGINAL", "GROUP")
+
+
+@click.command("list")
+@click.argument("patterns", nargs=-1, metavar="[PATTERN]...")
+@click.option("--seized", "seized_only", is_flag=True, help="Only seized or attached devices.")
+@click.option("--class", "class_text", metavar="CLASS",
+              help="Filter by class: hex (02, 0x0200, 0x020000) or a name (network, storage, "
+                   "display, usb, bridge, serial, multimedia...).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="Table format [default: rich on a terminal, plain otherwise].")
+@click.pass_obj
+def command(app: object, patterns: tuple[str, ...], seized_only: bool, class_text: str | None,
+            fmt: str | None) -> None:
+    """List PCI devices: BDF, ids and names, class, driver, state (host/seized/attached), domid,
+    original driver and IOMMU group.
+
+    PATTERN is a BDF, optionally with wildcards: 03:00.0, 0000:03:00.*, 03:*.*.
+    With the global --json, prints a JSON list of objects.
+    """
+    from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.engine.inventory import ClassFilter, inventory
+    from xenpciback_cli.pci.spec import parse_device_patterns
+
+    parsed = parse_device_patterns(patterns)
+    class_filter = ClassFilter.parse(class_text) if class_text is not None else None
+    settings = app.settings  # type: ignore[attr-defined]
+    terminal = terminal_for(app)
+    from xenpciback_cli.cli.pending import warn_pending
+
+    warn_pending(app, terminal)  # interrupted hide/unhide: one line each
+    rows = inventory(app.host, state_dir=app.state_dir, patterns=parsed,  # type: ignore[attr-defined]
+                     class_filter=class_filter, seized_only=seized_only)
+    if settings.json:
+        terminal.json([row.as_json() for row in rows])
+        return
+    table = []
+    for row in rows:
+        d = row.device
+        name = " ".join(part for part in (d.vendor_name, d.device_name) if part) or "-"
+        table.append((str(d.bdf), f"{d.vendor_id:04x}:{d.device_id:04x}", name,
+                      d.class_name or f"{d.class_code:06x}", d.driver or "-", row.state,
+                      "-" if row.domid is None else row.domid, row.original_driver or "-",
+                      "-" if d.iommu_group is None else d.iommu_group))
+    terminal.table(HEADERS, table, fmt=fmt)

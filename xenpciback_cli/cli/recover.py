@@ -1,0 +1,31 @@
+"""``xen-pciback recover``: finish or roll back hides/unhides interrupted by a crash."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("recover")
+@click.pass_obj
+def command(app: object) -> None:
+    """Complete or roll back every interrupted operation in the journal.
+
+    The decision is per operation, from the device's actual state: a hide that already took the
+    device from its host driver is completed, one that had not is rolled back; an unhide that
+    already released the device is completed, one that had not is rolled back.
+    """
+    from xenpciback_cli.cli.pending import seizer_for
+    from xenpciback_cli.cli.terminal import terminal_for
+
+    terminal = terminal_for(app)
+    seizer = seizer_for(app)
+    with seizer.journal.locked():
+        outcomes = seizer.recover()
+    if app.settings.json:  # type: ignore[attr-defined]
+        terminal.json({"operations": outcomes})
+        return
+    if not outcomes:
+        terminal.line("nothing to recover: no interrupted operations")
+    for outcome in outcomes:
+        terminal.line(f"{outcome['action']} {outcome['op']} {outcome['bdf']}: {outcome['reason']} "
+                      f"(driver now {outcome.get('driver') or 'none'})")

@@ -1,0 +1,1 @@
+"""Files shipped with the package (the systemd unit for xen-pciback restore)."""

@@ -1,0 +1,138 @@
+"""The rows of ``xen-pciback list``: every device with its state in the passthrough lifecycle.
+
+State rules (one place, so ``list``, ``hide`` and the docs agree):
+
+* ``attached`` - a guest has it (a domid is known from the attachments mapping);
+* ``seized``   - bound to a stub driver (pciback, pci-stub, vfio-pci), ready for a guest;
+* ``host``     - anything else: a host driver has it, or nothing does.
+
+``original_driver`` comes from the seize records (engine.records, kept by hide/unhide), so a
+seized device still says where it came from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xenpciback_cli.errors import InputError
+from xenpciback_cli.host.model import STUB_DRIVERS, Host, PciDevice
+from xenpciback_cli.pci.address import Bdf
+
+#: ``--class`` names -> (class value, number of significant hex digits from the top).
+CLASS_NAMES: dict[str, tuple[int, int]] = {
+    "storage": (0x01, 2), "network": (0x02, 2), "display": (0x03, 2), "gpu": (0x03, 2),
+    "multimedia": (0x04, 2), "audio": (0x0403, 4), "memory": (0x05, 2), "bridge": (0x06, 2),
+    "communication": (0x07, 2), "system": (0x08, 2), "input": (0x09, 2), "processor": (0x0B, 2),
+    "serial": (0x0C, 2), "usb": (0x0C03, 4), "wireless": (0x0D, 2), "accelerator": (0x12, 2),
+    "nvme": (0x0108, 4), "ethernet": (0x0200, 4), "vga": (0x0300, 4),
+}
+_HEX = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,6})$")
+
+
+@dataclass(frozen=True)
+class ClassFilter:
+    """Matches devices whose 24-bit class code starts with ``value`` (``digits`` hex digits)."""
+
+    value: int
+    digits: int
+
+    @classmethod
+    def parse(cls, text: str) -> ClassFilter:
+        word = text.strip().lower()
+        if word in CLASS_NAMES:
+            return cls(*CLASS_NAMES[word])
+        match = _HEX.match(word)
+        if not match:
+            raise InputError(f"invalid class {text!r}: give hex (02, 0x0200, 0x020000) or a name "
+                             f"({', '.join(sorted(CLASS_NAMES))})")
+        digits = match[1]
+        if len(digits) % 2:
+            digits = "0" + digits
+        return cls(int(digits, 16), len(digits))
+
+    def matches(self, class_code: int) -> bool:
+        return (class_code >> (4 * (6 - self.digits))) == self.value
+
+
+@dataclass(frozen=True)
+class InventoryRow:
+    device: PciDevice
+    state: str
+    domid: int | None
+    original_driver: str | None
+
+    @property
+    def bdf(self) -> Bdf:
+        return self.device.bdf
+
+    def as_json(self) -> dict[str, Any]:
+        d = self.device
+        return {
+            "bdf": str(d.bdf),
+            "vendor_id": f"0x{d.vendor_id:04x}",
+            "device_id": f"0x{d.device_id:04x}",
+            "class": f"0x{d.class_code:06x}",
+            "revision": f"0x{d.revision:02x}",
+            "subsystem_vendor_id": None if d.subsystem_vendor_id is None else f"0x{d.subsystem_vendor_id:04x}",
+            "subsystem_device_id": None if d.subsystem_device_id is None else f"0x{d.subsystem_device_id:04x}",
+            "vendor_name": d.vendor_name,
+            "device_name": d.device_name,
+            "class_name": d.class_name,
+            "driver": d.driver,
+            "state": self.state,
+            "domid": self.domid,
+            "original_driver": self.original_driver,
+            "iommu_group": d.iommu_group,
+            "numa_node": d.numa_node,
+            "driver_override": d.driver_override,
+            "physfn": None if d.physfn is None else str(d.physfn),
+            "virtfns": [str(v) for v in d.virtfns],
+        }
+
+
+def device_state(device: PciDevice, domid: int | None) -> str:
+    if domid is not None:
+        return "attached"
+    if device.driver in STUB_DRIVERS:
+        return "seized"
+    return "host"
+
+
+def load_original_drivers(state_dir: Path | None) -> dict[Bdf, str | None]:
+    """Original drivers from the seize records; empty when there are none (or no records module)."""
+    if state_dir is None:
+        return {}
+    try:
+        from xenpciback_cli.engine.records import load_records
+    except ImportError:
+        return {}
+    return {bdf: record.original_driver for bdf, record in load_records(state_dir).items()}
+
+
+def inventory(host: Host, *, state_dir: Path | None = None,
+              attachments: Mapping[Bdf, int] | None = None,
+              patterns: Iterable[Any] = (), class_filter: ClassFilter | None = None,
+              seized_only: bool = False) -> list[InventoryRow]:
+    """Rows for every device matching the filters, sorted by address.
+
+    ``patterns`` are :class:`~xenpciback_cli.pci.spec.BdfPattern` (any of them may match).
+    """
+    originals = load_original_drivers(state_dir)
+    attachments = attachments or {}
+    pattern_list = list(patterns)
+    rows = []
+    for device in host.devices():
+        if pattern_list and not any(p.matches(device.bdf) for p in pattern_list):
+            continue
+        if class_filter is not None and not class_filter.matches(device.class_code):
+            continue
+        domid = attachments.get(device.bdf)
+        state = device_state(device, domid)
+        if seized_only and state == "host":
+            continue
+        rows.append(InventoryRow(device, state, domid, originals.get(device.bdf)))
+    return rows

@@ -1,0 +1,340 @@
+"""Hide (seize) and unhide (release) as plans of sysfs writes, run through the Host and journalled.
+
+A plan is computed from the device's current state, shown whole by ``--dry-run``, and executed
+write by write with the journal marking each one, so a crash at any point is recoverable
+(:func:`recover`). The engine never prints; it returns results the CLI renders.
+
+Seize methods, by what the kernel offers:
+
+* ``override``: ``driver_override=<target>``, unbind from the current driver, ``drivers_probe``
+  (the kernel's preferred way; nothing else can grab the device in between).
+* ``slot`` (pciback on a kernel without driver_override): ``new_slot`` unless ``slots`` lists it
+  already, unbind, ``bind``.
+* ``new_id`` (pci-stub / vfio-pci without driver_override): unbind, ``new_id "vvvv dddd"``, which
+  makes the driver probe matching unbound devices.
+
+Rollback or completion after a crash hinges on one point of no return: the unbind from the host
+driver (hide) or from the seize driver (unhide). Before it, the host still had / the guest side
+still holds the device, so the operation is rolled back; after it, it is completed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from xenpciback_cli import errors
+from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite, pending_operations
+from xenpciback_cli.engine.preflight import Preflight, check_hide
+from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_records, put_record
+from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice
+from xenpciback_cli.pci.address import Bdf
+
+TARGET_DRIVERS = STUB_DRIVERS
+
+
+class XenstoreClient(Protocol):
+    def write(self, path: str, value: str) -> None: ...
+    def read(self, path: str) -> bytes: ...
+    def rm(self, path: str) -> None: ...
+
+
+def driver_path_key(bdf: Bdf) -> str:
+    """libxl's record of the original driver, used by ``xl pci-assignable-remove -r``."""
+    return f"/libxl/pci/{bdf.xs_key}/driver_path"
+
+
+# -- plans ------------------------------------------------------------------------------------
+def _w(path: str, value: str, description: str) -> PlannedWrite:
+    return PlannedWrite(path, value, description)
+
+
+def plan_hide(host: Host, device: PciDevice, target: str) -> tuple[str, list[PlannedWrite]]:
+    """The writes that move ``device`` from its current driver to ``target``."""
+    bdf, original = device.bdf, device.driver
+    steps: list[PlannedWrite] = []
+    if host.supports_driver_override(bdf):
+        steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", target, f"set driver_override to {target}"))
+        if original:
+            steps.append(_w(f"bus/pci/drivers/{original}/unbind", str(bdf), f"unbind from {original}"))
+        steps.append(_w("bus/pci/drivers_probe", str(bdf), f"probe, binding {target}"))
+        return "override", steps
+    if target == PCIBACK_DRIVER:
+        if str(bdf) not in host.pciback_slots():
+            steps.append(_w(f"bus/pci/drivers/{target}/new_slot", str(bdf), "add to pciback slots"))
+        if original:
+            steps.append(_w(f"bus/pci/drivers/{original}/unbind", str(bdf), f"unbind from {original}"))
+        steps.append(_w(f"bus/pci/drivers/{target}/bind", str(bdf), f"bind {target}"))
+        return "slot", steps
+    if original:
+        steps.append(_w(f"bus/pci/drivers/{original}/unbind", str(bdf), f"unbind from {original}"))
+    ids = f"{device.vendor_id:04x} {device.device_id:04x}"
+    steps.append(_w(f"bus/pci/drivers/{target}/new_id", ids, f"add id {ids} to {target}"))
+    return "new_id", steps
+
+
+def plan_release(host: Host, device: PciDevice, target: str, original: str | None, *,
+                 rebind: bool, remove_slot: bool = True) -> list[PlannedWrite]:
+    """The writes that take ``device`` away from ``target`` and (with rebind) back to ``original``."""
+    bdf = device.bdf
+    steps: list[PlannedWrite] = []
+    if device.driver_override:
+        steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override"))
+    if device.driver and device.driver != original:
+        steps.append(_w(f"bus/pci/drivers/{device.driver}/unbind", str(bdf), f"unbind from {device.driver}"))
+    if remove_slot and target == PCIBACK_DRIVER and str(bdf) in host.pciback_slots():
+        steps.append(_w(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf), "remove from pciback slots"))
+    if rebind and (device.driver is None or device.driver != original):
+        if original and original in host.loaded_drivers():
+            steps.append(_w(f"bus/pci/drivers/{original}/bind", str(bdf), f"bind {original}"))
+        else:
+            steps.append(_w("bus/pci/drivers_probe", str(bdf), "probe for a host driver"))
+    return steps
+
+
+# -- results ----------------------------------------------------------------------------------
+@dataclass
+class DeviceResult:
+    bdf: Bdf
+    status: str  # seized, already-seized, released, not-seized, planned, refused
+    original_driver: str | None = None
+    driver: str | None = None
+    method: str | None = None
+    checks: list[dict[str, object]] = field(default_factory=list)
+    writes: list[dict[str, str]] = field(default_factory=list)
+    forced: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"bdf": str(self.bdf), "status": self.status, "original_driver": self.original_driver,
+                "driver": self.driver, "method": self.method, "checks": self.checks,
+                "writes": self.writes, "forced": self.forced}
+
+
+class Seizer:
+    """Hide and unhide against one host and one state dir."""
+
+    def __init__(self, host: Host, state_dir: str | os.PathLike[str], *,
+                 xenstore: XenstoreClient | None = None,
+                 attachments: Mapping[Bdf, int] | None = None) -> None:
+        self.host = host
+        self.state_dir = Path(state_dir)
+        self.journal = Journal(state_dir)
+        self.xenstore = xenstore
+        self.attachments = dict(attachments or {})
+
+    # -- hide -------------------------------------------------------------------------------
+    def preflight(self, bdfs: Collection[Bdf], target: str) -> list[Preflight]:
+        records = load_records(self.state_dir)
+        by_address = {d.bdf: d for d in self.host.devices()}
+        return [check_hide(self.host, bdf, target, records=records, hiding=bdfs, by_address=by_address)
+                for bdf in bdfs]
+
+    @staticmethod
+    def enforce(preflights: list[Preflight], *, force: bool) -> list[str]:
+        """Raise for fatal checks, and for refusals unless forced; return what force overrode."""
+        for result in preflights:
+            for check in result.fatal:
+                if check.name == "device-exists":
+                    raise errors.DeviceNotFound(check.detail, bdf=result.bdf)
+                raise errors.OperationFailed(f"cannot hide {result.bdf}: {check.detail}")
+        overridden: list[str] = []
+        for result in preflights:
+            for check in result.refusals:
+                if not force:
+                    raise errors.SafetyRefusal(
+                        f"refusing to hide {result.bdf}: {check.name}: {check.detail} "
+                        "(--force overrides)", [check.detail])
+                overridden.append(f"{result.bdf}: {check.name}: {check.detail}")
+        return overridden
+
+    def hide(self, preflight: Preflight, target: str, *, persist: bool = False,
+             dry_run: bool = False) -> DeviceResult:
+        """Seize one device whose pre-flight has passed (or was forced)."""
+        device = preflight.device
+        assert device is not None
+        checks = [c.to_json() for c in preflight.checks]
+        if preflight.already_seized:
+            self._ensure_record(device.bdf, load_records(self.state_dir).get(device.bdf), None,
+                                target, "override", persist, dry_run)
+            return DeviceResult(device.bdf, "already-seized", self._original(device.bdf), target,
+                                checks=checks)
+        method, steps = plan_hide(self.host, device, target)
+        entry = JournalEntry("hide", device.bdf, device.driver, target, method, steps, persist=persist)
+        writes = self._run(entry, dry_run)
+        if dry_run:
+            return DeviceResult(device.bdf, "planned", device.driver, target, method, checks, writes)
+        now = self.host.device(device.bdf)
+        if now.driver != target:
+            raise errors.OperationFailed(
+                f"hide {device.bdf}: {target} did not bind it (driver now "
+                f"{now.driver or 'none'}); run 'xen-pciback recover'")
+        self._ensure_record(device.bdf, None, device.driver, target, method, persist, False)
+        self.journal.finish(entry)
+        return DeviceResult(device.bdf, "seized", device.driver, target, method, checks, writes)
+
+    # -- unhide -----------------------------------------------------------------------------
+    def unhide(self, bdf: Bdf, *, rebind: bool = False, force: bool = False,
+               dry_run: bool = False) -> DeviceResult:
+        domid = self.attachments.get(bdf)
+        if domid is not None and not force:
+            raise errors.SafetyRefusal(f"refusing to unhide {bdf}: it is attached to domain {domid} "
+                                       f"(detach it first with 'xl pci-detach {domid} {bdf}')")
+        device = self.host.device(bdf)
+        record = load_records(self.state_dir).get(bdf)
+        if record is None and device.driver not in STUB_DRIVERS:
+            return DeviceResult(bdf, "not-seized", None, device.driver)
+        target = record.target_driver if record else str(device.driver)
+        original = record.original_driver if record else None
+        steps = plan_release(self.host, device, target, original, rebind=rebind)
+        entry = JournalEntry("unhide", bdf, original, target, record.method if record else "override",
+                             steps, rebind=rebind)
+        writes = self._run(entry, dry_run)
+        if dry_run:
+            return DeviceResult(bdf, "planned", original, device.driver, writes=writes)
+        now = self.host.device(bdf)
+        if now.driver == target:
+            raise errors.OperationFailed(f"unhide {bdf}: still bound to {target}; run 'xen-pciback recover'")
+        self._forget(bdf)
+        self.journal.finish(entry)
+        return DeviceResult(bdf, "released", original, now.driver, writes=writes)
+
+    # -- shared -----------------------------------------------------------------------------
+    def _run(self, entry: JournalEntry, dry_run: bool) -> list[dict[str, str]]:
+        """Execute the plan: journal first, then each write, marking it done."""
+        writes = [{"path": s.path, "value": s.value, "description": s.description} for s in entry.steps]
+        if dry_run:
+            for step in entry.steps:
+                self.host.recorded.append(AttributeWrite(step.path, step.value))
+            return writes
+        self.journal.begin(entry)
+        for index, step in enumerate(entry.steps):
+            self.host.write_attribute(step.path, step.value)
+            self.journal.step_done(entry, index)
+        return writes
+
+    def _original(self, bdf: Bdf) -> str | None:
+        record = load_records(self.state_dir).get(bdf)
+        return record.original_driver if record else None
+
+    def _ensure_record(self, bdf: Bdf, existing: SeizeRecord | None, original: str | None,
+                       target: str, method: str, persist: bool, dry_run: bool) -> None:
+        if dry_run:
+            return
+        if existing is not None:
+            if persist and not existing.persist:
+                put_record(self.state_dir, SeizeRecord(bdf, existing.original_driver, existing.target_driver,
+                                                       True, existing.seized_at, existing.method))
+            return
+        put_record(self.state_dir, SeizeRecord(bdf, original, target, persist, method=method))
+        if self.xenstore is not None and original:
+            self.xenstore.write(driver_path_key(bdf), f"/sys/bus/pci/drivers/{original}")
+
+    def _forget(self, bdf: Bdf) -> None:
+        drop_record(self.state_dir, bdf)
+        if self.xenstore is not None:
+            try:
+                self.xenstore.rm(driver_path_key(bdf))
+            except Exception:  # absent already: nothing to forget
+                pass
+
+    # -- recover ----------------------------------------------------------------------------
+    def recover(self) -> list[dict[str, object]]:
+        """Complete or roll back every interrupted operation; idempotent."""
+        outcomes: list[dict[str, object]] = []
+        for entry in pending_operations(self.state_dir):
+            outcomes.append(self._recover_one(entry))
+        return outcomes
+
+    def _recover_one(self, entry: JournalEntry) -> dict[str, object]:
+        bdf = entry.bdf
+        outcome: dict[str, object] = {"op": entry.op, "bdf": str(bdf), "stopped": entry.describe()}
+        try:
+            device = self.host.device(bdf)
+        except errors.DeviceNotFound:
+            self.journal.finish(entry)
+            drop_record(self.state_dir, bdf)
+            outcome.update(action="dropped", reason="the device is gone from the host")
+            return outcome
+        if entry.op == "hide":
+            if entry.original_driver and device.driver == entry.original_driver:
+                added_slot = any(s.path.endswith("/new_slot") for s in entry.steps[:max(entry.done, 1) + 1])
+                self._execute(plan_release(self.host, device, entry.target_driver, entry.original_driver,
+                                           rebind=True, remove_slot=added_slot))
+                drop_record(self.state_dir, bdf)
+                outcome.update(action="rolled back", reason=f"still bound to {entry.original_driver}: "
+                               "the host had not lost it yet")
+            else:
+                self._seize_from_here(device, entry.target_driver, entry.method)
+                self._ensure_record(bdf, load_records(self.state_dir).get(bdf), entry.original_driver,
+                                    entry.target_driver, entry.method, entry.persist, False)
+                outcome.update(action="completed", reason=f"already unbound from "
+                               f"{entry.original_driver or 'no driver'}: finished the seize")
+        else:
+            if device.driver == entry.target_driver:
+                self._seize_from_here(device, entry.target_driver, entry.method)
+                outcome.update(action="rolled back", reason=f"still bound to {entry.target_driver}: "
+                               "the release had not started")
+            else:
+                self._execute(plan_release(self.host, device, entry.target_driver, entry.original_driver,
+                                           rebind=entry.rebind))
+                self._forget(bdf)
+                outcome.update(action="completed", reason=f"already unbound from {entry.target_driver}: "
+                               "finished the release")
+        self.journal.finish(entry)
+        now = self.host.device(bdf)
+        outcome["driver"] = now.driver
+        return outcome
+
+    def _seize_from_here(self, device: PciDevice, target: str, method: str) -> None:
+        """Bring a device, in whatever state a crash left it, to held-by-target."""
+        bdf = device.bdf
+        if device.driver == target:
+            if method == "override" and device.driver_override != target:
+                self.host.set_driver_override(bdf, target)
+            if method == "slot" and str(bdf) not in self.host.pciback_slots():
+                self.host.pciback_new_slot(bdf)
+            return
+        _, steps = plan_hide(self.host, device, target)
+        self._execute(steps)
+        if self.host.device(bdf).driver != target:
+            raise errors.OperationFailed(f"recover {bdf}: {target} would not bind it")
+
+    def _execute(self, steps: list[PlannedWrite]) -> None:
+        for step in steps:
+            self.host.write_attribute(step.path, step.value)
+
+
+# -- test-only crash injection ----------------------------------------------------------------
+KILL_ENV = "XEN_PCIBACK_TEST_KILL_AFTER_WRITES"
+
+
+class InjectedFailure(Exception):
+    """Raised by the test-only failure hook (not a XenPcibackError: it stands for a crash)."""
+
+
+def failure_hook(after: int, *, kill: bool) -> object:
+    """A write hook that lets ``after`` writes through, then SIGKILLs the process or raises.
+
+    TEST ONLY. Installed by the hide/unhide/recover commands when ``XEN_PCIBACK_TEST_KILL_AFTER_WRITES``
+    is set, so the crash tests can kill a real process at each write of a plan.
+    """
+    count = [0]
+
+    def hook(write: AttributeWrite) -> None:
+        if count[0] >= after:
+            if kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise InjectedFailure(f"injected failure before write {count[0] + 1}: {write.path}")
+        count[0] += 1
+
+    return hook
+
+
+def install_test_hooks(host: Host) -> None:
+    value = os.environ.get(KILL_ENV)
+    if value and value.strip().isdigit():
+        host.write_hooks.append(failure_hook(int(value), kill=True))  # type: ignore[arg-type]

@@ -1,0 +1,414 @@
+"""The real-host adapter: PCI devices and driver binding through sysfs under a configurable root.
+
+Why a root and plain file reads: like psutil's ``PROCFS_PATH``, every read goes through
+``<sysfs_root>/...`` so tests, the sandbox and the benchmark point the same code at temporary
+trees. pyudev (which hard-codes ``/sys``) is used only when the root *is* the real ``/sys``, for
+enumeration; names come from the udev database when it has them, else from pci.ids (what lspci uses).
+
+Writes go through :meth:`SysfsHost._write`, one ``open(path, "w").write(value)``; the kernel's errno
+becomes a typed error in one place (:func:`errors.from_oserror`), keeping the device and the path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+from xenpciback_cli import errors
+from xenpciback_cli.host.model import AttributeWrite, Host, HostUsage, PciDevice, Resource
+from xenpciback_cli.pci.address import Bdf
+
+REAL_SYSFS = "/sys"
+_BDF_NAME = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
+_WRITE_BDF = re.compile(r"([0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])")
+IFF_UP = 0x1
+
+
+def _read(path: str) -> str | None:
+    """The stripped text of a sysfs attribute, or None if it is absent or unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("ascii", "replace").strip()
+    except OSError:
+        return None
+
+
+def _read_int(path: str, base: int = 0) -> int | None:
+    text = _read(path)
+    if not text:
+        return None
+    try:
+        return int(text, base)
+    except ValueError:
+        return None
+
+
+def _link_name(path: str) -> str | None:
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return None
+
+
+def parse_resource_file(text: str) -> tuple[Resource, ...]:
+    """Lines of ``start end flags`` (hex); empty lines (all zero) are kept for their index."""
+    resources = []
+    for index, line in enumerate(text.splitlines()):
+        fields = line.split()
+        if len(fields) != 3:
+            continue
+        try:
+            start, end, flags = (int(f, 16) for f in fields)
+        except ValueError:
+            continue
+        if start == 0 and end == 0 and flags == 0:
+            continue
+        resources.append(Resource(index, start, end, flags))
+    return tuple(resources)
+
+
+class SysfsHost(Host):
+    """A host read and driven through sysfs (and procfs for usage checks) under given roots."""
+
+    def __init__(self, sysfs_root: str = REAL_SYSFS, proc_root: str | None = None) -> None:
+        super().__init__()
+        self.sysfs_root = os.path.abspath(sysfs_root)
+        self.is_real = os.path.realpath(self.sysfs_root) == REAL_SYSFS
+        if proc_root is None:
+            if self.is_real:
+                proc_root = "/proc"
+            else:
+                candidate = os.path.join(os.path.dirname(self.sysfs_root), "proc")
+                proc_root = candidate if os.path.isdir(candidate) else None
+        self.proc_root = proc_root
+        self.devices_dir = os.path.join(self.sysfs_root, "bus", "pci", "devices")
+        self.drivers_dir = os.path.join(self.sysfs_root, "bus", "pci", "drivers")
+
+    # -- paths --------------------------------------------------------------------------------
+    def path(self, relative: str) -> str:
+        return os.path.join(self.sysfs_root, relative)
+
+    def device_dir(self, bdf: Bdf) -> str:
+        return os.path.join(self.devices_dir, str(bdf))
+
+    def _device_realpath(self, bdf: Bdf) -> str:
+        return os.path.realpath(self.device_dir(bdf))
+
+    # -- enumeration --------------------------------------------------------------------------
+    def addresses(self) -> list[Bdf]:
+        """Every PCI function address, sorted."""
+        names: list[str]
+        if self.is_real:
+            names = self._udev_names()
+        else:
+            try:
+                names = os.listdir(self.devices_dir)
+            except FileNotFoundError:
+                return []
+            except OSError as exc:
+                raise errors.from_oserror(exc, "list PCI devices", path=self.devices_dir) from None
+        return sorted(Bdf.parse(name) for name in names if _BDF_NAME.match(name))
+
+    def _udev_names(self) -> list[str]:
+        try:
+            import pyudev
+
+            return [d.sys_name for d in pyudev.Context().list_devices(subsystem="pci")]
+        except Exception:  # no libudev: the directory is the same truth
+            try:
+                return os.listdir(self.devices_dir)
+            except OSError:
+                return []
+
+    def devices(self) -> Sequence[PciDevice]:
+        return [self._load(bdf) for bdf in self.addresses()]
+
+    def device(self, bdf: Bdf) -> PciDevice:
+        if not os.path.isdir(self.device_dir(bdf)):
+            raise errors.DeviceNotFound(f"no PCI device {bdf} on this host", bdf=bdf)
+        return self._load(bdf)
+
+    def _load(self, bdf: Bdf) -> PciDevice:
+        base = self.device_dir(bdf) + "/"
+        vendor = _read_int(base + "vendor", 16)
+        device = _read_int(base + "device", 16)
+        class_code = _read_int(base + "class", 16)
+        header = b""
+        if vendor is None or device is None or class_code is None or not os.path.exists(base + "revision"):
+            header = self._config_prefix(base, 64)
+        revision = _read_int(base + "revision", 16)
+        if revision is None:
+            revision = header[8] if len(header) > 8 else 0
+        if vendor is None:
+            vendor = int.from_bytes(header[0:2], "little") if len(header) >= 2 else 0xFFFF
+        if device is None:
+            device = int.from_bytes(header[2:4], "little") if len(header) >= 4 else 0xFFFF
+        if class_code is None:
+            class_code = int.from_bytes(header[9:12], "little") if len(header) >= 12 else 0
+        header_byte = header[0x0E] if len(header) > 0x0E else None
+        if header_byte is None:
+            prefix = self._config_prefix(base, 16)
+            header_byte = prefix[0x0E] if len(prefix) > 0x0E else 0
+        numa = _read_int(base + "numa_node", 10)
+        group = _link_name(base + "iommu_group")
+        physfn = _link_name(base + "physfn")
+        virtfns: list[Bdf] = []
+        numvfs = _read_int(base + "sriov_numvfs", 10)
+        if numvfs:
+            for index in range(numvfs):
+                name = _link_name(f"{base}virtfn{index}")
+                if name and _BDF_NAME.match(name):
+                    virtfns.append(Bdf.parse(name))
+        override = _read(base + "driver_override")
+        boot_vga = _read(base + "boot_vga")
+        resources = _read(base + "resource")
+        methods = _read(base + "reset_method")
+        vendor_name, device_name, class_name = self._names(bdf, vendor, device, class_code)
+        return PciDevice(
+            bdf=bdf, vendor_id=vendor, device_id=device, class_code=class_code, revision=revision,
+            subsystem_vendor_id=_read_int(base + "subsystem_vendor", 16),
+            subsystem_device_id=_read_int(base + "subsystem_device", 16),
+            header_type=header_byte & 0x7F, multifunction=bool(header_byte & 0x80),
+            driver=_link_name(base + "driver"),
+            driver_override=None if override in (None, "", "(null)") else override,
+            iommu_group=int(group) if group and group.isdigit() else None,
+            numa_node=None if numa is None or numa < 0 else numa,
+            irq=_read_int(base + "irq", 10),
+            boot_vga=None if boot_vga is None else boot_vga == "1",
+            physfn=Bdf.parse(physfn) if physfn and _BDF_NAME.match(physfn) else None,
+            virtfns=tuple(virtfns), sriov_numvfs=numvfs,
+            sriov_totalvfs=_read_int(base + "sriov_totalvfs", 10),
+            resources=parse_resource_file(resources) if resources else (),
+            reset_methods=tuple(methods.split()) if methods else (),
+            vendor_name=vendor_name, device_name=device_name, class_name=class_name,
+            sysfs_path=os.path.realpath(base),
+        )
+
+    @staticmethod
+    def _config_prefix(base: str, length: int) -> bytes:
+        try:
+            with open(base + "config", "rb") as handle:
+                return handle.read(length)
+        except OSError:
+            return b""
+
+    def _names(self, bdf: Bdf, vendor: int, device: int,
+               class_code: int) -> tuple[str | None, str | None, str | None]:
+        from xenpciback_cli.pci import names
+
+        return names.lookup(vendor, device, class_code)
+
+    # -- other reads --------------------------------------------------------------------------
+    def read_config(self, bdf: Bdf, offset: int = 0, length: int | None = None) -> bytes:
+        path = os.path.join(self.device_dir(bdf), "config")
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read() if length is None else handle.read(length)
+        except OSError as exc:
+            raise errors.from_oserror(exc, "read config space", bdf=bdf, path=path) from None
+
+    def loaded_drivers(self) -> frozenset[str]:
+        try:
+            return frozenset(os.listdir(self.drivers_dir))
+        except OSError:
+            return frozenset()
+
+    def supports_driver_override(self, bdf: Bdf) -> bool:
+        return os.path.exists(os.path.join(self.device_dir(bdf), "driver_override"))
+
+    def pciback_slots(self) -> Sequence[str]:
+        path = os.path.join(self.drivers_dir, "pciback", "slots")
+        try:
+            with open(path, encoding="ascii", errors="replace") as handle:
+                return [line.strip() for line in handle if line.strip()]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise errors.from_oserror(exc, "read pciback slots", path=path) from None
+
+    # -- what the host uses -------------------------------------------------------------------
+    def usage(self, bdf: Bdf) -> HostUsage:
+        if not os.path.isdir(self.device_dir(bdf)):
+            raise errors.DeviceNotFound(f"no PCI device {bdf} on this host", bdf=bdf)
+        below = self._device_realpath(bdf) + "/"
+        unknown: list[str] = []
+        if self.proc_root is None:
+            unknown.append("no procfs for this sysfs root: mounts, swap and routes not checked")
+        block = self._block_usage(below)
+        network = self._network_usage(below)
+        console = self._console_usage(bdf, below)
+        return HostUsage(block=tuple(block), network=tuple(network), console=tuple(console),
+                         unknown=tuple(unknown))
+
+    def _class_entries_below(self, klass: str, below: str) -> list[str]:
+        """Names in ``class/<klass>`` whose device directory lies below ``below``."""
+        directory = os.path.join(self.sysfs_root, "class", klass)
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            return []
+        return [name for name in names
+                if os.path.realpath(os.path.join(directory, name)).startswith(below)]
+
+    def _block_usage(self, below: str) -> list[str]:
+        disks = self._class_entries_below("block", below)
+        if not disks:
+            return []
+        # Holders (device-mapper, md) stacked on top of our disks are used through them.
+        involved: dict[str, str] = {}  # name -> "major:minor"
+        pending = list(disks)
+        while pending:
+            name = pending.pop()
+            if name in involved:
+                continue
+            entry = os.path.join(self.sysfs_root, "class", "block", name)
+            involved[name] = _read(os.path.join(entry, "dev")) or ""
+            try:
+                pending.extend(os.listdir(os.path.join(entry, "holders")))
+            except OSError:
+                pass
+        aliases = dict.fromkeys(involved)
+        for name in involved:  # /dev/mapper/<dm name> spellings
+            dm_name = _read(os.path.join(self.sysfs_root, "class", "block", name, "dm", "name"))
+            if dm_name:
+                aliases[name] = dm_name
+        reasons: list[str] = []
+        if self.proc_root is None:
+            return reasons
+        by_dev = {dev: name for name, dev in involved.items() if dev}
+        seen: set[tuple[str, str]] = set()
+        mountinfo = _read(os.path.join(self.proc_root, "self", "mountinfo")) or ""
+        for line in mountinfo.splitlines():
+            fields = line.split()
+            if len(fields) > 4 and fields[2] in by_dev:
+                seen.add((by_dev[fields[2]], fields[4]))
+        mounts = _read(os.path.join(self.proc_root, "mounts")) or ""
+        for line in mounts.splitlines():
+            fields = line.split()
+            if len(fields) >= 2:
+                name = self._block_name(fields[0], aliases)
+                if name:
+                    seen.add((name, fields[1].replace("\\040", " ")))
+        for name, mountpoint in sorted(seen):
+            reasons.append(f"block device {name} is mounted on {mountpoint}")
+        swaps = _read(os.path.join(self.proc_root, "swaps")) or ""
+        for line in swaps.splitlines()[1:]:
+            fields = line.split()
+            name = self._block_name(fields[0], aliases) if fields else None
+            if name:
+                reasons.append(f"block device {name} is active swap")
+        return reasons
+
+    @staticmethod
+    def _block_name(source: str, aliases: dict[str, str | None]) -> str | None:
+        if not source.startswith("/dev/"):
+            return None
+        tail = source[5:]
+        if tail in aliases:
+            return tail
+        if tail.startswith("mapper/"):
+            for name, dm_name in aliases.items():
+                if dm_name == tail[7:]:
+                    return name
+        return None
+
+    def _network_usage(self, below: str) -> list[str]:
+        reasons = []
+        routes = self._routes() if self.proc_root else {}
+        for name in self._class_entries_below("net", below):
+            entry = os.path.join(self.sysfs_root, "class", "net", name)
+            facts = []
+            flags = _read_int(os.path.join(entry, "flags"), 16)
+            operstate = _read(os.path.join(entry, "operstate"))
+            if operstate == "up" or (flags is not None and flags & IFF_UP):
+                facts.append("is up")
+            addresses = self.interface_addresses(name)
+            if addresses:
+                facts.append("has address " + ", ".join(addresses))
+            if name in routes:
+                facts.append("carries " + " and ".join(sorted(routes[name])))
+            if facts:
+                reasons.append(f"network interface {name} " + ", ".join(facts))
+        return reasons
+
+    def _routes(self) -> dict[str, set[str]]:
+        """Interface -> kinds of routes through it ('the default route', 'routes')."""
+        result: dict[str, set[str]] = {}
+        assert self.proc_root is not None
+        text = _read(os.path.join(self.proc_root, "net", "route")) or ""
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 8:
+                kind = "the default route" if fields[1] == "00000000" and fields[7] == "00000000" else "routes"
+                result.setdefault(fields[0], set()).add(kind)
+        text6 = _read(os.path.join(self.proc_root, "net", "ipv6_route")) or ""
+        for line in text6.splitlines():
+            fields = line.split()
+            if len(fields) >= 10 and fields[9] != "lo":
+                if fields[0] == "0" * 32 and fields[1] == "00":
+                    result.setdefault(fields[9], set()).add("the default route")
+                elif not fields[0].startswith("fe80") and not fields[0].startswith("ff"):
+                    result.setdefault(fields[9], set()).add("routes")
+        return result
+
+    def interface_addresses(self, name: str) -> list[str]:
+        """Addresses configured on an interface (link-local IPv6 excluded).
+
+        The single place that asks about addresses, so the sandbox can answer from its state.
+        IPv6 comes from procfs (any root); IPv4 has no procfs file, so it is asked of the
+        running kernel only when the root is the real one.
+        """
+        found: list[str] = []
+        if self.proc_root:
+            text = _read(os.path.join(self.proc_root, "net", "if_inet6")) or ""
+            for line in text.splitlines():
+                fields = line.split()
+                if len(fields) >= 6 and fields[5] == name and fields[3] != "20":  # 0x20 = link
+                    import ipaddress
+
+                    found.append(f"{ipaddress.IPv6Address(int(fields[0], 16))}/{int(fields[2], 16)}")
+        if self.is_real:
+            ipv4 = _ipv4_address(name)
+            if ipv4:
+                found.insert(0, ipv4)
+        return found
+
+    def _console_usage(self, bdf: Bdf, below: str) -> list[str]:
+        reasons = []
+        if _read(os.path.join(self.device_dir(bdf), "boot_vga")) == "1":
+            reasons.append("it is the boot VGA device (the firmware/boot console)")
+        for name in self._class_entries_below("graphics", below):
+            if name.startswith("fb"):
+                reasons.append(f"framebuffer {name} is on it (console)")
+        return reasons
+
+    # -- writing ------------------------------------------------------------------------------
+    def _write(self, write: AttributeWrite) -> None:
+        path = self.path(write.path)
+        match = _WRITE_BDF.search(write.path) or _WRITE_BDF.search(write.value)
+        bdf = match.group(1) if match else None
+        try:
+            with open(path, "w", encoding="ascii") as handle:
+                handle.write(write.value)
+        except OSError as exc:
+            action = f"write {write.value.strip() or 'newline'!r} to {write.path}"
+            raise errors.from_oserror(exc, action, bdf=bdf, path=path) from None
+
+
+def _ipv4_address(name: str) -> str | None:
+    """IPv4 address/prefix of a live interface via SIOCGIFADDR/SIOCGIFNETMASK, or None."""
+    import fcntl
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack("256s", name.encode()[:15])
+            address = fcntl.ioctl(sock.fileno(), 0x8915, request)[20:24]  # SIOCGIFADDR
+            mask = fcntl.ioctl(sock.fileno(), 0x891B, request)[20:24]  # SIOCGIFNETMASK
+    except OSError:
+        return None
+    prefix = bin(int.from_bytes(mask, "big")).count("1")
+    return f"{socket.inet_ntoa(address)}/{prefix}"

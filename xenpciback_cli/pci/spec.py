@@ -1,0 +1,255 @@
+"""Everything else a Xen administrator types to name PCI devices, parsed and formatted.
+
+* :class:`BdfPattern` - a BDF whose slot and/or function may be ``*`` (``03:00.*``, ``03:*.*``),
+  the form of ``xl``'s multi-function specs, pciback's ``new_slot``/``remove_slot`` and the kernel's
+  ``hide=`` list.
+* :class:`PciSpec` - xl's PCI_SPEC_STRING: ``[DDDD:]BB:DD.F[@VSLOT][,key=value...]``.
+  Unlike xl (which runs booleans through ``atoi`` so ``permissive=yes`` silently means 0) booleans
+  accept 0/1/yes/no/true/false/on/off and anything else is an error.
+* The kernel's ``xen-pciback.hide=(DDDD:BB:DD.F)(BB:DD.*)`` list: :func:`parse_hide_list` and
+  :func:`format_hide_list`.
+
+Every error is one :class:`~xenpciback_cli.errors.InputError` line that quotes the input and says
+which part is wrong, because these strings come from people and config files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from xenpciback_cli.errors import InputError
+from xenpciback_cli.pci.address import Bdf
+
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+_TRUE = frozenset({"1", "yes", "true", "on", "y"})
+_FALSE = frozenset({"0", "no", "false", "off", "n"})
+BOOLEAN_KEYS = ("permissive", "msitranslate", "seize", "power_mgmt")
+RDM_POLICIES = ("strict", "relaxed")
+SPEC_KEYS = ("bdf", "vslot", "name", "rdm_policy", *BOOLEAN_KEYS)
+
+
+def _hex_field(text: str, what: str, limit: int, source: str, kind: str) -> int:
+    if not text or not _HEX.match(text):
+        raise InputError(f"invalid {kind} {source!r}: {what} {text!r} is not hex (0-{limit:x})")
+    value = int(text, 16)
+    if value > limit:
+        raise InputError(f"invalid {kind} {source!r}: {what} {text!r} is above {limit:#x}")
+    return value
+
+
+@dataclass(frozen=True)
+class BdfPattern:
+    """A PCI address where slot and function may be wildcards (``None`` means ``*``)."""
+
+    domain: int
+    bus: int
+    slot: int | None
+    function: int | None
+
+    @classmethod
+    def parse(cls, text: str, *, kind: str = "PCI address") -> BdfPattern:
+        """Parse ``[DDDD:]BB:DD.F``, ``[DDDD:]BB:DD.*`` or ``[DDDD:]BB:*.*``."""
+        source = text
+        value = text.strip()
+        parts = value.split(":")
+        if len(parts) not in (2, 3) or "." not in parts[-1]:
+            raise InputError(f"invalid {kind} {source!r}: expected [DDDD:]BB:DD.F "
+                             "(F may be '*', or DD.F may be '*.*')")
+        domain = _hex_field(parts[0], "domain", 0xFFFF, source, kind) if len(parts) == 3 else 0
+        bus = _hex_field(parts[-2], "bus", 0xFF, source, kind)
+        slot_text, _, func_text = parts[-1].partition(".")
+        if slot_text == "*":
+            if func_text != "*":
+                raise InputError(f"invalid {kind} {source!r}: a '*' slot needs a '*' function")
+            return cls(domain, bus, None, None)
+        slot = _hex_field(slot_text, "slot", 0x1F, source, kind)
+        if func_text == "*":
+            return cls(domain, bus, slot, None)
+        if len(func_text) != 1 or func_text not in "01234567":
+            raise InputError(f"invalid {kind} {source!r}: function {func_text!r} is not 0-7 or '*'")
+        return cls(domain, bus, slot, int(func_text))
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.slot is None or self.function is None
+
+    def matches(self, bdf: Bdf) -> bool:
+        return (bdf.domain == self.domain and bdf.bus == self.bus
+                and (self.slot is None or bdf.slot == self.slot)
+                and (self.function is None or bdf.function == self.function))
+
+    def select(self, bdfs: Iterable[Bdf]) -> list[Bdf]:
+        """The addresses among ``bdfs`` this pattern names, sorted."""
+        return sorted(b for b in bdfs if self.matches(b))
+
+    def as_bdf(self) -> Bdf | None:
+        if self.is_wildcard:
+            return None
+        return Bdf(self.domain, self.bus, self.slot, self.function)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        slot = "*" if self.slot is None else f"{self.slot:02x}"
+        func = "*" if self.function is None else f"{self.function:x}"
+        return f"{self.domain:04x}:{self.bus:02x}:{slot}.{func}"
+
+
+def parse_bool(value: str, key: str, source: str) -> bool:
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise InputError(f"invalid PCI spec {source!r}: {key}={value!r} is not a boolean "
+                     "(use 0/1, yes/no or true/false)")
+
+
+@dataclass(frozen=True)
+class PciSpec:
+    """One parsed xl PCI_SPEC_STRING. Exactly one of ``target`` or ``name`` is set."""
+
+    target: BdfPattern | None = None
+    name: str | None = None
+    vslot: int | None = None
+    permissive: bool = False
+    msitranslate: bool = False
+    seize: bool = False
+    power_mgmt: bool = False
+    rdm_policy: str | None = None
+    given: frozenset[str] = field(default=frozenset(), compare=False)
+
+    @property
+    def bdf(self) -> Bdf | None:
+        return self.target.as_bdf() if self.target else None
+
+    def format(self) -> str:
+        """The canonical spelling xl accepts (only keys that were given or differ from defaults)."""
+        parts: list[str] = []
+        if self.target is not None:
+            head = str(self.target)
+            if self.vslot is not None:
+                head += f"@{self.vslot:02x}"
+            parts.append(head)
+        else:
+            parts.append(f"name={self.name}")
+            if self.vslot is not None:
+                parts.append(f"vslot={self.vslot:02x}")
+        for key in BOOLEAN_KEYS:
+            if key in self.given or getattr(self, key):
+                parts.append(f"{key}={int(getattr(self, key))}")
+        if self.rdm_policy is not None:
+            parts.append(f"rdm_policy={self.rdm_policy}")
+        return ",".join(parts)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def _parse_vslot(text: str, source: str) -> int:
+    return _hex_field(text, "vslot", 0x1F, source, "PCI spec")
+
+
+def parse_pci_spec(text: str) -> PciSpec:
+    """Parse xl's ``[<bdf>[@<vslot>]][,<key>=<value>]*`` (see xl-pci-configuration(5))."""
+    source = text
+    items = [item.strip() for item in text.strip().split(",")]
+    if not text.strip():
+        raise InputError("invalid PCI spec '': it is empty (expected [DDDD:]BB:DD.F[@VSLOT][,key=value...])")
+    values: dict[str, str] = {}
+    for position, item in enumerate(items):
+        if not item:
+            raise InputError(f"invalid PCI spec {source!r}: empty item at position {position + 1}")
+        key, sep, value = item.partition("=")
+        if not sep:
+            if position != 0:
+                raise InputError(f"invalid PCI spec {source!r}: {item!r} is not key=value "
+                                 "(only the first item may be a bare address)")
+            bdf_text, at, vslot_text = item.partition("@")
+            values["bdf"] = bdf_text
+            if at:
+                values["vslot"] = vslot_text
+            continue
+        key = key.strip().lower()
+        if key not in SPEC_KEYS:
+            raise InputError(f"invalid PCI spec {source!r}: unknown option {key!r} "
+                             f"(known: {', '.join(SPEC_KEYS)})")
+        if key in values:
+            raise InputError(f"invalid PCI spec {source!r}: {key!r} is given twice")
+        if key == "bdf" and "@" in value:
+            value, _, values["vslot"] = value.partition("@")
+        values[key] = value.strip()
+    if ("bdf" in values) == ("name" in values):
+        raise InputError(f"invalid PCI spec {source!r}: give exactly one of an address or name=")
+    target = None
+    if "bdf" in values:
+        target = BdfPattern.parse(values["bdf"], kind="PCI spec")
+        if target.slot is None:
+            raise InputError(f"invalid PCI spec {source!r}: xl accepts only a function wildcard "
+                             "(BB:DD.*), not a slot wildcard")
+    name = values.get("name")
+    if name is not None and (not name or len(name) > 64 or not all(c.isprintable() and not c.isspace() for c in name)):
+        raise InputError(f"invalid PCI spec {source!r}: name must be 1-64 visible characters")
+    vslot = _parse_vslot(values["vslot"], source) if "vslot" in values else None
+    if target is not None and target.function is None and vslot is None:
+        raise InputError(f"invalid PCI spec {source!r}: a multi-function spec (BB:DD.*) needs a "
+                         "vslot (@VSLOT)")
+    rdm = values.get("rdm_policy")
+    if rdm is not None:
+        rdm = rdm.lower()
+        if rdm not in RDM_POLICIES:
+            raise InputError(f"invalid PCI spec {source!r}: rdm_policy {values['rdm_policy']!r} is "
+                             "not strict or relaxed")
+    flags = {key: parse_bool(values[key], key, source) for key in BOOLEAN_KEYS if key in values}
+    return PciSpec(target=target, name=name, vslot=vslot, rdm_policy=rdm,
+                   given=frozenset(values), **flags)
+
+
+HIDE_PARAMETER = "xen-pciback.hide"
+
+
+def parse_hide_list(text: str) -> list[BdfPattern]:
+    """Parse the kernel's ``(BDF)(BDF)...`` list; a leading ``xen-pciback.hide=`` is allowed."""
+    source = text
+    value = text.strip()
+    for prefix in (HIDE_PARAMETER + "=", "hide="):
+        if value.startswith(prefix):
+            value = value[len(prefix):]
+            break
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    patterns: list[BdfPattern] = []
+    position = 0
+    while position < len(value):
+        char = value[position]
+        if char.isspace():
+            position += 1
+            continue
+        if char != "(":
+            raise InputError(f"invalid hide list {source!r}: expected '(' at character "
+                             f"{position + 1}, found {char!r}")
+        end = value.find(")", position)
+        if end < 0:
+            raise InputError(f"invalid hide list {source!r}: '(' at character {position + 1} "
+                             "is never closed")
+        patterns.append(BdfPattern.parse(value[position + 1:end], kind="hide list entry"))
+        position = end + 1
+    if not patterns:
+        raise InputError(f"invalid hide list {source!r}: no (BDF) entries")
+    return patterns
+
+
+def format_hide_list(items: Iterable[Bdf | BdfPattern], *, parameter: bool = True) -> str:
+    """``xen-pciback.hide=(0000:03:00.0)(...)`` for the given devices (order kept, no repeats)."""
+    seen: list[str] = []
+    for item in items:
+        text = str(item)
+        if text not in seen:
+            seen.append(text)
+    body = "".join(f"({text})" for text in seen)
+    return f"{HIDE_PARAMETER}={body}" if parameter else body
+
+
+def parse_device_patterns(texts: Iterable[str]) -> list[BdfPattern]:
+    """Command-line device arguments: each a BDF or a wildcard pattern."""
+    return [BdfPattern.parse(text) for text in texts]
