@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.realkernel import build_initramfs, harness
+from realkernel import build_initramfs, harness  # tests/ is on sys.path (rootdir-style imports)
 
 
 def _serial(tmp_path: Path, text: str) -> Path:

@@ -60,7 +60,10 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
         terminal.warn(f"FORCED past a safety refusal: {line}")
 
     results = []
-    with seizer.journal.locked():
+    import contextlib
+
+    # A dry run writes nothing, not even the state dir and its lock file.
+    with contextlib.nullcontext() if dry_run else seizer.journal.locked():
         for preflight in terminal.progress(preflights, total=len(preflights), description="seizing"):
             result = seizer.hide(preflight, target, persist=persist, dry_run=dry_run)
             result.forced = [f for f in forced if f.startswith(str(result.bdf))]

@@ -43,7 +43,10 @@ def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dr
             if bdf in seizer.attachments:
                 terminal.warn(f"FORCED: releasing {bdf} while attached to domain {seizer.attachments[bdf]}")
     results = []
-    with seizer.journal.locked():
+    import contextlib
+
+    # A dry run writes nothing, not even the state dir and its lock file.
+    with contextlib.nullcontext() if dry_run else seizer.journal.locked():
         for bdf in terminal.progress(bdfs, total=len(bdfs), description="releasing"):
             result = seizer.unhide(bdf, rebind=rebind, force=force, dry_run=dry_run)
             results.append(result)
