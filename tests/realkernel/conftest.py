@@ -30,5 +30,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
             terminalreporter.write_line(line)
         for name, record in result.checks.items():
             verdict = "ok" if record.get("ok") else "FAIL"
+            detail = str(record.get("detail", "")).splitlines()
             terminalreporter.write_line(f"  check {name:<34} {verdict:<4} "
-                                        f"{record.get('seconds', 0):6.2f} s")
+                                        f"{record.get('seconds', 0):6.2f} s  "
+                                        f"{detail[0][:110] if detail else ''}")

@@ -263,8 +263,8 @@ def main() -> int:
     for name, record in result.checks.items():
         verdict = "ok" if record.get("ok") else "FAIL"
         failed += verdict != "ok"
-        print(f"realkernel: check {name:<40} {verdict:<4} {record.get('seconds', 0):6.2f} s  "
-              f"{'' if record.get('ok') else record.get('detail', '')}")
+        print(f"realkernel: check {name:<34} {verdict:<4} {record.get('seconds', 0):6.2f} s  "
+              f"{str(record.get('detail', ''))[:300 if record.get('ok') else 3000]}")
     print("\n".join(result.timing_lines()))
     print(f"realkernel: {len(result.checks) - failed}/{len(result.checks)} checks passed")
     return 1 if failed or not result.checks else 0
