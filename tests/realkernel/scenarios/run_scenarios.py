@@ -380,37 +380,49 @@ def check_refuse_nvme_mounted() -> str:
 KILLER = HERE / "kill_after_write.py"
 
 
-def check_killed_hide_recovered() -> str:
-    """A hide SIGKILLed right after its unbind is reported by the next command and repaired."""
-    proc = run([sys.executable, str(KILLER), "/unbind", "hide", "--driver", "pci-stub", NIC])
+def _killed_then_recovered(argv: list[str], what: str) -> str:
+    """Run ``argv`` (a CLI call), SIGKILL it right after its unbind, and judge the recovery."""
+    proc = run([sys.executable, str(KILLER), "/unbind", *argv])
     expect(proc.returncode == -signal.SIGKILL,
-           f"the hide was not killed after its unbind (exit {proc.returncode}): "
+           f"the {what} was not killed after its unbind (exit {proc.returncode}): "
            f"{proc.stderr[-400:]}")
-    expect(driver_of(NIC) is None, f"after the killed hide the driver is {driver_of(NIC)}")
+    expect(driver_of(NIC) is None, f"after the killed {what} the driver is {driver_of(NIC)}")
     listing = cli("list")
     text = listing.stdout + listing.stderr
     expect("interrupted" in text.lower() and "recover" in text,
-           f"the next 'list' does not report the interrupted hide: {text[-600:]!r}")
+           f"the next 'list' does not report the interrupted {what}: {text[-600:]!r}")
     proc = cli("recover")
     expect_rc(proc, 0, "recover")
     driver, override = driver_of(NIC), override_of(NIC)
     row = list_by_bdf()[NIC]
     if driver == "e1000e":
-        outcome = "rolled back"
-        expect(override is None, f"rolled back but driver_override is {override!r}")
-        expect(row.get("state") == "host", f"rolled back but list state {row.get('state')}")
+        outcome = "back on e1000e"
+        expect(override is None, f"back on e1000e but driver_override is {override!r}")
+        expect(row.get("state") == "host", f"back on e1000e but list state {row.get('state')}")
+        expect(wait_for(lambda: net_interfaces(NIC) != []), "e1000e bound but no interface")
     elif driver == "pci-stub":
-        outcome = "completed"
-        expect(override == "pci-stub", f"completed but driver_override is {override!r}")
+        outcome = "seized by pci-stub"
+        expect(override == "pci-stub", f"seized but driver_override is {override!r}")
         expect(row.get("state") == "seized" and row.get("original_driver") == "e1000e",
-               f"completed but list: {row.get('state')}, {row.get('original_driver')}")
+               f"seized but list: {row.get('state')}, {row.get('original_driver')}")
     else:
         raise CheckFailed(f"after recover the NIC is half-done: driver {driver}, "
                           f"override {override!r}")
     again = cli("list")
     expect("interrupted" not in (again.stdout + again.stderr).lower(),
            "'list' still reports an interrupted operation after recover")
-    return f"recover {outcome} the hide (driver {driver})"
+    return f"{what} killed after unbind; recover left it fully {outcome}"
+
+
+def check_killed_hide_recovered() -> str:
+    """A hide SIGKILLed right after its unbind is reported by the next command and repaired."""
+    return _killed_then_recovered(["hide", "--driver", "pci-stub", NIC], "hide")
+
+
+def check_killed_unhide_recovered() -> str:
+    """The same for an unhide --rebind killed after pci-stub let go."""
+    cli_ok("hide", "--driver", "pci-stub", NIC)
+    return _killed_then_recovered(["unhide", "--rebind", NIC], "unhide --rebind")
 
 
 def check_wildcard_multifunction() -> str:
@@ -524,6 +536,7 @@ CHECKS = (
     ("refuse-nic-up-with-address", check_refuse_nic_in_use),
     ("refuse-nvme-mounted", check_refuse_nvme_mounted),
     ("killed-hide-recovered", check_killed_hide_recovered),
+    ("killed-unhide-recovered", check_killed_unhide_recovered),
     ("wildcard-multifunction", check_wildcard_multifunction),
     ("rebind-to-unloaded-driver", check_rebind_to_unloaded_driver),
     ("bad-input", check_bad_input),
