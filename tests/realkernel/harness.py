@@ -108,12 +108,20 @@ def source_tree() -> Path:
     return Path(os.environ.get("XEN_PCIBACK_REALKERNEL_SOURCE") or REPO)
 
 
+def selected_checks() -> set[str]:
+    """``$XEN_PCIBACK_REALKERNEL_CHECKS`` (comma-separated names) runs only those checks."""
+    return set(filter(None, os.environ.get("XEN_PCIBACK_REALKERNEL_CHECKS", "").split(",")))
+
+
 def prepare_share(share: Path) -> None:
     """The project's code and the scenarios go in; results come out in ``results/``."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(source_tree() / "xenpciback_cli", share / "code/xenpciback_cli", ignore=ignore)
     shutil.copytree(SCENARIOS, share / "scenario", ignore=ignore)
     (share / "results").mkdir()
+    only = selected_checks()
+    if only:
+        (share / "scenario/only-checks.txt").write_text("\n".join(sorted(only)) + "\n")
     if sys.version_info[:2] == (3, 11):  # same bytecode as the guest's Python: skip compiling there
         compileall.compile_dir(share / "code", quiet=1, workers=1)
         compileall.compile_dir(share / "scenario", quiet=1, workers=1)
