@@ -14,13 +14,14 @@ from xenpciback_cli.pci.address import Bdf
     ("  0001:ff:1f.7\n", Bdf(1, 0xFF, 0x1F, 7)),
     ("A:0B:1c.3", Bdf(0xA, 0x0B, 0x1C, 3)),
     ("ffff:00:00.0", Bdf(0xFFFF, 0, 0, 0)),
+    ("10000:e1:00.0", Bdf(0x10000, 0xE1, 0, 0)),  # Intel VMD domains
 ])
 def test_parse_valid(text, expected):
     assert Bdf.parse(text) == expected
 
 
 @pytest.mark.parametrize("text", [
-    "", "03:00", "03:00.8", "03:20.0", "3:00.0.0", "00000:03:00.0", "003:00.0", "g3:00.0",
+    "", "03:00", "03:00.8", "03:20.0", "3:00.0.0", "123456789:03:00.0", "003:00.0", "g3:00.0",
     "03-00.0", "03:00.*", "0000:03:00:0", "03:00.0 ", "0x03:00.0", "03:000.0",
 ])
 def test_parse_invalid_is_one_line_input_error(text):

@@ -45,10 +45,13 @@ def box(pristine, tmp_path):
 
 
 def open_host(box, method):
-    return NoOverrideSandbox(box) if method == "slot" else open_sandbox(box)
+    return NoOverrideSandbox(box) if method in ("slot", "new_id") else open_sandbox(box)
 
 
-def assert_consistent(box, bdf=NIC0, original="igb", xenstore=None):
+TARGETS = {"override": "pciback", "slot": "pciback", "new_id": "vfio-pci"}
+
+
+def assert_consistent(box, bdf=NIC0, original="igb", xenstore=None, target="pciback"):
     """Fully seized or fully with the original driver; nothing half-way; journal empty."""
     host = open_sandbox(box)
     state = box / "state"
@@ -56,13 +59,15 @@ def assert_consistent(box, bdf=NIC0, original="igb", xenstore=None):
     records = load_records(state)
     assert pending_operations(state) == []
     slots = host.pciback_slots()
-    if device.driver == "pciback":
+    if device.driver == target:
         assert records[bdf].original_driver == original
-        assert records[bdf].target_driver == "pciback"
+        assert records[bdf].target_driver == target
         if records[bdf].method == "override":
-            assert device.driver_override == "pciback"
-        else:
+            assert device.driver_override == target
+        elif records[bdf].method == "slot":
             assert str(bdf) in slots
+        else:
+            assert device.driver_override is None
         if xenstore is not None:
             assert xenstore[f"/libxl/pci/{bdf.xs_key}/driver_path"] == f"/sys/bus/pci/drivers/{original}"
         return "seized"
@@ -86,45 +91,46 @@ class DictXenstore(dict):
         self.pop(path, None)
 
 
-def hide(host, xenstore=None):
+def hide(host, xenstore=None, target="pciback"):
     seizer = Seizer(host, host.directory / "state", xenstore=xenstore)
-    [pre] = seizer.preflight([NIC0], "pciback")
+    [pre] = seizer.preflight([NIC0], target)
     seizer.enforce([pre], force=False)
-    return seizer.hide(pre, "pciback")
+    return seizer.hide(pre, target)
 
 
 def plan_length(box, method, op):
     host = open_host(box, method)
     seizer = Seizer(host, box / "state")
     if op == "hide":
-        [pre] = seizer.preflight([NIC0], "pciback")
-        return len(seizer.hide(pre, "pciback", dry_run=True).writes)
-    hide(open_host(box, method))
+        [pre] = seizer.preflight([NIC0], TARGETS[method])
+        return len(seizer.hide(pre, TARGETS[method], dry_run=True).writes)
+    hide(open_host(box, method), target=TARGETS[method])
     count = len(seizer.unhide(NIC0, rebind=True, dry_run=True).writes)
     return count
 
 
-@pytest.mark.parametrize("method", ["override", "slot"])
+@pytest.mark.parametrize("method", ["override", "slot", "new_id"])
 @pytest.mark.parametrize("op", ["hide", "unhide"])
 def test_injected_failure_after_every_write(pristine, tmp_path, method, op):
     template = tmp_path / "template"
     shutil.copytree(pristine, template, symlinks=True)
     steps = plan_length(template, method, op)
-    assert steps >= 3
+    assert steps >= 2
+    target = TARGETS[method]
     outcomes = set()
     for after in range(steps):
         box = tmp_path / f"case{after}"
         shutil.copytree(pristine, box, symlinks=True)
         xenstore = DictXenstore()
         if op == "unhide":
-            hide(open_host(box, method), xenstore)
+            hide(open_host(box, method), xenstore, target)
         host = open_host(box, method)
         host.write_hooks.append(failure_hook(after, kill=False))
         seizer = Seizer(host, box / "state", xenstore=xenstore)
         with pytest.raises(InjectedFailure):
             if op == "hide":
-                [pre] = seizer.preflight([NIC0], "pciback")
-                seizer.hide(pre, "pciback")
+                [pre] = seizer.preflight([NIC0], target)
+                seizer.hide(pre, target)
             else:
                 seizer.unhide(NIC0, rebind=True)
         [entry] = pending_operations(box / "state")
@@ -134,10 +140,16 @@ def test_injected_failure_after_every_write(pristine, tmp_path, method, op):
         assert "run 'xen-pciback recover'" in line
         outcome = Seizer(open_host(box, method), box / "state", xenstore=xenstore).recover()
         assert len(outcome) == 1 and outcome[0]["action"] in ("completed", "rolled back")
-        outcomes.add(assert_consistent(box, xenstore=xenstore))
+        outcomes.add(assert_consistent(box, xenstore=xenstore, target=target))
         # Idempotent: a second recover has nothing to do and changes nothing.
         assert Seizer(open_host(box, method), box / "state").recover() == []
-        assert assert_consistent(box, xenstore=xenstore) in ("seized", "host")
+        assert assert_consistent(box, xenstore=xenstore, target=target) in ("seized", "host")
+        if method == "new_id" and assert_consistent(box, target=target) == "host":
+            # The dynamic id is gone: a probe does not hand the device to the stub driver again.
+            device = open_host(box, method)
+            device.write_attribute("bus/pci/drivers/igb/unbind", str(NIC0))
+            device.probe(NIC0)
+            assert device.device(NIC0).driver == "igb"
     # Some crash points roll back and some complete: both paths were exercised.
     assert outcomes == {"seized", "host"}
 
@@ -204,3 +216,38 @@ def test_new_operation_refused_while_interrupted(box):
     assert run.code == 1 and "run 'xen-pciback recover' first" in run.error
     assert invoke("--sandbox", box, "recover").code == 0
     assert_consistent(box)
+
+
+def test_kernel_error_mid_hide_names_the_step_and_recover_rolls_back(box):
+    from xenpciback_cli.errors import DeviceBusy
+
+    def busy(write):
+        if write.path.endswith("/unbind"):
+            raise DeviceBusy("write to unbind failed: device busy", bdf=NIC0)
+
+    host = open_sandbox(box)
+    host.write_hooks.append(busy)
+    seizer = Seizer(host, box / "state")
+    [pre] = seizer.preflight([NIC0], "pciback")
+    with pytest.raises(Exception) as info:
+        seizer.hide(pre, "pciback")
+    assert "hide 0000:03:00.0 failed at step 2/3 (unbind from igb)" in str(info.value)
+    assert "run 'xen-pciback recover'" in str(info.value)
+    run = invoke("--sandbox", box, "--json", "recover")
+    assert run.code == 0 and '"action": "rolled back"' in run.output
+    assert assert_consistent(box) == "host"
+
+
+def test_new_id_fallback_with_a_shared_id(box):
+    """Two VFs with one id seized through new_id: EEXIST on the second, ENODEV on the last remove."""
+    host = NoOverrideSandbox(box)
+    seizer = Seizer(host, box / "state")
+    vfs = [Bdf(0, 4, 0x10, 1), Bdf(0, 4, 0x10, 3)]
+    for vf in vfs:
+        [pre] = seizer.preflight([vf], "vfio-pci")
+        assert seizer.hide(pre, "vfio-pci").method == "new_id"
+        assert host.device(vf).driver == "vfio-pci"
+    for vf in vfs:
+        seizer.unhide(vf, rebind=True)
+        assert host.device(vf).driver == "igbvf"
+    assert pending_operations(box / "state") == [] and load_records(box / "state") == {}

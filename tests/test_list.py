@@ -165,3 +165,17 @@ def test_console_script_errors_are_one_line(tmp_path):
 def test_list_on_empty_root_is_empty(tmp_path):
     result = console("--sysfs-root", str(tmp_path), "--json", "list")
     assert result.returncode == 0 and json.loads(result.stdout) == []
+
+
+@pytest.mark.parametrize("rows", [
+    [], [["a", "bbb", "", "x"], ["cc", "", "d", ""]], [["0000:03:00.0", "8086:10c9", "Intel Corporation 82576", "x"]],
+    [["", "", "", ""]], [["a very long cell indeed", "1", "22", "333"]],
+])
+def test_plain_table_is_exactly_tabulate_plain(rows):
+    from tabulate import tabulate
+
+    from xenpciback_cli.cli.terminal import plain_table
+
+    headers = ["BDF", "ID", "DEVICE", "LAST"]
+    assert plain_table(headers, rows) == tabulate(rows, headers=headers, tablefmt="plain",
+                                                  disable_numparse=True)

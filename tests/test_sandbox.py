@@ -288,3 +288,63 @@ def test_lspci_reads_the_sandbox(sandbox):
                               "-vv", "-s", "03:00.0"], capture_output=True, text=True, timeout=60).stdout
     assert "Region 0: Memory at e0800000 (32-bit, non-prefetchable) [size=128K]" in verbose
     assert "MSI-X" in verbose
+
+
+def test_no_two_devices_claim_the_same_addresses(sandbox):
+    sandbox.write_attribute("bus/pci/devices/0000:03:00.0/sriov_numvfs", "2")
+    claimed = []
+    for device in sandbox.devices():
+        for resource in device.resources:
+            if resource.index < 6 or resource.index == 6:
+                claimed.append((resource.is_io, resource.start, resource.end, str(device.bdf)))
+    claimed.sort()
+    for (io_a, start_a, end_a, a), (io_b, start_b, end_b, b) in zip(claimed, claimed[1:]):
+        assert io_a != io_b or end_a < start_b, f"{a} and {b} overlap"
+
+
+def test_random_writes_fail_typed_and_keep_the_tree_consistent(sandbox):
+    """Any sequence of writes a tool (or a person) might try: typed errors only, and the driver
+    links stay two-sided (device/driver <-> drivers/D/BDF) with the state file agreeing."""
+    import random
+
+    rng = random.Random(20261123)
+    drivers = sorted(sandbox.loaded_drivers())
+    attributes = ["bind", "unbind", "new_id", "remove_id"]
+    values = ["0000:03:00.0", "0000:03:00.1\n", "0000:02:00.1", "0000:04:10.1", "03:00.0", "junk", "",
+              "8086 10c9", "8086 10ca", "0000:00:1c.0", "0000:01:00.0"]
+    for _ in range(250):
+        bdfs = [str(b) for b in sandbox.addresses()]
+        choice = rng.random()
+        if choice < 0.5:
+            path = f"bus/pci/drivers/{rng.choice(drivers)}/{rng.choice(attributes)}"
+        elif choice < 0.6:
+            path = f"bus/pci/drivers/pciback/{rng.choice(['new_slot', 'remove_slot', 'permissive'])}"
+        elif choice < 0.75:
+            path = "bus/pci/drivers_probe"
+        else:
+            attribute = rng.choice(["driver_override", "reset", "sriov_numvfs", "vendor", "enable"])
+            path = f"bus/pci/devices/{rng.choice(bdfs)}/{attribute}"
+            values_here = ["pciback", "\n", "vfio-pci", "1", "2", "0", "none", "igb"]
+            value = rng.choice(values_here)
+            try:
+                sandbox.write_attribute(path, value)
+            except errors.HostError:
+                pass
+            continue
+        value = rng.choice(values + bdfs)
+        try:
+            sandbox.write_attribute(path, value)
+        except errors.HostError:
+            pass
+    for device in sandbox.devices():
+        if device.driver:
+            assert os.path.islink(sandbox.directory / "sys/bus/pci/drivers" / device.driver / str(device.bdf))
+    for driver in sandbox.loaded_drivers():
+        for entry in (sandbox.directory / "sys/bus/pci/drivers" / driver).iterdir():
+            if entry.is_symlink() and entry.name[0].isdigit():
+                assert sandbox.device(Bdf.parse(entry.name)).driver == driver
+    state = sandbox.state()
+    assert sorted(state["devices"]) == [str(b) for b in sandbox.addresses()]
+    for name, interface in state["interfaces"].items():
+        assert sandbox.device(Bdf.parse(interface["bdf"])).driver == "igb"
+        assert os.path.islink(sandbox.directory / "sys/class/net" / name)

@@ -27,7 +27,7 @@ def test_patterns():
     ("03:*.0", "a '*' slot needs a '*' function"),
     ("03:00.8", "function '8' is not 0-7"),
     ("03:20.0", "slot '20' is above 0x1f"),
-    ("1ffff:03:00.0", "domain '1ffff' is above 0xffff"),
+    ("1ffffffff:03:00.0", "domain '1ffffffff' is above 0xffffffff"),
     ("zz:00.0", "bus 'zz' is not hex"),
     ("03-00-0", "expected [DDDD:]BB:DD.F"),
 ])
@@ -87,6 +87,14 @@ def test_spec_errors_say_what_and_where(text, fragment):
     assert fragment in message and repr(text) in message and "\n" not in message
 
 
+def test_domain_limits_follow_the_consumer():
+    assert BdfPattern.parse("10000:e1:00.*").domain == 0x10000  # a host's VMD domain
+    with pytest.raises(InputError, match="domain '10000' is above 0xffff"):
+        parse_pci_spec("10000:e1:00.0")  # xl takes 16-bit domains
+    with pytest.raises(InputError, match="domain '10000' is above 0xffff"):
+        parse_hide_list("(10000:e1:00.0)")
+
+
 def test_hide_list_round_trip():
     text = "xen-pciback.hide=(0000:01:00.0) (02:00.*)(0001:03:*.*)"
     patterns = parse_hide_list(text)
@@ -110,7 +118,7 @@ def test_hide_list_errors(text, fragment):
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("argument", ["03:00.9", "zz:00.0", "03:*.0", "0000:03:00", "1ffff:00:00.0"])
+@pytest.mark.parametrize("argument", ["03:00.9", "zz:00.0", "03:*.0", "0000:03:00", "1ffffffff:00:00.0"])
 def test_cli_bad_pattern_is_one_line_exit_2(tmp_path, argument):
     result = subprocess.run([sys.executable, "-m", "xenpciback_cli", "--sysfs-root", str(tmp_path),
                              "list", argument], capture_output=True, text=True, timeout=60)
@@ -118,3 +126,40 @@ def test_cli_bad_pattern_is_one_line_exit_2(tmp_path, argument):
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("xen-pciback: error: invalid")
     assert "Traceback" not in result.stderr
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_SPEC_ALPHABET = st.sampled_from(list("0123456789abcdefABCDEF:.*@,=() xyz\n\t") +
+                                 ["bdf=", "vslot=", "seize=", "name=", "permissive=", "rdm_policy="])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_SPEC_ALPHABET, max_size=20).map("".join))
+def test_parsers_only_ever_raise_input_errors(text):
+    """Whatever a person (or a config file) hands us: a result or one InputError line."""
+    for parse in (parse_pci_spec, parse_hide_list, BdfPattern.parse, Bdf.parse):
+        try:
+            parse(text)
+        except InputError as exc:
+            assert "\n" not in str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(domain=st.integers(0, 0xFFFF), bus=st.integers(0, 0xFF), slot=st.integers(0, 0x1F),
+       function=st.one_of(st.none(), st.integers(0, 7)), vslot=st.one_of(st.none(), st.integers(0, 0x1F)),
+       flags=st.fixed_dictionaries({k: st.booleans() for k in ("permissive", "msitranslate", "seize", "power_mgmt")}),
+       rdm=st.sampled_from([None, "strict", "relaxed"]))
+def test_format_then_parse_is_identity(domain, bus, slot, function, vslot, flags, rdm):
+    if function is None and vslot is None:
+        vslot = 3  # a multi-function spec needs a vslot
+    target = BdfPattern(domain, bus, slot, function)
+    text = str(target) + (f"@{vslot:x}" if vslot is not None else "")
+    text += "".join(f",{k}={'yes' if v else 'no'}" for k, v in flags.items())
+    if rdm:
+        text += f",rdm_policy={rdm}"
+    spec = parse_pci_spec(text)
+    assert spec.target == target and spec.vslot == vslot and spec.rdm_policy == rdm
+    assert all(getattr(spec, k) == v for k, v in flags.items())
+    assert parse_pci_spec(spec.format()) == spec
+    assert parse_hide_list(format_hide_list([target])) == [target]

@@ -174,3 +174,29 @@ def test_parse_resource_file_skips_empty_lines_keeps_index():
             "0x000000000000e000 0x000000000000e0ff 0x0000000000040101\n")
     (res,) = parse_resource_file(text)
     assert res.index == 1 and res.is_io and res.size == 256
+
+
+def test_udev_hwdb_names_win_over_pci_ids(tree):
+    h = host(tree)
+    h._hwdb_names[NIC] = ("Vendor From Hwdb", "Model From Hwdb")
+    device = h.device(Bdf.parse(NIC))
+    assert (device.vendor_name, device.device_name) == ("Vendor From Hwdb", "Model From Hwdb")
+    other = h.device(Bdf.parse("0000:03:00.1"))
+    assert other.device_name != "Model From Hwdb"
+
+
+def test_real_root_is_enumerated_through_pyudev_when_present():
+    import os
+
+    if not os.path.isdir("/sys/bus/pci/devices"):
+        pytest.skip("no PCI bus here")
+    h = SysfsHost("/sys")
+    assert h.is_real and h.proc_root == "/proc"
+    assert [str(b) for b in h.addresses()] == sorted(os.listdir("/sys/bus/pci/devices"))
+
+
+def test_wide_vmd_domains_are_listed(tmp_path):
+    t = FakeSysfs(tmp_path)
+    t.add_device("10000:e1:00.0", 0x8086, 0x0A54, 0x010802, driver="nvme")
+    t.add_device("0000:00:0e.0", 0x8086, 0x467F, 0x010400, driver="vmd")
+    assert [str(b) for b in SysfsHost(str(t.sys)).addresses()] == ["0000:00:0e.0", "10000:e1:00.0"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 
@@ -62,7 +64,7 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
     results = []
     import contextlib
 
-    # A dry run writes nothing, not even the state dir and its lock file.
+    # A dry run writes nothing, not even the state dir: it works without root.
     with contextlib.nullcontext() if dry_run else seizer.journal.locked():
         for preflight in terminal.progress(preflights, total=len(preflights), description="seizing"):
             result = seizer.hide(preflight, target, persist=persist, dry_run=dry_run)
@@ -80,13 +82,12 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
                        "persisted": config_path if persist and not dry_run else None})
 
 
-def _render(terminal: object, result: object, target: str) -> None:
-    r = result
-    if r.status == "planned":  # type: ignore[attr-defined]
-        terminal.line(f"dry run: would seize {r.bdf} with these sysfs writes:")  # type: ignore
-        for write in r.writes:  # type: ignore[attr-defined]
-            terminal.line(f"  echo {write['value'].strip() or '(newline)'} > /sys/{write['path']}")  # type: ignore
-    elif r.status == "already-seized":  # type: ignore[attr-defined]
-        terminal.line(f"{r.bdf}: already held by {target}")  # type: ignore
+def _render(terminal: Any, result: Any, target: str) -> None:
+    if result.status == "planned":
+        terminal.line(f"dry run: would seize {result.bdf} with these sysfs writes:")
+        for write in result.writes:
+            terminal.line(f"  echo {write['value'].strip() or '(newline)'} > /sys/{write['path']}")
+    elif result.status == "already-seized":
+        terminal.line(f"{result.bdf}: already held by {target}")
     else:
-        terminal.line(f"seized {r.bdf}: {r.original_driver or 'no driver'} -> {r.driver}")  # type: ignore
+        terminal.line(f"seized {result.bdf}: {result.original_driver or 'no driver'} -> {result.driver}")

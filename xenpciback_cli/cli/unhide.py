@@ -45,7 +45,7 @@ def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dr
     results = []
     import contextlib
 
-    # A dry run writes nothing, not even the state dir and its lock file.
+    # A dry run writes nothing, not even the state dir: it works without root.
     with contextlib.nullcontext() if dry_run else seizer.journal.locked():
         for bdf in terminal.progress(bdfs, total=len(bdfs), description="releasing"):
             result = seizer.unhide(bdf, rebind=rebind, force=force, dry_run=dry_run)

@@ -20,6 +20,7 @@ still holds the device, so the operation is rolled back; after it, it is complet
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections.abc import Collection, Mapping
@@ -78,7 +79,7 @@ def plan_hide(host: Host, device: PciDevice, target: str) -> tuple[str, list[Pla
 
 
 def plan_release(host: Host, device: PciDevice, target: str, original: str | None, *,
-                 rebind: bool, remove_slot: bool = True) -> list[PlannedWrite]:
+                 rebind: bool, remove_slot: bool = True, method: str = "override") -> list[PlannedWrite]:
     """The writes that take ``device`` away from ``target`` and (with rebind) back to ``original``."""
     bdf = device.bdf
     steps: list[PlannedWrite] = []
@@ -86,6 +87,9 @@ def plan_release(host: Host, device: PciDevice, target: str, original: str | Non
         steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override"))
     if device.driver and device.driver != original:
         steps.append(_w(f"bus/pci/drivers/{device.driver}/unbind", str(bdf), f"unbind from {device.driver}"))
+    if method == "new_id":  # or the stub driver grabs the device again at the next probe
+        ids = f"{device.vendor_id:04x} {device.device_id:04x}"
+        steps.append(_w(f"bus/pci/drivers/{target}/remove_id", ids, f"remove id {ids} from {target}"))
     if remove_slot and target == PCIBACK_DRIVER and str(bdf) in host.pciback_slots():
         steps.append(_w(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf), "remove from pciback slots"))
     if rebind and (device.driver is None or device.driver != original):
@@ -135,20 +139,26 @@ class Seizer:
 
     @staticmethod
     def enforce(preflights: list[Preflight], *, force: bool) -> list[str]:
-        """Raise for fatal checks, and for refusals unless forced; return what force overrode."""
+        """Raise for a missing device, then for refusals unless forced (exit 3 names the danger
+        even when the target driver is also missing), then for other fatal checks; return what
+        force overrode."""
         for result in preflights:
             for check in result.fatal:
                 if check.name == "device-exists":
                     raise errors.DeviceNotFound(check.detail, bdf=result.bdf)
-                raise errors.OperationFailed(f"cannot hide {result.bdf}: {check.detail}")
         overridden: list[str] = []
         for result in preflights:
             for check in result.refusals:
+                if check.fatal:
+                    continue
                 if not force:
                     raise errors.SafetyRefusal(
                         f"refusing to hide {result.bdf}: {check.name}: {check.detail} "
                         "(--force overrides)", [check.detail])
                 overridden.append(f"{result.bdf}: {check.name}: {check.detail}")
+        for result in preflights:
+            for check in result.fatal:
+                raise errors.OperationFailed(f"cannot hide {result.bdf}: {check.detail}")
         return overridden
 
     def hide(self, preflight: Preflight, target: str, *, persist: bool = False,
@@ -194,9 +204,9 @@ class Seizer:
             # device stays fully seized and a retry after modprobe finds its record.
             raise errors.OperationFailed(f"cannot rebind {bdf} to {original}: that driver is not "
                                          f"loaded (modprobe {original}, then unhide again)")
-        steps = plan_release(self.host, device, target, original, rebind=rebind)
-        entry = JournalEntry("unhide", bdf, original, target, record.method if record else "override",
-                             steps, rebind=rebind)
+        method = record.method if record else "override"
+        steps = plan_release(self.host, device, target, original, rebind=rebind, method=method)
+        entry = JournalEntry("unhide", bdf, original, target, method, steps, rebind=rebind)
         writes = self._run(entry, dry_run)
         if dry_run:
             return DeviceResult(bdf, "planned", original, device.driver, writes=writes)
@@ -217,7 +227,12 @@ class Seizer:
             return writes
         self.journal.begin(entry)
         for index, step in enumerate(entry.steps):
-            self.host.write_attribute(step.path, step.value)
+            try:
+                self._write_step(entry.bdf, step)
+            except errors.HostError as exc:
+                raise errors.OperationFailed(
+                    f"{entry.op} {entry.bdf} failed at step {index + 1}/{len(entry.steps)} "
+                    f"({step.description}): {exc}; run 'xen-pciback recover'") from None
             self.journal.step_done(entry, index)
         return writes
 
@@ -267,8 +282,8 @@ class Seizer:
         if entry.op == "hide":
             if entry.original_driver and device.driver == entry.original_driver:
                 added_slot = any(s.path.endswith("/new_slot") for s in entry.steps[:max(entry.done, 1) + 1])
-                self._execute(plan_release(self.host, device, entry.target_driver, entry.original_driver,
-                                           rebind=True, remove_slot=added_slot))
+                self._execute(bdf, plan_release(self.host, device, entry.target_driver, entry.original_driver,
+                                                rebind=True, remove_slot=added_slot, method=entry.method))
                 drop_record(self.state_dir, bdf)
                 outcome.update(action="rolled back", reason=f"still bound to {entry.original_driver}: "
                                "the host had not lost it yet")
@@ -284,8 +299,8 @@ class Seizer:
                 outcome.update(action="rolled back", reason=f"still bound to {entry.target_driver}: "
                                "the release had not started")
             else:
-                self._execute(plan_release(self.host, device, entry.target_driver, entry.original_driver,
-                                           rebind=entry.rebind))
+                self._execute(bdf, plan_release(self.host, device, entry.target_driver, entry.original_driver,
+                                                rebind=entry.rebind, method=entry.method))
                 self._forget(bdf)
                 outcome.update(action="completed", reason=f"already unbound from {entry.target_driver}: "
                                "finished the release")
@@ -304,13 +319,25 @@ class Seizer:
                 self.host.pciback_new_slot(bdf)
             return
         _, steps = plan_hide(self.host, device, target)
-        self._execute(steps)
+        self._execute(bdf, steps)
         if self.host.device(bdf).driver != target:
             raise errors.OperationFailed(f"recover {bdf}: {target} would not bind it")
 
-    def _execute(self, steps: list[PlannedWrite]) -> None:
+    def _execute(self, bdf: Bdf, steps: list[PlannedWrite]) -> None:
         for step in steps:
+            self._write_step(bdf, step)
+
+    def _write_step(self, bdf: Bdf, step: PlannedWrite) -> None:
+        """One planned write, tolerating the two outcomes that mean "already so" for dynamic ids."""
+        try:
             self.host.write_attribute(step.path, step.value)
+        except errors.HostError as exc:
+            if step.path.endswith("/remove_id") and exc.errno == errno.ENODEV:
+                return  # another device's unhide removed the shared id already
+            if step.path.endswith("/new_id") and exc.errno == errno.EEXIST:
+                self.host.bind(bdf, step.path.split("/")[-2])  # the id is there: bind explicitly
+                return
+            raise
 
 
 # -- test-only crash injection ----------------------------------------------------------------

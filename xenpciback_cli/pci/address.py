@@ -13,7 +13,7 @@ from typing import NamedTuple
 from xenpciback_cli.errors import InputError
 
 _BDF_RE = re.compile(
-    r"^(?:(?P<domain>[0-9a-fA-F]{1,4}):)?(?P<bus>[0-9a-fA-F]{1,2}):"
+    r"^(?:(?P<domain>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{1,2}):"
     r"(?P<slot>[0-9a-fA-F]{1,2})\.(?P<func>[0-7])$"
 )
 
@@ -44,7 +44,11 @@ class Bdf(NamedTuple):
 
     @classmethod
     def parse(cls, text: str) -> Bdf:
-        """Parse ``DDDD:BB:DD.F`` or ``BB:DD.F`` (segment 0); raise :class:`InputError` otherwise."""
+        """Parse ``DDDD:BB:DD.F`` or ``BB:DD.F`` (segment 0); raise :class:`InputError` otherwise.
+
+        The domain may have more than four digits: Linux numbers Intel VMD domains from 0x10000
+        (sysfs names like ``10000:e1:00.0``), so a real host can show them.
+        """
         value = text.strip()
         match = _BDF_RE.match(value)
         if not match:

@@ -99,6 +99,7 @@ def database() -> PciIds | None:
     return None
 
 
+@lru_cache(maxsize=4096)
 def lookup(vendor: int, device: int, class_code: int) -> tuple[str | None, str | None, str | None]:
     """(vendor name, device name, class name); ``None`` where the database has nothing."""
     db = database()

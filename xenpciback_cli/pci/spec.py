@@ -5,7 +5,9 @@
   ``hide=`` list.
 * :class:`PciSpec` - xl's PCI_SPEC_STRING: ``[DDDD:]BB:DD.F[@VSLOT][,key=value...]``.
   Unlike xl (which runs booleans through ``atoi`` so ``permissive=yes`` silently means 0) booleans
-  accept 0/1/yes/no/true/false/on/off and anything else is an error.
+  accept 0/1/yes/no/true/false/on/off and anything else is an error. A vslot is a 5-bit slot
+  number (0-1f), so ``@20`` - which xl's hex parser takes and then shifts out of the devfn byte -
+  is refused here.
 * The kernel's ``xen-pciback.hide=(DDDD:BB:DD.F)(BB:DD.*)`` list: :func:`parse_hide_list` and
   :func:`format_hide_list`.
 
@@ -57,7 +59,9 @@ class BdfPattern:
         if len(parts) not in (2, 3) or "." not in parts[-1]:
             raise InputError(f"invalid {kind} {source!r}: expected [DDDD:]BB:DD.F "
                              "(F may be '*', or DD.F may be '*.*')")
-        domain = _hex_field(parts[0], "domain", 0xFFFF, source, kind) if len(parts) == 3 else 0
+        # xl and pciback take 16-bit domains; a host's own names can be wider (VMD: 10000+).
+        domain_limit = 0xFFFFFFFF if kind == "PCI address" else 0xFFFF
+        domain = _hex_field(parts[0], "domain", domain_limit, source, kind) if len(parts) == 3 else 0
         bus = _hex_field(parts[-2], "bus", 0xFF, source, kind)
         slot_text, _, func_text = parts[-1].partition(".")
         if slot_text == "*":

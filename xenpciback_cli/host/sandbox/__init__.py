@@ -13,7 +13,7 @@ pciutils' test dumps of real hardware by ``tools/extract_captures.py``). Topolog
     0000:00:00.0  host bridge           Intel 8086:6f00                  (no driver)   group 0
     0000:00:14.0  USB 3 xHCI            TI TUSB73x0 104c:8241            xhci_hcd      group 1
     0000:00:1c.0  PCIe root port -> 01  Intel ICH7 port 1                pcieport      group 2
-    0000:01:00.0    NVMe SSD            Samsung PM174X 144d:a80b         nvme          group 5
+    0000:01:00.0    NVMe SSD            Samsung PM174X 144d:a826         nvme          group 5
                     nvme0n1p2 mounted on /, p1 on /boot/efi, p3 active swap
     0000:00:1c.1  PCIe root port -> 02  Intel ICH7 port 2                pcieport      group 3
     0000:02:00.0    VGA (boot VGA, fb0) AMD Fiji 1002:7300 (multi-fn)    amdgpu        group 6
@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from xenpciback_cli.host.model import AttributeWrite
 from xenpciback_cli.host.sandbox import configspace, topology
 from xenpciback_cli.host.sandbox.kernel import SimulatedKernel
 from xenpciback_cli.host.sandbox.tree import FORMAT, STATE_FILE, Tree, write_text
-from xenpciback_cli.host.sysfs import SysfsHost
+from xenpciback_cli.host.sysfs import _WRITE_BDF, SysfsHost
 
 __all__ = ["SandboxHost", "create_sandbox", "is_sandbox", "open_sandbox"]
 
@@ -66,8 +65,6 @@ class SandboxHost(SysfsHost):
         try:
             self.kernel.write(write.path, write.value)
         except OSError as exc:
-            from xenpciback_cli.host.sysfs import _WRITE_BDF
-
             match = _WRITE_BDF.search(write.path) or _WRITE_BDF.search(write.value)
             action = f"write {write.value.strip() or 'newline'!r} to {write.path}"
             raise errors.from_oserror(exc, action, bdf=match.group(1) if match else None,
@@ -124,6 +121,8 @@ def create_sandbox(directory: str | os.PathLike[str], *, force: bool = False) ->
 
 
 def _captures() -> tuple[dict[str, Any], Any]:
+    from importlib import resources  # only when building: it costs ~10 ms to import
+
     folder = resources.files(__name__).joinpath("captures")
     return json.loads(folder.joinpath("index.json").read_text()), folder
 
@@ -158,6 +157,8 @@ def _build(root: Path) -> None:
             primary = secondary[parent] if parent else 0
             config = configspace.set_bridge_buses(config, primary, *slot.buses)
             secondary[str(slot.bdf)] = slot.buses[0]
+        if slot.bar_shift:
+            config = configspace.shift_bars(config, *slot.bar_shift)
         if slot.multifunction is not None:
             config = configspace.set_multifunction(config, slot.multifunction)
         sizes = {int(k): v for k, v in meta["bar_sizes"].items()}

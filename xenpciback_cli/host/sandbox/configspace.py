@@ -86,14 +86,29 @@ def resource_lines(config: bytes, sizes: dict[int, int], rom_size: int | None) -
     """(start, end, flags) for every line of sysfs ``resource``: BARs, ROM, IOV/bridge slots."""
     is_bridge = (config[0x0E] & 0x7F) == 1
     lines = [(0, 0, 0)] * (17 if is_bridge else 13)
-    for bar in decode_bars(config):
-        size = sizes.get(bar.index) or bar.fallback_size()
-        lines[bar.index] = (bar.address, bar.address + size - 1, bar.flags)
+    bars = decode_bars(config)
     rom = u32(config, 0x38 if is_bridge else 0x30) & ~0x7FF
+    for bar in bars:
+        size = sizes.get(bar.index) or _bounded(bar, bars, rom)
+        lines[bar.index] = (bar.address, bar.address + size - 1, bar.flags)
     if rom:
         size = rom_size or min(_low_bit(rom), 0x20000)
         lines[6] = (rom, rom + size - 1, IORESOURCE_MEM | IORESOURCE_READONLY | IORESOURCE_SIZEALIGN)
     return lines
+
+
+def _bounded(bar: Bar, bars: list[Bar], rom: int) -> int:
+    """An unknown BAR size: aligned, capped, and not running into the device's next BAR or ROM."""
+    size = bar.fallback_size()
+    others = [other.address for other in bars if other.is_io == bar.is_io]
+    if rom and not bar.is_io:
+        others.append(rom)
+    for address in others:
+        if address > bar.address:
+            gap = address - bar.address
+            while size > gap:
+                size //= 2
+    return size
 
 
 def ext_capability(config: bytes, cap_id: int) -> int | None:
@@ -208,4 +223,26 @@ def set_bridge_buses(config: bytes, primary: int, secondary: int, subordinate: i
 def set_multifunction(config: bytes, on: bool) -> bytes:
     data = bytearray(config)
     data[0x0E] = (data[0x0E] | 0x80) if on else (data[0x0E] & 0x7F)
+    return bytes(data)
+
+
+def shift_bars(config: bytes, mem_offset: int, io_offset: int) -> bytes:
+    """Move every assigned BAR (and the ROM and SR-IOV VF BARs) of a type-0 header.
+
+    Why: two functions built from one capture (the dual-port NIC) must not claim the same
+    addresses; the decoded sizes and types stay those of the capture.
+    """
+    data = bytearray(config)
+    sriov = sriov_info(config)
+    blocks = [(0x10, 6)] + ([(sriov.offset + 0x24, 6)] if sriov else [])
+    for first, count in blocks:
+        for bar in decode_bars(bytes(data), first, count):
+            address = bar.address + (io_offset if bar.is_io else mem_offset)
+            low = u32(data, first + 4 * bar.index)
+            _U32.pack_into(data, first + 4 * bar.index, (low & (0x3 if bar.is_io else 0xF)) | (address & 0xFFFFFFF0 if not bar.is_io else address & 0xFFFFFFFC))
+            if bar.is_64:
+                _U32.pack_into(data, first + 4 * (bar.index + 1), address >> 32)
+    rom = u32(data, 0x30)
+    if rom & ~0x7FF:
+        _U32.pack_into(data, 0x30, ((rom & ~0x7FF) + mem_offset) | (rom & 0x7FF))
     return bytes(data)

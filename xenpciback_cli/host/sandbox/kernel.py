@@ -38,12 +38,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from xenpciback_cli.errors import InputError
 from xenpciback_cli.host.sandbox import configspace
-from xenpciback_cli.host.sandbox.tree import LOCK_FILE, READ_ONLY, Tree
+from xenpciback_cli.host.sandbox.tree import LOCK_FILE, READ_ONLY, Tree, symlink
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.spec import BdfPattern
 
 STUB_DRIVERS = ("pciback", "pci-stub", "vfio-pci")
-_BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
+_BDF_RE = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 
 
 def _fail(code: int, path: str) -> OSError:
@@ -260,9 +262,6 @@ class SimulatedKernel:
                 self._try_bind(bdf, driver)
 
     def _slot(self, attribute: str, value: str) -> None:
-        from xenpciback_cli.errors import InputError
-        from xenpciback_cli.pci.spec import BdfPattern
-
         try:
             pattern = BdfPattern.parse(value)
         except InputError:
@@ -350,8 +349,6 @@ class SimulatedKernel:
                 f"{parent_path}/{vf}", vf, vf_config, resources, vendor=device["vendor"],
                 device=info.vf_device_id, irq=0, numa_node=device["numa_node"], iommu_group=group,
                 boot_vga=None, reset_method="flr", sriov_total=None)
-            from xenpciback_cli.host.sandbox.tree import symlink
-
             symlink(vf_dir / "physfn", directory)
             symlink(directory / f"virtfn{index}", vf_dir)
             self.state["devices"][str(vf)] = {

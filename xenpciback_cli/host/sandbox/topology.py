@@ -48,6 +48,8 @@ class SlotSpec:
     reset_method: str = "flr bus"
     children: tuple[Child, ...] = ()
     num_vfs: int = 0
+    #: (memory, I/O) offsets added to the capture's BARs: a second function of one capture.
+    bar_shift: tuple[int, int] | None = None
 
 
 B = Bdf.parse
@@ -96,14 +98,15 @@ SLOTS = (
                        {"dev": "259:3", "partition": "3", "size": "33554432"}, parent="nvme0n1"),
              )),
     SlotSpec(B("02:00.0"), "gpu-amd-fiji", "amdgpu", 6, parent=B("00:1c.1"), irq=31,
-             boot_vga=True, multifunction=True, reset_method="bus",
+             boot_vga=True, multifunction=True, reset_method="bus", bar_shift=(-0x40000000, 0),
              children=(Child("graphics", "fb0", "graphics/fb0", {"name": "amdgpudrmfb"}),)),
     SlotSpec(B("02:00.1"), "hda-intel-ich7", "snd_hda_intel", 6, parent=B("00:1c.1"), irq=32,
              reset_method="bus"),
     SlotSpec(B("03:00.0"), "nic-intel-82576-sriov", "igb", 7, parent=B("00:1c.2"), irq=33,
              multifunction=True, children=(_netdev("eth0", "00:1b:21:3a:5c:10", 2),)),
     SlotSpec(B("03:00.1"), "nic-intel-82576-sriov", "igb", 7, parent=B("00:1c.2"), irq=34,
-             multifunction=True, children=(_netdev("eth1", "00:1b:21:3a:5c:11", 3),), num_vfs=2),
+             multifunction=True, children=(_netdev("eth1", "00:1b:21:3a:5c:11", 3),), num_vfs=2,
+             bar_shift=(0x01000000, 0x20)),
 )
 
 #: What the host runs on those devices at creation time.
