@@ -199,6 +199,11 @@ class Seizer:
             return DeviceResult(bdf, "not-seized", None, device.driver)
         target = record.target_driver if record else str(device.driver)
         original = record.original_driver if record else None
+        if rebind and original and original not in self.host.loaded_drivers():
+            # The kernel never loads a module for a sysfs bind: fail before any write, so the
+            # device stays fully seized and a retry after modprobe finds its record.
+            raise errors.OperationFailed(f"cannot rebind {bdf} to {original}: that driver is not "
+                                         f"loaded (modprobe {original}, then unhide again)")
         method = record.method if record else "override"
         steps = plan_release(self.host, device, target, original, rebind=rebind, method=method)
         entry = JournalEntry("unhide", bdf, original, target, method, steps, rebind=rebind)
