@@ -3,7 +3,7 @@ raising: fuzzed with hypothesis."""
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from xenpciback_cli.toolstack import libxl_layout as L
@@ -15,13 +15,16 @@ KEYS = st.sampled_from(["state", "num_devs", "dev-0", "vdev-0", "state-0", "dev-
                         "vdev-1", "vdevfn-0", "opts-0", "root_num", "root-0", "magic",
                         "pci-op-ref", "event-channel"])
 VALUES = st.one_of(st.sampled_from(["1", "3", "4", "5", "7", "8", "0000:03:00.0", "7", "2",
-                                    "0000:00:00.00", "-1", "99999999999", "ffff:ff:1f.7"]),
+                                    "0000:00:00.00", "-1", "99999999999", "ffff:ff:1f.7",
+                                    # digits that str.isdigit() or int() accept but C does not
+                                    "\u00b2", "\u0663", "1_0", "+4", " 4", "4\n"]),
                    st.text(max_size=20))
 DIRS = st.dictionaries(KEYS, VALUES, max_size=12)
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(DIRS, DIRS), min_size=1, max_size=6))
+@example([({}, {"state": "\u00b2"})])  # a superscript two: isdigit() but not int()
 def test_peers_never_raise_on_junk(snapshots):
     backend, frontend = SimBackend(5), SimFrontend(5)
     for be, fe in snapshots:

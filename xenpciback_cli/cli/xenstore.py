@@ -136,6 +136,7 @@ def watch(ctx: click.Context, paths: tuple[str, ...], count: int | None, timeout
     """
     import json
     import time
+    from xenpciback_cli.untrusted import decimal
 
     term = _term(ctx)
     as_json = ctx.obj.settings.json
@@ -152,7 +153,8 @@ def watch(ctx: click.Context, paths: tuple[str, ...], count: int | None, timeout
             if event is None:
                 break
             seen += 1
-            watched = paths[int(event.token)] if event.token.isdigit() else event.token
+            index = decimal(event.token)
+            watched = paths[index] if index is not None and index < len(paths) else event.token
             if as_json:
                 term.line(json.dumps({"path": event.path, "watch": watched}))
             else:

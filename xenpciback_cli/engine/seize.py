@@ -34,6 +34,7 @@ from xenpciback_cli.engine.preflight import Preflight, check_hide
 from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_records, put_record
 from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.untrusted import decimal
 
 TARGET_DRIVERS = STUB_DRIVERS
 
@@ -368,5 +369,6 @@ def failure_hook(after: int, *, kill: bool) -> object:
 
 def install_test_hooks(host: Host) -> None:
     value = os.environ.get(KILL_ENV)
-    if value and value.strip().isdigit():
-        host.write_hooks.append(failure_hook(int(value), kill=True))  # type: ignore[arg-type]
+    count = decimal(value.strip()) if value else None
+    if count is not None:
+        host.write_hooks.append(failure_hook(count, kill=True))  # type: ignore[arg-type]

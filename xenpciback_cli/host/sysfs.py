@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from xenpciback_cli import errors
 from xenpciback_cli.host.model import AttributeWrite, Host, HostUsage, PciDevice, Resource
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.untrusted import decimal
 
 REAL_SYSFS = "/sys"
 _BDF_NAME = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
@@ -199,7 +200,7 @@ class SysfsHost(Host):
             header_type=header_byte & 0x7F, multifunction=bool(header_byte & 0x80),
             driver=_link_name(base + "driver"),
             driver_override=None if override in (None, "", "(null)") else override,
-            iommu_group=int(group) if group and group.isdigit() else None,
+            iommu_group=decimal(group),
             numa_node=None if numa is None or numa < 0 else numa,
             irq=_read_int(base + "irq", 10),
             boot_vga=None if boot_vga is None else boot_vga == "1",

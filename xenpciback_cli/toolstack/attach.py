@@ -36,6 +36,7 @@ from xenpciback_cli.toolstack.xsexec import (
     read_or_none,
     transact,
 )
+from xenpciback_cli.untrusted import decimal
 
 DEFAULT_TIMEOUT = 10.0  # libxl__wait_for_backend: 100 polls of 100 ms
 TRANSACTION_RETRIES = 16
@@ -166,7 +167,8 @@ def _holder(tx: Any, bdf: Bdf) -> int | None:
     if text is None:
         return None
     text = text.strip()
-    return int(text) if text.isdigit() else -1
+    value = decimal(text)
+    return -1 if value is None else value
 
 
 def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,

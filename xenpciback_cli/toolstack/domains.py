@@ -22,6 +22,7 @@ from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.detach import ResetOutcome, reset_device
 from xenpciback_cli.toolstack.plan import Mkdir, Op, Rm, SetPerms, Write
 from xenpciback_cli.toolstack.xsexec import apply_ops, list_or_empty, read_backend, read_or_none
+from xenpciback_cli.untrusted import decimal
 
 GUEST_OWNED = ("data", "drivers", "feature", "attr", "error")
 GUEST_READABLE = ("cpu", "memory", "device", "control")
@@ -120,7 +121,7 @@ def libxl_holders(client: Any) -> dict[Bdf, int]:
     for key in list_or_empty(client, L.LIBXL_PCI_ROOT):
         text = read_or_none(client, f"{L.LIBXL_PCI_ROOT}/{key}/domid")
         parts = key.split("-")
-        if text is None or not text.strip().isdigit() or len(parts) != 4:
+        if text is None or decimal(text.strip()) is None or len(parts) != 4:
             continue
         try:
             bdf = Bdf(*(int(p, 16) for p in parts))

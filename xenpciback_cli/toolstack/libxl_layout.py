@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack.plan import Mkdir, Op, Prune, Rm, SetPerms, Write
 from xenpciback_cli.toolstack.xenbus import XenbusState, parse_state
+from xenpciback_cli.untrusted import decimal
 
 #: libxl always uses device id 0 and backend domain 0 for PV PCI.
 DEVID = 0
@@ -190,7 +191,7 @@ class BackendView:
     def num_devs(self) -> int:
         """``num_devs``; libxl treats a missing or unreadable count as 0 (first device)."""
         text = self.values.get("num_devs", "")
-        return int(text) if text.isdigit() and len(text) < 6 else 0
+        return decimal(text, max_digits=5) or 0
 
     def entry(self, index: int) -> DeviceEntry:
         raw = {k: self.values[f"{k}-{index}"] for k in DEVICE_KEYS if f"{k}-{index}" in self.values}

@@ -34,6 +34,7 @@ from xenpciback_cli.toolstack.libxl_layout import (
 )
 from xenpciback_cli.toolstack.plan import Op, Write
 from xenpciback_cli.toolstack.xenbus import XenbusState, parse_state
+from xenpciback_cli.untrusted import decimal
 
 S = XenbusState
 XEN_PCI_MAGIC = "7"
@@ -58,7 +59,8 @@ class Snapshot:
 
 
 def _unsigned(text: str | None) -> bool:
-    return text is not None and text.strip().isdigit() and int(text) < 2**32
+    value = decimal(text.strip(), max_digits=10) if text is not None else None
+    return value is not None and value < 2**32
 
 
 @dataclass
@@ -132,7 +134,7 @@ class SimBackend:
     def _publish_root(self, values: Mapping[str, str]) -> list[Op]:
         """``xen_pcibk_publish_pci_root``: add ``root-<n>`` unless the bus is already listed."""
         text = values.get("root_num", "0")
-        count = int(text) if text.isdigit() and len(text) < 4 else 0
+        count = decimal(text, max_digits=3) or 0
         for k in range(count):
             if values.get(f"root-{k}", "").strip().lower() == VPCI_ROOT:
                 return []

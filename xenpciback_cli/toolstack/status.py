@@ -18,6 +18,7 @@ from xenpciback_cli.toolstack.domains import libxl_holders
 from xenpciback_cli.toolstack.handshake import frontend_state
 from xenpciback_cli.toolstack.xenbus import XenbusState, next_move, parse_state
 from xenpciback_cli.toolstack.xsexec import list_or_empty, read_backend, read_or_none
+from xenpciback_cli.untrusted import decimal
 
 
 def _name(state: XenbusState | None) -> str | None:
@@ -107,7 +108,7 @@ def attachments(client: Any) -> dict[Bdf, Attachment]:
     out: dict[Bdf, Attachment] = {}
     root = f"/local/domain/{L.BACKEND_DOMID}/backend/pci"
     for child in list_or_empty(client, root):
-        if not child.isdigit():
+        if decimal(child, max_digits=5) is None:
             continue
         view = read_backend(client, int(child))
         for entry in view.entries:

@@ -12,6 +12,7 @@ Values come from xenstore, which a guest can write: :func:`parse_state` never ra
 from __future__ import annotations
 
 from enum import IntEnum
+from xenpciback_cli.untrusted import decimal
 
 
 class XenbusState(IntEnum):
@@ -56,9 +57,9 @@ def parse_state(raw: bytes | str | None) -> XenbusState | None:
         return None
     text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
     text = text.strip()
-    if not text.isdigit() or len(text) > 3:
+    value = decimal(text, max_digits=3)
+    if value is None:
         return None
-    value = int(text)
     try:
         return XenbusState(value)
     except ValueError:

@@ -18,6 +18,7 @@ import errno as _errno
 import struct
 from enum import IntEnum
 from typing import NamedTuple
+from xenpciback_cli.untrusted import decimal
 
 HEADER = struct.Struct("<IIII")
 HEADER_SIZE = HEADER.size
@@ -107,9 +108,10 @@ class Perm(NamedTuple):
     @classmethod
     def parse(cls, text: str) -> Perm:
         """``"r5"`` -> ``Perm(5, 'r')``; raises ValueError on anything else."""
-        if len(text) < 2 or text[0] not in "nrwb" or not text[1:].isdigit():
+        domid = decimal(text[1:])
+        if not text or text[0] not in "nrwb" or domid is None:
             raise ValueError(f"bad permission {text!r} (want n|r|w|b followed by a domain id)")
-        return cls(int(text[1:]), text[0])
+        return cls(domid, text[0])
 
 
 # -- encoding -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from xenpciback_cli.xenstore.daemon.store import (Store, StoreError, Tree, TxVie
                                                    canonical, is_under, parent_of)
 from xenpciback_cli.xenstore.wire import REL_PATH_MAX, Message, Perm
 from xenpciback_cli.xenstore.wire import MessageType as T
+from xenpciback_cli.untrusted import decimal
 
 SPECIAL_WATCHES = ("@introduceDomain", "@releaseDomain")
 _encode = wire.encode
@@ -154,7 +155,8 @@ class Core:
 
     @staticmethod
     def _domid(text: str) -> int:
-        if not text.isdigit() or int(text) > 0x7FEF:
+        value = decimal(text, max_digits=5)
+        if value is None or value > 0x7FEF:
             raise StoreError("EINVAL")
         return int(text)
 
@@ -177,7 +179,7 @@ class Core:
 
     def _directory_part(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
         path_text, offset_text = self._args(msg.payload, 2)
-        if not offset_text.isdigit():
+        if decimal(offset_text) is None:
             raise StoreError("EINVAL")
         node = self._tree(conn, tx).children(self._path(conn, path_text))
         blob = b"".join(c.encode("utf-8", "surrogateescape") + b"\0" for c in node.children)
@@ -349,7 +351,7 @@ class Core:
             raise StoreError("EACCES")
         domid_t, mfn_t, port_t = self._args(msg.payload, 3)
         domid = self._domid(domid_t)
-        if not mfn_t.isdigit() or not port_t.isdigit():
+        if decimal(mfn_t) is None or decimal(port_t) is None:
             raise StoreError("EINVAL")
         if domid in self.domains:
             return wire.OK  # already introduced: no event (C xenstored)
