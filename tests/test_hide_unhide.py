@@ -219,8 +219,12 @@ def test_demo_runs_on_a_fresh_sandbox(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "seized 0000:03:00.0: igb -> pciback" in run.stdout
     assert "refusing to hide 0000:01:00.0" in run.stdout and "(exit 3" in run.stdout
+    assert "0000:03:00.0 attached to domain 5" in run.stdout
+    assert "backend 4 (Connected), frontend 4 (Connected)" in run.stdout
+    assert "0000:03:00.0 detached from domain 5" in run.stdout
     assert "released 0000:03:00.0: now igb" in run.stdout
     assert open_sandbox(tmp_path / "demo").device(NIC0).driver == "igb"
+    assert not (tmp_path / "demo" / "xenstore" / "pid").exists()  # its daemons are stopped
 
 
 def test_json_refusal_lists_the_checks(box):

@@ -138,3 +138,22 @@ def test_status_shows_a_guests_error_node_inertly(sandbox):
                     "22 \x1b[31mred"], env=env, check=True, timeout=30)
     out = run(sandbox, "status", "--domid", "6").stdout
     assert "frontend error: 22 \\x1b[31mred" in out and "\x1b" not in out
+
+
+def test_status_wait_returns_once_connected_and_names_the_stall_otherwise(sandbox):
+    run(sandbox, "sandbox", "domain", "create", "11")
+    run(sandbox, "attach", "0000:04:10.3", "--domid", "11", "--seize")
+    out = run(sandbox, "status", "--domid", "11", "--wait", "20")
+    assert out.stdout.startswith("domain 11 (guest11): backend 4 (Connected), frontend 4 (Connected)")
+
+    run(sandbox, "sandbox", "domain", "create", "12", "--no-guest")  # nobody plays the guest
+    run(sandbox, "attach", "0000:04:10.1", "--domid", "12", "--seize")
+    out = run(sandbox, "status", "--domid", "12", "--wait", "0.5", check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.count("\n") == 1
+    assert re.match(r"xen-pciback: error: timed out after 0.5s waiting for domain 12's backend and "
+                    r"guest to connect: backend state 1 \(Initialising\)", out.stderr), out.stderr
+    run(sandbox, "detach", "0000:04:10.3", "--domid", "11")
+    run(sandbox, "detach", "0000:04:10.1", "--domid", "12", "--force")
+    run(sandbox, "sandbox", "domain", "destroy", "11")
+    run(sandbox, "sandbox", "domain", "destroy", "12")

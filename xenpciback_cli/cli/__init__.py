@@ -18,7 +18,7 @@ from xenpciback_cli import __version__
 #: name -> (module under xenpciback_cli.cli, attribute, one-line help shown by ``--help``).
 #: The help text lives here so that ``xen-pciback --help`` imports no command module.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("demo", "command", "Show list, hide and unhide on a fresh sandbox."),
+    "demo": ("demo", "command", "Walk through hide, attach, inspect, detach, unhide on a fresh sandbox."),
     "list": ("list_cmd", "command", "List PCI devices with driver, state and IOMMU group."),
     "hide": ("hide", "command", "Seize devices from their host drivers for passthrough."),
     "unhide": ("unhide", "command", "Release seized devices, optionally rebinding the original driver."),

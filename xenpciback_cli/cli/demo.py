@@ -1,4 +1,8 @@
-"""``xen-pciback demo``: list, hide, refused hide, unhide on a fresh sandbox - the README's first command."""
+"""``xen-pciback demo``: the whole flow on a fresh sandbox - the README's first command.
+
+list, hide, a refused hide, a guest domain, attach, status, the guest's config-space view,
+detach, unhide --rebind, list. Each step is the real command, run in-process and shown as typed.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,12 @@ import click
               help="Build the demo sandbox in DIR (empty or absent) and keep it; default: a temporary one.")
 @click.pass_obj
 def command(app: object, sandbox_dir: str | None) -> None:
-    """Create a sandbox and run, showing each command: list, hide 0000:03:00.0, list, a refused
-    hide of the NVMe drive holding the root filesystem, unhide --rebind, list."""
+    """Create a sandbox and walk through the whole flow, showing each command.
+
+    list; hide the NIC 0000:03:00.0; a refused hide of the NVMe drive holding the root
+    filesystem; create guest domain 5; attach the NIC to it; status; the config space the guest
+    sees; detach; unhide --rebind; list.
+    """
     import shutil
     import tempfile
 
@@ -27,8 +35,11 @@ def command(app: object, sandbox_dir: str | None) -> None:
     try:
         create_sandbox(directory)
         terminal.line(f"# a simulated host in {directory} (nothing on this machine is touched)")
-        steps = [["list"], ["hide", "0000:03:00.0"], ["list", "--seized"], ["hide", "0000:01:00.0"],
-                 ["unhide", "--rebind", "0000:03:00.0"], ["list"]]
+        nic = "0000:03:00.0"
+        steps = [["list"], ["hide", nic], ["hide", "0000:01:00.0"],
+                 ["sandbox", "domain", "create", "5"], ["attach", nic, "--domid", "5"],
+                 ["list", "--seized"], ["status", "--domid", "5", "--wait", "10"], ["inspect", nic, "--diff"],
+                 ["detach", nic, "--domid", "5"], ["unhide", "--rebind", nic], ["list"]]
         extra = ["--no-color"] if not app.settings.color else []  # type: ignore[attr-defined]
         for step in steps:
             terminal.line("")
@@ -46,5 +57,17 @@ def command(app: object, sandbox_dir: str | None) -> None:
             terminal.line("")
             terminal.line(f"# the sandbox stays in {directory}: try 'xen-pciback --sandbox {directory} list'")
     finally:
+        _stop_daemons(directory)
         if temporary:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _stop_daemons(directory: str) -> None:
+    """The sandbox's xenstored (and the simulated guest peers that hang on it) must not outlive
+    a temporary demo."""
+    from xenpciback_cli.xenstore.sandbox import SandboxDaemonError, stop
+
+    try:
+        stop(directory)
+    except (SandboxDaemonError, OSError):
+        pass

@@ -8,15 +8,22 @@ import click
 @click.command("status")
 @click.option("--domid", "-d", type=int, required=True, help="Guest domain id.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="First wait until backend and guest are both Connected; on timeout fail (exit 1) "
+                   "naming the stuck state and whose move it is.")
 @click.pass_obj
-def command(app: object, domid: int, socket_path: str | None) -> None:
+def command(app: object, domid: int, socket_path: str | None, wait_seconds: float | None) -> None:
     """Show each device's state-N and vdev-N, both ends' states by name, and errors."""
     from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.toolstack.handshake import both_connected, wait_for
     from xenpciback_cli.toolstack.session import open_xenstore
     from xenpciback_cli.toolstack.status import domain_status
 
     term = terminal_for(app)
     with open_xenstore(app, socket_path) as client:
+        if wait_seconds is not None:
+            wait_for(client, domid, both_connected, timeout=wait_seconds,
+                     what=f"waiting for domain {domid}'s backend and guest to connect")
         status = domain_status(client, domid)
     if app.settings.json:  # type: ignore[attr-defined]
         term.json(status.to_json())

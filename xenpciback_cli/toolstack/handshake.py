@@ -75,6 +75,11 @@ def wait_for(client: Any, domid: int, done: Callable[[BackendView, XenbusState |
                            view.state, fe)
 
 
+def both_connected(view: BackendView, fe: XenbusState | None) -> bool:
+    """The guest is using its PCI bus: both ends of the handshake reached Connected."""
+    return view.state == XenbusState.CONNECTED and fe == XenbusState.CONNECTED
+
+
 def backend_connected(view: BackendView, fe: XenbusState | None) -> bool:
     return view.state == XenbusState.CONNECTED
 
