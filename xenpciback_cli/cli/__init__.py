@@ -130,9 +130,9 @@ def cli(ctx: click.Context, sandbox: str | None, sysfs_root: str, state_dir: str
         json_output: bool, verbose: int, no_color: bool) -> None:
     """Administer Xen PCI passthrough on the host (dom0).
 
-    Seize devices from their host drivers, attach them to guests through xenstore, inspect
-    the config space a guest sees, and serve guests as a userspace pciback. Everything runs
-    against a simulated host with --sandbox DIR (create one with 'sandbox init DIR').
+    Seize devices from their host drivers, attach them to guests through xenstore, and inspect
+    the config space a guest sees. Everything runs against a simulated host with --sandbox DIR
+    (create one with 'sandbox init DIR'; 'demo' shows the whole flow on one).
     """
     from xenpciback_cli.app import Application, Settings
 
