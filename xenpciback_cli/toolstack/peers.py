@@ -21,11 +21,13 @@ parsed defensively: both peers face a party that may write junk.
 
 from __future__ import annotations
 
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack.libxl_layout import (
+    DeviceEntry,
     BackendView,
     backend_path,
     format_vdev,
@@ -141,16 +143,21 @@ class SimBackend:
         return [Write(f"{self.path}/root-{count}", VPCI_ROOT),
                 Write(f"{self.path}/root_num", str(count + 1))]
 
+    def _export_entry(self, entry: DeviceEntry, roots: dict[str, str]) -> list[Op]:
+        """Export one ``dev-i``; ``roots`` tracks the root nodes this round has written so far,
+        so a second device on the same bus does not publish its root twice."""
+        step = self._export(entry.index, entry.raw.get("dev"), roots)
+        for op in step:
+            if isinstance(op, Write) and op.path.startswith(self.path + "/root"):
+                roots[op.path.rsplit("/", 1)[1]] = op.value
+        return step
+
     def _reconfigure(self, view: BackendView, values: Mapping[str, str]) -> list[Op]:
         ops: list[Op] = []
         roots = dict(values)
         for entry in view.entries:
             if entry.state == S.INITIALISING:
-                step = self._export(entry.index, entry.raw.get("dev"), roots)
-                ops += step
-                for op in step:
-                    if isinstance(op, Write) and op.path.startswith(self.path + "/root"):
-                        roots[op.path.rsplit("/", 1)[1]] = op.value
+                ops += self._export_entry(entry, roots)
                 if self.errors:
                     return ops
             elif entry.state == S.CLOSING:
@@ -178,11 +185,7 @@ class SimBackend:
             ops: list[Op] = []
             roots = dict(values)
             for entry in view.entries:
-                step = self._export(entry.index, entry.raw.get("dev"), roots)
-                ops += step
-                for op in step:
-                    if isinstance(op, Write) and op.path.startswith(self.path + "/root"):
-                        roots[op.path.rsplit("/", 1)[1]] = op.value
+                ops += self._export_entry(entry, roots)
                 if self.errors:
                     return ops
             if not view.entries:
