@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,9 +36,12 @@ def invoke(*args: object) -> Run:
 
 
 def script(*args: object, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """The console entry point in a real process (``python -m xenpciback_cli``), our tree first."""
+    """The installed ``xen-pciback`` console script in a real process (``python -m
+    xenpciback_cli`` where it is not installed), our tree first on the path."""
     environment = dict(os.environ)
     environment["PYTHONPATH"] = str(REPO) + os.pathsep + environment.get("PYTHONPATH", "")
     environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "xenpciback_cli", *[str(a) for a in args]],
+    installed = shutil.which("xen-pciback")
+    entry = [installed] if installed else [sys.executable, "-m", "xenpciback_cli"]
+    return subprocess.run([*entry, *[str(a) for a in args]],
                           capture_output=True, text=True, env=environment, timeout=timeout)

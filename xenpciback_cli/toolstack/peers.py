@@ -21,7 +21,6 @@ parsed defensively: both peers face a party that may write junk.
 
 from __future__ import annotations
 
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
