@@ -1,4 +1,15 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the guard that keeps tests off this machine's real /sys.
+
+This machine's own PCI devices are its disk and network: tests act on a sandbox or a temporary
+tree. So that a test which forgets ``--sandbox`` cannot reach the real /sys (in this process or in
+a subprocess, which inherits the environment), the default sysfs root for the whole session points
+at a path that does not exist. Tests that read the real /sys on purpose say ``--sysfs-root /sys``
+(or ``SysfsHost("/sys")``) explicitly.
+"""
+
+import os
+
+os.environ["XEN_PCIBACK_SYSFS_ROOT"] = "/nonexistent/xen-pciback-tests-must-not-touch-the-real-sys"
 
 # -- xenstore daemons (tests/xsdaemons.py): keep these fixture names stable, others reuse them --
 import sys

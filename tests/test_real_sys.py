@@ -39,8 +39,8 @@ def lspci_devices() -> dict[str, dict[str, str | None]]:
 def our_list() -> list[dict]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("XEN_PCIBACK_SANDBOX", None)
-    env.pop("XEN_PCIBACK_SYSFS_ROOT", None)
-    result = subprocess.run([sys.executable, "-m", "xenpciback_cli", "--json", "list"],
+    result = subprocess.run([sys.executable, "-m", "xenpciback_cli", "--sysfs-root", "/sys", "--json",
+                             "list"],
                             capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

@@ -187,7 +187,7 @@ def test_inspect_real_host_devices_through_the_host_model(capsys, require_lspci)
         pytest.skip("no PCI devices")
     from test_config_decode import lspci_regions
 
-    code, out, err = run(capsys, "--json", "inspect", *names)
+    code, out, err = run(capsys, "--sysfs-root", "/sys", "--json", "inspect", *names)
     assert code == 0, err
     reports = {r["bdf"]: r for r in json.loads(out)}
     regions = lspci_regions(["-vvv", "-D"])
