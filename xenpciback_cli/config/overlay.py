@@ -89,6 +89,8 @@ _GUEST = int(COMMAND_GUEST_BITS)
 _NOT_GUEST = ~_GUEST & 0xFFFF
 #: PMCSR bits a guest writes besides the power state.
 _PM_GUEST_BITS = PM_CTRL_PME_STATUS | PM_CTRL_DATA_SEL_MASK
+#: Write kinds whose handler does nothing at all (a whole-field write needs no call).
+_NOOP_KINDS = frozenset({"drop", "readonly"})
 #: Write kinds whose handler changes the field's virtual value.
 _CHANGING_KINDS = frozenset({"command", "bar", "rom"})
 
@@ -344,10 +346,6 @@ class OverlayDevice:
     # Negative offsets give negative keys (never present); sizes above 4 are refused first.
 
     def _rebuild_tables(self) -> None:
-        self._shadow = bytearray(self.config_size)
-        for field in self._fields:
-            self._shadow[field.offset:field.end] = \
-                (field.virtual & ~field.hw_mask & field.width_mask).to_bytes(field.size, "little")
         reads: dict[int, tuple[int, int, tuple[int, int]]] = {}
         plans: dict[int, tuple[Field, ...]] = {}
         whole: dict[int, tuple[object, Field, int]] = {}
@@ -368,12 +366,17 @@ class OverlayDevice:
                     hwmask |= ((owner.hw_mask >> shift) & 0xFF) << (8 * i)
                     if owner not in seen:
                         seen.append(owner)
-                virt = int.from_bytes(self._shadow[offset:offset + size], "little")
+                virt = self._virtual_value(offset, size)
                 reads[key] = (hwmask, virt, (_OK, virt))
                 seen.sort(key=self._fields.index)  # Linux applies fields in list order
                 plans[key] = tuple(seen)
-                if len(seen) == 1 and seen[0].offset == offset and seen[0].size == size:
-                    whole[key] = (seen[0].writer, seen[0], _WIDTH[size])
+                if not seen:  # no field: dropped, or written through in permissive mode
+                    whole[key] = (self._w_unowned, key, _WIDTH[size])
+                elif len(seen) == 1 and seen[0].offset == offset and seen[0].size == size:
+                    field = seen[0]
+                    # A write that changes nothing needs no call: the reply is ready-made.
+                    writer = None if field.write_kind in _NOOP_KINDS else field.writer
+                    whole[key] = (writer, field, _WIDTH[size])
                 for owner in seen:
                     affected[id(owner)].append((key, offset, size))
         changing = [f for f in self._fields if f.write_kind in _CHANGING_KINDS]
@@ -393,8 +396,8 @@ class OverlayDevice:
         """Change a field's virtual value and refresh the read entries that cover it.
 
         A field's virtual value takes few distinct values (a BAR: address or size mask; COMMAND:
-        what the guest writes), so the shadow bytes and refreshed entries are cached per value
-        and applied with one slice assignment and one dict update. That is valid because no read
+        what the guest writes), so the refreshed entries are cached per value and applied with
+        one dict update. That is valid because no read
         entry covers two fields whose virtual values change (checked when the tables are built;
         such fields are not cached).
         """
@@ -402,23 +405,27 @@ class OverlayDevice:
         if value == field.virtual:
             return
         field.virtual = value
-        start = field.offset
         cache = field.entry_cache
-        hit = cache.get(value) if cache is not None else None
-        if hit is not None:
-            raw, entries = hit
-            self._shadow[start:start + field.size] = raw
-        else:
-            raw = (value & ~field.hw_mask & field.width_mask).to_bytes(field.size, "little")
-            shadow = self._shadow
-            shadow[start:start + field.size] = raw
+        entries = cache.get(value) if cache is not None else None
+        if entries is None:
             entries = {}
             for key, offset, size, hwmask in field.read_entries:
-                virt = int.from_bytes(shadow[offset:offset + size], "little")
+                virt = self._virtual_value(offset, size)
                 entries[key] = (hwmask, virt, (_OK, virt))
             if cache is not None and len(cache) < 32:
-                cache[value] = (raw, entries)
+                cache[value] = entries
         self._reads.update(entries)
+
+    def _virtual_value(self, offset: int, size: int) -> int:
+        """The virtual bits of ``size`` bytes at ``offset``, from the fields that own them."""
+        value = 0
+        owners = self._owner
+        for i in range(size):
+            owner = owners[offset + i]
+            if owner is not None:
+                shift = 8 * (offset + i - owner.offset)
+                value |= (((owner.virtual & ~owner.hw_mask) >> shift) & 0xFF) << (8 * i)
+        return value
 
     # -- the guest's ops (hot path) ----------------------------------------------------------
     def _make_ops(self) -> tuple[Callable[..., tuple[int, int]], Callable[..., tuple[int, int]]]:
@@ -433,6 +440,7 @@ class OverlayDevice:
         get_whole = self._whole.get
         hw_read = self._hw_read
         invalid = (_INVALID, 0)
+        done = (_OK, 0)
         write_parts = self._write_parts
 
         def op_read(offset: int, size: int, _value: int = 0) -> tuple[int, int]:
@@ -457,7 +465,9 @@ class OverlayDevice:
             entry = get_whole(key)
             if entry is None:
                 return write_parts(key, offset, size, value), 0
-            writer, field, width = entry  # exactly one whole field: nothing to merge
+            writer, field, width = entry  # exactly one whole field (or none): nothing to merge
+            if writer is None:
+                return done
             try:
                 return writer(field, value & width), 0
             except ConfigAccessError as exc:
@@ -473,23 +483,25 @@ class OverlayDevice:
         """A guest ``conf_write``: the wire error code."""
         return self.op_write(offset, size, value)[0]
 
+    def _w_unowned(self, key: int, value: int) -> int:
+        """A write to bytes no field owns: through to hardware only in permissive mode."""
+        if self.permissive or self.policy.permissive:
+            self._hw_write(key >> 3, key & 7, value)
+        else:
+            if not self.dropped_writes:
+                self.events.append(
+                    f"guest tried to write to read-only config space at {key >> 3:#x} "
+                    f"(size {key & 7}); dropped (logged once)")
+            self.dropped_writes += 1
+        return _OK
+
     def _write_parts(self, key: int, offset: int, size: int, value: int) -> int:
-        """A write that is not exactly one field: no field, part of one, or several."""
+        """A write that is not exactly one field: part of one, or several."""
         fields = self._plans.get(key)
         if fields is None:
             return _INVALID
         value &= _WIDTH[size]
         try:
-            if not fields:
-                if self.permissive or self.policy.permissive:
-                    self._hw_write(offset, size, value)
-                else:
-                    if not self.dropped_writes:
-                        self.events.append(
-                            f"guest tried to write to read-only config space at {offset:#x} "
-                            f"(size {size}); dropped (logged once)")
-                    self.dropped_writes += 1
-                return _OK
             err = _OK
             for field in fields:
                 current = self._field_value(field)
