@@ -72,3 +72,13 @@ def test_no_xenstore_path_means_no_client(tmp_path, monkeypatch):
     assert not any_candidate_exists({"XENSTORED_PATH": str(tmp_path / "none")})
     (tmp_path / "sock").touch()
     assert any_candidate_exists({"XENSTORED_PATH": str(tmp_path / "sock")})
+
+
+def test_attribute_reads_are_whole_beyond_one_page(tmp_path):
+    from xenpciback_cli.host.sysfs import _read
+
+    for length in (0, 7, 4095, 4096, 4097, 70000):  # 64 KiB-page kernels have longer attributes
+        path = tmp_path / f"attr{length}"
+        path.write_text("a" * length + "\n")
+        assert _read(str(path)) == "a" * length
+    assert _read(str(tmp_path / "absent")) is None

@@ -38,7 +38,15 @@ def _read(path: str) -> str | None:
     except OSError:
         return None
     try:
-        return os.read(fd, 65536).decode("ascii", "replace").strip()
+        # A page at a time: attributes are short, and a 64 KiB buffer per read (allocated and
+        # shrunk ~1500 times by list) costs page faults when memory is tight.
+        data = os.read(fd, 4096)
+        if len(data) == 4096:  # a long attribute (64 KiB pages): read on to the end
+            chunks = [data]
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data.decode("ascii", "replace").strip()
     except OSError:
         return None
     finally:
