@@ -85,10 +85,13 @@ class Application:
     def attachment_details(self) -> dict:
         """Bdf -> toolstack.status.Attachment (domid, guest address) from xenstore."""
         if "_attachments" not in self.__dict__:
-            from xenpciback_cli.toolstack.status import attachments
-
             client = self.xenstore()
-            self.__dict__["_attachments"] = attachments(client) if client is not None else {}
+            if client is None:  # no Xen here: nothing attached, and no toolstack code to import
+                self.__dict__["_attachments"] = {}
+            else:
+                from xenpciback_cli.toolstack.status import attachments
+
+                self.__dict__["_attachments"] = attachments(client)
         return self.__dict__["_attachments"]
 
     def attachments(self) -> dict:

@@ -39,7 +39,8 @@ def command(app: object, patterns: tuple[str, ...], seized_only: bool, class_tex
     attached = app.attachment_details()  # type: ignore[attr-defined]
     rows = inventory(app.host, state_dir=app.state_dir, patterns=parsed,  # type: ignore[attr-defined]
                      class_filter=class_filter, seized_only=seized_only,
-                     attachments={bdf: a.domid for bdf, a in attached.items()})
+                     attachments={bdf: a.domid for bdf, a in attached.items()},
+                     brief=not settings.json)  # the table shows no other attribute
 
     def guest_address(bdf: object) -> str | None:
         a = attached.get(bdf)

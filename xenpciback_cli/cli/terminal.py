@@ -58,8 +58,8 @@ class Terminal:
 
     # -- structured output -------------------------------------------------------------------
     def json(self, data: Any) -> None:
-        json.dump(data, self.stdout, indent=2, sort_keys=False, default=str)
-        self.stdout.write("\n")
+        # One string, one write: json.dump with indent writes every token separately.
+        self.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
               fmt: str | None = None, title: str | None = None) -> None:

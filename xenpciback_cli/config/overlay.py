@@ -20,7 +20,7 @@ hardware; the pairs are refreshed for the few affected entries whenever a virtua
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from xenpciback_cli.config import capabilities
@@ -87,6 +87,10 @@ _MWI = int(Command.INVALIDATE)
 _INTX_DISABLE = int(Command.INTX_DISABLE)
 _GUEST = int(COMMAND_GUEST_BITS)
 _NOT_GUEST = ~_GUEST & 0xFFFF
+#: PMCSR bits a guest writes besides the power state.
+_PM_GUEST_BITS = PM_CTRL_PME_STATUS | PM_CTRL_DATA_SEL_MASK
+#: Write kinds whose handler does nothing at all (a whole-field write needs no call).
+_NOOP_KINDS = frozenset({"drop", "readonly"})
 #: Write kinds whose handler changes the field's virtual value.
 _CHANGING_KINDS = frozenset({"command", "bar", "rom"})
 
@@ -120,7 +124,8 @@ class OverlayDevice:
                  allow_interrupt_control: bool = False, quirks: Iterable[Quirk] = (),
                  policy: Policy | None = None) -> None:
         self._hw = hw
-        self._hw_read = hw.read  # bound once: the read hot path calls it directly
+        self._hw_read = hw.read  # bound once: the hot paths call these directly
+        self._hw_write = hw.write
         self.permissive = permissive
         self.allow_interrupt_control = allow_interrupt_control
         self.policy = policy if policy is not None else GLOBAL_POLICY
@@ -151,10 +156,17 @@ class OverlayDevice:
             "pmcsr": self._w_pmcsr, "msi_flags": self._w_msi_flags,
             "msix_flags": self._w_msix_flags,
         }
+        # The lookup tables are filled (and refilled, in place) by _rebuild_tables; the op
+        # closures made below hold them directly.
+        self._reads: dict[int, tuple[int, int, tuple[int, int]]] = {}
+        self._plans: dict[int, tuple[Field, ...]] = {}
+        self._whole: dict[int, tuple[object, Field, int]] = {}
+        self._tables_built = False
         self._build(snapshot)
         for quirk in quirks:
             self.add_quirk(quirk)
         self._rebuild_tables()
+        self.op_read, self.op_write = self._make_ops()
 
     @classmethod
     def for_device(cls, hw: HardwareAccessor, device: PciDevice, **options: object) -> OverlayDevice:
@@ -265,9 +277,9 @@ class OverlayDevice:
         self._hwf(pos + 4, 2, "PM control/status", "pmcsr")
         self._hwf(pos + 6, 1, "PM bridge extensions")
         self._hwf(pos + 7, 1, "PM data")
-        pmcsr = self._hw.read(pos + 4, 2)
+        pmcsr = self._hw_read(pos + 4, 2)
         if pmcsr & PM_CTRL_PME_ENABLE:  # a guest must not get wake-ups armed by the host
-            self._hw.write(pos + 4, 2, pmcsr & ~PM_CTRL_PME_ENABLE & ~PM_CTRL_PME_STATUS)
+            self._hw_write(pos + 4, 2, pmcsr & ~PM_CTRL_PME_ENABLE & ~PM_CTRL_PME_STATUS)
 
     def _build_msi(self, pos: int, snap: bytes) -> None:
         self._msi = pos
@@ -316,7 +328,7 @@ class OverlayDevice:
                          if self._owner[b] is not None)
             raise QuirkError(f"quirk at {offset:#x} overlaps the {owner.name} field at "
                              f"{owner.offset:#x}")
-        if hasattr(self, "_reads"):
+        if self._tables_built:
             self._rebuild_tables()
         return field
 
@@ -334,13 +346,12 @@ class OverlayDevice:
     # Negative offsets give negative keys (never present); sizes above 4 are refused first.
 
     def _rebuild_tables(self) -> None:
-        self._shadow = bytearray(self.config_size)
-        for field in self._fields:
-            self._shadow[field.offset:field.end] = \
-                (field.virtual & ~field.hw_mask & field.width_mask).to_bytes(field.size, "little")
-        self._reads: dict[int, tuple[int, int]] = {}
-        self._plans: dict[int, tuple[Field, ...]] = {}
+        reads: dict[int, tuple[int, int, tuple[int, int]]] = {}
+        plans: dict[int, tuple[Field, ...]] = {}
+        whole: dict[int, tuple[object, Field, int]] = {}
         affected: dict[int, list[tuple[int, int, int]]] = {id(f): [] for f in self._fields}
+        for field in self._fields:
+            field.writer = self._writers[field.write_kind]
         for size in _SIZES:
             for offset in range(0, self.config_size, size):
                 key = offset << 3 | size
@@ -355,86 +366,142 @@ class OverlayDevice:
                     hwmask |= ((owner.hw_mask >> shift) & 0xFF) << (8 * i)
                     if owner not in seen:
                         seen.append(owner)
-                virt = int.from_bytes(self._shadow[offset:offset + size], "little")
-                self._reads[key] = (hwmask, virt)
+                virt = self._virtual_value(offset, size)
+                reads[key] = (hwmask, virt, (_OK, virt))
                 seen.sort(key=self._fields.index)  # Linux applies fields in list order
-                self._plans[key] = tuple(seen)
+                plans[key] = tuple(seen)
+                if not seen:  # no field: dropped, or written through in permissive mode
+                    whole[key] = (self._w_unowned, key, _WIDTH[size])
+                elif len(seen) == 1 and seen[0].offset == offset and seen[0].size == size:
+                    field = seen[0]
+                    # A write that changes nothing needs no call: the reply is ready-made.
+                    writer = None if field.write_kind in _NOOP_KINDS else field.writer
+                    whole[key] = (writer, field, _WIDTH[size])
                 for owner in seen:
                     affected[id(owner)].append((key, offset, size))
         changing = [f for f in self._fields if f.write_kind in _CHANGING_KINDS]
         for field in self._fields:
-            field.read_entries = tuple((key, offset, size, self._reads[key][0])
+            field.read_entries = tuple((key, offset, size, reads[key][0])
                                        for key, offset, size in affected[id(field)])
-            field.writer = self._writers[field.write_kind]
-            shares = any(other is not field and other in self._plans[key]
+            shares = any(other is not field and other in plans[key]
                          for other in changing for key, _, _ in affected[id(field)])
             field.entry_cache = None if shares else {}
+        # Refilled in place: the op closures hold these very dicts.
+        for table, fresh in ((self._reads, reads), (self._plans, plans), (self._whole, whole)):
+            table.clear()
+            table.update(fresh)
+        self._tables_built = True
 
     def _set_virtual(self, field: Field, value: int) -> None:
         """Change a field's virtual value and refresh the read entries that cover it.
 
         A field's virtual value takes few distinct values (a BAR: address or size mask; COMMAND:
         what the guest writes), so the refreshed entries are cached per value and applied with
-        one dict update. That is valid because no read entry covers two fields whose virtual
-        values change (checked when the tables are built; such fields are not cached).
+        one dict update. That is valid because no read
+        entry covers two fields whose virtual values change (checked when the tables are built;
+        such fields are not cached).
         """
         value &= field.width_mask
         if value == field.virtual:
             return
         field.virtual = value
-        self._shadow[field.offset:field.offset + field.size] = \
-            (value & ~field.hw_mask & field.width_mask).to_bytes(field.size, "little")
         cache = field.entry_cache
         entries = cache.get(value) if cache is not None else None
         if entries is None:
-            shadow = self._shadow
-            entries = {key: (hwmask, int.from_bytes(shadow[offset:offset + size], "little"))
-                       for key, offset, size, hwmask in field.read_entries}
+            entries = {}
+            for key, offset, size, hwmask in field.read_entries:
+                virt = self._virtual_value(offset, size)
+                entries[key] = (hwmask, virt, (_OK, virt))
             if cache is not None and len(cache) < 32:
                 cache[value] = entries
         self._reads.update(entries)
 
-    # -- the guest's ops (hot path) ----------------------------------------------------------
-    def read(self, offset: int, size: int, _value: int = 0) -> tuple[int, int]:
-        """A guest ``conf_read``: ``(err, value)``; value holds only the requested bytes.
+    def _virtual_value(self, offset: int, size: int) -> int:
+        """The virtual bits of ``size`` bytes at ``offset``, from the fields that own them."""
+        value = 0
+        owners = self._owner
+        for i in range(size):
+            owner = owners[offset + i]
+            if owner is not None:
+                shift = 8 * (offset + i - owner.offset)
+                value |= (((owner.virtual & ~owner.hw_mask) >> shift) & 0xFF) << (8 * i)
+        return value
 
-        The ignored third argument gives it the op dispatcher's signature, so ``serve`` can put
-        this bound method straight into its dispatch dict (``op_read``) with no extra call.
+    # -- the guest's ops (hot path) ----------------------------------------------------------
+    def _make_ops(self) -> tuple[Callable[..., tuple[int, int]], Callable[..., tuple[int, int]]]:
+        """The guest's ``conf_read`` and ``conf_write`` as closures over the lookup tables.
+
+        Both take ``(offset, size, value)`` and return ``(err, value)``, the op dispatcher's
+        signature, so ``serve`` puts them straight into its dispatch dict. Closures rather than
+        methods because this is the per-op path: the tables and the hardware's bound methods are
+        local cells, not attribute lookups, and every valid (offset, size) is one dict lookup.
         """
-        entry = self._reads.get(offset << 3 | size) if size <= 4 else None
-        if entry is None:
-            return _INVALID_READ
-        hwmask, virt = entry
-        if hwmask:
+        get_read = self._reads.get
+        get_whole = self._whole.get
+        hw_read = self._hw_read
+        invalid = (_INVALID, 0)
+        done = (_OK, 0)
+        write_parts = self._write_parts
+
+        def op_read(offset: int, size: int, _value: int = 0) -> tuple[int, int]:
+            # Keys are offset << 3 | size; sizes above 4 would alias other keys, so they go first.
+            if size > 4:
+                return invalid
+            entry = get_read(offset << 3 | size)
+            if entry is None:
+                return invalid
+            hwmask, virt, reply = entry
+            if hwmask:
+                try:
+                    return _OK, (hw_read(offset, size) & hwmask) | virt
+                except ConfigAccessError as exc:
+                    return exc.err, 0
+            return reply  # emulated or constant: no hardware, no allocation
+
+        def op_write(offset: int, size: int, value: int) -> tuple[int, int]:
+            if size > 4:
+                return invalid
+            key = offset << 3 | size
+            entry = get_whole(key)
+            if entry is None:
+                return write_parts(key, offset, size, value), 0
+            writer, field, width = entry  # exactly one whole field (or none): nothing to merge
+            if writer is None:
+                return done
             try:
-                return _OK, (self._hw_read(offset, size) & hwmask) | virt
+                return writer(field, value & width), 0
             except ConfigAccessError as exc:
                 return exc.err, 0
-        return _OK, virt
+
+        return op_read, op_write
+
+    def read(self, offset: int, size: int, _value: int = 0) -> tuple[int, int]:
+        """A guest ``conf_read``: ``(err, value)``; value holds only the requested bytes."""
+        return self.op_read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> int:
         """A guest ``conf_write``: the wire error code."""
-        if size > 4:
-            return _INVALID
-        fields = self._plans.get(offset << 3 | size)
+        return self.op_write(offset, size, value)[0]
+
+    def _w_unowned(self, key: int, value: int) -> int:
+        """A write to bytes no field owns: through to hardware only in permissive mode."""
+        if self.permissive or self.policy.permissive:
+            self._hw_write(key >> 3, key & 7, value)
+        else:
+            if not self.dropped_writes:
+                self.events.append(
+                    f"guest tried to write to read-only config space at {key >> 3:#x} "
+                    f"(size {key & 7}); dropped (logged once)")
+            self.dropped_writes += 1
+        return _OK
+
+    def _write_parts(self, key: int, offset: int, size: int, value: int) -> int:
+        """A write that is not exactly one field: part of one, or several."""
+        fields = self._plans.get(key)
         if fields is None:
             return _INVALID
         value &= _WIDTH[size]
         try:
-            if not fields:
-                if self.permissive or self.policy.permissive:
-                    self._hw.write(offset, size, value)
-                else:
-                    if not self.dropped_writes:
-                        self.events.append(
-                            f"guest tried to write to read-only config space at {offset:#x} "
-                            f"(size {size}); dropped (logged once)")
-                    self.dropped_writes += 1
-                return _OK
-            if len(fields) == 1:
-                field = fields[0]
-                if field.offset == offset and field.size == size:
-                    return field.writer(field, value)  # the whole field: nothing to merge
             err = _OK
             for field in fields:
                 current = self._field_value(field)
@@ -450,16 +517,9 @@ class OverlayDevice:
         except ConfigAccessError as exc:
             return exc.err
 
-    #: ``read`` with the op dispatcher's signature: ``handlers[0] = device.op_read``.
-    op_read = read
-
-    def op_write(self, offset: int, size: int, value: int) -> tuple[int, int]:
-        """``write`` with the op dispatcher's signature; a write answers value 0."""
-        return self.write(offset, size, value), 0
-
     def _field_value(self, field: Field) -> int:
         if field.hw_mask:
-            return (self._hw.read(field.offset, field.size) & field.hw_mask) | \
+            return (self._hw_read(field.offset, field.size) & field.hw_mask) | \
                 (field.virtual & ~field.hw_mask)
         return field.virtual
 
@@ -468,20 +528,20 @@ class OverlayDevice:
         return _OK
 
     def _w_hardware(self, field: Field, value: int) -> int:
-        self._hw.write(field.offset, field.size, value)
+        self._hw_write(field.offset, field.size, value)
         return _OK
 
     def _w_masked(self, field: Field, value: int) -> int:
-        current = self._hw.read(field.offset, field.size)
+        current = self._hw_read(field.offset, field.size)
         new = (current & ~field.mask) | (value & field.mask)
         if new != current:
-            self._hw.write(field.offset, field.size, new)
+            self._hw_write(field.offset, field.size, new)
         return _OK
 
     def _w_bist(self, field: Field, value: int) -> int:
-        current = self._hw.read(_BIST, 1)
+        current = self._hw_read(_BIST, 1)
         if value == BIST_START or (value & ~BIST_START) == (current & ~BIST_START):
-            self._hw.write(_BIST, 1, value)
+            self._hw_write(_BIST, 1, value)
         return _OK
 
     def _decode_bits(self) -> int:
@@ -499,7 +559,7 @@ class OverlayDevice:
 
     def _w_command(self, field: Field, value: int) -> int:
         # Plain ints, not the IntFlag members: enum arithmetic costs microseconds per op.
-        hw = self._hw.read(_COMMAND, 2)
+        hw = self._hw_read(_COMMAND, 2)
         new = hw
         if not self.enabled and value & _DECODE:
             new |= self._decode_bits()
@@ -514,7 +574,7 @@ class OverlayDevice:
         else:
             new &= ~_MASTER
         if value & _MWI and not self._vcmd & _MWI:
-            if self._hw.read(_CACHE_LINE, 1):
+            if self._hw_read(_CACHE_LINE, 1):
                 new |= _MWI
             else:  # MWI needs a cache line size; Linux's pci_set_mwi fails the same way
                 value &= ~_MWI
@@ -526,7 +586,7 @@ class OverlayDevice:
             new = (value & _GUEST) | (new & ~_GUEST)
         new &= 0xFFFF
         if new != hw:
-            self._hw.write(_COMMAND, 2, new)
+            self._hw_write(_COMMAND, 2, new)
         self._vcmd = value
         self._set_virtual(field, value & _NOT_GUEST)
         return _OK
@@ -536,50 +596,50 @@ class OverlayDevice:
             self._set_virtual(field, field.bar_len)  # sizing: the guest reads the size mask
             return _OK
         if value == field.bar_val and field.size_known:
-            if self._hw.read(field.offset, 4) != field.bar_val:
-                self._hw.write(field.offset, 4, field.bar_val)  # restore after a reset
+            if self._hw_read(field.offset, 4) != field.bar_val:
+                self._hw_write(field.offset, 4, field.bar_val)  # restore after a reset
         self._set_virtual(field, field.bar_val)
         return _OK
 
     def _w_vpd_address(self, field: Field, value: int) -> int:
         if value & VPD_ADDR_F:
             return _DENIED  # a VPD write request: guests may read VPD, never write it
-        self._hw.write(field.offset, 2, value)
+        self._hw_write(field.offset, 2, value)
         return _OK
 
     def _w_pmcsr(self, field: Field, value: int) -> int:
         pos = field.offset - 4
-        allowed = PM_CTRL_PME_STATUS | PM_CTRL_DATA_SEL_MASK
-        current = self._hw.read(field.offset, 2)
+        allowed = _PM_GUEST_BITS
+        current = self._hw_read(field.offset, 2)
         if (current & allowed) != (value & allowed):
-            self._hw.write(field.offset, 2, (current & ~allowed & ~PM_CTRL_PME_ENABLE)
+            self._hw_write(field.offset, 2, (current & ~allowed & ~PM_CTRL_PME_ENABLE)
                            | (value & allowed))
-            current = self._hw.read(field.offset, 2)
+            current = self._hw_read(field.offset, 2)
         target = value & PM_CTRL_STATE_MASK
         state = current & PM_CTRL_STATE_MASK
         if target == state:
             return _OK
-        pmc = self._hw.read(pos + 2, 2)
+        pmc = self._hw_read(pos + 2, 2)
         if (target == 1 and not pmc & PM_CAP_D1) or (target == 2 and not pmc & PM_CAP_D2):
             return _DENIED
         if target and state and target < state:
             return _DENIED  # from D1-D3hot only deeper, or back to D0
-        self._hw.write(field.offset, 2, (current & ~PM_CTRL_STATE_MASK & ~PM_CTRL_PME_STATUS
+        self._hw_write(field.offset, 2, (current & ~PM_CTRL_STATE_MASK & ~PM_CTRL_PME_STATUS
                                          & ~PM_CTRL_PME_ENABLE) | target)
         return _OK
 
     def _interrupt_type(self) -> str:
-        if self._msi is not None and self._hw.read(self._msi + 2, 2) & MSI_FLAGS_ENABLE:
+        if self._msi is not None and self._hw_read(self._msi + 2, 2) & MSI_FLAGS_ENABLE:
             return "msi"
-        if self._msix is not None and self._hw.read(self._msix + 2, 2) & MSIX_FLAGS_ENABLE:
+        if self._msix is not None and self._hw_read(self._msix + 2, 2) & MSIX_FLAGS_ENABLE:
             return "msix"
-        if not self._hw.read(_COMMAND, 2) & _INTX_DISABLE:
+        if not self._hw_read(_COMMAND, 2) & _INTX_DISABLE:
             return "intx"
         return "none"
 
     def _w_irq_flags(self, field: Field, value: int, enable: int, allowed: int,
                      kind: str) -> int:
-        old = self._hw.read(field.offset, 2)
+        old = self._hw_read(field.offset, 2)
         if value == old:
             return _OK
         if self.allow_interrupt_control:
@@ -588,11 +648,11 @@ class OverlayDevice:
             if value & enable and not old & enable and self._interrupt_type() not in \
                     ("none", "intx", kind):
                 return _DENIED
-            self._hw.write(field.offset, 2, value)
+            self._hw_write(field.offset, 2, value)
             return _OK
         if self.permissive or self.policy.permissive:
             # Permissive opens other bits, never the enable bit: that is the enable ops' job.
-            self._hw.write(field.offset, 2, (value & ~enable) | (old & enable))
+            self._hw_write(field.offset, 2, (value & ~enable) | (old & enable))
             return _OK
         return _DENIED
 

@@ -116,10 +116,12 @@ def load_original_drivers(state_dir: Path | None) -> dict[Bdf, str | None]:
 def inventory(host: Host, *, state_dir: Path | None = None,
               attachments: Mapping[Bdf, int] | None = None,
               patterns: Iterable[Any] = (), class_filter: ClassFilter | None = None,
-              seized_only: bool = False) -> list[InventoryRow]:
+              seized_only: bool = False, brief: bool = False) -> list[InventoryRow]:
     """Rows for every device matching the filters, sorted by address.
 
     ``patterns`` are :class:`~xenpciback_cli.pci.spec.BdfPattern` (any of them may match).
+    ``brief``: the caller shows only ids, names, class, driver and IOMMU group, so a host that
+    can load just those (``brief_devices``) may leave the other device attributes at defaults.
     """
     originals = load_original_drivers(state_dir)
     attachments = attachments or {}
@@ -136,7 +138,9 @@ def inventory(host: Host, *, state_dir: Path | None = None,
                 except DeviceNotFound:  # removed meanwhile (a VF destroyed, hot unplug)
                     continue
     else:
-        devices = [d for d in host.devices()
+        brief_devices = getattr(host, "brief_devices", None) if brief else None
+        loaded = brief_devices() if brief_devices is not None else host.devices()
+        devices = [d for d in loaded
                    if not pattern_list or any(p.matches(d.bdf) for p in pattern_list)]
     for device in devices:
         if class_filter is not None and not class_filter.matches(device.class_code):

@@ -57,6 +57,11 @@ def try_open_xenstore(app: Any) -> Any | None:
         except OperationFailed:
             if not (xs_sandbox.xenstore_dir(app.sandbox_dir) / "state.json").exists():
                 return None
+    else:
+        from xenpciback_cli.xenstore.transport import any_candidate_exists
+
+        if not any_candidate_exists():  # no Xen here: skip loading the client at all
+            return None
     try:
         return open_xenstore(app, timeout=5.0)
     except OperationFailed:

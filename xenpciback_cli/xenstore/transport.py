@@ -9,11 +9,20 @@ or a dom0 without a local daemon talks through the kernel's xenbus device, same 
 from __future__ import annotations
 
 import os
-import socket
 import stat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket  # imported where a socket is opened: a host without Xen never needs it
 
 DEVICE_PATHS = ("/dev/xen/xenbus", "/proc/xen/xenbus")
 DEFAULT_SOCKETS = ("/run/xenstored/socket", "/var/run/xenstored/socket")
+
+
+def any_candidate_exists(environ: dict[str, str] | None = None) -> bool:
+    """Whether any place discovery would try exists at all: without one, no daemon can answer
+    and callers that treat "no xenstore" as normal can skip loading the client."""
+    return any(os.path.exists(path) for path in candidate_paths(environ))
 
 
 def candidate_paths(environ: dict[str, str] | None = None) -> list[str]:
@@ -42,6 +51,8 @@ class Transport:
         """Open a socket or a character device; OSError as raised by the system."""
         st = os.stat(path)
         if stat.S_ISSOCK(st.st_mode):
+            import socket
+
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(path)
