@@ -11,6 +11,8 @@ import click
 @click.option("--vslot", metavar="HEX", default=None, help="Guest slot (0-1f), like SPEC@VSLOT.")
 @click.option("--permissive/--no-permissive", default=None,
               help="Let the guest write any config register (caution).")
+@click.option("--quirk", "quirks", multiple=True, metavar="REG:SIZE:MASK",
+              help="Let the guest write register REG (hex, SIZE 1/2/4 bytes) under MASK; repeatable.")
 @click.option("--msitranslate/--no-msitranslate", default=None, help="Record msitranslate=1.")
 @click.option("--power-mgmt/--no-power-mgmt", default=None, help="Record power_mgmt=1 (HVM).")
 @click.option("--rdm-policy", type=click.Choice(["strict", "relaxed"], case_sensitive=False),
@@ -23,7 +25,7 @@ import click
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
 @click.pass_obj
 def command(app: object, spec: str | None, domid: int, vslot: str | None,
-            permissive: bool | None, msitranslate: bool | None, power_mgmt: bool | None,
+            permissive: bool | None, quirks: tuple[str, ...], msitranslate: bool | None, power_mgmt: bool | None,
             rdm_policy: str | None, name: str | None, seize: bool | None, timeout: float,
             no_wait: bool, socket_path: str | None) -> None:
     """Attach SPEC to guest --domid N, hot-plugging when the guest is running.
@@ -34,6 +36,7 @@ def command(app: object, spec: str | None, domid: int, vslot: str | None,
     """
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.errors import InputError
+    from xenpciback_cli.pci.quirk import parse_quirk
     from xenpciback_cli.pci.spec import parse_pci_spec
     from xenpciback_cli.toolstack.attach import AttachSpec, attach
     from xenpciback_cli.toolstack.libxl_layout import PciOptions
@@ -65,12 +68,12 @@ def command(app: object, spec: str | None, domid: int, vslot: str | None,
 
         bdf = Bdf(target.domain or 0, target.bus, target.slot, target.function or 0)
     request = AttachSpec(domid, bdf, all_functions, parsed.vslot, options, parsed.name,
-                         pick(seize, "seize"))
+                         pick(seize, "seize"), tuple(parse_quirk(q) for q in quirks))
     host = host_of(app)
     term = terminal_for(app)
     with open_xenstore(app, socket_path) as client:
         result = attach(client, request, host=host, seize_fn=seizer_of(app, host) if host else None,
-                        timeout=timeout, wait=not no_wait)
+                        timeout=timeout, wait=not no_wait, state_dir=str(app.state_dir))
     if app.settings.json:  # type: ignore[attr-defined]
         term.json(result.to_json())
         return
@@ -79,5 +82,10 @@ def command(app: object, spec: str | None, domid: int, vslot: str | None,
         where = f" at guest address {vdev}" if vdev else ""
         how = "hot-plugged into" if result.hotplug else "attached to"
         term.line(f"{bdf} {how} domain {domid} (backend entry {index}){where}")
+        if bdf in result.permissive_applied:
+            term.info(f"{bdf}: permissive (the guest may write any config register)")
+        if result.quirks_applied.get(bdf):
+            term.info(f"{bdf}: quirks {', '.join(map(str, result.quirks_applied[bdf]))} "
+                      "(guest-writable under their masks until it lets the device go)")
     for note in result.notes:
         term.info(note)

@@ -33,7 +33,7 @@ def command(app: object, bdf: str, domid: int, force: bool, timeout: float, no_r
     term = terminal_for(app)
     with open_xenstore(app, socket_path) as client:
         result = detach(client, address, domid, host=host_of(app), force=force, timeout=timeout,
-                        reset=not no_reset)
+                        reset=not no_reset, state_dir=str(app.state_dir))
     if app.settings.json:  # type: ignore[attr-defined]
         term.json(result.to_json())
         return

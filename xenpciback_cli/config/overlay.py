@@ -71,6 +71,7 @@ from xenpciback_cli.config.registers import (
     XenPciErr,
 )
 from xenpciback_cli.host.model import PciDevice, Resource
+from xenpciback_cli.pci.quirk import Quirk
 
 _OK = 0
 _INVALID = int(XenPciErr.INVALID_OFFSET)
@@ -104,15 +105,6 @@ class Policy:
 
 #: The process-wide policy (``xen-pciback.permissive`` equivalent).
 GLOBAL_POLICY = Policy()
-
-
-@dataclass(frozen=True)
-class Quirk:
-    """An extra pass-through register: guest writes reach hardware only under ``mask``."""
-
-    offset: int
-    size: int
-    mask: int
 
 
 class OverlayDevice:

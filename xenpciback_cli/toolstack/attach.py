@@ -26,6 +26,7 @@ from typing import Any
 
 from xenpciback_cli.errors import InputError, OperationFailed, SafetyRefusal
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.quirk import Quirk
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
 from xenpciback_cli.toolstack.xenbus import XenbusState
@@ -54,6 +55,7 @@ class AttachSpec:
     options: L.PciOptions = L.PciOptions()
     name: str | None = None
     seize: bool = False
+    quirks: tuple[Quirk, ...] = ()
 
 
 @dataclass
@@ -66,6 +68,7 @@ class AttachResult:
     backend_state: XenbusState | None
     guest_addresses: dict[Bdf, Bdf | None] = field(default_factory=dict)
     permissive_applied: list[Bdf] = field(default_factory=list)
+    quirks_applied: dict[Bdf, tuple[Quirk, ...]] = field(default_factory=dict)
     seized: list[Bdf] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -78,6 +81,7 @@ class AttachResult:
             "hotplug": self.hotplug,
             "backend_state": self.backend_state.label if self.backend_state is not None else None,
             "permissive": [str(b) for b in self.permissive_applied],
+            "quirks": {str(b): [str(q) for q in qs] for b, qs in self.quirks_applied.items()},
             "seized": [str(b) for b in self.seized],
             "notes": list(self.notes),
         }
@@ -162,6 +166,18 @@ def apply_permissive(host: Any | None, bdfs: Sequence[Bdf], options: L.PciOption
     return list(bdfs)
 
 
+def apply_quirks(host: Any | None, bdfs: Sequence[Bdf],
+                 quirks: Sequence[Quirk]) -> dict[Bdf, tuple[Quirk, ...]]:
+    """Each quirk becomes one line in pciback's ``quirks`` file (the kernel drops them again when
+    the guest lets the device go, so they are written at every attach)."""
+    if not quirks or host is None or PCIBACK not in host.loaded_drivers():
+        return {}
+    for bdf in bdfs:
+        for quirk in quirks:
+            host.write_attribute(f"bus/pci/drivers/{PCIBACK}/quirks", quirk.sysfs_line(bdf))
+    return {bdf: tuple(quirks) for bdf in bdfs}
+
+
 def _holder(tx: Any, bdf: Bdf) -> int | None:
     text = read_or_none(tx, L.libxl_domid_path(bdf))
     if text is None:
@@ -175,7 +191,8 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
            seize_fn: Callable[[list[Bdf]], list[Bdf]] | None = None,
            timeout: float = DEFAULT_TIMEOUT, wait: bool = True,
            retries: int = TRANSACTION_RETRIES,
-           on_attempt: Callable[[int], None] | None = None) -> AttachResult:
+           on_attempt: Callable[[int], None] | None = None,
+           state_dir: str | None = None) -> AttachResult:
     """Attach ``spec`` to its domain; see the module docstring for the order of work.
 
     ``on_attempt(n)`` runs inside each transaction attempt before the commit (tests use it to
@@ -211,6 +228,7 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
     except L.LayoutConflict as exc:
         raise _conflict_error(exc) from None
     permissive = apply_permissive(host, bdfs, spec.options)
+    quirks = apply_quirks(host, bdfs, spec.quirks)
 
     attempts = 0
     state_before: list[XenbusState | None] = [None]
@@ -243,7 +261,8 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
     if attempts > 1:
         notes.append(f"xenstore transaction retried {attempts - 1} time(s) after conflicts")
     result = AttachResult(domid, list(bdfs), list(plan.indices), plan.hotplug, plan.first,
-                          None, permissive_applied=permissive, seized=seized, notes=notes)
+                          None, permissive_applied=permissive, quirks_applied=quirks,
+                          seized=seized, notes=notes)
     if plan.hotplug and wait:
         try:
             view = wait_for(client, domid, round_finished, timeout=timeout,
@@ -259,6 +278,11 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
     for bdf, index in zip(bdfs, plan.indices):
         entry = view.entry(index)
         result.guest_addresses[bdf] = entry.vdev if entry.dev == bdf else None
+    if state_dir is not None and (spec.options.permissive or spec.quirks):
+        from xenpciback_cli.engine.backend_settings import record_attach
+
+        for bdf in bdfs:  # what a userspace backend serving this guest applies
+            record_attach(state_dir, bdf, permissive=spec.options.permissive, quirks=spec.quirks)
     return result
 
 

@@ -99,7 +99,8 @@ def _find(view: L.BackendView, bdf: Bdf, domid: int) -> int:
 
 def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force: bool = False,
            timeout: float = DEFAULT_TIMEOUT, reset: bool = True, retries: int = 16,
-           on_attempt: Callable[[int], None] | None = None) -> DetachResult:
+           on_attempt: Callable[[int], None] | None = None,
+           state_dir: str | None = None) -> DetachResult:
     """Detach ``bdf`` from ``domid``; see the module docstring."""
     if not 0 < domid < 0x7FF0:
         raise InputError(f"invalid domain id {domid}: guests are 1-32751 (0 is dom0)")
@@ -176,6 +177,10 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
     if attempts > 1:
         notes.append(f"xenstore transaction retried {attempts - 1} time(s) after conflicts")
     outcome = reset_device(host, bdf) if reset else None
+    if state_dir is not None:  # the guest's quirks went with it (the kernel frees them too)
+        from xenpciback_cli.engine.backend_settings import record_detach
+
+        record_detach(state_dir, bdf)
     return DetachResult(domid, bdf, index, handshake, forced, destroyed[0], outcome, notes)
 
 

@@ -172,8 +172,11 @@ class SimulatedKernel:
             if self.state["drivers"][driver].get("sriov") and device.get("vfs"):
                 if not any(self.tree.bound_driver(self.state, vf) in STUB_DRIVERS for vf in device["vfs"]):
                     self._destroy_vfs(bdf)
-        if driver == "pciback" and bdf in self.state["permissive"]:
-            self.state["permissive"].remove(bdf)
+        if driver == "pciback" and (bdf in self.state["permissive"]
+                                    or bdf in self.state.get("quirks", {})):
+            if bdf in self.state["permissive"]:
+                self.state["permissive"].remove(bdf)
+            self.state.get("quirks", {}).pop(bdf, None)  # pciback frees a device's quirk fields
             self.tree.write_pciback_files(self.state)
         self.tree.unlink_driver(self.state, bdf, driver)
 
@@ -229,10 +232,31 @@ class SimulatedKernel:
             if bdf not in self.state["permissive"]:
                 self.state["permissive"].append(bdf)
             self.tree.write_pciback_files(self.state)
+        elif driver == "pciback" and attribute == "quirks":
+            self._quirk(value)
         elif attribute in READ_ONLY:
             raise _fail(errno.EACCES, self._path)
         else:
             raise _fail(errno.EINVAL, self._path)
+
+    def _quirk(self, value: str) -> None:
+        """pciback's ``quirks``: add a pass-through register to a device it holds. As in Linux, a
+        malformed line is EINVAL, a device not bound to pciback ENODEV, and a quirk at a start
+        offset the device already has is silently ignored."""
+        from xenpciback_cli.errors import InputError
+        from xenpciback_cli.pci.quirk import parse_pciback_quirk
+
+        try:
+            device, quirk = parse_pciback_quirk(_kernel_value(value))
+        except InputError:
+            raise _fail(errno.EINVAL, self._path) from None
+        bdf = str(device)
+        if bdf not in self.state["devices"] or self.tree.bound_driver(self.state, bdf) != "pciback":
+            raise _fail(errno.ENODEV, self._path)
+        entries = self.state.setdefault("quirks", {}).setdefault(bdf, [])
+        if all(entry[0] != quirk.offset for entry in entries):
+            entries.append([quirk.offset, quirk.size, quirk.mask])
+        self.tree.write_pciback_files(self.state)
 
     def _dynamic_id(self, driver: str, attribute: str, value: str) -> None:
         fields = value.split()

@@ -181,6 +181,13 @@ class Tree:
         if directory.exists():
             (directory / "slots").write_text("".join(f"{s}\n" for s in state["pciback_slots"]))
             (directory / "permissive").write_text("".join(f"{s}\n" for s in state["permissive"]))
+            # Linux lists every field of each bound device; the sandbox lists the quirk fields,
+            # which are what an administrator added: "BB:SS.F", then "\t\tREG:SIZE:MASK" lines.
+            lines = []
+            for bdf, quirks in sorted(state.get("quirks", {}).items()):
+                lines.append(f"{bdf[5:]}\n")
+                lines += [f"\t\t{reg:08x}:{size:01x}:{mask:08x}\n" for reg, size, mask in quirks]
+            (directory / "quirks").write_text("".join(lines))
 
     def write_network_files(self, state: dict[str, Any]) -> None:
         lines = ["Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT"]
