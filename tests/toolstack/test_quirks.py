@@ -94,3 +94,12 @@ def test_attach_applies_quirks_and_detach_drops_them(tmp_path):
         assert settings.quirks == () and settings.permissive  # permissive lasts, as in Linux
     finally:
         run(s, "sandbox", "stop", check=False)
+
+
+def test_unhide_ends_the_recorded_settings(tmp_path):
+    s = tmp_path / "s"
+    run(s, "sandbox", "init", str(s))
+    run(s, "hide", "03:00.0")
+    record_attach(s / "state", NIC, permissive=True, quirks=())
+    run(s, "unhide", "--rebind", "03:00.0")
+    assert NIC not in load_settings(s / "state")

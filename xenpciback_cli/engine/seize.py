@@ -31,6 +31,7 @@ from typing import Protocol
 from xenpciback_cli import errors
 from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite, pending_operations
 from xenpciback_cli.engine.preflight import Preflight, check_hide
+from xenpciback_cli.engine.backend_settings import record_release
 from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_records, put_record
 from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice
 from xenpciback_cli.pci.address import Bdf
@@ -256,6 +257,7 @@ class Seizer:
 
     def _forget(self, bdf: Bdf) -> None:
         drop_record(self.state_dir, bdf)
+        record_release(self.state_dir, bdf)  # permissive and quirks end with the seize
         if self.xenstore is not None:
             try:
                 self.xenstore.rm(driver_path_key(bdf))
