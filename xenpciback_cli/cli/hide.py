@@ -27,7 +27,7 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
     from xenpciback_cli.cli.pending import seizer_for, warn_pending
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.engine import persist as persisted
-    from xenpciback_cli.errors import DeviceNotFound, SafetyRefusal
+    from xenpciback_cli.errors import SafetyRefusal
     from xenpciback_cli.pci.spec import parse_device_patterns
 
     terminal = terminal_for(app)
@@ -35,14 +35,7 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
     patterns = parse_device_patterns(devices)
     warn_pending(app, terminal)
     seizer = seizer_for(app)
-    present = seizer.host.addresses() if hasattr(seizer.host, "addresses") else [
-        d.bdf for d in seizer.host.devices()]
-    bdfs: list = []
-    for pattern in patterns:
-        selected = pattern.select(present) if pattern.is_wildcard else [pattern.as_bdf()]
-        if not selected:
-            raise DeviceNotFound(f"no PCI device matches {pattern} on this host")
-        bdfs += [b for b in selected if b not in bdfs]
+    bdfs = seizer.select(patterns)
 
     preflights = seizer.preflight(bdfs, target)
     if not as_json:
@@ -83,10 +76,10 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
 
 
 def _render(terminal: Any, result: Any, target: str) -> None:
+    from xenpciback_cli.cli.pending import render_planned_writes
+
     if result.status == "planned":
-        terminal.line(f"dry run: would seize {result.bdf} with these sysfs writes:")
-        for write in result.writes:
-            terminal.line(f"  echo {write['value'].strip() or '(newline)'} > /sys/{write['path']}")
+        render_planned_writes(terminal, "seize", result.bdf, result.writes)
     elif result.status == "already-seized":
         terminal.line(f"{result.bdf}: already held by {target}")
     else:

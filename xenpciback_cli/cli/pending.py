@@ -1,4 +1,4 @@
-"""One warning line per interrupted hide/unhide, printed by every command that opens the host."""
+"""What the seizing commands share: the interrupted-operation warning, the engine, dry-run output."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def seizer_for(app: Any) -> Any:
 
     host = app.host
     install_test_hooks(host)
-    xenstore = app.xenstore() if callable(getattr(app, "xenstore", None)) else None
-    attachments = app.attachments() if callable(getattr(app, "attachments", None)) else None
-    return Seizer(host, app.state_dir, xenstore=xenstore, attachments=attachments)
+    return Seizer(host, app.state_dir, xenstore=app.xenstore(), attachments=app.attachments())
+
+
+def render_planned_writes(terminal: Any, verb: str, bdf: Any, writes: list[dict[str, str]]) -> None:
+    """A dry run's plan, as the shell commands that would do it."""
+    terminal.line(f"dry run: would {verb} {bdf} with these sysfs writes:")
+    for write in writes:
+        terminal.line(f"  echo {write['value'].strip() or '(newline)'} > /sys/{write['path']}")

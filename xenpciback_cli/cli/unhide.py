@@ -20,10 +20,9 @@ def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dr
 
     Refuses (exit 3) while the device is attached to a guest.
     """
-    from xenpciback_cli.cli.pending import seizer_for, warn_pending
+    from xenpciback_cli.cli.pending import render_planned_writes, seizer_for, warn_pending
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.engine import persist as persisted
-    from xenpciback_cli.errors import DeviceNotFound
     from xenpciback_cli.pci.spec import parse_device_patterns
 
     terminal = terminal_for(app)
@@ -31,13 +30,7 @@ def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dr
     patterns = parse_device_patterns(devices)
     warn_pending(app, terminal)
     seizer = seizer_for(app)
-    present = seizer.host.addresses()
-    bdfs: list = []
-    for pattern in patterns:
-        selected = pattern.select(present) if pattern.is_wildcard else [pattern.as_bdf()]
-        if not selected:
-            raise DeviceNotFound(f"no PCI device matches {pattern} on this host")
-        bdfs += [b for b in selected if b not in bdfs]
+    bdfs = seizer.select(patterns)
     if force:
         for bdf in bdfs:
             if bdf in seizer.attachments:
@@ -53,9 +46,7 @@ def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dr
             if as_json:
                 continue
             if result.status == "planned":
-                terminal.line(f"dry run: would release {bdf} with these sysfs writes:")
-                for write in result.writes:
-                    terminal.line(f"  echo {write['value'].strip() or '(newline)'} > /sys/{write['path']}")
+                render_planned_writes(terminal, "release", bdf, result.writes)
             elif result.status == "not-seized":
                 terminal.line(f"{bdf}: not seized (driver {result.driver or 'none'}); nothing to do")
             else:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +35,7 @@ from xenpciback_cli.engine.backend_settings import record_release
 from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_records, put_record
 from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.spec import BdfPattern
 from xenpciback_cli.untrusted import decimal
 
 TARGET_DRIVERS = STUB_DRIVERS
@@ -131,6 +132,19 @@ class Seizer:
         self.journal = Journal(state_dir)
         self.xenstore = xenstore
         self.attachments = dict(attachments or {})
+
+    def select(self, patterns: Iterable[BdfPattern]) -> list[Bdf]:
+        """The devices ``patterns`` name, in order, once each: a wildcard expands to the functions
+        present on this host (none is an error), a plain address stands as typed (a missing
+        device is reported by the pre-flight check that names it)."""
+        present = self.host.addresses()  # type: ignore[attr-defined]
+        bdfs: list[Bdf] = []
+        for pattern in patterns:
+            selected = pattern.select(present) if pattern.is_wildcard else [pattern.as_bdf()]
+            if not selected:
+                raise errors.DeviceNotFound(f"no PCI device matches {pattern} on this host")
+            bdfs += [b for b in selected if b is not None and b not in bdfs]
+        return bdfs
 
     # -- hide -------------------------------------------------------------------------------
     def preflight(self, bdfs: Collection[Bdf], target: str) -> list[Preflight]:
