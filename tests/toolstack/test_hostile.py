@@ -44,3 +44,13 @@ def test_views_and_states_never_raise(values, raw):
                      None).state_name
     describe_stall(view.state, parse_state(raw))
     L.PciOptions.parse(values.get("opts-0"))
+
+
+def test_libxl_keys_parse_strictly():
+    from xenpciback_cli.pci.address import Bdf
+
+    assert L.parse_libxl_key("0000-03-00-0") == Bdf(0, 3, 0, 0)
+    assert L.parse_libxl_key("0000-03-1f-7") == Bdf(0, 3, 0x1F, 7)
+    for junk in ("0000-03-00-8", "0000-03-20-0", "+000-03-00-0", "0x00-03-00-0", "0000-03-00",
+                 "0000-3-00-0", " 000-03-00-0", "00_0-03-00-0", "0000-03-00-0-1", ""):
+        assert L.parse_libxl_key(junk) is None, junk

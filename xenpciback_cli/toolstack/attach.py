@@ -104,13 +104,9 @@ def lookup_name(client: Any, name: str) -> Bdf:
     """``name2bdf``: the device given that name at assignable-add (``/libxl/pci/*/name``)."""
     for key in sorted(list_or_empty(client, L.LIBXL_PCI_ROOT)):
         if read_or_none(client, f"{L.LIBXL_PCI_ROOT}/{key}/name") == name:
-            parts = key.split("-")
-            if len(parts) == 4:
-                try:
-                    return Bdf(int(parts[0], 16), int(parts[1], 16), int(parts[2], 16),
-                               int(parts[3], 16))
-                except ValueError:
-                    continue
+            bdf = L.parse_libxl_key(key)
+            if bdf is not None:
+                return bdf
     raise InputError(f"no assignable device is named {name!r} (see /libxl/pci/*/name)")
 
 

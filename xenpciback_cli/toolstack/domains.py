@@ -119,13 +119,9 @@ def libxl_holders(client: Any) -> dict[Bdf, int]:
     """``/libxl/pci/*/domid``: which guest holds which function, per libxl's bookkeeping."""
     out: dict[Bdf, int] = {}
     for key in list_or_empty(client, L.LIBXL_PCI_ROOT):
+        bdf = L.parse_libxl_key(key)
         text = read_or_none(client, f"{L.LIBXL_PCI_ROOT}/{key}/domid")
-        parts = key.split("-")
-        if text is None or decimal(text.strip()) is None or len(parts) != 4:
-            continue
-        try:
-            bdf = Bdf(*(int(p, 16) for p in parts))
-        except ValueError:
-            continue
-        out[bdf] = int(text.strip())
+        domid = decimal(text.strip()) if text is not None else None
+        if bdf is not None and domid is not None:
+            out[bdf] = domid
     return out

@@ -57,6 +57,18 @@ def libxl_pci_path(bdf: Bdf) -> str:
     return f"{LIBXL_PCI_ROOT}/{bdf.xs_key}"
 
 
+_LIBXL_KEY = re.compile(r"^([0-9a-fA-F]{4})-([0-9a-fA-F]{2})-([0-9a-fA-F]{2})-([0-7])$")
+
+
+def parse_libxl_key(key: str) -> Bdf | None:
+    """A child name of ``/libxl/pci`` (``DDDD-BB-DD-F``, as Bdf.xs_key spells it); None if it is
+    anything else (int(x, 16) alone would take signs, spaces, ``0x`` and underscores)."""
+    match = _LIBXL_KEY.match(key)
+    if not match or int(match[3], 16) > 0x1F:
+        return None
+    return Bdf(int(match[1], 16), int(match[2], 16), int(match[3], 16), int(match[4]))
+
+
 def libxl_domid_path(bdf: Bdf) -> str:
     return f"{libxl_pci_path(bdf)}/domid"
 

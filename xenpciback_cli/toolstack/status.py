@@ -108,12 +108,13 @@ def attachments(client: Any) -> dict[Bdf, Attachment]:
     out: dict[Bdf, Attachment] = {}
     root = f"/local/domain/{L.BACKEND_DOMID}/backend/pci"
     for child in list_or_empty(client, root):
-        if decimal(child, max_digits=5) is None:
+        domid = decimal(child, max_digits=5)
+        if domid is None:
             continue
-        view = read_backend(client, int(child))
+        view = read_backend(client, domid)
         for entry in view.entries:
             if entry.dev is not None:
-                out[entry.dev] = Attachment(int(child), entry.vdev, entry.index)
+                out[entry.dev] = Attachment(domid, entry.vdev, entry.index)
     for bdf, domid in libxl_holders(client).items():
         out.setdefault(bdf, Attachment(domid, None, None))
     return out

@@ -158,7 +158,7 @@ class Core:
         value = decimal(text, max_digits=5)
         if value is None or value > 0x7FEF:
             raise StoreError("EINVAL")
-        return int(text)
+        return value
 
     def _tree(self, conn: Connection, tx: TxView | None) -> Tree:
         return Tree(tx if tx is not None else self.store, conn.domid)
@@ -179,12 +179,12 @@ class Core:
 
     def _directory_part(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
         path_text, offset_text = self._args(msg.payload, 2)
-        if decimal(offset_text) is None:
+        off = decimal(offset_text)
+        if off is None:
             raise StoreError("EINVAL")
         node = self._tree(conn, tx).children(self._path(conn, path_text))
         blob = b"".join(c.encode("utf-8", "surrogateescape") + b"\0" for c in node.children)
         gen = str(node.gen).encode() + b"\0"
-        off = int(offset_text)
         if off >= len(blob):
             return gen + b"\0"
         room = wire.PAYLOAD_MAX - len(gen) - 1
@@ -351,11 +351,12 @@ class Core:
             raise StoreError("EACCES")
         domid_t, mfn_t, port_t = self._args(msg.payload, 3)
         domid = self._domid(domid_t)
-        if decimal(mfn_t) is None or decimal(port_t) is None:
+        mfn, port = decimal(mfn_t), decimal(port_t)
+        if mfn is None or port is None:
             raise StoreError("EINVAL")
         if domid in self.domains:
             return wire.OK  # already introduced: no event (C xenstored)
-        self.domains[domid] = Domain(domid, int(mfn_t), int(port_t))
+        self.domains[domid] = Domain(domid, mfn, port)
         self.actions.append(("introduced", domid))
         self.fire("@introduceDomain", True)
         return wire.OK
