@@ -25,6 +25,7 @@ def command(app: object, patterns: tuple[str, ...], seized_only: bool, class_tex
     PATTERN is a BDF, optionally with wildcards: 03:00.0, 0000:03:00.*, 03:*.*.
     With the global --json, prints a JSON list of objects.
     """
+    from xenpciback_cli.cli.pending import warn_pending
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.engine.inventory import ClassFilter, inventory
     from xenpciback_cli.pci.spec import parse_device_patterns
@@ -33,8 +34,6 @@ def command(app: object, patterns: tuple[str, ...], seized_only: bool, class_tex
     class_filter = ClassFilter.parse(class_text) if class_text is not None else None
     settings = app.settings  # type: ignore[attr-defined]
     terminal = terminal_for(app)
-    from xenpciback_cli.cli.pending import warn_pending
-
     warn_pending(app, terminal)  # interrupted hide/unhide: one line each
     attached = app.attachment_details()  # type: ignore[attr-defined]
     rows = inventory(app.host, state_dir=app.state_dir, patterns=parsed,  # type: ignore[attr-defined]
@@ -53,10 +52,10 @@ def command(app: object, patterns: tuple[str, ...], seized_only: bool, class_tex
     for row in rows:
         d = row.device
         name = " ".join(part for part in (d.vendor_name, d.device_name) if part) or "-"
+        vdev = guest_address(row.bdf)
+        domain = "-" if row.domid is None else f"{row.domid} ({vdev})" if vdev else row.domid
         table.append((str(d.bdf), f"{d.vendor_id:04x}:{d.device_id:04x}", name,
-                      d.class_name or f"{d.class_code:06x}", d.driver or "-", row.state,
-                      "-" if row.domid is None else
-                      f"{row.domid} ({guest_address(row.bdf)})" if guest_address(row.bdf) else row.domid,
+                      d.class_name or f"{d.class_code:06x}", d.driver or "-", row.state, domain,
                       row.original_driver or "-",
                       "-" if d.iommu_group is None else d.iommu_group))
     terminal.table(HEADERS, table, fmt=fmt)
