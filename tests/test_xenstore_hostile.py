@@ -265,3 +265,157 @@ def test_connections_per_domain_are_limited():
     assert not core.may_connect(5)
     assert core.may_connect(6) and core.may_connect(0)
 
+
+
+# -- the socket edge, as a process ------------------------------------------------------------
+import os  # noqa: E402
+import socket  # noqa: E402
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import xsdaemons  # noqa: E402
+from xenpciback_cli.xenstore.client import connect  # noqa: E402
+
+
+def _raw(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(path)
+    return s
+
+
+def _answers(s):
+    try:
+        s.sendall(wire.encode(T.GET_DOMAIN_PATH, 1, 0, b"0\0"))
+        data = s.recv(4096)
+    except OSError:
+        return False
+    return data[wire.HEADER_SIZE:] == b"/local/domain/0\0"
+
+
+EMFILE_SERVER = r"""
+import resource, sys
+from xenpciback_cli.xenstore.daemon.core import Core, Quotas
+from xenpciback_cli.xenstore.daemon.server import Server
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+core = Core(Quotas(max_connections_total=100000))
+server = Server(core, sys.argv[1])
+server.start()
+server.serve_forever()
+"""
+
+
+def test_out_of_descriptors_on_accept_does_not_kill_the_daemon(tmp_path):
+    sock_path = str(tmp_path / "s")
+    env = dict(os.environ, PYTHONPATH=str(xsdaemons.REPO))
+    log = open(tmp_path / "log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER, sock_path], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    held = []
+    try:
+        xsdaemons.wait_for_socket(sock_path, proc)
+        first = _raw(sock_path)
+        assert _answers(first)
+        for _ in range(80):  # well past the 48 descriptors the daemon may hold
+            try:
+                held.append(_raw(sock_path))
+            except OSError:
+                break
+        assert _answers(first)  # existing connections are still served...
+        assert proc.poll() is None  # ...and the daemon is alive
+        for s in held:
+            s.close()
+        held.clear()
+        for _ in range(50):  # once descriptors are free again, new connections work
+            try:
+                late = _raw(sock_path)
+                if _answers(late):
+                    late.close()
+                    break
+                late.close()
+            except OSError:
+                pass
+            time.sleep(0.05)
+        else:
+            pytest.fail("no new connection accepted after descriptors were freed")
+        first.close()
+    finally:
+        for s in held:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=5)
+    assert "out of file descriptors" in (tmp_path / "log").read_text()
+
+
+@pytest.fixture
+def limited(tmp_path):
+    daemon = xsdaemons.start_embedded(tmp_path / "d", extra=["--no-state", "--quota-connections",
+                                                             "3"],
+                                      preexec_fn=lambda: os.umask(0))
+    yield daemon
+    daemon.stop()
+
+
+def test_connections_per_domain_are_limited_and_logged(limited):
+    with connect(limited.socket) as dom0:
+        dom0.introduce(5, 1, 1)
+        guests = [_raw(limited.socket + ".d/5") for _ in range(5)]
+        answered = [_answers(g) for g in guests]
+        assert answered == [True, True, True, False, False]
+        assert dom0.read("/tool/xenstored") == b""  # dom0 is not limited
+        for g in guests:
+            g.close()
+    time.sleep(0.1)
+    assert "over the limit of 3 per domain" in limited.output()
+
+
+def test_sockets_are_private_whatever_the_umask(limited):
+    with connect(limited.socket) as dom0:
+        dom0.introduce(7, 1, 1)
+        assert _answers(_raw(limited.socket + ".d/7"))
+    assert stat.S_IMODE(os.stat(limited.socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(limited.socket + ".d").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(limited.socket + ".d/7").st_mode) == 0o600
+
+
+def _cli(*argv, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(xsdaemons.REPO))
+    return subprocess.run([sys.executable, "-m", "xenpciback_cli", *argv], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=20)
+
+
+@pytest.mark.parametrize("extra", [60, 0])
+def test_an_over_long_socket_path_is_a_clear_error(tmp_path, extra):
+    # extra=0: the dom0 socket itself would fit, but PATH.d/DOMID would not: refused at start,
+    # not at the first INTRODUCE (which killed the daemon, then every restart).
+    base = tmp_path / ("x" * max(1, 100 - len(str(tmp_path)) - len("/socket") + extra))
+    base.mkdir()
+    path = str(base / "socket")
+    assert len(path) + 8 > 107
+    proc = _cli("sandbox", "xenstored", "--socket", path, "--no-state")
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "choose a shorter path" in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(path)
+
+
+def test_state_is_saved_with_fsync(tmp_path, monkeypatch):
+    from xenpciback_cli.xenstore.daemon import persist
+
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    core, _ = make_core()
+    persist.save(core, tmp_path / "state.json")
+    assert synced == [False, True]  # the file, then (after the rename) its directory
+    assert os.listdir(tmp_path) == ["state.json"]
+    again = Core()
+    assert persist.load(again, tmp_path / "state.json")
+    assert again.store.owned == core.store.owned
