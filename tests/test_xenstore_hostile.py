@@ -419,3 +419,13 @@ def test_state_is_saved_with_fsync(tmp_path, monkeypatch):
     again = Core()
     assert persist.load(again, tmp_path / "state.json")
     assert again.store.owned == core.store.owned
+
+
+def test_a_sandbox_in_a_long_directory_gets_one_clear_line(tmp_path):
+    sandbox = tmp_path / ("s" * 90)
+    assert _cli("sandbox", "init", str(sandbox)).returncode == 0
+    proc = _cli("--sandbox", str(sandbox), "xenstore", "ls")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "choose a shorter path" in lines[0], proc.stderr
+    assert not (sandbox / "xenstore" / "socket").exists()

@@ -51,9 +51,9 @@ def check_socket_path(path: str) -> None:
     size = len(os.fsencode(path))
     if size + DOMAIN_SUFFIX_MAX > SOCKET_PATH_MAX:
         raise ValueError(
-            f"socket path {path} is {size} bytes; at most {SOCKET_PATH_MAX - DOMAIN_SUFFIX_MAX} "
-            f"fit (AF_UNIX allows {SOCKET_PATH_MAX}, and {path}.d/DOMID must fit too): "
-            "choose a shorter path")
+            f"socket path {path} is {size} bytes, over the {SOCKET_PATH_MAX - DOMAIN_SUFFIX_MAX} "
+            f"that fit (AF_UNIX allows {SOCKET_PATH_MAX} bytes, and PATH.d/DOMID must fit "
+            "too): choose a shorter path")
 
 
 class _Peer:
