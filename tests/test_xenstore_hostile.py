@@ -429,3 +429,18 @@ def test_a_sandbox_in_a_long_directory_gets_one_clear_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "choose a shorter path" in lines[0], proc.stderr
     assert not (sandbox / "xenstore" / "socket").exists()
+
+
+def test_dom0_may_let_a_guest_see_release_events():
+    core, dom0 = make_core()
+    guest = Peer(core, 5)
+    guest.ok(T.WATCH, b"@releaseDomain\0r\0")
+    assert Peer(core, 6).err(T.SET_PERMS, b"@releaseDomain\0n6\0") == "EACCES"
+    dom0.ok(T.INTRODUCE, b"8\x001\x001\0")
+    dom0.ok(T.RELEASE, b"8\0")
+    assert not any(m.payload.startswith(b"@releaseDomain") for m in guest.events[1:])
+    dom0.ok(T.SET_PERMS, b"@releaseDomain\0n0\0r5\0")
+    dom0.ok(T.INTRODUCE, b"8\x001\x001\0")
+    dom0.ok(T.RELEASE, b"8\0")
+    guest.ask(T.GET_DOMAIN_PATH, b"5\0")
+    assert [m.payload for m in guest.events[1:]] == [b"@releaseDomain\0r\0"]

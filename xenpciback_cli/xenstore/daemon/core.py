@@ -83,6 +83,9 @@ class Core:
         self.internal_errors: list[str] = []  # tracebacks of our own bugs, for the edge to log
         self.by_domain: dict[int, set[Connection]] = {}  # domid -> its open connections
         self.watch_count: dict[int, int] = {}  # domid -> watches over all its connections
+        # Who receives @introduceDomain / @releaseDomain (dom0 may change it, as in C).
+        self.special_perms: dict[str, tuple[Perm, ...]] = {
+            name: (Perm(0, "n"),) for name in SPECIAL_WATCHES}
         self._next_conn = 1
         tree = Tree(self.store, 0)
         tree.write("/tool/xenstored", b"")
@@ -141,8 +144,7 @@ class Core:
         handler = self._dispatch.get(msg.type)
         try:
             if handler is None:
-                raise StoreError("ENOSYS" if msg.type not in (T.WATCH_EVENT, T.ERROR, T.CONTROL)
-                                 else "EINVAL")
+                raise StoreError("EINVAL" if msg.type == T.CONTROL else "ENOSYS")
             tx = None
             if msg.tx_id and msg.type != T.TRANSACTION_START:
                 tx = conn.transactions.get(msg.tx_id)
@@ -219,9 +221,7 @@ class Core:
 
     def _directory_part(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
         path_text, offset_text = self._args(msg.payload, 2)
-        off = decimal(offset_text)
-        if off is None:
-            raise StoreError("EINVAL")
+        off = self._atoi(offset_text)  # C: atoi into an unsigned: "abc" is 0, "-1" past the end
         node = self._tree(conn, tx).children(self._path(conn, path_text))
         blob = b"".join(c.encode("utf-8", "surrogateescape") + b"\0" for c in node.children)
         gen = str(node.gen).encode() + b"\0"
@@ -276,11 +276,19 @@ class Core:
             raise StoreError("EINVAL")
         if conn.domid != 0 and len(parts) - 2 > self.quotas.max_perms:
             raise StoreError("ENOSPC")
-        path = self._path(conn, parts[0].decode("utf-8", "surrogateescape"))
         try:
             perms = tuple(Perm.parse(p.decode("ascii")) for p in parts[1:-1])
         except (ValueError, UnicodeDecodeError):
             raise StoreError("EINVAL") from None
+        name = parts[0].decode("utf-8", "surrogateescape")
+        if name.startswith("@"):
+            if name not in self.special_perms:
+                raise StoreError("EINVAL")
+            if conn.domid != 0 and self.special_perms[name][0].domid != conn.domid:
+                raise StoreError("EACCES")
+            self.special_perms[name] = perms
+            return wire.OK
+        path = self._path(conn, name)
         self._tree(conn, tx).set_perms(path, perms)
         self._changed(tx, path, False)
         return wire.OK
@@ -348,7 +356,8 @@ class Core:
         if conn.domid == 0:
             return True
         if special:
-            return False
+            perms = self.special_perms.get(path)
+            return perms is not None and can_read(conn.domid, perms)
         node = self.store.get(path) or self.store.get(parent_of(path))
         return node is not None and can_read(conn.domid, node.perms)
 
@@ -387,11 +396,11 @@ class Core:
     def _introduce(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
         if conn.domid != 0:
             raise StoreError("EACCES")
-        domid_t, mfn_t, port_t = self._args(msg.payload, 3)
-        domid = self._domid(domid_t)
-        mfn, port = decimal(mfn_t), decimal(port_t)
-        if mfn is None or port is None:
+        domid_t, _mfn, port_t = self._args(msg.payload, 3)
+        domid, port = self._atoi(domid_t), self._atoi(port_t, signed=True)  # C: atoi
+        if port <= 0 or domid > 0x7FEF:
             raise StoreError("EINVAL")
+        mfn = decimal(_mfn) or 0
         if domid in self.domains:
             return wire.OK  # already introduced: no event (C xenstored)
         self.domains[domid] = Domain(domid, mfn, port)
@@ -453,10 +462,12 @@ class Core:
         return found
 
     @staticmethod
-    def _atoi(text: str) -> int:
-        """C xenstored reads these domain ids with atoi: leading digits, else 0."""
-        digits = re.match(r"\s*([0-9]*)", text)
-        return int(digits.group(1) or 0) if digits else 0
+    def _atoi(text: str, signed: bool = False) -> int:
+        """C xenstored reads these numbers with atoi (leading sign and digits, else 0), mostly
+        into an unsigned int: "-1" is then 4294967295."""
+        digits = re.match(r"\s*([-+]?[0-9]{1,10})", text)
+        value = int(digits.group(1)) if digits else 0
+        return value if signed else value & 0xFFFFFFFF
 
     def _get_domain_path(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
         domid = self._atoi(self._one_arg(msg.payload))

@@ -22,6 +22,7 @@ from xenpciback_cli.xenstore.wire import ABS_PATH_MAX, REL_PATH_MAX, Perm
 
 ROOT_PERMS = (Perm(0, "n"),)
 _VALID = re.compile(r"[A-Za-z0-9\-/_@]*\Z")
+_DOMAIN_HOME = re.compile(r"/local/domain/[0-9]{1,5}/")
 
 
 class StoreError(Exception):
@@ -58,14 +59,19 @@ def is_under(path: str, top: str) -> bool:
 
 
 def canonical(domid: int, path: str) -> str:
-    """Absolute, validated node path for a request from ``domid`` (EINVAL if malformed)."""
+    """Absolute, validated node path for a request from ``domid`` (EINVAL if malformed).
+
+    Length as C xenstored counts it: at most REL_PATH_MAX (2048) bytes after a leading
+    ``/local/domain/N/``, or in all for any other path (and never over ABS_PATH_MAX)."""
     if not path:
         raise StoreError("EINVAL")
     if path[0] != "/":
         if len(path) > REL_PATH_MAX:
             raise StoreError("EINVAL")
         path = f"/local/domain/{domid}/{path}"
-    if (len(path) > ABS_PATH_MAX or not _VALID.match(path) or "//" in path
+    home = _DOMAIN_HOME.match(path)
+    if (len(path) > (home.end() if home else 0) + REL_PATH_MAX or len(path) > ABS_PATH_MAX
+            or not _VALID.match(path) or "//" in path
             or (path.endswith("/") and path != "/") or "@" in path):
         raise StoreError("EINVAL")
     return path
