@@ -69,9 +69,11 @@ def canonical(domid: int, path: str) -> str:
         if len(path) > REL_PATH_MAX:
             raise StoreError("EINVAL")
         path = f"/local/domain/{domid}/{path}"
-    home = _DOMAIN_HOME.match(path)
-    if (len(path) > (home.end() if home else 0) + REL_PATH_MAX or len(path) > ABS_PATH_MAX
-            or not _VALID.match(path) or "//" in path
+    if len(path) > REL_PATH_MAX:
+        home = _DOMAIN_HOME.match(path)
+        if len(path) > (home.end() if home else 0) + REL_PATH_MAX or len(path) > ABS_PATH_MAX:
+            raise StoreError("EINVAL")
+    if (not _VALID.match(path) or "//" in path
             or (path.endswith("/") and path != "/") or "@" in path):
         raise StoreError("EINVAL")
     return path
