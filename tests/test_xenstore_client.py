@@ -192,3 +192,82 @@ def test_discovery_order(tmp_path, monkeypatch):
     monkeypatch.setenv("XENSTORED_PATH", str(tmp_path / "none"))
     with pytest.raises(XenstoreUnavailable):
         connect()
+
+
+# -- a flood of watch events cannot grow the client without bound -----------------------------
+def _fake_daemon_pair():
+    import socket
+
+    from xenpciback_cli.xenstore.transport import Transport
+
+    ours, theirs = socket.socketpair()
+    return XenstoreClient(Transport(ours.fileno(), "fake", ours), max_events=64), theirs
+
+
+def test_event_queue_is_bounded_with_a_marker():
+    from xenpciback_cli.xenstore import wire
+    from xenpciback_cli.xenstore.client import EVENTS_DROPPED
+    from xenpciback_cli.xenstore.wire import MessageType as T
+
+    client, daemon = _fake_daemon_pair()
+    flood = b"".join(wire.encode(T.WATCH_EVENT, 0, 0, wire.args(f"/g/{i}", "tok"))
+                     for i in range(20000))
+    repeat = wire.encode(T.WATCH_EVENT, 0, 0, wire.args("/g/same", "tok")) * 5000
+
+    def serve():
+        daemon.recv(4096)
+        daemon.sendall(repeat + flood + wire.encode(T.READ, 1, 0, b"v"))
+
+    t = threading.Thread(target=serve)
+    t.start()
+    assert client.read("/x") == b"v"
+    t.join()
+    assert client.pending_events() == 64
+    assert client.dropped_events >= 20000 - 64
+    events = [client.next_event(0) for _ in range(64)]
+    assert events[0] == WatchEvent("/g/same", "tok")  # 5000 identical events coalesced into one
+    assert events[-1] == WatchEvent(EVENTS_DROPPED, "tok")
+    assert client.next_event(0) is None
+    client.close()
+    daemon.close()
+
+
+def test_a_guest_flood_does_not_grow_a_dom0_waiter(tmp_path):
+    import time
+
+    import xsdaemons
+
+    daemon = xsdaemons.start_embedded(tmp_path / "d", extra=["--no-state"])
+    stop = threading.Event()
+    try:
+        with connect(daemon.socket) as dom0:
+            dom0.introduce(5, 1, 1)
+            dom0.write("/local/domain/5/state", "1")
+            dom0.set_perms("/local/domain/5", [Perm(5, "n")])
+            dom0.set_perms("/local/domain/5/state", [Perm(5, "n")])
+
+            def flood():
+                with connect(daemon.socket + ".d/5") as guest:
+                    i = 0
+                    while not stop.is_set():
+                        guest.write("state", str(i))
+                        guest.write(f"n{i % 500}", "x")
+                        i += 1
+
+            t = threading.Thread(target=flood)
+            dom0.max_events = 32
+            dom0.watch("/local/domain/5", "w")
+            t.start()
+            deadline = time.monotonic() + 1.0
+            peak = 0
+            while time.monotonic() < deadline:  # what a slow waiter does: one event, two reads
+                dom0.next_event(0.1)
+                dom0.read("/local/domain/5/state")
+                dom0.read("/local/domain/5/state")
+                peak = max(peak, dom0.pending_events())
+            stop.set()
+            t.join()
+            assert peak <= 32
+    finally:
+        stop.set()
+        daemon.stop()

@@ -83,12 +83,14 @@ def test_guest_quotas(core):
     guest = Peer(core, 5)
     assert guest.err(T.WRITE, b"big\0" + b"x" * 65) == "ENOSPC"
     guest.ok(T.WRITE, b"ok\0" + b"x" * 64)
-    for i in range(18):
-        t, _ = guest.ask(T.WRITE, f"n{i}\0".encode())
+    for i in range(25):
+        t, p = guest.ask(T.WRITE, f"n{i}\0".encode())
         if t == T.ERROR:
+            assert p == b"ENOSPC\0"
             break
     else:
         pytest.fail("node quota never hit")
+    assert core.store.owned_by(5) == 20  # exactly the quota: its home, "ok" and 18 more
     for i in range(3):
         guest.ok(T.WATCH, f"w{i}\0t\0".encode())
     assert guest.err(T.WATCH, b"w9\0t\0") == "E2BIG"

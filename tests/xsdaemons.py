@@ -154,7 +154,8 @@ def start_oxenstored(workdir: Path, shim: Path) -> Daemon:
     return daemon
 
 
-def start_embedded(workdir: Path, *, trace: bool = False, extra: list[str] | None = None) -> Daemon:
+def start_embedded(workdir: Path, *, trace: bool = False, extra: list[str] | None = None,
+                   preexec_fn: object = None) -> Daemon:
     workdir.mkdir(parents=True, exist_ok=True)
     sock = str(workdir / "socket")
     env = _clean_env()
@@ -166,7 +167,7 @@ def start_embedded(workdir: Path, *, trace: bool = False, extra: list[str] | Non
     argv += extra or []
     log = open(workdir / "daemon.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, preexec_fn=preexec_fn)  # type: ignore[arg-type]
     log.close()
     daemon = Daemon("embedded", sock, workdir, proc, trace_file, env)
     _ready(daemon)

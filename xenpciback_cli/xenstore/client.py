@@ -11,6 +11,11 @@ Why it looks like this:
   events that arrived during an earlier request as well as for new ones.
 * Every wait is bounded (``timeout``); a closed or silent daemon raises
   :class:`XenstoreConnectionLost` instead of hanging.
+* The event queue is bounded too (``max_events``): a guest rewriting a watched node in a loop
+  must not grow a dom0 tool without limit. An event already queued is not queued twice (it
+  says the same thing: "look at this path again"); past the bound, events are dropped and one
+  :data:`EVENTS_DROPPED` marker event (with the first dropped event's token) takes their
+  place, so a consumer knows to re-read what it watches.
 """
 
 from __future__ import annotations
@@ -29,12 +34,16 @@ from xenpciback_cli.xenstore.wire import MessageType as T
 from xenpciback_cli.xenstore.wire import Perm
 
 __all__ = ["XenstoreClient", "XenstoreError", "XenstoreConnectionLost", "XenstoreUnavailable",
-           "Perm", "WatchEvent", "Transaction", "connect"]
+           "Perm", "WatchEvent", "Transaction", "connect", "EVENTS_DROPPED"]
 
 R = TypeVar("R")
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 16
 REPLY_MAX = 1 << 20  # bound on what we buffer for one reply (the daemons' own limit is 4096)
+MAX_EVENTS = 1024  # distinct watch events queued at most (then: dropped, one marker)
+#: The path of the marker event queued in place of events dropped from a full queue. Not a
+#: valid node path (xenstore paths never contain "!"), so it cannot be mistaken for one.
+EVENTS_DROPPED = "@events-dropped!"
 
 
 class XenstoreError(OperationFailed):
@@ -74,9 +83,13 @@ class WatchEvent(NamedTuple):
 class XenstoreClient:
     """A synchronous client. Not thread-safe: one request at a time per client."""
 
-    def __init__(self, transport: Transport, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, transport: Transport, *, timeout: float | None = DEFAULT_TIMEOUT,
+                 max_events: int = MAX_EVENTS) -> None:
         self.transport = transport
         self.timeout = timeout
+        self.max_events = max(1, max_events)
+        self.dropped_events = 0  # events dropped because the queue was full (ever)
+        self._queued: set[WatchEvent] = set()  # what _events holds, for coalescing
         # Lenient on input: oxenstored 4.17 answers DIRECTORY with replies over PAYLOAD_MAX.
         self._decoder = wire.Decoder(max_payload=REPLY_MAX)
         self._req_id = 0
@@ -198,9 +211,23 @@ class XenstoreClient:
             event = WatchEvent(*wire.parse_watch_event(payload))
         except wire.ProtocolError:
             return
+        queued = self._queued
+        if event in queued:
+            return  # the same event is still waiting: coalesce
+        if len(self._events) >= self.max_events:
+            self.dropped_events += 1
+            if self._events[-1].path != EVENTS_DROPPED:
+                marker = WatchEvent(EVENTS_DROPPED, event.token)
+                dropped = self._events.pop()  # make room for the marker
+                queued.discard(dropped)
+                self.dropped_events += 1
+                self._events.append(marker)
+                queued.add(marker)
+            return
         if not self._events and self._eventfd >= 0:
             os.eventfd_write(self._eventfd, 1)
         self._events.append(event)
+        queued.add(event)
 
     def fileno(self) -> int:
         """A descriptor that is readable whenever :meth:`next_event` has something to give."""
@@ -219,6 +246,7 @@ class XenstoreClient:
         while True:
             if self._events:
                 event = self._events.popleft()
+                self._queued.discard(event)
                 if not self._events and self._eventfd >= 0:
                     try:
                         os.eventfd_read(self._eventfd)
@@ -249,6 +277,7 @@ class XenstoreClient:
     def reset_watches(self) -> None:
         self.request(T.RESET_WATCHES, b"")
         self._events.clear()
+        self._queued.clear()
 
     # -- node operations (tx_id 0 = outside any transaction) ------------------------------------
     def read(self, path: str, tx_id: int = 0) -> bytes:

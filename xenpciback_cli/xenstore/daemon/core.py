@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xenpciback_cli.xenstore import wire
-from xenpciback_cli.xenstore.daemon.store import (Store, StoreError, Tree, TxView, can_read,
-                                                   canonical, is_under, parent_of)
+from xenpciback_cli.xenstore.daemon.store import (Node, Store, StoreError, Tree, TxView,
+                                                   can_read, canonical, is_under, parent_of)
 from xenpciback_cli.xenstore.wire import REL_PATH_MAX, Message, Perm
 from xenpciback_cli.xenstore.wire import MessageType as T
 from xenpciback_cli.untrusted import decimal
@@ -28,12 +28,17 @@ _encode = wire.encode
 
 @dataclass
 class Quotas:
-    """Limits for unprivileged domains (dom0 is exempt, as in C xenstored)."""
+    """Limits for unprivileged domains (dom0 is exempt, as in C xenstored 4.17, whose defaults
+    these are, except the connection limits: C serves a guest on one ring, we on a socket)."""
 
-    max_nodes: int = 1000  # nodes a domain may own
+    max_nodes: int = 1000  # nodes a domain may own, pending transactions included
     max_value: int = 2048  # bytes in one value
-    max_watches: int = 128
-    max_transactions: int = 10
+    max_watches: int = 128  # per domain, over all its connections
+    max_transactions: int = 10  # open at once, per connection
+    max_tx_nodes: int = 1024  # nodes one transaction may touch
+    max_perms: int = 5  # entries in one node's permission list
+    max_connections: int = 16  # per guest domain
+    max_connections_total: int = 1024  # every connection, dom0's included
 
 
 @dataclass(eq=False)
@@ -76,6 +81,11 @@ class Core:
         self.actions: list[tuple[str, int]] = []  # ("introduced"|"released", domid)
         self.dirty: set[Connection] = set()  # connections with frames waiting in their outbox
         self.internal_errors: list[str] = []  # tracebacks of our own bugs, for the edge to log
+        self.by_domain: dict[int, set[Connection]] = {}  # domid -> its open connections
+        self.watch_count: dict[int, int] = {}  # domid -> watches over all its connections
+        # Who receives @introduceDomain / @releaseDomain (dom0 may change it, as in C).
+        self.special_perms: dict[str, tuple[Perm, ...]] = {
+            name: (Perm(0, "n"),) for name in SPECIAL_WATCHES}
         self._next_conn = 1
         tree = Tree(self.store, 0)
         tree.write("/tool/xenstored", b"")
@@ -96,18 +106,37 @@ class Core:
         self.dirty.add(conn)
 
     # -- connections ----------------------------------------------------------------------------
+    def may_connect(self, domid: int) -> bool:
+        """Whether one more connection for ``domid`` is within the connection limits."""
+        if len(self.connections) >= self.quotas.max_connections_total:
+            return False
+        return domid == 0 or len(self.by_domain.get(domid, ())) < self.quotas.max_connections
+
     def connect(self, domid: int = 0) -> Connection:
         conn = Connection(self._next_conn, domid)
         self._next_conn += 1
         self.connections[conn.id] = conn
+        self.by_domain.setdefault(domid, set()).add(conn)
         return conn
 
     def disconnect(self, conn: Connection) -> None:
+        if conn.closed:
+            return
         conn.closed = True
         self.dirty.discard(conn)
         conn.transactions.clear()
-        conn.watches.clear()
+        self._drop_watches(conn)
         self.connections.pop(conn.id, None)
+        peers = self.by_domain.get(conn.domid)
+        if peers is not None:
+            peers.discard(conn)
+            if not peers:
+                del self.by_domain[conn.domid]
+
+    def _drop_watches(self, conn: Connection) -> None:
+        if conn.watches:
+            self.watch_count[conn.domid] = self.watch_count.get(conn.domid, 0) - len(conn.watches)
+            conn.watches.clear()
 
     # -- the one entry point --------------------------------------------------------------------
     def handle(self, conn: Connection, msg: Message) -> None:
@@ -115,8 +144,7 @@ class Core:
         handler = self._dispatch.get(msg.type)
         try:
             if handler is None:
-                raise StoreError("ENOSYS" if msg.type not in (T.WATCH_EVENT, T.ERROR, T.CONTROL)
-                                 else "EINVAL")
+                raise StoreError("EINVAL" if msg.type == T.CONTROL else "ENOSYS")
             tx = None
             if msg.tx_id and msg.type != T.TRANSACTION_START:
                 tx = conn.transactions.get(msg.tx_id)
@@ -161,7 +189,21 @@ class Core:
         return value
 
     def _tree(self, conn: Connection, tx: TxView | None) -> Tree:
-        return Tree(tx if tx is not None else self.store, conn.domid)
+        budget = None
+        if conn.domid != 0:
+            budget = self.quotas.max_nodes - self.store.owned_by(conn.domid) \
+                - self._pending_nodes(conn.domid)
+        return Tree(tx if tx is not None else self.store, conn.domid, budget)
+
+    def _pending_nodes(self, domid: int) -> int:
+        """Nodes ``domid``'s open transactions would add if they all committed."""
+        pending = 0
+        for conn in self.by_domain.get(domid, ()):
+            for tx in conn.transactions.values():
+                gained = tx.delta.get(domid, 0)
+                if gained > 0:
+                    pending += gained
+        return pending
 
     def _path(self, conn: Connection, text: str) -> str:
         return canonical(conn.domid, text)
@@ -179,9 +221,7 @@ class Core:
 
     def _directory_part(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
         path_text, offset_text = self._args(msg.payload, 2)
-        off = decimal(offset_text)
-        if off is None:
-            raise StoreError("EINVAL")
+        off = self._atoi(offset_text)  # C: atoi into an unsigned: "abc" is 0, "-1" past the end
         node = self._tree(conn, tx).children(self._path(conn, path_text))
         blob = b"".join(c.encode("utf-8", "surrogateescape") + b"\0" for c in node.children)
         gen = str(node.gen).encode() + b"\0"
@@ -201,30 +241,19 @@ class Core:
         if conn.domid != 0 and len(value) > self.quotas.max_value:
             raise StoreError("ENOSPC")
 
-    def _check_node_quota(self, conn: Connection, tree: Tree, created: int) -> None:
-        if conn.domid != 0 and created > 0:
-            if self.store.owned_by(conn.domid) + created > self.quotas.max_nodes:
-                raise StoreError("ENOSPC")
-
     def _write(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
         path_b, sep, value = msg.payload.partition(b"\0")
         if not sep:
             raise StoreError("EINVAL")
         path = self._path(conn, path_b.decode("utf-8", "surrogateescape"))
         self._check_value_quota(conn, value)
-        tree = self._tree(conn, tx)
-        if conn.domid != 0 and tree.view.get(path) is None:
-            self._check_node_quota(conn, tree, path.count("/"))  # upper bound on new nodes
-        tree.write(path, value)
+        self._tree(conn, tx).write(path, value)
         self._changed(tx, path, False)
         return wire.OK
 
     def _mkdir(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
         path = self._path(conn, self._one_arg(msg.payload))
-        tree = self._tree(conn, tx)
-        if conn.domid != 0 and tree.view.get(path) is None:
-            self._check_node_quota(conn, tree, path.count("/"))
-        if tree.mkdir(path) >= 0:
+        if self._tree(conn, tx).mkdir(path) >= 0:
             self._changed(tx, path, False)
         return wire.OK
 
@@ -245,11 +274,21 @@ class Core:
         parts = msg.payload.split(b"\0")
         if len(parts) < 3 or parts[-1] != b"":
             raise StoreError("EINVAL")
-        path = self._path(conn, parts[0].decode("utf-8", "surrogateescape"))
+        if conn.domid != 0 and len(parts) - 2 > self.quotas.max_perms:
+            raise StoreError("ENOSPC")
         try:
             perms = tuple(Perm.parse(p.decode("ascii")) for p in parts[1:-1])
         except (ValueError, UnicodeDecodeError):
             raise StoreError("EINVAL") from None
+        name = parts[0].decode("utf-8", "surrogateescape")
+        if name.startswith("@"):
+            if name not in self.special_perms:
+                raise StoreError("EINVAL")
+            if conn.domid != 0 and self.special_perms[name][0].domid != conn.domid:
+                raise StoreError("EACCES")
+            self.special_perms[name] = perms
+            return wire.OK
+        path = self._path(conn, name)
         self._tree(conn, tx).set_perms(path, perms)
         self._changed(tx, path, False)
         return wire.OK
@@ -266,10 +305,11 @@ class Core:
         path = self._watch_path(conn, given)
         if any(w.path == path and w.token == token for w in conn.watches):
             raise StoreError("EEXIST")
-        if conn.domid != 0 and len(conn.watches) >= self.quotas.max_watches:
+        if conn.domid != 0 and self.watch_count.get(conn.domid, 0) >= self.quotas.max_watches:
             raise StoreError("E2BIG")
         watch = Watch(given, path, token)
         conn.watches.append(watch)
+        self.watch_count[conn.domid] = self.watch_count.get(conn.domid, 0) + 1
         self._send(conn, _encode(T.WATCH, msg.req_id, msg.tx_id, wire.OK))
         self._send(conn, _encode(T.WATCH_EVENT, 0, 0, wire.args(given, token)))
         raise _Done
@@ -287,11 +327,12 @@ class Core:
         for w in conn.watches:
             if w.path == path and w.token == token:
                 conn.watches.remove(w)
+                self.watch_count[conn.domid] -= 1
                 return wire.OK
         raise StoreError("ENOENT")
 
     def _reset_watches(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
-        conn.watches.clear()
+        self._drop_watches(conn)
         return wire.OK
 
     def fire(self, path: str, exact: bool = False) -> None:
@@ -315,7 +356,8 @@ class Core:
         if conn.domid == 0:
             return True
         if special:
-            return False
+            perms = self.special_perms.get(path)
+            return perms is not None and can_read(conn.domid, perms)
         node = self.store.get(path) or self.store.get(parent_of(path))
         return node is not None and can_read(conn.domid, node.perms)
 
@@ -327,7 +369,8 @@ class Core:
             raise StoreError("ENOSPC")
         tx_id = conn.next_tx
         conn.next_tx += 1
-        conn.transactions[tx_id] = TxView(self.store)
+        conn.transactions[tx_id] = TxView(
+            self.store, None if conn.domid == 0 else self.quotas.max_tx_nodes)
         return str(tx_id).encode() + b"\0"
 
     def _tx_end(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
@@ -338,6 +381,10 @@ class Core:
             raise StoreError("ENOENT")
         del conn.transactions[msg.tx_id]
         if arg == "T":
+            gained = tx.delta.get(conn.domid, 0)
+            if conn.domid != 0 and gained > 0 \
+                    and self.store.owned_by(conn.domid) + gained > self.quotas.max_nodes:
+                raise StoreError("ENOSPC")  # checked again at commit, as C xenstored does
             if tx.conflicts():
                 raise StoreError("EAGAIN")
             tx.apply()
@@ -349,11 +396,11 @@ class Core:
     def _introduce(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
         if conn.domid != 0:
             raise StoreError("EACCES")
-        domid_t, mfn_t, port_t = self._args(msg.payload, 3)
-        domid = self._domid(domid_t)
-        mfn, port = decimal(mfn_t), decimal(port_t)
-        if mfn is None or port is None:
+        domid_t, _mfn, port_t = self._args(msg.payload, 3)
+        domid, port = self._atoi(domid_t), self._atoi(port_t, signed=True)  # C: atoi
+        if port <= 0 or domid > 0x7FEF:
             raise StoreError("EINVAL")
+        mfn = decimal(_mfn) or 0
         if domid in self.domains:
             return wire.OK  # already introduced: no event (C xenstored)
         self.domains[domid] = Domain(domid, mfn, port)
@@ -369,19 +416,38 @@ class Core:
             raise StoreError("EINVAL")
         if domid not in self.domains:
             raise StoreError("ENOENT")
+        removals = self._orphans(domid)  # planned first: nothing changes if this fails
+        store = self.store
+        snapshot = (dict(store.nodes), dict(store.owned), store.generation)
+        try:
+            for top, removed in removals:
+                for p in removed:
+                    store.delete(p)
+                parent_path = parent_of(top)
+                parent = store.nodes[parent_path]
+                name = top[len(parent_path):].lstrip("/")
+                store.put(parent_path, Node(parent.value, parent.perms,
+                                            tuple(c for c in parent.children if c != name)))
+        except BaseException:
+            store.nodes, store.owned, store.generation = snapshot
+            raise
         del self.domains[domid]
         self.actions.append(("released", domid))
-        for other in list(self.connections.values()):
-            if other.domid == domid:
-                self.disconnect(other)
-        self._remove_orphans(domid)
+        for other in list(self.by_domain.get(domid, ())):
+            self.disconnect(other)
+        for top, removed in removals:
+            for p in removed[:-1]:
+                self.fire(p, True)
+            self.fire(top, False)
         self._after.append("@releaseDomain")  # after the reply, as C xenstored
         return wire.OK
 
-    def _remove_orphans(self, domid: int) -> None:
-        """Delete the subtrees the released domain owns, as C xenstored does (watches fire)."""
+    def _orphans(self, domid: int) -> list[tuple[str, list[str]]]:
+        """The subtrees the released domain owns (C xenstored deletes them): each top path
+        with its nodes deepest first. An iterative walk; changes nothing."""
         nodes = self.store.nodes
         tree = Tree(self.store, 0)
+        found: list[tuple[str, list[str]]] = []
         stack = ["/"]
         while stack:
             path = stack.pop()
@@ -389,19 +455,19 @@ class Core:
             if node is None:
                 continue
             if path != "/" and node.perms[0].domid == domid:
-                removed = tree.rm(path) or []
-                for p in removed[:-1]:
-                    self.fire(p, True)
-                self.fire(path, False)
+                found.append((path, tree.subtree(path, node)))
                 continue
             prefix = "/" if path == "/" else path + "/"
             stack.extend(prefix + c for c in reversed(node.children))
+        return found
 
     @staticmethod
-    def _atoi(text: str) -> int:
-        """C xenstored reads these domain ids with atoi: leading digits, else 0."""
-        digits = re.match(r"\s*([0-9]*)", text)
-        return int(digits.group(1) or 0) if digits else 0
+    def _atoi(text: str, signed: bool = False) -> int:
+        """C xenstored reads these numbers with atoi (leading sign and digits, else 0), mostly
+        into an unsigned int: "-1" is then 4294967295."""
+        digits = re.match(r"\s*([-+]?[0-9]{1,10})", text)
+        value = int(digits.group(1)) if digits else 0
+        return value if signed else value & 0xFFFFFFFF
 
     def _get_domain_path(self, conn: Connection, msg: Message, tx: TxView | None) -> bytes:
         domid = self._atoi(self._one_arg(msg.payload))

@@ -1,7 +1,8 @@
 """Save the tree on a clean shutdown and load it at start, so a sandbox survives restarts.
 
-JSON, written to a temporary file and renamed into place: a crash mid-save leaves the previous
-state whole. Values are base64 (they may be binary).
+JSON, written to a temporary file that is flushed to disk (fsync), renamed into place, and the
+directory flushed too: a crash or power cut mid-save leaves the previous state or the new one
+whole, never an empty file. Values are base64 (they may be binary).
 """
 
 from __future__ import annotations
@@ -24,9 +25,25 @@ def save(core: Core, path: str | os.PathLike[str]) -> None:
     data = {"format": FORMAT, "nodes": nodes,
             "domains": [[d.domid, d.mfn, d.port] for d in core.domains.values() if d.domid]}
     target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(data))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def load(core: Core, path: str | os.PathLike[str]) -> bool:
@@ -47,7 +64,7 @@ def load(core: Core, path: str | os.PathLike[str]) -> bool:
         domains = [Domain(int(d), int(m), int(pt)) for d, m, pt in data.get("domains", [])]
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot load xenstore state from {target}: {exc}") from None
-    core.store.nodes = nodes
+    core.store.replace(nodes)
     for d in domains:
         core.domains[d.domid] = d
         core.actions.append(("introduced", d.domid))
