@@ -82,7 +82,7 @@ def _legacy(store: st.StateStore) -> dict[Bdf, DeviceSettings]:
 
 
 def _parse(store: st.StateStore, name: str, device: Bdf) -> DeviceSettings | None:
-    data = store.read(name)
+    data = store.read_for(name, device)
     if data is None:
         return None
     try:

@@ -213,7 +213,7 @@ def _read_entry(store: st.StateStore, name: str) -> JournalEntry | None:
     if match is None:
         raise st.corrupt(path, "not a journal entry name (hide|unhide-DDDD-BB-DD-F.json)", "delete the file")
     device = st.bdf_from_key(match[2])
-    data = store.read(f"{JOURNAL_DIR}/{name}")
+    data = store.read_for(f"{JOURNAL_DIR}/{name}", device)
     if data is None:
         return None  # finished meanwhile
     try:

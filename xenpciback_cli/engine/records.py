@@ -118,7 +118,7 @@ def _parse(data: bytes, path: Path, expected: Bdf | None) -> SeizeRecord:
 def load_record(state_dir: str | os.PathLike[str], bdf: Bdf) -> SeizeRecord | None:
     """``bdf``'s record, None if it has none; :class:`StateFileCorrupt` if its file is corrupt."""
     store = st.StateStore(state_dir)
-    data = store.read(_name(bdf))
+    data = store.read_for(_name(bdf), bdf)
     if data is not None:
         return _parse(data, store.path(_name(bdf)), bdf)
     return _legacy(store).get(bdf)
@@ -145,7 +145,7 @@ def load_records(state_dir: str | os.PathLike[str], *,
             device = st.bdf_from_key(name[:-5]) if name.endswith(".json") else None
             if device is None:
                 raise st.corrupt(path, "not a record file name (DDDD-BB-DD-F.json)", "move the file aside")
-            data = store.read(f"{RECORDS_DIR}/{name}")
+            data = store.read_for(f"{RECORDS_DIR}/{name}", device)
             if data is not None:
                 records[device] = _parse(data, path, device)
         except StateFileCorrupt as exc:

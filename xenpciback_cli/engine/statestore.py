@@ -169,6 +169,14 @@ class StateStore:
             finally:
                 os.close(handle)
 
+    def read_for(self, name: str, device: Bdf | None) -> bytes | None:
+        """:meth:`read`, a refused file naming the device it is about."""
+        try:
+            return self.read(name)
+        except StateFileCorrupt as exc:
+            exc.bdf = exc.bdf or device
+            raise
+
     def write(self, name: str, data: bytes) -> None:
         """Replace ``name`` atomically (creating the dir and subdir 0700 as needed)."""
         subdir, base = self._split(name)
