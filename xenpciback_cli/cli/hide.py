@@ -67,7 +67,7 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
                 _render(terminal, result, target)
         config_path = config or str(app.persist_file)  # type: ignore[attr-defined]
         if persist and not dry_run:
-            persisted.add(config_path, patterns, target)
+            persisted.add(config_path, patterns, target, create_parent=config is None)
             if not as_json:
                 terminal.line(f"persisted in {config_path} ({', '.join(str(p) for p in patterns)})")
     if as_json:

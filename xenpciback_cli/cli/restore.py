@@ -23,7 +23,7 @@ def command(app: object, config: str | None, force: bool) -> None:
 
     terminal = terminal_for(app)
     path = config or str(app.persist_file)  # type: ignore[attr-defined]
-    devices = persisted.load(path)
+    devices = persisted.load(path, must_exist=config is not None)
     warn_pending(app, terminal)
     seizer = seizer_for(app)
     present = seizer.host.addresses()

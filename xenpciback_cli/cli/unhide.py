@@ -55,7 +55,8 @@ def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dr
                                  f"{result.original_driver or 'a host driver'})"))
         dropped = False
         if not dry_run:
-            dropped = persisted.remove(config or str(app.persist_file), patterns)  # type: ignore[attr-defined]
+            dropped = persisted.remove(config or str(app.persist_file), patterns,  # type: ignore[attr-defined]
+                                       must_exist=config is not None)
     if as_json:
         terminal.json({"dry_run": dry_run, "devices": [r.to_json() for r in results],
                        "unpersisted": dropped})

@@ -32,7 +32,7 @@ from xenpciback_cli import errors
 from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite, pending_operations
 from xenpciback_cli.engine.preflight import Preflight, check_hide
 from xenpciback_cli.engine.backend_settings import record_release
-from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_records, put_record
+from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_record, load_records, put_record
 from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.spec import BdfPattern
@@ -148,7 +148,11 @@ class Seizer:
 
     # -- hide -------------------------------------------------------------------------------
     def preflight(self, bdfs: Collection[Bdf], target: str) -> list[Preflight]:
-        records = load_records(self.state_dir)
+        corrupt: list[errors.StateFileCorrupt] = []
+        records = load_records(self.state_dir, corrupt=corrupt)
+        for problem in corrupt:  # another device's corrupt record does not stop this one
+            if problem.bdf is None or problem.bdf in bdfs:
+                raise problem
         by_address = {d.bdf: d for d in self.host.devices()}
         return [check_hide(self.host, bdf, target, records=records, hiding=bdfs, by_address=by_address)
                 for bdf in bdfs]
@@ -184,7 +188,7 @@ class Seizer:
         assert device is not None
         checks = [c.to_json() for c in preflight.checks]
         if preflight.already_seized:
-            self._ensure_record(device.bdf, load_records(self.state_dir).get(device.bdf), None,
+            self._ensure_record(device.bdf, load_record(self.state_dir, device.bdf), None,
                                 target, "override", persist, dry_run)
             return DeviceResult(device.bdf, "already-seized", self._original(device.bdf), target,
                                 checks=checks)
@@ -210,7 +214,7 @@ class Seizer:
             raise errors.SafetyRefusal(f"refusing to unhide {bdf}: it is attached to domain {domid} "
                                        f"(detach it first with 'xl pci-detach {domid} {bdf}')")
         device = self.host.device(bdf)
-        record = load_records(self.state_dir).get(bdf)
+        record = load_record(self.state_dir, bdf)
         if record is None and device.driver not in STUB_DRIVERS:
             return DeviceResult(bdf, "not-seized", None, device.driver)
         target = record.target_driver if record else str(device.driver)
@@ -253,7 +257,7 @@ class Seizer:
         return writes
 
     def _original(self, bdf: Bdf) -> str | None:
-        record = load_records(self.state_dir).get(bdf)
+        record = load_record(self.state_dir, bdf)
         return record.original_driver if record else None
 
     def _ensure_record(self, bdf: Bdf, existing: SeizeRecord | None, original: str | None,
@@ -282,8 +286,16 @@ class Seizer:
     def recover(self) -> list[dict[str, object]]:
         """Complete or roll back every interrupted operation; idempotent."""
         outcomes: list[dict[str, object]] = []
-        for entry in pending_operations(self.state_dir):
+        corrupt: list[errors.StateFileCorrupt] = []
+        for entry in pending_operations(self.state_dir, corrupt=corrupt):
+            if entry.running:  # its own process is still at it
+                outcomes.append({"op": entry.op, "bdf": str(entry.bdf), "stopped": entry.describe(),
+                                 "action": "skipped", "reason": f"in progress (pid {entry.pid})"})
+                continue
             outcomes.append(self._recover_one(entry))
+        for problem in corrupt:
+            outcomes.append({"op": "?", "bdf": str(problem.bdf or "?"), "action": "skipped",
+                             "reason": str(problem)})
         return outcomes
 
     def _recover_one(self, entry: JournalEntry) -> dict[str, object]:
@@ -306,7 +318,7 @@ class Seizer:
                                "the host had not lost it yet")
             else:
                 self._seize_from_here(device, entry.target_driver, entry.method)
-                self._ensure_record(bdf, load_records(self.state_dir).get(bdf), entry.original_driver,
+                self._ensure_record(bdf, load_record(self.state_dir, bdf), entry.original_driver,
                                     entry.target_driver, entry.method, entry.persist, False)
                 outcome.update(action="completed", reason=f"already unbound from "
                                f"{entry.original_driver or 'no driver'}: finished the seize")
