@@ -27,6 +27,7 @@ from xenpciback_cli.errors import InputError, OperationFailed, XenPcibackError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
+from xenpciback_cli.toolstack.plan import Op
 from xenpciback_cli.toolstack.xenbus import XenbusState
 from xenpciback_cli.toolstack.xsexec import apply_ops, read_backend, read_or_none, transact
 
@@ -160,14 +161,19 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
 
     attempts = 0
     destroyed = [False]
+    guest_side: list[Op] = []
 
     def remove(tx: Any) -> None:
+        # Only dom0's nodes are read and written here: the guest's frontend directory is
+        # removed after the commit (see split_guest_side), so a guest rewriting its own nodes
+        # cannot make this transaction conflict forever.
         nonlocal attempts
         attempts += 1
         current = read_backend(tx, domid)
         i = _find(current, bdf, domid)
         destroyed[0] = current.num_devs <= 1
-        apply_ops(tx, L.plan_detach_remove(current, i))
+        ours, guest_side[:] = L.split_guest_side(L.plan_detach_remove(current, i), domid)
+        apply_ops(tx, ours)
         if read_or_none(tx, L.libxl_domid_path(bdf)) == str(domid):
             apply_ops(tx, L.plan_libxl_release(bdf))
         if on_attempt is not None:
@@ -176,6 +182,12 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
     transact(client, remove, retries=retries, what=f"detaching {bdf}")
     if attempts > 1:
         notes.append(f"xenstore transaction retried {attempts - 1} time(s) after conflicts")
+    if guest_side:
+        try:  # each request is atomic on its own; no transaction, nothing to conflict with
+            apply_ops(client, guest_side)
+        except OperationFailed as exc:
+            notes.append(f"the guest's frontend directory {L.frontend_path(domid)} was left "
+                         f"behind: {exc}")
     outcome = reset_device(host, bdf) if reset else None
     if state_dir is not None:  # the guest's quirks went with it (the kernel frees them too)
         from xenpciback_cli.engine.backend_settings import record_detach
