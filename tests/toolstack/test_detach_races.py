@@ -119,3 +119,44 @@ def test_guest_writes_during_every_removal_attempt_do_not_conflict(daemon, clien
         assert not client.exists("/libxl/pci/0000-03-00-0/domid")
     finally:
         destroy_domain(client, d)
+
+
+def _race(daemon, domid: int, bdfs, **kwargs):
+    """Detach every one of ``bdfs`` from ``domid`` at once, one connection each; the outcomes."""
+    barrier = threading.Barrier(len(bdfs))
+    outcomes: dict[Bdf, object] = {}
+
+    def one(bdf):
+        with XenstoreClient.open_socket(daemon.socket) as c:
+            barrier.wait(5)
+            try:
+                outcomes[bdf] = detach(c, bdf, domid, reset=False, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the test reports it
+                import traceback; traceback.print_exc(); outcomes[bdf] = exc
+
+    threads = [threading.Thread(target=one, args=(b,)) for b in bdfs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return outcomes
+
+
+def test_two_detaches_on_one_domain_end_consistently(daemon, client):
+    """Both detaches succeed every round, whichever commits first: EIO from a request that met a
+    stale parent (the other detach destroyed the backend) is retried like EAGAIN."""
+    d = next(_domids)
+    create_domain(client, d, f"guest{d}")
+    devices = [NIC, GPU, Bdf(0, 4, 0, 0)]
+    try:
+        for round_ in range(15):
+            for bdf in devices[: 2 + round_ % 2]:
+                attach(client, AttachSpec(d, bdf))
+            outcomes = _race(daemon, d, devices[: 2 + round_ % 2])
+            failures = {str(b): o for b, o in outcomes.items() if isinstance(o, Exception)}
+            assert not failures, f"round {round_}: {failures}"
+            assert [o.destroyed for o in outcomes.values()].count(True) == 1
+            assert not client.exists(be(d)) and not client.exists(fe(d)), f"round {round_}"
+            assert not [b for b in devices if client.exists(f"/libxl/pci/{b.xs_key}/domid")]
+    finally:
+        destroy_domain(client, d)
