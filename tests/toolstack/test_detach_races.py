@@ -132,7 +132,7 @@ def _race(daemon, domid: int, bdfs, **kwargs):
             try:
                 outcomes[bdf] = detach(c, bdf, domid, reset=False, **kwargs)
             except Exception as exc:  # noqa: BLE001 - the test reports it
-                import traceback; traceback.print_exc(); outcomes[bdf] = exc
+                outcomes[bdf] = exc
 
     threads = [threading.Thread(target=one, args=(b,)) for b in bdfs]
     for t in threads:
@@ -158,5 +158,32 @@ def test_two_detaches_on_one_domain_end_consistently(daemon, client):
             assert [o.destroyed for o in outcomes.values()].count(True) == 1
             assert not client.exists(be(d)) and not client.exists(fe(d)), f"round {round_}"
             assert not [b for b in devices if client.exists(f"/libxl/pci/{b.xs_key}/domid")]
+    finally:
+        destroy_domain(client, d)
+
+
+def test_detach_and_attach_wait_for_the_state_dir_lock(daemon, client, tmp_path):
+    """With a state dir, detach and attach run under its lock (as hide and unhide do), so none
+    of them decides from a state another is changing."""
+    from xenpciback_cli.engine.journal import Journal
+
+    d = next(_domids)
+    create_domain(client, d, f"guest{d}")
+    done = threading.Event()
+
+    def work():
+        with XenstoreClient.open_socket(daemon.socket) as c:
+            attach(c, AttachSpec(d, NIC), state_dir=str(tmp_path))
+            detach(c, NIC, d, reset=False, state_dir=str(tmp_path))
+        done.set()
+
+    try:
+        with Journal(tmp_path).locked():
+            worker = threading.Thread(target=work)
+            worker.start()
+            assert not done.wait(0.3)
+            assert not client.exists(be(d))  # the attach is still waiting for the lock
+        worker.join(10)
+        assert done.is_set() and not client.exists(be(d))
     finally:
         destroy_domain(client, d)
