@@ -11,9 +11,20 @@ from typing import Any
 
 
 def open_xenstore(app: Any, socket: str | None = None, *, timeout: float = 10.0) -> Any:
+    """The xenstore connection; in a sandbox, also restart the simulated guests that stopped
+    with its xenstored (``sandbox stop``), so a hot-plug finds its peers as before."""
     from xenpciback_cli.xenstore.tools import open_client
 
-    return open_client(socket, app.sandbox_dir, timeout=timeout)
+    client = open_client(socket, app.sandbox_dir, timeout=timeout)
+    if socket is None and app.sandbox_dir is not None:
+        from xenpciback_cli.toolstack import simguest
+
+        try:
+            simguest.revive(app.sandbox_dir, client.path, client)
+        except BaseException:
+            client.close()
+            raise
+    return client
 
 
 def host_of(app: Any) -> Any | None:
