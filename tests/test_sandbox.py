@@ -348,3 +348,76 @@ def test_random_writes_fail_typed_and_keep_the_tree_consistent(sandbox):
     for name, interface in state["interfaces"].items():
         assert sandbox.device(Bdf.parse(interface["bdf"])).driver == "igb"
         assert os.path.islink(sandbox.directory / "sys/class/net" / name)
+
+
+# -- the sandbox's own lifecycle: what runs in the background for it ---------------------------
+
+def _cli(sandbox, *args):
+    from click.testing import CliRunner
+
+    from xenpciback_cli.cli import cli
+
+    result = CliRunner().invoke(cli, ["--sandbox", str(sandbox), *map(str, args)])
+    assert result.exit_code == 0 and result.exception is None, (args, result.output, result.exception)
+    return result.output
+
+
+def _background(sandbox) -> list[int]:
+    """Processes whose command line names this sandbox's xenstore socket (daemon and guests)."""
+    from pathlib import Path
+
+    sock = str(sandbox / "xenstore" / "socket").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if sock in (entry / "cmdline").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_init_force_stops_what_it_replaces(pristine, tmp_path):
+    import time
+
+    target = tmp_path / "s"
+    shutil.copytree(pristine, target, symlinks=True)
+    try:
+        _cli(target, "sandbox", "domain", "create", 5)
+        assert len(_background(target)) == 2  # xenstored and domain 5's simulated guest
+        _cli(target, "sandbox", "init", "--force", target)
+        assert _background(target) == []
+        time.sleep(0.2)  # an old daemon saving its tree at exit would do it now
+        assert not (target / "xenstore").exists() and not (target / "domains").exists()
+        _cli(target, "xenstore", "write", "/fresh", "1")  # a new, empty store
+        assert "guest5" not in _cli(target, "xenstore", "ls", "/")
+    finally:
+        for pid in _background(target):
+            os.kill(pid, 15)
+
+
+def test_simulated_guests_come_back_after_sandbox_stop(pristine, tmp_path):
+    import time
+
+    target = tmp_path / "s"
+    shutil.copytree(pristine, target, symlinks=True)
+    try:
+        _cli(target, "sandbox", "domain", "create", 5)
+        _cli(target, "attach", "04:10.1", "--domid", 5, "--seize")
+        for _ in range(100):  # the simulated guest connects in the background
+            if json.loads(_cli(target, "--json", "status", "--domid", 5))["backend_state_name"] \
+                    == "Connected":
+                break
+            time.sleep(0.05)
+        out = _cli(target, "sandbox", "stop")
+        assert "stopped 1 simulated guest(s)" in out
+        assert _background(target) == []
+        # The domain is still in the saved tree; its guest answers the next hot-plug again.
+        out = _cli(target, "attach", "04:10.3", "--domid", 5, "--seize", "--timeout", 8)
+        assert "hot-plugged into domain 5" in out
+        assert len(_background(target)) == 2
+        _cli(target, "sandbox", "domain", "destroy", 5)
+        assert len(_background(target)) == 1  # only xenstored
+    finally:
+        _cli(target, "sandbox", "stop")

@@ -8,22 +8,25 @@ import click
 @click.command("stop")
 @click.pass_obj
 def command(app: object) -> None:
-    """Stop the sandbox's background xenstored (its tree is saved and reloaded next start)."""
+    """Stop the sandbox's background xenstored and simulated guests (the tree is saved and
+    reloaded next start; each domain's simulated guest is restarted by the next command)."""
     from xenpciback_cli.cli.terminal import terminal_for
-    from xenpciback_cli.errors import InputError, OperationFailed
-    from xenpciback_cli.xenstore.sandbox import SandboxDaemonError, stop
+    from xenpciback_cli.errors import InputError
+    from xenpciback_cli.host.sandbox import stop_background
 
     sandbox = app.sandbox_dir  # type: ignore[attr-defined]
     if sandbox is None:
         raise InputError("'sandbox stop' needs --sandbox DIR (or XEN_PCIBACK_SANDBOX)")
-    try:
-        pid = stop(sandbox)
-    except SandboxDaemonError as exc:
-        raise OperationFailed(str(exc)) from None
+    stopped = stop_background(sandbox, forget=False)
+    pid, guests = stopped["xenstored"], stopped["guests"]
     term = terminal_for(app)
     if app.settings.json:  # type: ignore[attr-defined]
-        term.json({"xenstored": {"stopped": pid is not None, "pid": pid}})
-    elif pid is None:
+        term.json({"xenstored": {"stopped": pid is not None, "pid": pid},
+                   "simulated_guests": {"stopped": guests}})
+        return
+    if pid is None:
         term.info("xenstored was not running")
     else:
         term.info(f"stopped xenstored (pid {pid})")
+    if guests:
+        term.info(f"stopped {len(guests)} simulated guest(s); the next command restarts them")

@@ -6,6 +6,11 @@ State rules (one place, so ``list``, ``hide`` and the docs agree):
 * ``seized``   - bound to a stub driver (pciback, pci-stub, vfio-pci), ready for a guest;
 * ``host``     - anything else: a host driver has it, or nothing does.
 
+``attachable`` (JSON) says whether ``attach`` takes the device as it is: only a device bound to
+pciback (or already attached) is, because Xen's PV backend serves only those. A device seized
+by vfio-pci or pci-stub is held for another consumer (VFIO users, KVM's legacy assignment):
+``attach`` refuses it with or without ``--seize`` and says to ``unhide`` it first.
+
 ``original_driver`` comes from the seize records (engine.records, kept by hide/unhide), so a
 seized device still says where it came from.
 """
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from xenpciback_cli.errors import DeviceNotFound, InputError
-from xenpciback_cli.host.model import STUB_DRIVERS, Host, PciDevice
+from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, Host, PciDevice
 from xenpciback_cli.pci.address import Bdf
 
 #: ``--class`` names -> (class value, number of significant hex digits from the top).
@@ -69,6 +74,10 @@ class InventoryRow:
     def bdf(self) -> Bdf:
         return self.device.bdf
 
+    @property
+    def attachable(self) -> bool:
+        return self.state == "attached" or self.device.driver == PCIBACK_DRIVER
+
     def as_json(self) -> dict[str, Any]:
         d = self.device
         return {
@@ -84,6 +93,7 @@ class InventoryRow:
             "class_name": d.class_name,
             "driver": d.driver,
             "state": self.state,
+            "attachable": self.attachable,
             "domid": self.domid,
             "original_driver": self.original_driver,
             "iommu_group": d.iommu_group,

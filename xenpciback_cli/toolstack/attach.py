@@ -1,19 +1,25 @@
 """Attach seized PCI functions to a guest the way libxl does, and hot-plug into a running one.
 
-Order of work (libxl's, ``toolstack-and-peers.md`` §A1, with its checks made explicit):
+Order of work (libxl's, ``toolstack-and-peers.md`` §A1, with its checks made explicit). Every
+input and state is read and validated before the first write, sysfs or xenstore:
 
-1. checks that need no transaction: the domain exists (``/local/domain/N``), every function
-   exists and is seized (bound to pciback) - or is seized now with ``seize`` -, a function
-   wildcard has a virtual slot;
+1. checks that need no transaction: the domain exists (``/local/domain/N``), the spec's values,
+   every function exists and is bound to pciback (or, with ``seize``, to a host driver that
+   ``seize`` may take it from; vfio-pci and pci-stub hold a device for other consumers and are
+   refused either way), a function wildcard has a virtual slot, the backend settings file
+   reads back when it is to be updated;
 2. the backend's state is read *outside* a transaction, like libxl, to wait out a
-   reconfiguration round already in progress;
+   reconfiguration round already in progress; nobody else holds the device
+   (``/libxl/pci/<bdf>/domid``), the virtual slot is free, the backend is not being torn down;
+   then ``seize``'s pre-flight (host usage...) - and only then the first write, the seize;
 3. per-device permissive mode is written to the kernel backend's sysfs ``permissive`` file;
-4. one transaction, retried on conflict: nobody else holds the device (``/libxl/pci/<bdf>/domid``),
-   it fits the guest's backend, then the backend/frontend directories (first device) and the
-   device's ``*-i`` keys, ``num_devs``, backend ``state = 7`` when the backend is Connected, and
-   ``/libxl/pci/<bdf>/domid``;
+4. one transaction, retried on conflict: the same checks again, then the backend/frontend
+   directories (first device) and the device's ``*-i`` keys, ``num_devs``, backend
+   ``state = 7`` when the backend is Connected, and ``/libxl/pci/<bdf>/domid``;
 5. for a hot-plug, wait for the round to finish; on timeout, if the backend has not touched our
    entries yet, a second transaction removes them again, leaving xenstore as it was.
+
+With a state dir, the whole attach holds its lock (``Journal.locked``), like hide and detach.
 
 Nothing here imports click; errors are the project's typed errors.
 """
@@ -128,26 +134,52 @@ def resolve_functions(spec: AttachSpec, host: Any | None) -> list[Bdf]:
     return sorted(found)
 
 
-def check_seized(bdfs: Sequence[Bdf], host: Any | None, *, seize: bool,
-                 seize_fn: Callable[[list[Bdf]], list[Bdf]] | None) -> list[Bdf]:
-    """Every function must be on pciback (``pci_multifunction_check``); seize it first on request.
+#: Seize drivers whose devices no Xen PV backend serves: they hold a device for someone else.
+OTHER_CONSUMERS = {
+    "vfio-pci": "VFIO users (QEMU/KVM, DPDK), not a Xen guest",
+    "pci-stub": "a non-Xen consumer (KVM's legacy device assignment); Xen's PV backend serves "
+                "only devices bound to pciback",
+}
 
-    Returns the functions seized here.
+
+def functions_to_seize(bdfs: Sequence[Bdf], host: Any | None, *, seize: bool) -> list[Bdf]:
+    """The functions ``--seize`` must hide before attaching; refusals, without writing anything.
+
+    The rule ``list``, ``attach`` and ``attach --seize`` share: a device bound to pciback is
+    ready for a guest; one bound to vfio-pci or pci-stub is seized too (the host does not use
+    it) but held for another consumer, so attach refuses it, with or without ``--seize`` (taking
+    it over could pull it from under a running VFIO user); any other driver, or none, is the
+    host's, and ``--seize`` hides it for pciback first.
     """
     if host is None:
         return []
     missing = []
     for bdf in bdfs:
         device = host.device(bdf)  # DeviceNotFound for an absent function
-        if device.driver != PCIBACK:
-            missing.append((bdf, device.driver))
-    if not missing:
-        return []
-    if seize and seize_fn is not None:
-        return seize_fn([b for b, _ in missing])
-    bdf, driver = missing[0]
-    held = f"bound to {driver}" if driver else "not bound to any driver"
-    raise SafetyRefusal(f"{bdf} is not seized ({held}): hide it first, or attach with --seize")
+        if device.driver == PCIBACK:
+            continue
+        if device.driver in OTHER_CONSUMERS:
+            raise SafetyRefusal(f"{bdf} is seized by {device.driver}, which holds it for "
+                                f"{OTHER_CONSUMERS[device.driver]}: release it ('unhide {bdf}') "
+                                "and attach with --seize to move it to pciback")
+        missing.append((bdf, device.driver))
+    if missing and not seize:
+        bdf, driver = missing[0]
+        held = f"bound to {driver}" if driver else "not bound to any driver"
+        raise SafetyRefusal(f"{bdf} is not seized ({held}): hide it first, or attach with --seize")
+    return [b for b, _ in missing]
+
+
+def check_seized(bdfs: Sequence[Bdf], host: Any | None, *, seize: bool,
+                 seize_fn: Callable[[list[Bdf]], list[Bdf]] | None) -> list[Bdf]:
+    """Every function must be on pciback (``pci_multifunction_check``); seize it first on request.
+
+    Returns the functions seized here.
+    """
+    missing = functions_to_seize(bdfs, host, seize=seize and seize_fn is not None)
+    if missing and seize_fn is not None:
+        return seize_fn(missing)
+    return []
 
 
 def apply_permissive(host: Any | None, bdfs: Sequence[Bdf], options: L.PciOptions) -> list[Bdf]:
@@ -192,8 +224,26 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
     """Attach ``spec`` to its domain; see the module docstring for the order of work.
 
     ``on_attempt(n)`` runs inside each transaction attempt before the commit (tests use it to
-    make a concurrent writer collide with us).
+    make a concurrent writer collide with us). With ``state_dir``, the whole attach holds the
+    state dir's lock, so no hide, unhide or detach changes the device between our checks and
+    our writes.
     """
+    if state_dir is None:
+        return _attach(client, spec, host, seize_fn, timeout, wait, retries, on_attempt, None)
+    from xenpciback_cli.engine.journal import Journal
+
+    with Journal(state_dir).locked():
+        return _attach(client, spec, host, seize_fn, timeout, wait, retries, on_attempt,
+                       state_dir)
+
+
+def _attach(client: Any, spec: AttachSpec, host: Any | None,
+            seize_fn: Callable[[list[Bdf]], list[Bdf]] | None, timeout: float, wait: bool,
+            retries: int, on_attempt: Callable[[int], None] | None,
+            state_dir: str | None) -> AttachResult:
+    # Everything is read and checked before the first write (sysfs or xenstore): the spec,
+    # the domain, the functions and their drivers, the settings file we will update, who holds
+    # the device, the guest's slots and backend state, and --seize's own pre-flight.
     domid = spec.domid
     domain_name = require_domain(client, domid)
     if spec.vslot is not None and not 0 <= spec.vslot <= L.MAX_VSLOT:
@@ -205,7 +255,11 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
     if spec.options.rdm_policy not in L.RDM_POLICIES:
         raise InputError(f"rdm_policy must be strict or relaxed, not {spec.options.rdm_policy!r}")
     bdfs = resolve_functions(spec, host)
-    seized = check_seized(bdfs, host, seize=spec.seize, seize_fn=seize_fn)
+    if state_dir is not None and (spec.options.permissive or spec.quirks):
+        from xenpciback_cli.engine.backend_settings import load_settings
+
+        load_settings(state_dir)  # a corrupt file stops us here, not after the attach
+    to_seize = functions_to_seize(bdfs, host, seize=spec.seize and seize_fn is not None)
     devices = tuple(L.DeviceRequest(b, v) for b, v in zip(bdfs, L.vdevfns_for(bdfs, spec.vslot)))
     request = L.AttachRequest(domid, devices, spec.options, spec.name)
     notes: list[str] = []
@@ -214,15 +268,26 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
     view = read_backend(client, domid)
     if view.state in (XenbusState.RECONFIGURING, XenbusState.RECONFIGURED):
         notes.append("waited for a reconfiguration round in progress")
-        wait_for(client, domid, round_finished, timeout=timeout,
-                 what="for the previous reconfiguration round to finish before attaching")
+        view = wait_for(client, domid, round_finished, timeout=timeout,
+                        what="for the previous reconfiguration round to finish before attaching")
 
-    # Check the cheap refusals before touching sysfs.
+    # The refusals, before touching sysfs.
     _refuse_holders(client, bdfs, domid)
+    view = read_backend(client, domid)
+    if view.state in (XenbusState.CLOSING, XenbusState.CLOSED):
+        raise OperationFailed(f"domain {domid}'s PCI backend is {view.state.describe()}: "
+                              "the guest's PV PCI device is being torn down; nothing changed")
     try:
-        L.check_attach(request, read_backend(client, domid))
+        L.check_attach(request, view)
     except L.LayoutConflict as exc:
         raise _conflict_error(exc) from None
+    seized: list[Bdf] = []
+    if to_seize:
+        assert seize_fn is not None
+        check = getattr(seize_fn, "check", None)
+        if check is not None:
+            check(to_seize)  # --seize's pre-flight refusals, still before any write
+        seized = seize_fn(to_seize)
     permissive = apply_permissive(host, bdfs, spec.options)
     quirks = apply_quirks(host, bdfs, spec.quirks)
 

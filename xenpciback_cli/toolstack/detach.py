@@ -27,6 +27,7 @@ from xenpciback_cli.errors import InputError, OperationFailed, XenPcibackError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
+from xenpciback_cli.toolstack.plan import Op
 from xenpciback_cli.toolstack.xenbus import XenbusState
 from xenpciback_cli.toolstack.xsexec import apply_ops, read_backend, read_or_none, transact
 
@@ -90,6 +91,10 @@ def reset_device(host: Any | None, bdf: Bdf) -> ResetOutcome:
                                           f"{', '.join(methods)})")
 
 
+_IN_ROUND = (XenbusState.RECONFIGURING, XenbusState.RECONFIGURED)
+_BUSY = "busy"
+
+
 def _find(view: L.BackendView, bdf: Bdf, domid: int) -> int:
     index = view.index_of(bdf)
     if index is None:
@@ -101,21 +106,53 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
            timeout: float = DEFAULT_TIMEOUT, reset: bool = True, retries: int = 16,
            on_attempt: Callable[[int], None] | None = None,
            state_dir: str | None = None) -> DetachResult:
-    """Detach ``bdf`` from ``domid``; see the module docstring."""
+    """Detach ``bdf`` from ``domid``; see the module docstring.
+
+    With ``state_dir``, the whole detach holds the state dir's lock (no hide, unhide or attach
+    changes the device meanwhile), and the backend settings file it updates at the end is read
+    first: a corrupt file stops the detach before its first write, not halfway.
+    """
+    if state_dir is None:
+        return _detach(client, bdf, domid, host, force, timeout, reset, retries, on_attempt, None)
+    from xenpciback_cli.engine.backend_settings import load_settings
+    from xenpciback_cli.engine.journal import Journal
+
+    with Journal(state_dir).locked():
+        load_settings(state_dir)
+        return _detach(client, bdf, domid, host, force, timeout, reset, retries, on_attempt,
+                       state_dir)
+
+
+def _detach(client: Any, bdf: Bdf, domid: int, host: Any | None, force: bool, timeout: float,
+            reset: bool, retries: int, on_attempt: Callable[[int], None] | None,
+            state_dir: str | None) -> DetachResult:
     if not 0 < domid < 0x7FF0:
         raise InputError(f"invalid domain id {domid}: guests are 1-32751 (0 is dom0)")
-    view = read_backend(client, domid)
-    stale = view.index_of(bdf) is None and read_or_none(client, L.libxl_domid_path(bdf)) == str(domid)
+    # One read-only transaction: its commit fails (and is retried) if another writer changed
+    # what it read, so the decisions below never rest on a half-renumbered backend.
+    view, holder, home = transact(
+        client, lambda tx: (read_backend(tx, domid), read_or_none(tx, L.libxl_domid_path(bdf)),
+                            tx.exists(L.domain_home(domid))),
+        retries=retries, what=f"reading domain {domid}'s devices")
+    stale = view.index_of(bdf) is None and holder == str(domid)
     if stale and force:
         # libxl's record says the guest holds it, but no backend entry does (the guest died
         # and nobody cleaned up): clear the record so the device can be attached again.
-        transact(client, lambda tx: apply_ops(tx, L.plan_libxl_release(bdf)), retries=retries,
-                 what=f"detaching {bdf}")
+        def release(tx: Any) -> bool:
+            if read_backend(tx, domid).index_of(bdf) is not None:
+                return False  # attached again meanwhile: not stale any more
+            if read_or_none(tx, L.libxl_domid_path(bdf)) == str(domid):
+                apply_ops(tx, L.plan_libxl_release(bdf))
+            return True
+
+        if not transact(client, release, retries=retries, what=f"detaching {bdf}"):
+            raise OperationFailed(f"{bdf} was attached to domain {domid} again while detaching; "
+                                  "nothing changed")
         return DetachResult(domid, bdf, -1, False, True, False,
                             reset_device(host, bdf) if reset else None,
                             [f"no backend entry for {bdf} in domain {domid}: removed the stale "
                              f"record {L.libxl_domid_path(bdf)}"])
-    if not view.exists and not client.exists(L.domain_home(domid)):
+    if not view.exists and not home:
         raise InputError(f"unknown domain {domid}: /local/domain/{domid} does not exist"
                          + (f" ({bdf} has a stale record there: use --force to clear it)"
                             if stale else ""))
@@ -123,29 +160,42 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
     notes: list[str] = []
     forced = False
 
-    if view.state in (XenbusState.RECONFIGURING, XenbusState.RECONFIGURED):
-        try:
-            view = wait_for(client, domid, round_finished, timeout=timeout,
-                            what="for the previous reconfiguration round to finish")
-        except HandshakeTimeout as exc:
-            if not force:
-                raise OperationFailed(f"{exc}; nothing changed (use --force if the guest is dead)") \
-                    from None
-            forced = True
-            notes.append(str(exc))
-
     before: dict[str, XenbusState | None] = {}
 
-    def request(tx: Any) -> bool:
+    def request(tx: Any) -> bool | str | None:
         current = read_backend(tx, domid)
-        i = _find(current, bdf, domid)
+        i = current.index_of(bdf)
+        if i is None:  # decided after the commit proves this read was consistent
+            return None
+        if current.state in _IN_ROUND and not forced:
+            return _BUSY  # another tool's round is running: wait for it, then ask again
         before["entry"] = current.entry(i).state
         before["state"] = current.state
         reconfigure = current.state == XenbusState.CONNECTED
         apply_ops(tx, L.plan_detach_request(domid, i, reconfigure=reconfigure))
         return reconfigure
 
-    handshake = transact(client, request, retries=retries, what=f"detaching {bdf}")
+    handshake: bool | str | None = _BUSY
+    for _ in range(retries + 1):
+        if view.state in _IN_ROUND and not forced:
+            try:
+                view = wait_for(client, domid, round_finished, timeout=timeout,
+                                what="for the previous reconfiguration round to finish")
+            except HandshakeTimeout as exc:
+                if not force:
+                    raise OperationFailed(f"{exc}; nothing changed (use --force if the guest is "
+                                          "dead)") from None
+                forced = True
+                notes.append(str(exc))
+        handshake = transact(client, request, retries=retries, what=f"detaching {bdf}")
+        if handshake != _BUSY:
+            break
+        view = read_backend(client, domid)
+    else:
+        raise OperationFailed(f"detaching {bdf}: domain {domid}'s backend kept starting new "
+                              "reconfiguration rounds; nothing changed")
+    if handshake is None:
+        raise _gone(bdf, domid)
     if handshake:
         try:
             wait_for(client, domid, round_finished, timeout=timeout,
@@ -160,28 +210,49 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
 
     attempts = 0
     destroyed = [False]
+    guest_side: list[Op] = []
 
-    def remove(tx: Any) -> None:
+    def remove(tx: Any) -> bool:
+        # Only dom0's nodes are read and written here: the guest's frontend directory is
+        # removed after the commit (see split_guest_side), so a guest rewriting its own nodes
+        # cannot make this transaction conflict forever.
         nonlocal attempts
         attempts += 1
         current = read_backend(tx, domid)
-        i = _find(current, bdf, domid)
+        i = current.index_of(bdf)
+        if i is None:
+            return False
         destroyed[0] = current.num_devs <= 1
-        apply_ops(tx, L.plan_detach_remove(current, i))
+        ours, guest_side[:] = L.split_guest_side(L.plan_detach_remove(current, i), domid)
+        apply_ops(tx, ours)
         if read_or_none(tx, L.libxl_domid_path(bdf)) == str(domid):
             apply_ops(tx, L.plan_libxl_release(bdf))
         if on_attempt is not None:
             on_attempt(attempts)
+        return True
 
-    transact(client, remove, retries=retries, what=f"detaching {bdf}")
+    if not transact(client, remove, retries=retries, what=f"detaching {bdf}"):
+        raise _gone(bdf, domid)
     if attempts > 1:
         notes.append(f"xenstore transaction retried {attempts - 1} time(s) after conflicts")
+    if guest_side:
+        try:  # each request is atomic on its own; no transaction, nothing to conflict with
+            apply_ops(client, guest_side)
+        except OperationFailed as exc:
+            notes.append(f"the guest's frontend directory {L.frontend_path(domid)} was left "
+                         f"behind: {exc}")
     outcome = reset_device(host, bdf) if reset else None
     if state_dir is not None:  # the guest's quirks went with it (the kernel frees them too)
         from xenpciback_cli.engine.backend_settings import record_detach
 
         record_detach(state_dir, bdf)
     return DetachResult(domid, bdf, index, handshake, forced, destroyed[0], outcome, notes)
+
+
+def _gone(bdf: Bdf, domid: int) -> Exception:
+    """The device left the backend while we worked (another detach, or the domain's destroy)."""
+    return OperationFailed(f"{bdf} is no longer attached to domain {domid}: another tool "
+                           "detached it meanwhile")
 
 
 def _cancel(client: Any, domid: int, bdf: Bdf, before: dict[str, XenbusState | None],

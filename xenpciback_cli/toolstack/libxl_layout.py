@@ -413,6 +413,22 @@ def destroy_ops(domid: int) -> list[Op]:
             Rm(be), Prune(be, domain_home(BACKEND_DOMID))]
 
 
+def split_guest_side(ops: Sequence[Op], domid: int) -> tuple[list[Op], list[Op]]:
+    """``(dom0's, the guest's)``: the operations on nodes dom0 owns, and those under the guest's
+    home (its frontend directory, which the guest owns and may rewrite at any moment).
+
+    Removal runs dom0's part in one transaction and the guest's part after it commits, outside
+    any transaction: a transaction that reads a node the guest keeps rewriting conflicts every
+    time, and a guest must not be able to block its own device's removal (``detach --force``).
+    """
+    home = domain_home(domid) + "/"
+    ours: list[Op] = []
+    guests: list[Op] = []
+    for op in ops:
+        (guests if op.path.startswith(home) else ours).append(op)
+    return ours, guests
+
+
 def plan_libxl_release(bdf: Bdf) -> list[Op]:
     return [Rm(libxl_domid_path(bdf))]
 

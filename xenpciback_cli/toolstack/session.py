@@ -11,9 +11,20 @@ from typing import Any
 
 
 def open_xenstore(app: Any, socket: str | None = None, *, timeout: float = 10.0) -> Any:
+    """The xenstore connection; in a sandbox, also restart the simulated guests that stopped
+    with its xenstored (``sandbox stop``), so a hot-plug finds its peers as before."""
     from xenpciback_cli.xenstore.tools import open_client
 
-    return open_client(socket, app.sandbox_dir, timeout=timeout)
+    client = open_client(socket, app.sandbox_dir, timeout=timeout)
+    if socket is None and app.sandbox_dir is not None:
+        from xenpciback_cli.toolstack import simguest
+
+        try:
+            simguest.revive(app.sandbox_dir, client.path, client)
+        except BaseException:
+            client.close()
+            raise
+    return client
 
 
 def host_of(app: Any) -> Any | None:
@@ -24,19 +35,39 @@ def host_of(app: Any) -> Any | None:
         return None
 
 
-def seizer_of(app: Any, host: Any) -> Any:
+class SeizeStep:
     """``--seize``: hide the functions through the seize engine (pre-flight checks, journal,
-    records) before attaching; its refusals (host uses the device...) stop the attach."""
+    records) before attaching. :meth:`check` runs the pre-flight and its refusals (the host uses
+    the device...) and writes nothing; calling the step seizes. The caller holds the state dir's
+    lock around both (``attach`` does)."""
 
-    def seize(bdfs: list) -> list:
-        from xenpciback_cli.engine.seize import Seizer
+    def __init__(self, app: Any, host: Any) -> None:
+        self.app, self.host = app, host
+        self._seizer: Any = None
+        self._checked: dict[Any, Any] = {}
 
-        seizer = Seizer(host, app.state_dir, xenstore=app.xenstore())
+    def seizer(self) -> Any:
+        if self._seizer is None:
+            from xenpciback_cli.engine.seize import Seizer
+
+            self._seizer = Seizer(self.host, self.app.state_dir, xenstore=self.app.xenstore())
+        return self._seizer
+
+    def check(self, bdfs: list) -> None:
+        seizer = self.seizer()
         preflights = seizer.preflight(bdfs, "pciback")
         seizer.enforce(preflights, force=False)
-        return [seizer.hide(p, "pciback").bdf for p in preflights]
+        self._checked = {p.bdf: p for p in preflights}
 
-    return seize
+    def __call__(self, bdfs: list) -> list:
+        if set(bdfs) - set(self._checked):
+            self.check(bdfs)
+        seizer = self.seizer()
+        return [seizer.hide(self._checked[b], "pciback").bdf for b in bdfs]
+
+
+def seizer_of(app: Any, host: Any) -> Any:
+    return SeizeStep(app, host)
 
 
 def try_open_xenstore(app: Any) -> Any | None:

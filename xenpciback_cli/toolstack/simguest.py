@@ -80,7 +80,9 @@ def _ours(pid: int, domid: int) -> bool:
 
 
 def start(sandbox: Path, socket: str, domid: int) -> int:
-    """Start the peers for ``domid`` in the background; returns the pid."""
+    """Start the peers for ``domid`` in the background (stopping one already running for it,
+    never two); returns the pid."""
+    stop(sandbox, domid)
     pidf = pid_file(sandbox, domid)
     pidf.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -115,6 +117,87 @@ def stop(sandbox: Path, domid: int, timeout: float = 5.0) -> int | None:
             pass
         time.sleep(0.05)
     return pid
+
+
+def is_running(sandbox: Path, domid: int) -> bool:
+    try:
+        pid = int(pid_file(sandbox, domid).read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return _ours(pid, domid)
+
+
+def wanted(sandbox: Path) -> list[int]:
+    """Domains created with a simulated guest: their pid file stays while the domain lives, also
+    after the guest stopped with the sandbox's xenstored (``sandbox stop``)."""
+    out = []
+    for path in (Path(sandbox) / "domains").glob("*.pid"):
+        if path.stem.isdigit():
+            out.append(int(path.stem))
+    return sorted(out)
+
+
+def revive(sandbox: Path, socket: str, client: object) -> list[int]:
+    """Restart the simulated guest of every domain that should have one and has none running
+    (it stopped with the xenstored it talked to); forget those whose domain is gone."""
+    restarted = []
+    for domid in wanted(sandbox):
+        if is_running(sandbox, domid):
+            continue
+        if not client.exists(f"/local/domain/{domid}"):  # type: ignore[attr-defined]
+            pid_file(sandbox, domid).unlink(missing_ok=True)
+            continue
+        start(sandbox, socket, domid)
+        restarted.append(domid)
+    return restarted
+
+
+def running_processes(sandbox: Path) -> list[int]:
+    """Every simulated-guest process serving this sandbox, found by its command line (so one
+    whose pid file is gone is found too)."""
+    from xenpciback_cli.xenstore.sandbox import socket_path
+
+    sock = socket_path(sandbox).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if MODULE.encode() in cmdline and sock in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_all(sandbox: Path, *, forget: bool, timeout: float = 5.0) -> list[int]:
+    """Stop every simulated guest of the sandbox; ``forget`` also drops their pid files (the
+    sandbox is being replaced), else they stay so that the next use restarts them."""
+    pids = running_processes(sandbox)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline and Path(f"/proc/{pid}/cmdline").exists():
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                pass
+            time.sleep(0.02)
+        if Path(f"/proc/{pid}/cmdline").exists():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if forget:
+        for path in (Path(sandbox) / "domains").glob("*.pid"):
+            path.unlink(missing_ok=True)
+    return pids
 
 
 if __name__ == "__main__":

@@ -94,14 +94,37 @@ def apply_ops(node: Any, ops: Sequence[Op]) -> None:
             raise TypeError(op)
 
 
-def transact(client: Any, fn: Any, *, retries: int, what: str) -> Any:
-    """``client.transact`` with a person-readable failure when conflicts never stop."""
-    from xenpciback_cli.errors import OperationFailed
+#: Errors a transaction attempt may fail with that mean "the tree moved under us; try again":
+#: EAGAIN at commit, and EIO from C xenstored (and ours) when a request inside the transaction
+#: meets its stale copy of a parent another writer changed (two detaches on one domain).
+RETRYABLE = ("EAGAIN", "EIO")
 
-    try:
-        return client.transact(fn, retries=retries)
-    except OperationFailed as exc:
-        if getattr(exc, "errno_name", None) == "EAGAIN":
-            raise OperationFailed(f"{what}: xenstore transaction conflicted with other writers "
-                                  f"{retries + 1} times; nothing was changed") from None
-        raise
+
+def transact(client: Any, fn: Any, *, retries: int, what: str) -> Any:
+    """Run ``fn(tx)`` in a fresh transaction until it commits, at most ``retries + 1`` times.
+
+    Conflicts (:data:`RETRYABLE`) are retried with a short randomised back-off, so that two
+    tools racing on one domain do not retry in lock-step; a lost connection is never retried.
+    When conflicts never stop, the error says so and that nothing was changed.
+    """
+    import random
+    import time
+
+    from xenpciback_cli.errors import OperationFailed
+    from xenpciback_cli.xenstore.client import XenstoreConnectionLost
+
+    attempt = 0
+    while True:
+        try:
+            return client.transact(fn, retries=0)
+        except XenstoreConnectionLost:
+            raise
+        except OperationFailed as exc:
+            name = getattr(exc, "errno_name", None)
+            if name not in RETRYABLE:
+                raise
+            if attempt >= retries:
+                raise OperationFailed(f"{what}: xenstore transaction conflicted with other writers "
+                                      f"{retries + 1} times; nothing was changed") from None
+        attempt += 1
+        time.sleep(random.uniform(0.5, 1.0) * min(0.001 * (2 ** attempt), 0.05))

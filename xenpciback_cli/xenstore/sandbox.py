@@ -124,9 +124,18 @@ def ensure_running(sandbox: str | os.PathLike[str]) -> str:
         raise SandboxDaemonError(f"xenstored for {sandbox} did not start within {START_TIMEOUT:g}s")
 
 
+def _find_daemon(sandbox: str | os.PathLike[str]) -> int | None:
+    """The xenstored serving this sandbox's socket, by command line (its pid file may be gone)."""
+    sock = socket_path(sandbox)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _is_our_daemon(int(entry.name), sock):
+            return int(entry.name)
+    return None
+
+
 def stop(sandbox: str | os.PathLike[str]) -> int | None:
     """Stop the sandbox's xenstored (it saves its tree); returns its pid, None if not running."""
-    pid = read_pid(sandbox)
+    pid = read_pid(sandbox) or _find_daemon(sandbox)
     if pid is None:
         return None
     os.kill(pid, signal.SIGTERM)

@@ -110,6 +110,7 @@ def create_sandbox(directory: str | os.PathLike[str], *, force: bool = False) ->
                                        "empty and is not a sandbox")
         if not force:
             raise errors.InputError(f"{directory} is already a sandbox (use --force to recreate it)")
+        stop_background(root, forget=True)  # else they outlive it and write into the new one
         for entry in root.iterdir():
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -118,6 +119,21 @@ def create_sandbox(directory: str | os.PathLike[str], *, force: bool = False) ->
     root.mkdir(parents=True, exist_ok=True)
     _build(root)
     return SandboxHost(root)
+
+
+def stop_background(root: Path, *, forget: bool) -> dict[str, object]:
+    """Stop what runs for the sandbox in the background: the simulated guests first (they talk
+    to it), then its xenstored (which saves its tree). ``forget``: the guests are not to come
+    back (the sandbox is being replaced); else the next command restarts them."""
+    from xenpciback_cli.toolstack import simguest
+    from xenpciback_cli.xenstore import sandbox as xs_sandbox
+
+    guests = simguest.stop_all(root, forget=forget)
+    try:
+        daemon = xs_sandbox.stop(root)
+    except xs_sandbox.SandboxDaemonError as exc:
+        raise errors.OperationFailed(str(exc)) from None
+    return {"guests": guests, "xenstored": daemon}
 
 
 def _captures() -> tuple[dict[str, Any], Any]:

@@ -1,0 +1,127 @@
+"""attach and detach read and validate everything before their first write, and tell one story
+about devices held by vfio-pci or pci-stub (with ``list``, with and without ``--seize``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from xenpciback_cli.cli import cli
+from xenpciback_cli.errors import XenPcibackError
+from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
+from xenpciback_cli.pci.address import Bdf
+
+VF1, VF3, XHCI = Bdf.parse("04:10.1"), Bdf.parse("04:10.3"), Bdf.parse("00:14.0")
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return create_sandbox(tmp_path_factory.mktemp("validate") / "s").directory
+
+
+@pytest.fixture()
+def sandbox(pristine, tmp_path):
+    target = tmp_path / "s"
+    shutil.copytree(pristine, target, symlinks=True)
+    yield target
+    invoke(target, "sandbox", "stop")
+
+
+class Run:
+    """What a person sees: the exit code, stdout, and the one error line ``main`` would print."""
+
+    def __init__(self, result) -> None:
+        exc = result.exception
+        if isinstance(exc, XenPcibackError):
+            self.exit_code, self.output = int(exc.exit_code), f"xen-pciback: error: {exc}\n"
+        elif exc is not None and not isinstance(exc, SystemExit):
+            raise exc
+        else:
+            self.exit_code, self.output = result.exit_code, result.output
+
+
+def invoke(sandbox, *args) -> Run:
+    return Run(CliRunner().invoke(cli, ["--sandbox", str(sandbox), *map(str, args)]))
+
+
+def ok(sandbox, *args):
+    result = invoke(sandbox, *args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def snapshot(sandbox):
+    """Everything a write would change: drivers, state dir files, the xenstore tree."""
+    host = open_sandbox(sandbox)
+    drivers = {d.bdf: d.driver for d in host.devices()}
+    state = {p.name: p.read_bytes() for p in (sandbox / "state").rglob("*") if p.is_file()
+             and "lock" not in p.name} if (sandbox / "state").exists() else {}
+    tree = ok(sandbox, "--json", "xenstore", "ls", "/").output
+    return drivers, state, tree
+
+
+def test_attach_seize_finds_the_slot_taken_before_seizing(sandbox):
+    ok(sandbox, "sandbox", "domain", "create", 7, "--no-guest")
+    ok(sandbox, "attach", f"{VF1}@2", "--domid", 7, "--seize")
+    before = snapshot(sandbox)
+    result = invoke(sandbox, "attach", f"{VF3}@2", "--domid", 7, "--seize")
+    assert result.exit_code == 2
+    assert "virtual slot 0x02 of domain 7 is taken by 0000:04:10.1" in result.output
+    assert snapshot(sandbox) == before  # 04:10.3 still on igbvf, no record, no journal
+
+
+def test_attach_seize_finds_the_device_held_elsewhere_before_seizing(sandbox):
+    ok(sandbox, "sandbox", "domain", "create", 7, "--no-guest")
+    ok(sandbox, "sandbox", "domain", "create", 8, "--no-guest")
+    ok(sandbox, "xenstore", "write", f"/libxl/pci/{VF3.xs_key}/domid", "8")
+    before = snapshot(sandbox)
+    result = invoke(sandbox, "attach", VF3, "--domid", 7, "--seize")
+    assert result.exit_code == 3 and "attached to domain 8" in result.output
+    assert snapshot(sandbox) == before
+    result = invoke(sandbox, "attach", VF3, "--domid", 9, "--seize")  # no such domain
+    assert result.exit_code == 2 and "unknown domain 9" in result.output
+    assert snapshot(sandbox) == before
+
+
+def test_corrupt_backend_settings_stop_detach_and_attach_before_any_write(sandbox):
+    ok(sandbox, "sandbox", "domain", "create", 7, "--no-guest")
+    ok(sandbox, "attach", VF1, "--domid", 7, "--seize", "--quirk", "e0:2:ff00")
+    settings = sandbox / "state" / "backend-settings.json"
+    assert settings.exists()
+    settings.write_text("{not json")
+    before = snapshot(sandbox)
+    for args in (("detach", VF1, "--domid", 7), ("detach", VF1, "--domid", 7, "--force"),
+                 ("attach", VF3, "--domid", 7, "--seize", "--permissive")):
+        result = invoke(sandbox, *args)
+        assert result.exit_code != 0, args
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and str(settings) in lines[0], result.output
+        assert "Traceback" not in result.output
+        assert snapshot(sandbox) == before, args  # still attached, nothing seized
+    settings.unlink()
+    ok(sandbox, "detach", VF1, "--domid", 7)
+
+
+@pytest.mark.parametrize("driver", ["vfio-pci", "pci-stub"])
+def test_devices_held_for_other_consumers_tell_one_story(sandbox, driver):
+    ok(sandbox, "hide", "--driver", driver, XHCI)
+    ok(sandbox, "sandbox", "domain", "create", 7, "--no-guest")
+    [row] = json.loads(ok(sandbox, "--json", "list", XHCI).output)
+    assert row["state"] == "seized" and row["driver"] == driver and row["attachable"] is False
+    before = snapshot(sandbox)
+    plain = invoke(sandbox, "attach", XHCI, "--domid", 7)
+    seize = invoke(sandbox, "attach", XHCI, "--domid", 7, "--seize")
+    assert plain.exit_code == seize.exit_code == 3
+    assert plain.output == seize.output
+    assert plain.output.count("\n") == 1
+    assert f"is seized by {driver}" in plain.output and "not seized" not in plain.output
+    assert f"unhide {XHCI}" in plain.output and "--force" not in plain.output
+    assert snapshot(sandbox) == before
+    # The way out the message gives works.
+    ok(sandbox, "unhide", XHCI)
+    ok(sandbox, "attach", XHCI, "--domid", 7, "--seize")
+    [row] = json.loads(ok(sandbox, "--json", "list", XHCI).output)
+    assert row["state"] == "attached" and row["driver"] == "pciback" and row["attachable"] is True
