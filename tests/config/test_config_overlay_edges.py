@@ -5,12 +5,16 @@ many bytes happened to be readable."""
 from __future__ import annotations
 
 import pytest
-
 from test_config_overlay import MEM32, MEM64PF, RESOURCES, ROM, make_config
+
 from xenpciback_cli.config import capabilities
-from xenpciback_cli.config.fields import MemoryAccessor
+from xenpciback_cli.config.fields import ConfigAccessError, MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy
-from xenpciback_cli.config.registers import IORESOURCE_DISABLED, IORESOURCE_UNSET, XenPciErr
+from xenpciback_cli.config.registers import (
+    IORESOURCE_DISABLED,
+    IORESOURCE_UNSET,
+    XenPciErr,
+)
 from xenpciback_cli.host.model import Resource
 
 INVALID = XenPciErr.INVALID_OFFSET
@@ -200,8 +204,9 @@ def test_permissive_write_beyond_the_readable_bytes_never_reaches_the_copy():
 
 def test_memory_accessor_short_data_never_grows():
     hw = MemoryAccessor(b"\0" * 64)
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigAccessError) as exc:
         hw.write(0x40, 4, 1)
+    assert exc.value.err == OP_FAILED
     assert len(hw.data) == 64
 
 

@@ -383,9 +383,19 @@ class OverlayDevice:
         affected: dict[int, list[tuple[int, int, int]]] = {id(f): [] for f in self._fields}
         for field in self._fields:
             field.writer = self._writers[field.write_kind]
+        owners = self._owner
+        unowned = self._w_unowned
         for size in _SIZES:
+            width = _WIDTH[size]
             for offset in range(0, self.config_size, size):
                 key = offset << 3 | size
+                if not any(owners[offset:offset + size]):
+                    # No field (most of extended space): all hardware, writes dropped or
+                    # written through in permissive mode. The fast path keeps building cheap.
+                    reads[key] = (width, 0, (_OK, 0))
+                    plans[key] = ()
+                    whole[key] = (unowned, key, width)
+                    continue
                 hwmask = 0
                 seen: list[Field] = []
                 for i in range(size):
