@@ -312,7 +312,9 @@ def test_bars_without_resources_show_address_with_unknown_size():
 def test_pm_hides_pme_support_and_disarms_pme(dev):
     hw, ov = dev
     assert r(dev, 0x42, 2) == (0, 0x0203)
-    assert not hw.read(0x44, 2) & 0x0100  # PME_Enable cleared at export
+    assert hw.read(0x44, 2) & 0x0100 and hw.writes == 0  # building the overlay writes nothing
+    ov.prepare_export()
+    assert not hw.read(0x44, 2) & 0x0100  # PME_Enable cleared at export, as Linux does at bind
     ov.write(0x44, 2, 0x0100)
     assert not hw.read(0x44, 2) & 0x0100
 
@@ -412,11 +414,17 @@ def _captured_devices():
 
 @pytest.mark.parametrize("device", _captured_devices())
 def test_real_captures_build_and_survive_full_sweep(device):
-    hw = MemoryAccessor(device.data, size=4096 if len(device.data) > 256 else 256)
-    ov = OverlayDevice(hw, policy=Policy(), config_size=len(hw.data))
-    for off in range(0, ov.config_size, 4):
+    hw = MemoryAccessor(device.data, size=4096)
+    ov = OverlayDevice(hw, policy=Policy())  # the size from the capabilities, not the capture
+    assert hw.writes == 0
+    for off in range(0, 4096, 4):
         err, value = ov.read(off, 4)
-        assert err == 0 and 0 <= value <= 0xFFFFFFFF
+        if off >= ov.config_size:
+            assert (err, value) == (INVALID, 0)
+        elif off >= len(device.data):  # the capture does not hold these bytes
+            assert (err, value) == (XenPciErr.OP_FAILED, 0)
+        else:
+            assert err == 0 and 0 <= value <= 0xFFFFFFFF
     assert ov.read(0, 2) == (0, int.from_bytes(device.data[0:2], "little"))
 
 

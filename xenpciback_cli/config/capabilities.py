@@ -18,9 +18,12 @@ The walk follows lspci's rules (so ``inspect`` and ``lspci -vvv`` list the same 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xenpciback_cli.config.registers import (
+    CONFIG_SIZE,
+    EXT_CONFIG_SIZE,
     CapId,
     ExtCapId,
     HeaderType,
@@ -283,3 +286,47 @@ def _walk_extended(data: bytes, result: CapabilityWalk) -> None:
 def has_express(data: bytes) -> bool:
     """Whether the device has a PCI Express capability (and so 4096 bytes of config space)."""
     return walk(data[:256]).find(CapId.EXP) is not None
+
+
+#: PCI-X status register (capability + 4) bits saying "PCI-X 2.0: 266 / 533 MHz capable".
+_PCIX_STATUS = 4
+_PCIX_STATUS_266_533 = 0x40000000 | 0x80000000
+
+
+def config_space_size(data: bytes,
+                      read_dword: Callable[[int], int | None] | None = None) -> int:
+    """The device's config space size (256 or 4096) the way Linux's ``pci_cfg_space_size``
+    decides it - from the capabilities, never from how many bytes happened to be readable.
+
+    Extended space exists for a PCI Express device, a PCI-X 2.0 device (266/533 MHz capable) and
+    a host bridge, and only if the dword at 0x100 does not read all-ones and is not an alias of
+    the header. ``data`` is the config bytes that could be read (at least the first 256 for the
+    capabilities; 64 readable bytes show none, so such a device counts as conventional);
+    ``read_dword(offset)`` reads an extended-space dword, ``None`` when it cannot be read (the
+    default looks in ``data``). When 0x100 cannot be read, an Express or PCI-X 2.0 capability
+    still means 4096 (an ``lspci -xxx`` dump holds 256 bytes of a 4096-byte device); a host
+    bridge without readable extended space counts as 256.
+    """
+    if read_dword is None:
+        def read_dword(offset: int) -> int | None:
+            return _dword(data, offset) if offset + 4 <= len(data) else None
+    if len(data) < 0x40:
+        return CONFIG_SIZE
+    caps = walk(data[:CONFIG_SIZE])
+    express = caps.find(CapId.EXP) is not None
+    pcix = caps.find(CapId.PCIX)
+    pcix2 = pcix is not None and pcix.offset + 8 <= len(data) and \
+        bool(_dword(data, pcix.offset + _PCIX_STATUS) & _PCIX_STATUS_266_533)
+    host_bridge = data[Reg.CLASS_DEVICE + 1] == 0x06 and data[Reg.CLASS_DEVICE] == 0x00
+    if not (express or pcix2 or host_bridge):
+        return CONFIG_SIZE
+    first = read_dword(CONFIG_SIZE)
+    if first is None:
+        return EXT_CONFIG_SIZE if express or pcix2 else CONFIG_SIZE
+    if first == 0xFFFFFFFF:
+        return CONFIG_SIZE
+    header = _dword(data, 0)
+    if first == header and all(read_dword(pos) == header
+                               for pos in range(0x200, EXT_CONFIG_SIZE, 0x100)):
+        return CONFIG_SIZE  # extended space is the header again (an aliasing host bridge)
+    return EXT_CONFIG_SIZE

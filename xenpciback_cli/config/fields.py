@@ -79,6 +79,10 @@ class Field:
     bar_len: int = 0
     bar_sizing_mask: int = 0
     size_known: bool = True
+    # Whether a guest write of bar_val may be written back to hardware ("restore"): only for a
+    # BAR the kernel assigned (a usable resource), never for one it shows as 0 (stricter than
+    # Linux, which would write that 0 over the hardware address).
+    restorable: bool = False
     # Filled in by the overlay when it builds its tables: the bound write handler, and the read
     # entries (key, offset, size, hardware mask) to refresh when the virtual value changes.
     writer: Any = None
@@ -112,25 +116,31 @@ class Field:
 class MemoryAccessor:
     """Config space held in memory: the hardware of tests, benchmarks and ``inspect``.
 
-    Bytes beyond ``readable`` (sysfs without root gives 64) read as all-ones, like a bus with no
-    answer; ``reads`` and ``writes`` count accesses so tests can prove emulated reads touch no
-    hardware.
+    Like the sysfs ``config`` file it stands for, it answers only for the bytes that could be
+    read (``readable``: 64 for sysfs without root, 256 for an ``lspci -xxx`` dump): an access
+    beyond them fails with ``XEN_PCI_ERR_op_failed`` and changes nothing, so a simulated write
+    never lands on bytes nobody knows. ``reads`` and ``writes`` count accesses so tests can prove
+    emulated reads touch no hardware and building an overlay writes nothing.
     """
 
     def __init__(self, data: bytes, size: int | None = None, readable: int | None = None) -> None:
         total = size if size is not None else len(data)
         self.data = bytearray(b"\xff" * total)
         self.data[:min(len(data), total)] = data[:total]
-        self.readable = len(data) if readable is None else readable
+        self.readable = min(len(data) if readable is None else readable, total)
         self.reads = 0
         self.writes = 0
         self.log: list[tuple[int, int, int]] = []
 
     def read(self, offset: int, size: int) -> int:
         self.reads += 1
+        if offset < 0 or offset + size > self.readable:
+            raise ConfigAccessError(XenPciErr.OP_FAILED)
         return int.from_bytes(self.data[offset:offset + size], "little")
 
     def write(self, offset: int, size: int, value: int) -> None:
+        if offset < 0 or offset + size > self.readable:
+            raise ConfigAccessError(XenPciErr.OP_FAILED)
         self.writes += 1
         self.log.append((offset, size, value))
         self.data[offset:offset + size] = value.to_bytes(size, "little")

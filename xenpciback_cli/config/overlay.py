@@ -126,9 +126,13 @@ class OverlayDevice:
                             for o in range(0, CONFIG_SIZE, 4))
         self.header_type = snapshot[Reg.HEADER_TYPE] & HEADER_TYPE_MASK
         self.caps = capabilities.walk(snapshot)
+        #: What the overlay ignored about this device and why (capabilities that do not fit,
+        #: an export step that could not be done); ``inspect`` shows them.
+        self.problems: list[str] = []
         if config_size is None:
-            config_size = EXT_CONFIG_SIZE if self.caps.find(CapId.EXP) or \
-                self.caps.find(CapId.PCIX) else CONFIG_SIZE
+            # From the capabilities (as Linux's pci_cfg_space_size), not from what was readable.
+            config_size = capabilities.config_space_size(
+                snapshot, lambda offset: _read_or_none(hw, offset))
         if config_size not in (CONFIG_SIZE, EXT_CONFIG_SIZE):
             raise ValueError(f"config size must be 256 or 4096, not {config_size}")
         self.config_size = config_size
@@ -206,9 +210,18 @@ class OverlayDevice:
         for cap_id, builder in ((CapId.VPD, self._build_vpd), (CapId.PM, self._build_pm),
                                 (CapId.MSI, self._build_msi), (CapId.MSIX, self._build_msix)):
             cap = self.caps.find(cap_id)
-            if cap is not None and cap.offset >= 0x40:  # Linux ignores pointers into the header
-                self._hwf(cap.offset, 2, f"{cap.name} capability header")
-                builder(cap.offset, snap)
+            if cap is None or cap.offset < 0x40:  # Linux ignores pointers into the header
+                continue
+            end = cap.offset + _cap_length(cap_id, snap, cap.offset)
+            if end > CONFIG_SIZE:
+                # A standard capability lives in 0x40-0xff; one running past 0x100 would put
+                # fields (and PMCSR's export-time write) on extended space or past the device.
+                self.problems.append(
+                    f"{cap.name} capability at {cap.offset:#04x} runs past 0x100 (to {end:#05x}): "
+                    "ignored by the overlay (its registers read from hardware, writes dropped)")
+                continue
+            self._hwf(cap.offset, 2, f"{cap.name} capability header")
+            builder(cap.offset, snap)
 
     def _resource(self, index: int) -> Resource | None:
         if self.resources is None:
@@ -238,8 +251,11 @@ class OverlayDevice:
                     size = _res_size(lower)
                     field.bar_val = (lower.start >> 32) & 0xFFFFFFFF
                     field.bar_len = ((-size) >> 32) & 0xFFFFFFFF if size else 0
+                    field.restorable = _res_usable(lower)
                 else:
-                    field.bar_val, field.bar_len = _bar_values(self._resource(pos))
+                    res = self._resource(pos)
+                    field.bar_val, field.bar_len = _bar_values(res)
+                    field.restorable = _res_usable(res)
             raw_is_io = bool(field.bar_val & BAR_SPACE_IO) if not upper else False
             field.bar_sizing_mask = 0 if upper else (0x3 if raw_is_io else 0xF)
             if upper:
@@ -254,7 +270,9 @@ class OverlayDevice:
             rom.size_known = False
             rom.bar_val = int.from_bytes(snap[rom_offset:rom_offset + 4], "little")
         else:
-            rom.bar_val, rom.bar_len = _bar_values(self._resource(ROM_RESOURCE_INDEX))
+            res = self._resource(ROM_RESOURCE_INDEX)
+            rom.bar_val, rom.bar_len = _bar_values(res)
+            rom.restorable = _res_usable(res)
         rom.virtual = rom.bar_val
         self._add(rom)
 
@@ -269,9 +287,30 @@ class OverlayDevice:
         self._hwf(pos + 4, 2, "PM control/status", "pmcsr")
         self._hwf(pos + 6, 1, "PM bridge extensions")
         self._hwf(pos + 7, 1, "PM data")
-        pmcsr = self._hw_read(pos + 4, 2)
-        if pmcsr & PM_CTRL_PME_ENABLE:  # a guest must not get wake-ups armed by the host
-            self._hw_write(pos + 4, 2, pmcsr & ~PM_CTRL_PME_ENABLE & ~PM_CTRL_PME_STATUS)
+
+    def prepare_export(self) -> list[tuple[int, int, int]]:
+        """Linux's bind-time hardware step, done once when the device is exported: clear
+        PME_Enable in PMCSR (a guest must not get wake-ups armed by the host).
+
+        Building the overlay never writes hardware; this is the one write made without a guest
+        asking, only to a PMCSR the field table holds (inside 0x40-0xff). Returns the writes
+        made as ``(offset, size, value)``; a device that cannot be read or written is noted in
+        ``problems`` instead of raising.
+        """
+        if self._pm is None:
+            return []
+        offset = self._pm + 4
+        try:
+            pmcsr = self._hw_read(offset, 2)
+            if not pmcsr & PM_CTRL_PME_ENABLE:
+                return []
+            value = pmcsr & ~PM_CTRL_PME_ENABLE & ~PM_CTRL_PME_STATUS
+            self._hw_write(offset, 2, value)
+        except ConfigAccessError as exc:
+            self.problems.append(f"could not clear PME_Enable in PMCSR at {offset:#04x} "
+                                 f"(error {exc.err})")
+            return []
+        return [(offset, 2, value)]
 
     def _build_msi(self, pos: int, snap: bytes) -> None:
         self._msi = pos
@@ -344,9 +383,19 @@ class OverlayDevice:
         affected: dict[int, list[tuple[int, int, int]]] = {id(f): [] for f in self._fields}
         for field in self._fields:
             field.writer = self._writers[field.write_kind]
+        owners = self._owner
+        unowned = self._w_unowned
         for size in _SIZES:
+            width = _WIDTH[size]
             for offset in range(0, self.config_size, size):
                 key = offset << 3 | size
+                if not any(owners[offset:offset + size]):
+                    # No field (most of extended space): all hardware, writes dropped or
+                    # written through in permissive mode. The fast path keeps building cheap.
+                    reads[key] = (width, 0, (_OK, 0))
+                    plans[key] = ()
+                    whole[key] = (unowned, key, width)
+                    continue
                 hwmask = 0
                 seen: list[Field] = []
                 for i in range(size):
@@ -587,7 +636,9 @@ class OverlayDevice:
         if (value | field.bar_sizing_mask) == 0xFFFFFFFF:
             self._set_virtual(field, field.bar_len)  # sizing: the guest reads the size mask
             return _OK
-        if value == field.bar_val and field.size_known:
+        if value == field.bar_val and field.restorable:
+            # Only a BAR the kernel assigned is restored: one without a usable resource reads
+            # as 0, and writing that 0 would erase the hardware's address (Linux would).
             if self._hw_read(field.offset, 4) != field.bar_val:
                 self._hw_write(field.offset, 4, field.bar_val)  # restore after a reset
         self._set_virtual(field, field.bar_val)
@@ -679,6 +730,23 @@ class OverlayDevice:
         return bytes(out)
 
 
+def _read_or_none(hw: HardwareAccessor, offset: int) -> int | None:
+    """A dword of extended space for sizing config space; ``None`` when it cannot be read."""
+    try:
+        return hw.read(offset, 4)
+    except ConfigAccessError:
+        return None
+
+
+def _cap_length(cap_id: int, snap: bytes, pos: int) -> int:
+    """How many bytes of registers the overlay gives a capability (header included)."""
+    if cap_id == CapId.MSI:
+        flags = int.from_bytes(snap[pos + 2:pos + 4], "little")
+        length = 0x0E if flags & MSI_FLAGS_64BIT else 0x0A
+        return length + 0x0A if flags & MSI_FLAGS_MASKBIT else length
+    return 0x0C if cap_id == CapId.MSIX else 0x08  # MSI-X; VPD and PM
+
+
 def _read_or_ones(hw: HardwareAccessor, offset: int) -> int:
     """A dword for building the field table; unreadable reads as all-ones (no capability)."""
     try:
@@ -709,10 +777,15 @@ def _res_size(res: Resource | None) -> int:
     return res.end - res.start + 1
 
 
+def _res_usable(res: Resource | None) -> bool:
+    """A resource the kernel assigned: present, memory or I/O, not disabled or unset, sized."""
+    return res is not None and bool(res.flags & (IORESOURCE_IO | IORESOURCE_MEM)) and \
+        not res.flags & (IORESOURCE_DISABLED | IORESOURCE_UNSET) and _res_size(res) > 0
+
+
 def _bar_values(res: Resource | None) -> tuple[int, int]:
     """Linux's (val, len_val) for a BAR or ROM resource: address|type bits and -size|type bits."""
-    if res is None or res.flags & (IORESOURCE_DISABLED | IORESOURCE_UNSET) or not _res_size(res) \
-            or not res.flags & (IORESOURCE_IO | IORESOURCE_MEM):
+    if res is None or not _res_usable(res):
         return 0, 0
     low_bits = _type_bits(res)
     size = _res_size(res)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from xenpciback_cli.config import capabilities, decode
 from xenpciback_cli.config.fields import MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy
-from xenpciback_cli.config.registers import CONFIG_SIZE, EXT_CONFIG_SIZE, CapId
+from xenpciback_cli.config.registers import CONFIG_SIZE, EXT_CONFIG_SIZE
 from xenpciback_cli.errors import InputError
 from xenpciback_cli.host.model import Resource
 
@@ -74,8 +74,10 @@ def build_report(src: DeviceSource, *, permissive: bool = False,
     if len(data) < 0x40:
         raise ValueError(f"{src.bdf}: only {len(data)} bytes of config space")
     walk = capabilities.walk(data)
-    has_ext = walk.find(CapId.EXP) is not None or walk.find(CapId.PCIX) is not None
-    config_size = EXT_CONFIG_SIZE if len(data) > CONFIG_SIZE or has_ext else CONFIG_SIZE
+    # The size comes from the capabilities (as Linux decides it), never from how many bytes the
+    # source happened to hold: a 4096-byte capture of a conventional device is still 256.
+    config_size = capabilities.config_space_size(data)
+    has_ext = config_size == EXT_CONFIG_SIZE
     if len(data) <= 0x40:
         why = "sysfs gives the rest to root only" if src.source in ("sysfs", "sandbox") \
             else "the source holds no more"
@@ -97,11 +99,13 @@ def build_report(src: DeviceSource, *, permissive: bool = False,
     rom = decode.decode_rom(data, src.resources)
     if src.resources is None:
         notes.append("no resource information: BAR and ROM sizes are unknown")
+    notes.extend(overlay.problems)
     readable = len(data)
+    shown = min(readable, config_size)  # bytes past the config size belong to no register
     fields = []
     for f in sorted(overlay.fields(), key=lambda f: f.offset):
         item = f.describe()
-        known = f.end <= readable
+        known = f.end <= shown
         hw_value = int.from_bytes(data[f.offset:f.end], "little") if known else None
         err, guest = overlay.read(f.offset, f.size)
         width = 2 + 2 * f.size
@@ -109,7 +113,7 @@ def build_report(src: DeviceSource, *, permissive: bool = False,
         item["guest_value"] = f"{guest:#0{width}x}" if err == 0 and known else None
         item["differs"] = known and err == 0 and guest != hw_value
         fields.append(item)
-    guest_bytes = overlay.guest_view(readable - readable % 4)
+    guest_bytes = overlay.guest_view(shown - shown % 4)
     simulated = _simulate_writes(overlay, hw, writes)
     report: dict[str, object] = {
         "bdf": src.bdf,
@@ -136,6 +140,6 @@ def build_report(src: DeviceSource, *, permissive: bool = False,
     }
     if writes:
         report["guest_writes"] = simulated
-        report["guest_config_after_writes"] = overlay.guest_view(readable - readable % 4).hex()
-        report["config_after_writes"] = bytes(hw.data[:readable]).hex()
+        report["guest_config_after_writes"] = overlay.guest_view(shown - shown % 4).hex()
+        report["config_after_writes"] = bytes(hw.data[:shown]).hex()
     return report
