@@ -256,9 +256,10 @@ def _attach(client: Any, spec: AttachSpec, host: Any | None,
         raise InputError(f"rdm_policy must be strict or relaxed, not {spec.options.rdm_policy!r}")
     bdfs = resolve_functions(spec, host)
     if state_dir is not None and (spec.options.permissive or spec.quirks):
-        from xenpciback_cli.engine.backend_settings import load_settings
+        from xenpciback_cli.engine.backend_settings import load_device_settings
 
-        load_settings(state_dir)  # a corrupt file stops us here, not after the attach
+        for function in bdfs:  # a corrupt file of ours stops us here, not after the attach
+            load_device_settings(state_dir, function)
     to_seize = functions_to_seize(bdfs, host, seize=spec.seize and seize_fn is not None)
     devices = tuple(L.DeviceRequest(b, v) for b, v in zip(bdfs, L.vdevfns_for(bdfs, spec.vslot)))
     request = L.AttachRequest(domid, devices, spec.options, spec.name)

@@ -114,11 +114,11 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
     """
     if state_dir is None:
         return _detach(client, bdf, domid, host, force, timeout, reset, retries, on_attempt, None)
-    from xenpciback_cli.engine.backend_settings import load_settings
+    from xenpciback_cli.engine.backend_settings import load_device_settings
     from xenpciback_cli.engine.journal import Journal
 
     with Journal(state_dir).locked():
-        load_settings(state_dir)
+        load_device_settings(state_dir, bdf)  # only this device's file: others' don't concern us
         return _detach(client, bdf, domid, host, force, timeout, reset, retries, on_attempt,
                        state_dir)
 
