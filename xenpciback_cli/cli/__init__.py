@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
                   for a in args)
+    if os.environ.get("_XEN_PCIBACK_COMPLETE"):  # a shipped completion script asking
+        from xenpciback_cli.cli.completion import register
+
+        register()
     try:
         cli.main(args=args, prog_name="xen-pciback", standalone_mode=False)
     except click.exceptions.Exit as exc:
