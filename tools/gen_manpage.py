@@ -112,13 +112,19 @@ def option_row(opt: click.Option) -> tuple[str, str]:
 
 
 def options_of(ctx: click.Context, command: click.Command) -> list[tuple[str, str]]:
-    return [option_row(param) for param in command.get_params(ctx)
+    rows = [option_row(param) for param in command.params
             if isinstance(param, click.Option) and not param.hidden]
+    # The help option is click's to make (8.2+ caches it on the command, built with whichever
+    # context asked first): its row is written here from the context's names instead.
+    if command.add_help_option and ctx.help_option_names:
+        names = sorted(ctx.help_option_names, key=lambda name: len(name) - len(name.lstrip("-")))
+        rows.append((", ".join(names), "Show this message and exit."))
+    return rows
 
 
 def usage_of(ctx: click.Context, command: click.Command) -> str:
     pieces = [command.options_metavar] if command.options_metavar else []
-    pieces += [argument_usage(param) for param in command.get_params(ctx)
+    pieces += [argument_usage(param) for param in command.params
                if isinstance(param, click.Argument)]
     if isinstance(command, click.Group):
         pieces.append(command.subcommand_metavar)
@@ -150,13 +156,14 @@ def walk(ctx: click.Context, command: click.Command, path: list[str]) -> list[st
             sub = command.get_command(ctx, name)
             if sub is None or sub.hidden:
                 continue
-            sub_ctx = click.Context(sub, info_name=name, parent=ctx)
+            sub_ctx = click.Context(sub, info_name=name, parent=ctx, **sub.context_settings)
             out.extend(walk(sub_ctx, sub, path + [name]))
     return out
 
 
 def render() -> str:
-    ctx = click.Context(cli, info_name="xen-pciback")
+    # As 'xen-pciback' itself runs: the group's context settings (-h as well as --help).
+    ctx = click.Context(cli, info_name="xen-pciback", **cli.context_settings)
     head = [
         f'.TH XEN\\-PCIBACK 1 "" "xen-pciback {__version__}" "User Commands"',
         ".SH NAME",
