@@ -72,3 +72,18 @@ def test_options_before_a_missing_command_are_a_one_line_usage_error(capsys):
     code, out, err = run(capsys, "--json")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("xen-pciback: error: Missing command")
+
+
+def test_every_group_of_the_tree_is_covered_by_the_bare_group_test():
+    import click
+
+    from xenpciback_cli.cli import cli
+
+    def groups(command, path):
+        if isinstance(command, click.Group):
+            yield path
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):
+                yield from groups(command.get_command(ctx, name), [*path, name])
+
+    assert sorted(groups(cli, [])) == [[], ["sandbox"], ["sandbox", "domain"], ["xenstore"]]
