@@ -1,41 +1,27 @@
 #compdef xen-pciback
+# zsh completion for xen-pciback, written by tools/gen_completions.py: do not edit.
 
-_xen_pciback_completion() {
-    local -a completions
-    local -a completions_with_descriptions
-    local -a response
-    (( ! $+commands[xen-pciback] )) && return 1
-
-    response=("${(@f)$(env COMP_WORDS="${words[*]}" COMP_CWORD=$((CURRENT-1)) _XEN_PCIBACK_COMPLETE=zsh_complete xen-pciback)}")
-
-    for type key descr in ${response}; do
-        if [[ "$type" == "plain" ]]; then
-            if [[ "$descr" == "_" ]]; then
-                completions+=("$key")
-            else
-                completions_with_descriptions+=("$key":"$descr")
-            fi
-        elif [[ "$type" == "dir" ]]; then
-            _path_files -/
-        elif [[ "$type" == "file" ]]; then
-            _path_files -f
-        fi
+_xen_pciback() {
+    local -a response described plain
+    local kind key descr
+    (( $+commands[xen-pciback] )) || return 1
+    response=("${(@f)$(env COMP_WORDS="${words[*]}" COMP_CWORD=$((CURRENT-1)) \
+                       _XEN_PCIBACK_COMPLETE=zsh_complete xen-pciback 2>/dev/null)}")
+    for kind key descr in "${response[@]}"; do
+        case $kind in
+            plain)
+                if [[ $descr == _ ]]; then plain+=("$key"); else described+=("$key:$descr"); fi ;;
+            dir) _path_files -/ ;;
+            file) _path_files -f ;;
+        esac
     done
-
-    if [ -n "$completions_with_descriptions" ]; then
-        _describe -V unsorted completions_with_descriptions -U
-    fi
-
-    if [ -n "$completions" ]; then
-        compadd -U -V unsorted -a completions
-    fi
+    (( ${#described} )) && _describe -V unsorted described -U
+    (( ${#plain} )) && compadd -U -V unsorted -a plain
+    return 0
 }
 
 if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
-    # autoload from fpath, call function directly
-    _xen_pciback_completion "$@"
+    _xen_pciback "$@"
 else
-    # eval/source/. command, register function for later
-    compdef _xen_pciback_completion xen-pciback
+    compdef _xen_pciback xen-pciback
 fi
-

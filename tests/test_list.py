@@ -163,6 +163,7 @@ def test_console_script_errors_are_one_line(tmp_path):
 
 
 def test_list_on_empty_root_is_empty(tmp_path):
+    (tmp_path / "bus" / "pci" / "devices").mkdir(parents=True)  # a sysfs with no PCI devices
     result = console("--sysfs-root", str(tmp_path), "--json", "list")
     assert result.returncode == 0 and json.loads(result.stdout) == []
 

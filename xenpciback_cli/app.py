@@ -70,7 +70,15 @@ class Application:
             return open_sandbox(self.sandbox_dir)
         from xenpciback_cli.host.sysfs import SysfsHost
 
-        return SysfsHost(self.settings.sysfs_root)
+        root = self.settings.sysfs_root
+        # Checked here, not when the option is parsed: commands that never touch the host
+        # (--help, sandbox init, inspect --from-dump, cmdline, xenstore) work under any root.
+        if not os.path.isdir(os.path.join(root, "bus", "pci", "devices")):
+            from xenpciback_cli.errors import InputError
+
+            raise InputError(f"sysfs root {root} has no bus/pci/devices: not a sysfs mount "
+                             "(check --sysfs-root or XEN_PCIBACK_SYSFS_ROOT)")
+        return SysfsHost(root)
 
     # -- xenstore (toolstack): who holds which device -------------------------------------------
     def xenstore(self) -> object | None:

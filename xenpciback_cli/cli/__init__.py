@@ -48,6 +48,10 @@ class LazyGroup(click.Group):
         self.lazy = dict(lazy or {})
         self.package = __name__
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        help_when_bare(ctx, args)
+        return super().parse_args(ctx, args)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
 
@@ -69,6 +73,44 @@ class LazyGroup(click.Group):
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+def help_when_bare(ctx: click.Context, args: list[str]) -> None:
+    """A group given nothing at all prints its normal help on stdout and exits 2 (bad usage).
+
+    Like git and xl (help, and a failing exit), and the same under every click release: click
+    before 8.2 printed the help and exited 0; from 8.2 on it raises a usage error whose message is
+    the whole help, which the one-line error boundary in :func:`main` would flatten. So groups
+    decide this themselves, before click's own ``no_args_is_help`` handling is reached. Options
+    without a command (``xen-pciback --json``) stay click's one-line "Missing command." error.
+    """
+    if not args and not ctx.resilient_parsing:
+        click.echo(ctx.get_help(), color=ctx.color)
+        raise HelpShownForMissingCommand()
+
+
+class HelpShownForMissingCommand(click.ClickException):
+    """The help is out already; exit 2 without an error line (click's ``Exit`` would be turned
+    into a return value by ``main(standalone_mode=False)``)."""
+
+    exit_code = 2  # ExitCode.USAGE; errors.py is not imported for --help's sake
+
+    def __init__(self) -> None:
+        super().__init__("no command given")
+
+    def show(self, file: object = None) -> None:
+        pass
+
+
+def _bare_group_prints_help(group: click.Group) -> None:
+    """Give a plain click group (one not built on :class:`LazyGroup`) :func:`help_when_bare`."""
+    parse_args = group.parse_args
+
+    def parse_args_or_help(ctx: click.Context, args: list[str]) -> list[str]:
+        help_when_bare(ctx, args)
+        return parse_args(ctx, args)
+
+    group.parse_args = parse_args_or_help  # type: ignore[method-assign]
 
 
 def _set_flag(setting: str, value: object) -> "Callable[[click.Context, click.Parameter, object], None]":
@@ -95,6 +137,7 @@ def accept_global_flags(command: click.Command) -> None:
         return
     command._global_flags_added = True  # type: ignore[attr-defined]
     if isinstance(command, click.Group) and not isinstance(command, LazyGroup):
+        _bare_group_prints_help(command)
         for sub in command.commands.values():
             accept_global_flags(sub)
     taken = {opt for param in command.params for opt in getattr(param, "opts", ())}
@@ -108,6 +151,25 @@ def accept_global_flags(command: click.Command) -> None:
             callback=_set_flag("color", False)))
 
 
+def _a_place(variable: str | None = None) -> "Callable[[click.Context, click.Parameter, object], object]":
+    """A callback refusing an empty path: '' must never quietly mean the real host's default.
+
+    Click treats an empty environment variable as unset (so ``XEN_PCIBACK_SANDBOX=`` would act
+    on the real host); it is refused here too, unless the option itself was given.
+    """
+
+    def callback(ctx: click.Context, param: click.Parameter, value: object) -> object:
+        name = param.opts[-1] if param.opts else str(param.name)
+        if value == "":
+            raise click.UsageError(f"{name} is empty: give a path, or leave the option out", ctx)
+        given = ctx.get_parameter_source(str(param.name)) is click.core.ParameterSource.COMMANDLINE
+        if variable and not given and os.environ.get(variable) == "":
+            raise click.UsageError(f"{variable} is set but empty: give a path, or unset it", ctx)
+        return value
+
+    return callback
+
+
 @click.group(
     cls=LazyGroup,
     lazy=COMMANDS,
@@ -116,11 +178,12 @@ def accept_global_flags(command: click.Command) -> None:
 )
 @click.version_option(__version__, "--version", prog_name="xen-pciback")
 @click.option("--sandbox", "sandbox", metavar="DIR", envvar="XEN_PCIBACK_SANDBOX",
-              type=click.Path(file_okay=False), help="Act on the simulated host in DIR "
-              "(env XEN_PCIBACK_SANDBOX).")
+              type=click.Path(file_okay=False), callback=_a_place("XEN_PCIBACK_SANDBOX"),
+              help="Act on the simulated host in DIR (env XEN_PCIBACK_SANDBOX).")
 @click.option("--sysfs-root", metavar="PATH", envvar="XEN_PCIBACK_SYSFS_ROOT", default="/sys",
-              show_default=True, help="Where sysfs is mounted (env XEN_PCIBACK_SYSFS_ROOT).")
-@click.option("--state-dir", metavar="PATH", default=None,
+              show_default=True, callback=_a_place("XEN_PCIBACK_SYSFS_ROOT"),
+              help="Where sysfs is mounted (env XEN_PCIBACK_SYSFS_ROOT).")
+@click.option("--state-dir", metavar="PATH", default=None, callback=_a_place(),
               help="Journal and state [default: /var/lib/xen-pciback, or DIR/state in a sandbox].")
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable JSON output.")
 @click.option("-v", "--verbose", count=True, help="More detail; tracebacks for internal errors.")
@@ -159,12 +222,18 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
                   for a in args)
+    if os.environ.get("_XEN_PCIBACK_COMPLETE"):  # a shipped completion script asking
+        from xenpciback_cli.cli.completion import register
+
+        register()
     try:
         cli.main(args=args, prog_name="xen-pciback", standalone_mode=False)
     except click.exceptions.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except click.exceptions.Abort:
         _fail("aborted", 130)
+    except HelpShownForMissingCommand as exc:
+        raise SystemExit(exc.exit_code) from None
     except click.ClickException as exc:  # usage errors, bad parameters
         code = exc.exit_code if exc.exit_code else ExitCode.USAGE
         message = exc.format_message().replace("\n", " ")
