@@ -12,15 +12,15 @@ def command(app: object) -> None:
 
     The decision is per operation, from the device's actual state: a hide that already took the
     device from its host driver is completed, one that had not is rolled back; an unhide that
-    already released the device is completed, one that had not is rolled back.
+    already released the device is completed, one that had not is rolled back. Before any write
+    the device at the address must still be the one journalled and unused by the host; otherwise
+    recover refuses (exit 3) and says what differs.
     """
     from xenpciback_cli.cli.pending import seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
 
     terminal = terminal_for(app)
-    seizer = seizer_for(app)
-    with seizer.journal.locked():
-        outcomes = seizer.recover()
+    outcomes = seizer_for(app).recover()
     if app.settings.json:  # type: ignore[attr-defined]
         terminal.json({"operations": outcomes})
         return

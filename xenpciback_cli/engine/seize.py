@@ -20,18 +20,20 @@ still holds the device, so the operation is rolled back; after it, it is complet
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from xenpciback_cli import errors
 from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite, pending_operations
 from xenpciback_cli.engine.preflight import Preflight, check_hide
-from xenpciback_cli.engine.backend_settings import record_release
+from xenpciback_cli.engine import persist as persisted
+from xenpciback_cli.engine.backend_settings import load_settings, record_release
 from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_records, put_record
 from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice
 from xenpciback_cli.pci.address import Bdf
@@ -39,6 +41,7 @@ from xenpciback_cli.pci.spec import BdfPattern
 from xenpciback_cli.untrusted import decimal
 
 TARGET_DRIVERS = STUB_DRIVERS
+T = TypeVar("T")
 
 
 class XenstoreClient(Protocol):
@@ -121,8 +124,67 @@ class DeviceResult:
                 "writes": self.writes, "forced": self.forced}
 
 
+class Listener:
+    """What a whole operation tells its caller as it goes; the CLI renders it, the default ignores
+    it. Every call happens inside the operation's lock, so what it reports is the truth then."""
+
+    def pending(self, entries: list[JournalEntry]) -> None:
+        """Interrupted operations found in the journal (their process is gone: we hold the lock)."""
+
+    def checked(self, preflights: list[Preflight]) -> None:
+        """The pre-flight verdicts, before they are enforced."""
+
+    def forced(self, lines: list[str]) -> None:
+        """What ``--force`` overrode, before the first write."""
+
+    def each(self, items: Sequence[T], description: str) -> Iterable[T]:
+        """The devices an operation works through (the CLI shows progress)."""
+        return items
+
+    def done(self, result: DeviceResult) -> None:
+        """One device finished."""
+
+
+@dataclass
+class HideReport:
+    preflights: list[Preflight]
+    forced: list[str]
+    results: list[DeviceResult]
+    persisted: str | None = None
+
+
+@dataclass
+class UnhideReport:
+    results: list[DeviceResult]
+    unpersisted: bool = False
+
+
+@dataclass
+class RestoreReport:
+    config: str
+    listed: int
+    devices: list[dict[str, object]]
+
+    @property
+    def refused(self) -> int:
+        return sum(1 for d in self.devices if d["status"] == "refused")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for d in self.devices if d["status"] in ("failed", "missing"))
+
+
 class Seizer:
-    """Hide and unhide against one host and one state dir."""
+    """Hide and unhide against one host and one state dir.
+
+    The whole operations (:meth:`hide_devices`, :meth:`unhide_devices`, :meth:`recover`,
+    :meth:`restore`) hold the state dir's lock from their first read (journal, records, the
+    host's state for the pre-flight checks and the plan) to their last write, so two commands
+    never decide from a state the other is changing. Dry runs take no lock and write nothing.
+    The single-device steps (:meth:`preflight`, :meth:`enforce`, :meth:`hide`, :meth:`unhide`)
+    take no lock: a caller composing them (``attach --seize``) holds ``Journal(state_dir).locked()``
+    or :meth:`locked` around them.
+    """
 
     def __init__(self, host: Host, state_dir: str | os.PathLike[str], *,
                  xenstore: XenstoreClient | None = None,
@@ -132,6 +194,116 @@ class Seizer:
         self.journal = Journal(state_dir)
         self.xenstore = xenstore
         self.attachments = dict(attachments or {})
+        self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The state dir's lock (``Journal.locked``), re-entrant within this Seizer."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with self.journal.locked():
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+
+    def _operation(self, dry_run: bool) -> contextlib.AbstractContextManager[None]:
+        # A dry run writes nothing, not even the state dir: it works without root.
+        return contextlib.nullcontext() if dry_run else self.locked()
+
+    # -- whole operations -------------------------------------------------------------------
+    def hide_devices(self, patterns: Sequence[BdfPattern], target: str, *, force: bool = False,
+                     persist: bool = False, config: str | os.PathLike[str] | None = None,
+                     dry_run: bool = False, listener: Listener | None = None) -> HideReport:
+        """``hide``: select, check, enforce, seize each device and persist, all under the lock."""
+        listener = listener or Listener()
+        with self._operation(dry_run):
+            listener.pending(pending_operations(self.state_dir))
+            persisting = persist and not dry_run
+            if persisting:
+                if config is None:
+                    raise errors.InputError("hide --persist needs a config path")
+                persisted.load(config)  # a bad config fails here, before any sysfs write
+            bdfs = self.select(patterns)
+            preflights = self.preflight(bdfs, target)
+            listener.checked(preflights)
+            forced = self.enforce(preflights, force=force)
+            listener.forced(forced)
+            results: list[DeviceResult] = []
+            for preflight in listener.each(preflights, "seizing"):
+                result = self.hide(preflight, target, persist=persist, dry_run=dry_run)
+                result.forced = [f for f in forced if f.startswith(f"{result.bdf}:")]
+                results.append(result)
+                listener.done(result)
+            if persisting:
+                assert config is not None
+                persisted.add(config, list(patterns), target)
+            return HideReport(preflights, forced, results, str(config) if persisting else None)
+
+    def unhide_devices(self, patterns: Sequence[BdfPattern], *, rebind: bool = False,
+                       force: bool = False, config: str | os.PathLike[str] | None = None,
+                       dry_run: bool = False, listener: Listener | None = None) -> UnhideReport:
+        """``unhide``: release each selected device and drop it from the persisted config."""
+        listener = listener or Listener()
+        with self._operation(dry_run):
+            listener.pending(pending_operations(self.state_dir))
+            if not dry_run:
+                self._validate_state()
+                if config is not None:
+                    persisted.load(config)  # a bad config fails here, before any sysfs write
+            bdfs = self.select(patterns)
+            if force:
+                listener.forced([f"releasing {bdf} while attached to domain {self.attachments[bdf]}"
+                                 for bdf in bdfs if bdf in self.attachments])
+            results: list[DeviceResult] = []
+            for bdf in listener.each(bdfs, "releasing"):
+                result = self.unhide(bdf, rebind=rebind, force=force, dry_run=dry_run)
+                results.append(result)
+                listener.done(result)
+            unpersisted = False
+            if not dry_run and config is not None:
+                unpersisted = persisted.remove(config, list(patterns))
+            return UnhideReport(results, unpersisted)
+
+    def restore(self, config: str | os.PathLike[str], *, force: bool = False,
+                listener: Listener | None = None) -> RestoreReport:
+        """``restore``: seize every persisted device; one refused or missing does not stop the rest."""
+        listener = listener or Listener()
+        with self.locked():
+            listener.pending(pending_operations(self.state_dir))
+            devices = persisted.load(config)
+            self._validate_state()
+            present = self.host.addresses()  # type: ignore[attr-defined]
+            report: list[dict[str, object]] = []
+            for entry in devices:
+                selected = entry.pattern.select(present)
+                if not selected:
+                    report.append({"bdf": str(entry.pattern), "status": "missing", "detail": "no such device"})
+                    continue
+                for bdf in selected:
+                    try:
+                        [pre] = self.preflight([bdf], entry.driver, restoring=True)
+                        self.enforce([pre], force=force)
+                        result = self.hide(pre, entry.driver, persist=True)
+                        report.append({"bdf": str(bdf), "status": result.status,
+                                       "detail": f"{result.original_driver or 'no driver'} -> {result.driver}"})
+                    except errors.SafetyRefusal as exc:
+                        report.append({"bdf": str(bdf), "status": "refused", "detail": str(exc)})
+                    except errors.XenPcibackError as exc:
+                        report.append({"bdf": str(bdf), "status": "failed", "detail": str(exc)})
+            return RestoreReport(str(config), len(devices), report)
+
+    def _validate_state(self) -> None:
+        """Read every state file an operation may rewrite, so a corrupt one stops it before its
+        first sysfs write instead of half-way."""
+        load_records(self.state_dir)
+        load_settings(self.state_dir)
 
     def select(self, patterns: Iterable[BdfPattern]) -> list[Bdf]:
         """The devices ``patterns`` name, in order, once each: a wildcard expands to the functions
@@ -147,7 +319,7 @@ class Seizer:
         return bdfs
 
     # -- hide -------------------------------------------------------------------------------
-    def preflight(self, bdfs: Collection[Bdf], target: str) -> list[Preflight]:
+    def preflight(self, bdfs: Collection[Bdf], target: str, *, restoring: bool = False) -> list[Preflight]:
         records = load_records(self.state_dir)
         by_address = {d.bdf: d for d in self.host.devices()}
         return [check_hide(self.host, bdf, target, records=records, hiding=bdfs, by_address=by_address)
@@ -280,10 +452,12 @@ class Seizer:
 
     # -- recover ----------------------------------------------------------------------------
     def recover(self) -> list[dict[str, object]]:
-        """Complete or roll back every interrupted operation; idempotent."""
+        """Complete or roll back every interrupted operation; idempotent. Holds the lock, so an
+        operation still running in another process is waited for, never "recovered"."""
         outcomes: list[dict[str, object]] = []
-        for entry in pending_operations(self.state_dir):
-            outcomes.append(self._recover_one(entry))
+        with self.locked():
+            for entry in pending_operations(self.state_dir):
+                outcomes.append(self._recover_one(entry))
         return outcomes
 
     def _recover_one(self, entry: JournalEntry) -> dict[str, object]:
