@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from xenpciback_cli.engine.identity import DeviceIdentity
 from xenpciback_cli.engine.records import atomic_write
 from xenpciback_cli.errors import OperationFailed
 from xenpciback_cli.pci.address import Bdf
@@ -54,6 +55,8 @@ class JournalEntry:
     persist: bool = False
     started: float = field(default_factory=time.time)
     pid: int = field(default_factory=os.getpid)
+    #: What the device was when the operation began; ``recover`` refuses an address that changed.
+    identity: DeviceIdentity | None = None
 
     @property
     def name(self) -> str:
@@ -62,6 +65,7 @@ class JournalEntry:
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
         data["bdf"] = str(self.bdf)
+        data["identity"] = None if self.identity is None else self.identity.to_json()
         return data
 
     @classmethod
@@ -75,7 +79,8 @@ class JournalEntry:
                    steps=steps, done=int(data.get("done") or 0),  # type: ignore[arg-type]
                    rebind=bool(data.get("rebind")), persist=bool(data.get("persist")),
                    started=float(data.get("started") or 0.0),  # type: ignore[arg-type]
-                   pid=int(data.get("pid") or 0))  # type: ignore[arg-type]
+                   pid=int(data.get("pid") or 0),  # type: ignore[arg-type]
+                   identity=None if data.get("identity") is None else DeviceIdentity.from_json(data["identity"]))
 
     def describe(self) -> str:
         """The one warning line every command prints while this entry exists."""

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from xenpciback_cli.engine.identity import DeviceIdentity
 from xenpciback_cli.errors import InputError, OperationFailed
 from xenpciback_cli.pci.address import Bdf
 
@@ -34,10 +35,15 @@ class SeizeRecord:
     seized_at: float = field(default_factory=time.time)
     #: How the seize was done: "override" (driver_override + drivers_probe) or "slot" (new_slot + bind).
     method: str = "override"
+    #: What the device was when seized; ``recover``/``restore`` refuse an address that changed.
+    identity: DeviceIdentity | None = None
+    #: Released by a plain ``unhide``: kept only so a later ``unhide --rebind`` knows the original.
+    released: bool = False
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
         data["bdf"] = str(self.bdf)
+        data["identity"] = None if self.identity is None else self.identity.to_json()
         return data
 
     @classmethod
@@ -47,7 +53,9 @@ class SeizeRecord:
                    target_driver=str(data.get("target_driver") or "pciback"),
                    persist=bool(data.get("persist", False)),
                    seized_at=float(data.get("seized_at") or 0.0),  # type: ignore[arg-type]
-                   method=str(data.get("method") or "override"))
+                   method=str(data.get("method") or "override"),
+                   identity=None if data.get("identity") is None else DeviceIdentity.from_json(data["identity"]),
+                   released=bool(data.get("released", False)))
 
 
 def _opt_str(value: object) -> str | None:
