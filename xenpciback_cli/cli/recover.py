@@ -19,13 +19,20 @@ def command(app: object) -> None:
     from xenpciback_cli.cli.pending import seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
 
+    from xenpciback_cli.errors import SafetyRefusal
+
     terminal = terminal_for(app)
     outcomes = seizer_for(app).recover()
+    refused = [o for o in outcomes if o["action"] == "refused"]
     if app.settings.json:  # type: ignore[attr-defined]
         terminal.json({"operations": outcomes})
-        return
-    if not outcomes:
-        terminal.line("nothing to recover: no interrupted operations")
-    for outcome in outcomes:
-        terminal.line(f"{outcome['action']} {outcome['op']} {outcome['bdf']}: {outcome['reason']} "
-                      f"(driver now {outcome.get('driver') or 'none'})")
+    else:
+        if not outcomes:
+            terminal.line("nothing to recover: no interrupted operations")
+        for outcome in outcomes:
+            if outcome["action"] != "refused":
+                terminal.line(f"{outcome['action']} {outcome['op']} {outcome['bdf']}: {outcome['reason']} "
+                              f"(driver now {outcome.get('driver') or 'none'})")
+    if refused:
+        raise SafetyRefusal("; ".join(f"refusing to recover {o['op']} {o['bdf']}: {o['reason']}"
+                                      for o in refused), [str(o["reason"]) for o in refused])
