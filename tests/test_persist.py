@@ -96,3 +96,52 @@ def test_cmdline_with_nothing_persisted_fails_clearly(tmp_path):
     create_sandbox(tmp_path / "box")
     result = invoke("--sandbox", tmp_path / "box", "cmdline")
     assert result.code == 1 and "no pciback devices persisted" in result.error
+
+
+# -- wrong paths and garbage configs (issue 9 item 5) ---------------------------------------------
+def test_restore_with_a_missing_named_config_is_an_error_but_the_default_missing_is_nothing(tmp_path):
+    box = tmp_path / "box"
+    create_sandbox(box)
+    result = invoke("--sandbox", box, "restore", "--config", tmp_path / "nonexistent.toml")
+    assert result.code == 2 and "does not exist" in result.error and "nonexistent.toml" in result.error
+    result = invoke("--sandbox", box, "restore")  # the default config: nothing persisted
+    assert result.code == 0 and "nothing to restore" in result.output
+
+
+def test_persist_never_creates_the_directory_of_a_named_config(tmp_path):
+    box = tmp_path / "box"
+    create_sandbox(box)
+    config = tmp_path / "a" / "b" / "x.toml"
+    result = invoke("--sandbox", box, "hide", "--persist", "--config", config, "03:00.0")
+    assert result.code == 2 and f"{tmp_path / 'a' / 'b'} does not exist" in result.error
+    assert not (tmp_path / "a").exists()
+    # The default config's directory may be created.
+    invoke("--sandbox", box, "unhide", "--rebind", "03:00.0")
+    result = invoke("--sandbox", box, "hide", "--persist", "03:00.0")
+    assert result.code == 0 and (box / "etc" / "xen-pciback" / "seized.toml").is_file()
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00\x00", "invalid UTF-8"),
+    (b"\x00\x01\x02garbage", "invalid TOML"),
+    (b"a = " + b"[" * 5000 + b"]" * 5000, "invalid TOML"),
+    (b"[[device]]\nbdf = \"0000:03:00.0\"\ndriver = \"../../x\"\n", "not pciback"),
+    (b"[[device]]\nbdf = \"0000:03:00.0\"\nshell = \"rm -rf /\"\n", "unknown key 'shell'"),
+    (b"hidden = 1\n", "unknown key 'hidden'"),
+    (b"[[device]]\nbdf = \"../../../etc\"\n", "bdf"),
+])
+def test_a_garbage_config_is_one_clean_line_naming_the_file(tmp_path, content, words):
+    box = tmp_path / "box"
+    create_sandbox(box)
+    config = tmp_path / "seized.toml"
+    config.write_bytes(content)
+    for args in (["restore", "--config", config], ["cmdline", "--config", config],
+                 ["hide", "--persist", "--config", config, "03:00.0"]):
+        result = invoke("--sandbox", box, *args)
+        assert result.code == 2, (args, result.output)
+        assert words in result.error and str(config) in result.error and "\n" not in result.error
+
+
+def test_a_directory_as_config_is_input_error(tmp_path):
+    with pytest.raises(InputError, match="is a directory"):
+        persist.load(tmp_path)

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from xenpciback_cli.engine.records import (SeizeRecord, atomic_write, drop_record, load_records,
-                                           put_record, records_path, save_records)
-from xenpciback_cli.errors import OperationFailed
+from xenpciback_cli.engine.records import (SeizeRecord, atomic_write, drop_record, load_record,
+                                           load_records, put_record, records_path, save_records)
+from xenpciback_cli.errors import OperationFailed, StateFileCorrupt
 from xenpciback_cli.pci.address import Bdf
 
 NIC = Bdf(0, 3, 0, 0)
@@ -25,9 +25,8 @@ def test_round_trip_keeps_every_field(tmp_path):
                VF: SeizeRecord(VF, None, "vfio-pci")}
     save_records(tmp_path, records)
     assert load_records(tmp_path) == records
-    data = json.loads(records_path(tmp_path).read_text())
-    assert [d["bdf"] for d in data["devices"]] == ["0000:03:00.0", "0000:04:10.1"]
-    assert data["devices"][1]["original_driver"] is None
+    assert sorted(os.listdir(tmp_path / "seized")) == ["0000-03-00-0.json", "0000-04-10-1.json"]
+    assert json.loads(records_path(tmp_path, VF).read_text())["original_driver"] is None
 
 
 def test_put_and_drop(tmp_path):
@@ -45,12 +44,15 @@ def test_atomic_write_leaves_no_temporary_and_replaces(tmp_path):
     atomic_write(target, "two")
     assert target.read_text() == "two"
     assert os.listdir(tmp_path) == ["f.json"]
+    put_record(tmp_path, SeizeRecord(NIC, "igb", "pciback"))
+    put_record(tmp_path, SeizeRecord(NIC, "e1000e", "pciback"))
+    assert os.listdir(tmp_path / "seized") == ["0000-03-00-0.json"]
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     save_records(tmp_path, {NIC: SeizeRecord(NIC, "igb", "pciback")})
 
-    def crash(*args):
+    def crash(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", crash)
@@ -59,12 +61,44 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert "No space left" in str(info.value)
     monkeypatch.undo()
     assert set(load_records(tmp_path)) == {NIC}
-    assert os.listdir(tmp_path) == ["seized.json"]  # the temporary file was cleaned up
+    assert os.listdir(tmp_path / "seized") == ["0000-03-00-0.json"]  # the temporary file was cleaned up
 
 
 @pytest.mark.parametrize("text", ["{", "[]", '{"devices": [{"bdf": "zz"}]}', '{"format": 1}'])
-def test_corrupt_file_is_one_clear_error(tmp_path, text):
+def test_corrupt_legacy_file_is_one_clear_error(tmp_path, text):
     records_path(tmp_path).write_text(text)
-    with pytest.raises(OperationFailed) as info:
+    with pytest.raises(StateFileCorrupt) as info:
         load_records(tmp_path)
     assert "corrupt" in str(info.value) and "\n" not in str(info.value)
+    assert str(records_path(tmp_path)) in str(info.value)
+
+
+def test_legacy_single_file_is_read_and_moved_by_the_first_write(tmp_path):
+    legacy = {"format": 1, "devices": [SeizeRecord(NIC, "igb", "pciback", seized_at=1.0).to_json()]}
+    del legacy["devices"][0]["identity"], legacy["devices"][0]["released"]  # as the old version wrote
+    records_path(tmp_path).write_text(json.dumps(legacy))
+    assert load_records(tmp_path)[NIC].original_driver == "igb"
+    put_record(tmp_path, SeizeRecord(VF, None, "vfio-pci"))
+    assert not records_path(tmp_path).exists()
+    assert set(load_records(tmp_path)) == {NIC, VF}
+
+
+BAD_FIELDS = [("original_driver", "../../.."), ("original_driver", ".."), ("original_driver", "a/b"),
+              ("original_driver", 3), ("target_driver", "igb"), ("persist", 1), ("seized_at", -1),
+              ("seized_at", True), ("method", "x"), ("bdf", "03:00.0"), ("bdf", "0000:04:10.1"),
+              ("identity", []), ("released", "yes"), ("unknown", 1)]
+
+
+@pytest.mark.parametrize("key, value", BAD_FIELDS)
+def test_every_field_is_validated_and_only_its_device_is_affected(tmp_path, key, value):
+    put_record(tmp_path, SeizeRecord(NIC, "igb", "pciback"))
+    put_record(tmp_path, SeizeRecord(VF, "igbvf", "pciback"))
+    data = json.loads(records_path(tmp_path, NIC).read_text())
+    data[key] = value
+    records_path(tmp_path, NIC).write_text(json.dumps(data))
+    with pytest.raises(StateFileCorrupt) as info:
+        load_record(tmp_path, NIC)
+    assert info.value.bdf == NIC and str(records_path(tmp_path, NIC)) in str(info.value)
+    assert load_record(tmp_path, VF).original_driver == "igbvf"  # the other device is unaffected
+    found: list = []
+    assert set(load_records(tmp_path, corrupt=found)) == {VF} and len(found) == 1

@@ -134,3 +134,18 @@ def from_oserror(exc: OSError, action: str, *, bdf: object = None, path: str | N
     cls = _ERRNO_CLASSES.get(code, HostError)
     words = _ERRNO_WORDS.get(code) or (exc.strerror or "").lower() or type(exc).__name__
     return cls(f"{action} failed: {words}", bdf=bdf, path=path or exc.filename, errno_value=code)
+
+
+class StateFileCorrupt(InputError):
+    """A file in the state dir (or the persisted config) cannot be trusted: unreadable, not valid
+    JSON/TOML, a field out of its schema, or a symlink where a file belongs. The message names
+    the file and the fix; ``bdf`` is the device the file is about, when its name says so."""
+
+    def __init__(self, message: str, *, path: object = None, bdf: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.bdf = bdf
+
+
+class StateDirUnsafe(InputError):
+    """The state dir could be written by someone other than root (or is a symlink): refuse it."""

@@ -19,7 +19,7 @@ def command(app: object, config: str | None, modprobe: bool) -> None:
 
     terminal = terminal_for(app)
     path = config or str(app.persist_file)  # type: ignore[attr-defined]
-    devices = persisted.load(path)
+    devices = persisted.load(path, must_exist=config is not None)
     pciback = [d for d in devices if d.driver == "pciback"]
     if not pciback:
         raise OperationFailed(f"no pciback devices persisted in {path} (use 'hide --persist')")

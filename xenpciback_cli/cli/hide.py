@@ -38,6 +38,7 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
     try:
         report = seizer.hide_devices(patterns, target, force=force, persist=persist, dry_run=dry_run,
                                      config=config or str(app.persist_file),  # type: ignore[attr-defined]
+                                     config_named=config is not None,
                                      listener=listener)
     except SafetyRefusal:
         if as_json:

@@ -6,12 +6,27 @@ from typing import Any
 
 
 def warn_pending(app: Any, terminal: Any) -> list[Any]:
-    """Print "interrupted operation: ..." for each journal entry; return the entries."""
-    from xenpciback_cli.engine.journal import pending_operations
+    """Print one line per journal entry ("interrupted operation: ..." or "operation in progress
+    (pid N): ...") and per corrupt state file (naming it and the fix); return the entries.
 
-    entries = pending_operations(app.state_dir)
+    A corrupt file is a warning here, never a stop: it concerns its own device, and the command
+    that acts on that device refuses it then (exit 2)."""
+    from xenpciback_cli.engine.backend_settings import load_settings
+    from xenpciback_cli.engine.journal import pending_operations
+    from xenpciback_cli.engine.records import load_records
+    from xenpciback_cli.errors import StateDirUnsafe
+
+    corrupt: list[Any] = []
+    try:
+        entries = pending_operations(app.state_dir, corrupt=corrupt)
+        load_records(app.state_dir, corrupt=corrupt)
+        load_settings(app.state_dir, corrupt=corrupt)
+    except StateDirUnsafe:
+        raise  # nothing read from it can be trusted: every command stops
     for entry in entries:
         terminal.warn(entry.describe())
+    for problem in corrupt:
+        terminal.warn(str(problem))
     return entries
 
 
@@ -40,9 +55,11 @@ def listener_for(terminal: Any, *, as_json: bool, render: Any = None, forced: st
     class TerminalListener(Listener):
         preflights: list[Any] = []
 
-        def pending(self, entries: list[Any]) -> None:
+        def pending(self, entries: list[Any], problems: list[Any]) -> None:
             for entry in entries:
                 terminal.warn(entry.describe())
+            for problem in problems:
+                terminal.warn(str(problem))
 
         def checked(self, preflights: list[Any]) -> None:
             self.preflights = list(preflights)

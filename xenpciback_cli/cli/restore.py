@@ -23,7 +23,8 @@ def command(app: object, config: str | None, force: bool) -> None:
     terminal = terminal_for(app)
     as_json = app.settings.json  # type: ignore[attr-defined]
     path = config or str(app.persist_file)  # type: ignore[attr-defined]
-    report = seizer_for(app).restore(path, force=force, listener=listener_for(terminal, as_json=as_json))
+    report = seizer_for(app).restore(path, config_named=config is not None, force=force,
+                                     listener=listener_for(terminal, as_json=as_json))
     if as_json:
         terminal.json({"config": path, "devices": report.devices})
     else:

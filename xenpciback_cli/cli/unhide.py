@@ -33,6 +33,7 @@ def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dr
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, rebind))
     report = seizer.unhide_devices(patterns, rebind=rebind, force=force, dry_run=dry_run,
                                    config=config or str(app.persist_file),  # type: ignore[attr-defined]
+                                   config_named=config is not None,
                                    listener=listener)
     if as_json:
         terminal.json({"dry_run": dry_run, "devices": [r.to_json() for r in report.results],

@@ -5,6 +5,10 @@ such files, so the same settings are recorded here, in the state dir, and it bui
 from them (:meth:`DeviceSettings.overlay_options` gives ``OverlayDevice``'s keyword arguments).
 Lifetimes follow Linux: quirks last until the guest lets the device go (detach clears them);
 permissive stays until the device is released from the seize driver (``unhide``).
+
+One file per device, ``STATE_DIR/backend-settings/DDDD-BB-DD-F.json``, through
+:mod:`engine.statestore`; validated on reading, so a corrupt file concerns its own device only.
+The older single ``backend-settings.json`` is still read and moved by the first write.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from xenpciback_cli.engine.records import atomic_write
-from xenpciback_cli.errors import OperationFailed
+from xenpciback_cli.engine import statestore as st
+from xenpciback_cli.errors import InputError, StateFileCorrupt
 from xenpciback_cli.pci.address import Bdf
-from xenpciback_cli.pci.quirk import Quirk
+from xenpciback_cli.pci.quirk import Quirk, parse_quirk
 
-FILE_NAME = "backend-settings.json"
+FILE_NAME = "backend-settings.json"  # the older single file
+SETTINGS_DIR = "backend-settings"
+MAX_QUIRKS = 64
+FIX = "move the file aside (the device's permissive mode and quirks are then forgotten)"
 
 
 @dataclass(frozen=True)
@@ -34,52 +41,134 @@ class DeviceSettings:
         return {"permissive": self.permissive, "quirks": [str(q) for q in self.quirks]}
 
 
-def settings_path(state_dir: str | os.PathLike[str]) -> Path:
-    return Path(state_dir) / FILE_NAME
+def settings_path(state_dir: str | os.PathLike[str], bdf: Bdf | None = None) -> Path:
+    return Path(state_dir) / (FILE_NAME if bdf is None else _name(bdf))
 
 
-def load_settings(state_dir: str | os.PathLike[str]) -> dict[Bdf, DeviceSettings]:
-    path = settings_path(state_dir)
-    try:
-        data = json.loads(path.read_text())
-        return {Bdf.parse(bdf): DeviceSettings(bool(entry.get("permissive")),
-                                              tuple(Quirk(*q) for q in entry.get("quirks", ())))
-                for bdf, entry in data.items()}
-    except FileNotFoundError:
+def _name(bdf: Bdf) -> str:
+    return f"{SETTINGS_DIR}/{bdf.xs_key}.json"
+
+
+def _entry(value: object, what: str) -> DeviceSettings:
+    entry = st.obj(value, what, required={"permissive", "quirks"}, optional={"bdf", "format"})
+    quirks = entry["quirks"]
+    if not isinstance(quirks, list) or len(quirks) > MAX_QUIRKS:
+        raise st.Invalid(f"{what} quirks must be a list of at most {MAX_QUIRKS}")
+    parsed = []
+    for quirk in quirks:
+        if not isinstance(quirk, list) or len(quirk) != 3:
+            raise st.Invalid(f"{what} quirk must be [offset, size, mask]")
+        offset = st.integer(quirk[0], "quirk offset", 0, 0xFFF)
+        size = st.integer(quirk[1], "quirk size", 1, 4)
+        mask = st.integer(quirk[2], "quirk mask", 0, 0xFFFFFFFF)
+        try:
+            parsed.append(parse_quirk(f"{offset:x}:{size}:{mask:x}"))
+        except InputError as exc:
+            raise st.Invalid(str(exc)) from None
+    return DeviceSettings(st.boolean(entry["permissive"], f"{what} permissive"), tuple(parsed))
+
+
+def _legacy(store: st.StateStore) -> dict[Bdf, DeviceSettings]:
+    data = store.read(FILE_NAME)
+    if data is None:
         return {}
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise OperationFailed(f"cannot read backend settings {path}: {exc}") from None
+    try:
+        top = st.parse_json(data)
+        if not isinstance(top, dict):
+            raise st.Invalid("the file is not a JSON object")
+        return {st.bdf(key, "device"): _entry(value, str(key)[:20]) for key, value in top.items()}
+    except st.Invalid as exc:
+        raise st.corrupt(store.path(FILE_NAME), str(exc), FIX) from None
 
 
-def _save(state_dir: str | os.PathLike[str], settings: dict[Bdf, DeviceSettings]) -> None:
-    data = {str(bdf): {"permissive": s.permissive,
-                       "quirks": [[q.offset, q.size, q.mask] for q in s.quirks]}
-            for bdf, s in sorted(settings.items()) if s.permissive or s.quirks}
-    Path(state_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write(settings_path(state_dir), json.dumps(data, indent=2, sort_keys=True) + "\n")
+def _parse(store: st.StateStore, name: str, device: Bdf) -> DeviceSettings | None:
+    data = store.read_for(name, device)
+    if data is None:
+        return None
+    try:
+        parsed = st.parse_json(data)
+        settings = _entry(parsed, "settings")
+        if parsed.get("bdf", str(device)) != str(device):  # type: ignore[union-attr]
+            raise st.Invalid("it is about another device than its name says")
+    except st.Invalid as exc:
+        raise st.corrupt(store.path(name), str(exc), FIX, device=device) from None
+    return settings
+
+
+def load_device_settings(state_dir: str | os.PathLike[str], bdf: Bdf) -> DeviceSettings | None:
+    """``bdf``'s settings (None if none); :class:`StateFileCorrupt` if its file is corrupt."""
+    store = st.StateStore(state_dir)
+    own = _parse(store, _name(bdf), bdf)
+    return own if own is not None else _legacy(store).get(bdf)
+
+
+def load_settings(state_dir: str | os.PathLike[str], *,
+                  corrupt: list[StateFileCorrupt] | None = None) -> dict[Bdf, DeviceSettings]:
+    """Every device's settings; a corrupt file raises, or with ``corrupt`` is listed there."""
+    store = st.StateStore(state_dir)
+    settings: dict[Bdf, DeviceSettings] = {}
+    try:
+        settings.update(_legacy(store))
+    except StateFileCorrupt as exc:
+        if corrupt is None:
+            raise
+        corrupt.append(exc)
+    for name in store.list(SETTINGS_DIR):
+        try:
+            device = st.bdf_from_key(name[:-5]) if name.endswith(".json") else None
+            if device is None:
+                raise st.corrupt(store.path(f"{SETTINGS_DIR}/{name}"),
+                                 "not a settings file name (DDDD-BB-DD-F.json)", "move the file aside")
+            found = _parse(store, f"{SETTINGS_DIR}/{name}", device)
+            if found is not None:
+                settings[device] = found
+        except StateFileCorrupt as exc:
+            if corrupt is None:
+                raise
+            corrupt.append(exc)
+    return settings
+
+
+def _migrate(store: st.StateStore) -> None:
+    for bdf, settings in _legacy(store).items():
+        if store.read(_name(bdf)) is None:
+            _store(store, bdf, settings)
+    store.remove(FILE_NAME)
+
+
+def _store(store: st.StateStore, bdf: Bdf, settings: DeviceSettings) -> None:
+    if not settings.permissive and not settings.quirks:
+        store.remove(_name(bdf))
+        return
+    data = {"format": 1, "bdf": str(bdf), "permissive": settings.permissive,
+            "quirks": [[q.offset, q.size, q.mask] for q in settings.quirks]}
+    store.write(_name(bdf), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def record_attach(state_dir: str | os.PathLike[str], bdf: Bdf, *, permissive: bool,
                   quirks: tuple[Quirk, ...]) -> DeviceSettings:
     """A guest got ``bdf``: keep permissive if it was already set, add the new quirks."""
-    settings = load_settings(state_dir)
-    old = settings.get(bdf, DeviceSettings())
+    store = st.StateStore(state_dir)
+    old = load_device_settings(state_dir, bdf) or DeviceSettings()
     merged = old.quirks + tuple(q for q in quirks if q.offset not in {o.offset for o in old.quirks})
-    settings[bdf] = DeviceSettings(old.permissive or permissive, merged)
-    _save(state_dir, settings)
-    return settings[bdf]
+    new = DeviceSettings(old.permissive or permissive, merged)
+    _migrate(store)
+    _store(store, bdf, new)
+    return new
 
 
 def record_detach(state_dir: str | os.PathLike[str], bdf: Bdf) -> None:
     """The guest let ``bdf`` go: its quirks go with it; permissive stays (as in Linux)."""
-    settings = load_settings(state_dir)
-    if bdf in settings and settings[bdf].quirks:
-        settings[bdf] = DeviceSettings(settings[bdf].permissive, ())
-        _save(state_dir, settings)
+    old = load_device_settings(state_dir, bdf)
+    if old is not None and old.quirks:
+        store = st.StateStore(state_dir)
+        _migrate(store)
+        _store(store, bdf, DeviceSettings(old.permissive, ()))
 
 
 def record_release(state_dir: str | os.PathLike[str], bdf: Bdf) -> None:
-    """``bdf`` left the seize driver: nothing of its backend settings survives."""
-    settings = load_settings(state_dir)
-    if settings.pop(bdf, None) is not None:
-        _save(state_dir, settings)
+    """``bdf`` left the seize driver: nothing of its backend settings survives (a corrupt file
+    of its own goes too: it described settings that end here)."""
+    store = st.StateStore(state_dir)
+    _migrate(store)
+    store.remove(_name(bdf))

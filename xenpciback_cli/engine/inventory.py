@@ -110,7 +110,8 @@ def load_original_drivers(state_dir: Path | None) -> dict[Bdf, str | None]:
         from xenpciback_cli.engine.records import load_records
     except ImportError:
         return {}
-    return {bdf: record.original_driver for bdf, record in load_records(state_dir).items()}
+    # A corrupt record is the warning line of cli.pending.warn_pending; the listing goes on.
+    return {bdf: record.original_driver for bdf, record in load_records(state_dir, corrupt=[]).items()}
 
 
 def inventory(host: Host, *, state_dir: Path | None = None,

@@ -19,9 +19,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from xenpciback_cli.engine.records import atomic_write
+from xenpciback_cli.engine.statestore import SEIZE_DRIVERS, atomic_write
 from xenpciback_cli.errors import InputError, OperationFailed
 from xenpciback_cli.pci.spec import BdfPattern, format_hide_list
+
+MAX_SIZE = 1 << 20
 
 HEADER = "# Devices xen-pciback seizes at boot ('xen-pciback restore'). Edited by 'hide --persist'.\n"
 
@@ -32,16 +34,35 @@ class PersistedDevice:
     driver: str = "pciback"
 
 
-def load(path: str | os.PathLike[str]) -> list[PersistedDevice]:
+def load(path: str | os.PathLike[str], *, must_exist: bool = False) -> list[PersistedDevice]:
+    """The persisted devices. A missing file means none, unless ``must_exist`` (a path a person
+    named): then it is an error. Anything unreadable or outside the format is one InputError
+    line naming the file (exit 2)."""
     file = Path(path)
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        with open(file, "rb") as handle:
+            raw = handle.read(MAX_SIZE + 1)
     except FileNotFoundError:
+        if must_exist:
+            raise InputError(f"config file {file} does not exist") from None
         return []
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{file}: invalid TOML: {exc}") from None
+    except IsADirectoryError:
+        raise InputError(f"config file {file} is a directory") from None
     except OSError as exc:
         raise OperationFailed(f"cannot read {file}: {exc.strerror}") from None
+    if len(raw) > MAX_SIZE:
+        raise InputError(f"{file}: too large to be a xen-pciback config (over {MAX_SIZE} bytes)")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{file}: not a TOML file (invalid UTF-8); fix or remove it") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{file}: invalid TOML: {str(exc).splitlines()[0][:120]}") from None
+    except (RecursionError, ValueError) as exc:
+        raise InputError(f"{file}: invalid TOML ({type(exc).__name__})") from None
+    unknown = sorted(set(data) - {"device"})
+    if unknown:
+        raise InputError(f"{file}: unknown key {unknown[0][:40]!r} (only [[device]] tables belong here)")
     entries = data.get("device", [])
     if not isinstance(entries, list):
         raise InputError(f"{file}: 'device' must be an array of tables ([[device]])")
@@ -49,9 +70,12 @@ def load(path: str | os.PathLike[str]) -> list[PersistedDevice]:
     for number, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict) or not isinstance(entry.get("bdf"), str):
             raise InputError(f"{file}: device #{number} needs a string 'bdf'")
+        extra = sorted(set(entry) - {"bdf", "driver"})
+        if extra:
+            raise InputError(f"{file}: device #{number}: unknown key {extra[0][:40]!r}")
         driver = entry.get("driver", "pciback")
-        if driver not in ("pciback", "pci-stub", "vfio-pci"):
-            raise InputError(f"{file}: device #{number}: driver {driver!r} is not pciback, "
+        if driver not in SEIZE_DRIVERS:
+            raise InputError(f"{file}: device #{number}: driver {str(driver)[:40]!r} is not pciback, "
                              "pci-stub or vfio-pci")
         devices.append(PersistedDevice(BdfPattern.parse(entry["bdf"], kind=f"{file}: device #{number} bdf"),
                                        driver))
@@ -69,22 +93,29 @@ def dumps(devices: list[PersistedDevice]) -> str:
     return "".join(parts)
 
 
-def save(path: str | os.PathLike[str], devices: list[PersistedDevice]) -> None:
-    atomic_write(Path(path), dumps(devices))
+def save(path: str | os.PathLike[str], devices: list[PersistedDevice], *,
+         create_parent: bool = False) -> None:
+    """Replace the file crash-safely (mode 0644). Its directory must exist unless
+    ``create_parent`` (the default config's ``/etc/xen-pciback``): a mistyped ``--config``
+    never creates directories."""
+    atomic_write(Path(path), dumps(devices), mode=0o644, create_parent=create_parent)
 
 
-def add(path: str | os.PathLike[str], patterns: list[BdfPattern], driver: str) -> list[PersistedDevice]:
+def add(path: str | os.PathLike[str], patterns: list[BdfPattern], driver: str, *,
+        create_parent: bool = False) -> list[PersistedDevice]:
     """Add (or update the driver of) each pattern; return the new list."""
+    if driver not in SEIZE_DRIVERS:
+        raise InputError(f"driver {driver!r} is not pciback, pci-stub or vfio-pci")
     devices = {str(d.pattern): d for d in load(path)}
     for pattern in patterns:
         devices[str(pattern)] = PersistedDevice(pattern, driver)
     result = list(devices.values())
-    save(path, result)
+    save(path, result, create_parent=create_parent)
     return result
 
 
-def remove(path: str | os.PathLike[str], patterns: list[BdfPattern]) -> bool:
-    devices = load(path)
+def remove(path: str | os.PathLike[str], patterns: list[BdfPattern], *, must_exist: bool = False) -> bool:
+    devices = load(path, must_exist=must_exist)
     names = {str(p) for p in patterns}
     kept = [d for d in devices if str(d.pattern) not in names]
     if len(kept) != len(devices):

@@ -2,10 +2,15 @@
 
 Why a file of our own: once a device is bound to pciback the kernel forgets which driver had it,
 and ``unhide --rebind`` (or ``recover`` after a crash) must give it back to exactly that driver.
-The file is ``STATE_DIR/seized.json``, one object per device, replaced atomically (write a
-temporary file, fsync it, rename over the old one, fsync the directory) so a crash leaves either
-the old or the new record set, never a torn one. Readers never need a lock; writers in this tool
-serialise through the journal's lock.
+
+One file per device, ``STATE_DIR/seized/DDDD-BB-DD-F.json``, replaced atomically through
+:mod:`engine.statestore` (no symlink followed, crash-safe), so a corrupt file concerns its own
+device only: :func:`load_record` raises :class:`StateFileCorrupt` for that device, and
+:func:`load_records` either raises or, given a ``corrupt`` list, reports it there and goes on.
+Every field is validated on reading (a driver name is a name, never a path).
+
+An older version kept every record in ``STATE_DIR/seized.json``; it is still read, and moved into
+per-device files by the first write.
 """
 
 from __future__ import annotations
@@ -13,15 +18,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenpciback_cli.engine import statestore as st
 from xenpciback_cli.engine.identity import DeviceIdentity
-from xenpciback_cli.errors import InputError, OperationFailed
+from xenpciback_cli.errors import StateFileCorrupt
 from xenpciback_cli.pci.address import Bdf
 
-RECORDS_FILE = "seized.json"
-FORMAT = 1
+RECORDS_DIR = "seized"
+LEGACY_FILE = "seized.json"
+RECORDS_FILE = LEGACY_FILE  # the old name, kept for callers that show it
+FORMAT = 2
+METHODS = ("override", "slot", "new_id")
+FIX = "check the device with 'xen-pciback list', then move the file aside"
+_KEYS = {"bdf", "original_driver", "target_driver", "persist", "seized_at", "method"}
 
 
 @dataclass(frozen=True)
@@ -41,89 +52,157 @@ class SeizeRecord:
     released: bool = False
 
     def to_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data["bdf"] = str(self.bdf)
-        data["identity"] = None if self.identity is None else self.identity.to_json()
-        return data
+        return {"bdf": str(self.bdf), "original_driver": self.original_driver,
+                "target_driver": self.target_driver, "persist": self.persist,
+                "seized_at": self.seized_at, "method": self.method,
+                "identity": None if self.identity is None else self.identity.to_json(),
+                "released": self.released}
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> SeizeRecord:
-        return cls(bdf=Bdf.parse(str(data["bdf"])),
-                   original_driver=_opt_str(data.get("original_driver")),
-                   target_driver=str(data.get("target_driver") or "pciback"),
-                   persist=bool(data.get("persist", False)),
-                   seized_at=float(data.get("seized_at") or 0.0),  # type: ignore[arg-type]
-                   method=str(data.get("method") or "override"),
-                   identity=None if data.get("identity") is None else DeviceIdentity.from_json(data["identity"]),
-                   released=bool(data.get("released", False)))
+    def from_json(cls, data: object) -> SeizeRecord:
+        """Strict: raises :class:`statestore.Invalid` (a ``ValueError``) naming the bad field."""
+        entry = st.obj(data, "record", required=_KEYS, optional={"identity", "released", "format"})
+        method = entry["method"]
+        if method not in METHODS:
+            raise st.Invalid(f"method {str(method)[:20]!r} is not one of {', '.join(METHODS)}")
+        identity = entry.get("identity")
+        try:
+            parsed = None if identity is None else DeviceIdentity.from_json(identity)
+        except ValueError as exc:
+            raise st.Invalid(str(exc)) from None
+        return cls(bdf=st.bdf(entry["bdf"], "bdf"),
+                   original_driver=st.driver_name(entry["original_driver"], "original_driver", optional=True),
+                   target_driver=st.seize_driver(entry["target_driver"], "target_driver"),
+                   persist=st.boolean(entry["persist"], "persist"),
+                   seized_at=st.number(entry["seized_at"], "seized_at"),
+                   method=method, identity=parsed,
+                   released=st.boolean(entry.get("released", False), "released"))
 
 
-def _opt_str(value: object) -> str | None:
-    return None if value in (None, "") else str(value)
+def records_path(state_dir: str | os.PathLike[str], bdf: Bdf | None = None) -> Path:
+    """The file of ``bdf``'s record (or, without ``bdf``, the old single file)."""
+    if bdf is None:
+        return Path(state_dir) / LEGACY_FILE
+    return Path(state_dir) / _name(bdf)
 
 
-def records_path(state_dir: str | os.PathLike[str]) -> Path:
-    return Path(state_dir) / RECORDS_FILE
+def _name(bdf: Bdf) -> str:
+    return f"{RECORDS_DIR}/{bdf.xs_key}.json"
 
 
-def load_records(state_dir: str | os.PathLike[str]) -> dict[Bdf, SeizeRecord]:
-    """Every recorded seize, by address; empty when the state dir or the file does not exist."""
-    path = records_path(state_dir)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+def _legacy(store: st.StateStore) -> dict[Bdf, SeizeRecord]:
+    data = store.read(LEGACY_FILE)
+    if data is None:
         return {}
-    except OSError as exc:
-        raise OperationFailed(f"cannot read the seize records {path}: {exc.strerror}") from None
+    path = store.path(LEGACY_FILE)
     try:
-        data = json.loads(text)
-        entries = data["devices"]
-        records = [SeizeRecord.from_json(entry) for entry in entries]
-    except (ValueError, KeyError, TypeError, InputError) as exc:
-        raise OperationFailed(f"the seize records {path} are corrupt ({exc}); move the file "
-                              "aside and run 'xen-pciback recover'") from None
+        top = st.obj(st.parse_json(data), "the file", required={"devices"}, optional={"format"})
+        if not isinstance(top["devices"], list):
+            raise st.Invalid("devices is not a list")
+        records = [SeizeRecord.from_json(entry) for entry in top["devices"]]
+    except st.Invalid as exc:
+        raise st.corrupt(path, str(exc), FIX) from None
     return {record.bdf: record for record in records}
 
 
-def save_records(state_dir: str | os.PathLike[str], records: dict[Bdf, SeizeRecord]) -> None:
-    """Replace the record set atomically."""
-    data = {"format": FORMAT,
-            "devices": [records[bdf].to_json() for bdf in sorted(records)]}
-    atomic_write(records_path(state_dir), json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def put_record(state_dir: str | os.PathLike[str], record: SeizeRecord) -> None:
-    records = load_records(state_dir)
-    records[record.bdf] = record
-    save_records(state_dir, records)
-
-
-def drop_record(state_dir: str | os.PathLike[str], bdf: Bdf) -> SeizeRecord | None:
-    records = load_records(state_dir)
-    record = records.pop(bdf, None)
-    if record is not None:
-        save_records(state_dir, records)
+def _parse(data: bytes, path: Path, expected: Bdf | None) -> SeizeRecord:
+    try:
+        record = SeizeRecord.from_json(st.parse_json(data))
+    except st.Invalid as exc:
+        raise st.corrupt(path, str(exc), FIX, device=expected) from None
+    if expected is not None and record.bdf != expected:
+        raise st.corrupt(path, f"it records {record.bdf}, not the device its name says", FIX, device=expected)
     return record
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write temp, fsync, rename, fsync the directory: the file is old or new after any crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def load_record(state_dir: str | os.PathLike[str], bdf: Bdf) -> SeizeRecord | None:
+    """``bdf``'s record, None if it has none; :class:`StateFileCorrupt` if its file is corrupt."""
+    store = st.StateStore(state_dir)
+    data = store.read_for(_name(bdf), bdf)
+    if data is not None:
+        return _parse(data, store.path(_name(bdf)), bdf)
+    return _legacy(store).get(bdf)
+
+
+def load_records(state_dir: str | os.PathLike[str], *,
+                 corrupt: list[StateFileCorrupt] | None = None) -> dict[Bdf, SeizeRecord]:
+    """Every recorded seize, by address; empty when the state dir does not exist.
+
+    A corrupt file raises :class:`StateFileCorrupt`, unless ``corrupt`` is given: then it is
+    appended there and the other records are returned.
+    """
+    store = st.StateStore(state_dir)
+    records: dict[Bdf, SeizeRecord] = {}
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
+        records.update(_legacy(store))
+    except StateFileCorrupt as exc:
+        if corrupt is None:
+            raise
+        corrupt.append(exc)
+    for name in store.list(RECORDS_DIR):
+        path = store.path(f"{RECORDS_DIR}/{name}")
         try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError as exc:
-        try:
-            temporary.unlink()
-        except OSError:
-            pass
-        raise OperationFailed(f"cannot write {path}: {exc.strerror or exc}") from None
+            device = st.bdf_from_key(name[:-5]) if name.endswith(".json") else None
+            if device is None:
+                raise st.corrupt(path, "not a record file name (DDDD-BB-DD-F.json)", "move the file aside")
+            data = store.read_for(f"{RECORDS_DIR}/{name}", device)
+            if data is not None:
+                records[device] = _parse(data, path, device)
+        except StateFileCorrupt as exc:
+            if corrupt is None:
+                raise
+            corrupt.append(exc)
+    return dict(sorted(records.items()))
+
+
+def _migrate(store: st.StateStore) -> None:
+    """Move the old single file's records into per-device files (the first write does it)."""
+    legacy = _legacy(store)
+    for bdf, record in legacy.items():
+        if store.read(_name(bdf)) is None:
+            _write(store, record)
+    if store.read(LEGACY_FILE) is not None:
+        store.remove(LEGACY_FILE)
+
+
+def _write(store: st.StateStore, record: SeizeRecord) -> None:
+    data = {"format": FORMAT, **record.to_json()}
+    store.write(_name(record.bdf), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_records(state_dir: str | os.PathLike[str], records: dict[Bdf, SeizeRecord]) -> None:
+    """Make the record set exactly ``records`` (each file replaced atomically)."""
+    store = st.StateStore(state_dir)
+    _migrate(store)
+    for name in store.list(RECORDS_DIR):
+        device = st.bdf_from_key(name[:-5]) if name.endswith(".json") else None
+        if device is not None and device not in records:
+            store.remove(f"{RECORDS_DIR}/{name}")
+    for record in records.values():
+        _write(store, record)
+
+
+def put_record(state_dir: str | os.PathLike[str], record: SeizeRecord) -> None:
+    store = st.StateStore(state_dir)
+    _migrate(store)
+    _write(store, record)
+
+
+def drop_record(state_dir: str | os.PathLike[str], bdf: Bdf) -> SeizeRecord | None:
+    """Forget ``bdf``'s record; return it (None if there was none). A corrupt file is removed
+    too, since dropping is what its fix asks for."""
+    store = st.StateStore(state_dir)
+    try:
+        record = load_record(state_dir, bdf)
+    except StateFileCorrupt as exc:
+        if exc.bdf != bdf:
+            raise
+        record = None
+    _migrate(store)
+    store.remove(_name(bdf))
+    return record
+
+
+def atomic_write(path: str | os.PathLike[str], text: str) -> None:
+    """Crash-safe replacement of a file outside the state dir (kept for older callers)."""
+    st.atomic_write(path, text)

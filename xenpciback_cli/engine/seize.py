@@ -35,7 +35,7 @@ from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity
 from xenpciback_cli.engine.preflight import Preflight, check_hide
 from xenpciback_cli.engine import persist as persisted
 from xenpciback_cli.engine.backend_settings import load_settings, record_release
-from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_records, put_record
+from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_record, load_records, put_record
 from xenpciback_cli.host.model import (PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice,
                                        driver_name)
 from xenpciback_cli.pci.address import Bdf
@@ -146,8 +146,9 @@ class Listener:
     """What a whole operation tells its caller as it goes; the CLI renders it, the default ignores
     it. Every call happens inside the operation's lock, so what it reports is the truth then."""
 
-    def pending(self, entries: list[JournalEntry]) -> None:
-        """Interrupted operations found in the journal (their process is gone: we hold the lock)."""
+    def pending(self, entries: list[JournalEntry], problems: list[errors.StateFileCorrupt]) -> None:
+        """The journal's entries (interrupted, or running in a process that does not take the
+        lock) and the state files found corrupt (each concerns its own device only)."""
 
     def checked(self, preflights: list[Preflight]) -> None:
         """The pre-flight verdicts, before they are enforced."""
@@ -238,16 +239,18 @@ class Seizer:
     # -- whole operations -------------------------------------------------------------------
     def hide_devices(self, patterns: Sequence[BdfPattern], target: str, *, force: bool = False,
                      persist: bool = False, config: str | os.PathLike[str] | None = None,
-                     dry_run: bool = False, listener: Listener | None = None) -> HideReport:
-        """``hide``: select, check, enforce, seize each device and persist, all under the lock."""
+                     config_named: bool = False, dry_run: bool = False,
+                     listener: Listener | None = None) -> HideReport:
+        """``hide``: select, check, enforce, seize each device and persist, all under the lock.
+        ``config_named``: the person named the config (its directory must exist already)."""
         listener = listener or Listener()
         with self._operation(dry_run):
-            listener.pending(pending_operations(self.state_dir))
+            listener.pending(*self._pending())
             persisting = persist and not dry_run
             if persisting:
                 if config is None:
                     raise errors.InputError("hide --persist needs a config path")
-                persisted.load(config)  # a bad config fails here, before any sysfs write
+                _check_config_target(config, config_named)  # before any sysfs write
             bdfs = self.select(patterns)
             preflights = self.preflight(bdfs, target)
             listener.checked(preflights)
@@ -261,21 +264,22 @@ class Seizer:
                 listener.done(result)
             if persisting:
                 assert config is not None
-                persisted.add(config, list(patterns), target)
+                persisted.add(config, list(patterns), target, create_parent=not config_named)
             return HideReport(preflights, forced, results, str(config) if persisting else None)
 
     def unhide_devices(self, patterns: Sequence[BdfPattern], *, rebind: bool = False,
                        force: bool = False, config: str | os.PathLike[str] | None = None,
-                       dry_run: bool = False, listener: Listener | None = None) -> UnhideReport:
+                       config_named: bool = False, dry_run: bool = False,
+                       listener: Listener | None = None) -> UnhideReport:
         """``unhide``: release each selected device and drop it from the persisted config."""
         listener = listener or Listener()
         with self._operation(dry_run):
-            listener.pending(pending_operations(self.state_dir))
-            if not dry_run:
-                self._validate_state()
-                if config is not None:
-                    persisted.load(config)  # a bad config fails here, before any sysfs write
+            listener.pending(*self._pending())
+            if not dry_run and config is not None:
+                persisted.load(config, must_exist=config_named)  # before any sysfs write
             bdfs = self.select(patterns)
+            if not dry_run:
+                self._validate(bdfs)
             if force:
                 listener.forced([f"releasing {bdf} while attached to domain {self.attachments[bdf]}"
                                  for bdf in bdfs if bdf in self.attachments])
@@ -286,17 +290,18 @@ class Seizer:
                 listener.done(result)
             unpersisted = False
             if not dry_run and config is not None:
-                unpersisted = persisted.remove(config, list(patterns))
+                unpersisted = persisted.remove(config, list(patterns), must_exist=config_named)
             return UnhideReport(results, unpersisted)
 
-    def restore(self, config: str | os.PathLike[str], *, force: bool = False,
+    def restore(self, config: str | os.PathLike[str], *, config_named: bool = False, force: bool = False,
                 listener: Listener | None = None) -> RestoreReport:
-        """``restore``: seize every persisted device; one refused or missing does not stop the rest."""
+        """``restore``: seize every persisted device; one refused, missing or with a corrupt
+        record does not stop the rest. Each is checked like a hide, and against the identity
+        its record kept (a different device at the address is refused)."""
         listener = listener or Listener()
         with self.locked():
-            listener.pending(pending_operations(self.state_dir))
-            devices = persisted.load(config)
-            self._validate_state()
+            listener.pending(*self._pending())
+            devices = persisted.load(config, must_exist=config_named)
             present = self.host.addresses()  # type: ignore[attr-defined]
             report: list[dict[str, object]] = []
             for entry in devices:
@@ -317,11 +322,23 @@ class Seizer:
                         report.append({"bdf": str(bdf), "status": "failed", "detail": str(exc)})
             return RestoreReport(str(config), len(devices), report)
 
-    def _validate_state(self) -> None:
-        """Read every state file an operation may rewrite, so a corrupt one stops it before its
-        first sysfs write instead of half-way."""
-        load_records(self.state_dir)
-        load_settings(self.state_dir)
+    def _validate(self, bdfs: Iterable[Bdf]) -> None:
+        """Read the state files of these devices (journal entries, records) so a corrupt one
+        stops the operation (exit 2, naming the file) before its first sysfs write, not half-way.
+        Backend settings need no check: a release ends them, a corrupt file included."""
+        for bdf in bdfs:
+            load_record(self.state_dir, bdf)
+            for op in ("hide", "unhide"):
+                self.journal.entry_for(op, bdf)
+
+    def _pending(self) -> tuple[list[JournalEntry], list[errors.StateFileCorrupt]]:
+        """The journal's entries, and every corrupt state file (reported, not raised: the
+        command about that device refuses it)."""
+        problems: list[errors.StateFileCorrupt] = []
+        entries = pending_operations(self.state_dir, corrupt=problems)
+        load_records(self.state_dir, corrupt=problems)
+        load_settings(self.state_dir, corrupt=problems)
+        return entries, problems
 
     def select(self, patterns: Iterable[BdfPattern]) -> list[Bdf]:
         """The devices ``patterns`` name, in order, once each: a wildcard expands to the functions
@@ -338,9 +355,16 @@ class Seizer:
 
     # -- hide -------------------------------------------------------------------------------
     def preflight(self, bdfs: Collection[Bdf], target: str, *, restoring: bool = False) -> list[Preflight]:
-        records = load_records(self.state_dir)
+        """The checks of each device. ``restoring``: the records' identities are what must be
+        found at their addresses (a different device there is refused)."""
+        corrupt: list[errors.StateFileCorrupt] = []
+        records = load_records(self.state_dir, corrupt=corrupt)
+        for problem in corrupt:  # another device's corrupt record does not stop this one
+            if problem.bdf is None or problem.bdf in bdfs:
+                raise problem
         by_address = {d.bdf: d for d in self.host.devices()}
-        return [check_hide(self.host, bdf, target, records=records, hiding=bdfs, by_address=by_address)
+        return [check_hide(self.host, bdf, target, records=records, hiding=bdfs, by_address=by_address,
+                           expected=records[bdf].identity if restoring and bdf in records else None)
                 for bdf in bdfs]
 
     @staticmethod
@@ -376,7 +400,7 @@ class Seizer:
         device = preflight.device
         assert device is not None
         checks = [c.to_json() for c in preflight.checks]
-        existing = load_records(self.state_dir).get(device.bdf)
+        existing = load_record(self.state_dir, device.bdf)
         identity = identity_of(self.host, device.bdf)
         if preflight.already_seized:
             if not dry_run:
@@ -421,7 +445,7 @@ class Seizer:
             raise errors.SafetyRefusal(f"refusing to unhide {bdf}: it is attached to domain {domid} "
                                        f"(detach it first with 'xl pci-detach {domid} {bdf}')")
         device = self.host.device(bdf)
-        record = load_records(self.state_dir).get(bdf)
+        record = load_record(self.state_dir, bdf)
         held = device.driver in STUB_DRIVERS
         if record is not None and record.released and not held:
             # Released by a plain unhide: only --rebind has something left to do, and only while
@@ -477,7 +501,7 @@ class Seizer:
         return writes
 
     def _original(self, bdf: Bdf) -> str | None:
-        record = load_records(self.state_dir).get(bdf)
+        record = load_record(self.state_dir, bdf)
         return record.original_driver if record else None
 
     def _keep_record(self, device: PciDevice, existing: SeizeRecord | None, identity: DeviceIdentity | None,
@@ -524,9 +548,21 @@ class Seizer:
         the device at the address is not the one journalled, or the host now uses it."""
         outcomes: list[dict[str, object]] = []
         with self.locked():
-            self._validate_state()
-            for entry in pending_operations(self.state_dir):
+            corrupt: list[errors.StateFileCorrupt] = []
+            for entry in pending_operations(self.state_dir, corrupt=corrupt):
+                if entry.running:  # its process lives on (without the lock): not ours to judge
+                    outcomes.append({"op": entry.op, "bdf": str(entry.bdf), "stopped": entry.describe(),
+                                     "action": "skipped", "reason": f"in progress (pid {entry.pid})"})
+                    continue
+                try:
+                    load_record(self.state_dir, entry.bdf)
+                except errors.StateFileCorrupt as exc:
+                    corrupt.append(exc)
+                    continue
                 outcomes.append(self._recover_one(entry))
+            for problem in corrupt:
+                outcomes.append({"op": "?", "bdf": str(problem.bdf or "?"), "action": "skipped",
+                                 "reason": str(problem)})
         return outcomes
 
     def _recover_one(self, entry: JournalEntry) -> dict[str, object]:
@@ -544,6 +580,9 @@ class Seizer:
             if found:
                 return self._refused(entry, outcome, "the device there is not the one journalled: "
                                      + "; ".join(found))
+        usage = self.host.usage(bdf)
+        if usage.in_use:
+            return self._refused(entry, outcome, "the host uses the device there now: " + "; ".join(usage.reasons))
         try:
             if entry.op == "hide":
                 self._recover_hide(entry, device, outcome)
@@ -568,7 +607,7 @@ class Seizer:
                 device.driver == entry.original_driver or device.driver not in STUB_DRIVERS):
             # The host (or the driver it came from) still has it: undo only what we added.
             self._execute(bdf, self._undo_hide(entry, device))
-            if load_records(self.state_dir).get(bdf) is not None and device.driver not in STUB_DRIVERS:
+            if load_record(self.state_dir, bdf) is not None and device.driver not in STUB_DRIVERS:
                 drop_record(self.state_dir, bdf)
             outcome.update(action="rolled back", reason=f"still bound to {device.driver}: the host "
                            "had not lost it yet")
@@ -590,7 +629,7 @@ class Seizer:
         except errors.XenPcibackError as exc:
             self._give_back(entry, self.host.device(bdf), outcome, f"{target} would not take it ({exc})")
             return
-        existing = load_records(self.state_dir).get(bdf)
+        existing = load_record(self.state_dir, bdf)
         recorded = original or self._original_for(replace(device, driver=None), existing, entry.identity)
         self._keep_record(device, existing, entry.identity, recorded, target, entry.method, entry.persist)
         outcome.update(action="completed", reason=f"already unbound from {entry.original_driver or 'no driver'}: "
@@ -629,7 +668,7 @@ class Seizer:
                 self._left_unbound(entry, now, outcome, f"{why}; giving it back failed ({exc})")
                 return
         now = self.host.device(bdf)
-        record = load_records(self.state_dir).get(bdf)
+        record = load_record(self.state_dir, bdf)
         if now.driver in STUB_DRIVERS:
             self._left_unbound(entry, now, outcome, f"{why}; it stayed with {now.driver}")
             return
@@ -647,7 +686,7 @@ class Seizer:
 
     def _recover_unhide(self, entry: JournalEntry, device: PciDevice, outcome: dict[str, object]) -> None:
         bdf, target = entry.bdf, entry.target_driver
-        record = load_records(self.state_dir).get(bdf)
+        record = load_record(self.state_dir, bdf)
         original = host_driver(entry.original_driver)
         if device.driver == target:
             # The release had not started: keep it held (this takes nothing from the host).
@@ -710,6 +749,15 @@ class Seizer:
                 self.host.bind(bdf, step.path.split("/")[-2])  # the id is there: bind explicitly
                 return
             raise
+
+
+def _check_config_target(config: str | os.PathLike[str], named: bool) -> None:
+    """The persisted config will be readable and writable: read it now (a corrupt one is exit 2)
+    and, for a path a person named, make sure its directory exists (none is ever created)."""
+    persisted.load(config)
+    parent = Path(config).parent
+    if named and not parent.is_dir():
+        raise errors.InputError(f"cannot persist in {config}: directory {parent} does not exist")
 
 
 class _Refused(Exception):
