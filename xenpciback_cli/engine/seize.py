@@ -509,9 +509,12 @@ class Seizer:
         """Record a seize; an existing live record is kept (the first record knows the original)."""
         bdf = device.bdf
         if existing is not None and not existing.released:
-            if (persist and not existing.persist) or (existing.identity is None and identity is not None):
-                put_record(self.state_dir, replace(existing, persist=existing.persist or persist,
-                                                   identity=existing.identity or identity))
+            kept = replace(existing, persist=existing.persist or persist, identity=existing.identity or identity,
+                           original_driver=host_driver(existing.original_driver) or original)
+            if existing.target_driver != target:  # moved from one seize driver to another
+                kept = replace(kept, target_driver=target, method=method)
+            if kept != existing:
+                put_record(self.state_dir, kept)
             return
         put_record(self.state_dir, SeizeRecord(bdf, original, target, persist, method=method, identity=identity))
         if self.xenstore is not None and original:
@@ -710,11 +713,19 @@ class Seizer:
                 outcome.update(action="rolled back", reason=f"releasing it from {target} failed ({exc}); "
                                f"it stays seized by {target}")
                 return
+            if now.driver is None and entry.rebind:
+                with contextlib.suppress(errors.XenPcibackError):
+                    self.host.probe(bdf)  # the recorded driver would not: let the kernel choose
+                now = self.host.device(bdf)
             if now.driver is None or now.driver in STUB_DRIVERS:
                 self._released(bdf, record, entry.identity, original, target, entry.method, keep=True)
                 self._left_unbound(entry, now, outcome, f"released from {target}; binding "
                                    f"{original or 'a host driver'} failed ({exc})")
                 return
+            self._released(bdf, record, entry.identity, original, target, entry.method, keep=False)
+            outcome.update(action="completed", reason=f"released from {target}; {original or 'the recorded driver'} "
+                           f"would not bind ({exc}), the kernel's probe gave it to {now.driver}")
+            return
         now = self.host.device(bdf)
         self._released(bdf, record, entry.identity, original, target, entry.method,
                        keep=not entry.rebind or now.driver is None)
