@@ -45,6 +45,9 @@ def _render(terminal: Any, result: Any, rebind: bool) -> None:
 
     if result.status == "planned":
         render_planned_writes(terminal, "release", result.bdf, result.writes)
+    elif result.status == "not-seized" and result.original_driver and result.driver is None and not rebind:
+        terminal.line(f"{result.bdf}: released already (no driver); use --rebind to restore "
+                      f"{result.original_driver}")
     elif result.status == "not-seized":
         terminal.line(f"{result.bdf}: not seized (driver {result.driver or 'none'}); nothing to do")
     else:
