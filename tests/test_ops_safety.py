@@ -322,3 +322,11 @@ def test_host_writers_refuse_what_is_not_a_name(box):
         with pytest.raises(InputError):
             call()
     assert host.recorded == []
+
+
+def test_a_command_that_can_do_nothing_leaves_no_state_dir(box):
+    shutil.rmtree(state(box), ignore_errors=True)
+    for args in (("hide", "00:1e.7"), ("unhide", "00:1e.7"), ("hide", "--dry-run", "03:00.0")):
+        run = invoke("--sandbox", box, *args)
+        assert run.code == (0 if "--dry-run" in args else 1), run.error
+    assert not state(box).exists()

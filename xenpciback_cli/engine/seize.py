@@ -244,6 +244,7 @@ class Seizer:
         """``hide``: select, check, enforce, seize each device and persist, all under the lock.
         ``config_named``: the person named the config (its directory must exist already)."""
         listener = listener or Listener()
+        self._present(patterns)
         with self._operation(dry_run):
             listener.pending(*self._pending())
             persisting = persist and not dry_run
@@ -273,6 +274,7 @@ class Seizer:
                        listener: Listener | None = None) -> UnhideReport:
         """``unhide``: release each selected device and drop it from the persisted config."""
         listener = listener or Listener()
+        self._present(patterns)
         with self._operation(dry_run):
             listener.pending(*self._pending())
             if not dry_run and config is not None:
@@ -321,6 +323,15 @@ class Seizer:
                     except errors.XenPcibackError as exc:
                         report.append({"bdf": str(bdf), "status": "failed", "detail": str(exc)})
             return RestoreReport(str(config), len(devices), report)
+
+    def _present(self, patterns: Sequence[BdfPattern]) -> None:
+        """Fail on a device that is not there before taking the lock (which creates the state
+        dir): a command that can do nothing leaves nothing behind. Everything is read again
+        under the lock; this decides nothing."""
+        present = set(self.host.addresses())  # type: ignore[attr-defined]
+        for bdf in self.select(patterns):
+            if bdf not in present:
+                raise errors.DeviceNotFound(f"no PCI device {bdf} on this host", bdf=bdf)
 
     def _validate(self, bdfs: Iterable[Bdf]) -> None:
         """Read the state files of these devices (journal entries, records) so a corrupt one
