@@ -8,13 +8,12 @@ import json
 import shutil
 
 import pytest
+from seize_helpers import invoke
 
-from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite
 from xenpciback_cli.engine.backend_settings import record_attach
+from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite
 from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
-
-from seize_helpers import invoke
 
 NIC = Bdf(0, 3, 0, 0)
 OTHER = "0000:04:10.1"  # a VF the host does not use

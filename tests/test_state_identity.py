@@ -6,7 +6,12 @@ import struct
 
 import pytest
 
-from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity_of, read_serial
+from xenpciback_cli.engine.identity import (
+    DeviceIdentity,
+    differences,
+    identity_of,
+    read_serial,
+)
 from xenpciback_cli.engine.journal import JournalEntry
 from xenpciback_cli.engine.records import SeizeRecord
 from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox

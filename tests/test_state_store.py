@@ -12,9 +12,13 @@ import pytest
 
 from xenpciback_cli.engine import journal as journal_module
 from xenpciback_cli.engine.backend_settings import load_settings, record_attach
-from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite, pending_operations
+from xenpciback_cli.engine.journal import (
+    Journal,
+    JournalEntry,
+    PlannedWrite,
+    pending_operations,
+)
 from xenpciback_cli.engine.records import SeizeRecord, load_record, put_record
-from xenpciback_cli.engine.statestore import StateStore
 from xenpciback_cli.errors import ExitCode, StateDirUnsafe, StateFileCorrupt
 from xenpciback_cli.pci.address import Bdf
 
@@ -28,7 +32,7 @@ def mode(path):
 
 def entry(bdf=NIC, **fields):
     steps = [PlannedWrite(f"bus/pci/devices/{bdf}/driver_override", "pciback", "set driver_override"),
-             PlannedWrite(f"bus/pci/drivers/igb/unbind", str(bdf), "unbind from igb")]
+             PlannedWrite("bus/pci/drivers/igb/unbind", str(bdf), "unbind from igb")]
     return JournalEntry("hide", bdf, "igb", "pciback", "override", steps, **fields)
 
 

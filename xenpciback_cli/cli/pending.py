@@ -14,15 +14,11 @@ def warn_pending(app: Any, terminal: Any) -> list[Any]:
     from xenpciback_cli.engine.backend_settings import load_settings
     from xenpciback_cli.engine.journal import pending_operations
     from xenpciback_cli.engine.records import load_records
-    from xenpciback_cli.errors import StateDirUnsafe
 
-    corrupt: list[Any] = []
-    try:
-        entries = pending_operations(app.state_dir, corrupt=corrupt)
-        load_records(app.state_dir, corrupt=corrupt)
-        load_settings(app.state_dir, corrupt=corrupt)
-    except StateDirUnsafe:
-        raise  # nothing read from it can be trusted: every command stops
+    corrupt: list[Any] = []  # an unsafe state dir (StateDirUnsafe) stops every command
+    entries = pending_operations(app.state_dir, corrupt=corrupt)
+    load_records(app.state_dir, corrupt=corrupt)
+    load_settings(app.state_dir, corrupt=corrupt)
     for entry in entries:
         terminal.warn(entry.describe())
     for problem in corrupt:

@@ -46,7 +46,7 @@ class DeviceIdentity:
         Raises ``ValueError`` with the words a person reads; the state layer names the file.
         """
         if not isinstance(data, dict):
-            raise ValueError("identity is not an object")
+            raise ValueError("identity is not an object")  # noqa: TRY004 (one error kind for bad files)
         unknown = set(data) - set(FIELDS)
         missing = set(FIELDS) - set(data)
         if unknown or missing:

@@ -31,7 +31,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from xenpciback_cli.errors import InputError, OperationFailed, StateDirUnsafe, StateFileCorrupt
+from xenpciback_cli.errors import (
+    InputError,
+    OperationFailed,
+    StateDirUnsafe,
+    StateFileCorrupt,
+)
 from xenpciback_cli.pci.address import Bdf
 
 DIR_MODE = 0o700
