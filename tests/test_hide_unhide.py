@@ -50,7 +50,8 @@ def test_hide_then_unhide_rebind(box):
     [device] = data["devices"]
     assert device["status"] == "seized" and device["original_driver"] == "igb"
     assert [c["name"] for c in device["checks"]] == [
-        "device-exists", "target-driver", "not-seized", "host-usage", "siblings", "iommu-group", "sriov"]
+        "device-exists", "device-kind", "target-driver", "not-seized", "host-usage", "siblings", "iommu-group",
+        "sriov"]
     row = listed(box, "03:00.0")
     assert (row["state"], row["driver"], row["original_driver"]) == ("seized", "pciback", "igb")
     assert load_records(box / "state")[NIC0].original_driver == "igb"
@@ -76,6 +77,12 @@ def test_unhide_without_rebind_leaves_it_driverless(box):
     assert run.code == 0 and "use --rebind" in run.output
     device = open_sandbox(box).device(NIC0)
     assert device.driver is None and device.driver_override is None
+    record = load_records(box / "state")[NIC0]  # kept for the --rebind the hint suggests
+    assert (record.released, record.original_driver) == (True, "igb")
+    assert listed(box, "03:00.0")["state"] != "seized"
+    run = invoke("--sandbox", box, "unhide", "--rebind", "03:00.0")
+    assert run.code == 0 and "released 0000:03:00.0: now igb" in run.output, run.output
+    assert open_sandbox(box).device(NIC0).driver == "igb"
     assert NIC0 not in load_records(box / "state")
 
 

@@ -160,7 +160,7 @@ def test_failure_after_the_last_write_before_bookkeeping(box, monkeypatch, op):
     xenstore = DictXenstore()
     if op == "unhide":
         hide(open_sandbox(box), xenstore)
-    target = "_ensure_record" if op == "hide" else "_forget"
+    target = "_keep_record" if op == "hide" else "_forget"
 
     def crash(*args, **kwargs):
         raise InjectedFailure("crash during bookkeeping")

@@ -21,58 +21,36 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
             persist: bool, config: str | None) -> None:
     """Seize BDF... (DDDD:BB:DD.F, BB:DD.F, or BB:DD.* for every function) for passthrough.
 
-    Runs pre-flight checks first (device exists, not seized, host not using it, siblings, IOMMU
-    group, SR-IOV, target driver loaded); a refusal exits 3 unless --force.
+    Runs pre-flight checks first (device exists and is an endpoint, not seized, host not using
+    it, siblings, IOMMU group, SR-IOV, target driver loaded); a refusal exits 3 unless --force.
     """
-    from xenpciback_cli.cli.pending import seizer_for, warn_pending
+    from xenpciback_cli.cli.pending import listener_for, seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
-    from xenpciback_cli.engine import persist as persisted
     from xenpciback_cli.errors import SafetyRefusal
     from xenpciback_cli.pci.spec import parse_device_patterns
 
     terminal = terminal_for(app)
     as_json = app.settings.json  # type: ignore[attr-defined]
     patterns = parse_device_patterns(devices)
-    warn_pending(app, terminal)
     seizer = seizer_for(app)
-    bdfs = seizer.select(patterns)
-
-    preflights = seizer.preflight(bdfs, target)
-    if not as_json:
-        for result in preflights:
-            terminal.line(f"{result.bdf}:")
-            for check in result.checks:
-                terminal.line(f"  {check.line()}")
+    listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, target),
+                            forced="FORCED past a safety refusal: ")
     try:
-        forced = seizer.enforce(preflights, force=force)
+        report = seizer.hide_devices(patterns, target, force=force, persist=persist, dry_run=dry_run,
+                                     config=config or str(app.persist_file),  # type: ignore[attr-defined]
+                                     config_named=config is not None,
+                                     listener=listener)
     except SafetyRefusal:
         if as_json:
             terminal.json({"dry_run": dry_run, "refused": True,
                            "devices": [{"bdf": str(p.bdf), "checks": [c.to_json() for c in p.checks]}
-                                       for p in preflights]})
+                                       for p in listener.preflights]})
         raise
-    for line in forced:
-        terminal.warn(f"FORCED past a safety refusal: {line}")
-
-    results = []
-    import contextlib
-
-    # A dry run writes nothing, not even the state dir: it works without root.
-    with contextlib.nullcontext() if dry_run else seizer.journal.locked():
-        for preflight in terminal.progress(preflights, total=len(preflights), description="seizing"):
-            result = seizer.hide(preflight, target, persist=persist, dry_run=dry_run)
-            result.forced = [f for f in forced if f.startswith(str(result.bdf))]
-            results.append(result)
-            if not as_json:
-                _render(terminal, result, target)
-        config_path = config or str(app.persist_file)  # type: ignore[attr-defined]
-        if persist and not dry_run:
-            persisted.add(config_path, patterns, target, create_parent=config is None)
-            if not as_json:
-                terminal.line(f"persisted in {config_path} ({', '.join(str(p) for p in patterns)})")
+    if report.persisted and not as_json:
+        terminal.line(f"persisted in {report.persisted} ({', '.join(str(p) for p in patterns)})")
     if as_json:
-        terminal.json({"dry_run": dry_run, "refused": False, "devices": [r.to_json() for r in results],
-                       "persisted": config_path if persist and not dry_run else None})
+        terminal.json({"dry_run": dry_run, "refused": False, "devices": [r.to_json() for r in report.results],
+                       "persisted": report.persisted})
 
 
 def _render(terminal: Any, result: Any, target: str) -> None:

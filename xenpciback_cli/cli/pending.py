@@ -40,3 +40,41 @@ def render_planned_writes(terminal: Any, verb: str, bdf: Any, writes: list[dict[
     terminal.line(f"dry run: would {verb} {bdf} with these sysfs writes:")
     for write in writes:
         terminal.line(f"  echo {write['value'].strip() or '(newline)'} > /sys/{write['path']}")
+
+
+def listener_for(terminal: Any, *, as_json: bool, render: Any = None, forced: str = "FORCED: ") -> Any:
+    """The engine's :class:`~xenpciback_cli.engine.seize.Listener`, rendering on ``terminal``:
+    interrupted operations and FORCED lines always (stderr), checks and results unless --json.
+    It keeps the pre-flight results (``.preflights``) for a refusal's JSON."""
+    from xenpciback_cli.engine.seize import Listener
+
+    class TerminalListener(Listener):
+        preflights: list[Any] = []
+
+        def pending(self, entries: list[Any], problems: list[Any]) -> None:
+            for entry in entries:
+                terminal.warn(entry.describe())
+            for problem in problems:
+                terminal.warn(str(problem))
+
+        def checked(self, preflights: list[Any]) -> None:
+            self.preflights = list(preflights)
+            if as_json:
+                return
+            for result in preflights:
+                terminal.line(f"{result.bdf}:")
+                for check in result.checks:
+                    terminal.line(f"  {check.line()}")
+
+        def forced(self, lines: list[str]) -> None:
+            for line in lines:
+                terminal.warn(f"{forced}{line}")
+
+        def each(self, items: Any, description: str) -> Any:
+            return terminal.progress(items, total=len(items), description=description)
+
+        def done(self, result: Any) -> None:
+            if render is not None and not as_json:
+                render(result)
+
+    return TerminalListener()

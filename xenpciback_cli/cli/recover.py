@@ -12,20 +12,27 @@ def command(app: object) -> None:
 
     The decision is per operation, from the device's actual state: a hide that already took the
     device from its host driver is completed, one that had not is rolled back; an unhide that
-    already released the device is completed, one that had not is rolled back.
+    already released the device is completed, one that had not is rolled back. Before any write
+    the device at the address must still be the one journalled and unused by the host; otherwise
+    recover refuses (exit 3) and says what differs.
     """
     from xenpciback_cli.cli.pending import seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
 
+    from xenpciback_cli.errors import SafetyRefusal
+
     terminal = terminal_for(app)
-    seizer = seizer_for(app)
-    with seizer.journal.locked():
-        outcomes = seizer.recover()
+    outcomes = seizer_for(app).recover()
+    refused = [o for o in outcomes if o["action"] == "refused"]
     if app.settings.json:  # type: ignore[attr-defined]
         terminal.json({"operations": outcomes})
-        return
-    if not outcomes:
-        terminal.line("nothing to recover: no interrupted operations")
-    for outcome in outcomes:
-        terminal.line(f"{outcome['action']} {outcome['op']} {outcome['bdf']}: {outcome['reason']} "
-                      f"(driver now {outcome.get('driver') or 'none'})")
+    else:
+        if not outcomes:
+            terminal.line("nothing to recover: no interrupted operations")
+        for outcome in outcomes:
+            if outcome["action"] != "refused":
+                terminal.line(f"{outcome['action']} {outcome['op']} {outcome['bdf']}: {outcome['reason']} "
+                              f"(driver now {outcome.get('driver') or 'none'})")
+    if refused:
+        raise SafetyRefusal("; ".join(f"refusing to recover {o['op']} {o['bdf']}: {o['reason']}"
+                                      for o in refused), [str(o["reason"]) for o in refused])

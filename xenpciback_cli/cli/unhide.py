@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 
@@ -20,43 +22,35 @@ def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dr
 
     Refuses (exit 3) while the device is attached to a guest.
     """
-    from xenpciback_cli.cli.pending import render_planned_writes, seizer_for, warn_pending
+    from xenpciback_cli.cli.pending import listener_for, seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
-    from xenpciback_cli.engine import persist as persisted
     from xenpciback_cli.pci.spec import parse_device_patterns
 
     terminal = terminal_for(app)
     as_json = app.settings.json  # type: ignore[attr-defined]
     patterns = parse_device_patterns(devices)
-    warn_pending(app, terminal)
     seizer = seizer_for(app)
-    bdfs = seizer.select(patterns)
-    if force:
-        for bdf in bdfs:
-            if bdf in seizer.attachments:
-                terminal.warn(f"FORCED: releasing {bdf} while attached to domain {seizer.attachments[bdf]}")
-    results = []
-    import contextlib
-
-    # A dry run writes nothing, not even the state dir: it works without root.
-    with contextlib.nullcontext() if dry_run else seizer.journal.locked():
-        for bdf in terminal.progress(bdfs, total=len(bdfs), description="releasing"):
-            result = seizer.unhide(bdf, rebind=rebind, force=force, dry_run=dry_run)
-            results.append(result)
-            if as_json:
-                continue
-            if result.status == "planned":
-                render_planned_writes(terminal, "release", bdf, result.writes)
-            elif result.status == "not-seized":
-                terminal.line(f"{bdf}: not seized (driver {result.driver or 'none'}); nothing to do")
-            else:
-                terminal.line(f"released {bdf}: now {result.driver or 'no driver'}"
-                              + ("" if rebind else " (use --rebind to restore "
-                                 f"{result.original_driver or 'a host driver'})"))
-        dropped = False
-        if not dry_run:
-            dropped = persisted.remove(config or str(app.persist_file), patterns,  # type: ignore[attr-defined]
-                                       must_exist=config is not None)
+    listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, rebind))
+    report = seizer.unhide_devices(patterns, rebind=rebind, force=force, dry_run=dry_run,
+                                   config=config or str(app.persist_file),  # type: ignore[attr-defined]
+                                   config_named=config is not None,
+                                   listener=listener)
     if as_json:
-        terminal.json({"dry_run": dry_run, "devices": [r.to_json() for r in results],
-                       "unpersisted": dropped})
+        terminal.json({"dry_run": dry_run, "devices": [r.to_json() for r in report.results],
+                       "unpersisted": report.unpersisted})
+
+
+def _render(terminal: Any, result: Any, rebind: bool) -> None:
+    from xenpciback_cli.cli.pending import render_planned_writes
+
+    if result.status == "planned":
+        render_planned_writes(terminal, "release", result.bdf, result.writes)
+    elif result.status == "not-seized" and result.original_driver and result.driver is None and not rebind:
+        terminal.line(f"{result.bdf}: released already (no driver); use --rebind to restore "
+                      f"{result.original_driver}")
+    elif result.status == "not-seized":
+        terminal.line(f"{result.bdf}: not seized (driver {result.driver or 'none'}); nothing to do")
+    else:
+        terminal.line(f"released {result.bdf}: now {result.driver or 'no driver'}"
+                      + ("" if rebind else " (use --rebind to restore "
+                         f"{result.original_driver or 'a host driver'})"))

@@ -1,8 +1,14 @@
 """Pre-flight checks of a hide: each a named verdict a person (or a script) can read.
 
-The checks only read the host. A ``refuse`` verdict stops the hide unless ``--force``; a
-``fatal`` one (no such device, target driver not loaded) stops it even then, because forcing
-cannot make it work. ``warn`` is printed and does not stop anything.
+The checks only read the host. Verdicts:
+
+* ``fail`` (no such device, target driver not loaded): the hide cannot work; an error (exit 1),
+  and ``--force`` is never suggested because it cannot help.
+* ``refuse``: dangerous (the host uses the device, live VFs...); exit 3, ``--force`` overrides.
+  A refusal marked ``forceable=False`` (a host bridge, a PCI bridge: libvirt also refuses every
+  non-endpoint) is not overridden even by ``--force``.
+* ``warn`` is printed and does not stop anything (a PCIe root port: a bridge, but one that only
+  carries its own port services; the devices below it stay with the host).
 """
 
 from __future__ import annotations
@@ -10,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity_of
 from xenpciback_cli.engine.records import SeizeRecord
 from xenpciback_cli.host.model import STUB_DRIVERS, Host, PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli import errors
 
-OK, WARN, REFUSE = "ok", "warn", "refuse"
+OK, WARN, REFUSE, FAIL = "ok", "warn", "refuse", "fail"
 
 #: Where each target driver comes from, for the "not loaded" message.
 DRIVER_MODULES = {"pciback": "xen-pciback", "pci-stub": "pci-stub", "vfio-pci": "vfio-pci"}
@@ -26,12 +33,18 @@ _HARMLESS_DRIVERS = frozenset(STUB_DRIVERS) | {"pcieport", "shpchp"}
 @dataclass(frozen=True)
 class Check:
     name: str
-    verdict: str  # ok / warn / refuse
+    verdict: str  # ok / warn / refuse / fail
     detail: str
-    fatal: bool = False  # --force cannot override
+    forceable: bool = True  # a refusal --force may override
+
+    @property
+    def fatal(self) -> bool:
+        """The operation cannot work (verdict ``fail``): --force cannot help."""
+        return self.verdict == FAIL
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "verdict": self.verdict, "detail": self.detail, "fatal": self.fatal}
+        return {"name": self.name, "verdict": self.verdict, "detail": self.detail, "fatal": self.fatal,
+                "forceable": self.forceable and self.verdict == REFUSE}
 
     def line(self) -> str:
         return f"check {self.name}: {self.verdict}" + (f" ({self.detail})" if self.detail else "")
@@ -54,21 +67,28 @@ class Preflight:
 
 
 def check_hide(host: Host, bdf: Bdf, target: str, *, records: dict[Bdf, SeizeRecord],
-               hiding: Collection[Bdf] = (), by_address: dict[Bdf, PciDevice] | None = None) -> Preflight:
-    """Every check of item 6 for one device; ``hiding`` is the whole set being hidden now."""
+               hiding: Collection[Bdf] = (), by_address: dict[Bdf, PciDevice] | None = None,
+               expected: DeviceIdentity | None = None) -> Preflight:
+    """Every check for one device; ``hiding`` is the whole set being hidden now. ``expected`` is
+    the identity the caller was told to find at ``bdf`` (``restore``, ``recover``): any
+    difference is refused. Without it, a record left for another device is only a warning."""
     try:
         device = host.device(bdf)
     except errors.DeviceNotFound:
-        return Preflight(bdf, None, [Check("device-exists", REFUSE, f"no PCI device {bdf} on this host",
-                                           fatal=True)])
+        return Preflight(bdf, None, [Check("device-exists", FAIL, f"no PCI device {bdf} on this host")])
     result = Preflight(bdf, device, [Check("device-exists", OK, _describe(device))])
     checks = result.checks
+    checks.append(device_kind(host, device))
     loaded = host.loaded_drivers()
     if target in loaded:
         checks.append(Check("target-driver", OK, f"{target} is loaded"))
     else:
-        checks.append(Check("target-driver", REFUSE, f"driver {target} is not loaded (modprobe "
-                            f"{DRIVER_MODULES.get(target, target)})", fatal=True))
+        checks.append(Check("target-driver", FAIL, f"driver {target} is not loaded (modprobe "
+                            f"{DRIVER_MODULES.get(target, target)})"))
+    record = records.get(bdf)
+    identity = _identity_check(host, bdf, expected, record)
+    if identity is not None:
+        checks.append(identity)
 
     if device.driver == target:
         result.already_seized = True
@@ -77,7 +97,10 @@ def check_hide(host: Host, bdf: Bdf, target: str, *, records: dict[Bdf, SeizeRec
     if device.driver in STUB_DRIVERS:
         checks.append(Check("not-seized", REFUSE, f"already seized by {device.driver}; "
                             "'unhide' it first"))
-    elif bdf in records:
+    elif record is not None and record.released and device.driver is None:
+        checks.append(Check("not-seized", OK, f"released earlier (original driver "
+                            f"{record.original_driver or 'none'} kept)"))
+    elif record is not None:
         checks.append(Check("not-seized", WARN, "a stale seize record exists and will be replaced"))
     else:
         checks.append(Check("not-seized", OK, f"bound to {device.driver or 'no driver'}"))
@@ -97,6 +120,64 @@ def check_hide(host: Host, bdf: Bdf, target: str, *, records: dict[Bdf, SeizeRec
     checks.append(_iommu_group(device, by_address, hiding))
     checks.append(_sriov(device))
     return result
+
+
+def _identity_check(host: Host, bdf: Bdf, expected: DeviceIdentity | None,
+                    record: SeizeRecord | None) -> Check | None:
+    recorded = expected if expected is not None else (record.identity if record is not None else None)
+    if recorded is None:
+        return None
+    found = differences(recorded, identity_of(host, bdf))
+    if not found:
+        return Check("identity", OK, "the device recorded for this address")
+    if expected is not None:
+        return Check("identity", REFUSE, "not the device recorded for this address: " + "; ".join(found))
+    return Check("identity", WARN, "the seize record left for this address was another device's ("
+                 + "; ".join(found) + "); it will be replaced")
+
+
+#: PCI class codes (base class 0x06, bridges) that name a bridge a guest must never get.
+_HOST_BRIDGE = 0x0600
+_PCI_EXPRESS_CAPABILITY = 0x10
+_ROOT_PORT = 0x4  # PCIe Capabilities register, Device/Port Type
+
+
+def pcie_port_type(config: bytes) -> int | None:
+    """Device/Port Type from the PCI Express capability, or None (absent or not readable)."""
+    if len(config) < 0x40 or not config[0x06] & 0x10:  # status: capability list
+        return None
+    offset, seen = config[0x34] & 0xFC, set()
+    while offset >= 0x40 and offset + 4 <= len(config) and offset not in seen:
+        seen.add(offset)
+        if config[offset] == _PCI_EXPRESS_CAPABILITY:
+            return (config[offset + 2] >> 4) & 0xF
+        offset = config[offset + 1] & 0xFC
+    return None
+
+
+def device_kind(host: Host, device: PciDevice) -> Check:
+    """Endpoints only, as libvirt: a host bridge or a PCI/CardBus bridge is refused even with
+    --force (a guest would own the path to every device below it, and the host would lose
+    them); a PCIe root port is warned (seizing it only stops its port services: AER, hotplug,
+    PME; passing it through is rarely what anyone means)."""
+    base_sub = device.class_code >> 8
+    if base_sub == _HOST_BRIDGE:
+        return Check("device-kind", REFUSE, "a host bridge: not an endpoint (the path between "
+                     "the CPU and every PCI device)", forceable=False)
+    if device.header_type in (1, 2):
+        try:
+            port_type = pcie_port_type(host.read_config(device.bdf))
+        except errors.HostError:
+            port_type = None
+        if port_type == _ROOT_PORT:
+            return Check("device-kind", WARN, "a PCIe root port: seizing it stops its port "
+                         "services (AER, hotplug); the devices below it stay with the host")
+        kind = "CardBus bridge" if device.header_type == 2 else "PCI bridge"
+        unread = "" if port_type is not None or device.header_type == 2 else \
+            " (could not read whether it is a PCIe root port)"
+        return Check("device-kind", REFUSE, f"a {kind}: not an endpoint; the devices below it "
+                     f"would go with it{unread}", forceable=False)
+    return Check("device-kind", OK, "an endpoint")
 
 
 def _describe(device: PciDevice) -> str:

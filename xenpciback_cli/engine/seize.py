@@ -20,25 +20,30 @@ still holds the device, so the operation is rolled back; after it, it is complet
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from xenpciback_cli import errors
 from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite, pending_operations
+from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity_of
 from xenpciback_cli.engine.preflight import Preflight, check_hide
-from xenpciback_cli.engine.backend_settings import record_release
+from xenpciback_cli.engine import persist as persisted
+from xenpciback_cli.engine.backend_settings import load_settings, record_release
 from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_record, load_records, put_record
-from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice
+from xenpciback_cli.host.model import (PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice,
+                                       driver_name)
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.spec import BdfPattern
 from xenpciback_cli.untrusted import decimal
 
 TARGET_DRIVERS = STUB_DRIVERS
+T = TypeVar("T")
 
 
 class XenstoreClient(Protocol):
@@ -60,47 +65,63 @@ def _w(path: str, value: str, description: str) -> PlannedWrite:
 def plan_hide(host: Host, device: PciDevice, target: str) -> tuple[str, list[PlannedWrite]]:
     """The writes that move ``device`` from its current driver to ``target``."""
     bdf, original = device.bdf, device.driver
+    driver_name(target)
     steps: list[PlannedWrite] = []
     if host.supports_driver_override(bdf):
         steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", target, f"set driver_override to {target}"))
         if original:
-            steps.append(_w(f"bus/pci/drivers/{original}/unbind", str(bdf), f"unbind from {original}"))
+            steps.append(_w(f"bus/pci/drivers/{driver_name(original)}/unbind", str(bdf), f"unbind from {original}"))
         steps.append(_w("bus/pci/drivers_probe", str(bdf), f"probe, binding {target}"))
         return "override", steps
     if target == PCIBACK_DRIVER:
         if str(bdf) not in host.pciback_slots():
             steps.append(_w(f"bus/pci/drivers/{target}/new_slot", str(bdf), "add to pciback slots"))
         if original:
-            steps.append(_w(f"bus/pci/drivers/{original}/unbind", str(bdf), f"unbind from {original}"))
+            steps.append(_w(f"bus/pci/drivers/{driver_name(original)}/unbind", str(bdf), f"unbind from {original}"))
         steps.append(_w(f"bus/pci/drivers/{target}/bind", str(bdf), f"bind {target}"))
         return "slot", steps
     if original:
-        steps.append(_w(f"bus/pci/drivers/{original}/unbind", str(bdf), f"unbind from {original}"))
+        steps.append(_w(f"bus/pci/drivers/{driver_name(original)}/unbind", str(bdf), f"unbind from {original}"))
     ids = f"{device.vendor_id:04x} {device.device_id:04x}"
-    steps.append(_w(f"bus/pci/drivers/{target}/new_id", ids, f"add id {ids} to {target}"))
+    steps.append(_w(f"bus/pci/drivers/{driver_name(target)}/new_id", ids, f"add id {ids} to {target}"))
     return "new_id", steps
 
 
 def plan_release(host: Host, device: PciDevice, target: str, original: str | None, *,
                  rebind: bool, remove_slot: bool = True, method: str = "override") -> list[PlannedWrite]:
-    """The writes that take ``device`` away from ``target`` and (with rebind) back to ``original``."""
+    """The writes that take ``device`` away from ``target`` and (with rebind) back to ``original``.
+
+    Only a seize driver is ever unbound: a device some host driver has already is left with it
+    (and not rebound), whatever the journal or the record say."""
     bdf = device.bdf
+    driver_name(target)
+    original = host_driver(original)
     steps: list[PlannedWrite] = []
     if device.driver_override:
         steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override"))
-    if device.driver and device.driver != original:
+    held = device.driver in STUB_DRIVERS
+    if held:
         steps.append(_w(f"bus/pci/drivers/{device.driver}/unbind", str(bdf), f"unbind from {device.driver}"))
     if method == "new_id":  # or the stub driver grabs the device again at the next probe
         ids = f"{device.vendor_id:04x} {device.device_id:04x}"
         steps.append(_w(f"bus/pci/drivers/{target}/remove_id", ids, f"remove id {ids} from {target}"))
     if remove_slot and target == PCIBACK_DRIVER and str(bdf) in host.pciback_slots():
         steps.append(_w(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf), "remove from pciback slots"))
-    if rebind and (device.driver is None or device.driver != original):
+    if rebind and (device.driver is None or held):
         if original and original in host.loaded_drivers():
             steps.append(_w(f"bus/pci/drivers/{original}/bind", str(bdf), f"bind {original}"))
         else:
             steps.append(_w("bus/pci/drivers_probe", str(bdf), "probe for a host driver"))
     return steps
+
+
+def host_driver(name: str | None) -> str | None:
+    """The name as an original (host) driver: a seize driver is never one (a device that was on
+    pci-stub has no host driver to go back to; the kernel's probe finds one), and a name read
+    from a state file must be a name."""
+    if not name or name in STUB_DRIVERS:
+        return None
+    return driver_name(name)
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -121,8 +142,68 @@ class DeviceResult:
                 "writes": self.writes, "forced": self.forced}
 
 
+class Listener:
+    """What a whole operation tells its caller as it goes; the CLI renders it, the default ignores
+    it. Every call happens inside the operation's lock, so what it reports is the truth then."""
+
+    def pending(self, entries: list[JournalEntry], problems: list[errors.StateFileCorrupt]) -> None:
+        """The journal's entries (interrupted, or running in a process that does not take the
+        lock) and the state files found corrupt (each concerns its own device only)."""
+
+    def checked(self, preflights: list[Preflight]) -> None:
+        """The pre-flight verdicts, before they are enforced."""
+
+    def forced(self, lines: list[str]) -> None:
+        """What ``--force`` overrode, before the first write."""
+
+    def each(self, items: Sequence[T], description: str) -> Iterable[T]:
+        """The devices an operation works through (the CLI shows progress)."""
+        return items
+
+    def done(self, result: DeviceResult) -> None:
+        """One device finished."""
+
+
+@dataclass
+class HideReport:
+    preflights: list[Preflight]
+    forced: list[str]
+    results: list[DeviceResult]
+    persisted: str | None = None
+
+
+@dataclass
+class UnhideReport:
+    results: list[DeviceResult]
+    unpersisted: bool = False
+
+
+@dataclass
+class RestoreReport:
+    config: str
+    listed: int
+    devices: list[dict[str, object]]
+
+    @property
+    def refused(self) -> int:
+        return sum(1 for d in self.devices if d["status"] == "refused")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for d in self.devices if d["status"] in ("failed", "missing"))
+
+
 class Seizer:
-    """Hide and unhide against one host and one state dir."""
+    """Hide and unhide against one host and one state dir.
+
+    The whole operations (:meth:`hide_devices`, :meth:`unhide_devices`, :meth:`recover`,
+    :meth:`restore`) hold the state dir's lock from their first read (journal, records, the
+    host's state for the pre-flight checks and the plan) to their last write, so two commands
+    never decide from a state the other is changing. Dry runs take no lock and write nothing.
+    The single-device steps (:meth:`preflight`, :meth:`enforce`, :meth:`hide`, :meth:`unhide`)
+    take no lock: a caller composing them (``attach --seize``) holds ``Journal(state_dir).locked()``
+    or :meth:`locked` around them.
+    """
 
     def __init__(self, host: Host, state_dir: str | os.PathLike[str], *,
                  xenstore: XenstoreClient | None = None,
@@ -132,6 +213,143 @@ class Seizer:
         self.journal = Journal(state_dir)
         self.xenstore = xenstore
         self.attachments = dict(attachments or {})
+        self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The state dir's lock (``Journal.locked``), re-entrant within this Seizer."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with self.journal.locked():
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+
+    def _operation(self, dry_run: bool) -> contextlib.AbstractContextManager[None]:
+        # A dry run writes nothing, not even the state dir: it works without root.
+        return contextlib.nullcontext() if dry_run else self.locked()
+
+    # -- whole operations -------------------------------------------------------------------
+    def hide_devices(self, patterns: Sequence[BdfPattern], target: str, *, force: bool = False,
+                     persist: bool = False, config: str | os.PathLike[str] | None = None,
+                     config_named: bool = False, dry_run: bool = False,
+                     listener: Listener | None = None) -> HideReport:
+        """``hide``: select, check, enforce, seize each device and persist, all under the lock.
+        ``config_named``: the person named the config (its directory must exist already)."""
+        listener = listener or Listener()
+        self._present(patterns)
+        with self._operation(dry_run):
+            listener.pending(*self._pending())
+            persisting = persist and not dry_run
+            if persisting:
+                if config is None:
+                    raise errors.InputError("hide --persist needs a config path")
+                _check_config_target(config, config_named)  # before any sysfs write
+            bdfs = self.select(patterns)
+            preflights = self.preflight(bdfs, target)
+            listener.checked(preflights)
+            forced = self.enforce(preflights, force=force)
+            listener.forced(forced)
+            results: list[DeviceResult] = []
+            for preflight in listener.each(preflights, "seizing"):
+                result = self.hide(preflight, target, persist=persist, dry_run=dry_run)
+                result.forced = [f for f in forced if f.startswith(f"{result.bdf}:")]
+                results.append(result)
+                listener.done(result)
+            if persisting:
+                assert config is not None
+                persisted.add(config, list(patterns), target, create_parent=not config_named)
+            return HideReport(preflights, forced, results, str(config) if persisting else None)
+
+    def unhide_devices(self, patterns: Sequence[BdfPattern], *, rebind: bool = False,
+                       force: bool = False, config: str | os.PathLike[str] | None = None,
+                       config_named: bool = False, dry_run: bool = False,
+                       listener: Listener | None = None) -> UnhideReport:
+        """``unhide``: release each selected device and drop it from the persisted config."""
+        listener = listener or Listener()
+        self._present(patterns)
+        with self._operation(dry_run):
+            listener.pending(*self._pending())
+            if not dry_run and config is not None:
+                persisted.load(config, must_exist=config_named)  # before any sysfs write
+            bdfs = self.select(patterns)
+            if not dry_run:
+                self._validate(bdfs)
+            if force:
+                listener.forced([f"releasing {bdf} while attached to domain {self.attachments[bdf]}"
+                                 for bdf in bdfs if bdf in self.attachments])
+            results: list[DeviceResult] = []
+            for bdf in listener.each(bdfs, "releasing"):
+                result = self.unhide(bdf, rebind=rebind, force=force, dry_run=dry_run)
+                results.append(result)
+                listener.done(result)
+            unpersisted = False
+            if not dry_run and config is not None:
+                unpersisted = persisted.remove(config, list(patterns), must_exist=config_named)
+            return UnhideReport(results, unpersisted)
+
+    def restore(self, config: str | os.PathLike[str], *, config_named: bool = False, force: bool = False,
+                listener: Listener | None = None) -> RestoreReport:
+        """``restore``: seize every persisted device; one refused, missing or with a corrupt
+        record does not stop the rest. Each is checked like a hide, and against the identity
+        its record kept (a different device at the address is refused)."""
+        listener = listener or Listener()
+        with self.locked():
+            listener.pending(*self._pending())
+            devices = persisted.load(config, must_exist=config_named)
+            present = self.host.addresses()  # type: ignore[attr-defined]
+            report: list[dict[str, object]] = []
+            for entry in devices:
+                selected = entry.pattern.select(present)
+                if not selected:
+                    report.append({"bdf": str(entry.pattern), "status": "missing", "detail": "no such device"})
+                    continue
+                for bdf in selected:
+                    try:
+                        [pre] = self.preflight([bdf], entry.driver, restoring=True)
+                        self.enforce([pre], force=force)
+                        result = self.hide(pre, entry.driver, persist=True)
+                        report.append({"bdf": str(bdf), "status": result.status,
+                                       "detail": f"{result.original_driver or 'no driver'} -> {result.driver}"})
+                    except errors.SafetyRefusal as exc:
+                        report.append({"bdf": str(bdf), "status": "refused", "detail": str(exc)})
+                    except errors.XenPcibackError as exc:
+                        report.append({"bdf": str(bdf), "status": "failed", "detail": str(exc)})
+            return RestoreReport(str(config), len(devices), report)
+
+    def _present(self, patterns: Sequence[BdfPattern]) -> None:
+        """Fail on a device that is not there before taking the lock (which creates the state
+        dir): a command that can do nothing leaves nothing behind. Everything is read again
+        under the lock; this decides nothing."""
+        present = set(self.host.addresses())  # type: ignore[attr-defined]
+        for bdf in self.select(patterns):
+            if bdf not in present:
+                raise errors.DeviceNotFound(f"no PCI device {bdf} on this host", bdf=bdf)
+
+    def _validate(self, bdfs: Iterable[Bdf]) -> None:
+        """Read the state files of these devices (journal entries, records) so a corrupt one
+        stops the operation (exit 2, naming the file) before its first sysfs write, not half-way.
+        Backend settings need no check: a release ends them, a corrupt file included."""
+        for bdf in bdfs:
+            load_record(self.state_dir, bdf)
+            for op in ("hide", "unhide"):
+                self.journal.entry_for(op, bdf)
+
+    def _pending(self) -> tuple[list[JournalEntry], list[errors.StateFileCorrupt]]:
+        """The journal's entries, and every corrupt state file (reported, not raised: the
+        command about that device refuses it)."""
+        problems: list[errors.StateFileCorrupt] = []
+        entries = pending_operations(self.state_dir, corrupt=problems)
+        load_records(self.state_dir, corrupt=problems)
+        load_settings(self.state_dir, corrupt=problems)
+        return entries, problems
 
     def select(self, patterns: Iterable[BdfPattern]) -> list[Bdf]:
         """The devices ``patterns`` name, in order, once each: a wildcard expands to the functions
@@ -147,38 +365,44 @@ class Seizer:
         return bdfs
 
     # -- hide -------------------------------------------------------------------------------
-    def preflight(self, bdfs: Collection[Bdf], target: str) -> list[Preflight]:
+    def preflight(self, bdfs: Collection[Bdf], target: str, *, restoring: bool = False) -> list[Preflight]:
+        """The checks of each device. ``restoring``: the records' identities are what must be
+        found at their addresses (a different device there is refused)."""
         corrupt: list[errors.StateFileCorrupt] = []
         records = load_records(self.state_dir, corrupt=corrupt)
         for problem in corrupt:  # another device's corrupt record does not stop this one
             if problem.bdf is None or problem.bdf in bdfs:
                 raise problem
         by_address = {d.bdf: d for d in self.host.devices()}
-        return [check_hide(self.host, bdf, target, records=records, hiding=bdfs, by_address=by_address)
+        return [check_hide(self.host, bdf, target, records=records, hiding=bdfs, by_address=by_address,
+                           expected=records[bdf].identity if restoring and bdf in records else None)
                 for bdf in bdfs]
 
     @staticmethod
     def enforce(preflights: list[Preflight], *, force: bool) -> list[str]:
-        """Raise for a missing device, then for refusals unless forced (exit 3 names the danger
-        even when the target driver is also missing), then for other fatal checks; return what
-        force overrode."""
+        """Raise for a missing device, then for what cannot work (a target driver that is not
+        loaded: exit 1, --force would not help), then for refusals --force cannot override, then
+        for the others unless forced (exit 3); return what force overrode."""
         for result in preflights:
             for check in result.fatal:
                 if check.name == "device-exists":
                     raise errors.DeviceNotFound(check.detail, bdf=result.bdf)
+        for result in preflights:
+            for check in result.fatal:
+                raise errors.OperationFailed(f"cannot hide {result.bdf}: {check.detail}")
+        for result in preflights:
+            for check in result.refusals:
+                if not check.forceable:
+                    raise errors.SafetyRefusal(f"refusing to hide {result.bdf}: {check.name}: "
+                                               f"{check.detail}", [check.detail])
         overridden: list[str] = []
         for result in preflights:
             for check in result.refusals:
-                if check.fatal:
-                    continue
                 if not force:
                     raise errors.SafetyRefusal(
                         f"refusing to hide {result.bdf}: {check.name}: {check.detail} "
                         "(--force overrides)", [check.detail])
                 overridden.append(f"{result.bdf}: {check.name}: {check.detail}")
-        for result in preflights:
-            for check in result.fatal:
-                raise errors.OperationFailed(f"cannot hide {result.bdf}: {check.detail}")
         return overridden
 
     def hide(self, preflight: Preflight, target: str, *, persist: bool = False,
@@ -187,13 +411,20 @@ class Seizer:
         device = preflight.device
         assert device is not None
         checks = [c.to_json() for c in preflight.checks]
+        existing = load_record(self.state_dir, device.bdf)
+        identity = identity_of(self.host, device.bdf)
         if preflight.already_seized:
-            self._ensure_record(device.bdf, load_record(self.state_dir, device.bdf), None,
-                                target, "override", persist, dry_run)
+            if not dry_run:
+                self._keep_record(device, existing, identity, self._original_for(device, existing, identity),
+                                  target, "override", persist)
             return DeviceResult(device.bdf, "already-seized", self._original(device.bdf), target,
                                 checks=checks)
+        original = self._original_for(device, existing, identity)
         method, steps = plan_hide(self.host, device, target)
-        entry = JournalEntry("hide", device.bdf, device.driver, target, method, steps, persist=persist)
+        # The journal's original is where a rollback returns the device (it may be pci-stub);
+        # the record's is the host driver only (never a seize driver).
+        entry = JournalEntry("hide", device.bdf, device.driver, target, method, steps, persist=persist,
+                             identity=identity)
         writes = self._run(entry, dry_run)
         if dry_run:
             return DeviceResult(device.bdf, "planned", device.driver, target, method, checks, writes)
@@ -202,9 +433,20 @@ class Seizer:
             raise errors.OperationFailed(
                 f"hide {device.bdf}: {target} did not bind it (driver now "
                 f"{now.driver or 'none'}); run 'xen-pciback recover'")
-        self._ensure_record(device.bdf, None, device.driver, target, method, persist, False)
+        self._keep_record(device, None, identity, original, target, method, persist)
         self.journal.finish(entry)
-        return DeviceResult(device.bdf, "seized", device.driver, target, method, checks, writes)
+        return DeviceResult(device.bdf, "seized", original, target, method, checks, writes)
+
+    def _original_for(self, device: PciDevice, existing: SeizeRecord | None,
+                      identity: DeviceIdentity) -> str | None:
+        """The host driver to record: the one bound now if it is a host driver; otherwise (no
+        driver, or a seize driver: ``hide --force`` over pci-stub) the first record's, if that
+        record is this very device's."""
+        if device.driver is not None and device.driver not in STUB_DRIVERS:
+            return host_driver(device.driver)
+        if existing is not None and (existing.identity is None or not differences(existing.identity, identity)):
+            return host_driver(existing.original_driver)
+        return None
 
     # -- unhide -----------------------------------------------------------------------------
     def unhide(self, bdf: Bdf, *, rebind: bool = False, force: bool = False,
@@ -215,10 +457,22 @@ class Seizer:
                                        f"(detach it first with 'xl pci-detach {domid} {bdf}')")
         device = self.host.device(bdf)
         record = load_record(self.state_dir, bdf)
-        if record is None and device.driver not in STUB_DRIVERS:
+        held = device.driver in STUB_DRIVERS
+        if record is not None and record.released and not held:
+            # Released by a plain unhide: only --rebind has something left to do, and only while
+            # no host driver has taken the device meanwhile.
+            if not rebind or device.driver is not None:
+                if device.driver is not None and not dry_run:
+                    drop_record(self.state_dir, bdf)  # a host driver has it: the record is spent
+                return DeviceResult(bdf, "not-seized", record.original_driver, device.driver)
+        elif record is None and not held:
+            return DeviceResult(bdf, "not-seized", None, device.driver)
+        elif record is not None and not held and device.driver is not None:
+            if not dry_run:
+                drop_record(self.state_dir, bdf)  # a stale record: the host has the device
             return DeviceResult(bdf, "not-seized", None, device.driver)
         target = record.target_driver if record else str(device.driver)
-        original = record.original_driver if record else None
+        original = host_driver(record.original_driver) if record else None
         if rebind and original and original not in self.host.loaded_drivers():
             # The kernel never loads a module for a sysfs bind: fail before any write, so the
             # device stays fully seized and a retry after modprobe finds its record.
@@ -226,14 +480,15 @@ class Seizer:
                                          f"loaded (modprobe {original}, then unhide again)")
         method = record.method if record else "override"
         steps = plan_release(self.host, device, target, original, rebind=rebind, method=method)
-        entry = JournalEntry("unhide", bdf, original, target, method, steps, rebind=rebind)
+        identity = identity_of(self.host, bdf)
+        entry = JournalEntry("unhide", bdf, original, target, method, steps, rebind=rebind, identity=identity)
         writes = self._run(entry, dry_run)
         if dry_run:
             return DeviceResult(bdf, "planned", original, device.driver, writes=writes)
         now = self.host.device(bdf)
         if now.driver == target:
             raise errors.OperationFailed(f"unhide {bdf}: still bound to {target}; run 'xen-pciback recover'")
-        self._forget(bdf)
+        self._released(bdf, record, identity, original, target, method, keep=not rebind)
         self.journal.finish(entry)
         return DeviceResult(bdf, "released", original, now.driver, writes=writes)
 
@@ -260,21 +515,36 @@ class Seizer:
         record = load_record(self.state_dir, bdf)
         return record.original_driver if record else None
 
-    def _ensure_record(self, bdf: Bdf, existing: SeizeRecord | None, original: str | None,
-                       target: str, method: str, persist: bool, dry_run: bool) -> None:
-        if dry_run:
+    def _keep_record(self, device: PciDevice, existing: SeizeRecord | None, identity: DeviceIdentity | None,
+                     original: str | None, target: str, method: str, persist: bool) -> None:
+        """Record a seize; an existing live record is kept (the first record knows the original)."""
+        bdf = device.bdf
+        if existing is not None and not existing.released:
+            kept = replace(existing, persist=existing.persist or persist, identity=existing.identity or identity,
+                           original_driver=host_driver(existing.original_driver) or original)
+            if existing.target_driver != target:  # moved from one seize driver to another
+                kept = replace(kept, target_driver=target, method=method)
+            if kept != existing:
+                put_record(self.state_dir, kept)
             return
-        if existing is not None:
-            if persist and not existing.persist:
-                put_record(self.state_dir, SeizeRecord(bdf, existing.original_driver, existing.target_driver,
-                                                       True, existing.seized_at, existing.method))
-            return
-        put_record(self.state_dir, SeizeRecord(bdf, original, target, persist, method=method))
+        put_record(self.state_dir, SeizeRecord(bdf, original, target, persist, method=method, identity=identity))
         if self.xenstore is not None and original:
             self.xenstore.write(driver_path_key(bdf), f"/sys/bus/pci/drivers/{original}")
 
+    def _released(self, bdf: Bdf, record: SeizeRecord | None, identity: DeviceIdentity | None,
+                  original: str | None, target: str, method: str, *, keep: bool) -> None:
+        """The device left the seize driver: forget it, or (a plain unhide, driverless now) keep
+        what a later ``unhide --rebind`` needs, marked released."""
+        if keep and original:
+            kept = record if record is not None else SeizeRecord(bdf, original, target, method=method)
+            put_record(self.state_dir, replace(kept, original_driver=original, released=True,
+                                               identity=kept.identity or identity))
+        else:
+            drop_record(self.state_dir, bdf)
+        self._forget(bdf)
+
     def _forget(self, bdf: Bdf) -> None:
-        drop_record(self.state_dir, bdf)
+        """What ends with the seize: backend settings and libxl's "assignable" driver_path."""
         record_release(self.state_dir, bdf)  # permissive and quirks end with the seize
         if self.xenstore is not None:
             try:
@@ -284,18 +554,29 @@ class Seizer:
 
     # -- recover ----------------------------------------------------------------------------
     def recover(self) -> list[dict[str, object]]:
-        """Complete or roll back every interrupted operation; idempotent."""
+        """Complete or roll back every interrupted operation; idempotent. Holds the lock, so an
+        operation still running in another process is waited for, never "recovered".
+
+        Each operation ends in a stated state (``action``: completed, rolled back, dropped,
+        left unbound) or is refused (``refused``: nothing written for it, the entry stays) when
+        the device at the address is not the one journalled, or the host now uses it."""
         outcomes: list[dict[str, object]] = []
-        corrupt: list[errors.StateFileCorrupt] = []
-        for entry in pending_operations(self.state_dir, corrupt=corrupt):
-            if entry.running:  # its own process is still at it
-                outcomes.append({"op": entry.op, "bdf": str(entry.bdf), "stopped": entry.describe(),
-                                 "action": "skipped", "reason": f"in progress (pid {entry.pid})"})
-                continue
-            outcomes.append(self._recover_one(entry))
-        for problem in corrupt:
-            outcomes.append({"op": "?", "bdf": str(problem.bdf or "?"), "action": "skipped",
-                             "reason": str(problem)})
+        with self.locked():
+            corrupt: list[errors.StateFileCorrupt] = []
+            for entry in pending_operations(self.state_dir, corrupt=corrupt):
+                if entry.running:  # its process lives on (without the lock): not ours to judge
+                    outcomes.append({"op": entry.op, "bdf": str(entry.bdf), "stopped": entry.describe(),
+                                     "action": "skipped", "reason": f"in progress (pid {entry.pid})"})
+                    continue
+                try:
+                    load_record(self.state_dir, entry.bdf)
+                except errors.StateFileCorrupt as exc:
+                    corrupt.append(exc)
+                    continue
+                outcomes.append(self._recover_one(entry))
+            for problem in corrupt:
+                outcomes.append({"op": "?", "bdf": str(problem.bdf or "?"), "action": "skipped",
+                                 "reason": str(problem)})
         return outcomes
 
     def _recover_one(self, entry: JournalEntry) -> dict[str, object]:
@@ -308,35 +589,158 @@ class Seizer:
             drop_record(self.state_dir, bdf)
             outcome.update(action="dropped", reason="the device is gone from the host")
             return outcome
-        if entry.op == "hide":
-            if entry.original_driver and device.driver == entry.original_driver:
-                added_slot = any(s.path.endswith("/new_slot") for s in entry.steps[:max(entry.done, 1) + 1])
-                self._execute(bdf, plan_release(self.host, device, entry.target_driver, entry.original_driver,
-                                                rebind=True, remove_slot=added_slot, method=entry.method))
-                drop_record(self.state_dir, bdf)
-                outcome.update(action="rolled back", reason=f"still bound to {entry.original_driver}: "
-                               "the host had not lost it yet")
+        if entry.identity is not None:
+            found = differences(entry.identity, identity_of(self.host, bdf))
+            if found:
+                return self._refused(entry, outcome, "the device there is not the one journalled: "
+                                     + "; ".join(found))
+        usage = self.host.usage(bdf)
+        if usage.in_use:
+            return self._refused(entry, outcome, "the host uses the device there now: " + "; ".join(usage.reasons))
+        try:
+            if entry.op == "hide":
+                self._recover_hide(entry, device, outcome)
             else:
-                self._seize_from_here(device, entry.target_driver, entry.method)
-                self._ensure_record(bdf, load_record(self.state_dir, bdf), entry.original_driver,
-                                    entry.target_driver, entry.method, entry.persist, False)
-                outcome.update(action="completed", reason=f"already unbound from "
-                               f"{entry.original_driver or 'no driver'}: finished the seize")
-        else:
-            if device.driver == entry.target_driver:
-                self._seize_from_here(device, entry.target_driver, entry.method)
-                outcome.update(action="rolled back", reason=f"still bound to {entry.target_driver}: "
-                               "the release had not started")
-            else:
-                self._execute(bdf, plan_release(self.host, device, entry.target_driver, entry.original_driver,
-                                                rebind=entry.rebind, method=entry.method))
-                self._forget(bdf)
-                outcome.update(action="completed", reason=f"already unbound from {entry.target_driver}: "
-                               "finished the release")
+                self._recover_unhide(entry, device, outcome)
+        except _Refused as refusal:
+            return self._refused(entry, outcome, str(refusal))
         self.journal.finish(entry)
-        now = self.host.device(bdf)
-        outcome["driver"] = now.driver
+        outcome["driver"] = self.host.device(bdf).driver
         return outcome
+
+    def _refused(self, entry: JournalEntry, outcome: dict[str, object], why: str) -> dict[str, object]:
+        path = self.journal.directory / entry.name
+        outcome.update(action="refused", driver=self.host.device(entry.bdf).driver,
+                       reason=f"{why}; nothing was written. If the entry is stale, check the device "
+                       f"and delete {path}")
+        return outcome
+
+    def _recover_hide(self, entry: JournalEntry, device: PciDevice, outcome: dict[str, object]) -> None:
+        bdf, target = entry.bdf, entry.target_driver
+        if device.driver is not None and device.driver != target and (
+                device.driver == entry.original_driver or device.driver not in STUB_DRIVERS):
+            # The host (or the driver it came from) still has it: undo only what we added.
+            self._execute(bdf, self._undo_hide(entry, device))
+            if load_record(self.state_dir, bdf) is not None and device.driver not in STUB_DRIVERS:
+                drop_record(self.state_dir, bdf)
+            outcome.update(action="rolled back", reason=f"still bound to {device.driver}: the host "
+                           "had not lost it yet")
+            return
+        original = host_driver(entry.original_driver)
+        if entry.identity is None:
+            # Nothing proves this is the device the hide was for: never complete a seize from it.
+            # Giving a driverless (or just-seized) device back to a host driver releases nothing
+            # the host uses, so that is the direction taken.
+            self._give_back(entry, device, outcome, "the entry carries no device identity, so the "
+                            "seize was not completed")
+            return
+        pre = check_hide(self.host, bdf, target, records={}, expected=entry.identity)
+        blocking = [c for c in pre.refusals if c.name in ("host-usage", "device-kind", "identity")]
+        if blocking:
+            raise _Refused("; ".join(f"{c.name}: {c.detail}" for c in blocking))
+        try:
+            self._seize_from_here(device, target, entry.method)
+        except errors.XenPcibackError as exc:
+            self._give_back(entry, self.host.device(bdf), outcome, f"{target} would not take it ({exc})")
+            return
+        existing = load_record(self.state_dir, bdf)
+        recorded = original or self._original_for(replace(device, driver=None), existing, entry.identity)
+        self._keep_record(device, existing, entry.identity, recorded, target, entry.method, entry.persist)
+        outcome.update(action="completed", reason=f"already unbound from {entry.original_driver or 'no driver'}: "
+                       "finished the seize")
+
+    def _undo_hide(self, entry: JournalEntry, device: PciDevice) -> list[PlannedWrite]:
+        """What a hide that never unbound its device added: our driver_override, our pciback
+        slot, our dynamic id. No driver is unbound or bound."""
+        bdf, target = entry.bdf, entry.target_driver
+        steps: list[PlannedWrite] = []
+        if device.driver_override == target:
+            steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override"))
+        added_slot = any(s.path.endswith("/new_slot") for s in entry.steps[:entry.done + 1])
+        if added_slot and str(bdf) in self.host.pciback_slots():
+            steps.append(_w(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf), "remove from pciback slots"))
+        if entry.method == "new_id" and any(s.path.endswith("/new_id") for s in entry.steps[:entry.done + 1]):
+            ids = f"{device.vendor_id:04x} {device.device_id:04x}"
+            steps.append(_w(f"bus/pci/drivers/{driver_name(target)}/remove_id", ids, f"remove id {ids} from {target}"))
+        return steps
+
+    def _give_back(self, entry: JournalEntry, device: PciDevice, outcome: dict[str, object], why: str) -> None:
+        """Roll a hide back toward the host: off the seize driver, back to the original or to
+        whatever the kernel's probe finds. A bind that cannot be done leaves it unbound, said."""
+        bdf = entry.bdf
+        original = host_driver(entry.original_driver)
+        added_slot = any(s.path.endswith("/new_slot") for s in entry.steps[:entry.done + 1])
+        steps = plan_release(self.host, device, entry.target_driver, original, rebind=True,
+                             remove_slot=added_slot, method=entry.method)
+        try:
+            self._execute(bdf, steps)
+        except errors.XenPcibackError as exc:
+            now = self.host.device(bdf)
+            if now.driver not in STUB_DRIVERS and now.driver is not None:
+                pass  # a host driver took it anyway
+            else:
+                self._left_unbound(entry, now, outcome, f"{why}; giving it back failed ({exc})")
+                return
+        now = self.host.device(bdf)
+        record = load_record(self.state_dir, bdf)
+        if now.driver in STUB_DRIVERS:
+            self._left_unbound(entry, now, outcome, f"{why}; it stayed with {now.driver}")
+            return
+        if record is not None and not record.released:
+            drop_record(self.state_dir, bdf)
+        outcome.update(action="rolled back", reason=f"{why}; given back to "
+                       f"{now.driver or 'no driver'}" + ("" if now.driver else
+                       f" (bind a host driver: modprobe {original or 'its driver'}, then "
+                       f"'xen-pciback unhide --rebind {bdf}')"))
+
+    def _left_unbound(self, entry: JournalEntry, device: PciDevice, outcome: dict[str, object], why: str) -> None:
+        outcome.update(action="left unbound" if device.driver is None else f"left with {device.driver}",
+                       reason=f"{why}; no guest and no host driver uses it now: bind one with "
+                       f"'xen-pciback unhide --rebind {entry.bdf}' (modprobe the driver first) or hide it again")
+
+    def _recover_unhide(self, entry: JournalEntry, device: PciDevice, outcome: dict[str, object]) -> None:
+        bdf, target = entry.bdf, entry.target_driver
+        record = load_record(self.state_dir, bdf)
+        original = host_driver(entry.original_driver)
+        if device.driver == target:
+            # The release had not started: keep it held (this takes nothing from the host).
+            self._seize_from_here(device, target, entry.method)
+            outcome.update(action="rolled back", reason=f"still bound to {target}: the release had not started")
+            return
+        if device.driver is not None and device.driver not in STUB_DRIVERS:
+            # A host driver has it: the release is done; clear only a leftover override of ours.
+            if device.driver_override == target:
+                self.host.set_driver_override(bdf, None)
+            self._released(bdf, record, entry.identity, original, target, entry.method, keep=False)
+            outcome.update(action="completed", reason=f"already with {device.driver}: finished the release")
+            return
+        steps = plan_release(self.host, device, target, original, rebind=entry.rebind, method=entry.method)
+        try:
+            self._execute(bdf, steps)
+        except errors.XenPcibackError as exc:
+            now = self.host.device(bdf)
+            if now.driver == target:  # the release itself failed: it stays held, said so
+                self._seize_from_here(now, target, entry.method)
+                outcome.update(action="rolled back", reason=f"releasing it from {target} failed ({exc}); "
+                               f"it stays seized by {target}")
+                return
+            if now.driver is None and entry.rebind:
+                with contextlib.suppress(errors.XenPcibackError):
+                    self.host.probe(bdf)  # the recorded driver would not: let the kernel choose
+                now = self.host.device(bdf)
+            if now.driver is None or now.driver in STUB_DRIVERS:
+                self._released(bdf, record, entry.identity, original, target, entry.method, keep=True)
+                self._left_unbound(entry, now, outcome, f"released from {target}; binding "
+                                   f"{original or 'a host driver'} failed ({exc})")
+                return
+            self._released(bdf, record, entry.identity, original, target, entry.method, keep=False)
+            outcome.update(action="completed", reason=f"released from {target}; {original or 'the recorded driver'} "
+                           f"would not bind ({exc}), the kernel's probe gave it to {now.driver}")
+            return
+        now = self.host.device(bdf)
+        self._released(bdf, record, entry.identity, original, target, entry.method,
+                       keep=not entry.rebind or now.driver is None)
+        outcome.update(action="completed", reason=f"already unbound from {target}: finished the release")
 
     def _seize_from_here(self, device: PciDevice, target: str, method: str) -> None:
         """Bring a device, in whatever state a crash left it, to held-by-target."""
@@ -367,6 +771,19 @@ class Seizer:
                 self.host.bind(bdf, step.path.split("/")[-2])  # the id is there: bind explicitly
                 return
             raise
+
+
+def _check_config_target(config: str | os.PathLike[str], named: bool) -> None:
+    """The persisted config will be readable and writable: read it now (a corrupt one is exit 2)
+    and, for a path a person named, make sure its directory exists (none is ever created)."""
+    persisted.load(config)
+    parent = Path(config).parent
+    if named and not parent.is_dir():
+        raise errors.InputError(f"cannot persist in {config}: directory {parent} does not exist")
+
+
+class _Refused(Exception):
+    """recover will not touch this entry's device (why: the message)."""
 
 
 # -- test-only crash injection ----------------------------------------------------------------

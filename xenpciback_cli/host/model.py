@@ -18,15 +18,35 @@ tests (fail after the Nth write) and the journal possible without special cases.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from xenpciback_cli import errors
 from xenpciback_cli.pci.address import Bdf
 
 #: The Linux PCI driver name of the kernel backend (module xen-pciback registers driver "pciback").
 PCIBACK_DRIVER = "pciback"
 #: Drivers that merely hold a device for a userspace backend.
 STUB_DRIVERS = ("pciback", "pci-stub", "vfio-pci")
+#: What a Linux driver name looks like (``igb``, ``snd_hda_intel``, ``vfio-pci``): never a path.
+_DRIVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
+
+
+def driver_name(name: str) -> str:
+    """``name`` if it is a plain driver name; otherwise an error, so a name read from a state file
+    (``../../..``) can never become a path under sysfs."""
+    if not isinstance(name, str) or not _DRIVER_NAME.fullmatch(name):
+        raise errors.InputError(f"{name!r} is not a driver name")
+    return name
+
+
+def attribute_path(path: str) -> str:
+    """``path`` if it is relative and free of ``.``/``..``/empty components."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in path:
+        raise errors.InputError(f"refusing to write {path!r}: not a plain sysfs attribute path")
+    return path
 
 
 @dataclass(frozen=True)
@@ -176,7 +196,7 @@ class Host(abc.ABC):
 
         In dry-run mode the write is recorded and not done. Hooks run first, in order.
         """
-        write = AttributeWrite(path, value)
+        write = AttributeWrite(attribute_path(path), value)
         for hook in self.write_hooks:
             hook(write)
         self.recorded.append(write)
@@ -188,15 +208,17 @@ class Host(abc.ABC):
         """Actually perform one write; turn errno into typed errors with ``errors.from_oserror``."""
 
     # Convenience writers, so the engine speaks in kernel operations, not paths.
+    # Every driver name is checked to be a name, whatever it came from.
     def unbind(self, bdf: Bdf, driver: str) -> None:
-        self.write_attribute(f"bus/pci/drivers/{driver}/unbind", str(bdf))
+        self.write_attribute(f"bus/pci/drivers/{driver_name(driver)}/unbind", str(bdf))
 
     def bind(self, bdf: Bdf, driver: str) -> None:
-        self.write_attribute(f"bus/pci/drivers/{driver}/bind", str(bdf))
+        self.write_attribute(f"bus/pci/drivers/{driver_name(driver)}/bind", str(bdf))
 
     def set_driver_override(self, bdf: Bdf, driver: str | None) -> None:
         # The kernel clears the override on an empty write (a lone newline).
-        self.write_attribute(f"bus/pci/devices/{bdf}/driver_override", driver or "\n")
+        self.write_attribute(f"bus/pci/devices/{bdf}/driver_override",
+                             driver_name(driver) if driver else "\n")
 
     def probe(self, bdf: Bdf) -> None:
         self.write_attribute("bus/pci/drivers_probe", str(bdf))
