@@ -65,7 +65,7 @@ class Application:
     def host(self) -> Host:
         """The host model: the sandbox when one is selected, else real sysfs under the root."""
         if self.sandbox_dir is not None:
-            from xenpciback_cli.host.sandbox import open_sandbox
+            from xenpciback_cli.sandbox.host import open_sandbox
 
             return open_sandbox(self.sandbox_dir)
         from xenpciback_cli.host.sysfs import SysfsHost
@@ -85,7 +85,7 @@ class Application:
         """A xenstore client: the sandbox's daemon (started on demand) or the host's; None when
         no xenstored answers (a host without Xen), so seizing works without one."""
         if "_xenstore" not in self.__dict__:
-            from xenpciback_cli.toolstack.session import try_open_xenstore
+            from xenpciback_cli.engine.session import try_open_xenstore
 
             self.__dict__["_xenstore"] = try_open_xenstore(self)
         return self.__dict__["_xenstore"]

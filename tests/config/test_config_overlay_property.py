@@ -160,7 +160,7 @@ def _all_sources() -> tuple[tuple[str, bytes], ...]:
 def _resources(data: bytes, modes: list[str]) -> tuple[Resource, ...]:
     """Resources as the kernel might report them for the capture's BARs: assigned where the
     hardware has them, or (per ``modes``) absent, unset, disabled or moved elsewhere."""
-    from xenpciback_cli.host.sandbox import configspace
+    from xenpciback_cli.sandbox import configspace
 
     out = []
     for bar, mode in zip(configspace.decode_bars(data), modes):

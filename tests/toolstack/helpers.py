@@ -6,8 +6,8 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-from xenpciback_cli.toolstack.peer_runner import PeerRunner
-from xenpciback_cli.toolstack.peers import SimBackend, SimFrontend
+from xenpciback_cli.sandbox.peer_runner import PeerRunner
+from xenpciback_cli.sandbox.peers import SimBackend, SimFrontend
 from xenpciback_cli.xenstore.client import XenstoreClient, XenstoreError
 
 

@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from xenpciback_cli.toolstack import libxl_layout as L
-from xenpciback_cli.toolstack.peers import SimBackend, SimFrontend, Snapshot
+from xenpciback_cli.sandbox.peers import SimBackend, SimFrontend, Snapshot
 from xenpciback_cli.toolstack.status import DeviceStatus
 from xenpciback_cli.toolstack.xenbus import describe_stall, parse_state
 

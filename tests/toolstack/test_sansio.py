@@ -7,7 +7,7 @@ import pytest
 
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack import libxl_layout as L
-from xenpciback_cli.toolstack.peers import SimBackend, SimFrontend, Snapshot
+from xenpciback_cli.sandbox.peers import SimBackend, SimFrontend, Snapshot
 from xenpciback_cli.toolstack.plan import MemoryTree
 from xenpciback_cli.toolstack.xenbus import XenbusState as S
 from xenpciback_cli.toolstack.xenbus import describe_stall, parse_state

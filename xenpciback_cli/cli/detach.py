@@ -26,8 +26,8 @@ def command(app: object, bdf: str, domid: int, force: bool, timeout: float, no_r
     """
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.pci.address import Bdf
-    from xenpciback_cli.toolstack.detach import detach
-    from xenpciback_cli.toolstack.session import host_of, open_xenstore
+    from xenpciback_cli.engine.detach import detach
+    from xenpciback_cli.engine.session import host_of, open_xenstore
 
     address = Bdf.parse(bdf)
     term = terminal_for(app)

@@ -14,7 +14,7 @@ from typing import Any
 from xenpciback_cli.errors import InputError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack import libxl_layout as L
-from xenpciback_cli.toolstack.domains import libxl_holders
+from xenpciback_cli.sandbox.domains import libxl_holders
 from xenpciback_cli.toolstack.handshake import frontend_state
 from xenpciback_cli.toolstack.xenbus import XenbusState, next_move, parse_state
 from xenpciback_cli.toolstack.xsexec import list_or_empty, read_backend, read_or_none

@@ -14,7 +14,7 @@ def open_client(socket: str | None, sandbox: object | None, *, timeout: float = 
         return connect(socket, timeout=timeout)
     if sandbox is not None:
         from xenpciback_cli.errors import OperationFailed
-        from xenpciback_cli.xenstore.sandbox import SandboxDaemonError, ensure_running
+        from xenpciback_cli.sandbox.xenstored import SandboxDaemonError, ensure_running
 
         try:
             return connect(ensure_running(sandbox), timeout=timeout)  # type: ignore[arg-type]

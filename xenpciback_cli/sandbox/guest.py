@@ -1,6 +1,6 @@
 """A simulated guest's PV PCI peers for the sandbox, as a background process.
 
-``python -m xenpciback_cli.toolstack.simguest --socket S/xenstore/socket --domid N`` runs the
+``python -m xenpciback_cli.sandbox.guest --socket S/xenstore/socket --domid N`` runs the
 simulated kernel pciback (as dom0, on the main socket) and pcifront (as domain N, on the
 per-domain socket ``<socket>.d/N``) until it is signalled or the daemon goes away. ``sandbox
 domain create`` starts one per domain (pid in ``S/domains/N.pid``), ``destroy`` stops it.
@@ -17,10 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-from xenpciback_cli.toolstack.peer_runner import PeerRunner
-from xenpciback_cli.toolstack.peers import SimBackend, SimFrontend
+from xenpciback_cli.sandbox.peer_runner import PeerRunner
+from xenpciback_cli.sandbox.peers import SimBackend, SimFrontend
 
-MODULE = "xenpciback_cli.toolstack.simguest"
+MODULE = "xenpciback_cli.sandbox.guest"
 
 
 def serve(socket: str, domid: int, stop: threading.Event) -> None:
@@ -155,7 +155,7 @@ def revive(sandbox: Path, socket: str, client: object) -> list[int]:
 def running_processes(sandbox: Path) -> list[int]:
     """Every simulated-guest process serving this sandbox, found by its command line (so one
     whose pid file is gone is found too)."""
-    from xenpciback_cli.xenstore.sandbox import socket_path
+    from xenpciback_cli.sandbox.xenstored import socket_path
 
     sock = socket_path(sandbox).encode()
     found = []

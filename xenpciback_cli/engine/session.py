@@ -17,7 +17,7 @@ def open_xenstore(app: Any, socket: str | None = None, *, timeout: float = 10.0)
 
     client = open_client(socket, app.sandbox_dir, timeout=timeout)
     if socket is None and app.sandbox_dir is not None:
-        from xenpciback_cli.toolstack import simguest
+        from xenpciback_cli.sandbox import guest as simguest
 
         try:
             simguest.revive(app.sandbox_dir, client.path, client)
@@ -79,7 +79,7 @@ def try_open_xenstore(app: Any) -> Any | None:
     from xenpciback_cli.errors import OperationFailed
 
     if app.sandbox_dir is not None:
-        from xenpciback_cli.xenstore import sandbox as xs_sandbox
+        from xenpciback_cli.sandbox import xenstored as xs_sandbox
         from xenpciback_cli.xenstore.client import connect
 
         sock = xs_sandbox.socket_path(app.sandbox_dir)

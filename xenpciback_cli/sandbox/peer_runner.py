@@ -1,4 +1,4 @@
-"""Drive a simulated peer (:mod:`~xenpciback_cli.toolstack.peers`) over a real xenstore connection.
+"""Drive a simulated peer (:mod:`~xenpciback_cli.sandbox.peers`) over a real xenstore connection.
 
 The backend runs as dom0 on the daemon's main socket; the frontend should run on the embedded
 daemon's per-domain socket ``<socket>.d/<domid>``, so it acts as the guest with the guest's
@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from xenpciback_cli.toolstack.libxl_layout import backend_path, frontend_path
-from xenpciback_cli.toolstack.peers import SimBackend, SimFrontend, Snapshot
+from xenpciback_cli.sandbox.peers import SimBackend, SimFrontend, Snapshot
 from xenpciback_cli.toolstack.xsexec import apply_ops, read_dir_values
 
 POLL = 0.1

@@ -19,7 +19,7 @@ from typing import Any
 from xenpciback_cli.errors import InputError, SafetyRefusal
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack import libxl_layout as L
-from xenpciback_cli.toolstack.detach import ResetOutcome, reset_device
+from xenpciback_cli.engine.detach import ResetOutcome, reset_device
 from xenpciback_cli.toolstack.plan import Mkdir, Op, Rm, SetPerms, Write
 from xenpciback_cli.toolstack.xsexec import apply_ops, list_or_empty, read_backend, read_or_none
 from xenpciback_cli.untrusted import decimal
