@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 
 from xenpciback_cli.errors import InputError, NotSupported, SafetyRefusal
-from xenpciback_cli.host.model import Host, PciDevice
+from xenpciback_cli.host.model import Host
+from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.engine.attach import AttachSpec, apply_permissive, check_seized, resolve_functions
 from xenpciback_cli.engine.detach import reset_device

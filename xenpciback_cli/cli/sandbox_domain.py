@@ -30,10 +30,9 @@ def create(app: object, domid: int, name: str | None, guest: bool) -> None:
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.sandbox import guest as simguest
     from xenpciback_cli.sandbox.domains import create_domain
-    from xenpciback_cli.engine.session import open_xenstore
 
     sandbox = _sandbox(app)
-    with open_xenstore(app) as client:
+    with app.open_xenstore() as client:
         result = create_domain(client, domid, name)
         socket = client.path
     pid = simguest.start(sandbox, socket, domid) if guest else None
@@ -53,11 +52,11 @@ def destroy(app: object, domid: int) -> None:
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.sandbox import guest as simguest
     from xenpciback_cli.sandbox.domains import destroy_domain
-    from xenpciback_cli.engine.session import host_of, open_xenstore
+    from xenpciback_cli.engine.session import host_of
 
     sandbox = _sandbox(app)
     simguest.stop(sandbox, domid)
-    with open_xenstore(app) as client:
+    with app.open_xenstore() as client:
         result = destroy_domain(client, domid, host=host_of(app))
     term = terminal_for(app)
     if app.settings.json:  # type: ignore[attr-defined]

@@ -1,30 +1,13 @@
-"""Where a toolstack command gets its xenstore connection and host model from.
+"""What attach and detach borrow from the application: its host model and the seize engine.
 
-``--socket PATH`` wins; with ``--sandbox S`` the sandbox's own xenstored (started on demand)
-and simulated host; otherwise the real daemon found the way Xen's library finds it and real
-sysfs. Kept out of the click modules so the engine and tests can use it too.
+The xenstore connection and the host are chosen in ``app.py`` (the one place adapters are
+picked); this module only adapts them to the orchestrations' needs. Kept out of the click
+modules so the engine and tests can use it too.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-
-def open_xenstore(app: Any, socket: str | None = None, *, timeout: float = 10.0) -> Any:
-    """The xenstore connection; in a sandbox, also restart the simulated guests that stopped
-    with its xenstored (``sandbox stop``), so a hot-plug finds its peers as before."""
-    from xenpciback_cli.xenstore.tools import open_client
-
-    client = open_client(socket, app.sandbox_dir, timeout=timeout)
-    if socket is None and app.sandbox_dir is not None:
-        from xenpciback_cli.sandbox import guest as simguest
-
-        try:
-            simguest.revive(app.sandbox_dir, client.path, client)
-        except BaseException:
-            client.close()
-            raise
-    return client
 
 
 def host_of(app: Any) -> Any | None:
@@ -68,32 +51,3 @@ class SeizeStep:
 
 def seizer_of(app: Any, host: Any) -> Any:
     return SeizeStep(app, host)
-
-
-def try_open_xenstore(app: Any) -> Any | None:
-    """Like :func:`open_xenstore`, but None when no daemon can be reached (no Xen here).
-
-    In a sandbox the daemon is started only if it has a saved tree to serve: a sandbox that never
-    used xenstore has nothing attached, and listing it must not leave a daemon behind.
-    """
-    from xenpciback_cli.errors import OperationFailed
-
-    if app.sandbox_dir is not None:
-        from xenpciback_cli.sandbox import xenstored as xs_sandbox
-        from xenpciback_cli.xenstore.client import connect
-
-        sock = xs_sandbox.socket_path(app.sandbox_dir)
-        try:
-            return connect(sock, timeout=5.0)
-        except OperationFailed:
-            if not (xs_sandbox.xenstore_dir(app.sandbox_dir) / "state.json").exists():
-                return None
-    else:
-        from xenpciback_cli.xenstore.transport import any_candidate_exists
-
-        if not any_candidate_exists():  # no Xen here: skip loading the client at all
-            return None
-    try:
-        return open_xenstore(app, timeout=5.0)
-    except OperationFailed:
-        return None
