@@ -18,6 +18,7 @@ tests (fail after the Nth write) and the journal possible without special cases.
 from __future__ import annotations
 
 import abc
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,12 @@ class Host(abc.ABC):
     @abc.abstractmethod
     def pciback_slots(self) -> Sequence[str]:
         """Lines of ``bus/pci/drivers/pciback/slots`` (empty if pciback is not loaded)."""
+
+    def has_reset_attribute(self, device: PciDevice) -> bool:
+        """Whether the kernel offers sysfs ``reset`` for this device (kernels before 5.15 have it
+        without ``reset_method`` to say which method it uses)."""
+        path = device.sysfs_path
+        return bool(path) and os.path.exists(os.path.join(path, "reset"))
 
     @abc.abstractmethod
     def usage(self, bdf: Bdf) -> HostUsage:
