@@ -18,7 +18,8 @@ from pathlib import Path
 
 from xenpciback_cli.sandbox import processes
 from xenpciback_cli.sandbox.peer_runner import PeerRunner
-from xenpciback_cli.sandbox.peers import SimBackend, SimFrontend
+from xenpciback_cli.backend.xenbus import XenbusBackend
+from xenpciback_cli.sandbox.peers import SimFrontend
 
 MODULE = "xenpciback_cli.sandbox.guest"
 
@@ -32,7 +33,7 @@ def serve(socket: str, domid: int, stop: threading.Event) -> None:
         time.sleep(0.05)
     if not os.path.exists(guest_socket):
         guest_socket = socket  # a daemon without per-domain sockets: act as dom0
-    backend = PeerRunner(XenstoreClient.open_socket(socket, timeout=None), SimBackend(domid))
+    backend = PeerRunner(XenstoreClient.open_socket(socket, timeout=None), XenbusBackend(domid))
     frontend = PeerRunner(XenstoreClient.open_socket(guest_socket, timeout=None),
                           SimFrontend(domid))
     def run(runner: PeerRunner) -> None:
