@@ -5,7 +5,7 @@ Two adapters implement it:
 * ``host.sysfs.SysfsHost`` - real sysfs under a configurable root (default ``/sys``) and procfs
   under a configurable root (default ``/proc``). Plain file reads work on any tree, so tests point
   it at temporary directories; pyudev is used for enumeration and names only on the real ``/sys``.
-* ``host.sandbox`` - a simulated host kept in a directory. Its tree has the same shape as real
+* ``sandbox.host.SandboxHost`` - a simulated host kept in a directory. Its tree has the same shape as real
   sysfs/procfs (so the same reader serves it, and even ``lspci -A linux-sysfs`` can read it); its
   writes go to a simulated kernel that applies the real kernel's semantics (unbind, bind,
   driver_override, drivers_probe, pciback slots, reset).
