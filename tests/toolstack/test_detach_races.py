@@ -11,9 +11,9 @@ import time
 import pytest
 
 from xenpciback_cli.pci.address import Bdf
-from xenpciback_cli.toolstack.attach import AttachSpec, attach
-from xenpciback_cli.toolstack.detach import detach
-from xenpciback_cli.toolstack.domains import create_domain, destroy_domain
+from xenpciback_cli.engine.attach import AttachSpec, attach
+from xenpciback_cli.engine.detach import detach
+from xenpciback_cli.sandbox.domains import create_domain, destroy_domain
 from xenpciback_cli.xenstore.client import XenstoreClient, XenstoreError
 
 from .helpers import guest_socket
