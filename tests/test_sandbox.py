@@ -385,7 +385,11 @@ def test_init_force_stops_what_it_replaces(pristine, tmp_path):
     shutil.copytree(pristine, target, symlinks=True)
     try:
         _cli(target, "sandbox", "domain", "create", 5)
-        assert len(_background(target)) == 2  # xenstored and domain 5's simulated guest
+        for _ in range(100):  # a just-started process can take a moment to show its words
+            if len(_background(target)) == 2:  # xenstored and domain 5's simulated guest
+                break
+            time.sleep(0.05)
+        assert len(_background(target)) == 2
         _cli(target, "sandbox", "init", "--force", target)
         assert _background(target) == []
         time.sleep(0.2)  # an old daemon saving its tree at exit would do it now
