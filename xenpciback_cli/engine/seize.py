@@ -497,8 +497,6 @@ class Seizer:
         """Execute the plan: journal first, then each write, marking it done."""
         writes = [{"path": s.path, "value": s.value, "description": s.description} for s in entry.steps]
         if dry_run:
-            for step in entry.steps:
-                self.host.recorded.append(AttributeWrite(step.path, step.value))
             return writes
         self.journal.begin(entry)
         for index, step in enumerate(entry.steps):
@@ -763,7 +761,7 @@ class Seizer:
     def _write_step(self, bdf: Bdf, step: PlannedWrite) -> None:
         """One planned write, tolerating the two outcomes that mean "already so" for dynamic ids."""
         try:
-            self.host.write_attribute(step.path, step.value)
+            self.host.write_attribute(step.path, step.value, bdf)
         except errors.HostError as exc:
             if step.path.endswith("/remove_id") and exc.errno == errno.ENODEV:
                 return  # another device's unhide removed the shared id already

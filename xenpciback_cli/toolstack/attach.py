@@ -190,7 +190,7 @@ def apply_permissive(host: Any | None, bdfs: Sequence[Bdf], options: L.PciOption
     if PCIBACK not in host.loaded_drivers():
         return []
     for bdf in bdfs:
-        host.write_attribute(f"bus/pci/drivers/{PCIBACK}/permissive", str(bdf))
+        host.write_attribute(f"bus/pci/drivers/{PCIBACK}/permissive", str(bdf), bdf)
     return list(bdfs)
 
 
@@ -202,7 +202,7 @@ def apply_quirks(host: Any | None, bdfs: Sequence[Bdf],
         return {}
     for bdf in bdfs:
         for quirk in quirks:
-            host.write_attribute(f"bus/pci/drivers/{PCIBACK}/quirks", quirk.sysfs_line(bdf))
+            host.write_attribute(f"bus/pci/drivers/{PCIBACK}/quirks", quirk.sysfs_line(bdf), bdf)
     return {bdf: tuple(quirks) for bdf in bdfs}
 
 
