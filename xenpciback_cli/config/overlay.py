@@ -98,13 +98,11 @@ _CHANGING_KINDS = frozenset({"command", "bar", "rom"})
 
 @dataclass
 class Policy:
-    """Settings shared by every device: Linux's module parameter ``permissive``."""
+    """Settings shared by every device one backend serves: Linux's module parameter
+    ``permissive``. Whoever serves owns one and passes it to each device it exports; there is
+    no process-wide instance."""
 
     permissive: bool = False
-
-
-#: The process-wide policy (``xen-pciback.permissive`` equivalent).
-GLOBAL_POLICY = Policy()
 
 
 class OverlayDevice:
@@ -120,7 +118,7 @@ class OverlayDevice:
         self._hw_write = hw.write
         self.permissive = permissive
         self.allow_interrupt_control = allow_interrupt_control
-        self.policy = policy if policy is not None else GLOBAL_POLICY
+        self.policy = policy if policy is not None else Policy()  # nobody else's: the default
         self.resources = None if resources is None else tuple(resources)
         snapshot = b"".join(_read_or_ones(hw, o).to_bytes(4, "little")
                             for o in range(0, CONFIG_SIZE, 4))
