@@ -170,11 +170,7 @@ def _resource_for(resources: Sequence[Resource] | None, index: int) -> Resource 
 
 
 def _size(res: Resource | None) -> int | None:
-    if res is None:
-        return None
-    if res.start == 0 and res.end == 0:
-        return 0
-    return res.end - res.start + 1
+    return None if res is None else res.size
 
 
 def decode_bars(data: bytes, resources: Sequence[Resource] | None = None) -> list[Bar]:

@@ -10,15 +10,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from xenpciback_cli.pci import ioresource
+
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 
-IORESOURCE_IO = 0x100
-IORESOURCE_MEM = 0x200
-IORESOURCE_PREFETCH = 0x2000
-IORESOURCE_READONLY = 0x4000
-IORESOURCE_SIZEALIGN = 0x40000
-IORESOURCE_MEM_64 = 0x100000
 EXT_CAP_SRIOV = 0x10
 #: Size limits used when a dump does not say how big a BAR is (alignment gives an upper bound).
 _SIZE_CAP = {"io": 0x100, "mem": 0x100000, "prefetch": 0x10000000}
@@ -47,12 +43,12 @@ class Bar:
     @property
     def flags(self) -> int:
         if self.is_io:
-            return IORESOURCE_IO | IORESOURCE_SIZEALIGN
-        flags = IORESOURCE_MEM | IORESOURCE_SIZEALIGN
+            return ioresource.IO | ioresource.SIZEALIGN
+        flags = ioresource.MEM | ioresource.SIZEALIGN
         if self.prefetchable:
-            flags |= IORESOURCE_PREFETCH
+            flags |= ioresource.PREFETCH
         if self.is_64:
-            flags |= IORESOURCE_MEM_64
+            flags |= ioresource.MEM_64
         return flags
 
     def fallback_size(self) -> int:
@@ -93,7 +89,7 @@ def resource_lines(config: bytes, sizes: dict[int, int], rom_size: int | None) -
         lines[bar.index] = (bar.address, bar.address + size - 1, bar.flags)
     if rom:
         size = rom_size or min(_low_bit(rom), 0x20000)
-        lines[6] = (rom, rom + size - 1, IORESOURCE_MEM | IORESOURCE_READONLY | IORESOURCE_SIZEALIGN)
+        lines[6] = (rom, rom + size - 1, ioresource.MEM | ioresource.READONLY | ioresource.SIZEALIGN)
     return lines
 
 
