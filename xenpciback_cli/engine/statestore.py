@@ -38,6 +38,7 @@ from xenpciback_cli.errors import (
     StateFileCorrupt,
 )
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.drivers import SEIZE_DRIVERS
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -317,7 +318,6 @@ def atomic_write(path: str | os.PathLike[str], text: str, *, mode: int = 0o644,
 
 # -- validation of what is read ----------------------------------------------------------------
 DRIVER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-SEIZE_DRIVERS = ("pciback", "pci-stub", "vfio-pci")
 _BDF = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 _KEY = re.compile(r"^[0-9a-f]{4,8}-[0-9a-f]{2}-[0-1][0-9a-f]-[0-7]$")
 

@@ -26,11 +26,7 @@ from dataclasses import dataclass
 from xenpciback_cli import errors
 from xenpciback_cli.pci import ioresource
 from xenpciback_cli.pci.address import Bdf
-
-#: The Linux PCI driver name of the kernel backend (module xen-pciback registers driver "pciback").
-PCIBACK_DRIVER = "pciback"
-#: Drivers that merely hold a device for a userspace backend.
-STUB_DRIVERS = ("pciback", "pci-stub", "vfio-pci")
+from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
 #: What a Linux driver name looks like (``igb``, ``snd_hda_intel``, ``vfio-pci``): never a path.
 _DRIVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from xenpciback_cli.errors import InputError, OperationFailed, SafetyRefusal
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
 from xenpciback_cli.pci.quirk import Quirk
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
@@ -47,7 +48,7 @@ from xenpciback_cli.untrusted import decimal
 
 DEFAULT_TIMEOUT = 10.0  # libxl__wait_for_backend: 100 polls of 100 ms
 TRANSACTION_RETRIES = 16
-PCIBACK = "pciback"
+PCIBACK = PCIBACK_DRIVER
 
 
 @dataclass
