@@ -8,7 +8,7 @@ import pytest
 from xenpciback_cli.config import decode
 from xenpciback_cli.config.fields import MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice
-from xenpciback_cli.host.model import Resource
+from xenpciback_cli.pci.device import Resource
 from xenpciback_cli.pci import ioresource
 
 IO = ioresource.IO | 0x1  # what the kernel shows for an I/O BAR (the BAR's low bits included)

@@ -11,7 +11,7 @@ from xenpciback_cli.config import capabilities
 from xenpciback_cli.config.fields import ConfigAccessError, MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy
 from xenpciback_cli.config.registers import XenPciErr
-from xenpciback_cli.host.model import Resource
+from xenpciback_cli.pci.device import Resource
 from xenpciback_cli.pci.ioresource import DISABLED as IORESOURCE_DISABLED
 from xenpciback_cli.pci.ioresource import UNSET as IORESOURCE_UNSET
 
@@ -133,7 +133,7 @@ def test_building_writes_nothing_and_export_disarms_pme_in_range():
 
 
 def test_export_on_a_read_only_device_reports_instead_of_raising(tmp_path):
-    from xenpciback_cli.config.accessor import FileConfigAccessor
+    from xenpciback_cli.host.configfile import FileConfigAccessor
 
     image = tmp_path / "config"
     image.write_bytes(bytes(make_config()))

@@ -25,10 +25,8 @@ def group(ctx: click.Context, socket_path: str | None) -> None:
 
 
 def _client(ctx: click.Context, socket_path: str | None):  # noqa: ANN202
-    from xenpciback_cli.xenstore.tools import open_client
-
     app = ctx.obj
-    return open_client(socket_path or ctx.meta.get("xenstore_socket"), app.sandbox_dir)
+    return app.connect_xenstore(socket_path or ctx.meta.get("xenstore_socket"))
 
 
 def _term(ctx: click.Context):  # noqa: ANN202

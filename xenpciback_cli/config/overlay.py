@@ -64,8 +64,8 @@ from xenpciback_cli.config.registers import (
     Reg,
     XenPciErr,
 )
-from xenpciback_cli.host.model import PciDevice, Resource
 from xenpciback_cli.pci import ioresource
+from xenpciback_cli.pci.device import PciDevice, Resource
 from xenpciback_cli.pci.quirk import Quirk
 
 _OK = 0

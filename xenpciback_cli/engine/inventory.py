@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from xenpciback_cli.errors import DeviceNotFound, InputError
-from xenpciback_cli.host.model import Host, PciDevice
+from xenpciback_cli.host.model import Host
+from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
 

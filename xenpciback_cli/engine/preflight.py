@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity_of
 from xenpciback_cli.engine.records import SeizeRecord
-from xenpciback_cli.host.model import Host, PciDevice
+from xenpciback_cli.host.model import Host
+from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.drivers import DRIVER_MODULES, SEIZE_DRIVERS
 from xenpciback_cli import errors
