@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from xenpciback_cli.engine.records import (SeizeRecord, atomic_write, drop_record, load_record,
+from xenpciback_cli.engine.records import (SeizeRecord, drop_record, load_record,
                                            load_records, put_record, records_path, save_records)
+from xenpciback_cli.engine.statestore import atomic_write
 from xenpciback_cli.errors import OperationFailed, StateFileCorrupt
 from xenpciback_cli.pci.address import Bdf
 

@@ -153,20 +153,11 @@ def test_writes_go_to_the_file_and_errors_are_typed(tree):
     assert (tree.pci / "drivers" / "igb" / "unbind").read_text() == "0000:03:00.1"
     with pytest.raises(errors.DeviceNotFound) as info:
         h.bind(Bdf.parse("0000:03:00.1"), "vfio-pci")  # driver not loaded: no such file
-    assert info.value.bdf == "0000:03:00.1" and "vfio-pci/bind" in info.value.path
+    assert info.value.bdf == Bdf.parse("0000:03:00.1") and "vfio-pci/bind" in info.value.path
     (tree.pci / "drivers" / "igb" / "bind").unlink()
     (tree.pci / "drivers" / "igb" / "bind").mkdir()
     with pytest.raises(errors.HostError):
         h.bind(Bdf.parse("0000:03:00.1"), "igb")
-
-
-def test_dry_run_records_and_does_not_write(tree):
-    h = host(tree)
-    h.dry_run = True
-    h.set_driver_override(Bdf.parse("0000:03:00.1"), "pciback")
-    assert [(w.path, w.value) for w in h.recorded] == [
-        ("bus/pci/devices/0000:03:00.1/driver_override", "pciback")]
-    assert (tree.device_dir("0000:03:00.1") / "driver_override").read_text() == "(null)\n"
 
 
 def test_parse_resource_file_skips_empty_lines_keeps_index():
@@ -200,3 +191,16 @@ def test_wide_vmd_domains_are_listed(tmp_path):
     t.add_device("10000:e1:00.0", 0x8086, 0x0A54, 0x010802, driver="nvme")
     t.add_device("0000:00:0e.0", 0x8086, 0x467F, 0x010400, driver="vmd")
     assert [str(b) for b in SysfsHost(str(t.sys)).addresses()] == ["0000:00:0e.0", "10000:e1:00.0"]
+
+
+def test_a_write_carries_the_device_it_is_about(tree):
+    h = host(tree)
+    seen = []
+    h.write_hooks.append(seen.append)
+    h.set_driver_override(Bdf.parse("0000:03:00.1"), "pciback")
+    h.probe(Bdf.parse("0000:03:00.1"))
+    h.write_attribute("bus/pci/drivers_probe", "0000:03:00.1")  # a raw write names no device
+    assert [(w.path, w.bdf) for w in seen] == [
+        ("bus/pci/devices/0000:03:00.1/driver_override", Bdf.parse("0000:03:00.1")),
+        ("bus/pci/drivers_probe", Bdf.parse("0000:03:00.1")),
+        ("bus/pci/drivers_probe", None)]

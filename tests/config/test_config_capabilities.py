@@ -257,3 +257,23 @@ def test_random_hostile_devices_agree_with_lspci(tmp_path, require_lspci):
     assert parsed == devices  # the dump reader round-trips what we wrote
     for name, data in devices.items():
         _compare(capabilities.walk(data), expected[name], name)
+
+
+def test_find_extended_is_the_walk_without_its_detours():
+    """find_extended (identity's serial, the sandbox's SR-IOV) walks the one extended list, and,
+    like Linux, stops where a pointer leads back into standard space; the listing goes on."""
+    import struct
+
+    data = bytearray(4096)
+    struct.pack_into("<I", data, 0x100, 0x0001 | (0x140 << 20))  # AER -> 0x140
+    struct.pack_into("<I", data, 0x140, 0x000B | (0x0C0 << 20))  # vendor-specific -> into 0xc0
+    struct.pack_into("<I", data, 0x0C0, 0x0003)  # a "serial" header in standard space
+    assert capabilities.find_extended(bytes(data), 0x000B) == 0x140
+    assert capabilities.find_extended(bytes(data), 0x0003) is None
+    problems: list[str] = []
+    assert [where for where, _ in capabilities.extended_list(bytes(data), problems)] == [0x100, 0x140, 0x0C0]
+    assert problems == []
+    struct.pack_into("<I", data, 0x140, 0x000B | (0x100 << 20))  # back to the start: a loop
+    assert capabilities.find_extended(bytes(data), 0x0003) is None
+    assert [where for where, _ in capabilities.extended_list(bytes(data), problems)] == [0x100, 0x140]
+    assert problems == ["extended capability list loops back to 0x100"]

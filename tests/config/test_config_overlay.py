@@ -156,6 +156,17 @@ def test_global_permissive_policy():
     assert hw.read(0x2C, 2) == 0xBEEF
 
 
+def test_a_device_without_a_servers_policy_shares_none():
+    """The policy belongs to whoever serves: no process-wide one that one device (or test)
+    could switch for every other."""
+    first = OverlayDevice(MemoryAccessor(bytes(make_config())), resources=RESOURCES)
+    first.policy.permissive = True
+    hw = MemoryAccessor(bytes(make_config()))
+    second = OverlayDevice(hw, resources=RESOURCES)
+    second.write(0x2C, 2, 0xBEEF)
+    assert not second.policy.permissive and hw.read(0x2C, 2) == 0
+
+
 def test_multi_field_write_at_0x3c_writes_nothing_even_permissive(dev):
     hw, ov = dev
     ov.permissive = True

@@ -10,12 +10,10 @@ from test_config_overlay import MEM32, MEM64PF, RESOURCES, ROM, make_config
 from xenpciback_cli.config import capabilities
 from xenpciback_cli.config.fields import ConfigAccessError, MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy
-from xenpciback_cli.config.registers import (
-    IORESOURCE_DISABLED,
-    IORESOURCE_UNSET,
-    XenPciErr,
-)
+from xenpciback_cli.config.registers import XenPciErr
 from xenpciback_cli.pci.device import Resource
+from xenpciback_cli.pci.ioresource import DISABLED as IORESOURCE_DISABLED
+from xenpciback_cli.pci.ioresource import UNSET as IORESOURCE_UNSET
 
 INVALID = XenPciErr.INVALID_OFFSET
 OP_FAILED = XenPciErr.OP_FAILED

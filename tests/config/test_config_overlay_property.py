@@ -14,8 +14,10 @@ from configspace_helpers import firecracker_fixtures, pciutils_fixtures
 from xenpciback_cli.engine.inspect_sources import read_dump_file
 from xenpciback_cli.config.fields import MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy, Quirk
-from xenpciback_cli.config.registers import IORESOURCE_DISABLED, IORESOURCE_UNSET, CapId
+from xenpciback_cli.config.registers import CapId
 from xenpciback_cli.pci.device import Resource
+from xenpciback_cli.pci.ioresource import DISABLED as IORESOURCE_DISABLED
+from xenpciback_cli.pci.ioresource import UNSET as IORESOURCE_UNSET
 
 
 @functools.lru_cache(maxsize=1)

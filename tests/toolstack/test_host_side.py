@@ -23,6 +23,7 @@ class MemoryHost(Host):
         super().__init__()
         self.devs = {d.bdf: d for d in devices}
         self.fail_reset = False
+        self.written = []
 
     def devices(self):
         return sorted(self.devs.values(), key=lambda d: d.bdf)
@@ -54,6 +55,7 @@ class MemoryHost(Host):
     def _write(self, write):
         if write.path.endswith("/reset") and self.fail_reset:
             raise NotSupported("reset failed: not supported by this kernel")
+        self.written.append(write)
 
 
 def dev(bdf, driver, methods=("flr", "bus")):
@@ -91,17 +93,17 @@ def test_wildcard_brings_every_function_and_needs_a_vslot(host):
 
 def test_permissive_goes_to_pcibacks_sysfs_file_only_when_asked(host):
     assert apply_permissive(host, [NIC0], PciOptions()) == []
-    assert host.recorded == []
+    assert host.written == []
     assert apply_permissive(host, [NIC0], PciOptions(permissive=True)) == [NIC0]
-    assert [(w.path, w.value) for w in host.recorded] == [
-        ("bus/pci/drivers/pciback/permissive", "0000:03:00.0")]
+    assert [(w.path, w.value, w.bdf) for w in host.written] == [
+        ("bus/pci/drivers/pciback/permissive", "0000:03:00.0", NIC0)]
 
 
 def test_reset_says_which_method_or_why_not(host):
     out = reset_device(host, NIC0)
     assert out.done and out.method == "flr"
     assert out.reason == "reset with flr (kernel's first method of flr, bus)"
-    assert [(w.path, w.value) for w in host.recorded] == [("bus/pci/devices/0000:03:00.0/reset", "1")]
+    assert [(w.path, w.value) for w in host.written] == [("bus/pci/devices/0000:03:00.0/reset", "1")]
     out = reset_device(host, GPU)
     assert not out.done and "offers no reset method" in out.reason
     host.fail_reset = True

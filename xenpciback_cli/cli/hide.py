@@ -6,11 +6,13 @@ from typing import Any
 
 import click
 
+from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
+
 
 @click.command("hide")
 @click.argument("devices", metavar="BDF...", nargs=-1, required=True)
-@click.option("--driver", "target", type=click.Choice(["pciback", "pci-stub", "vfio-pci"]),
-              default="pciback", show_default=True, help="Driver that holds the seized device.")
+@click.option("--driver", "target", type=click.Choice(list(SEIZE_DRIVERS)),
+              default=PCIBACK_DRIVER, show_default=True, help="Driver that holds the seized device.")
 @click.option("--force", is_flag=True, help="Override safety refusals (host usage, live VFs...). Loud.")
 @click.option("--dry-run", is_flag=True, help="Print every sysfs write, in order, and do none.")
 @click.option("--persist", is_flag=True, help="Also add the devices to the boot-time config (restore).")

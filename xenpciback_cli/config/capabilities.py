@@ -18,9 +18,11 @@ The walk follows lspci's rules (so ``inspect`` and ``lspci -vvv`` list the same 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from xenpciback_cli.config.le import u16 as _word
+from xenpciback_cli.config.le import u32 as _dword
 from xenpciback_cli.config.registers import (
     CONFIG_SIZE,
     EXT_CONFIG_SIZE,
@@ -170,18 +172,6 @@ class CapabilityWalk:
         return next((c for c in self.extended if c.id == cap_id), None)
 
 
-def _byte(data: bytes, offset: int) -> int:
-    return data[offset]
-
-
-def _word(data: bytes, offset: int) -> int:
-    return data[offset] | (data[offset + 1] << 8)
-
-
-def _dword(data: bytes, offset: int) -> int:
-    return int.from_bytes(data[offset:offset + 4], "little")
-
-
 def _detail(data: bytes, offset: int, cap_id: int) -> str:
     """A short lspci-like qualifier (PM version, Express version and port type)."""
     flags = _word(data, offset + 2)
@@ -246,32 +236,59 @@ def walk(data: bytes) -> CapabilityWalk:
     return result
 
 
-def _walk_extended(data: bytes, result: CapabilityWalk) -> None:
+def extended_list(data: bytes | bytearray,
+                  problems: list[str] | None = None) -> Iterator[tuple[int, int]]:
+    """``(offset, header dword)`` of each entry of the extended capability list in ``data``.
+
+    The one walk of that list (the rules are in the module docstring): it ends at an all-zero or
+    all-ones header, at the end of the readable bytes, on a loop, or after ``MAX_EXT_STEPS``; why
+    it ended early is appended to ``problems`` when given. Entries whose pointer leads back into
+    standard space are yielded (lspci lists them); :func:`find_extended` stops there.
+    """
     available = len(data)
     where = 0x100
     seen: set[int] = set()
     steps = 0
     while where:
         if where + 4 > available:
-            if where != 0x100 or available > 0x100:
-                result.problems.append(
+            if problems is not None and (where != 0x100 or available > 0x100):
+                problems.append(
                     f"extended capability at {where:#05x} lies beyond the {available} readable bytes")
-            break
+            return
         header = _dword(data, where)
         if header == 0:
-            break
+            return
         if header == 0xFFFFFFFF:  # nothing answering there (lspci stops silently too)
-            if where != 0x100:
-                result.problems.append(f"extended capability at {where:#05x} reads all-ones")
-            break
+            if problems is not None and where != 0x100:
+                problems.append(f"extended capability at {where:#05x} reads all-ones")
+            return
         if where in seen:
-            result.problems.append(f"extended capability list loops back to {where:#05x}")
-            break
+            if problems is not None:
+                problems.append(f"extended capability list loops back to {where:#05x}")
+            return
         steps += 1
         if steps > MAX_EXT_STEPS:
-            result.problems.append("extended capability list too long")
-            break
+            if problems is not None:
+                problems.append("extended capability list too long")
+            return
         seen.add(where)
+        yield where, header
+        where = (header >> 20) & ~3
+
+
+def find_extended(data: bytes | bytearray, cap_id: int) -> int | None:
+    """Offset of the first extended capability with id ``cap_id``, or None. Like Linux's
+    ``pci_find_ext_capability`` it does not follow a pointer back into standard space."""
+    for where, header in extended_list(data):
+        if where < 0x100:
+            return None
+        if header & 0xFFFF == cap_id:
+            return where
+    return None
+
+
+def _walk_extended(data: bytes, result: CapabilityWalk) -> None:
+    for where, header in extended_list(data, result.problems):
         cap_id = header & 0xFFFF
         if cap_id == 0xFFFF:  # listed (as lspci does), but say what it probably means
             result.problems.append(f"extended capability at {where:#05x} reads as id 0xffff "
@@ -280,7 +297,6 @@ def _walk_extended(data: bytes, result: CapabilityWalk) -> None:
             result.problems.append(f"extended capability at {where:#05x} lies in standard space")
         result.extended.append(Capability(where, cap_id, ext_cap_name(cap_id), extended=True,
                                           version=(header >> 16) & 0xF))
-        where = (header >> 20) & ~3
 
 
 def has_express(data: bytes) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from xenpciback_cli.config.le import u16 as _w
+from xenpciback_cli.config.le import u32 as _d
 from xenpciback_cli.config.registers import (
     BAR_IO_ADDR_MASK,
     BAR_MEM_ADDR_MASK,
@@ -104,14 +106,6 @@ class Header:
         return out
 
 
-def _w(data: bytes, off: int) -> int:
-    return int.from_bytes(data[off:off + 2], "little")
-
-
-def _d(data: bytes, off: int) -> int:
-    return int.from_bytes(data[off:off + 4], "little")
-
-
 def decode_header(data: bytes) -> Header:
     """The first 64 bytes, which every source (even sysfs without root) provides."""
     if len(data) < 0x40:
@@ -170,21 +164,22 @@ def _resource_for(resources: Sequence[Resource] | None, index: int) -> Resource 
 
 
 def _size(res: Resource | None) -> int | None:
-    if res is None:
-        return None
-    if res.start == 0 and res.end == 0:
-        return 0
-    return res.end - res.start + 1
+    return None if res is None else res.size
 
 
-def decode_bars(data: bytes, resources: Sequence[Resource] | None = None) -> list[Bar]:
-    """The BARs of a type 0 or type 1 header; sizes from ``resources`` when given."""
-    htype = data[Reg.HEADER_TYPE] & HEADER_TYPE_MASK
-    count = BAR_COUNT.get(htype, 0)
+def decode_bars(data: bytes, resources: Sequence[Resource] | None = None, *,
+                first: int = Reg.BAR0, count: int | None = None) -> list[Bar]:
+    """The BARs of a type 0 or type 1 header; sizes from ``resources`` when given.
+
+    ``first`` and ``count`` name another block of BAR slots laid out the same way (the six VF
+    BARs of an SR-IOV capability); by default the header's own.
+    """
+    if count is None:
+        count = BAR_COUNT.get(data[Reg.HEADER_TYPE] & HEADER_TYPE_MASK, 0)
     bars: list[Bar] = []
     index = 0
     while index < count:
-        offset = Reg.BAR0 + 4 * index
+        offset = first + 4 * index
         raw = _d(data, offset)
         if raw == 0xFFFFFFFF:  # nothing answering (or a broken device): not a BAR
             index += 1

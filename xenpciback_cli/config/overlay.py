@@ -44,12 +44,6 @@ from xenpciback_cli.config.registers import (
     CONFIG_SIZE,
     EXT_CONFIG_SIZE,
     HEADER_TYPE_MASK,
-    IORESOURCE_DISABLED,
-    IORESOURCE_IO,
-    IORESOURCE_MEM,
-    IORESOURCE_MEM_64,
-    IORESOURCE_PREFETCH,
-    IORESOURCE_UNSET,
     MSI_FLAGS_64BIT,
     MSI_FLAGS_ENABLE,
     MSI_FLAGS_MASKBIT,
@@ -70,6 +64,7 @@ from xenpciback_cli.config.registers import (
     Reg,
     XenPciErr,
 )
+from xenpciback_cli.pci import ioresource
 from xenpciback_cli.pci.device import PciDevice, Resource
 from xenpciback_cli.pci.quirk import Quirk
 
@@ -98,13 +93,11 @@ _CHANGING_KINDS = frozenset({"command", "bar", "rom"})
 
 @dataclass
 class Policy:
-    """Settings shared by every device: Linux's module parameter ``permissive``."""
+    """Settings shared by every device one backend serves: Linux's module parameter
+    ``permissive``. Whoever serves owns one and passes it to each device it exports; there is
+    no process-wide instance."""
 
     permissive: bool = False
-
-
-#: The process-wide policy (``xen-pciback.permissive`` equivalent).
-GLOBAL_POLICY = Policy()
 
 
 class OverlayDevice:
@@ -120,7 +113,7 @@ class OverlayDevice:
         self._hw_write = hw.write
         self.permissive = permissive
         self.allow_interrupt_control = allow_interrupt_control
-        self.policy = policy if policy is not None else GLOBAL_POLICY
+        self.policy = policy if policy is not None else Policy()  # nobody else's: the default
         self.resources = None if resources is None else tuple(resources)
         snapshot = b"".join(_read_or_ones(hw, o).to_bytes(4, "little")
                             for o in range(0, CONFIG_SIZE, 4))
@@ -245,10 +238,9 @@ class OverlayDevice:
                     (raw & BAR_MEM_TYPE_MASK) == BAR_MEM_TYPE_64
             else:
                 lower = self._resource(pos - 1) if pos else None
-                upper = lower is not None and bool(lower.flags & IORESOURCE_MEM) and \
-                    bool(lower.flags & IORESOURCE_MEM_64)
+                upper = lower is not None and lower.is_mem and lower.is_64bit
                 if upper:
-                    size = _res_size(lower)
+                    size = lower.size
                     field.bar_val = (lower.start >> 32) & 0xFFFFFFFF
                     field.bar_len = ((-size) >> 32) & 0xFFFFFFFF if size else 0
                     field.restorable = _res_usable(lower)
@@ -593,9 +585,9 @@ class OverlayDevice:
                 bits |= Command.IO if field.bar_val & BAR_SPACE_IO else Command.MEMORY
         if self.resources is not None and self.header_type == HeaderType.BRIDGE:
             for res in self.resources:
-                if res.index > ROM_RESOURCE_INDEX and _res_size(res):
-                    bits |= Command.IO if res.flags & IORESOURCE_IO else \
-                        Command.MEMORY if res.flags & IORESOURCE_MEM else 0
+                if res.index > ROM_RESOURCE_INDEX and res.size:
+                    bits |= Command.IO if res.is_io else \
+                        Command.MEMORY if res.is_mem else 0
         return int(bits)
 
     def _w_command(self, field: Field, value: int) -> int:
@@ -759,28 +751,22 @@ def _type_bits(res: Resource) -> int:
     """The BAR's low type bits. Linux keeps them in the resource flags (bits 0-3); a flags word
     without them (some tools write only the IORESOURCE_* bits) gets them from those bits."""
     bits = res.flags & 0xF
-    if res.flags & IORESOURCE_IO:
+    if res.is_io:
         return bits | BAR_SPACE_IO
     if res.index == ROM_RESOURCE_INDEX:
         return bits & 0x1
     if not bits:
-        if res.flags & IORESOURCE_MEM_64:
+        if res.is_64bit:
             bits |= BAR_MEM_TYPE_64
-        if res.flags & IORESOURCE_PREFETCH:
+        if res.is_prefetchable:
             bits |= BAR_MEM_PREFETCH
     return bits
 
 
-def _res_size(res: Resource | None) -> int:
-    if res is None or (res.start == 0 and res.end == 0) or res.end < res.start:
-        return 0
-    return res.end - res.start + 1
-
-
 def _res_usable(res: Resource | None) -> bool:
     """A resource the kernel assigned: present, memory or I/O, not disabled or unset, sized."""
-    return res is not None and bool(res.flags & (IORESOURCE_IO | IORESOURCE_MEM)) and \
-        not res.flags & (IORESOURCE_DISABLED | IORESOURCE_UNSET) and _res_size(res) > 0
+    return res is not None and (res.is_io or res.is_mem) and \
+        not res.flags & (ioresource.DISABLED | ioresource.UNSET) and res.size > 0
 
 
 def _bar_values(res: Resource | None) -> tuple[int, int]:
@@ -788,5 +774,5 @@ def _bar_values(res: Resource | None) -> tuple[int, int]:
     if res is None or not _res_usable(res):
         return 0, 0
     low_bits = _type_bits(res)
-    size = _res_size(res)
+    size = res.size
     return (res.start & 0xFFFFFFFF) | low_bits, ((-size) & 0xFFFFFFFF) | low_bits

@@ -32,6 +32,7 @@ from typing import Any
 
 from xenpciback_cli.errors import InputError, OperationFailed, SafetyRefusal
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
 from xenpciback_cli.pci.quirk import Quirk
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
@@ -47,7 +48,7 @@ from xenpciback_cli.untrusted import decimal
 
 DEFAULT_TIMEOUT = 10.0  # libxl__wait_for_backend: 100 polls of 100 ms
 TRANSACTION_RETRIES = 16
-PCIBACK = "pciback"
+PCIBACK = PCIBACK_DRIVER
 
 
 @dataclass
@@ -190,7 +191,7 @@ def apply_permissive(host: Any | None, bdfs: Sequence[Bdf], options: L.PciOption
     if PCIBACK not in host.loaded_drivers():
         return []
     for bdf in bdfs:
-        host.write_attribute(f"bus/pci/drivers/{PCIBACK}/permissive", str(bdf))
+        host.write_attribute(f"bus/pci/drivers/{PCIBACK}/permissive", str(bdf), bdf)
     return list(bdfs)
 
 
@@ -202,7 +203,7 @@ def apply_quirks(host: Any | None, bdfs: Sequence[Bdf],
         return {}
     for bdf in bdfs:
         for quirk in quirks:
-            host.write_attribute(f"bus/pci/drivers/{PCIBACK}/quirks", quirk.sysfs_line(bdf))
+            host.write_attribute(f"bus/pci/drivers/{PCIBACK}/quirks", quirk.sysfs_line(bdf), bdf)
     return {bdf: tuple(quirks) for bdf in bdfs}
 
 

@@ -106,27 +106,8 @@ def load_settings(state_dir: str | os.PathLike[str], *,
                   corrupt: list[StateFileCorrupt] | None = None) -> dict[Bdf, DeviceSettings]:
     """Every device's settings; a corrupt file raises, or with ``corrupt`` is listed there."""
     store = st.StateStore(state_dir)
-    settings: dict[Bdf, DeviceSettings] = {}
-    try:
-        settings.update(_legacy(store))
-    except StateFileCorrupt as exc:
-        if corrupt is None:
-            raise
-        corrupt.append(exc)
-    for name in store.list(SETTINGS_DIR):
-        try:
-            device = st.bdf_from_key(name[:-5]) if name.endswith(".json") else None
-            if device is None:
-                raise st.corrupt(store.path(f"{SETTINGS_DIR}/{name}"),
-                                 "not a settings file name (DDDD-BB-DD-F.json)", "move the file aside")
-            found = _parse(store, f"{SETTINGS_DIR}/{name}", device)
-            if found is not None:
-                settings[device] = found
-        except StateFileCorrupt as exc:
-            if corrupt is None:
-                raise
-            corrupt.append(exc)
-    return settings
+    return st.load_per_device(store, SETTINGS_DIR, "settings", lambda: _legacy(store),
+                              lambda name, device: _parse(store, name, device), corrupt)
 
 
 def _migrate(store: st.StateStore) -> None:

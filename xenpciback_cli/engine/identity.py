@@ -14,16 +14,15 @@ the config space cannot be read that far (non-root reads stop at 64 bytes).
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass
 
 from xenpciback_cli import errors
+from xenpciback_cli.config.capabilities import find_extended
+from xenpciback_cli.config.le import u32
 from xenpciback_cli.pci.address import Bdf
 
 SERIAL_CAPABILITY = 0x0003
-EXTENDED_START = 0x100
 _SERIAL_RE = re.compile(r"^[0-9a-f]{2}(?:-[0-9a-f]{2}){7}$")
-_U32 = struct.Struct("<I")
 FIELDS = ("vendor_id", "device_id", "subsystem_vendor_id", "subsystem_device_id", "class_code", "serial")
 
 
@@ -71,19 +70,11 @@ class DeviceIdentity:
 
 def read_serial(config: bytes) -> str | None:
     """The Device Serial Number from a config space dump, or None (absent or not readable)."""
-    offset, seen = EXTENDED_START, set()
-    while EXTENDED_START <= offset <= len(config) - 4 and offset not in seen:
-        seen.add(offset)
-        (header,) = _U32.unpack_from(config, offset)
-        if header in (0, 0xFFFFFFFF):
-            return None
-        if header & 0xFFFF == SERIAL_CAPABILITY:
-            if offset + 12 > len(config):
-                return None
-            lower, upper = _U32.unpack_from(config, offset + 4)[0], _U32.unpack_from(config, offset + 8)[0]
-            return "-".join(f"{byte:02x}" for byte in ((upper << 32) | lower).to_bytes(8, "big"))
-        offset = (header >> 20) & 0xFFC
-    return None
+    offset = find_extended(config, SERIAL_CAPABILITY)
+    if offset is None or offset + 12 > len(config):
+        return None
+    lower, upper = u32(config, offset + 4), u32(config, offset + 8)
+    return "-".join(f"{byte:02x}" for byte in ((upper << 32) | lower).to_bytes(8, "big"))
 
 
 def identity_of(host: object, bdf: Bdf) -> DeviceIdentity:

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from xenpciback_cli.errors import DeviceNotFound, InputError
-from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, Host
+from xenpciback_cli.host.model import Host
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
 
 #: ``--class`` names -> (class value, number of significant hex digits from the top).
 CLASS_NAMES: dict[str, tuple[int, int]] = {
@@ -108,7 +109,7 @@ class InventoryRow:
 def device_state(device: PciDevice, domid: int | None) -> str:
     if domid is not None:
         return "attached"
-    if device.driver in STUB_DRIVERS:
+    if device.driver in SEIZE_DRIVERS:
         return "seized"
     return "host"
 

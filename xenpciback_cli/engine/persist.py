@@ -19,8 +19,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from xenpciback_cli.engine.statestore import SEIZE_DRIVERS, atomic_write
+from xenpciback_cli.engine.statestore import atomic_write
 from xenpciback_cli.errors import InputError, OperationFailed
+from xenpciback_cli.pci.drivers import SEIZE_DRIVERS
 from xenpciback_cli.pci.spec import BdfPattern, format_hide_list
 
 MAX_SIZE = 1 << 20

@@ -18,17 +18,16 @@ from dataclasses import dataclass, field
 
 from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity_of
 from xenpciback_cli.engine.records import SeizeRecord
-from xenpciback_cli.host.model import STUB_DRIVERS, Host
+from xenpciback_cli.host.model import Host
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.drivers import DRIVER_MODULES, SEIZE_DRIVERS
 from xenpciback_cli import errors
 
 OK, WARN, REFUSE, FAIL = "ok", "warn", "refuse", "fail"
 
-#: Where each target driver comes from, for the "not loaded" message.
-DRIVER_MODULES = {"pciback": "xen-pciback", "pci-stub": "pci-stub", "vfio-pci": "vfio-pci"}
 #: Drivers that do not keep a device "in use by the host" for group/sibling purposes.
-_HARMLESS_DRIVERS = frozenset(STUB_DRIVERS) | {"pcieport", "shpchp"}
+_HARMLESS_DRIVERS = frozenset(SEIZE_DRIVERS) | {"pcieport", "shpchp"}
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def check_hide(host: Host, bdf: Bdf, target: str, *, records: dict[Bdf, SeizeRec
         result.already_seized = True
         checks.append(Check("not-seized", WARN, f"already held by {target}; nothing to do"))
         return result
-    if device.driver in STUB_DRIVERS:
+    if device.driver in SEIZE_DRIVERS:
         checks.append(Check("not-seized", REFUSE, f"already seized by {device.driver}; "
                             "'unhide' it first"))
     elif record is not None and record.released and device.driver is None:

@@ -132,26 +132,12 @@ def load_records(state_dir: str | os.PathLike[str], *,
     appended there and the other records are returned.
     """
     store = st.StateStore(state_dir)
-    records: dict[Bdf, SeizeRecord] = {}
-    try:
-        records.update(_legacy(store))
-    except StateFileCorrupt as exc:
-        if corrupt is None:
-            raise
-        corrupt.append(exc)
-    for name in store.list(RECORDS_DIR):
-        path = store.path(f"{RECORDS_DIR}/{name}")
-        try:
-            device = st.bdf_from_key(name[:-5]) if name.endswith(".json") else None
-            if device is None:
-                raise st.corrupt(path, "not a record file name (DDDD-BB-DD-F.json)", "move the file aside")
-            data = store.read_for(f"{RECORDS_DIR}/{name}", device)
-            if data is not None:
-                records[device] = _parse(data, path, device)
-        except StateFileCorrupt as exc:
-            if corrupt is None:
-                raise
-            corrupt.append(exc)
+
+    def parse(name: str, device: Bdf) -> SeizeRecord | None:
+        data = store.read_for(name, device)
+        return None if data is None else _parse(data, store.path(name), device)
+
+    records = st.load_per_device(store, RECORDS_DIR, "record", lambda: _legacy(store), parse, corrupt)
     return dict(sorted(records.items()))
 
 
@@ -202,7 +188,3 @@ def drop_record(state_dir: str | os.PathLike[str], bdf: Bdf) -> SeizeRecord | No
     store.remove(_name(bdf))
     return record
 
-
-def atomic_write(path: str | os.PathLike[str], text: str) -> None:
-    """Crash-safe replacement of a file outside the state dir (kept for older callers)."""
-    st.atomic_write(path, text)

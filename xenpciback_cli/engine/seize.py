@@ -36,13 +36,13 @@ from xenpciback_cli.engine.preflight import Preflight, check_hide
 from xenpciback_cli.engine import persist as persisted
 from xenpciback_cli.engine.backend_settings import load_settings, record_release
 from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_record, load_records, put_record
-from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, driver_name
+from xenpciback_cli.host.model import AttributeWrite, Host, driver_name
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
 from xenpciback_cli.pci.spec import BdfPattern
 from xenpciback_cli.untrusted import decimal
 
-TARGET_DRIVERS = STUB_DRIVERS
 T = TypeVar("T")
 
 
@@ -99,7 +99,7 @@ def plan_release(host: Host, device: PciDevice, target: str, original: str | Non
     steps: list[PlannedWrite] = []
     if device.driver_override:
         steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override"))
-    held = device.driver in STUB_DRIVERS
+    held = device.driver in SEIZE_DRIVERS
     if held:
         steps.append(_w(f"bus/pci/drivers/{device.driver}/unbind", str(bdf), f"unbind from {device.driver}"))
     if method == "new_id":  # or the stub driver grabs the device again at the next probe
@@ -119,7 +119,7 @@ def host_driver(name: str | None) -> str | None:
     """The name as an original (host) driver: a seize driver is never one (a device that was on
     pci-stub has no host driver to go back to; the kernel's probe finds one), and a name read
     from a state file must be a name."""
-    if not name or name in STUB_DRIVERS:
+    if not name or name in SEIZE_DRIVERS:
         return None
     return driver_name(name)
 
@@ -442,7 +442,7 @@ class Seizer:
         """The host driver to record: the one bound now if it is a host driver; otherwise (no
         driver, or a seize driver: ``hide --force`` over pci-stub) the first record's, if that
         record is this very device's."""
-        if device.driver is not None and device.driver not in STUB_DRIVERS:
+        if device.driver is not None and device.driver not in SEIZE_DRIVERS:
             return host_driver(device.driver)
         if existing is not None and (existing.identity is None or not differences(existing.identity, identity)):
             return host_driver(existing.original_driver)
@@ -457,7 +457,7 @@ class Seizer:
                                        f"(detach it first with 'xl pci-detach {domid} {bdf}')")
         device = self.host.device(bdf)
         record = load_record(self.state_dir, bdf)
-        held = device.driver in STUB_DRIVERS
+        held = device.driver in SEIZE_DRIVERS
         if record is not None and record.released and not held:
             # Released by a plain unhide: only --rebind has something left to do, and only while
             # no host driver has taken the device meanwhile.
@@ -497,8 +497,6 @@ class Seizer:
         """Execute the plan: journal first, then each write, marking it done."""
         writes = [{"path": s.path, "value": s.value, "description": s.description} for s in entry.steps]
         if dry_run:
-            for step in entry.steps:
-                self.host.recorded.append(AttributeWrite(step.path, step.value))
             return writes
         self.journal.begin(entry)
         for index, step in enumerate(entry.steps):
@@ -618,10 +616,10 @@ class Seizer:
     def _recover_hide(self, entry: JournalEntry, device: PciDevice, outcome: dict[str, object]) -> None:
         bdf, target = entry.bdf, entry.target_driver
         if device.driver is not None and device.driver != target and (
-                device.driver == entry.original_driver or device.driver not in STUB_DRIVERS):
+                device.driver == entry.original_driver or device.driver not in SEIZE_DRIVERS):
             # The host (or the driver it came from) still has it: undo only what we added.
             self._execute(bdf, self._undo_hide(entry, device))
-            if load_record(self.state_dir, bdf) is not None and device.driver not in STUB_DRIVERS:
+            if load_record(self.state_dir, bdf) is not None and device.driver not in SEIZE_DRIVERS:
                 drop_record(self.state_dir, bdf)
             outcome.update(action="rolled back", reason=f"still bound to {device.driver}: the host "
                            "had not lost it yet")
@@ -676,14 +674,14 @@ class Seizer:
             self._execute(bdf, steps)
         except errors.XenPcibackError as exc:
             now = self.host.device(bdf)
-            if now.driver not in STUB_DRIVERS and now.driver is not None:
+            if now.driver not in SEIZE_DRIVERS and now.driver is not None:
                 pass  # a host driver took it anyway
             else:
                 self._left_unbound(entry, now, outcome, f"{why}; giving it back failed ({exc})")
                 return
         now = self.host.device(bdf)
         record = load_record(self.state_dir, bdf)
-        if now.driver in STUB_DRIVERS:
+        if now.driver in SEIZE_DRIVERS:
             self._left_unbound(entry, now, outcome, f"{why}; it stayed with {now.driver}")
             return
         if record is not None and not record.released:
@@ -707,7 +705,7 @@ class Seizer:
             self._seize_from_here(device, target, entry.method)
             outcome.update(action="rolled back", reason=f"still bound to {target}: the release had not started")
             return
-        if device.driver is not None and device.driver not in STUB_DRIVERS:
+        if device.driver is not None and device.driver not in SEIZE_DRIVERS:
             # A host driver has it: the release is done; clear only a leftover override of ours.
             if device.driver_override == target:
                 self.host.set_driver_override(bdf, None)
@@ -728,7 +726,7 @@ class Seizer:
                 with contextlib.suppress(errors.XenPcibackError):
                     self.host.probe(bdf)  # the recorded driver would not: let the kernel choose
                 now = self.host.device(bdf)
-            if now.driver is None or now.driver in STUB_DRIVERS:
+            if now.driver is None or now.driver in SEIZE_DRIVERS:
                 self._released(bdf, record, entry.identity, original, target, entry.method, keep=True)
                 self._left_unbound(entry, now, outcome, f"released from {target}; binding "
                                    f"{original or 'a host driver'} failed ({exc})")
@@ -763,7 +761,7 @@ class Seizer:
     def _write_step(self, bdf: Bdf, step: PlannedWrite) -> None:
         """One planned write, tolerating the two outcomes that mean "already so" for dynamic ids."""
         try:
-            self.host.write_attribute(step.path, step.value)
+            self.host.write_attribute(step.path, step.value, bdf)
         except errors.HostError as exc:
             if step.path.endswith("/remove_id") and exc.errno == errno.ENODEV:
                 return  # another device's unhide removed the shared id already

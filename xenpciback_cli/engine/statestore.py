@@ -28,8 +28,9 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from xenpciback_cli.errors import (
     InputError,
@@ -38,6 +39,7 @@ from xenpciback_cli.errors import (
     StateFileCorrupt,
 )
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.drivers import SEIZE_DRIVERS
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -317,7 +319,6 @@ def atomic_write(path: str | os.PathLike[str], text: str, *, mode: int = 0o644,
 
 # -- validation of what is read ----------------------------------------------------------------
 DRIVER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-SEIZE_DRIVERS = ("pciback", "pci-stub", "vfio-pci")
 _BDF = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 _KEY = re.compile(r"^[0-9a-f]{4,8}-[0-9a-f]{2}-[0-1][0-9a-f]-[0-7]$")
 
@@ -413,3 +414,37 @@ def bdf_from_key(key: str) -> Bdf | None:
 
 def corrupt(path: Path, problem: str, fix: str, *, device: Bdf | None = None) -> StateFileCorrupt:
     return StateFileCorrupt(f"{path} is corrupt: {problem}; fix: {fix}", path=path, bdf=device)
+
+
+T = TypeVar("T")
+
+
+def load_per_device(store: StateStore, subdir: str, kind: str, legacy: Callable[[], dict[Bdf, T]],
+                    parse: Callable[[str, Bdf], T | None],
+                    found_corrupt: list[StateFileCorrupt] | None) -> dict[Bdf, T]:
+    """Every device's entry: the old single file's (``legacy()``), then one file per device in
+    ``subdir`` named ``DDDD-BB-DD-F.json`` (``parse(name, device)``; None when it vanished).
+
+    A corrupt file raises, unless ``found_corrupt`` is given: then it is appended there and the
+    other devices' entries are returned."""
+    entries: dict[Bdf, T] = {}
+    try:
+        entries.update(legacy())
+    except StateFileCorrupt as exc:
+        if found_corrupt is None:
+            raise
+        found_corrupt.append(exc)
+    for name in store.list(subdir):
+        try:
+            device = bdf_from_key(name[:-5]) if name.endswith(".json") else None
+            if device is None:
+                raise corrupt(store.path(f"{subdir}/{name}"),
+                              f"not a {kind} file name (DDDD-BB-DD-F.json)", "move the file aside")
+            entry = parse(f"{subdir}/{name}", device)
+            if entry is not None:
+                entries[device] = entry
+        except StateFileCorrupt as exc:
+            if found_corrupt is None:
+                raise
+            found_corrupt.append(exc)
+    return entries

@@ -11,8 +11,9 @@ Two adapters implement it:
   driver_override, drivers_probe, pciback slots, reset).
 
 Every mutation of the host is a write of text to a sysfs attribute, and every one goes through
-:meth:`Host.write_attribute`. That is what makes ``--dry-run`` (record instead of write), crash
-tests (fail after the Nth write) and the journal possible without special cases.
+:meth:`Host.write_attribute`. That is what makes crash tests (fail after the Nth write) and the
+journal possible without special cases; ``--dry-run`` never reaches the host (the engine shows
+its plan instead of running it).
 """
 
 from __future__ import annotations
@@ -21,16 +22,13 @@ import abc
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from xenpciback_cli import errors
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice, Resource
+from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
 
-#: The Linux PCI driver name of the kernel backend (module xen-pciback registers driver "pciback").
-PCIBACK_DRIVER = "pciback"
-#: Drivers that merely hold a device for a userspace backend.
-STUB_DRIVERS = ("pciback", "pci-stub", "vfio-pci")
 #: What a Linux driver name looks like (``igb``, ``snd_hda_intel``, ``vfio-pci``): never a path.
 _DRIVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
 
@@ -77,10 +75,11 @@ class HostUsage:
 
 @dataclass
 class AttributeWrite:
-    """One sysfs write, as recorded by ``--dry-run`` and the journal."""
+    """One sysfs write, as the write hooks and the adapters see it."""
 
     path: str  # relative to the sysfs root, e.g. "bus/pci/devices/0000:03:00.0/driver/unbind"
     value: str
+    bdf: Bdf | None = None  # the device the write is about, named in its errors
 
 
 WriteHook = Callable[[AttributeWrite], None]
@@ -89,14 +88,11 @@ WriteHook = Callable[[AttributeWrite], None]
 class Host(abc.ABC):
     """A machine's PCI devices and its kernel's driver binding, read and changed through sysfs."""
 
-    #: Called before every write (dry-run recording, crash injection in tests). A hook that
-    #: raises stops the write.
+    #: Called before every write (crash injection in tests). A hook that raises stops the write.
     write_hooks: list[WriteHook]
 
     def __init__(self) -> None:
         self.write_hooks = []
-        self.dry_run = False
-        self.recorded: list[AttributeWrite] = []
 
     # -- reading -----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -134,17 +130,15 @@ class Host(abc.ABC):
         """What the host is using below this device (mounted filesystems, swap, up NICs, console)."""
 
     # -- writing: everything funnels through write_attribute ---------------------------------
-    def write_attribute(self, path: str, value: str) -> None:
+    def write_attribute(self, path: str, value: str, bdf: Bdf | None = None) -> None:
         """Write ``value`` to the sysfs attribute at ``path`` (relative to the sysfs root).
 
-        In dry-run mode the write is recorded and not done. Hooks run first, in order.
+        ``bdf`` is the device the write is about (its errors name it). Hooks run first, in order.
         """
-        write = AttributeWrite(attribute_path(path), value)
+        write = AttributeWrite(attribute_path(path), value, bdf)
         for hook in self.write_hooks:
             hook(write)
-        self.recorded.append(write)
-        if not self.dry_run:
-            self._write(write)
+        self._write(write)
 
     @abc.abstractmethod
     def _write(self, write: AttributeWrite) -> None:
@@ -153,34 +147,25 @@ class Host(abc.ABC):
     # Convenience writers, so the engine speaks in kernel operations, not paths.
     # Every driver name is checked to be a name, whatever it came from.
     def unbind(self, bdf: Bdf, driver: str) -> None:
-        self.write_attribute(f"bus/pci/drivers/{driver_name(driver)}/unbind", str(bdf))
+        self.write_attribute(f"bus/pci/drivers/{driver_name(driver)}/unbind", str(bdf), bdf)
 
     def bind(self, bdf: Bdf, driver: str) -> None:
-        self.write_attribute(f"bus/pci/drivers/{driver_name(driver)}/bind", str(bdf))
+        self.write_attribute(f"bus/pci/drivers/{driver_name(driver)}/bind", str(bdf), bdf)
 
     def set_driver_override(self, bdf: Bdf, driver: str | None) -> None:
         # The kernel clears the override on an empty write (a lone newline).
         self.write_attribute(f"bus/pci/devices/{bdf}/driver_override",
-                             driver_name(driver) if driver else "\n")
+                             driver_name(driver) if driver else "\n", bdf)
 
     def probe(self, bdf: Bdf) -> None:
-        self.write_attribute("bus/pci/drivers_probe", str(bdf))
+        self.write_attribute("bus/pci/drivers_probe", str(bdf), bdf)
 
     def pciback_new_slot(self, bdf: Bdf) -> None:
-        self.write_attribute(f"bus/pci/drivers/{PCIBACK_DRIVER}/new_slot", str(bdf))
+        self.write_attribute(f"bus/pci/drivers/{PCIBACK_DRIVER}/new_slot", str(bdf), bdf)
 
     def pciback_remove_slot(self, bdf: Bdf) -> None:
-        self.write_attribute(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf))
+        self.write_attribute(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf), bdf)
 
     def reset(self, bdf: Bdf) -> None:
-        self.write_attribute(f"bus/pci/devices/{bdf}/reset", "1")
+        self.write_attribute(f"bus/pci/devices/{bdf}/reset", "1", bdf)
 
-
-@dataclass
-class DryRunRecorder:
-    """Collects writes without performing them (``--dry-run``)."""
-
-    writes: list[AttributeWrite] = field(default_factory=list)
-
-    def __call__(self, write: AttributeWrite) -> None:
-        self.writes.append(write)

@@ -23,7 +23,6 @@ from xenpciback_cli.untrusted import decimal
 
 REAL_SYSFS = "/sys"
 _BDF_NAME = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
-_WRITE_BDF = re.compile(r"([0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])")
 IFF_UP = 0x1
 _EMPTY_RESOURCE = "0x0000000000000000 0x0000000000000000 0x0000000000000000"
 
@@ -467,14 +466,12 @@ class SysfsHost(Host):
     # -- writing ------------------------------------------------------------------------------
     def _write(self, write: AttributeWrite) -> None:
         path = self.path(write.path)
-        match = _WRITE_BDF.search(write.path) or _WRITE_BDF.search(write.value)
-        bdf = match.group(1) if match else None
         try:
             with open(path, "w", encoding="ascii") as handle:
                 handle.write(write.value)
         except OSError as exc:
             action = f"write {write.value.strip() or 'newline'!r} to {write.path}"
-            raise errors.from_oserror(exc, action, bdf=bdf, path=path) from None
+            raise errors.from_oserror(exc, action, bdf=write.bdf, path=path) from None
 
 
 def _ipv4_address(name: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xenpciback_cli.pci import ioresource
 from xenpciback_cli.pci.address import Bdf
 
 
@@ -23,23 +24,27 @@ class Resource:
 
     @property
     def size(self) -> int:
-        return 0 if self.end <= self.start and self.start == 0 else self.end - self.start + 1
+        """Bytes covered: ``end - start + 1`` (one byte when start == end). An unset slot reads
+        ``0x0 0x0 0x0`` and a line whose end lies below its start is no range: both are 0."""
+        if self.end == 0 or self.end < self.start:
+            return 0
+        return self.end - self.start + 1
 
     @property
     def is_io(self) -> bool:
-        return bool(self.flags & 0x100)  # IORESOURCE_IO
+        return bool(self.flags & ioresource.IO)
 
     @property
     def is_mem(self) -> bool:
-        return bool(self.flags & 0x200)  # IORESOURCE_MEM
+        return bool(self.flags & ioresource.MEM)
 
     @property
     def is_64bit(self) -> bool:
-        return bool(self.flags & 0x100000)  # IORESOURCE_MEM_64
+        return bool(self.flags & ioresource.MEM_64)
 
     @property
     def is_prefetchable(self) -> bool:
-        return bool(self.flags & 0x2000)  # IORESOURCE_PREFETCH
+        return bool(self.flags & ioresource.PREFETCH)
 
 
 @dataclass(frozen=True)

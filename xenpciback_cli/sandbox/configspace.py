@@ -10,26 +10,17 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-_U16 = struct.Struct("<H")
+from xenpciback_cli.config import decode
+from xenpciback_cli.config.capabilities import extended_list, find_extended
+from xenpciback_cli.config.le import u16, u32
+from xenpciback_cli.pci import ioresource
+
+_U16 = struct.Struct("<H")  # for writing; reads use config.le
 _U32 = struct.Struct("<I")
 
-IORESOURCE_IO = 0x100
-IORESOURCE_MEM = 0x200
-IORESOURCE_PREFETCH = 0x2000
-IORESOURCE_READONLY = 0x4000
-IORESOURCE_SIZEALIGN = 0x40000
-IORESOURCE_MEM_64 = 0x100000
 EXT_CAP_SRIOV = 0x10
 #: Size limits used when a dump does not say how big a BAR is (alignment gives an upper bound).
 _SIZE_CAP = {"io": 0x100, "mem": 0x100000, "prefetch": 0x10000000}
-
-
-def u16(data: bytes, offset: int) -> int:
-    return _U16.unpack_from(data, offset)[0]
-
-
-def u32(data: bytes, offset: int) -> int:
-    return _U32.unpack_from(data, offset)[0]
 
 
 def _low_bit(value: int) -> int:
@@ -47,12 +38,12 @@ class Bar:
     @property
     def flags(self) -> int:
         if self.is_io:
-            return IORESOURCE_IO | IORESOURCE_SIZEALIGN
-        flags = IORESOURCE_MEM | IORESOURCE_SIZEALIGN
+            return ioresource.IO | ioresource.SIZEALIGN
+        flags = ioresource.MEM | ioresource.SIZEALIGN
         if self.prefetchable:
-            flags |= IORESOURCE_PREFETCH
+            flags |= ioresource.PREFETCH
         if self.is_64:
-            flags |= IORESOURCE_MEM_64
+            flags |= ioresource.MEM_64
         return flags
 
     def fallback_size(self) -> int:
@@ -61,25 +52,10 @@ class Bar:
 
 
 def decode_bars(config: bytes, first: int = 0x10, count: int | None = None) -> list[Bar]:
-    """The assigned BARs of a header (type 0: 6 at 0x10; type 1: 2), skipping upper halves."""
-    if count is None:
-        count = 2 if (config[0x0E] & 0x7F) == 1 else 6
-    bars = []
-    index = 0
-    while index < count:
-        raw = u32(config, first + 4 * index)
-        if raw & 1:
-            bars.append(Bar(index, raw & ~0x3, True, False, False))
-            index += 1
-            continue
-        is_64 = (raw >> 1) & 3 == 2
-        address = raw & ~0xF
-        if is_64 and index + 1 < count:
-            address |= u32(config, first + 4 * (index + 1)) << 32
-        if address:
-            bars.append(Bar(index, address, False, is_64, bool(raw & 8)))
-        index += 2 if is_64 else 1
-    return [bar for bar in bars if bar.address]
+    """The assigned BARs of a header (type 0: 6 at 0x10; type 1: 2), skipping upper halves,
+    as ``config.decode`` decodes them."""
+    return [Bar(bar.index, bar.address, bar.kind == "io", bar.is_64bit, bar.prefetchable)
+            for bar in decode.decode_bars(config, first=first, count=count) if bar.address]
 
 
 def resource_lines(config: bytes, sizes: dict[int, int], rom_size: int | None) -> list[tuple[int, int, int]]:
@@ -93,7 +69,7 @@ def resource_lines(config: bytes, sizes: dict[int, int], rom_size: int | None) -
         lines[bar.index] = (bar.address, bar.address + size - 1, bar.flags)
     if rom:
         size = rom_size or min(_low_bit(rom), 0x20000)
-        lines[6] = (rom, rom + size - 1, IORESOURCE_MEM | IORESOURCE_READONLY | IORESOURCE_SIZEALIGN)
+        lines[6] = (rom, rom + size - 1, ioresource.MEM | ioresource.READONLY | ioresource.SIZEALIGN)
     return lines
 
 
@@ -109,23 +85,6 @@ def _bounded(bar: Bar, bars: list[Bar], rom: int) -> int:
             while size > gap:
                 size //= 2
     return size
-
-
-def ext_capability(config: bytes, cap_id: int) -> int | None:
-    """Offset of an extended capability, or None (walks the list with a loop bound)."""
-    if len(config) < 0x104:
-        return None
-    offset = 0x100
-    for _ in range(512):
-        header = u32(config, offset)
-        if header in (0, 0xFFFFFFFF):
-            return None
-        if header & 0xFFFF == cap_id:
-            return offset
-        offset = header >> 20
-        if offset < 0x100 or offset > len(config) - 4:
-            return None
-    return None
 
 
 @dataclass(frozen=True)
@@ -152,7 +111,7 @@ class SriovInfo:
 
 
 def sriov_info(config: bytes) -> SriovInfo | None:
-    cap = ext_capability(config, EXT_CAP_SRIOV)
+    cap = find_extended(config, EXT_CAP_SRIOV)
     if cap is None:
         return None
     bars = decode_bars(config, cap + 0x24, 6)
@@ -200,16 +159,10 @@ def _unlink_ext_capability(data: bytearray, target: int) -> None:
         # The first capability cannot be unlinked; replace it with a null capability that links on.
         _U32.pack_into(data, 0x100, (following << 20) | 0x0000)
         return
-    offset = 0x100
-    for _ in range(512):
-        current = u32(data, offset)
-        nxt = current >> 20
-        if nxt == target:
+    for offset, current in extended_list(bytes(data)):
+        if (current >> 20) & ~3 == target:
             _U32.pack_into(data, offset, (current & 0xFFFFF) | (following << 20))
             break
-        if nxt < 0x100:
-            break
-        offset = nxt
     for position in range(target, min(target + 0x40, len(data))):
         data[position] = 0
 

@@ -44,7 +44,7 @@ from xenpciback_cli.host.model import AttributeWrite
 from xenpciback_cli.sandbox import configspace, topology
 from xenpciback_cli.sandbox.kernel import SimulatedKernel
 from xenpciback_cli.sandbox.tree import FORMAT, STATE_FILE, Tree, write_text
-from xenpciback_cli.host.sysfs import _WRITE_BDF, SysfsHost
+from xenpciback_cli.host.sysfs import SysfsHost
 
 __all__ = ["SandboxHost", "create_sandbox", "is_sandbox", "open_sandbox"]
 
@@ -65,9 +65,8 @@ class SandboxHost(SysfsHost):
         try:
             self.kernel.write(write.path, write.value)
         except OSError as exc:
-            match = _WRITE_BDF.search(write.path) or _WRITE_BDF.search(write.value)
             action = f"write {write.value.strip() or 'newline'!r} to {write.path}"
-            raise errors.from_oserror(exc, action, bdf=match.group(1) if match else None,
+            raise errors.from_oserror(exc, action, bdf=write.bdf,
                                       path=str(self.directory / "sys" / write.path)) from None
 
     def state(self) -> dict[str, Any]:

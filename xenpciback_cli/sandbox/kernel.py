@@ -42,9 +42,9 @@ from xenpciback_cli.errors import InputError
 from xenpciback_cli.sandbox import configspace
 from xenpciback_cli.sandbox.tree import LOCK_FILE, READ_ONLY, Tree, symlink
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.drivers import SEIZE_DRIVERS
 from xenpciback_cli.pci.spec import BdfPattern
 
-STUB_DRIVERS = ("pciback", "pci-stub", "vfio-pci")
 _BDF_RE = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 
 
@@ -170,7 +170,7 @@ class SimulatedKernel:
                     self.state["interfaces"].pop(child["name"], None)
             self.tree.write_network_files(self.state)
             if self.state["drivers"][driver].get("sriov") and device.get("vfs"):
-                if not any(self.tree.bound_driver(self.state, vf) in STUB_DRIVERS for vf in device["vfs"]):
+                if not any(self.tree.bound_driver(self.state, vf) in SEIZE_DRIVERS for vf in device["vfs"]):
                     self._destroy_vfs(bdf)
         if driver == "pciback" and (bdf in self.state["permissive"]
                                     or bdf in self.state.get("quirks", {})):
@@ -345,7 +345,7 @@ class SimulatedKernel:
         if current and count:
             raise _fail(errno.EBUSY, self._path)
         if count == 0:
-            if any(self.tree.bound_driver(self.state, vf) in STUB_DRIVERS for vf in device["vfs"]):
+            if any(self.tree.bound_driver(self.state, vf) in SEIZE_DRIVERS for vf in device["vfs"]):
                 raise _fail(errno.EBUSY, self._path)
             self._destroy_vfs(bdf)
         else:

@@ -19,9 +19,9 @@ def main() -> None:
     suffix, args = sys.argv[1], sys.argv[2:]
     original = model.Host.write_attribute
 
-    def write_then_die(self, path, value):  # noqa: ANN001 - mirrors Host.write_attribute
-        original(self, path, value)
-        if path.endswith(suffix) and not getattr(self, "dry_run", False):
+    def write_then_die(self, path, value, bdf=None):  # noqa: ANN001 - mirrors Host.write_attribute
+        original(self, path, value, bdf)
+        if path.endswith(suffix):
             os.kill(os.getpid(), signal.SIGKILL)
 
     model.Host.write_attribute = write_then_die
