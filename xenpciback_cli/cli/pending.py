@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
-def warn_pending(app: Any, terminal: Any) -> list[Any]:
+def warn_pending(app: Application, terminal: Any) -> list[Any]:
     """Print one line per journal entry ("interrupted operation: ..." or "operation in progress
     (pid N): ...") and per corrupt state file (naming it and the fix); return the entries.
 
@@ -26,7 +29,7 @@ def warn_pending(app: Any, terminal: Any) -> list[Any]:
     return entries
 
 
-def seizer_for(app: Any) -> Any:
+def seizer_for(app: Application) -> Any:
     """The engine for this app: its host, state dir, xenstore client and attachments (if any)."""
     from xenpciback_cli.engine.seize import Seizer, install_test_hooks
 

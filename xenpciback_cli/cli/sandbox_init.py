@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("init")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Recreate DIR if it already holds a sandbox.")
 @click.pass_obj
-def command(app: object, directory: str, force: bool) -> None:
+def command(app: Application, directory: str, force: bool) -> None:
     """Create a sandbox in DIR: PCI devices from real captures, a simulated kernel, host usage.
 
     DIR must be empty or absent (or an existing sandbox with --force). Then use

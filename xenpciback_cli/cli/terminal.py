@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 T = TypeVar("T")
 
@@ -127,6 +130,6 @@ def plain_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def terminal_for(app: Any) -> Terminal:
+def terminal_for(app: Application) -> Terminal:
     """The terminal matching the application's global options."""
     return Terminal(color=app.settings.color, verbose=app.settings.verbose)
