@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from xenpciback_cli.host.model import Host
+    from xenpciback_cli.pci.address import Bdf
+    from xenpciback_cli.toolstack.status import Attachment
+    from xenpciback_cli.xenstore.client import XenstoreClient
 
 DEFAULT_STATE_DIR = "/var/lib/xen-pciback"
 DEFAULT_PERSIST_FILE = "/etc/xen-pciback/seized.toml"
@@ -81,16 +84,17 @@ class Application:
         return SysfsHost(root)
 
     # -- xenstore (toolstack): who holds which device -------------------------------------------
-    def xenstore(self) -> object | None:
+    def xenstore(self) -> XenstoreClient | None:
         """A xenstore client: the sandbox's daemon (started on demand) or the host's; None when
         no xenstored answers (a host without Xen), so seizing works without one."""
         if "_xenstore" not in self.__dict__:
             from xenpciback_cli.toolstack.session import try_open_xenstore
 
             self.__dict__["_xenstore"] = try_open_xenstore(self)
-        return self.__dict__["_xenstore"]
+        client: XenstoreClient | None = self.__dict__["_xenstore"]
+        return client
 
-    def attachment_details(self) -> dict:
+    def attachment_details(self) -> dict[Bdf, Attachment]:
         """Bdf -> toolstack.status.Attachment (domid, guest address) from xenstore."""
         if "_attachments" not in self.__dict__:
             client = self.xenstore()
@@ -100,8 +104,9 @@ class Application:
                 from xenpciback_cli.toolstack.status import attachments
 
                 self.__dict__["_attachments"] = attachments(client)
-        return self.__dict__["_attachments"]
+        details: dict[Bdf, Attachment] = self.__dict__["_attachments"]
+        return details
 
-    def attachments(self) -> dict:
+    def attachments(self) -> dict[Bdf, int]:
         """Bdf -> domid of every device a guest holds (what unhide refuses and list shows)."""
         return {bdf: a.domid for bdf, a in self.attachment_details().items()}

@@ -16,9 +16,13 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xenpciback_cli import errors
 from xenpciback_cli.pci.address import Bdf
+
+if TYPE_CHECKING:
+    from xenpciback_cli.host.model import Host
 
 SERIAL_CAPABILITY = 0x0003
 EXTENDED_START = 0x100
@@ -86,11 +90,11 @@ def read_serial(config: bytes) -> str | None:
     return None
 
 
-def identity_of(host: object, bdf: Bdf) -> DeviceIdentity:
+def identity_of(host: Host, bdf: Bdf) -> DeviceIdentity:
     """The identity of the function at ``bdf`` now (``DeviceNotFound`` if absent)."""
-    device = host.device(bdf)  # type: ignore[attr-defined]
+    device = host.device(bdf)
     try:
-        config = host.read_config(bdf)  # type: ignore[attr-defined]
+        config = host.read_config(bdf)
     except errors.HostError:
         config = b""
     return DeviceIdentity(device.vendor_id, device.device_id, device.subsystem_vendor_id,

@@ -138,19 +138,17 @@ def inventory(host: Host, *, state_dir: Path | None = None,
     attachments = attachments or {}
     pattern_list = list(patterns)
     rows = []
-    addresses = getattr(host, "addresses", None)
-    if pattern_list and addresses is not None:
+    if pattern_list:
         # Load only the devices asked for (a cheap directory listing first).
         devices = []
-        for bdf in addresses():
+        for bdf in host.addresses():
             if any(p.matches(bdf) for p in pattern_list):
                 try:
                     devices.append(host.device(bdf))
                 except DeviceNotFound:  # removed meanwhile (a VF destroyed, hot unplug)
                     continue
     else:
-        brief_devices = getattr(host, "brief_devices", None) if brief else None
-        loaded = brief_devices() if brief_devices is not None else host.devices()
+        loaded = host.brief_devices() if brief else host.devices()
         devices = [d for d in loaded
                    if not pattern_list or any(p.matches(d.bdf) for p in pattern_list)]
     for device in devices:

@@ -304,7 +304,7 @@ class Seizer:
         with self.locked():
             listener.pending(*self._pending())
             devices = persisted.load(config, must_exist=config_named)
-            present = self.host.addresses()  # type: ignore[attr-defined]
+            present = self.host.addresses()
             report: list[dict[str, object]] = []
             for entry in devices:
                 selected = entry.pattern.select(present)
@@ -328,7 +328,7 @@ class Seizer:
         """Fail on a device that is not there before taking the lock (which creates the state
         dir): a command that can do nothing leaves nothing behind. Everything is read again
         under the lock; this decides nothing."""
-        present = set(self.host.addresses())  # type: ignore[attr-defined]
+        present = set(self.host.addresses())
         for bdf in self.select(patterns):
             if bdf not in present:
                 raise errors.DeviceNotFound(f"no PCI device {bdf} on this host", bdf=bdf)
@@ -355,7 +355,7 @@ class Seizer:
         """The devices ``patterns`` name, in order, once each: a wildcard expands to the functions
         present on this host (none is an error), a plain address stands as typed (a missing
         device is reported by the pre-flight check that names it)."""
-        present = self.host.addresses()  # type: ignore[attr-defined]
+        present = self.host.addresses()
         bdfs: list[Bdf] = []
         for pattern in patterns:
             selected = pattern.select(present) if pattern.is_wildcard else [pattern.as_bdf()]

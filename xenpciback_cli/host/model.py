@@ -166,6 +166,16 @@ class Host(abc.ABC):
     def devices(self) -> Sequence[PciDevice]:
         """Every PCI function, sorted by address."""
 
+    def brief_devices(self) -> Sequence[PciDevice]:
+        """Every PCI function with at least what ``list``'s table shows (ids, class, names, driver,
+        IOMMU group); a host that can load just those cheaply may leave the rest at defaults."""
+        return self.devices()
+
+    def addresses(self) -> list[Bdf]:
+        """Every PCI function address, sorted; a host that can list them without loading each
+        device overrides this."""
+        return [device.bdf for device in self.devices()]
+
     @abc.abstractmethod
     def device(self, bdf: Bdf) -> PciDevice:
         """One function; raises ``errors.DeviceNotFound`` if absent."""
