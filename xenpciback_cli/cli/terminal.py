@@ -77,9 +77,12 @@ class Terminal:
             writer.writerows(cells)
             return
         if fmt == "rich":
+            from rich import box
             from rich.table import Table
 
-            table = Table(title=title, box=None if not self.color else None, show_edge=False,
+            # In color the bold header stands out; the rule under it goes with the color (and
+            # without color the table stays free of box-drawing characters).
+            table = Table(title=title, box=box.SIMPLE_HEAD if self.color else None, show_edge=False,
                           header_style="bold" if self.color else "")
             for header in headers:
                 table.add_column(header, overflow="fold")
