@@ -58,10 +58,11 @@ def command(app: Application, devices: tuple[str, ...], target: str, force: bool
 
 def _render(terminal: Any, result: Any, target: str) -> None:
     from xenpciback_cli.cli.pending import render_planned_writes
+    from xenpciback_cli.engine.seize import DeviceStatus
 
-    if result.status == "planned":
+    if result.status is DeviceStatus.PLANNED:
         render_planned_writes(terminal, "seize", result.bdf, result.writes)
-    elif result.status == "already-seized":
+    elif result.status is DeviceStatus.ALREADY_SEIZED:
         terminal.line(f"{result.bdf}: already held by {target}")
     else:
         terminal.line(f"seized {result.bdf}: {result.original_driver or 'no driver'} -> {result.driver}")

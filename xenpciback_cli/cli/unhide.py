@@ -45,13 +45,14 @@ def command(app: Application, devices: tuple[str, ...], rebind: bool, force: boo
 
 def _render(terminal: Any, result: Any, rebind: bool) -> None:
     from xenpciback_cli.cli.pending import render_planned_writes
+    from xenpciback_cli.engine.seize import DeviceStatus
 
-    if result.status == "planned":
+    if result.status is DeviceStatus.PLANNED:
         render_planned_writes(terminal, "release", result.bdf, result.writes)
-    elif result.status == "not-seized" and result.original_driver and result.driver is None and not rebind:
+    elif result.status is DeviceStatus.NOT_SEIZED and result.original_driver and result.driver is None and not rebind:
         terminal.line(f"{result.bdf}: released already (no driver); use --rebind to restore "
                       f"{result.original_driver}")
-    elif result.status == "not-seized":
+    elif result.status is DeviceStatus.NOT_SEIZED:
         terminal.line(f"{result.bdf}: not seized (driver {result.driver or 'none'}); nothing to do")
     else:
         terminal.line(f"released {result.bdf}: now {result.driver or 'no driver'}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,19 @@ class ClassFilter:
         return (class_code >> (4 * (6 - self.digits))) == self.value
 
 
+class DeviceState(StrEnum):
+    """Where a device is in its lifecycle: the host's, seized (a stub driver holds it), or
+    attached to a guest."""
+
+    HOST = "host"
+    SEIZED = "seized"
+    ATTACHED = "attached"
+
+
 @dataclass(frozen=True)
 class InventoryRow:
     device: PciDevice
-    state: str
+    state: DeviceState
     domid: int | None
     original_driver: str | None
 
@@ -76,7 +86,7 @@ class InventoryRow:
 
     @property
     def attachable(self) -> bool:
-        return self.state == "attached" or self.device.driver == PCIBACK_DRIVER
+        return self.state is DeviceState.ATTACHED or self.device.driver == PCIBACK_DRIVER
 
     def as_json(self) -> dict[str, Any]:
         d = self.device
@@ -104,12 +114,12 @@ class InventoryRow:
         }
 
 
-def device_state(device: PciDevice, domid: int | None) -> str:
+def device_state(device: PciDevice, domid: int | None) -> DeviceState:
     if domid is not None:
-        return "attached"
+        return DeviceState.ATTACHED
     if device.driver in STUB_DRIVERS:
-        return "seized"
-    return "host"
+        return DeviceState.SEIZED
+    return DeviceState.HOST
 
 
 def load_original_drivers(state_dir: Path | None) -> dict[Bdf, str | None]:
@@ -156,7 +166,7 @@ def inventory(host: Host, *, state_dir: Path | None = None,
             continue
         domid = attachments.get(device.bdf)
         state = device_state(device, domid)
-        if seized_only and state == "host":
+        if seized_only and state is DeviceState.HOST:
             continue
         rows.append(InventoryRow(device, state, domid, originals.get(device.bdf)))
     return rows

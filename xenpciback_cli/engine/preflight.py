@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity_of
 from xenpciback_cli.engine.records import SeizeRecord
@@ -22,7 +23,18 @@ from xenpciback_cli.host.model import STUB_DRIVERS, Host, PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli import errors
 
-OK, WARN, REFUSE, FAIL = "ok", "warn", "refuse", "fail"
+
+
+class Verdict(StrEnum):
+    """One pre-flight check's outcome."""
+
+    OK = "ok"
+    WARN = "warn"
+    REFUSE = "refuse"  # --force may override it (when the check is forceable)
+    FAIL = "fail"  # the operation cannot work
+
+
+OK, WARN, REFUSE, FAIL = Verdict.OK, Verdict.WARN, Verdict.REFUSE, Verdict.FAIL
 
 #: Where each target driver comes from, for the "not loaded" message.
 DRIVER_MODULES = {"pciback": "xen-pciback", "pci-stub": "pci-stub", "vfio-pci": "vfio-pci"}
@@ -33,7 +45,7 @@ _HARMLESS_DRIVERS = frozenset(STUB_DRIVERS) | {"pcieport", "shpchp"}
 @dataclass(frozen=True)
 class Check:
     name: str
-    verdict: str  # ok / warn / refuse / fail
+    verdict: Verdict
     detail: str
     forceable: bool = True  # a refusal --force may override
 

@@ -26,6 +26,7 @@ import os
 import signal
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -125,10 +126,23 @@ def host_driver(name: str | None) -> str | None:
 
 
 # -- results ----------------------------------------------------------------------------------
+class DeviceStatus(StrEnum):
+    """What an operation did (or would do) to one device; restore adds refused/failed/missing."""
+
+    SEIZED = "seized"
+    ALREADY_SEIZED = "already-seized"
+    RELEASED = "released"
+    NOT_SEIZED = "not-seized"
+    PLANNED = "planned"
+    REFUSED = "refused"
+    FAILED = "failed"
+    MISSING = "missing"
+
+
 @dataclass
 class DeviceResult:
     bdf: Bdf
-    status: str  # seized, already-seized, released, not-seized, planned, refused
+    status: DeviceStatus
     original_driver: str | None = None
     driver: str | None = None
     method: str | None = None
@@ -186,11 +200,11 @@ class RestoreReport:
 
     @property
     def refused(self) -> int:
-        return sum(1 for d in self.devices if d["status"] == "refused")
+        return sum(1 for d in self.devices if d["status"] == DeviceStatus.REFUSED)
 
     @property
     def failed(self) -> int:
-        return sum(1 for d in self.devices if d["status"] in ("failed", "missing"))
+        return sum(1 for d in self.devices if d["status"] in (DeviceStatus.FAILED, DeviceStatus.MISSING))
 
 
 class Seizer:
@@ -309,7 +323,8 @@ class Seizer:
             for entry in devices:
                 selected = entry.pattern.select(present)
                 if not selected:
-                    report.append({"bdf": str(entry.pattern), "status": "missing", "detail": "no such device"})
+                    report.append({"bdf": str(entry.pattern), "status": DeviceStatus.MISSING,
+                                   "detail": "no such device"})
                     continue
                 for bdf in selected:
                     try:
@@ -319,9 +334,9 @@ class Seizer:
                         report.append({"bdf": str(bdf), "status": result.status,
                                        "detail": f"{result.original_driver or 'no driver'} -> {result.driver}"})
                     except errors.SafetyRefusal as exc:
-                        report.append({"bdf": str(bdf), "status": "refused", "detail": str(exc)})
+                        report.append({"bdf": str(bdf), "status": DeviceStatus.REFUSED, "detail": str(exc)})
                     except errors.XenPcibackError as exc:
-                        report.append({"bdf": str(bdf), "status": "failed", "detail": str(exc)})
+                        report.append({"bdf": str(bdf), "status": DeviceStatus.FAILED, "detail": str(exc)})
             return RestoreReport(str(config), len(devices), report)
 
     def _present(self, patterns: Sequence[BdfPattern]) -> None:
@@ -417,7 +432,7 @@ class Seizer:
             if not dry_run:
                 self._keep_record(device, existing, identity, self._original_for(device, existing, identity),
                                   target, "override", persist)
-            return DeviceResult(device.bdf, "already-seized", self._original(device.bdf), target,
+            return DeviceResult(device.bdf, DeviceStatus.ALREADY_SEIZED, self._original(device.bdf), target,
                                 checks=checks)
         original = self._original_for(device, existing, identity)
         method, steps = plan_hide(self.host, device, target)
@@ -427,7 +442,7 @@ class Seizer:
                              identity=identity)
         writes = self._run(entry, dry_run)
         if dry_run:
-            return DeviceResult(device.bdf, "planned", device.driver, target, method, checks, writes)
+            return DeviceResult(device.bdf, DeviceStatus.PLANNED, device.driver, target, method, checks, writes)
         now = self.host.device(device.bdf)
         if now.driver != target:
             raise errors.OperationFailed(
@@ -435,7 +450,7 @@ class Seizer:
                 f"{now.driver or 'none'}); run 'xen-pciback recover'")
         self._keep_record(device, None, identity, original, target, method, persist)
         self.journal.finish(entry)
-        return DeviceResult(device.bdf, "seized", original, target, method, checks, writes)
+        return DeviceResult(device.bdf, DeviceStatus.SEIZED, original, target, method, checks, writes)
 
     def _original_for(self, device: PciDevice, existing: SeizeRecord | None,
                       identity: DeviceIdentity) -> str | None:
@@ -464,13 +479,13 @@ class Seizer:
             if not rebind or device.driver is not None:
                 if device.driver is not None and not dry_run:
                     drop_record(self.state_dir, bdf)  # a host driver has it: the record is spent
-                return DeviceResult(bdf, "not-seized", record.original_driver, device.driver)
+                return DeviceResult(bdf, DeviceStatus.NOT_SEIZED, record.original_driver, device.driver)
         elif record is None and not held:
-            return DeviceResult(bdf, "not-seized", None, device.driver)
+            return DeviceResult(bdf, DeviceStatus.NOT_SEIZED, None, device.driver)
         elif record is not None and not held and device.driver is not None:
             if not dry_run:
                 drop_record(self.state_dir, bdf)  # a stale record: the host has the device
-            return DeviceResult(bdf, "not-seized", None, device.driver)
+            return DeviceResult(bdf, DeviceStatus.NOT_SEIZED, None, device.driver)
         target = record.target_driver if record else str(device.driver)
         original = host_driver(record.original_driver) if record else None
         if rebind and original and original not in self.host.loaded_drivers():
@@ -484,13 +499,13 @@ class Seizer:
         entry = JournalEntry("unhide", bdf, original, target, method, steps, rebind=rebind, identity=identity)
         writes = self._run(entry, dry_run)
         if dry_run:
-            return DeviceResult(bdf, "planned", original, device.driver, writes=writes)
+            return DeviceResult(bdf, DeviceStatus.PLANNED, original, device.driver, writes=writes)
         now = self.host.device(bdf)
         if now.driver == target:
             raise errors.OperationFailed(f"unhide {bdf}: still bound to {target}; run 'xen-pciback recover'")
         self._released(bdf, record, identity, original, target, method, keep=not rebind)
         self.journal.finish(entry)
-        return DeviceResult(bdf, "released", original, now.driver, writes=writes)
+        return DeviceResult(bdf, DeviceStatus.RELEASED, original, now.driver, writes=writes)
 
     # -- shared -----------------------------------------------------------------------------
     def _run(self, entry: JournalEntry, dry_run: bool) -> list[dict[str, str]]:
