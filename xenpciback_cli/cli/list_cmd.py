@@ -8,6 +8,7 @@ import click
 
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
+    from xenpciback_cli.pci.address import Bdf
 
 FORMATS = ("rich", "plain", "simple", "github", "csv")
 HEADERS = ("BDF", "ID", "DEVICE", "CLASS", "DRIVER", "STATE", "DOMID", "ORIGINAL", "GROUP")
@@ -46,7 +47,7 @@ def command(app: Application, patterns: tuple[str, ...], seized_only: bool, clas
                      attachments={bdf: a.domid for bdf, a in attached.items()},
                      brief=not settings.json)  # the table shows no other attribute
 
-    def guest_address(bdf: object) -> str | None:
+    def guest_address(bdf: Bdf) -> str | None:
         a = attached.get(bdf)
         return None if a is None or a.vdev is None else str(a.vdev)
 

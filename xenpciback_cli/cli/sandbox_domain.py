@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from xenpciback_cli.app import Application
 
 
@@ -15,7 +17,7 @@ def group() -> None:
     """Create and destroy simulated guest domains in the sandbox's xenstore."""
 
 
-def _sandbox(app: Application):  # noqa: ANN202
+def _sandbox(app: Application) -> Path:
     from xenpciback_cli.errors import InputError
 
     sandbox = app.sandbox_dir

@@ -94,7 +94,7 @@ class AttachResult:
 
 
 def domain_exists(client: Any, domid: int) -> bool:
-    return client.exists(L.domain_home(domid))
+    return bool(client.exists(L.domain_home(domid)))
 
 
 def require_domain(client: Any, domid: int) -> str | None:

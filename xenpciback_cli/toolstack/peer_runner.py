@@ -48,8 +48,9 @@ class PeerRunner:
 
     def snapshot(self) -> Snapshot:
         """Both directories read in one transaction: a consistent view, never half a commit."""
-        return self.client.transact(lambda tx: Snapshot(
+        snapshot: Snapshot = self.client.transact(lambda tx: Snapshot(
             _readable(tx, backend_path(self.domid)), _readable(tx, frontend_path(self.domid))))
+        return snapshot
 
     def settle(self) -> int:
         """Step the peer until it has nothing more to write; returns the number of writes."""

@@ -37,7 +37,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from xenpciback_cli import errors
 from xenpciback_cli.host.model import AttributeWrite
@@ -121,7 +121,12 @@ def create_sandbox(directory: str | os.PathLike[str], *, force: bool = False) ->
     return SandboxHost(root)
 
 
-def stop_background(root: Path, *, forget: bool) -> dict[str, object]:
+class StoppedBackground(TypedDict):
+    guests: list[int]  # the simulated guests' pids
+    xenstored: int | None  # its pid, None if it was not running
+
+
+def stop_background(root: Path, *, forget: bool) -> StoppedBackground:
     """Stop what runs for the sandbox in the background: the simulated guests first (they talk
     to it), then its xenstored (which saves its tree). ``forget``: the guests are not to come
     back (the sandbox is being replaced); else the next command restarts them."""
@@ -133,7 +138,7 @@ def stop_background(root: Path, *, forget: bool) -> dict[str, object]:
         daemon = xs_sandbox.stop(root)
     except xs_sandbox.SandboxDaemonError as exc:
         raise errors.OperationFailed(str(exc)) from None
-    return {"guests": guests, "xenstored": daemon}
+    return StoppedBackground(guests=guests, xenstored=daemon)
 
 
 def _captures() -> tuple[dict[str, Any], Any]:

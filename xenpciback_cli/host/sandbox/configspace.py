@@ -24,12 +24,14 @@ EXT_CAP_SRIOV = 0x10
 _SIZE_CAP = {"io": 0x100, "mem": 0x100000, "prefetch": 0x10000000}
 
 
-def u16(data: bytes, offset: int) -> int:
-    return _U16.unpack_from(data, offset)[0]
+def u16(data: bytes | bytearray, offset: int) -> int:
+    value: int = _U16.unpack_from(data, offset)[0]
+    return value
 
 
-def u32(data: bytes, offset: int) -> int:
-    return _U32.unpack_from(data, offset)[0]
+def u32(data: bytes | bytearray, offset: int) -> int:
+    value: int = _U32.unpack_from(data, offset)[0]
+    return value
 
 
 def _low_bit(value: int) -> int:

@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 from xenpciback_cli.xenstore import wire
 from xenpciback_cli.xenstore.daemon import persist
@@ -126,7 +126,7 @@ class Server:
                         if events & selectors.EVENT_WRITE and not obj.conn.closed:
                             self._flush_peer(obj)
                     elif kind == "listen":
-                        self._accept(key.fileobj, obj)
+                        self._accept(cast(socket.socket, key.fileobj), obj)  # registered as such
                     else:
                         try:
                             os.read(self._wake_r, 64)
@@ -308,8 +308,8 @@ class Server:
                 continue
             if self.trace:
                 for frame in conn.outbox:
-                    self._trace("OUT", conn.id, wire.Message(*wire.HEADER.unpack_from(frame)[:3],
-                                                              frame[wire.HEADER_SIZE:]))
+                    self._trace("OUT", conn.id, wire.Message._make((*wire.HEADER.unpack_from(frame)[:3],
+                                                                     frame[wire.HEADER_SIZE:])))
             peer.pending += b"".join(conn.outbox)
             conn.outbox.clear()
             if len(peer.pending) > MAX_PENDING:
