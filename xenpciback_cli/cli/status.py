@@ -8,6 +8,7 @@ import click
 
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
+    from xenpciback_cli.toolstack.xenbus import XenbusState
 
 
 @click.command("status")
@@ -40,8 +41,8 @@ def command(app: Application, domid: int, socket_path: str | None, wait_seconds:
             return ""
         return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
 
-    def named(state: object) -> str:
-        return state.describe() if state is not None else "absent"  # type: ignore[attr-defined]
+    def named(state: XenbusState | None) -> str:
+        return state.describe() if state is not None else "absent"
 
     title = f"domain {domid}" + (f" ({safe(status.name)})" if status.name else "")
     term.line(f"{title}: backend {named(status.backend_state)}, "

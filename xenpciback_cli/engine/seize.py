@@ -38,7 +38,7 @@ from xenpciback_cli.engine import persist as persisted
 from xenpciback_cli.engine.backend_settings import load_settings, record_release
 from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_record, load_records, put_record
 from xenpciback_cli.host.model import (PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice,
-                                       driver_name)
+                                       WriteHook, driver_name)
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.spec import BdfPattern
 from xenpciback_cli.untrusted import decimal
@@ -809,7 +809,7 @@ class InjectedFailure(Exception):
     """Raised by the test-only failure hook (not a XenPcibackError: it stands for a crash)."""
 
 
-def failure_hook(after: int, *, kill: bool) -> object:
+def failure_hook(after: int, *, kill: bool) -> WriteHook:
     """A write hook that lets ``after`` writes through, then SIGKILLs the process or raises.
 
     TEST ONLY. Installed by the hide/unhide/recover commands when ``XEN_PCIBACK_TEST_KILL_AFTER_WRITES``
@@ -831,4 +831,4 @@ def install_test_hooks(host: Host) -> None:
     value = os.environ.get(KILL_ENV)
     count = decimal(value.strip()) if value else None
     if count is not None:
-        host.write_hooks.append(failure_hook(count, kill=True))  # type: ignore[arg-type]
+        host.write_hooks.append(failure_hook(count, kill=True))

@@ -22,6 +22,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xenpciback_cli.xenstore.client import XenstoreClient
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -45,12 +49,13 @@ def domain_socket_path(sandbox: str | os.PathLike[str], domid: int) -> str:
     return f"{socket_path(sandbox)}.d/{domid}"
 
 
-def connect_sandbox(sandbox: str | os.PathLike[str], domid: int = 0, **kwargs: object) -> object:
+def connect_sandbox(sandbox: str | os.PathLike[str], domid: int = 0, *,
+                    timeout: float | None = 10.0) -> XenstoreClient:
     """A client of the sandbox's xenstored (started if needed), as dom0 or as ``domid``."""
     from xenpciback_cli.xenstore.client import connect
 
     sock = ensure_running(sandbox)
-    return connect(sock if domid == 0 else domain_socket_path(sandbox, domid), **kwargs)  # type: ignore[arg-type]
+    return connect(sock if domid == 0 else domain_socket_path(sandbox, domid), timeout=timeout)
 
 
 def _answers(path: str) -> bool:

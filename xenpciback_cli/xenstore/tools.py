@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from xenpciback_cli.xenstore.client import Perm, XenstoreClient, XenstoreError, connect
 
 
-def open_client(socket: str | None, sandbox: object | None, *, timeout: float = 10.0) -> XenstoreClient:
+def open_client(socket: str | None, sandbox: str | os.PathLike[str] | None, *,
+                timeout: float = 10.0) -> XenstoreClient:
     """--socket wins; else the sandbox's daemon (started if needed); else discovery."""
     if socket:
         return connect(socket, timeout=timeout)
@@ -17,7 +19,7 @@ def open_client(socket: str | None, sandbox: object | None, *, timeout: float = 
         from xenpciback_cli.xenstore.sandbox import SandboxDaemonError, ensure_running
 
         try:
-            return connect(ensure_running(sandbox), timeout=timeout)  # type: ignore[arg-type]
+            return connect(ensure_running(sandbox), timeout=timeout)
         except SandboxDaemonError as exc:
             raise OperationFailed(str(exc)) from None
     return connect(timeout=timeout)

@@ -29,7 +29,7 @@ from typing import TextIO, cast
 
 from xenpciback_cli.xenstore import wire
 from xenpciback_cli.xenstore.daemon import persist
-from xenpciback_cli.xenstore.daemon.core import Connection, Core
+from xenpciback_cli.xenstore.daemon.core import Connection, Core, Quotas
 
 READ_SIZE = 65536
 BACKLOG = 128
@@ -386,7 +386,7 @@ def run(socket_path: str, *, trace_path: str | None = None, state_file: str | No
             trace.close()
 
 
-def _raise_descriptor_limit(quotas: object) -> None:
+def _raise_descriptor_limit(quotas: Quotas) -> None:
     """Use the descriptors the hard limit allows, and keep the total connection limit below
     what the process can open (a few are the daemon's own: listeners, log, state file)."""
     import resource
@@ -401,5 +401,5 @@ def _raise_descriptor_limit(quotas: object) -> None:
             pass
     if soft != resource.RLIM_INFINITY:
         room = max(1, soft - 64)
-        if quotas.max_connections_total > room:  # type: ignore[attr-defined]
-            quotas.max_connections_total = room  # type: ignore[attr-defined]
+        if quotas.max_connections_total > room:
+            quotas.max_connections_total = room
