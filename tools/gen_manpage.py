@@ -6,8 +6,8 @@ Usage: python tools/gen_manpage.py [--check]   (--check exits 1 if the committed
 Every command and group is imported (this is a build step, not start-up), its help text, usage line
 and options are rendered into roff by this script's own walk of the command tree, from click's
 stable public attributes only, so the page is the same under every click release pyproject.toml
-allows (CI checks it with the newest; the oldest is checked the same way by hand). The hand-written parts (exit codes, files, environment, examples)
-live in this script.
+allows (CI checks it with the newest; the oldest is checked the same way by hand). The
+hand-written parts (exit codes, files, environment, examples) live in this script.
 """
 
 from __future__ import annotations

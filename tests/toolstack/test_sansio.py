@@ -106,7 +106,7 @@ def test_conflicts_already_attached_and_vslot_taken():
     attach(tree, NIC, vslot=3)
     with pytest.raises(L.DeviceAlreadyAttached, match="already attached to domain 5"):
         attach(tree, NIC)
-    with pytest.raises(L.VirtualSlotTaken, match="virtual slot 0x03 .* taken by 0000:03:00.0"):
+    with pytest.raises(L.VirtualSlotTaken, match=r"virtual slot 0x03 .* taken by 0000:03:00\.0"):
         attach(tree, GPU, vslot=3)
 
 

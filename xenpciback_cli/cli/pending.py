@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def listener_for(terminal: Any, *, as_json: bool, render: Any = None, forced: st
     from xenpciback_cli.engine.seize import Listener
 
     class TerminalListener(Listener):
-        preflights: list[Any] = []
+        preflights: Sequence[Any] = ()  # set by checked()
 
         def pending(self, entries: list[Any], problems: list[Any]) -> None:
             for entry in entries:

@@ -26,7 +26,7 @@ def command(app: Application, directory: str, force: bool) -> None:
     host = create_sandbox(directory, force=force)
     terminal = terminal_for(app)
     count = len(host.addresses())
-    if getattr(app, "settings").json:
+    if app.settings.json:
         terminal.json({"sandbox": str(host.directory), "devices": count})
     else:
         terminal.line(f"sandbox created in {host.directory} with {count} PCI devices")

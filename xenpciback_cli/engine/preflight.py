@@ -241,5 +241,5 @@ def _sriov(device: PciDevice) -> Check:
         return Check("sriov", REFUSE, f"physical function with {len(device.virtfns)} live VFs "
                      f"({vfs}); set sriov_numvfs to 0 first")
     if device.sriov_totalvfs:
-        return Check("sriov", OK, f"SR-IOV capable, no live VFs")
+        return Check("sriov", OK, "SR-IOV capable, no live VFs")
     return Check("sriov", OK, "not SR-IOV")

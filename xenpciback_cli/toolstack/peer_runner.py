@@ -59,7 +59,7 @@ class PeerRunner:
             ops = self.peer.step(self.snapshot())
             if not ops:
                 return done
-            self.client.transact(lambda tx: apply_ops(tx, ops))
+            self.client.transact(lambda tx, ops=ops: apply_ops(tx, ops))
             done += len(ops)
         raise RuntimeError(f"{type(self.peer).__name__} for domain {self.domid} did not settle")
 

@@ -33,8 +33,8 @@ from xenpciback_cli.xenstore.transport import Transport, discover
 from xenpciback_cli.xenstore.wire import MessageType as T
 from xenpciback_cli.xenstore.wire import Perm
 
-__all__ = ["XenstoreClient", "XenstoreError", "XenstoreConnectionLost", "XenstoreUnavailable",
-           "Perm", "WatchEvent", "Transaction", "connect", "EVENTS_DROPPED"]
+__all__ = ["EVENTS_DROPPED", "Perm", "Transaction", "WatchEvent", "XenstoreClient", "XenstoreConnectionLost",
+           "XenstoreError", "XenstoreUnavailable", "connect"]
 
 R = TypeVar("R")
 DEFAULT_TIMEOUT = 10.0

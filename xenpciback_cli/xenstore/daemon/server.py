@@ -57,7 +57,7 @@ def check_socket_path(path: str) -> None:
 
 
 class _Peer:
-    __slots__ = ("sock", "conn", "decoder", "pending")
+    __slots__ = ("conn", "decoder", "pending", "sock")
 
     def __init__(self, sock: socket.socket, conn: Connection) -> None:
         self.sock = sock
