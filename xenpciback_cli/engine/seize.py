@@ -373,7 +373,8 @@ class Seizer:
         present = self.host.addresses()
         bdfs: list[Bdf] = []
         for pattern in patterns:
-            selected = pattern.select(present) if pattern.is_wildcard else [pattern.as_bdf()]
+            single = pattern.as_bdf()  # None for a wildcard
+            selected = pattern.select(present) if single is None else [single]
             if not selected:
                 raise errors.DeviceNotFound(f"no PCI device matches {pattern} on this host")
             bdfs += [b for b in selected if b is not None and b not in bdfs]
