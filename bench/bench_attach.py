@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO))
 import xsdaemons  # noqa: E402
 
 from xenpciback_cli.pci.address import Bdf  # noqa: E402
-from xenpciback_cli.toolstack.attach import AttachSpec, attach  # noqa: E402
-from xenpciback_cli.toolstack.detach import detach  # noqa: E402
-from xenpciback_cli.toolstack.domains import create_domain  # noqa: E402
+from xenpciback_cli.engine.attach import AttachSpec, attach  # noqa: E402
+from xenpciback_cli.engine.detach import detach  # noqa: E402
+from xenpciback_cli.sandbox.domains import create_domain  # noqa: E402
 from xenpciback_cli.toolstack.handshake import round_finished, wait_for  # noqa: E402
 from xenpciback_cli.xenstore.client import XenstoreClient  # noqa: E402
 

@@ -113,7 +113,7 @@ def test_missing_sandbox_is_one_line(tmp_path):
 
 def test_connect_sandbox_as_dom0_and_as_guest(tmp_path):
     from xenpciback_cli.xenstore.client import XenstoreError
-    from xenpciback_cli.xenstore.sandbox import connect_sandbox, domain_socket_path, stop
+    from xenpciback_cli.sandbox.xenstored import connect_sandbox, domain_socket_path, stop
 
     try:
         with connect_sandbox(tmp_path) as dom0:

@@ -11,8 +11,8 @@ from xenpciback_cli.engine.preflight import _iommu_group, check_hide
 from xenpciback_cli.engine.records import load_records
 from xenpciback_cli.engine.seize import Seizer
 from xenpciback_cli.errors import SafetyRefusal
-from xenpciback_cli.host.model import PciDevice
-from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
+from xenpciback_cli.pci.device import PciDevice
+from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 from seize_helpers import invoke, script

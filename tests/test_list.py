@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from xenpciback_cli.app import Application, Settings
 from xenpciback_cli.cli import cli
-from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite, p
 from xenpciback_cli.engine.preflight import check_hide, device_kind, pcie_port_type
 from xenpciback_cli.engine.records import drop_record, load_records, put_record, records_path
 from xenpciback_cli.errors import InputError
-from xenpciback_cli.host.model import PciDevice
-from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
+from xenpciback_cli.pci.device import PciDevice
+from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 from seize_helpers import invoke

@@ -7,7 +7,7 @@ import tomllib
 import pytest
 from xenpciback_cli.engine import persist
 from xenpciback_cli.errors import InputError
-from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.spec import BdfPattern
 

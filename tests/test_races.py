@@ -23,7 +23,7 @@ import pytest
 
 from xenpciback_cli.engine.journal import pending_operations
 from xenpciback_cli.engine.records import load_records
-from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 from seize_helpers import invoke

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from xenpciback_cli import errors
-from xenpciback_cli.host.sandbox import SandboxHost, create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import SandboxHost, create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 NIC0, NIC1 = Bdf.parse("03:00.0"), Bdf.parse("03:00.1")
@@ -49,7 +49,7 @@ def test_required_devices_and_drivers(sandbox):
 
 
 def test_config_space_and_resources_agree(sandbox):
-    from xenpciback_cli.host.sandbox.configspace import decode_bars
+    from xenpciback_cli.sandbox.configspace import decode_bars
 
     for device in sandbox.devices():
         config = sandbox.read_config(device.bdf)
@@ -67,7 +67,7 @@ def test_config_space_and_resources_agree(sandbox):
 
 
 def test_vfs_come_from_the_pf_sriov_capability(sandbox):
-    from xenpciback_cli.host.sandbox.configspace import sriov_info
+    from xenpciback_cli.sandbox.configspace import sriov_info
 
     info = sriov_info(sandbox.read_config(NIC1))
     assert info.total_vfs == 8 and info.vf_device_id == 0x10CA
@@ -233,7 +233,7 @@ def test_nic_rebind_comes_back_down_without_address(sandbox):
 
 def test_multi_process_writes_see_one_host(sandbox):
     """Two processes flip different devices at once; both changes land (the lock serialises)."""
-    script = ("import sys; from xenpciback_cli.host.sandbox import open_sandbox; "
+    script = ("import sys; from xenpciback_cli.sandbox.host import open_sandbox; "
               "from xenpciback_cli.pci.address import Bdf\n"
               "h = open_sandbox(sys.argv[1]); b = Bdf.parse(sys.argv[2])\n"
               "for _ in range(15):\n"

@@ -12,7 +12,7 @@ from seize_helpers import invoke
 
 from xenpciback_cli.engine.backend_settings import record_attach
 from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite
-from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 NIC = Bdf(0, 3, 0, 0)

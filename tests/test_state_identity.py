@@ -14,7 +14,7 @@ from xenpciback_cli.engine.identity import (
 )
 from xenpciback_cli.engine.journal import JournalEntry
 from xenpciback_cli.engine.records import SeizeRecord
-from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 NIC = Bdf(0, 3, 0, 0)

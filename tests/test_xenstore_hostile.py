@@ -322,6 +322,12 @@ def test_out_of_descriptors_on_accept_does_not_kill_the_daemon(tmp_path):
                 held.append(_raw(sock_path))
             except OSError:
                 break
+        # connect() returns once the kernel queues us; wait until the daemon has caught up with
+        # the queue and met the limit (on a loaded machine that is not at once).
+        deadline = time.monotonic() + 20
+        while ("out of file descriptors" not in (tmp_path / "log").read_text()
+               and time.monotonic() < deadline and proc.poll() is None):
+            time.sleep(0.05)
         assert _answers(first)  # existing connections are still served...
         assert proc.poll() is None  # ...and the daemon is alive
         for s in held:

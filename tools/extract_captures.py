@@ -2,7 +2,7 @@
 """Extract the sandbox's config-space captures from real ``lspci -vvv -xxxx`` dumps.
 
 Input: pciutils' test dumps (real hardware, ``../shared/fixtures/pciutils-tests``). Output, committed
-as package data: ``xenpciback_cli/host/sandbox/captures/<name>.bin`` (the raw config bytes, 256 or
+as package data: ``xenpciback_cli/sandbox/captures/<name>.bin`` (the raw config bytes, 256 or
 4096 as dumped) and ``index.json`` (where each came from, the driver the dump shows, and the BAR and
 ROM sizes lspci decoded, which config bytes alone cannot tell). Run it again only to change the set:
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "xenpciback_cli" / "host" / "sandbox" / "captures"
+OUT = ROOT / "xenpciback_cli" / "sandbox" / "captures"
 DEFAULT_FIXTURES = ROOT / ".." / "shared" / "fixtures" / "pciutils-tests"
 
 #: name -> (dump file, address in that dump, driver a Linux host binds)

@@ -1,12 +1,18 @@
 """xen-pciback: host-side (dom0) administration and userspace backend for Xen PCI passthrough.
 
-Layout, so a newcomer finds things in one look:
+Layout, so a newcomer finds things in one look (top layer first; each imports only from below it,
+see docs/architecture.md, checked by ``lint-imports``):
 
-* ``pci/``      - sans-IO PCI knowledge: addresses and the spec strings people type.
-* ``host/``     - the host model: one interface (``host.model``), adapters for real sysfs and
-                  for the simulated sandbox host.
-* ``engine/``   - operations built on the host model (seize, release, recover, persist).
-* ``cli/``      - thin click commands: parse, call the engine, render. Nothing else.
+* ``cli/``       - thin click commands: parse, call the engine, render. Nothing else.
+* ``app.py``     - the application object; the one place adapters (real host or sandbox) are chosen.
+* ``sandbox/``   - the simulated host and its peers: kernel sysfs, xenstored, guests, domains.
+* ``engine/``    - orchestrations: seize, release, attach, detach, recover, persist, list.
+* ``backend/``   - pciback's side of the PV protocol as sans-IO cores (its xenbus state machine).
+* ``toolstack/`` - libxl's xenstore layout as plans, xenbus states, status reading.
+* ``host/``      - the ``Host`` interface and its adapters (real sysfs, config-space files).
+* ``config/``    - sans-IO config space: decoding, capabilities, dump parsing, the guest overlay.
+* ``xenstore/``  - the wire codec, the client, the embedded daemon.
+* ``pci/``       - addresses, spec strings, quirks, the device data types.
 
 The engine never imports click or rich; the CLI imports heavy modules only inside commands.
 """

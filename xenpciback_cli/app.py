@@ -1,7 +1,8 @@
 """The application object every command receives: settings, and the host model built from them.
 
-This is where the choice of adapter is made, once: ``--sandbox DIR`` gives the simulated host,
-otherwise the real sysfs under ``--sysfs-root``. Commands never pick an adapter themselves.
+This is where the choice of adapter is made, once: ``--sandbox DIR`` gives the simulated host and
+the sandbox's own xenstored, otherwise the real sysfs under ``--sysfs-root`` and the host's
+xenstored. Commands and the engine never pick an adapter themselves.
 Nothing here imports click or rich.
 """
 
@@ -68,7 +69,7 @@ class Application:
     def host(self) -> Host:
         """The host model: the sandbox when one is selected, else real sysfs under the root."""
         if self.sandbox_dir is not None:
-            from xenpciback_cli.host.sandbox import open_sandbox
+            from xenpciback_cli.sandbox.host import open_sandbox
 
             return open_sandbox(self.sandbox_dir)
         from xenpciback_cli.host.sysfs import SysfsHost
@@ -83,16 +84,71 @@ class Application:
                              "(check --sysfs-root or XEN_PCIBACK_SYSFS_ROOT)")
         return SysfsHost(root)
 
-    # -- xenstore (toolstack): who holds which device -------------------------------------------
-    def xenstore(self) -> XenstoreClient | None:
-        """A xenstore client: the sandbox's daemon (started on demand) or the host's; None when
-        no xenstored answers (a host without Xen), so seizing works without one."""
-        if "_xenstore" not in self.__dict__:
-            from xenpciback_cli.toolstack.session import try_open_xenstore
+    # -- xenstore: which daemon answers, chosen here like the host ---------------------------------
+    def connect_xenstore(self, socket: str | None = None, *, timeout: float = 10.0) -> XenstoreClient:
+        """A xenstore client: ``--socket PATH`` wins; in a sandbox its own xenstored (started on
+        demand); otherwise the real daemon, found the way Xen's library finds it."""
+        from xenpciback_cli.xenstore.client import connect
 
-            self.__dict__["_xenstore"] = try_open_xenstore(self)
+        if socket:
+            return connect(socket, timeout=timeout)
+        if self.sandbox_dir is not None:
+            from xenpciback_cli.errors import OperationFailed
+            from xenpciback_cli.sandbox.xenstored import SandboxDaemonError, ensure_running
+
+            try:
+                return connect(ensure_running(self.sandbox_dir), timeout=timeout)
+            except SandboxDaemonError as exc:
+                raise OperationFailed(str(exc)) from None
+        return connect(timeout=timeout)
+
+    def open_xenstore(self, socket: str | None = None, *, timeout: float = 10.0) -> XenstoreClient:
+        """The toolstack's xenstore connection; in a sandbox, also restart the simulated guests
+        that stopped with its xenstored (``sandbox stop``), so a hot-plug finds its peers."""
+        client = self.connect_xenstore(socket, timeout=timeout)
+        if socket is None and self.sandbox_dir is not None:
+            from xenpciback_cli.sandbox import guest
+
+            try:
+                guest.revive(self.sandbox_dir, client.path, client)
+            except BaseException:
+                client.close()
+                raise
+        return client
+
+    def xenstore(self) -> XenstoreClient | None:
+        """The xenstore client ``list``/``hide`` consult: the sandbox's daemon or the host's; None
+        when no xenstored answers (a host without Xen), so seizing works without one.
+
+        In a sandbox the daemon is started only if it has a saved tree to serve: a sandbox that
+        never used xenstore has nothing attached, and listing it must not leave a daemon behind.
+        """
+        if "_xenstore" not in self.__dict__:
+            self.__dict__["_xenstore"] = self._try_open_xenstore()
         client: XenstoreClient | None = self.__dict__["_xenstore"]
         return client
+
+    def _try_open_xenstore(self) -> XenstoreClient | None:
+        from xenpciback_cli.errors import OperationFailed
+
+        if self.sandbox_dir is not None:
+            from xenpciback_cli.sandbox import xenstored
+            from xenpciback_cli.xenstore.client import connect
+
+            try:
+                return connect(xenstored.socket_path(self.sandbox_dir), timeout=5.0)
+            except OperationFailed:
+                if not (xenstored.xenstore_dir(self.sandbox_dir) / "state.json").exists():
+                    return None
+        else:
+            from xenpciback_cli.xenstore.transport import any_candidate_exists
+
+            if not any_candidate_exists():  # no Xen here: skip loading the client at all
+                return None
+        try:
+            return self.open_xenstore(timeout=5.0)
+        except OperationFailed:
+            return None
 
     def attachment_details(self) -> dict[Bdf, Attachment]:
         """Bdf -> toolstack.status.Attachment (domid, guest address) from xenstore."""

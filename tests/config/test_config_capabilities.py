@@ -9,7 +9,7 @@ import pytest
 
 from configspace_helpers import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
 from xenpciback_cli.config import capabilities
-from xenpciback_cli.config.dumpfile import read_dump_file
+from xenpciback_cli.engine.inspect_sources import read_dump_file
 
 
 def _compare(walk, expected, where):

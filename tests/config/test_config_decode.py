@@ -11,8 +11,9 @@ import pytest
 
 from configspace_helpers import pciutils_fixtures
 from xenpciback_cli.config import decode
-from xenpciback_cli.config.dumpfile import parse_dump, read_dump_file
-from xenpciback_cli.host.model import Resource
+from xenpciback_cli.config.dumpfile import parse_dump
+from xenpciback_cli.engine.inspect_sources import read_dump_file
+from xenpciback_cli.pci.device import Resource
 
 _REGION = re.compile(r"^\tRegion (\d+): (Memory at|I/O ports at) (\S+)"
                      r"(?: \((32|64)-bit, (prefetchable|non-prefetchable)\))?(.*)$")

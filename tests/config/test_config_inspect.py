@@ -11,9 +11,10 @@ import pytest
 from configspace_helpers import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
 from xenpciback_cli.cli import main
 from xenpciback_cli.config.report import build_report
-from xenpciback_cli.config.sources import collect_sources
+from xenpciback_cli.engine.inspect_sources import collect_sources
 from xenpciback_cli.errors import DeviceNotFound, InputError
-from xenpciback_cli.host.model import Host, PciDevice
+from xenpciback_cli.host.model import Host
+from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 
 

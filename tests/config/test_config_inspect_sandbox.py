@@ -11,7 +11,7 @@ from configspace_helpers import lspci_decode
 from test_config_decode import lspci_regions
 from xenpciback_cli.cli import main
 
-sandbox_mod = pytest.importorskip("xenpciback_cli.host.sandbox")
+sandbox_mod = pytest.importorskip("xenpciback_cli.sandbox.host")
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from configspace_helpers import pciutils_fixtures
-from xenpciback_cli.config.dumpfile import read_dump_file
+from xenpciback_cli.engine.inspect_sources import read_dump_file
 from xenpciback_cli.config.fields import MemoryAccessor, QuirkError
 from xenpciback_cli.config.overlay import OverlayDevice, Policy, Quirk
 from xenpciback_cli.config.registers import XenPciErr
-from xenpciback_cli.host.model import Resource
+from xenpciback_cli.pci.device import Resource
 
 INVALID = XenPciErr.INVALID_OFFSET
 DENIED = XenPciErr.ACCESS_DENIED
@@ -430,8 +430,8 @@ def test_real_captures_build_and_survive_full_sweep(device):
 
 def test_file_accessor_round_trip_on_a_temporary_file(tmp_path):
     """The serve adapter, on a copy (never the real /sys)."""
-    from xenpciback_cli.config.accessor import FileConfigAccessor
-    from xenpciback_cli.host.model import PciDevice
+    from xenpciback_cli.host.configfile import FileConfigAccessor
+    from xenpciback_cli.pci.device import PciDevice
     from xenpciback_cli.pci.address import Bdf
 
     image = tmp_path / "config"
@@ -456,7 +456,7 @@ def test_file_accessor_round_trip_on_a_temporary_file(tmp_path):
 
 
 def test_overlay_over_a_short_readable_device(tmp_path):
-    from xenpciback_cli.config.accessor import FileConfigAccessor
+    from xenpciback_cli.host.configfile import FileConfigAccessor
 
     short = tmp_path / "short"
     short.write_bytes(bytes(make_config())[:64])

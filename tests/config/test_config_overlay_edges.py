@@ -15,7 +15,7 @@ from xenpciback_cli.config.registers import (
     IORESOURCE_UNSET,
     XenPciErr,
 )
-from xenpciback_cli.host.model import Resource
+from xenpciback_cli.pci.device import Resource
 
 INVALID = XenPciErr.INVALID_OFFSET
 OP_FAILED = XenPciErr.OP_FAILED
@@ -135,7 +135,7 @@ def test_building_writes_nothing_and_export_disarms_pme_in_range():
 
 
 def test_export_on_a_read_only_device_reports_instead_of_raising(tmp_path):
-    from xenpciback_cli.config.accessor import FileConfigAccessor
+    from xenpciback_cli.host.configfile import FileConfigAccessor
 
     image = tmp_path / "config"
     image.write_bytes(bytes(make_config()))

@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from configspace_helpers import firecracker_fixtures, pciutils_fixtures
-from xenpciback_cli.config.dumpfile import read_dump_file
+from xenpciback_cli.engine.inspect_sources import read_dump_file
 from xenpciback_cli.config.fields import MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy, Quirk
 from xenpciback_cli.config.registers import IORESOURCE_DISABLED, IORESOURCE_UNSET, CapId
-from xenpciback_cli.host.model import Resource
+from xenpciback_cli.pci.device import Resource
 
 
 @functools.lru_cache(maxsize=1)
@@ -160,7 +160,7 @@ def _all_sources() -> tuple[tuple[str, bytes], ...]:
 def _resources(data: bytes, modes: list[str]) -> tuple[Resource, ...]:
     """Resources as the kernel might report them for the capture's BARs: assigned where the
     hardware has them, or (per ``modes``) absent, unset, disabled or moved elsewhere."""
-    from xenpciback_cli.host.sandbox import configspace
+    from xenpciback_cli.sandbox import configspace
 
     out = []
     for bar, mode in zip(configspace.decode_bars(data), modes):

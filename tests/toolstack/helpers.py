@@ -6,8 +6,9 @@ import os
 from contextlib import contextmanager
 from collections.abc import Iterator
 
-from xenpciback_cli.toolstack.peer_runner import PeerRunner
-from xenpciback_cli.toolstack.peers import SimBackend, SimFrontend
+from xenpciback_cli.sandbox.peer_runner import PeerRunner
+from xenpciback_cli.backend.xenbus import XenbusBackend
+from xenpciback_cli.sandbox.peers import SimFrontend
 from xenpciback_cli.xenstore.client import XenstoreClient, XenstoreError
 
 
@@ -43,7 +44,7 @@ class SimGuest:
 
     def __init__(self, daemon, domid: int, *, frontend: bool = True) -> None:
         self.daemon, self.domid = daemon, domid
-        self.backend = PeerRunner(XenstoreClient.open_socket(daemon.socket), SimBackend(domid))
+        self.backend = PeerRunner(XenstoreClient.open_socket(daemon.socket), XenbusBackend(domid))
         self.frontend: PeerRunner | None = None
         if frontend:
             self.start_frontend()

@@ -10,9 +10,9 @@ import pytest
 
 from xenpciback_cli.errors import InputError, OperationFailed, SafetyRefusal
 from xenpciback_cli.pci.address import Bdf
-from xenpciback_cli.toolstack.attach import AttachSpec, attach
-from xenpciback_cli.toolstack.detach import detach
-from xenpciback_cli.toolstack.domains import create_domain, destroy_domain
+from xenpciback_cli.engine.attach import AttachSpec, attach
+from xenpciback_cli.engine.detach import detach
+from xenpciback_cli.sandbox.domains import create_domain, destroy_domain
 from xenpciback_cli.toolstack.libxl_layout import PciOptions
 from xenpciback_cli.toolstack.status import attachments, domain_status
 from xenpciback_cli.toolstack.xenbus import XenbusState

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from xenpciback_cli.cli import cli
 from xenpciback_cli.errors import XenPcibackError
-from xenpciback_cli.host.sandbox import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 VF1, VF3, XHCI = Bdf.parse("04:10.1"), Bdf.parse("04:10.3"), Bdf.parse("00:14.0")

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from xenpciback_cli.pci.address import Bdf
-from xenpciback_cli.toolstack.attach import AttachSpec, attach
-from xenpciback_cli.toolstack.detach import detach
-from xenpciback_cli.toolstack.domains import create_domain, destroy_domain
+from xenpciback_cli.engine.attach import AttachSpec, attach
+from xenpciback_cli.engine.detach import detach
+from xenpciback_cli.sandbox.domains import create_domain, destroy_domain
 from xenpciback_cli.xenstore.client import XenstoreClient, XenstoreError
 
 from .helpers import guest_socket
@@ -25,9 +25,13 @@ _domids = itertools.count(40)
 
 @pytest.fixture(params=["embedded", pytest.param("cxenstored", marks=pytest.mark.realdaemon)])
 def daemon(request, tmp_path_factory):
-    from tests.conftest import _start_xenstored
+    import xsdaemons  # tests/xsdaemons.py (tests/conftest.py puts tests/ on sys.path)
 
-    started = _start_xenstored(request.param, tmp_path_factory)
+    try:
+        started = xsdaemons.start(request.param, tmp_path_factory.mktemp(request.param),
+                                  tmp_path_factory.getbasetemp() / "xsshim")
+    except xsdaemons.Unavailable as exc:
+        pytest.skip(f"{request.param} unavailable: {exc}")
     yield started
     started.stop()
 

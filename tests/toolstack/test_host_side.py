@@ -8,10 +8,11 @@ import dataclasses
 import pytest
 
 from xenpciback_cli.errors import InputError, NotSupported, SafetyRefusal
-from xenpciback_cli.host.model import Host, PciDevice
+from xenpciback_cli.host.model import Host
+from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
-from xenpciback_cli.toolstack.attach import AttachSpec, apply_permissive, check_seized, resolve_functions
-from xenpciback_cli.toolstack.detach import reset_device
+from xenpciback_cli.engine.attach import AttachSpec, apply_permissive, check_seized, resolve_functions
+from xenpciback_cli.engine.detach import reset_device
 from xenpciback_cli.toolstack.libxl_layout import PciOptions
 
 NIC0, NIC1, GPU = Bdf(0, 3, 0, 0), Bdf(0, 3, 0, 1), Bdf(0, 2, 0, 0)

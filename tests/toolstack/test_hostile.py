@@ -7,7 +7,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from xenpciback_cli.toolstack import libxl_layout as L
-from xenpciback_cli.toolstack.peers import SimBackend, SimFrontend, Snapshot
+from xenpciback_cli.backend.xenbus import Snapshot, XenbusBackend
+from xenpciback_cli.sandbox.peers import SimFrontend
 from xenpciback_cli.toolstack.status import DeviceStatus
 from xenpciback_cli.toolstack.xenbus import describe_stall, parse_state
 
@@ -26,7 +27,7 @@ DIRS = st.dictionaries(KEYS, VALUES, max_size=12)
 @given(st.lists(st.tuples(DIRS, DIRS), min_size=1, max_size=6))
 @example([({}, {"state": "\u00b2"})])  # a superscript two: isdigit() but not int()
 def test_peers_never_raise_on_junk(snapshots):
-    backend, frontend = SimBackend(5), SimFrontend(5)
+    backend, frontend = XenbusBackend(5), SimFrontend(5)
     for be, fe in snapshots:
         snap = Snapshot(be, fe)
         for op in backend.step(snap) + frontend.step(snap):

@@ -8,7 +8,7 @@ import pytest
 from xenpciback_cli.config.overlay import OverlayDevice
 from xenpciback_cli.engine.backend_settings import load_settings, record_attach, record_detach
 from xenpciback_cli.errors import InputError
-from xenpciback_cli.host.sandbox import create_sandbox
+from xenpciback_cli.sandbox.host import create_sandbox
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.quirk import Quirk, parse_pciback_quirk, parse_quirk
 

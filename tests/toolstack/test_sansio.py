@@ -7,7 +7,8 @@ import pytest
 
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack import libxl_layout as L
-from xenpciback_cli.toolstack.peers import SimBackend, SimFrontend, Snapshot
+from xenpciback_cli.backend.xenbus import Snapshot, XenbusBackend
+from xenpciback_cli.sandbox.peers import SimFrontend
 from xenpciback_cli.toolstack.plan import MemoryTree
 from xenpciback_cli.toolstack.xenbus import XenbusState as S
 from xenpciback_cli.toolstack.xenbus import describe_stall, parse_state
@@ -39,7 +40,7 @@ def attach(tree: MemoryTree, *bdfs: Bdf, vslot: int | None = None, hotplug: bool
     return plan
 
 
-def settle(tree: MemoryTree, *peers: SimBackend | SimFrontend) -> None:
+def settle(tree: MemoryTree, *peers: XenbusBackend | SimFrontend) -> None:
     for _ in range(100):
         moved = False
         for peer in peers:
@@ -113,7 +114,7 @@ def test_conflicts_already_attached_and_vslot_taken():
 def test_cold_plug_handshake_with_both_peers():
     tree = fresh_tree()
     attach(tree, NIC)
-    backend, frontend = SimBackend(DOMID), SimFrontend(DOMID)
+    backend, frontend = XenbusBackend(DOMID), SimFrontend(DOMID)
     settle(tree, backend, frontend)
     assert tree.read(f"{BE}/state") == b"4" and tree.read(f"{FE}/state") == b"4"
     assert tree.read(f"{BE}/vdev-0") == b"0000:00:00.00"
@@ -126,7 +127,7 @@ def test_cold_plug_handshake_with_both_peers():
 def test_hotplug_round_and_unplug_with_renumbering():
     tree = fresh_tree()
     attach(tree, NIC)
-    backend, frontend = SimBackend(DOMID), SimFrontend(DOMID)
+    backend, frontend = XenbusBackend(DOMID), SimFrontend(DOMID)
     settle(tree, backend, frontend)
     plan = attach(tree, GPU, hotplug=True)
     assert plan.hotplug and tree.read(f"{BE}/state") == b"7"
@@ -162,7 +163,7 @@ def test_removing_the_last_device_destroys_both_directories_and_empty_parents():
 def test_attach_rollback_restores_the_tree():
     tree = fresh_tree()
     attach(tree, NIC)
-    backend, frontend = SimBackend(DOMID), SimFrontend(DOMID)
+    backend, frontend = XenbusBackend(DOMID), SimFrontend(DOMID)
     settle(tree, backend, frontend)
     before = tree.dump("/")
     plan = attach(tree, GPU, hotplug=True)
@@ -175,7 +176,7 @@ def test_attach_rollback_restores_the_tree():
 def test_backend_refuses_a_frontend_with_the_wrong_magic():
     tree = fresh_tree()
     attach(tree, NIC)
-    backend = SimBackend(DOMID)
+    backend = XenbusBackend(DOMID)
     tree.apply([L.Write(f"{FE}/pci-op-ref", "8"), L.Write(f"{FE}/event-channel", "9"),
                 L.Write(f"{FE}/magic", "6"), L.Write(f"{FE}/state", "3")])
     settle(tree, backend)

@@ -43,9 +43,9 @@ def command(app: Application, spec: str | None, domid: int, vslot: str | None,
     from xenpciback_cli.errors import InputError
     from xenpciback_cli.pci.quirk import parse_quirk
     from xenpciback_cli.pci.spec import parse_pci_spec
-    from xenpciback_cli.toolstack.attach import AttachSpec, attach
+    from xenpciback_cli.engine.attach import AttachSpec, attach
     from xenpciback_cli.toolstack.libxl_layout import PciOptions
-    from xenpciback_cli.toolstack.session import host_of, open_xenstore, seizer_of
+    from xenpciback_cli.engine.session import host_of, seizer_of
 
     if spec and name:
         raise InputError("give either a device (SPEC) or --name, not both")
@@ -77,7 +77,7 @@ def command(app: Application, spec: str | None, domid: int, vslot: str | None,
                          pick(seize, "seize"), tuple(parse_quirk(q) for q in quirks))
     host = host_of(app)
     term = terminal_for(app)
-    with open_xenstore(app, socket_path) as client:
+    with app.open_xenstore(socket_path) as client:
         result = attach(client, request, host=host, seize_fn=seizer_of(app, host) if host else None,
                         timeout=timeout, wait=not no_wait, state_dir=str(app.state_dir))
     if app.settings.json:

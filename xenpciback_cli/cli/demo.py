@@ -31,7 +31,7 @@ def command(app: Application, sandbox_dir: str | None) -> None:
     from xenpciback_cli.cli import cli
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.errors import SafetyRefusal, XenPcibackError
-    from xenpciback_cli.host.sandbox import create_sandbox
+    from xenpciback_cli.sandbox.host import create_sandbox
 
     terminal = terminal_for(app)
     temporary = sandbox_dir is None
@@ -70,7 +70,7 @@ def command(app: Application, sandbox_dir: str | None) -> None:
 def _stop_daemons(directory: str) -> None:
     """The sandbox's xenstored (and the simulated guest peers that hang on it) must not outlive
     a temporary demo."""
-    from xenpciback_cli.xenstore.sandbox import SandboxDaemonError, stop
+    from xenpciback_cli.sandbox.xenstored import SandboxDaemonError, stop
 
     try:
         stop(directory)

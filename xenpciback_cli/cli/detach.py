@@ -31,12 +31,12 @@ def command(app: Application, bdf: str, domid: int, force: bool, timeout: float,
     """
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.pci.address import Bdf
-    from xenpciback_cli.toolstack.detach import detach
-    from xenpciback_cli.toolstack.session import host_of, open_xenstore
+    from xenpciback_cli.engine.detach import detach
+    from xenpciback_cli.engine.session import host_of
 
     address = Bdf.parse(bdf)
     term = terminal_for(app)
-    with open_xenstore(app, socket_path) as client:
+    with app.open_xenstore(socket_path) as client:
         result = detach(client, address, domid, host=host_of(app), force=force, timeout=timeout,
                         reset=not no_reset, state_dir=str(app.state_dir))
     if app.settings.json:

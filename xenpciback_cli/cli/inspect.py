@@ -34,7 +34,7 @@ def command(app: Application, bdfs: tuple[str, ...], dump_file: str | None, bina
     from xenpciback_cli.cli.inspect_view import render
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.config.report import build_report, parse_guest_write
-    from xenpciback_cli.config.sources import collect_sources
+    from xenpciback_cli.engine.inspect_sources import collect_sources
 
     guest_writes = [parse_guest_write(text) for text in writes]
     sources = collect_sources(app, bdfs, dump_file=dump_file, binary_file=binary_file)

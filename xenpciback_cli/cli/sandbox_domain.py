@@ -35,12 +35,11 @@ def _sandbox(app: Application) -> Path:
 def create(app: Application, domid: int, name: str | None, guest: bool) -> None:
     """Make domain DOMID exist as xl would (nodes, permissions, @introduceDomain)."""
     from xenpciback_cli.cli.terminal import terminal_for
-    from xenpciback_cli.toolstack import simguest
-    from xenpciback_cli.toolstack.domains import create_domain
-    from xenpciback_cli.toolstack.session import open_xenstore
+    from xenpciback_cli.sandbox import guest as simguest
+    from xenpciback_cli.sandbox.domains import create_domain
 
     sandbox = _sandbox(app)
-    with open_xenstore(app) as client:
+    with app.open_xenstore() as client:
         result = create_domain(client, domid, name)
         socket = client.path
     pid = simguest.start(sandbox, socket, domid) if guest else None
@@ -58,13 +57,13 @@ def create(app: Application, domid: int, name: str | None, guest: bool) -> None:
 def destroy(app: Application, domid: int) -> None:
     """Destroy domain DOMID: release its devices as libxl would, @releaseDomain."""
     from xenpciback_cli.cli.terminal import terminal_for
-    from xenpciback_cli.toolstack import simguest
-    from xenpciback_cli.toolstack.domains import destroy_domain
-    from xenpciback_cli.toolstack.session import host_of, open_xenstore
+    from xenpciback_cli.sandbox import guest as simguest
+    from xenpciback_cli.sandbox.domains import destroy_domain
+    from xenpciback_cli.engine.session import host_of
 
     sandbox = _sandbox(app)
     simguest.stop(sandbox, domid)
-    with open_xenstore(app) as client:
+    with app.open_xenstore() as client:
         result = destroy_domain(client, domid, host=host_of(app))
     term = terminal_for(app)
     if app.settings.json:

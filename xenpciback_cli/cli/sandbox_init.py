@@ -21,7 +21,7 @@ def command(app: Application, directory: str, force: bool) -> None:
     'xen-pciback --sandbox DIR list' (or set XEN_PCIBACK_SANDBOX=DIR).
     """
     from xenpciback_cli.cli.terminal import terminal_for
-    from xenpciback_cli.host.sandbox import create_sandbox
+    from xenpciback_cli.sandbox.host import create_sandbox
 
     host = create_sandbox(directory, force=force)
     terminal = terminal_for(app)

@@ -17,7 +17,7 @@ def command(app: Application) -> None:
     reloaded next start; each domain's simulated guest is restarted by the next command)."""
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.errors import InputError
-    from xenpciback_cli.host.sandbox import stop_background
+    from xenpciback_cli.sandbox.host import stop_background
 
     sandbox = app.sandbox_dir
     if sandbox is None:

@@ -22,11 +22,10 @@ def command(app: Application, domid: int, socket_path: str | None, wait_seconds:
     """Show each device's state-N and vdev-N, both ends' states by name, and errors."""
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.toolstack.handshake import both_connected, wait_for
-    from xenpciback_cli.toolstack.session import open_xenstore
     from xenpciback_cli.toolstack.status import domain_status
 
     term = terminal_for(app)
-    with open_xenstore(app, socket_path) as client:
+    with app.open_xenstore(socket_path) as client:
         if wait_seconds is not None:
             wait_for(client, domid, both_connected, timeout=wait_seconds,
                      what=f"waiting for domain {domid}'s backend and guest to connect")

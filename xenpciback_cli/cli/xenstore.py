@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
     from xenpciback_cli.cli.terminal import Terminal
     from xenpciback_cli.xenstore.client import Transaction, XenstoreClient
 
@@ -31,10 +32,8 @@ def group(ctx: click.Context, socket_path: str | None) -> None:
 
 
 def _client(ctx: click.Context, socket_path: str | None) -> XenstoreClient:
-    from xenpciback_cli.xenstore.tools import open_client
-
-    app = ctx.obj
-    return open_client(socket_path or ctx.meta.get("xenstore_socket"), app.sandbox_dir)
+    app: Application = ctx.obj
+    return app.connect_xenstore(socket_path or ctx.meta.get("xenstore_socket"))
 
 
 def _term(ctx: click.Context) -> Terminal:

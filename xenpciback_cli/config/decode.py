@@ -26,7 +26,7 @@ from xenpciback_cli.config.registers import (
     HeaderType,
     Reg,
 )
-from xenpciback_cli.host.model import Resource
+from xenpciback_cli.pci.device import Resource
 
 #: Number of BAR slots per header type.
 BAR_COUNT: dict[int, int] = {HeaderType.NORMAL: 6, HeaderType.BRIDGE: 2, HeaderType.CARDBUS: 0}

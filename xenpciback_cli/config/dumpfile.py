@@ -8,13 +8,13 @@ data ends at the highest byte present, and holes inside read as 0xFF (as on a bu
 
 The file is untrusted input from a person: anything that is not a device line or a well-formed hex
 line is ignored; bad values raise :class:`~xenpciback_cli.errors.InputError` with the line number.
+Sans-IO: text and bytes in; reading the file is the caller's (``engine/inspect_sources.py``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from xenpciback_cli.errors import InputError
 from xenpciback_cli.pci.address import Bdf
@@ -83,28 +83,20 @@ def parse_dump(text: str, *, source: str = "dump") -> list[DumpedDevice]:
     return devices
 
 
-def read_dump_file(path: str | Path) -> list[DumpedDevice]:
-    """Parse a dump file; a missing or unreadable file is the person's error (exit 2)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise InputError(f"cannot read dump file {str(path)!r}: {exc.strerror or exc}") from None
-    devices = parse_dump(text, source=str(path))
+def devices_in_dump(text: str, *, source: str) -> list[DumpedDevice]:
+    """The devices of a dump file's text; a dump without any is the person's error (exit 2)."""
+    devices = parse_dump(text, source=source)
     if not devices:
-        raise InputError(f"no device with a hex dump found in {str(path)!r} "
+        raise InputError(f"no device with a hex dump found in {source!r} "
                          "(expected 'lspci -x', '-xxx' or '-xxxx' output)")
     return devices
 
 
-def read_binary_file(path: str | Path) -> bytes:
-    """A raw config-space image (sysfs ``config`` copied to a file): 64 to 4096 bytes."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read binary file {str(path)!r}: {exc.strerror or exc}") from None
+def config_image(data: bytes, *, source: str) -> bytes:
+    """A raw config-space image (sysfs ``config`` copied to a file), checked: 64 to 4096 bytes."""
     if len(data) < 0x40:
-        raise InputError(f"{str(path)!r} holds {len(data)} bytes: a config space image has at "
+        raise InputError(f"{source!r} holds {len(data)} bytes: a config space image has at "
                          "least 64")
     if len(data) > MAX_CONFIG:
-        raise InputError(f"{str(path)!r} holds {len(data)} bytes: config space is at most 4096")
+        raise InputError(f"{source!r} holds {len(data)} bytes: config space is at most 4096")
     return data

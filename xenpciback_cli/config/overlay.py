@@ -71,7 +71,7 @@ from xenpciback_cli.config.registers import (
     Reg,
     XenPciErr,
 )
-from xenpciback_cli.host.model import PciDevice, Resource
+from xenpciback_cli.pci.device import PciDevice, Resource
 from xenpciback_cli.pci.quirk import Quirk
 
 #: A read-table entry: hardware mask, virtual bits, and the reply when no hardware is read.

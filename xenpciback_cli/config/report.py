@@ -17,7 +17,7 @@ from xenpciback_cli.config.fields import MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy
 from xenpciback_cli.config.registers import CONFIG_SIZE, EXT_CONFIG_SIZE
 from xenpciback_cli.errors import InputError
-from xenpciback_cli.host.model import Resource
+from xenpciback_cli.pci.device import Resource
 
 
 @dataclass

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from xenpciback_cli.errors import DeviceNotFound, InputError
-from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, Host, PciDevice
+from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, Host
+from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 
 #: ``--class`` names -> (class value, number of significant hex digits from the top).

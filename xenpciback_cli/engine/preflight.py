@@ -19,7 +19,8 @@ from enum import StrEnum
 
 from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity_of
 from xenpciback_cli.engine.records import SeizeRecord
-from xenpciback_cli.host.model import STUB_DRIVERS, Host, PciDevice
+from xenpciback_cli.host.model import STUB_DRIVERS, Host
+from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli import errors
 

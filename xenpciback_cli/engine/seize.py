@@ -37,8 +37,8 @@ from xenpciback_cli.engine.preflight import Preflight, check_hide
 from xenpciback_cli.engine import persist as persisted
 from xenpciback_cli.engine.backend_settings import load_settings, record_release
 from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_record, load_records, put_record
-from xenpciback_cli.host.model import (PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, PciDevice,
-                                       WriteHook, driver_name)
+from xenpciback_cli.host.model import PCIBACK_DRIVER, STUB_DRIVERS, AttributeWrite, Host, WriteHook, driver_name
+from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.spec import BdfPattern
 from xenpciback_cli.untrusted import decimal

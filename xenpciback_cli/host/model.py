@@ -5,7 +5,7 @@ Two adapters implement it:
 * ``host.sysfs.SysfsHost`` - real sysfs under a configurable root (default ``/sys``) and procfs
   under a configurable root (default ``/proc``). Plain file reads work on any tree, so tests point
   it at temporary directories; pyudev is used for enumeration and names only on the real ``/sys``.
-* ``host.sandbox`` - a simulated host kept in a directory. Its tree has the same shape as real
+* ``sandbox.host.SandboxHost`` - a simulated host kept in a directory. Its tree has the same shape as real
   sysfs/procfs (so the same reader serves it, and even ``lspci -A linux-sysfs`` can read it); its
   writes go to a simulated kernel that applies the real kernel's semantics (unbind, bind,
   driver_override, drivers_probe, pciback slots, reset).
@@ -18,12 +18,14 @@ tests (fail after the Nth write) and the journal possible without special cases.
 from __future__ import annotations
 
 import abc
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from xenpciback_cli import errors
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.device import PciDevice
 
 #: The Linux PCI driver name of the kernel backend (module xen-pciback registers driver "pciback").
 PCIBACK_DRIVER = "pciback"
@@ -47,71 +49,6 @@ def attribute_path(path: str) -> str:
     if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in path:
         raise errors.InputError(f"refusing to write {path!r}: not a plain sysfs attribute path")
     return path
-
-
-@dataclass(frozen=True)
-class Resource:
-    """One line of sysfs ``resource``: a BAR, the ROM, or a bridge window."""
-
-    index: int
-    start: int
-    end: int
-    flags: int
-
-    @property
-    def size(self) -> int:
-        return 0 if self.end <= self.start and self.start == 0 else self.end - self.start + 1
-
-    @property
-    def is_io(self) -> bool:
-        return bool(self.flags & 0x100)  # IORESOURCE_IO
-
-    @property
-    def is_mem(self) -> bool:
-        return bool(self.flags & 0x200)  # IORESOURCE_MEM
-
-    @property
-    def is_64bit(self) -> bool:
-        return bool(self.flags & 0x100000)  # IORESOURCE_MEM_64
-
-    @property
-    def is_prefetchable(self) -> bool:
-        return bool(self.flags & 0x2000)  # IORESOURCE_PREFETCH
-
-
-@dataclass(frozen=True)
-class PciDevice:
-    """What the host knows about one PCI function, as sysfs spells it."""
-
-    bdf: Bdf
-    vendor_id: int
-    device_id: int
-    class_code: int  # 24 bits: base class, subclass, prog-if
-    revision: int
-    subsystem_vendor_id: int | None = None
-    subsystem_device_id: int | None = None
-    header_type: int = 0  # low 7 bits of config byte 0x0e
-    multifunction: bool = False
-    driver: str | None = None
-    driver_override: str | None = None
-    iommu_group: int | None = None
-    numa_node: int | None = None
-    irq: int | None = None
-    boot_vga: bool | None = None
-    physfn: Bdf | None = None  # set on an SR-IOV virtual function
-    virtfns: tuple[Bdf, ...] = ()  # live VFs of an SR-IOV physical function
-    sriov_numvfs: int | None = None
-    sriov_totalvfs: int | None = None
-    resources: tuple[Resource, ...] = ()
-    reset_methods: tuple[str, ...] = ()  # sysfs reset_method, e.g. ("flr", "bus")
-    vendor_name: str | None = None
-    device_name: str | None = None
-    class_name: str | None = None
-    sysfs_path: str | None = None  # resolved path of the device directory
-
-    @property
-    def is_bridge(self) -> bool:
-        return self.header_type == 1 or (self.class_code >> 16) == 0x06
 
 
 @dataclass(frozen=True)
@@ -195,6 +132,12 @@ class Host(abc.ABC):
     @abc.abstractmethod
     def pciback_slots(self) -> Sequence[str]:
         """Lines of ``bus/pci/drivers/pciback/slots`` (empty if pciback is not loaded)."""
+
+    def has_reset_attribute(self, device: PciDevice) -> bool:
+        """Whether the kernel offers sysfs ``reset`` for this device (kernels before 5.15 have it
+        without ``reset_method`` to say which method it uses)."""
+        path = device.sysfs_path
+        return path is not None and path != "" and os.path.exists(os.path.join(path, "reset"))
 
     @abc.abstractmethod
     def usage(self, bdf: Bdf) -> HostUsage:

@@ -16,7 +16,8 @@ import re
 from collections.abc import Sequence
 
 from xenpciback_cli import errors
-from xenpciback_cli.host.model import AttributeWrite, Host, HostUsage, PciDevice, Resource
+from xenpciback_cli.host.model import AttributeWrite, Host, HostUsage
+from xenpciback_cli.pci.device import PciDevice, Resource
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.untrusted import decimal
 

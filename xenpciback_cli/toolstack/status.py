@@ -14,7 +14,6 @@ from typing import Any
 from xenpciback_cli.errors import InputError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack import libxl_layout as L
-from xenpciback_cli.toolstack.domains import libxl_holders
 from xenpciback_cli.toolstack.handshake import frontend_state
 from xenpciback_cli.toolstack.xenbus import XenbusState, next_move, parse_state
 from xenpciback_cli.toolstack.xsexec import list_or_empty, read_backend, read_or_none
@@ -91,6 +90,18 @@ def domain_status(client: Any, domid: int) -> DomainStatus:
         backend_error=read_or_none(client, f"/local/domain/0/error/backend/pci/{domid}/0/error"),
         frontend_error=read_or_none(client, f"{home}/error/device/pci/0/error"),
         aer_state=view.values.get("aerState"))
+
+
+def libxl_holders(client: Any) -> dict[Bdf, int]:
+    """``/libxl/pci/*/domid``: which guest holds which function, per libxl's bookkeeping."""
+    out: dict[Bdf, int] = {}
+    for key in list_or_empty(client, L.LIBXL_PCI_ROOT):
+        bdf = L.parse_libxl_key(key)
+        text = read_or_none(client, f"{L.LIBXL_PCI_ROOT}/{key}/domid")
+        domid = decimal(text.strip()) if text is not None else None
+        if bdf is not None and domid is not None:
+            out[bdf] = domid
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,11 @@
-"""What the ``xen-pciback xenstore`` commands do, without click: connect, walk, render values."""
+"""What the ``xen-pciback xenstore`` commands do, without click: walk the tree, render values."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from xenpciback_cli.xenstore.client import Perm, XenstoreClient, XenstoreError, connect
-
-
-def open_client(socket: str | None, sandbox: str | os.PathLike[str] | None, *,
-                timeout: float = 10.0) -> XenstoreClient:
-    """--socket wins; else the sandbox's daemon (started if needed); else discovery."""
-    if socket:
-        return connect(socket, timeout=timeout)
-    if sandbox is not None:
-        from xenpciback_cli.errors import OperationFailed
-        from xenpciback_cli.xenstore.sandbox import SandboxDaemonError, ensure_running
-
-        try:
-            return connect(ensure_running(sandbox), timeout=timeout)
-        except SandboxDaemonError as exc:
-            raise OperationFailed(str(exc)) from None
-    return connect(timeout=timeout)
+from xenpciback_cli.xenstore.client import Perm, XenstoreClient, XenstoreError
 
 
 def escape(value: bytes) -> str:

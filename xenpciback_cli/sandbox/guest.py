@@ -1,6 +1,6 @@
 """A simulated guest's PV PCI peers for the sandbox, as a background process.
 
-``python -m xenpciback_cli.toolstack.simguest --socket S/xenstore/socket --domid N`` runs the
+``python -m xenpciback_cli.sandbox.guest --socket S/xenstore/socket --domid N`` runs the
 simulated kernel pciback (as dom0, on the main socket) and pcifront (as domain N, on the
 per-domain socket ``<socket>.d/N``) until it is signalled or the daemon goes away. ``sandbox
 domain create`` starts one per domain (pid in ``S/domains/N.pid``), ``destroy`` stops it.
@@ -11,20 +11,21 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xenpciback_cli.toolstack.peer_runner import PeerRunner
-from xenpciback_cli.toolstack.peers import SimBackend, SimFrontend
+from xenpciback_cli.sandbox import processes
+from xenpciback_cli.sandbox.peer_runner import PeerRunner
+from xenpciback_cli.backend.xenbus import XenbusBackend
+from xenpciback_cli.sandbox.peers import SimFrontend
 
 if TYPE_CHECKING:
     from xenpciback_cli.xenstore.client import XenstoreClient
 
-MODULE = "xenpciback_cli.toolstack.simguest"
+MODULE = "xenpciback_cli.sandbox.guest"
 
 
 def serve(socket: str, domid: int, stop: threading.Event) -> None:
@@ -36,7 +37,7 @@ def serve(socket: str, domid: int, stop: threading.Event) -> None:
         time.sleep(0.05)
     if not os.path.exists(guest_socket):
         guest_socket = socket  # a daemon without per-domain sockets: act as dom0
-    backend = PeerRunner(XenstoreClient.open_socket(socket, timeout=None), SimBackend(domid))
+    backend = PeerRunner(XenstoreClient.open_socket(socket, timeout=None), XenbusBackend(domid))
     frontend = PeerRunner(XenstoreClient.open_socket(guest_socket, timeout=None),
                           SimFrontend(domid))
     def run(runner: PeerRunner) -> None:
@@ -75,12 +76,8 @@ def pid_file(sandbox: Path, domid: int) -> Path:
     return sandbox / "domains" / f"{domid}.pid"
 
 
-def _ours(pid: int, domid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return MODULE.encode() in cmdline and str(domid).encode() in cmdline
+def _marks(domid: int) -> tuple[bytes, ...]:
+    return (MODULE.encode(), str(domid).encode())
 
 
 def start(sandbox: Path, socket: str, domid: int) -> int:
@@ -89,46 +86,27 @@ def start(sandbox: Path, socket: str, domid: int) -> int:
     stop(sandbox, domid)
     pidf = pid_file(sandbox, domid)
     pidf.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    log = open(pidf.with_suffix(".log"), "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([sys.executable, "-m", MODULE, "--socket", socket, "--domid", str(domid)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                            start_new_session=True, close_fds=True)
-    log.close()
-    pidf.write_text(f"{proc.pid}\n")
+    proc = processes.spawn([MODULE, "--socket", socket, "--domid", str(domid)],
+                           log=pidf.with_suffix(".log"), pid_file=pidf)
     return proc.pid
 
 
 def stop(sandbox: Path, domid: int, timeout: float = 5.0) -> int | None:
     """Stop the peers of ``domid`` if they run; returns the pid stopped."""
     pidf = pid_file(sandbox, domid)
-    try:
-        pid = int(pidf.read_text().strip())
-    except (OSError, ValueError):
+    pid = processes.read_pid(pidf)
+    if pid is None:
         return None
     pidf.unlink(missing_ok=True)
-    if not _ours(pid, domid):
+    if not processes.is_ours(pid, _marks(domid)):
         return None
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _ours(pid, domid):
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                break
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
+    processes.stop([pid], _marks(domid), timeout=timeout)
     return pid
 
 
 def is_running(sandbox: Path, domid: int) -> bool:
-    try:
-        pid = int(pid_file(sandbox, domid).read_text().strip())
-    except (OSError, ValueError):
-        return False
-    return _ours(pid, domid)
+    pid = processes.read_pid(pid_file(sandbox, domid))
+    return pid is not None and processes.is_ours(pid, _marks(domid))
 
 
 def wanted(sandbox: Path) -> list[int]:
@@ -159,45 +137,17 @@ def revive(sandbox: Path, socket: str, client: XenstoreClient) -> list[int]:
 def running_processes(sandbox: Path) -> list[int]:
     """Every simulated-guest process serving this sandbox, found by its command line (so one
     whose pid file is gone is found too)."""
-    from xenpciback_cli.xenstore.sandbox import socket_path
+    from xenpciback_cli.sandbox.xenstored import socket_path
 
-    sock = socket_path(sandbox).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if MODULE.encode() in cmdline and sock in cmdline:
-            found.append(int(entry.name))
-    return found
+    return processes.find((MODULE.encode(), socket_path(sandbox).encode()))
 
 
 def stop_all(sandbox: Path, *, forget: bool, timeout: float = 5.0) -> list[int]:
-    """Stop every simulated guest of the sandbox; ``forget`` also drops their pid files (the
-    sandbox is being replaced), else they stay so that the next use restarts them."""
+    """Stop every simulated guest of the sandbox (SIGKILL those that do not stop in time);
+    ``forget`` also drops their pid files (the sandbox is being replaced), else they stay so that
+    the next use restarts them."""
     pids = running_processes(sandbox)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while time.monotonic() < deadline and Path(f"/proc/{pid}/cmdline").exists():
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    break
-            except ChildProcessError:
-                pass
-            time.sleep(0.02)
-        if Path(f"/proc/{pid}/cmdline").exists():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    processes.stop(pids, (MODULE.encode(),), timeout=timeout, kill=True)
     if forget:
         for path in (Path(sandbox) / "domains").glob("*.pid"):
             path.unlink(missing_ok=True)

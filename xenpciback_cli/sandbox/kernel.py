@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from xenpciback_cli.errors import InputError
-from xenpciback_cli.host.sandbox import configspace
-from xenpciback_cli.host.sandbox.tree import LOCK_FILE, READ_ONLY, Tree, symlink
+from xenpciback_cli.sandbox import configspace
+from xenpciback_cli.sandbox.tree import LOCK_FILE, READ_ONLY, Tree, symlink
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.spec import BdfPattern
 

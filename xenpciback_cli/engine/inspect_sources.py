@@ -1,15 +1,35 @@
 """Where ``inspect`` gets config bytes from: the host model (real sysfs or sandbox), an lspci dump,
-or a raw image. Errors a person can cause become InputError / DeviceNotFound here."""
+or a raw image. Errors a person can cause become InputError / DeviceNotFound here. The files are
+read here; what their bytes mean is decided by ``config/dumpfile.py``, which does no I/O."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from xenpciback_cli.config.dumpfile import read_binary_file, read_dump_file
+from xenpciback_cli.config.dumpfile import DumpedDevice, config_image, devices_in_dump
 from xenpciback_cli.config.report import DeviceSource
 from xenpciback_cli.errors import DeviceNotFound, InputError, XenPcibackError, from_oserror
 from xenpciback_cli.pci.address import Bdf
+
+
+def read_dump_file(path: str | Path) -> list[DumpedDevice]:
+    """Parse a dump file; a missing or unreadable file is the person's error (exit 2)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise InputError(f"cannot read dump file {str(path)!r}: {exc.strerror or exc}") from None
+    return devices_in_dump(text, source=str(path))
+
+
+def read_binary_file(path: str | Path) -> bytes:
+    """A raw config-space image (sysfs ``config`` copied to a file): 64 to 4096 bytes."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read binary file {str(path)!r}: {exc.strerror or exc}") from None
+    return config_image(data, source=str(path))
 
 
 def collect_sources(app: Any, bdfs: Sequence[str], *, dump_file: str | None = None,

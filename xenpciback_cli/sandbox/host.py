@@ -41,9 +41,9 @@ from typing import Any, TypedDict
 
 from xenpciback_cli import errors
 from xenpciback_cli.host.model import AttributeWrite
-from xenpciback_cli.host.sandbox import configspace, topology
-from xenpciback_cli.host.sandbox.kernel import SimulatedKernel
-from xenpciback_cli.host.sandbox.tree import FORMAT, STATE_FILE, Tree, write_text
+from xenpciback_cli.sandbox import configspace, topology
+from xenpciback_cli.sandbox.kernel import SimulatedKernel
+from xenpciback_cli.sandbox.tree import FORMAT, STATE_FILE, Tree, write_text
 from xenpciback_cli.host.sysfs import _WRITE_BDF, SysfsHost
 
 __all__ = ["SandboxHost", "create_sandbox", "is_sandbox", "open_sandbox"]
@@ -130,8 +130,8 @@ def stop_background(root: Path, *, forget: bool) -> StoppedBackground:
     """Stop what runs for the sandbox in the background: the simulated guests first (they talk
     to it), then its xenstored (which saves its tree). ``forget``: the guests are not to come
     back (the sandbox is being replaced); else the next command restarts them."""
-    from xenpciback_cli.toolstack import simguest
-    from xenpciback_cli.xenstore import sandbox as xs_sandbox
+    from xenpciback_cli.sandbox import guest as simguest
+    from xenpciback_cli.sandbox import xenstored as xs_sandbox
 
     guests = simguest.stop_all(root, forget=forget)
     try:
@@ -144,7 +144,7 @@ def stop_background(root: Path, *, forget: bool) -> StoppedBackground:
 def _captures() -> tuple[dict[str, Any], Any]:
     from importlib import resources  # only when building: it costs ~10 ms to import
 
-    folder = resources.files(__name__).joinpath("captures")
+    folder = resources.files(__package__).joinpath("captures")
     return json.loads(folder.joinpath("index.json").read_text()), folder
 
 

@@ -1,22 +1,19 @@
-"""Simulated PV PCI peers: Linux pciback's xenbus side and pcifront, as sans-IO state machines.
+"""pciback's xenbus side: the backend's state machine for one guest, sans-IO.
 
-In the sandbox nobody plays the kernel backend or the guest's pcifront, yet attach and detach
-are only right if the handshake they start finishes with real peers. These two classes are those
-peers, written from ``pciback.md`` §2.5-§2.7 (what ``xenbus.c`` and ``xen-pcifront.c`` do):
+This is the xenbus logic of the backend (what Linux's ``drivers/xen/xen-pciback/xenbus.c`` does
+in vpci mode): fed a :class:`Snapshot` of the backend and frontend directories as read, it answers
+with the xenstore operations to write, and does nothing else. The sandbox's simulated kernel
+pciback runs it (``sandbox/guest.py``); ``serve`` will run the same core against the real xenstore.
 
-* :class:`SimBackend` - probe (Initialising -> InitWait), setup (export every ``dev-i``, write
-  ``vdev-i``/``state-i=3``, publish root ``0000:00``, -> Initialised), attach when the frontend
-  is Initialised and its ``magic`` is ``7`` (-> Connected), the Reconfiguring round (export
-  ``state-i=1``, release ``state-i=5``, -> Reconfigured, -> Connected when the frontend is),
-  and the Initialised-mode pick-up of devices added before the guest connected.
-* :class:`SimFrontend` - publish ``pci-op-ref``/``event-channel``/``magic`` (-> Initialised),
-  scan roots when the backend is Connected (-> Connected), drop ``state-K=5`` devices when the
-  backend is Reconfiguring (-> Reconfiguring), rescan when it is Reconfigured (-> Connected).
-
-Each is fed a :class:`Snapshot` (both directories as read) and returns the operations to write,
-nothing else. Like the kernel, each reacts to *changes* of the other end's state (a watch on the
-other end fires on writes, not on levels), and to its own directory being written. Values are
-parsed defensively: both peers face a party that may write junk.
+Rules (Linux pciback xenbus.c; Xen's ``io/pciif.h`` for the magic):
+  1. React to *changes* of the frontend's state (a watch fires on writes, not on levels), and to
+     writes in our own directory (the toolstack adding ``dev-i`` or opening a round).
+  2. Values are untrusted - the guest writes the frontend directory: parse, never raise; a value
+     that cannot be used is ``xenbus_dev_fatal`` (an ``error`` node, then Closing).
+  3. Devices of one host slot share one virtual slot and keep their function number; otherwise
+     the first free virtual slot (``__xen_pcibk_add_pci_dev``).
+  4. The transitions are :data:`TRANSITIONS`, one row per move, in the order :meth:`step` tries
+     them; docs/architecture.md draws its diagram from that table.
 """
 
 from __future__ import annotations
@@ -26,11 +23,10 @@ from dataclasses import dataclass, field
 
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack.libxl_layout import (
-    DeviceEntry,
     BackendView,
+    DeviceEntry,
     backend_path,
     format_vdev,
-    frontend_path,
     parse_dev,
 )
 from xenpciback_cli.toolstack.plan import Op, Write
@@ -41,6 +37,22 @@ S = XenbusState
 XEN_PCI_MAGIC = "7"
 #: The root bus pciback's vpci mode publishes (one virtual bus per guest).
 VPCI_ROOT = "0000:00"
+
+
+#: (own state, what it waits for, what it does, own state after). ``None`` after: unchanged.
+TRANSITIONS: tuple[tuple[XenbusState, str, str, XenbusState | None], ...] = (
+    (S.INITIALISING, "its directory exists", "probe", S.INIT_WAIT),
+    (S.INIT_WAIT, "the toolstack's dev-i", "export every dev-i (vdev-i, state-i=3), publish root",
+     S.INITIALISED),
+    (S.INITIALISED, "a new dev-i (state-i=1)", "export it (pick-up before the guest connects)", None),
+    (S.INITIALISED, "frontend Initialised, magic 7", "map the ring, bind the event channel",
+     S.CONNECTED),
+    (S.RECONFIGURING, "frontend Reconfiguring", "export state-i=1, release state-i=5",
+     S.RECONFIGURED),
+    (S.RECONFIGURED, "frontend Connected", "the round is over", S.CONNECTED),
+    (S.CONNECTED, "frontend Closing", "close", S.CLOSING),
+    (S.CONNECTED, "frontend Closed", "close", S.CLOSED),
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,7 @@ def _unsigned(text: str | None) -> bool:
 
 
 @dataclass
-class SimBackend:
+class XenbusBackend:
     """pciback (vpci mode) serving one guest; keeps the guest's virtual bus in ``slots``."""
 
     domid: int
@@ -219,60 +231,3 @@ class SimBackend:
         if fe["magic"] != XEN_PCI_MAGIC:
             return self._fatal(14, f"version mismatch ({fe['magic']!r}/{XEN_PCI_MAGIC})")
         return [self._set_state(S.CONNECTED)]
-
-
-@dataclass
-class SimFrontend:
-    """pcifront in guest ``domid``; ``devices`` is what the guest's PCI core currently sees."""
-
-    domid: int
-    devices: set[Bdf] = field(default_factory=set)
-    last_backend: XenbusState | None = None
-    grant_ref: int = 8
-    port: int = 8
-
-    @property
-    def path(self) -> str:
-        return frontend_path(self.domid)
-
-    def _set_state(self, state: XenbusState) -> Write:
-        return Write(f"{self.path}/state", str(int(state)))
-
-    def _scan(self, snap: Snapshot) -> None:
-        """Rescan the root buses: the guest finds every exported function (state-i = 3)."""
-        view = BackendView(self.domid, snap.backend)
-        self.devices = {e.vdev for e in view.entries
-                        if e.state == S.INITIALISED and e.vdev is not None}
-
-    def step(self, snap: Snapshot) -> list[Op]:
-        if not snap.frontend:
-            self.devices.clear()
-            self.last_backend = None
-            return []
-        own = snap.frontend_state
-        be = snap.backend_state
-        be_changed = be != self.last_backend
-        self.last_backend = be
-        if own == S.INITIALISING and "magic" not in snap.frontend:  # probe: publish, then 3
-            return [Write(f"{self.path}/pci-op-ref", str(self.grant_ref)),
-                    Write(f"{self.path}/event-channel", str(self.port)),
-                    Write(f"{self.path}/magic", XEN_PCI_MAGIC),
-                    self._set_state(S.INITIALISED)]
-        if not be_changed and not (own == S.INITIALISED and be == S.CONNECTED):
-            return []
-        if be == S.CONNECTED and own == S.INITIALISED:
-            self._scan(snap)
-            return [self._set_state(S.CONNECTED)]
-        if be == S.RECONFIGURING and own in (S.CONNECTED, S.INITIALISED):
-            view = BackendView(self.domid, snap.backend)
-            for entry in view.entries:
-                if entry.state == S.CLOSING and entry.vdev is not None:
-                    self.devices.discard(entry.vdev)
-            return [self._set_state(S.RECONFIGURING)]
-        if be == S.RECONFIGURED and own == S.RECONFIGURING:
-            self._scan(snap)
-            return [self._set_state(S.CONNECTED)]
-        if be in (S.CLOSING, S.CLOSED) and own not in (S.CLOSING, S.CLOSED):
-            self.devices.clear()
-            return [self._set_state(S.CLOSED)]
-        return []

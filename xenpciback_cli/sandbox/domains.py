@@ -18,11 +18,11 @@ from typing import Any
 
 from xenpciback_cli.errors import InputError, SafetyRefusal
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.engine.detach import ResetOutcome, reset_device
 from xenpciback_cli.toolstack import libxl_layout as L
-from xenpciback_cli.toolstack.detach import ResetOutcome, reset_device
+from xenpciback_cli.toolstack.status import libxl_holders
 from xenpciback_cli.toolstack.plan import Mkdir, Op, Rm, SetPerms, Write
 from xenpciback_cli.toolstack.xsexec import apply_ops, list_or_empty, read_backend, read_or_none
-from xenpciback_cli.untrusted import decimal
 
 GUEST_OWNED = ("data", "drivers", "feature", "attr", "error")
 GUEST_READABLE = ("cpu", "memory", "device", "control")
@@ -113,15 +113,3 @@ def destroy_domain(client: Any, domid: int, *, host: Any | None = None) -> Domai
     if client.is_domain_introduced(domid):
         client.release(domid)
     return result
-
-
-def libxl_holders(client: Any) -> dict[Bdf, int]:
-    """``/libxl/pci/*/domid``: which guest holds which function, per libxl's bookkeeping."""
-    out: dict[Bdf, int] = {}
-    for key in list_or_empty(client, L.LIBXL_PCI_ROOT):
-        bdf = L.parse_libxl_key(key)
-        text = read_or_none(client, f"{L.LIBXL_PCI_ROOT}/{key}/domid")
-        domid = decimal(text.strip()) if text is not None else None
-        if bdf is not None and domid is not None:
-            out[bdf] = domid
-    return out

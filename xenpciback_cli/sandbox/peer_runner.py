@@ -1,4 +1,4 @@
-"""Drive a simulated peer (:mod:`~xenpciback_cli.toolstack.peers`) over a real xenstore connection.
+"""Drive a simulated peer (:mod:`~xenpciback_cli.sandbox.peers`) over a real xenstore connection.
 
 The backend runs as dom0 on the daemon's main socket; the frontend should run on the embedded
 daemon's per-domain socket ``<socket>.d/<domid>``, so it acts as the guest with the guest's
@@ -16,7 +16,8 @@ import threading
 from typing import Any
 
 from xenpciback_cli.toolstack.libxl_layout import backend_path, frontend_path
-from xenpciback_cli.toolstack.peers import SimBackend, SimFrontend, Snapshot
+from xenpciback_cli.backend.xenbus import Snapshot, XenbusBackend
+from xenpciback_cli.sandbox.peers import SimFrontend
 from xenpciback_cli.toolstack.xsexec import apply_ops, read_dir_values
 
 POLL = 0.1
@@ -37,7 +38,7 @@ def _readable(node: Any, path: str) -> dict[str, str]:
 class PeerRunner:
     """One simulated peer bound to one xenstore client."""
 
-    def __init__(self, client: Any, peer: SimBackend | SimFrontend) -> None:
+    def __init__(self, client: Any, peer: XenbusBackend | SimFrontend) -> None:
         self.client = client
         self.peer = peer
         self.domid = peer.domid
@@ -64,7 +65,7 @@ class PeerRunner:
         raise RuntimeError(f"{type(self.peer).__name__} for domain {self.domid} did not settle")
 
     def watch(self) -> None:
-        if isinstance(self.peer, SimBackend):
+        if isinstance(self.peer, XenbusBackend):
             paths = [backend_path(self.domid), f"{frontend_path(self.domid)}/state"]
         else:
             paths = [frontend_path(self.domid), f"{backend_path(self.domid)}/state"]

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from xenpciback_cli.xenstore.client import XenstoreClient
+
+from xenpciback_cli.sandbox import processes
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -70,21 +69,14 @@ def _answers(path: str) -> bool:
         s.close()
 
 
+def _marks(sandbox: str | os.PathLike[str]) -> tuple[bytes, ...]:
+    """The words of the command line of the xenstored serving this sandbox."""
+    return (b"xenstored", socket_path(sandbox).encode())
+
+
 def read_pid(sandbox: str | os.PathLike[str]) -> int | None:
-    try:
-        pid = int((xenstore_dir(sandbox) / "pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _is_our_daemon(pid, socket_path(sandbox)) else None
-
-
-def _is_our_daemon(pid: int, sock: str) -> bool:
-    """The pid is alive and is the xenstored serving this sandbox (not a recycled pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"xenstored" in cmdline and sock.encode() in cmdline
+    pid = processes.read_pid(xenstore_dir(sandbox) / "pid")
+    return pid if pid is not None and processes.is_ours(pid, _marks(sandbox)) else None
 
 
 def ensure_running(sandbox: str | os.PathLike[str]) -> str:
@@ -101,21 +93,10 @@ def ensure_running(sandbox: str | os.PathLike[str]) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _answers(sock):
             return sock
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
-        for var in ("XENSTORED_PATH", "XENSTORED_RUNDIR"):
-            env.pop(var, None)
-        log = open(xdir / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "xenpciback_cli", "sandbox", "xenstored", "--socket", sock,
-                 "--state", str(xdir / "state.json")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(xdir), env=env,
-                start_new_session=True, close_fds=True)
-        finally:
-            log.close()
-        (xdir / "pid").write_text(f"{proc.pid}\n")
+        proc = processes.spawn(
+            ["xenpciback_cli", "sandbox", "xenstored", "--socket", sock,
+             "--state", str(xdir / "state.json")],
+            log=xdir / "daemon.log", pid_file=xdir / "pid", cwd=xdir)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -129,30 +110,14 @@ def ensure_running(sandbox: str | os.PathLike[str]) -> str:
         raise SandboxDaemonError(f"xenstored for {sandbox} did not start within {START_TIMEOUT:g}s")
 
 
-def _find_daemon(sandbox: str | os.PathLike[str]) -> int | None:
-    """The xenstored serving this sandbox's socket, by command line (its pid file may be gone)."""
-    sock = socket_path(sandbox)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _is_our_daemon(int(entry.name), sock):
-            return int(entry.name)
-    return None
-
-
 def stop(sandbox: str | os.PathLike[str]) -> int | None:
-    """Stop the sandbox's xenstored (it saves its tree); returns its pid, None if not running."""
-    pid = read_pid(sandbox) or _find_daemon(sandbox)
+    """Stop the sandbox's xenstored (it saves its tree); returns its pid, None if not running.
+    Found by its pid file, else by its command line (the pid file may be gone)."""
+    marks = _marks(sandbox)
+    pid = read_pid(sandbox) or next(iter(processes.find(marks)), None)
     if pid is None:
         return None
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        if not _is_our_daemon(pid, socket_path(sandbox)):
-            break
-        time.sleep(0.02)
-    else:
+    if processes.stop([pid], marks, timeout=STOP_TIMEOUT):
         raise SandboxDaemonError(f"xenstored (pid {pid}) did not stop within {STOP_TIMEOUT:g}s")
-    try:
-        (xenstore_dir(sandbox) / "pid").unlink()
-    except OSError:
-        pass
+    (xenstore_dir(sandbox) / "pid").unlink(missing_ok=True)
     return pid

@@ -72,10 +72,7 @@ def reset_device(host: Any | None, bdf: Bdf) -> ResetOutcome:
         return ResetOutcome(False, None, f"cannot read the device: {exc}")
     methods = tuple(getattr(device, "reset_methods", ()) or ())
     if not methods:
-        import os
-
-        path = getattr(device, "sysfs_path", None)
-        if path and os.path.exists(os.path.join(path, "reset")):
+        if host.has_reset_attribute(device):
             # Kernels before 5.15 have 'reset' but no 'reset_method' to say which one it uses.
             methods = ("the kernel's default (no reset_method file to name it)",)
         else:
