@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xenpciback_cli.config.overlay import OverlayDevice, Policy  # noqa: E402
-from xenpciback_cli.pci.device import Resource  # noqa: E402
+from xenpciback_cli.config.overlay import OverlayDevice, Policy
+from xenpciback_cli.pci.device import Resource
 
 HEADER = struct.Struct("<IiIIIiiII")
 REPLY = struct.Struct("<iI")  # err, value: what goes back to the shared page

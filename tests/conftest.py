@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import xsdaemons as _xsd  # noqa: E402
+import xsdaemons as _xsd
 
 
 def _start_xenstored(kind, tmp_path_factory, **kwargs):

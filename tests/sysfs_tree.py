@@ -44,7 +44,8 @@ class FakeSysfs:
             path.mkdir(parents=True, exist_ok=True)
         self.write_proc("mounts", "proc /proc proc rw 0 0\n")
         self.write_proc("swaps", "Filename\tType\tSize\tUsed\tPriority\n")
-        self.write_proc("net/route", "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n")
+        self.write_proc("net/route", "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\t"
+                        "MTU\tWindow\tIRTT\n")
 
     def write_proc(self, name: str, text: str) -> None:
         path = self.proc / name
@@ -99,13 +100,13 @@ class FakeSysfs:
         _link(directory / bdf, self.device_dir(bdf))
         _link(self.device_dir(bdf) / "driver", directory)
 
-    def add_block(self, bdf: str, disk: str, dev: str, partitions: dict[str, str] = {}) -> None:
+    def add_block(self, bdf: str, disk: str, dev: str, partitions: dict[str, str] | None = None) -> None:
         base = self.device_dir(bdf) / "host0" / "block" / disk
         base.mkdir(parents=True)
         (base / "dev").write_text(dev + "\n")
         (base / "holders").mkdir()
         _link(self.sys / "class" / "block" / disk, base)
-        for name, part_dev in partitions.items():
+        for name, part_dev in (partitions or {}).items():
             (base / name).mkdir()
             (base / name / "dev").write_text(part_dev + "\n")
             (base / name / "holders").mkdir()

@@ -134,7 +134,7 @@ def test_dry_run_prints_writes_in_order_and_does_nothing(box):
     before = snapshot(box)
     run = invoke("--sandbox", box, "hide", "--dry-run", "03:00.0")
     assert run.code == 0
-    lines = [l.strip() for l in run.output.splitlines() if l.strip().startswith("echo ")]
+    lines = [line.strip() for line in run.output.splitlines() if line.strip().startswith("echo ")]
     assert lines == ["echo pciback > /sys/bus/pci/devices/0000:03:00.0/driver_override",
                      "echo 0000:03:00.0 > /sys/bus/pci/drivers/igb/unbind",
                      "echo 0000:03:00.0 > /sys/bus/pci/drivers_probe"]

@@ -49,7 +49,7 @@ def test_json_lists_every_device(sandbox):
     assert [r["bdf"] for r in rows] == [str(b) for b in host.addresses()]
     by_bdf = {r["bdf"]: r for r in rows}
     nic = by_bdf["0000:03:00.0"]
-    assert JSON_KEYS <= set(nic)
+    assert set(nic) >= JSON_KEYS
     assert (nic["vendor_id"], nic["device_id"], nic["class"]) == ("0x8086", "0x10c9", "0x020000")
     assert nic["driver"] == "igb" and nic["state"] == "host" and nic["domid"] is None
     assert nic["original_driver"] is None and nic["iommu_group"] == 7
@@ -180,3 +180,21 @@ def test_plain_table_is_exactly_tabulate_plain(rows):
     headers = ["BDF", "ID", "DEVICE", "LAST"]
     assert plain_table(headers, rows) == tabulate(rows, headers=headers, tablefmt="plain",
                                                   disable_numparse=True)
+
+
+def test_rich_table_rules_the_header_in_color_only() -> None:
+    """The rich table draws a rule under its header in color and none without (it once had
+    ``box=None`` on both sides of the conditional, so color drew no rule either)."""
+    import io
+
+    from xenpciback_cli.cli.terminal import Terminal
+
+    def render(color: bool) -> list[str]:
+        out = io.StringIO()
+        Terminal(color=color, stdout=out).table(["BDF", "Driver"], [["0000:01:00.0", "nvme"]], fmt="rich")
+        return out.getvalue().splitlines()
+
+    colored, plain = render(True), render(False)
+    assert colored[0].split() == plain[0].split() == ["BDF", "Driver"]
+    assert set(colored[1]) == {"─"} and colored[2].split() == ["0000:01:00.0", "nvme"]
+    assert len(plain) == 2 and plain[1].split() == ["0000:01:00.0", "nvme"]

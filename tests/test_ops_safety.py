@@ -21,7 +21,7 @@ import pytest
 from xenpciback_cli.engine.identity import identity_of
 from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite, pending_operations
 from xenpciback_cli.engine.preflight import check_hide, device_kind, pcie_port_type
-from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_records, put_record, records_path
+from xenpciback_cli.engine.records import drop_record, load_records, put_record, records_path
 from xenpciback_cli.errors import InputError
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
@@ -85,7 +85,7 @@ def test_planted_entry_at_the_root_nvme_is_refused(box):
 
 def test_planted_entry_with_another_identity_is_refused(box):
     nic = identity_of(open_sandbox(box), NIC0)
-    for bdf, found in ((XHCI, "104c:8241"), (NVME, "144d:a826")):
+    for bdf, _found in ((XHCI, "104c:8241"), (NVME, "144d:a826")):
         plant(box, bdf, identity=nic, original="xhci_hcd" if bdf == XHCI else "nvme")
     before = devices(box)
     run = invoke("--sandbox", box, "recover")

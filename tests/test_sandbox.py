@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -207,7 +208,7 @@ def test_sriov_numvfs(sandbox):
 
 
 def test_pf_unbind_keeps_vfs_held_by_a_stub(sandbox):
-    vf0, vf1 = sandbox.device(NIC1).virtfns
+    vf0, _vf1 = sandbox.device(NIC1).virtfns
     sandbox.unbind(vf0, "igbvf")
     sandbox.set_driver_override(vf0, "pciback")
     sandbox.probe(vf0)
@@ -298,7 +299,7 @@ def test_no_two_devices_claim_the_same_addresses(sandbox):
             if resource.index < 6 or resource.index == 6:
                 claimed.append((resource.is_io, resource.start, resource.end, str(device.bdf)))
     claimed.sort()
-    for (io_a, start_a, end_a, a), (io_b, start_b, end_b, b) in zip(claimed, claimed[1:]):
+    for (io_a, _start_a, end_a, a), (io_b, start_b, _end_b, b) in itertools.pairwise(claimed):
         assert io_a != io_b or end_a < start_b, f"{a} and {b} overlap"
 
 

@@ -59,21 +59,19 @@ def test_transaction_commits_and_aborts(xs):
         tx.write("/t5/a", "1")
         assert tx.read("/t5/a") == b"1"
     assert xs.read("/t5/a") == b"1"
-    with pytest.raises(RuntimeError):
-        with xs.transaction() as tx:
-            tx.write("/t5/a", "2")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), xs.transaction() as tx:
+        tx.write("/t5/a", "2")
+        raise RuntimeError("boom")
     assert xs.read("/t5/a") == b"1"
 
 
 def test_conflict_raises_eagain_and_transact_retries(xs, xenstored_socket):
     xs.write("/t6/n", "0")
     with connect(xenstored_socket) as other:
-        with pytest.raises(XenstoreError) as exc:
-            with xs.transaction() as tx:
-                tx.read("/t6/n")
-                tx.write("/t6/n", "tx")
-                other.write("/t6/n", "outside")
+        with pytest.raises(XenstoreError) as exc, xs.transaction() as tx:
+            tx.read("/t6/n")
+            tx.write("/t6/n", "tx")
+            other.write("/t6/n", "outside")
         assert exc.value.errno_name == "EAGAIN"
         assert xs.read("/t6/n") == b"outside"
 

@@ -151,7 +151,7 @@ def test_directory_part_pages_through_children(core):
     assert dom0.err(T.DIRECTORY, b"/dp\0") == "E2BIG"
     got, offset = [], 0
     while True:
-        gen, chunk, last = wire.parse_directory_part(
+        _gen, chunk, last = wire.parse_directory_part(
             dom0.ok(T.DIRECTORY_PART, f"/dp\0{offset}\0".encode()))
         got += chunk
         offset += sum(len(c) + 1 for c in chunk)
@@ -164,7 +164,7 @@ def test_hostile_requests_get_errors_not_crashes(core):
     dom0 = Peer(core)
     for op in range(0, 30):
         for payload in (b"", b"\0", b"\xff\xfe\0", b"/a\0b\0c\0", b"x" * 10):
-            t, _ = dom0.ask(op, payload)  # exactly one reply each, whatever it is
+            dom0.ask(op, payload)  # exactly one reply each, whatever it is
     assert dom0.ok(T.READ, b"/public\0") == b"hello"
 
 

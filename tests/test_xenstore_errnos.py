@@ -17,10 +17,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import xsdaemons  # noqa: E402
-from xenstore_conformance import RawConnection  # noqa: E402
-from xenpciback_cli.xenstore import wire  # noqa: E402
-from xenpciback_cli.xenstore.wire import MessageType as T  # noqa: E402
+import xsdaemons
+from xenstore_conformance import RawConnection
+from xenpciback_cli.xenstore import wire
+from xenpciback_cli.xenstore.wire import MessageType as T
 
 LONG = "a" * 2100
 SETUP = [(T.WRITE, b"/e/x\0v"), (T.MKDIR, b"/e/d"), (T.WATCH, b"/e\0dup\0")]

@@ -70,7 +70,7 @@ DEEP = "/".join(["a"] * 990)
 
 
 def test_rm_of_a_990_level_path_works():
-    core, dom0 = make_core()
+    core, _dom0 = make_core()
     guest = Peer(core, 5)
     guest.ok(T.WRITE, f"{DEEP}\0x".encode())  # relative: under /local/domain/5, 990 levels
     guest.ok(T.RM, b"a\0")
@@ -79,7 +79,7 @@ def test_rm_of_a_990_level_path_works():
 
 
 def test_rm_of_a_990_level_path_inside_a_transaction():
-    core, dom0 = make_core()
+    core, _dom0 = make_core()
     guest = Peer(core, 5)
     guest.ok(T.WRITE, f"{DEEP}\0x".encode())
     tx = guest.tx()
@@ -309,10 +309,9 @@ server.serve_forever()
 def test_out_of_descriptors_on_accept_does_not_kill_the_daemon(tmp_path):
     sock_path = str(tmp_path / "s")
     env = dict(os.environ, PYTHONPATH=str(xsdaemons.REPO))
-    log = open(tmp_path / "log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER, sock_path], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    with open(tmp_path / "log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", EMFILE_SERVER, sock_path], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
     held = []
     try:
         xsdaemons.wait_for_socket(sock_path, proc)

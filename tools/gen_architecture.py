@@ -14,6 +14,7 @@ name -->``; everything else in the doc is written by hand. The blocks are drawn 
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import tomllib
@@ -46,7 +47,7 @@ def layers() -> str:
         label = " / ".join(_short(m.strip()) for m in layer.split("|"))
         ids.append(f"L{n}")
         chart.append(f'    L{n}["{label}"]')
-    chart += [f"    {a} --> {b}" for a, b in zip(ids, ids[1:])]
+    chart += [f"    {a} --> {b}" for a, b in itertools.pairwise(ids)]
     chart.append("```")
     return "\n".join(rows + [""] + chart)
 
@@ -94,7 +95,7 @@ def render(text: str) -> str:
                              re.S)
         if not pattern.search(text):
             raise SystemExit(f"{DOC}: no markers for generated block {name!r}")
-        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 

@@ -6,8 +6,8 @@ Usage: python tools/gen_manpage.py [--check]   (--check exits 1 if the committed
 Every command and group is imported (this is a build step, not start-up), its help text, usage line
 and options are rendered into roff by this script's own walk of the command tree, from click's
 stable public attributes only, so the page is the same under every click release pyproject.toml
-allows (CI checks it with the newest; the oldest is checked the same way by hand). The hand-written parts (exit codes, files, environment, examples)
-live in this script.
+allows (CI checks it with the newest; the oldest is checked the same way by hand). The
+hand-written parts (exit codes, files, environment, examples) live in this script.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def option_row(opt: click.Option) -> tuple[str, str]:
     if isinstance(opt.show_default, str):
         extra.append(f"default: ({opt.show_default})")
     elif opt.show_default and default is not None and not callable(default):
-        if isinstance(default, (list, tuple)):
+        if isinstance(default, list | tuple):
             text = ", ".join(str(d) for d in default)
         elif opt.is_flag and opt.secondary_opts:
             text = (opt.opts if default else opt.secondary_opts)[0].lstrip("-")
@@ -101,7 +101,7 @@ def option_row(opt: click.Option) -> tuple[str, str]:
             text = str(default)
         if text:
             extra.append(f"default: {text}")
-    if isinstance(opt.type, (click.IntRange, click.FloatRange)) and not opt.count:
+    if isinstance(opt.type, click.IntRange | click.FloatRange) and not opt.count:
         extra.append(describe_range(opt.type))
     if opt.required:
         extra.append("required")

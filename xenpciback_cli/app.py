@@ -12,10 +12,13 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from xenpciback_cli.host.model import Host
+    from xenpciback_cli.pci.address import Bdf
+    from xenpciback_cli.toolstack.status import Attachment
+    from xenpciback_cli.xenstore.client import XenstoreClient
 
 DEFAULT_STATE_DIR = "/var/lib/xen-pciback"
 DEFAULT_PERSIST_FILE = "/etc/xen-pciback/seized.toml"
@@ -82,7 +85,7 @@ class Application:
         return SysfsHost(root)
 
     # -- xenstore: which daemon answers, chosen here like the host ---------------------------------
-    def connect_xenstore(self, socket: str | None = None, *, timeout: float = 10.0) -> Any:
+    def connect_xenstore(self, socket: str | None = None, *, timeout: float = 10.0) -> XenstoreClient:
         """A xenstore client: ``--socket PATH`` wins; in a sandbox its own xenstored (started on
         demand); otherwise the real daemon, found the way Xen's library finds it."""
         from xenpciback_cli.xenstore.client import connect
@@ -99,7 +102,7 @@ class Application:
                 raise OperationFailed(str(exc)) from None
         return connect(timeout=timeout)
 
-    def open_xenstore(self, socket: str | None = None, *, timeout: float = 10.0) -> Any:
+    def open_xenstore(self, socket: str | None = None, *, timeout: float = 10.0) -> XenstoreClient:
         """The toolstack's xenstore connection; in a sandbox, also restart the simulated guests
         that stopped with its xenstored (``sandbox stop``), so a hot-plug finds its peers."""
         client = self.connect_xenstore(socket, timeout=timeout)
@@ -113,7 +116,7 @@ class Application:
                 raise
         return client
 
-    def xenstore(self) -> Any | None:
+    def xenstore(self) -> XenstoreClient | None:
         """The xenstore client ``list``/``hide`` consult: the sandbox's daemon or the host's; None
         when no xenstored answers (a host without Xen), so seizing works without one.
 
@@ -122,9 +125,10 @@ class Application:
         """
         if "_xenstore" not in self.__dict__:
             self.__dict__["_xenstore"] = self._try_open_xenstore()
-        return self.__dict__["_xenstore"]
+        client: XenstoreClient | None = self.__dict__["_xenstore"]
+        return client
 
-    def _try_open_xenstore(self) -> Any | None:
+    def _try_open_xenstore(self) -> XenstoreClient | None:
         from xenpciback_cli.errors import OperationFailed
 
         if self.sandbox_dir is not None:
@@ -146,7 +150,7 @@ class Application:
         except OperationFailed:
             return None
 
-    def attachment_details(self) -> dict:
+    def attachment_details(self) -> dict[Bdf, Attachment]:
         """Bdf -> toolstack.status.Attachment (domid, guest address) from xenstore."""
         if "_attachments" not in self.__dict__:
             client = self.xenstore()
@@ -156,8 +160,9 @@ class Application:
                 from xenpciback_cli.toolstack.status import attachments
 
                 self.__dict__["_attachments"] = attachments(client)
-        return self.__dict__["_attachments"]
+        details: dict[Bdf, Attachment] = self.__dict__["_attachments"]
+        return details
 
-    def attachments(self) -> dict:
+    def attachments(self) -> dict[Bdf, int]:
         """Bdf -> domid of every device a guest holds (what unhide refuses and list shows)."""
         return {bdf: a.domid for bdf, a in self.attachment_details().items()}

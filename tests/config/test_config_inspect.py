@@ -76,7 +76,7 @@ def test_binary_source_and_label(capsys):
     ["inspect", "--from-dump", "/dev/null"],
 ])
 def test_bad_input_is_one_line_exit_2(capsys, args):
-    code, out, err = run(capsys, *args)
+    code, _out, err = run(capsys, *args)
     assert code == 2
     assert err.startswith("xen-pciback: error: ") and err.count("\n") == 1
 

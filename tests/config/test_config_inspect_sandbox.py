@@ -4,7 +4,6 @@ the kernel's ids for SR-IOV VFs; lspci reading the same sandbox tree is the orac
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 

@@ -221,8 +221,8 @@ def test_real_captures_guest_writes_stay_inside_declared_masks(index, permissive
     ov = OverlayDevice(hw, resources=resources, permissive=permissive, policy=Policy())
     assert hw.writes == 0, f"{name}: building the overlay wrote {hw.log}"
     known = min(len(data), ov.config_size)
-    for offset, size, value in ov.prepare_export():  # Linux's bind-time PME_Enable clear only
-        assert 0x40 <= offset and offset + size <= 0x100 and ov.field_at(offset).name == \
+    for offset, size, _value in ov.prepare_export():  # Linux's bind-time PME_Enable clear only
+        assert offset >= 0x40 and offset + size <= 0x100 and ov.field_at(offset).name == \
             "PM control/status"
     baseline = bytes(hw.data)
     masks = _declared_masks(ov, permissive)
@@ -243,7 +243,7 @@ def test_real_captures_guest_writes_stay_inside_declared_masks(index, permissive
             assert (err, read_value) == (-2, 0)
         assert 0 <= read_value < (1 << (8 * min(size, 4)))
     for offset, size, _ in hw.log:
-        assert 0 <= offset and offset + size <= known, f"{name}: write at {offset:#x}"
+        assert offset >= 0 and offset + size <= known, f"{name}: write at {offset:#x}"
     for field in ov.fields():
         if field.write_kind in ("bar", "rom"):
             now = hw.read(field.offset, 4)

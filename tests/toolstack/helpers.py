@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 from xenpciback_cli.sandbox.peer_runner import PeerRunner
 from xenpciback_cli.backend.xenbus import XenbusBackend

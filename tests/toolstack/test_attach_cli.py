@@ -114,9 +114,12 @@ def test_attach_hotplug_detach_in_the_sandbox(sandbox):
     (("attach", "0000:03:00.0", "--domid", "77"), 2, "unknown domain 77: /local/domain/77 does not exist"),
     (("attach", "03:00.0@zz", "--domid", "6"), 2, "invalid PCI spec '03:00.0@zz': vslot 'zz' is not hex (0-1f)"),
     (("attach", "03:00.0@20", "--domid", "6"), 2, "invalid PCI spec '03:00.0@20': vslot '20' is above 0x1f"),
-    (("attach", "03:00.*", "--domid", "6"), 2, "invalid PCI spec '03:00.*': a multi-function spec (BB:DD.*) needs a vslot (@VSLOT)"),
-    (("attach", "03:00.0,permissive=maybe", "--domid", "6"), 2, "invalid PCI spec '03:00.0,permissive=maybe': permissive='maybe' is not a boolean (use 0/1, yes/no or true/false)"),
-    (("attach", "03:00.1", "--domid", "6"), 3, "0000:03:00.1 is not seized (bound to igb): hide it first, or attach with --seize"),
+    (("attach", "03:00.*", "--domid", "6"), 2, "invalid PCI spec '03:00.*': a multi-function spec (BB:DD.*) needs "
+     "a vslot (@VSLOT)"),
+    (("attach", "03:00.0,permissive=maybe", "--domid", "6"), 2, "invalid PCI spec '03:00.0,permissive=maybe': "
+     "permissive='maybe' is not a boolean (use 0/1, yes/no or true/false)"),
+    (("attach", "03:00.1", "--domid", "6"), 3, "0000:03:00.1 is not seized (bound to igb): "
+     "hide it first, or attach with --seize"),
     (("attach", "03:00.1", "--domid", "6", "--seize"), 3, "refusing to hide 0000:03:00.1: host-usage"),
     (("detach", "0000:03:00.0", "--domid", "6"), 2, "0000:03:00.0 is not attached to domain 6"),
     (("status", "--domid", "78"), 2, "unknown domain 78: /local/domain/78 does not exist"),

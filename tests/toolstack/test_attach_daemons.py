@@ -167,7 +167,7 @@ def test_bad_requests_leave_xenstore_as_it_was(client, domid):
             attach(client, AttachSpec(domid, NIC))
         with pytest.raises(InputError, match="virtual slot 0x20 is out of range"):
             attach(client, AttachSpec(domid, GPU, vslot=0x20))
-        with pytest.raises(InputError, match="virtual slot 0x02 of domain .* is taken by 0000:03:00.0"):
+        with pytest.raises(InputError, match=r"virtual slot 0x02 of domain .* is taken by 0000:03:00\.0"):
             attach(client, AttachSpec(domid, GPU, vslot=2))
         with pytest.raises(InputError, match=f"0000:02:00.0 is not attached to domain {domid}"):
             detach(client, GPU, domid)

@@ -117,3 +117,19 @@ def test_reset_on_a_kernel_without_reset_method(host, tmp_path):
     out = reset_device(host, GPU)
     assert out.done and out.method is None
     assert out.reason == "reset with the kernel's default (no reset_method file to name it)"
+
+
+def test_a_host_with_only_the_abstract_methods_serves_every_caller(tmp_path):
+    """``addresses`` and ``brief_devices`` are part of the Host interface (with defaults from
+    ``devices``): the seize engine's wildcard expansion and ``list`` work on any host, not only
+    on those that happened to define them (the engine once reached them through getattr)."""
+    from xenpciback_cli.engine.inventory import inventory
+    from xenpciback_cli.engine.seize import Seizer
+    from xenpciback_cli.pci.spec import parse_device_patterns
+
+    host = MemoryHost([dev(NIC1, "e1000e"), dev(NIC0, "pciback"), dev(GPU, "amdgpu")])
+    assert host.addresses() == [GPU, NIC0, NIC1]
+    assert host.brief_devices() == host.devices()
+    assert Seizer(host, tmp_path).select(parse_device_patterns(["03:00.*"])) == [NIC0, NIC1]
+    rows = inventory(host, patterns=parse_device_patterns(["03:00.*"]), brief=True)
+    assert [(r.bdf, r.state) for r in rows] == [(NIC0, "seized"), (NIC1, "host")]

@@ -41,8 +41,8 @@ def test_views_and_states_never_raise(values, raw):
     view = L.BackendView(5, values)
     for entry in view.entries:
         entry.state, entry.vdev, entry.vdevfn, entry.opts  # noqa: B018
-        DeviceStatus(entry.index, entry.raw.get("dev"), entry.raw.get("state"), None, None, None,
-                     None).state_name
+        _ = DeviceStatus(entry.index, entry.raw.get("dev"), entry.raw.get("state"), None, None, None,
+                         None).state_name
     describe_stall(view.state, parse_state(raw))
     L.PciOptions.parse(values.get("opts-0"))
 

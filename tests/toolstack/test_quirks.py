@@ -36,7 +36,7 @@ def test_bad_quirk_specs_are_one_line_errors(text):
 def test_sandbox_kernel_quirks_file_behaves_like_pciback(tmp_path):
     host = create_sandbox(tmp_path / "s")
     quirks_file = tmp_path / "s/sys/bus/pci/drivers/pciback/quirks"
-    with pytest.raises(Exception, match="no such device|device gone"):  # not bound to pciback: ENODEV
+    with pytest.raises(Exception, match=r"no such device|device gone"):  # not bound to pciback: ENODEV
         host.write_attribute("bus/pci/drivers/pciback/quirks", "03:00.0-e0:2:ff00")
     host.set_driver_override(NIC, "pciback")
     host.unbind(NIC, "igb")

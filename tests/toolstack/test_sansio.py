@@ -105,9 +105,9 @@ def test_wildcard_functions_keep_their_numbers_in_the_vslot():
 def test_conflicts_already_attached_and_vslot_taken():
     tree = fresh_tree()
     attach(tree, NIC, vslot=3)
-    with pytest.raises(L.LayoutConflict, match="already attached to domain 5"):
+    with pytest.raises(L.DeviceAlreadyAttached, match="already attached to domain 5"):
         attach(tree, NIC)
-    with pytest.raises(L.LayoutConflict, match="virtual slot 0x03 .* taken by 0000:03:00.0"):
+    with pytest.raises(L.VirtualSlotTaken, match=r"virtual slot 0x03 .* taken by 0000:03:00\.0"):
         attach(tree, GPU, vslot=3)
 
 

@@ -113,7 +113,7 @@ def _bare_group_prints_help(group: click.Group) -> None:
     group.parse_args = parse_args_or_help  # type: ignore[method-assign]
 
 
-def _set_flag(setting: str, value: object) -> "Callable[[click.Context, click.Parameter, object], None]":
+def _set_flag(setting: str, value: object) -> Callable[[click.Context, click.Parameter, object], None]:
     """A callback that turns a subcommand's copy of a global flag into the global setting."""
 
     def callback(ctx: click.Context, _param: click.Parameter, given: object) -> None:
@@ -151,7 +151,7 @@ def accept_global_flags(command: click.Command) -> None:
             callback=_set_flag("color", False)))
 
 
-def _a_place(variable: str | None = None) -> "Callable[[click.Context, click.Parameter, object], object]":
+def _a_place(variable: str | None = None) -> Callable[[click.Context, click.Parameter, object], object]:
     """A callback refusing an empty path: '' must never quietly mean the real host's default.
 
     Click treats an empty environment variable as unset (so ``XEN_PCIBACK_SANDBOX=`` would act

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("attach")
@@ -24,7 +29,7 @@ import click
 @click.option("--no-wait", is_flag=True, help="Do not wait for the hot-plug handshake.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
 @click.pass_obj
-def command(app: object, spec: str | None, domid: int, vslot: str | None,
+def command(app: Application, spec: str | None, domid: int, vslot: str | None,
             permissive: bool | None, quirks: tuple[str, ...], msitranslate: bool | None, power_mgmt: bool | None,
             rdm_policy: str | None, name: str | None, seize: bool | None, timeout: float,
             no_wait: bool, socket_path: str | None) -> None:
@@ -66,6 +71,7 @@ def command(app: object, spec: str | None, domid: int, vslot: str | None,
     if target is not None:
         from xenpciback_cli.pci.address import Bdf
 
+        assert target.slot is not None  # parse_pci_spec refuses a '*' slot
         bdf = Bdf(target.domain or 0, target.bus, target.slot, target.function or 0)
     request = AttachSpec(domid, bdf, all_functions, parsed.vslot, options, parsed.name,
                          pick(seize, "seize"), tuple(parse_quirk(q) for q in quirks))
@@ -74,7 +80,7 @@ def command(app: object, spec: str | None, domid: int, vslot: str | None,
     with app.open_xenstore(socket_path) as client:
         result = attach(client, request, host=host, seize_fn=seizer_of(app, host) if host else None,
                         timeout=timeout, wait=not no_wait, state_dir=str(app.state_dir))
-    if app.settings.json:  # type: ignore[attr-defined]
+    if app.settings.json:
         term.json(result.to_json())
         return
     for bdf, index in zip(result.devices, result.indices):

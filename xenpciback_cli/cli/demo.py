@@ -6,14 +6,19 @@ detach, unhide --rebind, list. Each step is the real command, run in-process and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("demo")
 @click.option("--sandbox-dir", metavar="DIR", default=None, type=click.Path(file_okay=False),
               help="Build the demo sandbox in DIR (empty or absent) and keep it; default: a temporary one.")
 @click.pass_obj
-def command(app: object, sandbox_dir: str | None) -> None:
+def command(app: Application, sandbox_dir: str | None) -> None:
     """Create a sandbox and walk through the whole flow, showing each command.
 
     list; hide the NIC 0000:03:00.0; a refused hide of the NVMe drive holding the root
@@ -40,7 +45,7 @@ def command(app: object, sandbox_dir: str | None) -> None:
                  ["sandbox", "domain", "create", "5"], ["attach", nic, "--domid", "5"],
                  ["list", "--seized"], ["status", "--domid", "5", "--wait", "10"], ["inspect", nic, "--diff"],
                  ["detach", nic, "--domid", "5"], ["unhide", "--rebind", nic], ["list"]]
-        extra = ["--no-color"] if not app.settings.color else []  # type: ignore[attr-defined]
+        extra = ["--no-color"] if not app.settings.color else []
         for step in steps:
             terminal.line("")
             terminal.line(f"$ xen-pciback --sandbox {directory} {' '.join(step)}")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("detach")
@@ -15,7 +20,7 @@ import click
 @click.option("--no-reset", is_flag=True, help="Do not reset the device afterwards.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
 @click.pass_obj
-def command(app: object, bdf: str, domid: int, force: bool, timeout: float, no_reset: bool,
+def command(app: Application, bdf: str, domid: int, force: bool, timeout: float, no_reset: bool,
             socket_path: str | None) -> None:
     """Detach BDF from guest --domid N.
 
@@ -34,7 +39,7 @@ def command(app: object, bdf: str, domid: int, force: bool, timeout: float, no_r
     with app.open_xenstore(socket_path) as client:
         result = detach(client, address, domid, host=host_of(app), force=force, timeout=timeout,
                         reset=not no_reset, state_dir=str(app.state_dir))
-    if app.settings.json:  # type: ignore[attr-defined]
+    if app.settings.json:
         term.json(result.to_json())
         return
     term.line(f"{address} detached from domain {domid}"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("hide")
@@ -19,7 +21,7 @@ from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
 @click.option("--config", "config", metavar="PATH", default=None,
               help="Persisted config file [default: /etc/xen-pciback/seized.toml].")
 @click.pass_obj
-def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry_run: bool,
+def command(app: Application, devices: tuple[str, ...], target: str, force: bool, dry_run: bool,
             persist: bool, config: str | None) -> None:
     """Seize BDF... (DDDD:BB:DD.F, BB:DD.F, or BB:DD.* for every function) for passthrough.
 
@@ -32,14 +34,14 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
     from xenpciback_cli.pci.spec import parse_device_patterns
 
     terminal = terminal_for(app)
-    as_json = app.settings.json  # type: ignore[attr-defined]
+    as_json = app.settings.json
     patterns = parse_device_patterns(devices)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, target),
                             forced="FORCED past a safety refusal: ")
     try:
         report = seizer.hide_devices(patterns, target, force=force, persist=persist, dry_run=dry_run,
-                                     config=config or str(app.persist_file),  # type: ignore[attr-defined]
+                                     config=config or str(app.persist_file),
                                      config_named=config is not None,
                                      listener=listener)
     except SafetyRefusal:
@@ -57,10 +59,11 @@ def command(app: object, devices: tuple[str, ...], target: str, force: bool, dry
 
 def _render(terminal: Any, result: Any, target: str) -> None:
     from xenpciback_cli.cli.pending import render_planned_writes
+    from xenpciback_cli.engine.seize import DeviceStatus
 
-    if result.status == "planned":
+    if result.status is DeviceStatus.PLANNED:
         render_planned_writes(terminal, "seize", result.bdf, result.writes)
-    elif result.status == "already-seized":
+    elif result.status is DeviceStatus.ALREADY_SEIZED:
         terminal.line(f"{result.bdf}: already held by {target}")
     else:
         terminal.line(f"seized {result.bdf}: {result.original_driver or 'no driver'} -> {result.driver}")

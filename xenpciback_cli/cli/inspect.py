@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("inspect")
@@ -18,7 +23,7 @@ import click
               help="Simulate a guest config write (hex; repeatable) on a copy and show its "
                    "answer and what would reach the device, e.g. --write 0x04:2:0.")
 @click.pass_obj
-def command(app, bdfs: tuple[str, ...], dump_file: str | None, binary_file: str | None,
+def command(app: Application, bdfs: tuple[str, ...], dump_file: str | None, binary_file: str | None,
             guest: bool, diff: bool, permissive: bool, writes: tuple[str, ...]) -> None:
     """Decode config space (header, BARs, capabilities) and show the overlay a guest gets.
 

@@ -7,10 +7,10 @@ from typing import Any
 from xenpciback_cli.cli.terminal import Terminal
 
 
-def _size(value: object) -> str:
+def _size(value: int | None) -> str:
     if value is None:
         return "size unknown"
-    size = int(value)  # type: ignore[arg-type]
+    size = int(value)
     if size == 0:
         return "unassigned"
     for unit, shift in (("G", 30), ("M", 20), ("K", 10)):

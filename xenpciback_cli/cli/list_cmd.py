@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
+    from xenpciback_cli.pci.address import Bdf
 
 FORMATS = ("rich", "plain", "simple", "github", "csv")
 HEADERS = ("BDF", "ID", "DEVICE", "CLASS", "DRIVER", "STATE", "DOMID", "ORIGINAL", "GROUP")
@@ -17,7 +23,7 @@ HEADERS = ("BDF", "ID", "DEVICE", "CLASS", "DRIVER", "STATE", "DOMID", "ORIGINAL
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Table format [default: rich on a terminal, plain otherwise].")
 @click.pass_obj
-def command(app: object, patterns: tuple[str, ...], seized_only: bool, class_text: str | None,
+def command(app: Application, patterns: tuple[str, ...], seized_only: bool, class_text: str | None,
             fmt: str | None) -> None:
     """List PCI devices: BDF, ids and names, class, driver, state (host/seized/attached), domid,
     original driver and IOMMU group.
@@ -32,16 +38,16 @@ def command(app: object, patterns: tuple[str, ...], seized_only: bool, class_tex
 
     parsed = parse_device_patterns(patterns)
     class_filter = ClassFilter.parse(class_text) if class_text is not None else None
-    settings = app.settings  # type: ignore[attr-defined]
+    settings = app.settings
     terminal = terminal_for(app)
     warn_pending(app, terminal)  # interrupted hide/unhide: one line each
-    attached = app.attachment_details()  # type: ignore[attr-defined]
-    rows = inventory(app.host, state_dir=app.state_dir, patterns=parsed,  # type: ignore[attr-defined]
+    attached = app.attachment_details()
+    rows = inventory(app.host, state_dir=app.state_dir, patterns=parsed,
                      class_filter=class_filter, seized_only=seized_only,
                      attachments={bdf: a.domid for bdf, a in attached.items()},
                      brief=not settings.json)  # the table shows no other attribute
 
-    def guest_address(bdf: object) -> str | None:
+    def guest_address(bdf: Bdf) -> str | None:
         a = attached.get(bdf)
         return None if a is None or a.vdev is None else str(a.vdev)
 

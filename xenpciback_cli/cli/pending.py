@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
-def warn_pending(app: Any, terminal: Any) -> list[Any]:
+def warn_pending(app: Application, terminal: Any) -> list[Any]:
     """Print one line per journal entry ("interrupted operation: ..." or "operation in progress
     (pid N): ...") and per corrupt state file (naming it and the fix); return the entries.
 
@@ -26,7 +30,7 @@ def warn_pending(app: Any, terminal: Any) -> list[Any]:
     return entries
 
 
-def seizer_for(app: Any) -> Any:
+def seizer_for(app: Application) -> Any:
     """The engine for this app: its host, state dir, xenstore client and attachments (if any)."""
     from xenpciback_cli.engine.seize import Seizer, install_test_hooks
 
@@ -49,7 +53,7 @@ def listener_for(terminal: Any, *, as_json: bool, render: Any = None, forced: st
     from xenpciback_cli.engine.seize import Listener
 
     class TerminalListener(Listener):
-        preflights: list[Any] = []
+        preflights: Sequence[Any] = ()  # set by checked()
 
         def pending(self, entries: list[Any], problems: list[Any]) -> None:
             for entry in entries:

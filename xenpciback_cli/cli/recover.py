@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("recover")
 @click.pass_obj
-def command(app: object) -> None:
+def command(app: Application) -> None:
     """Complete or roll back every interrupted operation in the journal.
 
     The decision is per operation, from the device's actual state: a hide that already took the
@@ -24,7 +29,7 @@ def command(app: object) -> None:
     terminal = terminal_for(app)
     outcomes = seizer_for(app).recover()
     refused = [o for o in outcomes if o["action"] == "refused"]
-    if app.settings.json:  # type: ignore[attr-defined]
+    if app.settings.json:
         terminal.json({"operations": outcomes})
     else:
         if not outcomes:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("restore")
@@ -10,7 +15,7 @@ import click
               help="Persisted config file [default: /etc/xen-pciback/seized.toml].")
 @click.option("--force", is_flag=True, help="Override safety refusals. Loud.")
 @click.pass_obj
-def command(app: object, config: str | None, force: bool) -> None:
+def command(app: Application, config: str | None, force: bool) -> None:
     """Seize everything listed in the persisted config; already-seized devices are left alone.
 
     Each device is reported; one that is refused or missing does not stop the others (exit 3
@@ -21,8 +26,8 @@ def command(app: object, config: str | None, force: bool) -> None:
     from xenpciback_cli.errors import OperationFailed, SafetyRefusal
 
     terminal = terminal_for(app)
-    as_json = app.settings.json  # type: ignore[attr-defined]
-    path = config or str(app.persist_file)  # type: ignore[attr-defined]
+    as_json = app.settings.json
+    path = config or str(app.persist_file)
     report = seizer_for(app).restore(path, config_named=config is not None, force=force,
                                      listener=listener_for(terminal, as_json=as_json))
     if as_json:

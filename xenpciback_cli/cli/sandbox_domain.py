@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from xenpciback_cli.app import Application
 
 
 @click.group("domain")
@@ -10,10 +17,10 @@ def group() -> None:
     """Create and destroy simulated guest domains in the sandbox's xenstore."""
 
 
-def _sandbox(app: object):  # noqa: ANN202
+def _sandbox(app: Application) -> Path:
     from xenpciback_cli.errors import InputError
 
-    sandbox = app.sandbox_dir  # type: ignore[attr-defined]
+    sandbox = app.sandbox_dir
     if sandbox is None:
         raise InputError("'sandbox domain' needs --sandbox DIR (or XEN_PCIBACK_SANDBOX)")
     return sandbox
@@ -25,7 +32,7 @@ def _sandbox(app: object):  # noqa: ANN202
 @click.option("--guest/--no-guest", default=True, show_default=True,
               help="Run a simulated kernel pciback and pcifront for it (the hot-plug peers).")
 @click.pass_obj
-def create(app: object, domid: int, name: str | None, guest: bool) -> None:
+def create(app: Application, domid: int, name: str | None, guest: bool) -> None:
     """Make domain DOMID exist as xl would (nodes, permissions, @introduceDomain)."""
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.sandbox import guest as simguest
@@ -37,7 +44,7 @@ def create(app: object, domid: int, name: str | None, guest: bool) -> None:
         socket = client.path
     pid = simguest.start(sandbox, socket, domid) if guest else None
     term = terminal_for(app)
-    if app.settings.json:  # type: ignore[attr-defined]
+    if app.settings.json:
         term.json(result.to_json() | {"simulated_guest_pid": pid})
         return
     term.line(f"domain {domid} ({result.name}) created"
@@ -47,7 +54,7 @@ def create(app: object, domid: int, name: str | None, guest: bool) -> None:
 @group.command("destroy")
 @click.argument("domid", type=int)
 @click.pass_obj
-def destroy(app: object, domid: int) -> None:
+def destroy(app: Application, domid: int) -> None:
     """Destroy domain DOMID: release its devices as libxl would, @releaseDomain."""
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.sandbox import guest as simguest
@@ -59,7 +66,7 @@ def destroy(app: object, domid: int) -> None:
     with app.open_xenstore() as client:
         result = destroy_domain(client, domid, host=host_of(app))
     term = terminal_for(app)
-    if app.settings.json:  # type: ignore[attr-defined]
+    if app.settings.json:
         term.json(result.to_json())
         return
     term.line(f"domain {domid} destroyed")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("init")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Recreate DIR if it already holds a sandbox.")
 @click.pass_obj
-def command(app: object, directory: str, force: bool) -> None:
+def command(app: Application, directory: str, force: bool) -> None:
     """Create a sandbox in DIR: PCI devices from real captures, a simulated kernel, host usage.
 
     DIR must be empty or absent (or an existing sandbox with --force). Then use
@@ -21,7 +26,7 @@ def command(app: object, directory: str, force: bool) -> None:
     host = create_sandbox(directory, force=force)
     terminal = terminal_for(app)
     count = len(host.addresses())
-    if getattr(app, "settings").json:
+    if app.settings.json:
         terminal.json({"sandbox": str(host.directory), "devices": count})
     else:
         terminal.line(f"sandbox created in {host.directory} with {count} PCI devices")

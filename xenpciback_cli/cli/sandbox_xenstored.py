@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("xenstored")
@@ -23,7 +28,7 @@ import click
 @click.option("--quota-connections", type=click.IntRange(1), default=16, show_default=True,
               help="Connections per guest domain.")
 @click.pass_obj
-def command(app: object, socket_path: str, trace_path: str | None, state_file: str | None,
+def command(app: Application, socket_path: str, trace_path: str | None, state_file: str | None,
             no_state: bool, quota_nodes: int, quota_value_size: int, quota_watches: int,
             quota_transactions: int, quota_connections: int) -> None:
     """Run the embedded xenstored in the foreground until SIGTERM or Ctrl-C.

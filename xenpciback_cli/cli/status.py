@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
+    from xenpciback_cli.toolstack.xenbus import XenbusState
 
 
 @click.command("status")
@@ -12,7 +18,7 @@ import click
               help="First wait until backend and guest are both Connected; on timeout fail (exit 1) "
                    "naming the stuck state and whose move it is.")
 @click.pass_obj
-def command(app: object, domid: int, socket_path: str | None, wait_seconds: float | None) -> None:
+def command(app: Application, domid: int, socket_path: str | None, wait_seconds: float | None) -> None:
     """Show each device's state-N and vdev-N, both ends' states by name, and errors."""
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.toolstack.handshake import both_connected, wait_for
@@ -24,7 +30,7 @@ def command(app: object, domid: int, socket_path: str | None, wait_seconds: floa
             wait_for(client, domid, both_connected, timeout=wait_seconds,
                      what=f"waiting for domain {domid}'s backend and guest to connect")
         status = domain_status(client, domid)
-    if app.settings.json:  # type: ignore[attr-defined]
+    if app.settings.json:
         term.json(status.to_json())
         return
 
@@ -34,8 +40,8 @@ def command(app: object, domid: int, socket_path: str | None, wait_seconds: floa
             return ""
         return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
 
-    def named(state: object) -> str:
-        return state.describe() if state is not None else "absent"  # type: ignore[attr-defined]
+    def named(state: XenbusState | None) -> str:
+        return state.describe() if state is not None else "absent"
 
     title = f"domain {domid}" + (f" ({safe(status.name)})" if status.name else "")
     term.line(f"{title}: backend {named(status.backend_state)}, "

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 T = TypeVar("T")
 
@@ -74,9 +77,12 @@ class Terminal:
             writer.writerows(cells)
             return
         if fmt == "rich":
+            from rich import box
             from rich.table import Table
 
-            table = Table(title=title, box=None if not self.color else None, show_edge=False,
+            # In color the bold header stands out; the rule under it goes with the color (and
+            # without color the table stays free of box-drawing characters).
+            table = Table(title=title, box=box.SIMPLE_HEAD if self.color else None, show_edge=False,
                           header_style="bold" if self.color else "")
             for header in headers:
                 table.add_column(header, overflow="fold")
@@ -127,6 +133,6 @@ def plain_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def terminal_for(app: Any) -> Terminal:
+def terminal_for(app: Application) -> Terminal:
     """The terminal matching the application's global options."""
     return Terminal(color=app.settings.color, verbose=app.settings.verbose)

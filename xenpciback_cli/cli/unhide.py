@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
 
 
 @click.command("unhide")
@@ -15,7 +18,7 @@ import click
 @click.option("--config", "config", metavar="PATH", default=None,
               help="Also drop the devices from this persisted config [default: the usual one].")
 @click.pass_obj
-def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dry_run: bool,
+def command(app: Application, devices: tuple[str, ...], rebind: bool, force: bool, dry_run: bool,
             config: str | None) -> None:
     """Release BDF...: clear driver_override, unbind from the seize driver, drop the pciback slot,
     and with --rebind give the device back to its recorded original driver.
@@ -27,12 +30,12 @@ def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dr
     from xenpciback_cli.pci.spec import parse_device_patterns
 
     terminal = terminal_for(app)
-    as_json = app.settings.json  # type: ignore[attr-defined]
+    as_json = app.settings.json
     patterns = parse_device_patterns(devices)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, rebind))
     report = seizer.unhide_devices(patterns, rebind=rebind, force=force, dry_run=dry_run,
-                                   config=config or str(app.persist_file),  # type: ignore[attr-defined]
+                                   config=config or str(app.persist_file),
                                    config_named=config is not None,
                                    listener=listener)
     if as_json:
@@ -42,13 +45,14 @@ def command(app: object, devices: tuple[str, ...], rebind: bool, force: bool, dr
 
 def _render(terminal: Any, result: Any, rebind: bool) -> None:
     from xenpciback_cli.cli.pending import render_planned_writes
+    from xenpciback_cli.engine.seize import DeviceStatus
 
-    if result.status == "planned":
+    if result.status is DeviceStatus.PLANNED:
         render_planned_writes(terminal, "release", result.bdf, result.writes)
-    elif result.status == "not-seized" and result.original_driver and result.driver is None and not rebind:
+    elif result.status is DeviceStatus.NOT_SEIZED and result.original_driver and result.driver is None and not rebind:
         terminal.line(f"{result.bdf}: released already (no driver); use --rebind to restore "
                       f"{result.original_driver}")
-    elif result.status == "not-seized":
+    elif result.status is DeviceStatus.NOT_SEIZED:
         terminal.line(f"{result.bdf}: not seized (driver {result.driver or 'none'}); nothing to do")
     else:
         terminal.line(f"released {result.bdf}: now {result.driver or 'no driver'}"

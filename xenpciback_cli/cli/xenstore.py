@@ -7,7 +7,14 @@ sockets, /dev/xen/xenbus).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
+    from xenpciback_cli.cli.terminal import Terminal
+    from xenpciback_cli.xenstore.client import Transaction, XenstoreClient
 
 _socket_option = click.option("--socket", "socket_path", metavar="PATH", default=None,
                               help="xenstored socket (or /dev/xen/xenbus) to use.")
@@ -24,12 +31,12 @@ def group(ctx: click.Context, socket_path: str | None) -> None:
     ctx.meta["xenstore_socket"] = socket_path
 
 
-def _client(ctx: click.Context, socket_path: str | None):  # noqa: ANN202
-    app = ctx.obj
+def _client(ctx: click.Context, socket_path: str | None) -> XenstoreClient:
+    app: Application = ctx.obj
     return app.connect_xenstore(socket_path or ctx.meta.get("xenstore_socket"))
 
 
-def _term(ctx: click.Context):  # noqa: ANN202
+def _term(ctx: click.Context) -> Terminal:
     from xenpciback_cli.cli.terminal import terminal_for
 
     return terminal_for(ctx.obj)
@@ -96,7 +103,7 @@ def write(ctx: click.Context, pairs: tuple[str, ...], socket_path: str | None) -
         if len(items) == 1:
             client.write(*items[0])
         else:
-            def apply(tx):  # noqa: ANN001, ANN202
+            def apply(tx: Transaction) -> None:
                 for path, value in items:
                     tx.write(path, value)
             client.transact(apply)

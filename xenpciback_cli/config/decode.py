@@ -31,8 +31,8 @@ from xenpciback_cli.config.registers import (
 from xenpciback_cli.pci.device import Resource
 
 #: Number of BAR slots per header type.
-BAR_COUNT = {HeaderType.NORMAL: 6, HeaderType.BRIDGE: 2, HeaderType.CARDBUS: 0}
-ROM_OFFSET = {HeaderType.NORMAL: Reg.ROM_ADDRESS, HeaderType.BRIDGE: Reg.BRIDGE_ROM_ADDRESS}
+BAR_COUNT: dict[int, int] = {HeaderType.NORMAL: 6, HeaderType.BRIDGE: 2, HeaderType.CARDBUS: 0}
+ROM_OFFSET: dict[int, int] = {HeaderType.NORMAL: Reg.ROM_ADDRESS, HeaderType.BRIDGE: Reg.BRIDGE_ROM_ADDRESS}
 
 
 @dataclass(frozen=True)

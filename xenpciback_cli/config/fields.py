@@ -87,7 +87,7 @@ class Field:
     # entries (key, offset, size, hardware mask) to refresh when the virtual value changes.
     writer: Any = None
     read_entries: tuple[tuple[int, int, int, int], ...] = ()
-    entry_cache: dict[int, dict[int, tuple[int, int]]] | None = None
+    entry_cache: dict[int, dict[int, tuple[int, int, tuple[int, int]]]] | None = None
 
     width_mask: int = 0  # all ones over the field's bytes (set from size)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from xenpciback_cli.config import capabilities
 from xenpciback_cli.config.fields import (
@@ -67,6 +68,11 @@ from xenpciback_cli.config.registers import (
 from xenpciback_cli.pci import ioresource
 from xenpciback_cli.pci.device import PciDevice, Resource
 from xenpciback_cli.pci.quirk import Quirk
+
+#: A read-table entry: hardware mask, virtual bits, and the reply when no hardware is read.
+_ReadEntry = tuple[int, int, tuple[int, int]]
+#: A whole-field write entry: the writer (None: nothing to do), its first argument, width mask.
+_WholeEntry = tuple[Callable[[Any, int], int] | None, Field | int, int]
 
 _OK = 0
 _INVALID = int(XenPciErr.INVALID_OFFSET)
@@ -147,9 +153,9 @@ class OverlayDevice:
         }
         # The lookup tables are filled (and refilled, in place) by _rebuild_tables; the op
         # closures made below hold them directly.
-        self._reads: dict[int, tuple[int, int, tuple[int, int]]] = {}
+        self._reads: dict[int, _ReadEntry] = {}
         self._plans: dict[int, tuple[Field, ...]] = {}
-        self._whole: dict[int, tuple[object, Field, int]] = {}
+        self._whole: dict[int, _WholeEntry] = {}
         self._tables_built = False
         self._build(snapshot)
         for quirk in quirks:
@@ -239,7 +245,7 @@ class OverlayDevice:
             else:
                 lower = self._resource(pos - 1) if pos else None
                 upper = lower is not None and lower.is_mem and lower.is_64bit
-                if upper:
+                if upper and lower is not None:
                     size = lower.size
                     field.bar_val = (lower.start >> 32) & 0xFFFFFFFF
                     field.bar_len = ((-size) >> 32) & 0xFFFFFFFF if size else 0
@@ -347,8 +353,7 @@ class OverlayDevice:
         field = Field(offset, size, f"quirk {offset:#05x}", READ_HARDWARE, _WIDTH[size], 0,
                       "masked", mask=mask)
         if not self._add(field):
-            owner = next(self._owner[b] for b in range(offset, offset + size)
-                         if self._owner[b] is not None)
+            owner = next(o for o in self._owner[offset:offset + size] if o is not None)
             raise QuirkError(f"quirk at {offset:#x} overlaps the {owner.name} field at "
                              f"{owner.offset:#x}")
         if self._tables_built:
@@ -369,9 +374,9 @@ class OverlayDevice:
     # Negative offsets give negative keys (never present); sizes above 4 are refused first.
 
     def _rebuild_tables(self) -> None:
-        reads: dict[int, tuple[int, int, tuple[int, int]]] = {}
+        reads: dict[int, _ReadEntry] = {}
         plans: dict[int, tuple[Field, ...]] = {}
-        whole: dict[int, tuple[object, Field, int]] = {}
+        whole: dict[int, _WholeEntry] = {}
         affected: dict[int, list[tuple[int, int, int]]] = {id(f): [] for f in self._fields}
         for field in self._fields:
             field.writer = self._writers[field.write_kind]
@@ -420,9 +425,12 @@ class OverlayDevice:
                          for other in changing for key, _, _ in affected[id(field)])
             field.entry_cache = None if shares else {}
         # Refilled in place: the op closures hold these very dicts.
-        for table, fresh in ((self._reads, reads), (self._plans, plans), (self._whole, whole)):
-            table.clear()
-            table.update(fresh)
+        self._reads.clear()
+        self._reads.update(reads)
+        self._plans.clear()
+        self._plans.update(plans)
+        self._whole.clear()
+        self._whole.update(whole)
         self._tables_built = True
 
     def _set_virtual(self, field: Field, value: int) -> None:

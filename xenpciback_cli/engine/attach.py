@@ -95,7 +95,7 @@ class AttachResult:
 
 
 def domain_exists(client: Any, domid: int) -> bool:
-    return client.exists(L.domain_home(domid))
+    return bool(client.exists(L.domain_home(domid)))
 
 
 def require_domain(client: Any, domid: int) -> str | None:
@@ -365,10 +365,9 @@ def _refuse_holders(node: Any, bdfs: Sequence[Bdf], domid: int) -> None:
 
 
 def _conflict_error(exc: L.LayoutConflict) -> Exception:
-    text = str(exc)
-    if "virtual slot" in text:
-        return InputError(text)
-    return SafetyRefusal(text)
+    if isinstance(exc, L.VirtualSlotTaken):
+        return InputError(str(exc))
+    return SafetyRefusal(str(exc))
 
 
 def _roll_back(client: Any, domid: int, plan: L.AttachPlan, bdfs: Sequence[Bdf],

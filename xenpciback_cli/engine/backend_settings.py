@@ -88,7 +88,7 @@ def _parse(store: st.StateStore, name: str, device: Bdf) -> DeviceSettings | Non
     try:
         parsed = st.parse_json(data)
         settings = _entry(parsed, "settings")
-        if parsed.get("bdf", str(device)) != str(device):  # type: ignore[union-attr]
+        if isinstance(parsed, dict) and parsed.get("bdf", str(device)) != str(device):
             raise st.Invalid("it is about another device than its name says")
     except st.Invalid as exc:
         raise st.corrupt(store.path(name), str(exc), FIX, device=device) from None

@@ -243,7 +243,7 @@ def _detach(client: Any, bdf: Bdf, domid: int, host: Any | None, force: bool, ti
         from xenpciback_cli.engine.backend_settings import record_detach
 
         record_detach(state_dir, bdf)
-    return DetachResult(domid, bdf, index, handshake, forced, destroyed[0], outcome, notes)
+    return DetachResult(domid, bdf, index, bool(handshake), forced, destroyed[0], outcome, notes)
 
 
 def _gone(bdf: Bdf, domid: int) -> Exception:

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xenpciback_cli import errors
 from xenpciback_cli.config.capabilities import find_extended
 from xenpciback_cli.config.le import u32
 from xenpciback_cli.pci.address import Bdf
+
+if TYPE_CHECKING:
+    from xenpciback_cli.host.model import Host
 
 SERIAL_CAPABILITY = 0x0003
 _SERIAL_RE = re.compile(r"^[0-9a-f]{2}(?:-[0-9a-f]{2}){7}$")
@@ -77,11 +81,11 @@ def read_serial(config: bytes) -> str | None:
     return "-".join(f"{byte:02x}" for byte in ((upper << 32) | lower).to_bytes(8, "big"))
 
 
-def identity_of(host: object, bdf: Bdf) -> DeviceIdentity:
+def identity_of(host: Host, bdf: Bdf) -> DeviceIdentity:
     """The identity of the function at ``bdf`` now (``DeviceNotFound`` if absent)."""
-    device = host.device(bdf)  # type: ignore[attr-defined]
+    device = host.device(bdf)
     try:
-        config = host.read_config(bdf)  # type: ignore[attr-defined]
+        config = host.read_config(bdf)
     except errors.HostError:
         config = b""
     return DeviceIdentity(device.vendor_id, device.device_id, device.subsystem_vendor_id,

@@ -63,7 +63,7 @@ def collect_sources(app: Any, bdfs: Sequence[str], *, dump_file: str | None = No
     source = "sandbox" if getattr(app, "sandbox_dir", None) is not None else "sysfs"
     out = []
     for bdf in wanted:
-        device = host.device(bdf)
+        found = host.device(bdf)
         try:
             data = host.read_config(bdf)
         except XenPcibackError:
@@ -72,8 +72,8 @@ def collect_sources(app: Any, bdfs: Sequence[str], *, dump_file: str | None = No
             raise from_oserror(exc, "read config space", bdf=bdf) from None
         if len(data) < 0x40:
             raise DeviceNotFound(f"{bdf}: config space unreadable ({len(data)} bytes)", bdf=bdf)
-        title = " ".join(x for x in (device.vendor_name, device.device_name) if x)
-        out.append(DeviceSource(str(bdf), data, source, resources=device.resources,
-                                irq=device.irq, title=title, vendor_id=device.vendor_id,
-                                device_id=device.device_id))
+        title = " ".join(x for x in (found.vendor_name, found.device_name) if x)
+        out.append(DeviceSource(str(bdf), data, source, resources=found.resources,
+                                irq=found.irq, title=title, vendor_id=found.vendor_id,
+                                device_id=found.device_id))
     return out

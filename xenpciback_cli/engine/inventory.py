@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,19 @@ class ClassFilter:
         return (class_code >> (4 * (6 - self.digits))) == self.value
 
 
+class DeviceState(StrEnum):
+    """Where a device is in its lifecycle: the host's, seized (a stub driver holds it), or
+    attached to a guest."""
+
+    HOST = "host"
+    SEIZED = "seized"
+    ATTACHED = "attached"
+
+
 @dataclass(frozen=True)
 class InventoryRow:
     device: PciDevice
-    state: str
+    state: DeviceState
     domid: int | None
     original_driver: str | None
 
@@ -78,7 +88,7 @@ class InventoryRow:
 
     @property
     def attachable(self) -> bool:
-        return self.state == "attached" or self.device.driver == PCIBACK_DRIVER
+        return self.state is DeviceState.ATTACHED or self.device.driver == PCIBACK_DRIVER
 
     def as_json(self) -> dict[str, Any]:
         d = self.device
@@ -106,12 +116,12 @@ class InventoryRow:
         }
 
 
-def device_state(device: PciDevice, domid: int | None) -> str:
+def device_state(device: PciDevice, domid: int | None) -> DeviceState:
     if domid is not None:
-        return "attached"
+        return DeviceState.ATTACHED
     if device.driver in SEIZE_DRIVERS:
-        return "seized"
-    return "host"
+        return DeviceState.SEIZED
+    return DeviceState.HOST
 
 
 def load_original_drivers(state_dir: Path | None) -> dict[Bdf, str | None]:
@@ -140,19 +150,17 @@ def inventory(host: Host, *, state_dir: Path | None = None,
     attachments = attachments or {}
     pattern_list = list(patterns)
     rows = []
-    addresses = getattr(host, "addresses", None)
-    if pattern_list and addresses is not None:
+    if pattern_list:
         # Load only the devices asked for (a cheap directory listing first).
         devices = []
-        for bdf in addresses():
+        for bdf in host.addresses():
             if any(p.matches(bdf) for p in pattern_list):
                 try:
                     devices.append(host.device(bdf))
                 except DeviceNotFound:  # removed meanwhile (a VF destroyed, hot unplug)
                     continue
     else:
-        brief_devices = getattr(host, "brief_devices", None) if brief else None
-        loaded = brief_devices() if brief_devices is not None else host.devices()
+        loaded = host.brief_devices() if brief else host.devices()
         devices = [d for d in loaded
                    if not pattern_list or any(p.matches(d.bdf) for p in pattern_list)]
     for device in devices:
@@ -160,7 +168,7 @@ def inventory(host: Host, *, state_dir: Path | None = None,
             continue
         domid = attachments.get(device.bdf)
         state = device_state(device, domid)
-        if seized_only and state == "host":
+        if seized_only and state is DeviceState.HOST:
             continue
         rows.append(InventoryRow(device, state, domid, originals.get(device.bdf)))
     return rows

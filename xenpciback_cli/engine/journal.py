@@ -31,6 +31,7 @@ from xenpciback_cli.engine import statestore as st
 from xenpciback_cli.engine.identity import DeviceIdentity
 from xenpciback_cli.errors import OperationFailed, StateFileCorrupt
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.drivers import SEIZE_DRIVERS
 
 JOURNAL_DIR = "journal"
 LOCK_FILE = st.LOCK_FILE
@@ -196,7 +197,7 @@ def _step(value: object, number: int, device: Bdf) -> PlannedWrite:
         if "driver" in groups:
             st.driver_name(groups["driver"], f"{what} driver")
         if ((kind == "bdf" and text != str(device))
-                or (kind == "override" and text != "\n" and text not in st.SEIZE_DRIVERS)
+                or (kind == "override" and text != "\n" and text not in SEIZE_DRIVERS)
                 or (kind == "ids" and not _IDS.match(text)) or (kind == "one" and text != "1")):
             raise st.Invalid(f"{what} value {text[:20]!r} does not fit {path!r}")
         return PlannedWrite(path, text, description)

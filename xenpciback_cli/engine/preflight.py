@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity_of
 from xenpciback_cli.engine.records import SeizeRecord
@@ -24,7 +25,18 @@ from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.drivers import DRIVER_MODULES, SEIZE_DRIVERS
 from xenpciback_cli import errors
 
-OK, WARN, REFUSE, FAIL = "ok", "warn", "refuse", "fail"
+
+
+class Verdict(StrEnum):
+    """One pre-flight check's outcome."""
+
+    OK = "ok"
+    WARN = "warn"
+    REFUSE = "refuse"  # --force may override it (when the check is forceable)
+    FAIL = "fail"  # the operation cannot work
+
+
+OK, WARN, REFUSE, FAIL = Verdict.OK, Verdict.WARN, Verdict.REFUSE, Verdict.FAIL
 
 #: Drivers that do not keep a device "in use by the host" for group/sibling purposes.
 _HARMLESS_DRIVERS = frozenset(SEIZE_DRIVERS) | {"pcieport", "shpchp"}
@@ -33,7 +45,7 @@ _HARMLESS_DRIVERS = frozenset(SEIZE_DRIVERS) | {"pcieport", "shpchp"}
 @dataclass(frozen=True)
 class Check:
     name: str
-    verdict: str  # ok / warn / refuse / fail
+    verdict: Verdict
     detail: str
     forceable: bool = True  # a refusal --force may override
 
@@ -229,5 +241,5 @@ def _sriov(device: PciDevice) -> Check:
         return Check("sriov", REFUSE, f"physical function with {len(device.virtfns)} live VFs "
                      f"({vfs}); set sriov_numvfs to 0 first")
     if device.sriov_totalvfs:
-        return Check("sriov", OK, f"SR-IOV capable, no live VFs")
+        return Check("sriov", OK, "SR-IOV capable, no live VFs")
     return Check("sriov", OK, "not SR-IOV")

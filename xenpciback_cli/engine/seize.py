@@ -26,6 +26,7 @@ import os
 import signal
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -36,7 +37,7 @@ from xenpciback_cli.engine.preflight import Preflight, check_hide
 from xenpciback_cli.engine import persist as persisted
 from xenpciback_cli.engine.backend_settings import load_settings, record_release
 from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_record, load_records, put_record
-from xenpciback_cli.host.model import AttributeWrite, Host, driver_name
+from xenpciback_cli.host.model import AttributeWrite, Host, WriteHook, driver_name
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
@@ -125,10 +126,23 @@ def host_driver(name: str | None) -> str | None:
 
 
 # -- results ----------------------------------------------------------------------------------
+class DeviceStatus(StrEnum):
+    """What an operation did (or would do) to one device; restore adds refused/failed/missing."""
+
+    SEIZED = "seized"
+    ALREADY_SEIZED = "already-seized"
+    RELEASED = "released"
+    NOT_SEIZED = "not-seized"
+    PLANNED = "planned"
+    REFUSED = "refused"
+    FAILED = "failed"
+    MISSING = "missing"
+
+
 @dataclass
 class DeviceResult:
     bdf: Bdf
-    status: str  # seized, already-seized, released, not-seized, planned, refused
+    status: DeviceStatus
     original_driver: str | None = None
     driver: str | None = None
     method: str | None = None
@@ -186,11 +200,11 @@ class RestoreReport:
 
     @property
     def refused(self) -> int:
-        return sum(1 for d in self.devices if d["status"] == "refused")
+        return sum(1 for d in self.devices if d["status"] == DeviceStatus.REFUSED)
 
     @property
     def failed(self) -> int:
-        return sum(1 for d in self.devices if d["status"] in ("failed", "missing"))
+        return sum(1 for d in self.devices if d["status"] in (DeviceStatus.FAILED, DeviceStatus.MISSING))
 
 
 class Seizer:
@@ -304,12 +318,13 @@ class Seizer:
         with self.locked():
             listener.pending(*self._pending())
             devices = persisted.load(config, must_exist=config_named)
-            present = self.host.addresses()  # type: ignore[attr-defined]
+            present = self.host.addresses()
             report: list[dict[str, object]] = []
             for entry in devices:
                 selected = entry.pattern.select(present)
                 if not selected:
-                    report.append({"bdf": str(entry.pattern), "status": "missing", "detail": "no such device"})
+                    report.append({"bdf": str(entry.pattern), "status": DeviceStatus.MISSING,
+                                   "detail": "no such device"})
                     continue
                 for bdf in selected:
                     try:
@@ -319,16 +334,16 @@ class Seizer:
                         report.append({"bdf": str(bdf), "status": result.status,
                                        "detail": f"{result.original_driver or 'no driver'} -> {result.driver}"})
                     except errors.SafetyRefusal as exc:
-                        report.append({"bdf": str(bdf), "status": "refused", "detail": str(exc)})
+                        report.append({"bdf": str(bdf), "status": DeviceStatus.REFUSED, "detail": str(exc)})
                     except errors.XenPcibackError as exc:
-                        report.append({"bdf": str(bdf), "status": "failed", "detail": str(exc)})
+                        report.append({"bdf": str(bdf), "status": DeviceStatus.FAILED, "detail": str(exc)})
             return RestoreReport(str(config), len(devices), report)
 
     def _present(self, patterns: Sequence[BdfPattern]) -> None:
         """Fail on a device that is not there before taking the lock (which creates the state
         dir): a command that can do nothing leaves nothing behind. Everything is read again
         under the lock; this decides nothing."""
-        present = set(self.host.addresses())  # type: ignore[attr-defined]
+        present = set(self.host.addresses())
         for bdf in self.select(patterns):
             if bdf not in present:
                 raise errors.DeviceNotFound(f"no PCI device {bdf} on this host", bdf=bdf)
@@ -355,10 +370,11 @@ class Seizer:
         """The devices ``patterns`` name, in order, once each: a wildcard expands to the functions
         present on this host (none is an error), a plain address stands as typed (a missing
         device is reported by the pre-flight check that names it)."""
-        present = self.host.addresses()  # type: ignore[attr-defined]
+        present = self.host.addresses()
         bdfs: list[Bdf] = []
         for pattern in patterns:
-            selected = pattern.select(present) if pattern.is_wildcard else [pattern.as_bdf()]
+            single = pattern.as_bdf()  # None for a wildcard
+            selected = pattern.select(present) if single is None else [single]
             if not selected:
                 raise errors.DeviceNotFound(f"no PCI device matches {pattern} on this host")
             bdfs += [b for b in selected if b is not None and b not in bdfs]
@@ -417,7 +433,7 @@ class Seizer:
             if not dry_run:
                 self._keep_record(device, existing, identity, self._original_for(device, existing, identity),
                                   target, "override", persist)
-            return DeviceResult(device.bdf, "already-seized", self._original(device.bdf), target,
+            return DeviceResult(device.bdf, DeviceStatus.ALREADY_SEIZED, self._original(device.bdf), target,
                                 checks=checks)
         original = self._original_for(device, existing, identity)
         method, steps = plan_hide(self.host, device, target)
@@ -427,7 +443,7 @@ class Seizer:
                              identity=identity)
         writes = self._run(entry, dry_run)
         if dry_run:
-            return DeviceResult(device.bdf, "planned", device.driver, target, method, checks, writes)
+            return DeviceResult(device.bdf, DeviceStatus.PLANNED, device.driver, target, method, checks, writes)
         now = self.host.device(device.bdf)
         if now.driver != target:
             raise errors.OperationFailed(
@@ -435,7 +451,7 @@ class Seizer:
                 f"{now.driver or 'none'}); run 'xen-pciback recover'")
         self._keep_record(device, None, identity, original, target, method, persist)
         self.journal.finish(entry)
-        return DeviceResult(device.bdf, "seized", original, target, method, checks, writes)
+        return DeviceResult(device.bdf, DeviceStatus.SEIZED, original, target, method, checks, writes)
 
     def _original_for(self, device: PciDevice, existing: SeizeRecord | None,
                       identity: DeviceIdentity) -> str | None:
@@ -464,13 +480,13 @@ class Seizer:
             if not rebind or device.driver is not None:
                 if device.driver is not None and not dry_run:
                     drop_record(self.state_dir, bdf)  # a host driver has it: the record is spent
-                return DeviceResult(bdf, "not-seized", record.original_driver, device.driver)
+                return DeviceResult(bdf, DeviceStatus.NOT_SEIZED, record.original_driver, device.driver)
         elif record is None and not held:
-            return DeviceResult(bdf, "not-seized", None, device.driver)
+            return DeviceResult(bdf, DeviceStatus.NOT_SEIZED, None, device.driver)
         elif record is not None and not held and device.driver is not None:
             if not dry_run:
                 drop_record(self.state_dir, bdf)  # a stale record: the host has the device
-            return DeviceResult(bdf, "not-seized", None, device.driver)
+            return DeviceResult(bdf, DeviceStatus.NOT_SEIZED, None, device.driver)
         target = record.target_driver if record else str(device.driver)
         original = host_driver(record.original_driver) if record else None
         if rebind and original and original not in self.host.loaded_drivers():
@@ -484,13 +500,13 @@ class Seizer:
         entry = JournalEntry("unhide", bdf, original, target, method, steps, rebind=rebind, identity=identity)
         writes = self._run(entry, dry_run)
         if dry_run:
-            return DeviceResult(bdf, "planned", original, device.driver, writes=writes)
+            return DeviceResult(bdf, DeviceStatus.PLANNED, original, device.driver, writes=writes)
         now = self.host.device(bdf)
         if now.driver == target:
             raise errors.OperationFailed(f"unhide {bdf}: still bound to {target}; run 'xen-pciback recover'")
         self._released(bdf, record, identity, original, target, method, keep=not rebind)
         self.journal.finish(entry)
-        return DeviceResult(bdf, "released", original, now.driver, writes=writes)
+        return DeviceResult(bdf, DeviceStatus.RELEASED, original, now.driver, writes=writes)
 
     # -- shared -----------------------------------------------------------------------------
     def _run(self, entry: JournalEntry, dry_run: bool) -> list[dict[str, str]]:
@@ -792,7 +808,7 @@ class InjectedFailure(Exception):
     """Raised by the test-only failure hook (not a XenPcibackError: it stands for a crash)."""
 
 
-def failure_hook(after: int, *, kill: bool) -> object:
+def failure_hook(after: int, *, kill: bool) -> WriteHook:
     """A write hook that lets ``after`` writes through, then SIGKILLs the process or raises.
 
     TEST ONLY. Installed by the hide/unhide/recover commands when ``XEN_PCIBACK_TEST_KILL_AFTER_WRITES``
@@ -814,4 +830,4 @@ def install_test_hooks(host: Host) -> None:
     value = os.environ.get(KILL_ENV)
     count = decimal(value.strip()) if value else None
     if count is not None:
-        host.write_hooks.append(failure_hook(count, kill=True))  # type: ignore[arg-type]
+        host.write_hooks.append(failure_hook(count, kill=True))

@@ -7,7 +7,10 @@ modules so the engine and tests can use it too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xenpciback_cli.pci.address import Bdf
 
 
 def host_of(app: Any) -> Any | None:
@@ -36,13 +39,13 @@ class SeizeStep:
             self._seizer = Seizer(self.host, self.app.state_dir, xenstore=self.app.xenstore())
         return self._seizer
 
-    def check(self, bdfs: list) -> None:
+    def check(self, bdfs: list[Bdf]) -> None:
         seizer = self.seizer()
         preflights = seizer.preflight(bdfs, "pciback")
         seizer.enforce(preflights, force=False)
         self._checked = {p.bdf: p for p in preflights}
 
-    def __call__(self, bdfs: list) -> list:
+    def __call__(self, bdfs: list[Bdf]) -> list[Bdf]:
         if set(bdfs) - set(self._checked):
             self.check(bdfs)
         seizer = self.seizer()

@@ -30,7 +30,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from xenpciback_cli.errors import (
     InputError,
@@ -345,7 +345,8 @@ def _no_constant(name: str) -> object:
     raise Invalid(f"not valid JSON ({name})")
 
 
-def obj(value: object, what: str, *, required: set[str], optional: set[str] = frozenset()) -> dict:  # type: ignore[assignment,type-arg]
+def obj(value: object, what: str, *, required: set[str],
+        optional: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Invalid(f"{what} is not a JSON object")
     missing = required - set(value)
@@ -364,9 +365,9 @@ def integer(value: object, what: str, low: int, high: int) -> int:
 
 
 def number(value: object, what: str) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+    if not (type(value) is int or type(value) is float) or not math.isfinite(value) or value < 0:
         raise Invalid(f"{what} must be a non-negative number")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def boolean(value: object, what: str) -> bool:
@@ -392,9 +393,9 @@ def driver_name(value: object, what: str, *, optional: bool = False) -> str | No
 
 
 def seize_driver(value: object, what: str) -> str:
-    if value not in SEIZE_DRIVERS:
+    if not isinstance(value, str) or value not in SEIZE_DRIVERS:
         raise Invalid(f"{what} {str(value)[:40]!r} is not pciback, pci-stub or vfio-pci")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def bdf(value: object, what: str) -> Bdf:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from xenpciback_cli import errors
 from xenpciback_cli.pci.address import Bdf
-from xenpciback_cli.pci.device import PciDevice, Resource
+from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
 
 #: What a Linux driver name looks like (``igb``, ``snd_hda_intel``, ``vfio-pci``): never a path.
@@ -99,6 +99,16 @@ class Host(abc.ABC):
     def devices(self) -> Sequence[PciDevice]:
         """Every PCI function, sorted by address."""
 
+    def brief_devices(self) -> Sequence[PciDevice]:
+        """Every PCI function with at least what ``list``'s table shows (ids, class, names, driver,
+        IOMMU group); a host that can load just those cheaply may leave the rest at defaults."""
+        return self.devices()
+
+    def addresses(self) -> list[Bdf]:
+        """Every PCI function address, sorted; a host that can list them without loading each
+        device overrides this."""
+        return [device.bdf for device in self.devices()]
+
     @abc.abstractmethod
     def device(self, bdf: Bdf) -> PciDevice:
         """One function; raises ``errors.DeviceNotFound`` if absent."""
@@ -123,7 +133,7 @@ class Host(abc.ABC):
         """Whether the kernel offers sysfs ``reset`` for this device (kernels before 5.15 have it
         without ``reset_method`` to say which method it uses)."""
         path = device.sysfs_path
-        return bool(path) and os.path.exists(os.path.join(path, "reset"))
+        return path is not None and path != "" and os.path.exists(os.path.join(path, "reset"))
 
     @abc.abstractmethod
     def usage(self, bdf: Bdf) -> HostUsage:

@@ -365,17 +365,17 @@ class SysfsHost(Host):
         for line in mounts.splitlines():
             fields = line.split()
             if len(fields) >= 2:
-                name = self._block_name(fields[0], aliases)
-                if name:
-                    seen.add((name, fields[1].replace("\\040", " ")))
+                block = self._block_name(fields[0], aliases)
+                if block:
+                    seen.add((block, fields[1].replace("\\040", " ")))
         for name, mountpoint in sorted(seen):
             reasons.append(f"block device {name} is mounted on {mountpoint}")
         swaps = _read(os.path.join(self.proc_root, "swaps")) or ""
         for line in swaps.splitlines()[1:]:
             fields = line.split()
-            name = self._block_name(fields[0], aliases) if fields else None
-            if name:
-                reasons.append(f"block device {name} is active swap")
+            block = self._block_name(fields[0], aliases) if fields else None
+            if block:
+                reasons.append(f"block device {block} is active swap")
         return reasons
 
     @staticmethod

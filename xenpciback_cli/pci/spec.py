@@ -89,9 +89,9 @@ class BdfPattern:
         return sorted(b for b in bdfs if self.matches(b))
 
     def as_bdf(self) -> Bdf | None:
-        if self.is_wildcard:
+        if self.slot is None or self.function is None:  # a wildcard
             return None
-        return Bdf(self.domain, self.bus, self.slot, self.function)  # type: ignore[arg-type]
+        return Bdf(self.domain, self.bus, self.slot, self.function)
 
     def __str__(self) -> str:
         slot = "*" if self.slot is None else f"{self.slot:02x}"

@@ -192,7 +192,9 @@ def shift_bars(config: bytes, mem_offset: int, io_offset: int) -> bytes:
         for bar in decode_bars(bytes(data), first, count):
             address = bar.address + (io_offset if bar.is_io else mem_offset)
             low = u32(data, first + 4 * bar.index)
-            _U32.pack_into(data, first + 4 * bar.index, (low & (0x3 if bar.is_io else 0xF)) | (address & 0xFFFFFFF0 if not bar.is_io else address & 0xFFFFFFFC))
+            flags = low & (0x3 if bar.is_io else 0xF)
+            _U32.pack_into(data, first + 4 * bar.index,
+                           flags | (address & (0xFFFFFFFC if bar.is_io else 0xFFFFFFF0)))
             if bar.is_64:
                 _U32.pack_into(data, first + 4 * (bar.index + 1), address >> 32)
     rom = u32(data, 0x30)

@@ -23,7 +23,6 @@ from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.status import libxl_holders
 from xenpciback_cli.toolstack.plan import Mkdir, Op, Rm, SetPerms, Write
 from xenpciback_cli.toolstack.xsexec import apply_ops, list_or_empty, read_backend, read_or_none
-from xenpciback_cli.untrusted import decimal
 
 GUEST_OWNED = ("data", "drivers", "feature", "attr", "error")
 GUEST_READABLE = ("cpu", "memory", "device", "control")

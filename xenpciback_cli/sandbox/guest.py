@@ -15,11 +15,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xenpciback_cli.sandbox import processes
 from xenpciback_cli.sandbox.peer_runner import PeerRunner
 from xenpciback_cli.backend.xenbus import XenbusBackend
 from xenpciback_cli.sandbox.peers import SimFrontend
+
+if TYPE_CHECKING:
+    from xenpciback_cli.xenstore.client import XenstoreClient
 
 MODULE = "xenpciback_cli.sandbox.guest"
 
@@ -115,14 +119,14 @@ def wanted(sandbox: Path) -> list[int]:
     return sorted(out)
 
 
-def revive(sandbox: Path, socket: str, client: object) -> list[int]:
+def revive(sandbox: Path, socket: str, client: XenstoreClient) -> list[int]:
     """Restart the simulated guest of every domain that should have one and has none running
     (it stopped with the xenstored it talked to); forget those whose domain is gone."""
     restarted = []
     for domid in wanted(sandbox):
         if is_running(sandbox, domid):
             continue
-        if not client.exists(f"/local/domain/{domid}"):  # type: ignore[attr-defined]
+        if not client.exists(f"/local/domain/{domid}"):
             pid_file(sandbox, domid).unlink(missing_ok=True)
             continue
         start(sandbox, socket, domid)

@@ -37,9 +37,10 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from xenpciback_cli import errors
+from xenpciback_cli.config.le import u16
 from xenpciback_cli.host.model import AttributeWrite
 from xenpciback_cli.sandbox import configspace, topology
 from xenpciback_cli.sandbox.kernel import SimulatedKernel
@@ -120,7 +121,12 @@ def create_sandbox(directory: str | os.PathLike[str], *, force: bool = False) ->
     return SandboxHost(root)
 
 
-def stop_background(root: Path, *, forget: bool) -> dict[str, object]:
+class StoppedBackground(TypedDict):
+    guests: list[int]  # the simulated guests' pids
+    xenstored: int | None  # its pid, None if it was not running
+
+
+def stop_background(root: Path, *, forget: bool) -> StoppedBackground:
     """Stop what runs for the sandbox in the background: the simulated guests first (they talk
     to it), then its xenstored (which saves its tree). ``forget``: the guests are not to come
     back (the sandbox is being replaced); else the next command restarts them."""
@@ -132,7 +138,7 @@ def stop_background(root: Path, *, forget: bool) -> dict[str, object]:
         daemon = xs_sandbox.stop(root)
     except xs_sandbox.SandboxDaemonError as exc:
         raise errors.OperationFailed(str(exc)) from None
-    return {"guests": guests, "xenstored": daemon}
+    return StoppedBackground(guests=guests, xenstored=daemon)
 
 
 def _captures() -> tuple[dict[str, Any], Any]:
@@ -180,8 +186,8 @@ def _build(root: Path) -> None:
         lines = configspace.resource_lines(config, sizes, meta["rom_size"])
         path = (state["devices"][parent]["path"] if parent else "devices/pci0000:00") + f"/{slot.bdf}"
         info = configspace.sriov_info(config)
-        vendor = configspace.u16(config, 0)
-        device = configspace.u16(config, 2)
+        vendor = u16(config, 0)
+        device = u16(config, 2)
         tree.create_device(path, slot.bdf, config, lines, vendor=vendor, device=device, irq=slot.irq,
                            numa_node=slot.numa_node, iommu_group=slot.iommu_group,
                            boot_vga=slot.boot_vga if (config[0x0B] == 0x03) else None,
@@ -189,8 +195,8 @@ def _build(root: Path) -> None:
                            sriov_total=info.total_vfs if info else None)
         state["devices"][str(slot.bdf)] = {
             "path": path, "vendor": vendor, "device": device,
-            "sub_vendor": configspace.u16(config, 0x2C) if (config[0x0E] & 0x7F) == 0 else 0,
-            "sub_device": configspace.u16(config, 0x2E) if (config[0x0E] & 0x7F) == 0 else 0,
+            "sub_vendor": u16(config, 0x2C) if (config[0x0E] & 0x7F) == 0 else 0,
+            "sub_device": u16(config, 0x2E) if (config[0x0E] & 0x7F) == 0 else 0,
             "class": int.from_bytes(config[9:12], "little"), "numa_node": slot.numa_node,
             "iommu_group": slot.iommu_group, "parent": parent, "physfn": None,
             "native_driver": slot.driver, "vfs": [],

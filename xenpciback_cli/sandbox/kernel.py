@@ -101,7 +101,7 @@ class SimulatedKernel:
 
     # -- helpers ------------------------------------------------------------------------------
     def _device(self, name: str) -> dict[str, Any]:
-        device = self.state["devices"].get(_kernel_value(name))
+        device: dict[str, Any] | None = self.state["devices"].get(_kernel_value(name))
         if device is None:
             raise _fail(errno.ENODEV, self._path)
         return device
@@ -383,8 +383,8 @@ class SimulatedKernel:
             vfs.append(str(vf))
         device["vfs"] = vfs
         (directory / "sriov_numvfs").write_text(f"{count}\n")
-        for vf in vfs:
-            self._probe(vf)
+        for vf_name in vfs:
+            self._probe(vf_name)
 
     def _destroy_vfs(self, pf: str) -> None:
         device = self.state["devices"][pf]

@@ -49,8 +49,9 @@ class PeerRunner:
 
     def snapshot(self) -> Snapshot:
         """Both directories read in one transaction: a consistent view, never half a commit."""
-        return self.client.transact(lambda tx: Snapshot(
+        snapshot: Snapshot = self.client.transact(lambda tx: Snapshot(
             _readable(tx, backend_path(self.domid)), _readable(tx, frontend_path(self.domid))))
+        return snapshot
 
     def settle(self) -> int:
         """Step the peer until it has nothing more to write; returns the number of writes."""
@@ -59,7 +60,7 @@ class PeerRunner:
             ops = self.peer.step(self.snapshot())
             if not ops:
                 return done
-            self.client.transact(lambda tx: apply_ops(tx, ops))
+            self.client.transact(lambda tx, ops=ops: apply_ops(tx, ops))
             done += len(ops)
         raise RuntimeError(f"{type(self.peer).__name__} for domain {self.domid} did not settle")
 

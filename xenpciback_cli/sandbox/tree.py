@@ -62,7 +62,8 @@ class Tree:
     # -- state -------------------------------------------------------------------------------
     def load(self) -> dict[str, Any]:
         with open(self.state_path, encoding="utf-8") as handle:
-            return json.load(handle)
+            state: dict[str, Any] = json.load(handle)
+        return state
 
     def save(self, state: dict[str, Any]) -> None:
         temporary = self.state_path.with_suffix(".tmp")
@@ -74,7 +75,8 @@ class Tree:
 
     # -- paths -------------------------------------------------------------------------------
     def device_dir(self, state: dict[str, Any], bdf: str) -> Path:
-        return self.sys / state["devices"][bdf]["path"]
+        path: str = state["devices"][bdf]["path"]
+        return self.sys / path
 
     def driver_dir(self, driver: str) -> Path:
         return self.pci / "drivers" / driver

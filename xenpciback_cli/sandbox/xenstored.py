@@ -19,6 +19,10 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xenpciback_cli.xenstore.client import XenstoreClient
 
 from xenpciback_cli.sandbox import processes
 
@@ -44,12 +48,13 @@ def domain_socket_path(sandbox: str | os.PathLike[str], domid: int) -> str:
     return f"{socket_path(sandbox)}.d/{domid}"
 
 
-def connect_sandbox(sandbox: str | os.PathLike[str], domid: int = 0, **kwargs: object) -> object:
+def connect_sandbox(sandbox: str | os.PathLike[str], domid: int = 0, *,
+                    timeout: float | None = 10.0) -> XenstoreClient:
     """A client of the sandbox's xenstored (started if needed), as dom0 or as ``domid``."""
     from xenpciback_cli.xenstore.client import connect
 
     sock = ensure_running(sandbox)
-    return connect(sock if domid == 0 else domain_socket_path(sandbox, domid), **kwargs)  # type: ignore[arg-type]
+    return connect(sock if domid == 0 else domain_socket_path(sandbox, domid), timeout=timeout)
 
 
 def _answers(path: str) -> bool:

@@ -242,6 +242,14 @@ class LayoutConflict(Exception):
     """The request does not fit the guest's current backend (device already there, vslot taken)."""
 
 
+class DeviceAlreadyAttached(LayoutConflict):
+    """A device of the request is already in this guest's backend (a safety refusal)."""
+
+
+class VirtualSlotTaken(LayoutConflict):
+    """The virtual slot asked for holds another device (bad input: pick another slot)."""
+
+
 def vdevfns_for(bdfs: Sequence[Bdf], vslot: int | None) -> list[int]:
     """libxl's guest devfn for each function: a lone function goes to function 0 of the vslot,
     the functions of a wildcard keep their numbers; no vslot means 0 (no ``vdevfn-i`` key)."""
@@ -258,13 +266,13 @@ def check_attach(request: AttachRequest, view: BackendView) -> None:
     present = {e.dev: e for e in view.entries if e.dev is not None}
     for device in request.devices:
         if device.bdf in present:
-            raise LayoutConflict(f"{device.bdf} is already attached to domain {request.domid} "
+            raise DeviceAlreadyAttached(f"{device.bdf} is already attached to domain {request.domid} "
                                  f"(backend entry {present[device.bdf].index})")
     taken = {e.vdevfn >> 3: e for e in view.entries if e.vdevfn}
     for device in request.devices:
         if device.vdevfn and (device.vdevfn >> 3) in taken:
             other = taken[device.vdevfn >> 3]
-            raise LayoutConflict(f"virtual slot {device.vdevfn >> 3:#04x} of domain {request.domid} "
+            raise VirtualSlotTaken(f"virtual slot {device.vdevfn >> 3:#04x} of domain {request.domid} "
                                  f"is taken by {other.dev or other.raw.get('dev')}")
 
 

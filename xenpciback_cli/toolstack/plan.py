@@ -13,7 +13,7 @@ owner and the default for every other domain, exactly as XS_SET_PERMS takes them
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 PermSpec = tuple[tuple[int, str], ...]
 
@@ -65,7 +65,7 @@ class Prune(NamedTuple):
         return f"prune empty parents of {self.path} up to {self.stop}"
 
 
-Op = Union[Write, Mkdir, Rm, SetPerms, Prune]
+Op = Write | Mkdir | Rm | SetPerms | Prune
 
 
 def prune_targets(path: str, stop: str) -> list[str]:

@@ -94,7 +94,8 @@ _MOVES: dict[tuple[XenbusState | None, XenbusState | None], tuple[str, str]] = {
     (_B.INITIALISING, _B.INITIALISING): (BACKEND, "probe the device and switch to InitWait"),
     (_B.INITIALISING, None): (BACKEND, "probe the device and switch to InitWait"),
     (_B.INIT_WAIT, _B.INITIALISING): (BACKEND, "export the devices and switch to Initialised"),
-    (_B.INITIALISED, _B.INITIALISING): (FRONTEND, "publish pci-op-ref, event-channel and magic and switch to Initialised"),
+    (_B.INITIALISED, _B.INITIALISING): (FRONTEND, "publish pci-op-ref, event-channel and magic and switch "
+                                                  "to Initialised"),
     (_B.INITIALISED, _B.INITIALISED): (BACKEND, "map the ring, bind the event channel and switch to Connected"),
     (_B.CONNECTED, _B.INITIALISED): (FRONTEND, "scan its root buses and switch to Connected"),
 }

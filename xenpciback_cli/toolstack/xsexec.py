@@ -31,7 +31,8 @@ def _missing(exc: Exception) -> bool:
 def read_or_none(node: Any, path: str) -> str | None:
     """A node's value as text, or None when it does not exist."""
     try:
-        return node.read(path).decode("utf-8", "replace")
+        value: bytes = node.read(path)
+        return value.decode("utf-8", "replace")
     except Exception as exc:  # noqa: BLE001 - ENOENT only; everything else propagates
         if _missing(exc):
             return None

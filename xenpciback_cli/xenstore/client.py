@@ -33,8 +33,8 @@ from xenpciback_cli.xenstore.transport import Transport, discover
 from xenpciback_cli.xenstore.wire import MessageType as T
 from xenpciback_cli.xenstore.wire import Perm
 
-__all__ = ["XenstoreClient", "XenstoreError", "XenstoreConnectionLost", "XenstoreUnavailable",
-           "Perm", "WatchEvent", "Transaction", "connect", "EVENTS_DROPPED"]
+__all__ = ["EVENTS_DROPPED", "Perm", "Transaction", "WatchEvent", "XenstoreClient", "XenstoreConnectionLost",
+           "XenstoreError", "XenstoreUnavailable", "connect"]
 
 R = TypeVar("R")
 DEFAULT_TIMEOUT = 10.0
@@ -102,20 +102,23 @@ class XenstoreClient:
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def open_socket(cls, path: str, **kwargs: object) -> XenstoreClient:
-        return cls._open(path, **kwargs)
+    def open_socket(cls, path: str, *, timeout: float | None = DEFAULT_TIMEOUT,
+                    max_events: int = MAX_EVENTS) -> XenstoreClient:
+        return cls._open(path, timeout=timeout, max_events=max_events)
 
     @classmethod
-    def open_device(cls, path: str = "/dev/xen/xenbus", **kwargs: object) -> XenstoreClient:
-        return cls._open(path, **kwargs)
+    def open_device(cls, path: str = "/dev/xen/xenbus", *, timeout: float | None = DEFAULT_TIMEOUT,
+                    max_events: int = MAX_EVENTS) -> XenstoreClient:
+        return cls._open(path, timeout=timeout, max_events=max_events)
 
     @classmethod
-    def _open(cls, path: str, **kwargs: object) -> XenstoreClient:
+    def _open(cls, path: str, *, timeout: float | None = DEFAULT_TIMEOUT,
+              max_events: int = MAX_EVENTS) -> XenstoreClient:
         try:
             transport = Transport.open(path)
         except OSError as exc:
             raise XenstoreUnavailable(f"cannot connect: {exc.strerror or exc}", path) from None
-        return cls(transport, **kwargs)  # type: ignore[arg-type]
+        return cls(transport, timeout=timeout, max_events=max_events)
 
     @property
     def path(self) -> str:
@@ -262,7 +265,7 @@ class XenstoreClient:
                 raise XenstoreConnectionLost(self._lost)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._fill(remaining) and remaining is not None:
-                if time.monotonic() >= deadline:  # type: ignore[operator]
+                if deadline is not None and time.monotonic() >= deadline:
                     return None
 
     def pending_events(self) -> int:

@@ -25,11 +25,11 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 from xenpciback_cli.xenstore import wire
 from xenpciback_cli.xenstore.daemon import persist
-from xenpciback_cli.xenstore.daemon.core import Connection, Core
+from xenpciback_cli.xenstore.daemon.core import Connection, Core, Quotas
 
 READ_SIZE = 65536
 BACKLOG = 128
@@ -57,7 +57,7 @@ def check_socket_path(path: str) -> None:
 
 
 class _Peer:
-    __slots__ = ("sock", "conn", "decoder", "pending")
+    __slots__ = ("conn", "decoder", "pending", "sock")
 
     def __init__(self, sock: socket.socket, conn: Connection) -> None:
         self.sock = sock
@@ -126,7 +126,7 @@ class Server:
                         if events & selectors.EVENT_WRITE and not obj.conn.closed:
                             self._flush_peer(obj)
                     elif kind == "listen":
-                        self._accept(key.fileobj, obj)
+                        self._accept(cast(socket.socket, key.fileobj), obj)  # registered as such
                     else:
                         try:
                             os.read(self._wake_r, 64)
@@ -308,8 +308,8 @@ class Server:
                 continue
             if self.trace:
                 for frame in conn.outbox:
-                    self._trace("OUT", conn.id, wire.Message(*wire.HEADER.unpack_from(frame)[:3],
-                                                              frame[wire.HEADER_SIZE:]))
+                    self._trace("OUT", conn.id, wire.Message._make((*wire.HEADER.unpack_from(frame)[:3],
+                                                                     frame[wire.HEADER_SIZE:])))
             peer.pending += b"".join(conn.outbox)
             conn.outbox.clear()
             if len(peer.pending) > MAX_PENDING:
@@ -386,7 +386,7 @@ def run(socket_path: str, *, trace_path: str | None = None, state_file: str | No
             trace.close()
 
 
-def _raise_descriptor_limit(quotas: object) -> None:
+def _raise_descriptor_limit(quotas: Quotas) -> None:
     """Use the descriptors the hard limit allows, and keep the total connection limit below
     what the process can open (a few are the daemon's own: listeners, log, state file)."""
     import resource
@@ -401,5 +401,5 @@ def _raise_descriptor_limit(quotas: object) -> None:
             pass
     if soft != resource.RLIM_INFINITY:
         room = max(1, soft - 64)
-        if quotas.max_connections_total > room:  # type: ignore[attr-defined]
-            quotas.max_connections_total = room  # type: ignore[attr-defined]
+        if quotas.max_connections_total > room:
+            quotas.max_connections_total = room
