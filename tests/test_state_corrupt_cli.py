@@ -125,3 +125,25 @@ def test_a_running_operation_is_reported_as_in_progress(shared):
     finally:
         child.kill()
         child.wait()
+
+
+def test_recover_finishes_the_good_entries_and_exits_2_for_a_corrupt_one(shared):
+    box = shared
+    journal = box / "state" / "journal"
+    journal.mkdir(parents=True, exist_ok=True)
+    # A good interrupted hide of OTHER (nothing written yet) next to a corrupt entry of the NIC.
+    steps = [PlannedWrite(f"bus/pci/devices/{OTHER}/driver_override", "pciback", "set driver_override")]
+    Journal(box / "state").save(JournalEntry("hide", Bdf.parse(OTHER), "igbvf", "pciback", "override",
+                                             steps, pid=2**22 + 1))
+    bad = journal / f"unhide-{NIC.xs_key}.json"
+    bad.write_text("[1, 2]")
+    result = invoke("--sandbox", box, "recover")
+    assert result.code == 2, result.output
+    assert result.error.startswith(f"{bad} is corrupt") and "fix:" in result.error
+    assert "Traceback" not in result.output
+    assert not (journal / "hide-0000-04-10-1.json").exists()  # the good one was rolled back
+    assert bad.exists()  # the corrupt one is left for a person
+    assert open_sandbox(box).device(Bdf.parse(OTHER)).driver == "igbvf"
+    data = json.loads(invoke("--sandbox", box, "--json", "recover").output)
+    assert data["operations"] == [{"op": "unhide", "bdf": str(NIC), "action": "skipped", "corrupt": True,
+                                   "reason": result.error}]

@@ -24,20 +24,26 @@ def command(app: Application) -> None:
     from xenpciback_cli.cli.pending import seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
 
-    from xenpciback_cli.errors import SafetyRefusal
+    from xenpciback_cli.errors import SafetyRefusal, StateFileCorrupt
 
     terminal = terminal_for(app)
     outcomes = seizer_for(app).recover()
     refused = [o for o in outcomes if o["action"] == "refused"]
+    corrupt = [o for o in outcomes if o.get("corrupt")]
     if app.settings.json:
         terminal.json({"operations": outcomes})
     else:
         if not outcomes:
             terminal.line("nothing to recover: no interrupted operations")
         for outcome in outcomes:
-            if outcome["action"] != "refused":
+            if outcome["action"] == "skipped":
+                if not outcome.get("corrupt"):  # a corrupt entry is the error line below
+                    terminal.line(f"skipped {outcome['op']} {outcome['bdf']}: {outcome['reason']}")
+            elif outcome["action"] != "refused":
                 terminal.line(f"{outcome['action']} {outcome['op']} {outcome['bdf']}: {outcome['reason']} "
                               f"(driver now {outcome.get('driver') or 'none'})")
+    if corrupt and not refused:  # the others were recovered; these need a person (exit 2)
+        raise StateFileCorrupt("; ".join(str(o["reason"]) for o in corrupt))
     if refused:
         raise SafetyRefusal("; ".join(f"refusing to recover {o['op']} {o['bdf']}: {o['reason']}"
                                       for o in refused), [str(o["reason"]) for o in refused])

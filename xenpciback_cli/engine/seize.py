@@ -588,9 +588,11 @@ class Seizer:
                     corrupt.append(exc)
                     continue
                 outcomes.append(self._recover_one(entry))
-            for problem in corrupt:
-                outcomes.append({"op": "?", "bdf": str(problem.bdf or "?"), "action": "skipped",
-                                 "reason": str(problem)})
+            for problem in corrupt:  # left for a person: nothing is written from an untrusted entry
+                name = Path(str(problem.path or "")).name
+                op = next((o for o in ("unhide", "hide") if name.startswith(f"{o}-")), "unknown")
+                outcomes.append({"op": op, "bdf": str(problem.bdf) if problem.bdf else None,
+                                 "action": "skipped", "corrupt": True, "reason": str(problem)})
         return outcomes
 
     def _recover_one(self, entry: JournalEntry) -> dict[str, object]:
