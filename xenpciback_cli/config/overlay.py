@@ -473,7 +473,7 @@ class OverlayDevice:
         """The guest's ``conf_read`` and ``conf_write`` as closures over the lookup tables.
 
         Both take ``(offset, size, value)`` and return ``(err, value)``, the op dispatcher's
-        signature, so ``serve`` puts them straight into its dispatch dict. Closures rather than
+        signature, so ``serve`` (not written yet) can put them straight into its dispatch dict. Closures rather than
         methods because this is the per-op path: the tables and the hardware's bound methods are
         local cells, not attribute lookups, and every valid (offset, size) is one dict lookup.
         """

@@ -344,7 +344,7 @@ def _attach(client: Any, spec: AttachSpec, host: Any | None,
     if state_dir is not None and (spec.options.permissive or spec.quirks):
         from xenpciback_cli.engine.backend_settings import record_attach
 
-        for bdf in bdfs:  # what a userspace backend serving this guest applies
+        for bdf in bdfs:  # what a userspace backend serving this guest will apply
             record_attach(state_dir, bdf, permissive=spec.options.permissive, quirks=spec.quirks)
     return result
 
