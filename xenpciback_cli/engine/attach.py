@@ -1,6 +1,6 @@
 """Attach seized PCI functions to a guest the way libxl does, and hot-plug into a running one.
 
-Order of work (libxl's, ``toolstack-and-peers.md`` §A1, with its checks made explicit). Every
+Order of work (libxl's, Xen's ``tools/libs/light/libxl_pci.c``, with its checks made explicit). Every
 input and state is read and validated before the first write, sysfs or xenstore:
 
 1. checks that need no transaction: the domain exists (``/local/domain/N``), the spec's values,
