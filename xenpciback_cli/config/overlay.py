@@ -2,8 +2,9 @@
 
 Sans-IO. An :class:`OverlayDevice` is built when a device is exported, from a hardware accessor
 and the device's resources; the backend then feeds it guest ``conf_read``/``conf_write`` ops and
-sends back ``(err, value)``. It follows Linux pciback's field model (spec §4) and is stricter on
-purpose where Linux is sloppy (docs/linux-differences.md):
+sends back ``(err, value)``. It follows Linux pciback's field model (``conf_space.c``,
+``conf_space_header.c`` and ``conf_space_capability.c`` in ``drivers/xen/xen-pciback/``) and is
+stricter on purpose where Linux is sloppy (docs/linux-differences.md):
 
 * offsets outside the device's config space, negative offsets, misaligned accesses and sizes other
   than 1, 2, 4 are ``XEN_PCI_ERR_invalid_offset`` - checked by a single table lookup;
@@ -139,7 +140,7 @@ class OverlayDevice:
         self.device_id = int.from_bytes(snapshot[2:4], "little") if device_id is None else device_id
         self.irq = irq
         self.enabled = False  # Linux: the device is disabled after being seized
-        self.enable_intx = False  # fake-IRQ handler wanted (spec §3.7)
+        self.enable_intx = False  # fake-IRQ handler wanted (Linux: pciback_ops.c, xen_pcibk_control_isr)
         self.dropped_writes = 0
         self.events: list[str] = []
         self._fields: list[Field] = []
@@ -473,9 +474,10 @@ class OverlayDevice:
         """The guest's ``conf_read`` and ``conf_write`` as closures over the lookup tables.
 
         Both take ``(offset, size, value)`` and return ``(err, value)``, the op dispatcher's
-        signature, so ``serve`` puts them straight into its dispatch dict. Closures rather than
-        methods because this is the per-op path: the tables and the hardware's bound methods are
-        local cells, not attribute lookups, and every valid (offset, size) is one dict lookup.
+        signature, so ``serve`` (not written yet) can put them straight into its dispatch dict.
+        Closures rather than methods because this is the per-op path: the tables and the hardware's
+        bound methods are local cells, not attribute lookups, and every valid (offset, size) is one
+        dict lookup.
         """
         get_read = self._reads.get
         get_whole = self._whole.get

@@ -1,6 +1,6 @@
 """Attach seized PCI functions to a guest the way libxl does, and hot-plug into a running one.
 
-Order of work (libxl's, ``toolstack-and-peers.md`` §A1, with its checks made explicit). Every
+Order of work (libxl's, Xen's ``tools/libs/light/libxl_pci.c``, with its checks made explicit). Every
 input and state is read and validated before the first write, sysfs or xenstore:
 
 1. checks that need no transaction: the domain exists (``/local/domain/N``), the spec's values,
@@ -344,7 +344,7 @@ def _attach(client: Any, spec: AttachSpec, host: Any | None,
     if state_dir is not None and (spec.options.permissive or spec.quirks):
         from xenpciback_cli.engine.backend_settings import record_attach
 
-        for bdf in bdfs:  # what a userspace backend serving this guest applies
+        for bdf in bdfs:  # what a userspace backend serving this guest will apply
             record_attach(state_dir, bdf, permissive=spec.options.permissive, quirks=spec.quirks)
     return result
 

@@ -1,8 +1,9 @@
 """Per-device settings a backend applies while a guest holds the device: permissive mode and quirks.
 
 The kernel pciback gets them through its sysfs files at attach time; a userspace backend has no
-such files, so the same settings are recorded here, in the state dir, and it builds its overlay
-from them (:meth:`DeviceSettings.overlay_options` gives ``OverlayDevice``'s keyword arguments).
+such files, so the same settings are recorded here, in the state dir, for ``serve`` (not written
+yet) to build its overlay from (:meth:`DeviceSettings.overlay_options` gives ``OverlayDevice``'s
+keyword arguments).
 Lifetimes follow Linux: quirks last until the guest lets the device go (detach clears them);
 permissive stays until the device is released from the seize driver (``unhide``).
 

@@ -1,8 +1,9 @@
 """The one adapter between the overlay and a real device: positioned reads and writes on a sysfs
 ``config`` file (or any file laid out the same way, e.g. the sandbox's).
 
-Kept apart from the sans-IO engine so that the engine never does I/O itself; ``serve`` opens one
-of these per exported device. An I/O error becomes :class:`ConfigAccessError` carrying the wire
+Kept apart from the sans-IO overlay (``config/overlay.py``) so that the overlay never does I/O
+itself. Only the tests use it today; ``serve`` (not written yet) will open one per exported
+device. An I/O error becomes :class:`ConfigAccessError` carrying the wire
 code the guest gets (``XEN_PCI_ERR_op_failed``), so a vanished device answers an error instead of
 killing the backend.
 """

@@ -2,7 +2,7 @@
 
 One value type serves every place a quirk appears: the ``--quirk REG:SIZE:MASK`` a person types,
 the line the kernel pciback's sysfs ``quirks`` file takes (``[DDDD:]BB:DD.F-REG:SIZE:MASK``, all
-hex), the recorded settings a userspace backend starts from, and the overlay engine, which
+hex), the recorded settings a userspace backend will start from, and the overlay engine, which
 enforces the mask (Linux stores it and never uses it).
 """
 

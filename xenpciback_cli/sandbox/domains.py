@@ -6,8 +6,8 @@ reads), the guest-writable subdirectories (``data``, ``drivers``, ``feature``, `
 domain to xenstored (``@introduceDomain`` fires). Destroying does the reverse: every PCI device
 still attached is removed as libxl would on ``xl destroy`` (no guest handshake: the guest is
 gone), its ``/libxl/pci/<bdf>/domid`` cleared and the function reset, then the domain's nodes are
-removed and the domain released (``@releaseDomain``). The node list follows the real trace in
-``fixtures/xen-traces`` (``xl create`` of a PV guest).
+removed and the domain released (``@releaseDomain``). The node list follows a real C xenstored
+trace of ``xl create`` of a PV guest (the test fixture ``xen-traces/kernel-pciback-xenstored-trace.log``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The simulated machine, as data: which capture sits at which address, its driver, its group, and
-what the host runs on it. ``create`` turns this into a sandbox tree (see the package docstring).
+what the host runs on it. ``host.create_sandbox`` turns this into a sandbox tree (the machine is
+drawn in ``sandbox/host.py``'s docstring).
 
 Every other helper's tests rely on these addresses; change them only together with those tests.
 """

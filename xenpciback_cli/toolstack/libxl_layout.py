@@ -1,6 +1,6 @@
 """The xenstore layout libxl writes for PV PCI devices, as pure functions that return plans.
 
-Everything here is what ``libxl_pci.c`` does to xenstore (``toolstack-and-peers.md`` §A1), so
+Everything here is what libxl does to xenstore (Xen's ``tools/libs/light/libxl_pci.c``), so
 that a device attached by us looks the same to pcifront, to ``xl pci-list`` and to any backend:
 
 * one backend directory per guest, ``/local/domain/0/backend/pci/<domid>/0``, owned by dom0 and

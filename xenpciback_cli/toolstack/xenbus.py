@@ -3,7 +3,8 @@
 The hot-plug handshake of PV PCI is a dance of four parties over two ``state`` nodes (backend and
 frontend) plus one ``state-<i>`` per device. When it stalls, the only useful message names the
 stuck pair of states and the party whose move it is: :func:`next_move` is that table, written
-once, from ``pciback.md`` §2.5/§2.6 (Linux pciback and pcifront), and used by attach, detach and
+once, from what Linux's pciback (``drivers/xen/xen-pciback/xenbus.c``) and pcifront
+(``drivers/pci/xen-pcifront.c``) do on each other's state changes, and used by attach, detach and
 status alike.
 
 Values come from xenstore, which a guest can write: :func:`parse_state` never raises.

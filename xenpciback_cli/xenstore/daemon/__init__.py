@@ -1,2 +1,3 @@
-"""The embedded xenstored: a sans-IO core (store, transactions, watches, domains) and one
-select loop at the edge (``server.py``) that moves bytes between sockets and the core."""
+"""The embedded xenstored: a sans-IO core (``core.py``, ``store.py``: the tree, transactions,
+watches, domains) and its edge, which does the I/O: one select loop (``server.py``) that moves
+bytes between sockets and the core, and the saved tree (``persist.py``)."""
