@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "attach": ("attach", "command", "Attach a seized device to a guest through xenstore (libxl layout)."),
     "detach": ("detach", "command", "Detach a device from a guest safely, then reset it."),
     "status": ("status", "command", "Show a guest's PV PCI handshake: states, vdevs, errors."),
+    "doctor": ("doctor", "command", "Check that this host is ready for passthrough, with the fixes."),
 }
 
 EXIT_CODES_HELP = (
