@@ -71,7 +71,7 @@ def test_a_bare_group_in_a_fresh_process_prints_help_too():
 def test_options_before_a_missing_command_are_a_one_line_usage_error(capsys):
     code, out, err = run(capsys, "--json")
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and err.startswith("xen-pciback: error: Missing command")
+    assert err.count("\n") == 1 and err.startswith('{"error": "Missing command')  # --json: JSON
 
 
 def test_every_group_of_the_tree_is_covered_by_the_bare_group_test():

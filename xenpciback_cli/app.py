@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from xenpciback_cli.host.model import Host
+    from xenpciback_cli.host.platform import Platform
     from xenpciback_cli.pci.address import Bdf
     from xenpciback_cli.toolstack.status import Attachment
     from xenpciback_cli.xenstore.client import XenstoreClient
@@ -83,6 +84,41 @@ class Application:
             raise InputError(f"sysfs root {root} has no bus/pci/devices: not a sysfs mount "
                              "(check --sysfs-root or XEN_PCIBACK_SYSFS_ROOT)")
         return SysfsHost(root)
+
+    @cached_property
+    def platform(self) -> Platform:
+        """Xen, IOMMU and pciback facts (``doctor``): under the sandbox's roots or the host's."""
+        from xenpciback_cli.host.platform import Platform
+
+        if self.sandbox_dir is not None:
+            return Platform(str(self.sandbox_dir / "sys"), str(self.sandbox_dir / "proc"),
+                            allow_commands=False)
+        root = self.settings.sysfs_root
+        proc = "/proc" if os.path.realpath(root) == "/sys" else os.path.join(os.path.dirname(
+            os.path.abspath(root)), "proc")
+        return Platform(root, proc)
+
+    def probe_xenstore(self, *, timeout: float = 2.0) -> XenstoreClient | None:
+        """A client of the xenstored that is already there (none is started, not even a sandbox's);
+        None when there is none to ask. OperationFailed when one is there and does not answer."""
+        from xenpciback_cli.errors import OperationFailed
+        from xenpciback_cli.xenstore.client import connect
+
+        if self.sandbox_dir is not None:
+            from xenpciback_cli.sandbox import xenstored
+
+            path = xenstored.socket_path(self.sandbox_dir)
+            if not os.path.exists(path):
+                return None
+            try:
+                return connect(path, timeout=timeout)
+            except OperationFailed:
+                return None  # a socket left by a stopped daemon: it starts again on demand
+        from xenpciback_cli.xenstore.transport import any_candidate_exists
+
+        if not any_candidate_exists():
+            return None
+        return connect(timeout=timeout)
 
     # -- xenstore: which daemon answers, chosen here like the host ---------------------------------
     def connect_xenstore(self, socket: str | None = None, *, timeout: float = 10.0) -> XenstoreClient:

@@ -31,12 +31,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "attach": ("attach", "command", "Attach a seized device to a guest through xenstore (libxl layout)."),
     "detach": ("detach", "command", "Detach a device from a guest safely, then reset it."),
     "status": ("status", "command", "Show a guest's PV PCI handshake: states, vdevs, errors."),
+    "doctor": ("doctor", "command", "Check that this host is ready for passthrough, with the fixes."),
 }
 
 EXIT_CODES_HELP = (
     "\b\nExit codes:\n  0  done\n  1  operation failed\n  2  bad usage or input\n"
     "  3  refused for safety (--force overrides where offered)"
 )
+
+
+class OutputClosed(Exception):
+    """Whoever read our standard output closed it (``xen-pciback list | head -1``)."""
 
 
 class LazyGroup(click.Group):
@@ -51,6 +56,26 @@ class LazyGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         help_when_bare(ctx, args)
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command, flushing its output here: a reader that went away ('| head') is met
+        as :class:`OutputClosed`, which click passes through to :func:`main` (click itself
+        would turn the BrokenPipeError into a plain exit 1)."""
+        try:
+            result = super().invoke(ctx)
+        except BrokenPipeError:
+            raise OutputClosed() from None
+        except BaseException:  # an error or exit status in flight stays the outcome
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _silence_stdout()
+            raise
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise OutputClosed() from None
+        return result
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
@@ -209,10 +234,38 @@ def cli(ctx: click.Context, sandbox: str | None, sysfs_root: str, state_dir: str
     ))
 
 
-def _fail(message: str, code: int) -> None:
-    sys.stderr.write(f"xen-pciback: error: {message}\n")
+def _fail(message: str, code: int, *, as_json: bool = False) -> None:
+    """The one error line on stderr; with --json, one JSON object instead, so a script reading
+    JSON never has to parse text: ``{"error": "...", "exit_code": N}``."""
+    if as_json:
+        import json
+
+        sys.stderr.write(json.dumps({"error": message, "exit_code": int(code)}) + "\n")
+    else:
+        sys.stderr.write(f"xen-pciback: error: {message}\n")
     sys.stderr.flush()
     raise SystemExit(code)
+
+
+#: Exit status after the reader of our output went away (``xen-pciback list | head -1``): what
+#: a shell reports for any program killed by SIGPIPE (128 + 13), as ``ls | head`` gives.
+BROKEN_PIPE_EXIT = 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush has nowhere to fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a stdout without a descriptor (tests): nothing to flush
+        pass
+
+
+def _wants_json(args: list[str]) -> bool:
+    """Whether --json was given, before or after the command (not after a ``--``)."""
+    words = args[:args.index("--")] if "--" in args else args
+    return "--json" in words
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,12 +279,14 @@ def main(argv: list[str] | None = None) -> None:
         from xenpciback_cli.cli.completion import register
 
         register()
+    as_json = _wants_json(args)
     try:
         cli.main(args=args, prog_name="xen-pciback", standalone_mode=False)
+        sys.stdout.flush()  # here, so a closed pipe is met inside the boundary, not at exit
     except click.exceptions.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except click.exceptions.Abort:
-        _fail("aborted", 130)
+        _fail("aborted", 130, as_json=as_json)
     except HelpShownForMissingCommand as exc:
         raise SystemExit(exc.exit_code) from None
     except click.ClickException as exc:  # usage errors, bad parameters
@@ -239,22 +294,20 @@ def main(argv: list[str] | None = None) -> None:
         message = exc.format_message().replace("\n", " ")
         if isinstance(exc, click.UsageError) and exc.ctx is not None and exc.ctx.command_path:
             message = f"{message} (see '{exc.ctx.command_path} --help')"
-        _fail(message, int(code))
+        _fail(message, int(code), as_json=as_json)
     except XenPcibackError as exc:
-        _fail(str(exc).replace("\n", " "), int(exc.exit_code))
+        _fail(str(exc).replace("\n", " "), int(exc.exit_code), as_json=as_json)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    except BrokenPipeError:
-        # Output piped into 'head' and closed: not an error worth a line.
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
-        finally:
-            raise SystemExit(ExitCode.FAILED) from None
+        _fail("interrupted", 130, as_json=as_json)
+    except (BrokenPipeError, OutputClosed):
+        # The reader went away ('| head'): not an error worth a line.
+        _silence_stdout()
+        raise SystemExit(BROKEN_PIPE_EXIT) from None
     except Exception as exc:  # a bug: one line, traceback only with -v
         if verbose:
             import traceback
 
             traceback.print_exc()
         _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for a traceback)",
-              ExitCode.FAILED)
+              ExitCode.FAILED, as_json=as_json)
     raise SystemExit(ExitCode.OK)

@@ -57,11 +57,10 @@ def command(app: Application, patterns: tuple[str, ...], seized_only: bool, clas
     table = []
     for row in rows:
         d = row.device
-        name = " ".join(part for part in (d.vendor_name, d.device_name) if part) or "-"
+        name = " ".join(part for part in (d.vendor_name, d.device_name) if part) or None
         vdev = guest_address(row.bdf)
-        domain = "-" if row.domid is None else f"{row.domid} ({vdev})" if vdev else row.domid
+        domain = None if row.domid is None else f"{row.domid} ({vdev})" if vdev else row.domid
         table.append((str(d.bdf), f"{d.vendor_id:04x}:{d.device_id:04x}", name,
-                      d.class_name or f"{d.class_code:06x}", d.driver or "-", row.state, domain,
-                      row.original_driver or "-",
-                      "-" if d.iommu_group is None else d.iommu_group))
-    terminal.table(HEADERS, table, fmt=fmt)
+                      d.class_name or f"{d.class_code:06x}", d.driver, row.state, domain,
+                      row.original_driver, d.iommu_group))
+    terminal.table(HEADERS, table, fmt=fmt, empty="-")  # CSV leaves empty cells empty

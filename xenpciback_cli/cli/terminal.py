@@ -65,10 +65,14 @@ class Terminal:
         self.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
-              fmt: str | None = None, title: str | None = None) -> None:
-        """A table: rich on a terminal (or fmt='rich'), tabulate/csv for scripts."""
+              fmt: str | None = None, title: str | None = None, empty: str = "") -> None:
+        """A table: rich on a terminal (or fmt='rich'), tabulate/csv for scripts.
+
+        A None cell is shown as ``empty`` (e.g. "-", so a person sees the column has nothing),
+        except in CSV, where an empty cell stays empty for the program reading it."""
         fmt = fmt or ("rich" if self.is_tty else "plain")
-        cells = [["" if c is None else str(c) for c in row] for row in rows]
+        blank = "" if fmt == "csv" else empty
+        cells = [[blank if c is None else str(c) for c in row] for row in rows]
         if fmt == "csv":
             import csv
 
