@@ -84,13 +84,17 @@ def decode_op(raw: bytes) -> Op:
     """An :class:`Op` from a private copy made by :func:`copy_op` (or a trace record)."""
     if len(raw) != OP_SIZE:
         raise PageError(f"an op is {OP_SIZE} bytes, not {len(raw)}")
-    return Op(*_unpack_header(raw), raw)
+    return _decode(raw)
+
+
+def _decode(raw: bytes) -> Op:
+    cmd, err, domain, bus, devfn, offset, size, value, info = _unpack_header(raw)
+    return Op(cmd, err, domain, bus, devfn, offset, size, value, info, raw)
 
 
 def read_op(page: bytes | bytearray | memoryview) -> Op:
     """Copy the op out of ``page`` once and decode it from the copy."""
-    raw = copy_op(page)
-    return Op(*_unpack_header(raw), raw)
+    return _decode(copy_op(page))
 
 
 def write_result(page: bytearray | memoryview, result: Result) -> None:
@@ -102,7 +106,7 @@ def write_result(page: bytearray | memoryview, result: Result) -> None:
     err = result[0]
     if err not in _INT32:
         raise ValueError(f"err {err} does not fit int32")
-    vectors: tuple[int, ...] = result[2] if len(result) > 2 else ()  # type: ignore[misc]
+    vectors: tuple[int, ...] = result[2] if len(result) > 2 else ()
     if len(vectors) > SH_INFO_MAX_VEC:
         raise ValueError(f"{len(vectors)} MSI-X vectors; the page holds {SH_INFO_MAX_VEC}")
     if len(page) < OP_END:

@@ -24,7 +24,7 @@ class TraceRecord(NamedTuple):
 
     @classmethod
     def of(cls, domid: int, op: Op, result: Result) -> TraceRecord:
-        vectors: tuple[int, ...] = result[2] if len(result) > 2 else ()  # type: ignore[misc]
+        vectors: tuple[int, ...] = result[2] if len(result) > 2 else ()
         return cls(domid, op.raw, result[0], result[1] & 0xFFFFFFFF, vectors)
 
     @property
