@@ -248,14 +248,14 @@ class GuestSession:
         if err:
             self._enable_failed(dev, "MSI-X", f"error {err}")
             dev.ack_intr = False
-            return err, err
+            return err, err & 0xFFFFFFFF
         try:
             pirqs = list(self.interrupts.enable_msix(self.domid, dev.host,
                                                      [entry for _, entry in entries]))
         except InterruptError as exc:
             self._enable_failed(dev, "MSI-X", str(exc))
             dev.ack_intr = False
-            return exc.errno, exc.errno
+            return exc.errno, exc.errno & 0xFFFFFFFF
         if len(pirqs) != count:
             raise RuntimeError(f"enable_msix gave {len(pirqs)} PIRQs for {count} entries")
         dev.msix_enabled = True
