@@ -11,7 +11,8 @@ Rules (Linux pciback xenbus.c; Xen's ``io/pciif.h`` for the magic):
   2. Values are untrusted - the guest writes the frontend directory: parse, never raise; a value
      that cannot be used is ``xenbus_dev_fatal`` (an ``error`` node, then Closing).
   3. Devices of one host slot share one virtual slot and keep their function number; otherwise
-     the first free virtual slot (``__xen_pcibk_add_pci_dev``).
+     the first free virtual slot (``__xen_pcibk_add_pci_dev``; ``topology.VpciBus``, shared with
+     the op dispatcher's ``GuestSession``).
   4. The transitions are :data:`TRANSITIONS`, one row per move, in the order :meth:`step` tries
      them; docs/architecture.md draws its diagram from that table.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from xenpciback_cli.backend.topology import BusFull, VpciBus
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack.libxl_layout import (
     BackendView,
@@ -81,8 +83,7 @@ class XenbusBackend:
     """pciback (vpci mode) serving one guest; keeps the guest's virtual bus in ``slots``."""
 
     domid: int
-    #: virtual slot -> {function: host address}
-    slots: dict[int, dict[int, Bdf]] = field(default_factory=dict)
+    bus: VpciBus = field(default_factory=VpciBus)
     last_frontend: XenbusState | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -91,10 +92,14 @@ class XenbusBackend:
         return backend_path(self.domid)
 
     @property
+    def slots(self) -> dict[int, dict[int, Bdf]]:
+        """Virtual slot -> {function: host address}."""
+        return self.bus.slots
+
+    @property
     def exported(self) -> dict[Bdf, Bdf]:
         """Host address -> guest address of every exported device."""
-        return {host: Bdf(0, 0, slot, func) for slot, funcs in self.slots.items()
-                for func, host in funcs.items()}
+        return self.bus.exported
 
     def _set_state(self, state: XenbusState) -> Write:
         return Write(f"{self.path}/state", str(int(state)))
@@ -106,28 +111,10 @@ class XenbusBackend:
         return [Write(node, f"{errno_value} {message}"), self._set_state(S.CLOSING)]
 
     def _add(self, host: Bdf) -> Bdf:
-        """``__xen_pcibk_add_pci_dev`` (vpci): functions of one host slot share a virtual slot,
-        functions keep their number; otherwise the first free virtual slot."""
-        for slot, funcs in sorted(self.slots.items()):
-            some = next(iter(funcs.values()))
-            if (some.domain, some.bus, some.slot) == (host.domain, host.bus, host.slot) \
-                    and host.function not in funcs:
-                funcs[host.function] = host
-                return Bdf(0, 0, slot, host.function)
-        for slot in range(32):
-            if not self.slots.get(slot):
-                self.slots[slot] = {host.function: host}
-                return Bdf(0, 0, slot, host.function)
-        raise OverflowError("no free virtual slot")
+        return self.bus.add(host)
 
     def _remove(self, guest: Bdf) -> bool:
-        funcs = self.slots.get(guest.slot)
-        if guest.domain or guest.bus or not funcs or guest.function not in funcs:
-            return False
-        del funcs[guest.function]
-        if not funcs:
-            del self.slots[guest.slot]
-        return True
+        return self.bus.remove(guest) is not None
 
     def _export(self, index: int, dev_text: str | None, roots: Mapping[str, str]) -> list[Op]:
         host = parse_dev(dev_text)
@@ -138,7 +125,7 @@ class XenbusBackend:
         else:
             try:
                 guest = self._add(host)
-            except OverflowError:
+            except BusFull:
                 return self._fatal(28, f"no free virtual slot for {host}")
         ops: list[Op] = [Write(f"{self.path}/vdev-{index}", format_vdev(guest)),
                          Write(f"{self.path}/state-{index}", str(int(S.INITIALISED)))]
@@ -181,7 +168,7 @@ class XenbusBackend:
     def step(self, snap: Snapshot) -> list[Op]:
         values = snap.backend
         if not values:
-            self.slots.clear()
+            self.bus.clear()
             self.last_frontend = None
             return []
         view = BackendView(self.domid, values)
@@ -190,7 +177,7 @@ class XenbusBackend:
         fe_changed = fe != self.last_frontend
         self.last_frontend = fe
         if own == S.INITIALISING:  # a new backend directory: probe
-            self.slots.clear()
+            self.bus.clear()
             return [self._set_state(S.INIT_WAIT)]
         if own == S.INIT_WAIT:  # setup: every dev-i, state-i not consulted
             ops: list[Op] = []

@@ -8,20 +8,12 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
+# The wire error codes are the PV ABI's (pv/abi.py); named here too, where the overlay uses them.
+from xenpciback_cli.pv.abi import XenPciErr as XenPciErr
+
 #: Conventional config space size and the PCI Express / PCI-X 2.0 extended size.
 CONFIG_SIZE = 256
 EXT_CONFIG_SIZE = 4096
-
-
-class XenPciErr(IntEnum):
-    """The ``err`` field of a ``xen_pci_op`` (negative errno values may also appear)."""
-
-    SUCCESS = 0
-    DEV_NOT_FOUND = -1
-    INVALID_OFFSET = -2
-    ACCESS_DENIED = -3
-    NOT_IMPLEMENTED = -4
-    OP_FAILED = -5
 
 
 class Reg(IntEnum):

@@ -1,0 +1,327 @@
+"""One guest's side of the shared page: the devices it was given and the ops it sends (sans-IO).
+
+A :class:`GuestSession` owns the devices exported to one guest - each with its own config-space
+overlay (``config/overlay.py``) - and answers ops: bytes of the shared page in, ``(err, value[,
+vectors])`` out. The event loop (not built yet) maps the page and calls :meth:`process` when the
+guest's event channel fires; the xenbus core (``xenbus.py``) decides when devices come and go.
+
+Rules (Linux ``pciback_ops.c``, ``vpci.c``, ``passthrough.c``; spec ``pciback.md`` §3):
+  1. The op is copied out of the page once and decided on from the copy (XSA-155); only ``err``,
+     ``value`` and the MSI-X vectors go back (``pv/codec.py``).
+  2. Every field is untrusted. The device is looked up first by the exact (domain, bus, devfn)
+     the guest names: not exported is ``XEN_PCI_ERR_dev_not_found`` (-1), whatever ``cmd`` says.
+     Then ``cmd``: conf_read/conf_write go to the overlay (bad offset or size: its -2); ops 2-5
+     are MSI/MSI-X with the XSA-157 checks and exactly the codes of spec §3.5; anything else -4.
+  3. Guest input never raises out of :meth:`GuestSession.handle`: a guest-caused problem is an
+     error code. An exception is a bug in the core or an adapter and is left to propagate.
+  4. ``value`` is echoed unchanged where Linux leaves it (not found, not implemented, conf_write,
+     the MSI-X pre-checks), as the kernel writes its private copy's ``value`` back.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from xenpciback_cli.backend.ports import ConfigAccess, InterruptControl, InterruptError
+from xenpciback_cli.backend.topology import VPCI_ROOT, BusFull, Mode, VpciBus, passthrough_roots
+from xenpciback_cli.config.fields import ConfigAccessError
+from xenpciback_cli.config.overlay import OverlayDevice, Policy
+from xenpciback_cli.config.registers import CapId, Command, Reg
+from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.device import PciDevice
+from xenpciback_cli.pci.quirk import Quirk
+from xenpciback_cli.pv.abi import (
+    ERR,
+    ERR_OFFSET,
+    OP_END,
+    OP_HEADER,
+    OP_OFFSET,
+    OP_SIZE,
+    SH_INFO_MAX_VEC,
+    VALUE,
+    VALUE_OFFSET,
+    Errno,
+    PciOp,
+)
+from xenpciback_cli.pv.codec import Op, PageError, Result, decode_op, write_result
+from xenpciback_cli.pv.trace import TraceRecord
+
+_NOT_FOUND = -1
+_NOT_IMPLEMENTED = -4
+_OP_FAILED = -5
+_CONF_READ = int(PciOp.CONF_READ)
+_CONF_WRITE = int(PciOp.CONF_WRITE)
+_MEMORY = int(Command.MEMORY)
+_EINVAL, _ENXIO, _ENOSPC, _EALREADY = (int(e) for e in (Errno.EINVAL, Errno.ENXIO, Errno.ENOSPC,
+                                                       Errno.EALREADY))
+_unpack_header = OP_HEADER.unpack_from
+_pack_err = ERR.pack_into
+_pack_value = VALUE.pack_into
+#: Log lines kept for the event loop to drain (older ones are dropped, never unbounded).
+MAX_EVENTS = 256
+
+
+class ExportError(ValueError):
+    """A device cannot be exported (already exported to this guest, or no virtual slot left).
+    A local error: the xenbus core turns it into ``xenbus_dev_fatal``."""
+
+
+@dataclass(eq=False, slots=True)
+class ExportedDevice:
+    """One device as this guest has it: where it is on both sides and its interrupt state."""
+
+    host: Bdf
+    guest: Bdf
+    overlay: OverlayDevice
+    config: ConfigAccess
+    #: The SR-IOV physical function's config space (a VF's memory decode is the PF's).
+    physfn_config: ConfigAccess | None = None
+    bridges: tuple[Bdf, ...] = ()
+    msi_enabled: bool = False
+    msix_enabled: bool = False
+    #: Linux's ``ack_intr``: the fake INTx handler acks while no MSI/MSI-X is on (spec §3.7).
+    ack_intr: bool = True
+    #: Failed enable ops; the first of each kind is logged, the rest only counted (XSA-157).
+    failed_enables: int = 0
+    warned: set[str] = field(default_factory=set)
+
+
+class GuestSession:
+    """The devices exported to guest ``domid`` and the dispatcher for its ops."""
+
+    def __init__(self, domid: int, interrupts: InterruptControl, *, mode: Mode = Mode.VPCI,
+                 policy: Policy | None = None,
+                 recorder: Callable[[TraceRecord], None] | None = None) -> None:
+        self.domid = domid
+        self.mode = mode
+        self.interrupts = interrupts
+        self.policy = policy if policy is not None else Policy()
+        self.recorder = recorder
+        self.vpci = VpciBus()
+        #: (domain, bus, devfn) as the guest names it -> the device.
+        self.devices: dict[tuple[int, int, int], ExportedDevice] = {}
+        self.ops_served = 0
+        self.events: deque[str] = deque(maxlen=MAX_EVENTS)
+        self._other_ops: dict[int, Callable[[ExportedDevice, int, bytes], Result]] = {
+            PciOp.ENABLE_MSI: self._enable_msi, PciOp.DISABLE_MSI: self._disable_msi,
+            PciOp.ENABLE_MSIX: self._enable_msix, PciOp.DISABLE_MSIX: self._disable_msix,
+        }
+
+    # -- devices ---------------------------------------------------------------------------
+    def export(self, host: Bdf, config: ConfigAccess, *, device: PciDevice | None = None,
+               permissive: bool = False, quirks: Iterable[Quirk] = (),
+               allow_interrupt_control: bool = False, is_virtfn: bool | None = None,
+               physfn_config: ConfigAccess | None = None,
+               bridges: tuple[Bdf, ...] = ()) -> ExportedDevice:
+        """Give ``host`` to the guest: build its overlay over ``config`` (with the device's
+        resources, IRQ and ids from ``device`` when known, ``permissive``/``quirks`` from
+        ``engine.backend_settings``), do the export-time hardware step (``prepare_export``) and
+        place it on the guest's bus. ``bridges``: its upstream bridges, nearest first
+        (passthrough roots)."""
+        if any(dev.host == host for dev in self.devices.values()):
+            raise ExportError(f"{host} is already exported to domain {self.domid}")
+        if is_virtfn is None:
+            is_virtfn = device is not None and device.physfn is not None
+        options = {"permissive": permissive, "quirks": tuple(quirks),
+                   "allow_interrupt_control": allow_interrupt_control, "policy": self.policy}
+        overlay = OverlayDevice.for_device(config, device, **options) if device is not None \
+            else OverlayDevice(config, **options)  # type: ignore[arg-type]
+        if self.mode is Mode.VPCI:
+            try:
+                guest = self.vpci.add(host, is_virtfn=is_virtfn)
+            except BusFull as exc:
+                raise ExportError(f"{exc} (exporting {host} to domain {self.domid})") from None
+        else:
+            guest = host
+        overlay.prepare_export()
+        exported = ExportedDevice(host, guest, overlay, config, physfn_config, bridges)
+        self.devices[(guest.domain, guest.bus, guest.devfn)] = exported
+        self._event(f"device {host} exported to domain {self.domid} as {guest}")
+        return exported
+
+    def release(self, guest: Bdf) -> ExportedDevice | None:
+        """Take the device at guest address ``guest`` back (``xen_pcibk_reset_device``): MSI-X
+        and MSI off, the overlay reset. None if the guest has no device there."""
+        exported = self.devices.pop((guest.domain, guest.bus, guest.devfn), None)
+        if exported is None:
+            return None
+        if self.mode is Mode.VPCI:
+            self.vpci.remove(guest)
+        try:
+            if exported.msix_enabled:
+                self.interrupts.disable_msix(self.domid, exported.host)
+            if exported.msi_enabled:
+                self.interrupts.disable_msi(self.domid, exported.host)
+        except InterruptError as exc:
+            self._event(f"device {exported.host}: could not disable MSI/MSI-X on release: {exc}")
+        exported.msi_enabled = exported.msix_enabled = False
+        exported.overlay.reset()
+        self._event(f"device {exported.host} released from domain {self.domid}")
+        return exported
+
+    def roots(self) -> list[tuple[int, int]]:
+        """The (domain, bus) root buses to publish as ``root-K``."""
+        if self.mode is Mode.VPCI:
+            return [VPCI_ROOT] if self.devices else []
+        return passthrough_roots({d.host: d.bridges for d in self.devices.values()})
+
+    def guest_address(self, host: Bdf) -> Bdf | None:
+        """Where the guest sees ``host`` (for AER requests); None if not exported."""
+        return next((d.guest for d in self.devices.values() if d.host == host), None)
+
+    # -- ops -------------------------------------------------------------------------------
+    def process(self, page: bytearray | memoryview) -> Result:
+        """Serve the op waiting in ``page``: copy it out once, dispatch, write the result back
+        (``err``, ``value``, MSI-X vectors). Clearing ``_XEN_PCIF_active`` and notifying the
+        guest are the event loop's. A buffer too short for an op raises :class:`PageError`."""
+        raw = bytes(page[OP_OFFSET:OP_END])  # the one copy (XSA-155)
+        if len(raw) != OP_SIZE:
+            raise PageError(f"a shared page holds its op at bytes {OP_OFFSET}-{OP_END}")
+        # _dispatch inlined for conf ops: this is the per-op path (bench/bench_dispatch.py)
+        cmd, _err, domain, bus, devfn, offset, size, value, _info = _unpack_header(raw)
+        self.ops_served += 1
+        dev = self.devices.get((domain, bus, devfn))
+        result: Result
+        if dev is None:
+            result = _NOT_FOUND, value
+        elif cmd == _CONF_READ:
+            result = dev.overlay.op_read(offset, size)
+        elif cmd == _CONF_WRITE:
+            result = dev.overlay.op_write(offset, size, value)[0], value
+        else:
+            handler = self._other_ops.get(cmd)
+            if handler is None:
+                result = _NOT_IMPLEMENTED, value
+            else:
+                result = handler(dev, value, raw)
+        if len(result) == 2:
+            _pack_err(page, ERR_OFFSET, result[0])
+            _pack_value(page, VALUE_OFFSET, result[1])
+        else:
+            write_result(page, result)
+        if self.recorder is not None:
+            self.recorder(TraceRecord.of(self.domid, decode_op(raw), result))
+        return result
+
+    def handle(self, op: Op) -> Result:
+        """The answer to an op already copied out of the page (``pv.codec.read_op``)."""
+        return self._dispatch(op.raw)
+
+    def _dispatch(self, raw: bytes) -> Result:
+        cmd, _err, domain, bus, devfn, offset, size, value, _info = _unpack_header(raw)
+        self.ops_served += 1
+        dev = self.devices.get((domain, bus, devfn))
+        if dev is None:
+            return _NOT_FOUND, value
+        if cmd == _CONF_READ:
+            return dev.overlay.op_read(offset, size)
+        if cmd == _CONF_WRITE:
+            return dev.overlay.op_write(offset, size, value)[0], value
+        handler = self._other_ops.get(cmd)
+        if handler is None:
+            return _NOT_IMPLEMENTED, value
+        return handler(dev, value, raw)
+
+    # -- MSI and MSI-X (XSA-157; spec §3.5) --------------------------------------------------
+    def _event(self, line: str) -> None:
+        self.events.append(line)
+
+    def _enable_failed(self, dev: ExportedDevice, kind: str, why: str) -> None:
+        dev.failed_enables += 1
+        if kind not in dev.warned:  # rate limit: a guest retrying in a loop fills no log
+            dev.warned.add(kind)
+            self._event(f"domain {self.domid}: enabling {kind} on {dev.host} failed: {why} "
+                        "(logged once per device)")
+
+    def _enable_msi(self, dev: ExportedDevice, value: int, raw: bytes) -> Result:
+        if dev.msi_enabled:
+            self._enable_failed(dev, "MSI", "MSI already enabled")
+            return _OP_FAILED, 0
+        if dev.msix_enabled:
+            self._enable_failed(dev, "MSI", "MSI-X is enabled")
+            return _OP_FAILED, 0
+        if dev.overlay.caps.find(CapId.MSI) is None:
+            self._enable_failed(dev, "MSI", "no MSI capability")
+            return _OP_FAILED, 0
+        try:
+            pirq = self.interrupts.enable_msi(self.domid, dev.host)
+        except InterruptError as exc:
+            self._enable_failed(dev, "MSI", str(exc))
+            return _OP_FAILED, 0
+        dev.msi_enabled = True
+        dev.ack_intr = False
+        self._event(f"domain {self.domid}: MSI enabled on {dev.host} (pirq {pirq})")
+        return 0, pirq & 0xFFFFFFFF
+
+    def _disable_msi(self, dev: ExportedDevice, value: int, raw: bytes) -> Result:
+        if dev.msi_enabled:  # not enabled: nothing changes (XSA-157)
+            try:
+                self.interrupts.disable_msi(self.domid, dev.host)
+            except InterruptError as exc:
+                self._event(f"domain {self.domid}: disabling MSI on {dev.host} failed: {exc}")
+            dev.msi_enabled = False
+            dev.ack_intr = True
+        return 0, self.interrupts.legacy_pirq(self.domid, dev.host) & 0xFFFFFFFF
+
+    def _enable_msix(self, dev: ExportedDevice, value: int, raw: bytes) -> Result:
+        count = value  # saved before anything else: the write-back count (XSA-155 follow-up)
+        if count > SH_INFO_MAX_VEC:
+            return _EINVAL, value
+        if dev.msix_enabled:
+            return _EALREADY, value
+        try:  # memory decode as the hardware has it; a VF's is its PF's
+            command = (dev.physfn_config or dev.config).read(Reg.COMMAND, 2)
+        except ConfigAccessError:
+            command = 0
+        if dev.msi_enabled or not command & _MEMORY:
+            return _ENXIO, value
+        entries = decode_op(raw).msix_entries(count)
+        err = self._msix_table_check(dev, [entry for _, entry in entries])
+        if err:
+            self._enable_failed(dev, "MSI-X", f"error {err}")
+            dev.ack_intr = False
+            return err, err & 0xFFFFFFFF
+        try:
+            pirqs = list(self.interrupts.enable_msix(self.domid, dev.host,
+                                                     [entry for _, entry in entries]))
+        except InterruptError as exc:
+            self._enable_failed(dev, "MSI-X", str(exc))
+            dev.ack_intr = False
+            return exc.errno, exc.errno & 0xFFFFFFFF
+        if len(pirqs) != count:
+            raise RuntimeError(f"enable_msix gave {len(pirqs)} PIRQs for {count} entries")
+        dev.msix_enabled = True
+        dev.ack_intr = False
+        vectors = tuple(pirq & 0xFFFF if pirq else vector
+                        for pirq, (vector, _) in zip(pirqs, entries))
+        self._event(f"domain {self.domid}: MSI-X enabled on {dev.host} with {count} vectors")
+        return 0, 0, vectors
+
+    def _msix_table_check(self, dev: ExportedDevice, entries: list[int]) -> int:
+        """What the PCI core refuses before enabling, in its order: no MSI-X capability or no
+        entries (-EINVAL), an entry twice (-EINVAL), more entries than the table has (-ENOSPC),
+        an entry outside the table (-EINVAL)."""
+        cap = dev.overlay.caps.find(CapId.MSIX)
+        if cap is None or not entries or len(set(entries)) != len(entries):
+            return _EINVAL
+        try:
+            table_size = (dev.config.read(cap.offset + 2, 2) & 0x7FF) + 1
+        except ConfigAccessError:
+            return _ENXIO
+        if len(entries) > table_size:
+            return _ENOSPC
+        if max(entries) >= table_size:
+            return _EINVAL
+        return 0
+
+    def _disable_msix(self, dev: ExportedDevice, value: int, raw: bytes) -> Result:
+        if dev.msix_enabled:
+            try:
+                self.interrupts.disable_msix(self.domid, dev.host)
+            except InterruptError as exc:
+                self._event(f"domain {self.domid}: disabling MSI-X on {dev.host} failed: {exc}")
+            dev.msix_enabled = False
+            dev.ack_intr = True
+        return 0, self.interrupts.legacy_pirq(self.domid, dev.host) & 0xFFFFFFFF
