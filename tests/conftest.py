@@ -11,13 +11,8 @@ import os
 
 os.environ["XEN_PCIBACK_SYSFS_ROOT"] = "/nonexistent/xen-pciback-tests-must-not-touch-the-real-sys"
 
-# -- xenstore daemons (tests/xsdaemons.py): keep these fixture names stable, others reuse them --
-import sys
-from pathlib import Path
-
+# -- xenstore daemons (tools/xsdaemons.py): keep these fixture names stable, others reuse them --
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import xsdaemons as _xsd
 
 

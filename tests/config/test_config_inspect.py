@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from configspace_helpers import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
+from helpers.configspace import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
 from xenpciback_cli.cli import main
 from xenpciback_cli.config.report import build_report
 from xenpciback_cli.engine.inspect_sources import collect_sources
@@ -140,7 +140,7 @@ class FakeApp:
 
 
 def test_host_device_short_read_is_labelled_and_sized_from_resources():
-    from test_config_overlay import RESOURCES, make_config
+    from config.test_config_overlay import RESOURCES, make_config
 
     app = FakeApp(FakeHost(bytes(make_config()), RESOURCES))
     sources = collect_sources(app, ["03:00.0"])
@@ -186,7 +186,7 @@ def test_inspect_real_host_devices_through_the_host_model(capsys, require_lspci)
     names = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     if not names:
         pytest.skip("no PCI devices")
-    from test_config_decode import lspci_regions
+    from config.test_config_decode import lspci_regions
 
     code, out, err = run(capsys, "--sysfs-root", "/sys", "--json", "inspect", *names)
     assert code == 0, err

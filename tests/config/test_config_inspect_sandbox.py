@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from configspace_helpers import lspci_decode
-from test_config_decode import lspci_regions
+from helpers.configspace import lspci_decode
+from config.test_config_decode import lspci_regions
 from xenpciback_cli.cli import main
 
 sandbox_mod = pytest.importorskip("xenpciback_cli.sandbox.host")

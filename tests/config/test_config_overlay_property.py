@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from configspace_helpers import firecracker_fixtures, pciutils_fixtures
+from helpers.configspace import firecracker_fixtures, pciutils_fixtures
 from xenpciback_cli.engine.inspect_sources import read_dump_file
 from xenpciback_cli.config.fields import MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy, Quirk

@@ -15,7 +15,7 @@ from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
-from seize_helpers import invoke, script
+from helpers.cli import invoke, script
 
 NIC0, NIC1, NVME, GPU = Bdf(0, 3, 0, 0), Bdf(0, 3, 0, 1), Bdf(0, 1, 0, 0), Bdf(0, 2, 0, 0)
 VF0, VF1 = Bdf(0, 4, 0x10, 1), Bdf(0, 4, 0x10, 3)

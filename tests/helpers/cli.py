@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from xenpciback_cli.cli import cli
 from xenpciback_cli.errors import XenPcibackError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -20,7 +20,7 @@ from xenpciback_cli.engine.seize import InjectedFailure, Seizer, failure_hook
 from xenpciback_cli.sandbox.host import SandboxHost, create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
-from seize_helpers import invoke, script
+from helpers.cli import invoke, script
 
 NIC0 = Bdf(0, 3, 0, 0)
 

@@ -10,7 +10,7 @@ import pytest
 
 from xenpciback_cli.xenstore.client import Perm, connect
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def xp(*args, env=None, timeout=30):

@@ -27,7 +27,7 @@ from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
-from seize_helpers import invoke
+from helpers.cli import invoke
 
 NIC0, NVME, XHCI, HOST_BRIDGE, ROOT_PORT = (Bdf.parse(a) for a in
                                             ("03:00.0", "01:00.0", "00:14.0", "00:00.0", "00:1c.0"))

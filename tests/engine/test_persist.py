@@ -11,7 +11,7 @@ from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.spec import BdfPattern
 
-from seize_helpers import invoke
+from helpers.cli import invoke
 
 NIC0 = Bdf(0, 3, 0, 0)
 

@@ -8,7 +8,7 @@ import json
 import shutil
 
 import pytest
-from seize_helpers import invoke
+from helpers.cli import invoke
 
 from xenpciback_cli.engine.backend_settings import record_attach
 from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite

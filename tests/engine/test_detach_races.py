@@ -16,7 +16,7 @@ from xenpciback_cli.engine.detach import detach
 from xenpciback_cli.sandbox.domains import create_domain, destroy_domain
 from xenpciback_cli.xenstore.client import XenstoreClient, XenstoreError
 
-from .helpers import guest_socket
+from helpers.toolstack import guest_socket
 
 NIC = Bdf(0, 3, 0, 0)
 GPU = Bdf(0, 2, 0, 0)

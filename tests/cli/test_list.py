@@ -19,7 +19,7 @@ from xenpciback_cli.cli import cli
 from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JSON_KEYS = {"bdf", "vendor_id", "device_id", "class", "driver", "state", "domid", "original_driver",
              "iommu_group", "vendor_name", "device_name", "numa_node", "driver_override", "physfn"}
 

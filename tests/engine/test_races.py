@@ -26,7 +26,7 @@ from xenpciback_cli.engine.records import load_records
 from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
-from seize_helpers import invoke
+from helpers.cli import invoke
 
 NIC0 = Bdf(0, 3, 0, 0)
 ROUNDS = 20

@@ -10,7 +10,7 @@ import pytest
 
 from xenpciback_cli.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(capsys, *args):
