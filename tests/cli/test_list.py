@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from xenpciback_cli.app import Application, Settings
 from xenpciback_cli.cli import cli
-from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,16 +24,6 @@ JSON_KEYS = {"bdf", "vendor_id", "device_id", "class", "driver", "state", "domid
              "iommu_group", "vendor_name", "device_name", "numa_node", "driver_override", "physfn"}
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return create_sandbox(tmp_path_factory.mktemp("list") / "s").directory
-
-
-@pytest.fixture()
-def sandbox(pristine, tmp_path):
-    target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
-    return target
 
 
 def invoke(*args):

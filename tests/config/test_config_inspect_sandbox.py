@@ -14,11 +14,9 @@ from xenpciback_cli.cli import main
 sandbox_mod = pytest.importorskip("xenpciback_cli.sandbox.host")
 
 
-@pytest.fixture(scope="module")
-def sandbox_dir(tmp_path_factory):
-    target = tmp_path_factory.mktemp("sbx") / "s"
-    sandbox_mod.create_sandbox(target)
-    return target
+@pytest.fixture()
+def sandbox_dir(pristine_sandbox):
+    return pristine_sandbox  # only read here
 
 
 def run(capsys, *args):

@@ -4,30 +4,18 @@ about devices held by vfio-pci or pci-stub (with ``list``, with and without ``--
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from xenpciback_cli.cli import cli
 from xenpciback_cli.errors import XenPcibackError
-from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 VF1, VF3, XHCI = Bdf.parse("04:10.1"), Bdf.parse("04:10.3"), Bdf.parse("00:14.0")
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return create_sandbox(tmp_path_factory.mktemp("validate") / "s").directory
-
-
-@pytest.fixture()
-def sandbox(pristine, tmp_path):
-    target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
-    yield target
-    invoke(target, "sandbox", "stop")
 
 
 class Run:

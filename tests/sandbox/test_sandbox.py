@@ -19,16 +19,10 @@ NIC0, NIC1 = Bdf.parse("03:00.0"), Bdf.parse("03:00.1")
 NVME, GPU, AUDIO, XHCI = Bdf.parse("01:00.0"), Bdf.parse("02:00.0"), Bdf.parse("02:00.1"), Bdf.parse("00:14.0")
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return create_sandbox(tmp_path_factory.mktemp("pristine") / "s").directory
-
-
 @pytest.fixture()
-def sandbox(pristine, tmp_path) -> SandboxHost:
-    target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
-    return open_sandbox(target)
+def sandbox(sandbox) -> SandboxHost:
+    """Here the tests want the host object of conftest's sandbox copy, not its directory."""
+    return open_sandbox(sandbox)
 
 
 def test_required_devices_and_drivers(sandbox):
@@ -259,9 +253,9 @@ def test_create_refuses_foreign_and_existing(tmp_path):
         open_sandbox(foreign)
 
 
-def test_create_force_recreates(pristine, tmp_path):
+def test_create_force_recreates(pristine_sandbox, tmp_path):
     target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
+    shutil.copytree(pristine_sandbox, target, symlinks=True)
     host = open_sandbox(target)
     host.unbind(NIC0, "igb")
     with pytest.raises(errors.InputError):
@@ -379,11 +373,11 @@ def _background(sandbox) -> list[int]:
     return found
 
 
-def test_init_force_stops_what_it_replaces(pristine, tmp_path):
+def test_init_force_stops_what_it_replaces(pristine_sandbox, tmp_path):
     import time
 
     target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
+    shutil.copytree(pristine_sandbox, target, symlinks=True)
     try:
         _cli(target, "sandbox", "domain", "create", 5)
         for _ in range(100):  # a just-started process can take a moment to show its words
@@ -402,11 +396,11 @@ def test_init_force_stops_what_it_replaces(pristine, tmp_path):
             os.kill(pid, 15)
 
 
-def test_simulated_guests_come_back_after_sandbox_stop(pristine, tmp_path):
+def test_simulated_guests_come_back_after_sandbox_stop(pristine_sandbox, tmp_path):
     import time
 
     target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
+    shutil.copytree(pristine_sandbox, target, symlinks=True)
     try:
         _cli(target, "sandbox", "domain", "create", 5)
         _cli(target, "attach", "04:10.1", "--domid", 5, "--seize")
