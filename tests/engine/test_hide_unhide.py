@@ -1,4 +1,4 @@
-"""hide / unhide on the sandbox, through CliRunner and through the console script."""
+"""hide / unhide on the sandbox, in this process and through the console script."""
 
 from __future__ import annotations
 
@@ -197,28 +197,28 @@ def test_no_iommu_groups_is_said_not_crashed():
 
 def test_console_script(sandbox):
     run = script("--sandbox", sandbox, "hide", "03:00.0")
-    assert run.returncode == 0 and "seized 0000:03:00.0: igb -> pciback" in run.stdout
+    assert run.code == 0 and "seized 0000:03:00.0: igb -> pciback" in run.out
     run = script("--sandbox", sandbox, "hide", "01:00.0")
-    assert run.returncode == 3
-    assert run.stderr.startswith("xen-pciback: error: refusing to hide 0000:01:00.0")
-    assert "Traceback" not in run.stderr
+    assert run.code == 3
+    assert run.err.startswith("xen-pciback: error: refusing to hide 0000:01:00.0")
+    assert "Traceback" not in run.err
     run = script("--sandbox", sandbox, "unhide", "--rebind", "03:00.0")
-    assert run.returncode == 0 and open_sandbox(sandbox).device(NIC0).driver == "igb"
+    assert run.code == 0 and open_sandbox(sandbox).device(NIC0).driver == "igb"
     for bad in ("03:00.9", "zz:00.0", "3:00", "0000:03:20.0"):
         run = script("--sandbox", sandbox, "hide", bad)
-        assert run.returncode == 2, (bad, run.stderr)
-        assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+        assert run.code == 2, (bad, run.err)
+        assert run.err.count("\n") == 1 and "Traceback" not in run.err
 
 
 def test_demo_runs_on_a_fresh_sandbox(tmp_path):
     run = script("demo", "--sandbox-dir", tmp_path / "demo")
-    assert run.returncode == 0, run.stderr
-    assert "seized 0000:03:00.0: igb -> pciback" in run.stdout
-    assert "refusing to hide 0000:01:00.0" in run.stdout and "(exit 3" in run.stdout
-    assert "0000:03:00.0 attached to domain 5" in run.stdout
-    assert "backend 4 (Connected), frontend 4 (Connected)" in run.stdout
-    assert "0000:03:00.0 detached from domain 5" in run.stdout
-    assert "released 0000:03:00.0: now igb" in run.stdout
+    assert run.code == 0, run.err
+    assert "seized 0000:03:00.0: igb -> pciback" in run.out
+    assert "refusing to hide 0000:01:00.0" in run.out and "(exit 3" in run.out
+    assert "0000:03:00.0 attached to domain 5" in run.out
+    assert "backend 4 (Connected), frontend 4 (Connected)" in run.out
+    assert "0000:03:00.0 detached from domain 5" in run.out
+    assert "released 0000:03:00.0: now igb" in run.out
     assert open_sandbox(tmp_path / "demo").device(NIC0).driver == "igb"
     assert not (tmp_path / "demo" / "xenstore" / "pid").exists()  # its daemons are stopped
 

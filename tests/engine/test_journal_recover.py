@@ -183,17 +183,17 @@ def test_sigkill_after_every_write(pristine_sandbox, tmp_path, op):
             command = ["hide", NIC0]
         killed = script("--sandbox", sandbox, *command,
                         env={"XEN_PCIBACK_TEST_KILL_AFTER_WRITES": str(after)})
-        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert killed.code == -signal.SIGKILL, killed.err
         listed = script("--sandbox", sandbox, "list")
-        assert listed.returncode == 0, listed.stderr
+        assert listed.code == 0, listed.err
         assert (f"interrupted operation: {op} 0000:03:00.0 stopped "
-                f"{'after step ' + str(after) if after else 'before step 1'}/3") in listed.stderr
+                f"{'after step ' + str(after) if after else 'before step 1'}/3") in listed.err
         recovered = script("--sandbox", sandbox, "--json", "recover")
-        assert recovered.returncode == 0, recovered.stderr
-        assert '"bdf": "0000:03:00.0"' in recovered.stdout
+        assert recovered.code == 0, recovered.err
+        assert '"bdf": "0000:03:00.0"' in recovered.out
         outcomes.add(assert_consistent(sandbox))
         again = script("--sandbox", sandbox, "list")
-        assert "interrupted operation" not in again.stderr
+        assert "interrupted operation" not in again.err
     assert outcomes == {"seized", "host"}
 
 

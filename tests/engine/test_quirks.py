@@ -82,13 +82,13 @@ def test_attach_applies_quirks_and_detach_drops_them(tmp_path):
         run(s, "sandbox", "domain", "create", "7", "--no-guest")
         out = run(s, "attach", "03:00.0", "--domid", "7", "--seize", "--quirk", "e0:2:ff00",
                   "--permissive")
-        assert "quirks e0:2:ff00" in out.stderr and "permissive" in out.stderr
+        assert "quirks e0:2:ff00" in out.err and "permissive" in out.err
         pciback = s / "sys/bus/pci/drivers/pciback"
         assert (pciback / "quirks").read_text() == "03:00.0\n\t\t000000e0:2:0000ff00\n"
         assert (pciback / "permissive").read_text() == "0000:03:00.0\n"
         assert load_settings(s / "state")[NIC].quirks == (Quirk(0xE0, 2, 0xFF00),)
         bad = run(s, "attach", "03:00.1", "--domid", "7", "--quirk", "e0:1:fff", check=False)
-        assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+        assert bad.code == 2 and bad.err.count("\n") == 1
         run(s, "detach", "03:00.0", "--domid", "7", "--force")
         settings = load_settings(s / "state")[NIC]
         assert settings.quirks == () and settings.permissive  # permissive lasts, as in Linux

@@ -1,47 +1,116 @@
-"""Helpers for the seize tests: run the CLI with the real error boundary's exit codes."""
+"""The one way tests run the CLI: in this process through ``main`` (the real error boundary), or as
+a real process. Both answer with a :class:`Run`: exit code, stdout, stderr and the error line.
+
+The process runs the same package this test session imported (the installed one under CI, the
+source tree under ``PYTHONPATH=.``), never silently the other one.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from click.testing import CliRunner
+import xenpciback_cli
+from xenpciback_cli.cli import main
 
-from xenpciback_cli.cli import cli
-from xenpciback_cli.errors import XenPcibackError
+ERROR_PREFIX = "xen-pciback: error: "
+# The directory the imported package lives in: what a child process must find first.
+PACKAGE_ROOT = str(Path(xenpciback_cli.__file__).resolve().parents[1])
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-@dataclass
+@dataclass(frozen=True)
 class Run:
+    """What a person sees after one command. Unpacks as ``code, out, err``."""
+
     code: int
-    output: str  # what the command printed (stdout, plus stderr where click mixes them)
-    error: str  # the one error line the boundary would print ("" on success)
+    out: str  # stdout
+    err: str  # stderr
+
+    @property
+    def output(self) -> str:
+        """Everything printed, stdout then stderr."""
+        return self.out + self.err
+
+    @property
+    def error(self) -> str:
+        """The message of the boundary's one error line (without its prefix), "" when there is none."""
+        for line in self.err.splitlines():
+            if line.startswith(ERROR_PREFIX):
+                return line[len(ERROR_PREFIX):]
+        return ""
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def __iter__(self) -> Iterator[object]:
+        return iter((self.code, self.out, self.err))
 
 
-def invoke(*args: object) -> Run:
-    """CliRunner, mapping our typed errors to their exit codes as ``main`` does."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    exc = result.exception
-    if isinstance(exc, XenPcibackError):
-        return Run(int(exc.exit_code), result.output, str(exc))
-    if exc is not None and not isinstance(exc, SystemExit):
-        raise exc
-    return Run(result.exit_code, result.output, "")
+def _argv(args: tuple[object, ...], sandbox: object) -> list[str]:
+    prefix = [] if sandbox is None else ["--sandbox", str(sandbox)]
+    return prefix + [str(a) for a in args]
 
 
-def script(*args: object, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """The installed ``xen-pciback`` console script in a real process (``python -m
-    xenpciback_cli`` where it is not installed), our tree first on the path."""
+@contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def invoke(*args: object, sandbox: object = None, env: Mapping[str, str] | None = None) -> Run:
+    """Run ``xen-pciback ARGS`` in this process through ``main``, stdout and stderr apart (as
+    pytest's capsys sees them: no terminal, empty stdin)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    stdin, sys.stdin = sys.stdin, io.StringIO("")
+    try:
+        with _environment(env or {}), redirect_stdout(stdout), redirect_stderr(stderr):
+            try:
+                main(_argv(args, sandbox))
+                code = 0
+            except SystemExit as exc:
+                code = int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.stdin = stdin
+    return Run(code, stdout.getvalue(), stderr.getvalue())
+
+
+def ok(*args: object, sandbox: object = None, env: Mapping[str, str] | None = None) -> Run:
+    """:func:`invoke` that must succeed."""
+    run = invoke(*args, sandbox=sandbox, env=env)
+    assert run.code == 0, (args, run.code, run.out, run.err)
+    return run
+
+
+def script(*args: object, sandbox: object = None, env: Mapping[str, str] | None = None,
+           cwd: object = None, timeout: float = 60, check: bool = False) -> Run:
+    """``xen-pciback ARGS`` in a real process: the installed console script where there is one,
+    ``python -m xenpciback_cli`` otherwise. ``XEN_PCIBACK_SANDBOX`` is not inherited."""
     environment = dict(os.environ)
-    environment["PYTHONPATH"] = str(REPO) + os.pathsep + environment.get("PYTHONPATH", "")
+    environment.pop("XEN_PCIBACK_SANDBOX", None)
+    environment["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + environment.get("PYTHONPATH", "")
     environment.update(env or {})
     installed = shutil.which("xen-pciback")
     entry = [installed] if installed else [sys.executable, "-m", "xenpciback_cli"]
-    return subprocess.run([*entry, *[str(a) for a in args]],
-                          capture_output=True, text=True, env=environment, timeout=timeout)
+    proc = subprocess.run([*entry, *_argv(args, sandbox)], capture_output=True, text=True,
+                          env=environment, cwd=None if cwd is None else str(cwd), timeout=timeout)
+    run = Run(proc.returncode, proc.stdout, proc.stderr)
+    if check:
+        assert run.code == 0, (args, run.code, run.out, run.err)
+    return run
