@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from helpers.sysfs_tree import FakeSysfs, build_many
+from sysfs_tree import FakeSysfs, build_many
 
 from xenpciback_cli.engine.inventory import inventory
 from xenpciback_cli.host.sysfs import SysfsHost

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.sysfs_tree import FakeSysfs, config_bytes
+from sysfs_tree import FakeSysfs, config_bytes
 from xenpciback_cli import errors
 from xenpciback_cli.host.sysfs import SysfsHost, parse_resource_file
 from xenpciback_cli.pci.address import Bdf
