@@ -25,7 +25,7 @@ _domids = itertools.count(40)
 
 @pytest.fixture(params=["embedded", pytest.param("cxenstored", marks=pytest.mark.realdaemon)])
 def daemon(request, tmp_path_factory):
-    import xsdaemons  # tests/xsdaemons.py (tests/conftest.py puts tests/ on sys.path)
+    import xsdaemons  # tools/xsdaemons.py (on pytest's pythonpath, pyproject.toml)
 
     try:
         started = xsdaemons.start(request.param, tmp_path_factory.mktemp(request.param),

@@ -1,4 +1,4 @@
-"""The conformance scripts (tests/xenstore_conformance.py) against every daemon.
+"""The conformance scripts (tests/helpers/xenstore_conformance.py) against every daemon.
 
 The expected replies are what Debian's real C xenstored answers; where oxenstored differs the
 script records its answer too, and docs/xenstore-differences.md lists those cases.

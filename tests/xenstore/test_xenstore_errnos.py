@@ -5,7 +5,7 @@ Every case starts from the same small tree on a fresh connection. Where ours del
 answers differently the case is listed in :data:`KNOWN` with the reason, and
 docs/xenstore-differences.md carries the same list (checked below).
 
-Run as a script to print the table: ``PYTHONPATH=. python tests/test_xenstore_errnos.py``.
+Run as a script to print the table: ``PYTHONPATH=.:tests:tools python tests/xenstore/test_xenstore_errnos.py``.
 """
 
 from __future__ import annotations
