@@ -1,6 +1,6 @@
 """How long attach / hot-plug / detach take against each xenstored (run by hand).
 
-    PYTHONPATH=. python bench/bench_attach.py [--rounds N] [--kinds embedded,cxenstored,oxenstored]
+    PYTHONPATH=.:tools python bench/bench_attach.py [--rounds N] [--kinds embedded,cxenstored,oxenstored]
 
 For every daemon, in the same run: the baseline is one plain XS_WRITE round trip; then a cold
 attach + detach of one device with nobody answering (the toolstack's own cost: two or three
@@ -14,23 +14,20 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO))
+import xsdaemons  # tools/xsdaemons.py: Debian's xenstoreds and the embedded one, as the tests use them
 
-import xsdaemons  # noqa: E402
-
-from xenpciback_cli.pci.address import Bdf  # noqa: E402
-from xenpciback_cli.engine.attach import AttachSpec, attach  # noqa: E402
-from xenpciback_cli.engine.detach import detach  # noqa: E402
-from xenpciback_cli.sandbox.domains import create_domain  # noqa: E402
-from xenpciback_cli.toolstack.handshake import round_finished, wait_for  # noqa: E402
-from xenpciback_cli.xenstore.client import XenstoreClient  # noqa: E402
+from xenpciback_cli.engine.attach import AttachSpec, attach
+from xenpciback_cli.engine.detach import detach
+from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.sandbox import guest as simguest
+from xenpciback_cli.sandbox.domains import create_domain
+from xenpciback_cli.toolstack.handshake import round_finished, wait_for
+from xenpciback_cli.xenstore.client import XenstoreClient
 
 NIC, GPU = Bdf(0, 3, 0, 0), Bdf(0, 2, 0, 0)
 
@@ -45,8 +42,6 @@ def median_ms(fn, rounds: int) -> float:
 
 
 def bench(kind: str, rounds: int, scratch: Path) -> None:
-    from tests.toolstack.helpers import SimGuest
-
     try:
         daemon = xsdaemons.start(kind, scratch / kind, scratch / "shim")
     except xsdaemons.Unavailable as exc:
@@ -68,16 +63,21 @@ def bench(kind: str, rounds: int, scratch: Path) -> None:
 
         hot_dom = next(domids)
         create_domain(client, hot_dom)
-        guest = SimGuest(daemon, hot_dom)
+        # The sandbox's simulated guest (pciback as dom0, pcifront as the guest), in a thread.
+        stop = threading.Event()
+        guest = threading.Thread(target=simguest.serve, args=(daemon.socket, hot_dom, stop), daemon=True)
+        guest.start()
         attach(client, AttachSpec(hot_dom, NIC), timeout=5)
-        wait_for(client, hot_dom, round_finished, timeout=5, what="cold plug")
+        # Not timed: the guest first waits up to 5 s for a per-domain socket the daemon may lack.
+        wait_for(client, hot_dom, round_finished, timeout=15, what="cold plug")
 
         def hot() -> None:
             attach(client, AttachSpec(hot_dom, GPU), timeout=5)
             detach(client, GPU, hot_dom, reset=False, timeout=5)
 
         hot_ms = median_ms(hot, rounds)
-        guest.stop()
+        stop.set()
+        guest.join(5)
         client.close()
         print(f"{kind:11s} write {base:7.3f} ms | cold attach+detach {cold_ms:7.2f} ms "
               f"({cold_ms / base:5.0f}x) | hot-plug attach+detach with handshake {hot_ms:7.2f} ms "

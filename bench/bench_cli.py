@@ -9,7 +9,7 @@ Builds a temporary sysfs tree with N PCI devices (default 512, shaped like the k
 * ``xen-pciback --sysfs-root T list --format plain``
 * ``lspci -nnk -A linux-sysfs -O sysfs.path=T/bus/pci`` - target: list no slower than this
 
-Usage: PYTHONPATH=$PWD python bench/bench_cli.py [--devices 512] [--runs 15]
+Usage: PYTHONPATH=$PWD:$PWD/tools python bench/bench_cli.py [--devices 512] [--runs 15]
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
-from sysfs_tree import build_many  # noqa: E402
+from sysfs_tree import build_many  # noqa: E402  from tools/ (shared with the tests)
 
 
 def run_once(command: list[str], env: dict[str, str]) -> float:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """xenstore throughput and latency, against Debian's real C xenstored in the same run.
 
-    PYTHONPATH=. python bench/bench_xenstore.py [--ops 5000] [--conns 256]
+    PYTHONPATH=.:tools python bench/bench_xenstore.py [--ops 5000] [--conns 256]
 
 Measures (each figure is the best of --repeat runs, to damp the noise of a shared machine):
   1. our client vs pyxs, writes/s and reads/s, both against C xenstored, both run by the same
@@ -28,9 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
-import xsdaemons  # noqa: E402
+import xsdaemons  # noqa: E402  from tools/ (shared with the tests)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 

@@ -8,17 +8,39 @@ at a path that does not exist. Tests that read the real /sys on purpose say ``--
 """
 
 import os
+import shutil
+from pathlib import Path
 
 os.environ["XEN_PCIBACK_SYSFS_ROOT"] = "/nonexistent/xen-pciback-tests-must-not-touch-the-real-sys"
 
-# -- xenstore daemons (tests/xsdaemons.py): keep these fixture names stable, others reuse them --
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import xsdaemons as _xsd
+
+# -- the sandbox: one built per test session (per xdist worker), copied for each test that writes --
+
+
+@pytest.fixture(scope="session")
+def pristine_sandbox(tmp_path_factory) -> Path:
+    """A freshly made sandbox, shared by the whole session: read it or copy it, never write to it."""
+    from xenpciback_cli.sandbox.host import create_sandbox
+
+    return create_sandbox(tmp_path_factory.mktemp("pristine") / "s").directory
+
+
+@pytest.fixture()
+def sandbox(pristine_sandbox: Path, tmp_path: Path):
+    """This test's own copy of the pristine sandbox (its directory); whatever the test started in
+    the background for it (xenstored, simulated guests) is stopped afterwards."""
+    target = tmp_path / "s"
+    shutil.copytree(pristine_sandbox, target, symlinks=True)
+    yield target
+    if (target / "xenstore" / "pid").exists() or (target / "domains").exists():
+        from helpers.cli import invoke
+
+        invoke("--sandbox", target, "sandbox", "stop")
+
+
+# -- xenstore daemons (tools/xsdaemons.py): keep these fixture names stable, others reuse them --
 
 
 def _start_xenstored(kind, tmp_path_factory, **kwargs):

@@ -1,3 +1,3 @@
-"""Fixtures of the config-space tests (helpers live in configspace_helpers)."""
+"""Fixtures of the config-space tests (helpers live in tests/helpers/configspace.py)."""
 
-from configspace_helpers import require_lspci  # noqa: F401  (a pytest fixture)
+from helpers.configspace import require_lspci  # noqa: F401  (a pytest fixture)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from configspace_helpers import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
+from helpers.configspace import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
 from xenpciback_cli.config import capabilities
 from xenpciback_cli.engine.inspect_sources import read_dump_file
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from configspace_helpers import pciutils_fixtures
+from helpers.configspace import pciutils_fixtures
 from xenpciback_cli.config import decode
 from xenpciback_cli.config.dumpfile import parse_dump
 from xenpciback_cli.engine.inspect_sources import read_dump_file

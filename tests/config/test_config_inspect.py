@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from configspace_helpers import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
-from xenpciback_cli.cli import main
+from helpers.configspace import firecracker_fixtures, id_matches, lspci_decode, pciutils_fixtures
+from helpers.cli import invoke
 from xenpciback_cli.config.report import build_report
 from xenpciback_cli.engine.inspect_sources import collect_sources
 from xenpciback_cli.errors import DeviceNotFound, InputError
@@ -18,16 +18,9 @@ from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 
 
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
 @pytest.mark.parametrize("path", pciutils_fixtures(), ids=lambda p: p.name)
 def test_json_from_dump_matches_lspci(path: Path, capsys, require_lspci):
-    code, out, err = run(capsys, "--json", "inspect", "--from-dump", str(path))
+    code, out, err = invoke("--json", "inspect", "--from-dump", str(path))
     assert code == 0, err
     reports = json.loads(out)
     expected = lspci_decode(["-F", str(path), "-vvv"])
@@ -49,11 +42,11 @@ def test_text_output_and_diff(capsys):
     paths = [p for p in pciutils_fixtures() if p.name == "cap-pcie-1"]
     if not paths:
         pytest.skip("../shared absent")
-    code, out, _ = run(capsys, "inspect", "--from-dump", str(paths[0]))
+    code, out, _ = invoke("inspect", "--from-dump", str(paths[0]))
     assert code == 0
     assert "[100 v1] Advanced Error Reporting" in out
     assert "command" in out and "mixed" in out
-    code, out, _ = run(capsys, "inspect", "--from-dump", str(paths[0]), "--diff")
+    code, out, _ = invoke("inspect", "--from-dump", str(paths[0]), "--diff")
     assert "PM capabilities" in out and "vendor ID" not in out
 
 
@@ -61,7 +54,7 @@ def test_binary_source_and_label(capsys):
     paths = firecracker_fixtures()
     if not paths:
         pytest.skip("../shared absent")
-    code, out, _ = run(capsys, "--json", "inspect", "--from-binary", str(paths[1]), "00:02.0")
+    code, out, _ = invoke("--json", "inspect", "--from-binary", str(paths[1]), "00:02.0")
     assert code == 0
     rep = json.loads(out)[0]
     assert rep["bdf"] == "0000:00:02.0"
@@ -76,7 +69,7 @@ def test_binary_source_and_label(capsys):
     ["inspect", "--from-dump", "/dev/null"],
 ])
 def test_bad_input_is_one_line_exit_2(capsys, args):
-    code, _out, err = run(capsys, *args)
+    code, _out, err = invoke(*args)
     assert code == 2
     assert err.startswith("xen-pciback: error: ") and err.count("\n") == 1
 
@@ -84,7 +77,7 @@ def test_bad_input_is_one_line_exit_2(capsys, args):
 def test_short_binary_refused(tmp_path, capsys):
     image = tmp_path / "img"
     image.write_bytes(b"\x86\x80" * 10)
-    code, _, err = run(capsys, "inspect", "--from-binary", str(image))
+    code, _, err = invoke("inspect", "--from-binary", str(image))
     assert code == 2 and "at least 64" in err
 
 
@@ -92,7 +85,7 @@ def test_missing_device_in_dump(capsys):
     paths = [p for p in pciutils_fixtures() if p.name == "cap-pcie-1"]
     if not paths:
         pytest.skip("../shared absent")
-    code, _, err = run(capsys, "inspect", "--from-dump", str(paths[0]), "07:00.0")
+    code, _, err = invoke("inspect", "--from-dump", str(paths[0]), "07:00.0")
     assert code == 1 and "0000:07:00.0" in err
 
 
@@ -140,7 +133,7 @@ class FakeApp:
 
 
 def test_host_device_short_read_is_labelled_and_sized_from_resources():
-    from test_config_overlay import RESOURCES, make_config
+    from config.test_config_overlay import RESOURCES, make_config
 
     app = FakeApp(FakeHost(bytes(make_config()), RESOURCES))
     sources = collect_sources(app, ["03:00.0"])
@@ -169,7 +162,7 @@ def test_this_machine_inspect_matches_lspci(capsys, require_lspci):
         data = (root / name / "config").read_bytes()
         if len(data) <= 64:
             pytest.skip("not root")
-        code, out, err = run(capsys, "--json", "inspect", "--from-binary",
+        code, out, err = invoke("--json", "inspect", "--from-binary",
                              str(root / name / "config"), name)
         assert code == 0, err
         rep = json.loads(out)[0]
@@ -186,9 +179,9 @@ def test_inspect_real_host_devices_through_the_host_model(capsys, require_lspci)
     names = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     if not names:
         pytest.skip("no PCI devices")
-    from test_config_decode import lspci_regions
+    from config.test_config_decode import lspci_regions
 
-    code, out, err = run(capsys, "--sysfs-root", "/sys", "--json", "inspect", *names)
+    code, out, err = invoke("--sysfs-root", "/sys", "--json", "inspect", *names)
     assert code == 0, err
     reports = {r["bdf"]: r for r in json.loads(out)}
     regions = lspci_regions(["-vvv", "-D"])
@@ -210,7 +203,7 @@ def test_simulated_xsa120_write_keeps_decode(capsys):
     paths = [p for p in pciutils_fixtures() if p.name == "cap-pcie-2"]
     if not paths:
         pytest.skip("../shared absent")
-    code, out, err = run(capsys, "--json", "inspect", "--from-dump", str(paths[0]),
+    code, out, err = invoke("--json", "inspect", "--from-dump", str(paths[0]),
                          "--write", "0x04:2:0x0007", "--write", "0x04:2:0x0000",
                          "--write", "-4:4:0", "--write", "0x10:4:0xffffffff")
     assert code == 0, err
@@ -227,5 +220,5 @@ def test_simulated_xsa120_write_keeps_decode(capsys):
 
 @pytest.mark.parametrize("text", ["4:3:0", "4:2:0x10000", "zz:2:0", "4:2", "4:2:0:1"])
 def test_bad_simulated_write_is_exit_2(capsys, text):
-    code, _, err = run(capsys, "inspect", "--from-binary", "/dev/null", "--write", text)
+    code, _, err = invoke("inspect", "--from-binary", "/dev/null", "--write", text)
     assert code == 2 and "guest write" in err

@@ -7,25 +7,16 @@ import json
 
 import pytest
 
-from configspace_helpers import lspci_decode
-from test_config_decode import lspci_regions
-from xenpciback_cli.cli import main
+from helpers.configspace import lspci_decode
+from config.test_config_decode import lspci_regions
+from helpers.cli import invoke
 
 sandbox_mod = pytest.importorskip("xenpciback_cli.sandbox.host")
 
 
-@pytest.fixture(scope="module")
-def sandbox_dir(tmp_path_factory):
-    target = tmp_path_factory.mktemp("sbx") / "s"
-    sandbox_mod.create_sandbox(target)
-    return target
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+@pytest.fixture()
+def sandbox_dir(pristine_sandbox):
+    return pristine_sandbox  # only read here
 
 
 def _lspci_args(sandbox_dir):
@@ -35,7 +26,7 @@ def _lspci_args(sandbox_dir):
 def test_every_sandbox_device_matches_lspci(sandbox_dir, capsys, require_lspci):
     host = sandbox_mod.open_sandbox(sandbox_dir)
     names = [str(d.bdf) for d in host.devices()]
-    code, out, err = run(capsys, "--sandbox", str(sandbox_dir), "--json", "inspect", *names)
+    code, out, err = invoke("--sandbox", str(sandbox_dir), "--json", "inspect", *names)
     assert code == 0, err
     reports = {r["bdf"]: r for r in json.loads(out)}
     caps = lspci_decode(_lspci_args(sandbox_dir))
@@ -61,7 +52,7 @@ def sandbox_mod_bdf(name):
 def test_sandbox_overlay_bars_follow_resources(sandbox_dir, capsys):
     host = sandbox_mod.open_sandbox(sandbox_dir)
     for device in host.devices():
-        code, out, err = run(capsys, "--sandbox", str(sandbox_dir), "--json", "inspect",
+        code, out, err = invoke("--sandbox", str(sandbox_dir), "--json", "inspect",
                              str(device.bdf))
         assert code == 0, err
         rep = json.loads(out)[0]
@@ -75,5 +66,5 @@ def test_sandbox_overlay_bars_follow_resources(sandbox_dir, capsys):
 
 
 def test_not_a_sandbox_device(sandbox_dir, capsys):
-    code, _, err = run(capsys, "--sandbox", str(sandbox_dir), "inspect", "0000:7e:00.0")
+    code, _, err = invoke("--sandbox", str(sandbox_dir), "inspect", "0000:7e:00.0")
     assert code == 1 and err.startswith("xen-pciback: error: ") and err.count("\n") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from configspace_helpers import pciutils_fixtures
+from helpers.configspace import pciutils_fixtures
 from xenpciback_cli.engine.inspect_sources import read_dump_file
 from xenpciback_cli.config.fields import MemoryAccessor, QuirkError
 from xenpciback_cli.config.overlay import OverlayDevice, Policy, Quirk

@@ -5,7 +5,7 @@ many bytes happened to be readable."""
 from __future__ import annotations
 
 import pytest
-from test_config_overlay import MEM32, MEM64PF, RESOURCES, ROM, make_config
+from config.test_config_overlay import MEM32, MEM64PF, RESOURCES, ROM, make_config
 
 from xenpciback_cli.config import capabilities
 from xenpciback_cli.config.fields import ConfigAccessError, MemoryAccessor

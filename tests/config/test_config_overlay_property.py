@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from configspace_helpers import firecracker_fixtures, pciutils_fixtures
+from helpers.configspace import firecracker_fixtures, pciutils_fixtures
+import xenpciback_cli.sandbox
 from xenpciback_cli.engine.inspect_sources import read_dump_file
 from xenpciback_cli.config.fields import MemoryAccessor
 from xenpciback_cli.config.overlay import OverlayDevice, Policy, Quirk
@@ -143,8 +144,9 @@ def test_hostile_config_never_crashes_inspect_or_overlay(data, status, pointer, 
 
 # -- every real capture: no guest write sequence escapes the declared masks ----------------------
 
-SANDBOX_CAPTURES = Path(__file__).resolve().parents[2] / "xenpciback_cli" / "host" / "sandbox" / \
-    "captures"
+# The sandbox's captures as the imported package ships them (the path moved with the layout once,
+# and a glob over a missing directory finds nothing silently: hence the assert in _all_sources).
+SANDBOX_CAPTURES = Path(xenpciback_cli.sandbox.__file__).resolve().parent / "captures"
 
 
 @functools.lru_cache(maxsize=1)
@@ -155,7 +157,9 @@ def _all_sources() -> tuple[tuple[str, bytes], ...]:
         out += [(f"{path.name}/{d.bdf}", d.data) for d in read_dump_file(path)
                 if len(d.data) >= 64]
     out += [(path.name, path.read_bytes()) for path in firecracker_fixtures()]
-    out += [(path.name, path.read_bytes()) for path in sorted(SANDBOX_CAPTURES.glob("*.bin"))]
+    sandbox = [(path.name, path.read_bytes()) for path in sorted(SANDBOX_CAPTURES.glob("*.bin"))]
+    assert sandbox, f"no sandbox captures under {SANDBOX_CAPTURES}"
+    out += sandbox
     return tuple(out)
 
 

@@ -275,6 +275,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import xsdaemons  # noqa: E402
+from helpers.cli import script  # noqa: E402
 from xenpciback_cli.xenstore.client import connect  # noqa: E402
 
 
@@ -385,12 +386,6 @@ def test_sockets_are_private_whatever_the_umask(limited):
     assert stat.S_IMODE(os.stat(limited.socket + ".d/7").st_mode) == 0o600
 
 
-def _cli(*argv, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(xsdaemons.REPO))
-    return subprocess.run([sys.executable, "-m", "xenpciback_cli", *argv], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=20)
-
-
 @pytest.mark.parametrize("extra", [60, 0])
 def test_an_over_long_socket_path_is_a_clear_error(tmp_path, extra):
     # extra=0: the dom0 socket itself would fit, but PATH.d/DOMID would not: refused at start,
@@ -399,10 +394,10 @@ def test_an_over_long_socket_path_is_a_clear_error(tmp_path, extra):
     base.mkdir()
     path = str(base / "socket")
     assert len(path) + 8 > 107
-    proc = _cli("sandbox", "xenstored", "--socket", path, "--no-state")
-    assert proc.returncode == 2, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "choose a shorter path" in proc.stderr and "Traceback" not in proc.stderr
+    proc = script("sandbox", "xenstored", "--socket", path, "--no-state")
+    assert proc.code == 2, proc.err
+    assert len(proc.err.strip().splitlines()) == 1, proc.err
+    assert "choose a shorter path" in proc.err and "Traceback" not in proc.err
     assert not os.path.exists(path)
 
 
@@ -428,11 +423,11 @@ def test_state_is_saved_with_fsync(tmp_path, monkeypatch):
 
 def test_a_sandbox_in_a_long_directory_gets_one_clear_line(tmp_path):
     sandbox = tmp_path / ("s" * 90)
-    assert _cli("sandbox", "init", str(sandbox)).returncode == 0
-    proc = _cli("--sandbox", str(sandbox), "xenstore", "ls")
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "choose a shorter path" in lines[0], proc.stderr
+    assert script("sandbox", "init", str(sandbox)).code == 0
+    proc = script("--sandbox", str(sandbox), "xenstore", "ls")
+    assert proc.code != 0
+    lines = proc.err.strip().splitlines()
+    assert len(lines) == 1 and "choose a shorter path" in lines[0], proc.err
     assert not (sandbox / "xenstore" / "socket").exists()
 
 

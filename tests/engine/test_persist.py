@@ -11,7 +11,7 @@ from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.spec import BdfPattern
 
-from seize_helpers import invoke
+from helpers.cli import invoke
 
 NIC0 = Bdf(0, 3, 0, 0)
 
@@ -55,9 +55,8 @@ def test_hide_parameter_forms():
         "options xen-pciback hide=(0000:03:00.0)(0000:04:00.*)"
 
 
-def test_persist_restore_cmdline_through_the_cli(tmp_path):
-    box = tmp_path / "box"
-    create_sandbox(box)
+def test_persist_restore_cmdline_through_the_cli(sandbox, tmp_path):
+    box = sandbox
     config = tmp_path / "seized.toml"
     base = ["--sandbox", str(box)]
     result = invoke(*base, *["hide", "--persist", "--config", str(config), "03:00.0"])
@@ -81,9 +80,8 @@ def test_persist_restore_cmdline_through_the_cli(tmp_path):
     assert open_sandbox(box).device(NIC0).driver == "igb"
 
 
-def test_restore_reports_refusals_and_continues(tmp_path):
-    box = tmp_path / "box"
-    create_sandbox(box)
+def test_restore_reports_refusals_and_continues(sandbox, tmp_path):
+    box = sandbox
     config = tmp_path / "seized.toml"
     persist.add(config, [BdfPattern.parse("01:00.0"), BdfPattern.parse("03:00.0")], "pciback")
     result = invoke("--sandbox", box, "restore", "--config", config)
@@ -92,25 +90,23 @@ def test_restore_reports_refusals_and_continues(tmp_path):
     assert open_sandbox(box).device(NIC0).driver == "pciback"
 
 
-def test_cmdline_with_nothing_persisted_fails_clearly(tmp_path):
-    create_sandbox(tmp_path / "box")
-    result = invoke("--sandbox", tmp_path / "box", "cmdline")
+def test_cmdline_with_nothing_persisted_fails_clearly(sandbox):
+    box = sandbox
+    result = invoke("--sandbox", box, "cmdline")
     assert result.code == 1 and "no pciback devices persisted" in result.error
 
 
 # -- wrong paths and garbage configs (issue 9 item 5) ---------------------------------------------
-def test_restore_with_a_missing_named_config_is_an_error_but_the_default_missing_is_nothing(tmp_path):
-    box = tmp_path / "box"
-    create_sandbox(box)
+def test_restore_with_a_missing_named_config_is_an_error_but_the_default_missing_is_nothing(sandbox, tmp_path):
+    box = sandbox
     result = invoke("--sandbox", box, "restore", "--config", tmp_path / "nonexistent.toml")
     assert result.code == 2 and "does not exist" in result.error and "nonexistent.toml" in result.error
     result = invoke("--sandbox", box, "restore")  # the default config: nothing persisted
     assert result.code == 0 and "nothing to restore" in result.output
 
 
-def test_persist_never_creates_the_directory_of_a_named_config(tmp_path):
-    box = tmp_path / "box"
-    create_sandbox(box)
+def test_persist_never_creates_the_directory_of_a_named_config(sandbox, tmp_path):
+    box = sandbox
     config = tmp_path / "a" / "b" / "x.toml"
     result = invoke("--sandbox", box, "hide", "--persist", "--config", config, "03:00.0")
     assert result.code == 2 and f"{tmp_path / 'a' / 'b'} does not exist" in result.error
@@ -130,9 +126,8 @@ def test_persist_never_creates_the_directory_of_a_named_config(tmp_path):
     (b"hidden = 1\n", "unknown key 'hidden'"),
     (b"[[device]]\nbdf = \"../../../etc\"\n", "bdf"),
 ])
-def test_a_garbage_config_is_one_clean_line_naming_the_file(tmp_path, content, words):
-    box = tmp_path / "box"
-    create_sandbox(box)
+def test_a_garbage_config_is_one_clean_line_naming_the_file(sandbox, tmp_path, content, words):
+    box = sandbox
     config = tmp_path / "seized.toml"
     config.write_bytes(content)
     for args in (["restore", "--config", config], ["cmdline", "--config", config],

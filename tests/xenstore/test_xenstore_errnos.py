@@ -5,20 +5,17 @@ Every case starts from the same small tree on a fresh connection. Where ours del
 answers differently the case is listed in :data:`KNOWN` with the reason, and
 docs/xenstore-differences.md carries the same list (checked below).
 
-Run as a script to print the table: ``PYTHONPATH=. python tests/test_xenstore_errnos.py``.
+Run as a script to print the table: ``PYTHONPATH=.:tests:tools python tests/xenstore/test_xenstore_errnos.py``.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import xsdaemons
-from xenstore_conformance import RawConnection
+from helpers.xenstore_conformance import RawConnection
 from xenpciback_cli.xenstore import wire
 from xenpciback_cli.xenstore.wire import MessageType as T
 
@@ -165,7 +162,7 @@ def test_errnos_match_c_xenstored(tmp_path):
 
 
 def test_known_differences_are_documented():
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "xenstore-differences.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "xenstore-differences.md").read_text()
     for name in KNOWN:
         assert name in doc, name
 

@@ -10,7 +10,7 @@ import random
 import pytest
 
 import xsdaemons
-from xenstore_conformance import RawConnection
+from helpers.xenstore_conformance import RawConnection
 from xenpciback_cli.xenstore import wire
 from xenpciback_cli.xenstore.wire import MessageType as T
 

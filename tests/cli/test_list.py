@@ -1,49 +1,29 @@
-"""``xen-pciback list`` through click's CliRunner and through the installed console script."""
+"""``xen-pciback list`` in this process (tests/helpers/cli.py) and through the installed console script."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from helpers.cli import invoke, script
 from xenpciback_cli.app import Application, Settings
-from xenpciback_cli.cli import cli
-from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JSON_KEYS = {"bdf", "vendor_id", "device_id", "class", "driver", "state", "domid", "original_driver",
              "iommu_group", "vendor_name", "device_name", "numa_node", "driver_override", "physfn"}
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return create_sandbox(tmp_path_factory.mktemp("list") / "s").directory
-
-
-@pytest.fixture()
-def sandbox(pristine, tmp_path):
-    target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
-    return target
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result
 
 
 def test_json_lists_every_device(sandbox):
     result = invoke("--sandbox", str(sandbox), "--json", "list")
-    assert result.exit_code == 0
+    assert result.code == 0
     rows = json.loads(result.output)
     host = open_sandbox(sandbox)
     assert [r["bdf"] for r in rows] == [str(b) for b in host.addresses()]
@@ -112,8 +92,8 @@ def test_csv_and_plain_formats(sandbox):
     assert plain[0].split()[:2] == ["BDF", "ID"] and plain[1].split()[:2] == ["0000:01:00.0", "144d:a826"]
     github = invoke("--sandbox", str(sandbox), "list", "--format", "github", "01:00.0").output
     assert github.startswith("| BDF") and "| 0000:01:00.0 |" in github
-    rich = CliRunner(env={"COLUMNS": "200"}).invoke(
-        cli, ["--sandbox", str(sandbox), "--no-color", "list", "--format", "rich", "01:00.0"]).output
+    rich = invoke("--sandbox", str(sandbox), "--no-color", "list", "--format", "rich", "01:00.0",
+                  env={"COLUMNS": "200"}).output
     assert "0000:01:00.0" in rich and "nvme" in rich
 
 
@@ -127,45 +107,37 @@ def test_inventory_engine_directly(sandbox):
     assert states["0000:03:00.0"] == ("attached", 5) and states["0000:03:00.1"] == ("host", None)
 
 
-def console(*args, **kwargs):
-    script = shutil.which("xen-pciback")
-    command = [script, *args] if script else [sys.executable, "-m", "xenpciback_cli", *args]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("XEN_PCIBACK_SANDBOX", None)
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, **kwargs)
-
-
 def test_console_script_init_and_list(tmp_path):
     target = tmp_path / "box"
-    made = console("sandbox", "init", str(target))
-    assert made.returncode == 0, made.stderr
-    listed = console("--sandbox", str(target), "--json", "list", "--class", "network")
-    assert listed.returncode == 0, listed.stderr
-    assert [r["bdf"] for r in json.loads(listed.stdout)][:2] == ["0000:03:00.0", "0000:03:00.1"]
-    plain = console("--sandbox", str(target), "list", "--format", "simple")
-    assert plain.returncode == 0 and "0000:02:00.0" in plain.stdout and "amdgpu" in plain.stdout
-    again = console("sandbox", "init", str(target))
-    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--force" in again.stderr
-    assert console("sandbox", "init", "--force", str(target)).returncode == 0
+    made = script("sandbox", "init", str(target))
+    assert made.code == 0, made.err
+    listed = script("--sandbox", str(target), "--json", "list", "--class", "network")
+    assert listed.code == 0, listed.err
+    assert [r["bdf"] for r in json.loads(listed.out)][:2] == ["0000:03:00.0", "0000:03:00.1"]
+    plain = script("--sandbox", str(target), "list", "--format", "simple")
+    assert plain.code == 0 and "0000:02:00.0" in plain.out and "amdgpu" in plain.out
+    again = script("sandbox", "init", str(target))
+    assert again.code == 2 and again.err.count("\n") == 1 and "--force" in again.err
+    assert script("sandbox", "init", "--force", str(target)).code == 0
 
 
 def test_console_script_errors_are_one_line(tmp_path):
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "x").write_text("x")
-    refused = console("sandbox", "init", str(tmp_path / "foreign"))
-    assert refused.returncode == 3 and refused.stderr.startswith("xen-pciback: error: refusing")
-    missing = console("--sandbox", str(tmp_path / "nothing"), "list")
-    assert missing.returncode == 2 and "not a sandbox" in missing.stderr and "Traceback" not in missing.stderr
-    bad_class = console("--sysfs-root", str(tmp_path), "list", "--class", "teapot")
-    assert bad_class.returncode == 2 and bad_class.stderr.count("\n") == 1
-    bad_format = console("--sysfs-root", str(tmp_path), "list", "--format", "xml")
-    assert bad_format.returncode == 2 and bad_format.stderr.count("\n") == 1
+    refused = script("sandbox", "init", str(tmp_path / "foreign"))
+    assert refused.code == 3 and refused.err.startswith("xen-pciback: error: refusing")
+    missing = script("--sandbox", str(tmp_path / "nothing"), "list")
+    assert missing.code == 2 and "not a sandbox" in missing.err and "Traceback" not in missing.err
+    bad_class = script("--sysfs-root", str(tmp_path), "list", "--class", "teapot")
+    assert bad_class.code == 2 and bad_class.err.count("\n") == 1
+    bad_format = script("--sysfs-root", str(tmp_path), "list", "--format", "xml")
+    assert bad_format.code == 2 and bad_format.err.count("\n") == 1
 
 
 def test_list_on_empty_root_is_empty(tmp_path):
     (tmp_path / "bus" / "pci" / "devices").mkdir(parents=True)  # a sysfs with no PCI devices
-    result = console("--sysfs-root", str(tmp_path), "--json", "list")
-    assert result.returncode == 0 and json.loads(result.stdout) == []
+    result = script("--sysfs-root", str(tmp_path), "--json", "list")
+    assert result.code == 0 and json.loads(result.out) == []
 
 
 @pytest.mark.parametrize("rows", [

@@ -8,10 +8,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers.cli import Run, script
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,14 +20,9 @@ OPTS = "msitranslate=0,power_mgmt=0,permissive=0,rdm_policy=strict"
 BE = "/local/domain/0/backend/pci/5/0"
 
 
-def run(sandbox: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), NO_COLOR="1")
-    env.pop("XEN_PCIBACK_SANDBOX", None)
-    proc = subprocess.run([sys.executable, "-m", "xenpciback_cli", "--sandbox", str(sandbox), *args],
-                          capture_output=True, text=True, env=env, timeout=60)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} -> {proc.returncode}: {proc.stderr}")
-    return proc
+def run(sandbox: Path, *args: str, check: bool = True) -> Run:
+    """This module's shorthand: the CLI in a real process on SANDBOX, checked unless told not to."""
+    return script(*args, sandbox=sandbox, env={"NO_COLOR": "1"}, check=check)
 
 
 def xenstore_ls(sandbox: Path, path: str) -> dict[str, tuple[str, str]]:
@@ -57,15 +53,15 @@ def sandbox(tmp_path_factory):
 def test_attach_hotplug_detach_in_the_sandbox(sandbox):
     run(sandbox, "sandbox", "domain", "create", "5", "--name", "web")
     out = run(sandbox, "attach", "0000:03:00.0", "--domid", "5", "--seize")
-    assert out.stdout.startswith("0000:03:00.0 attached to domain 5 (backend entry 0)")
-    status = json.loads(run(sandbox, "--json", "status", "--domid", "5").stdout)
+    assert out.out.startswith("0000:03:00.0 attached to domain 5 (backend entry 0)")
+    status = json.loads(run(sandbox, "--json", "status", "--domid", "5").out)
     for _ in range(50):  # the simulated guest connects in the background
         if status["backend_state_name"] == "Connected":
             break
         import time
 
         time.sleep(0.1)
-        status = json.loads(run(sandbox, "--json", "status", "--domid", "5").stdout)
+        status = json.loads(run(sandbox, "--json", "status", "--domid", "5").out)
     assert status["backend_state_name"] == status["frontend_state_name"] == "Connected"
     rw = "n0,r5"
     assert xenstore_ls(sandbox, BE) == {f"{BE}/{k}": (v, rw) for k, v in {
@@ -81,32 +77,32 @@ def test_attach_hotplug_detach_in_the_sandbox(sandbox):
         "/libxl/pci/0000-03-00-0/driver_path": ("/sys/bus/pci/drivers/igb", "n0"),
         "/libxl/pci/0000-03-00-0/domid": ("5", "n0")}
 
-    listing = run(sandbox, "--json", "list", "03:00.0").stdout
+    listing = run(sandbox, "--json", "list", "03:00.0").out
     assert [(r["state"], r["domid"], r["guest_address"], r["driver"]) for r in json.loads(listing)] == [
         ("attached", 5, "0000:00:00.0", "pciback")]
 
     run(sandbox, "hide", "0000:04:10.1")
     out = run(sandbox, "--json", "attach", "0000:04:10.1@4,permissive=1", "--domid", "5")
-    data = json.loads(out.stdout)
+    data = json.loads(out.out)
     assert data["hotplug"] is True and data["backend_state"] == "Connected"
     assert data["devices"] == [{"bdf": "0000:04:10.1", "index": 1, "vdev": "0000:00:01.1"}]
     assert data["permissive"] == ["0000:04:10.1"]
     assert (sandbox / "sys/bus/pci/drivers/pciback/permissive").read_text().split() == ["0000:04:10.1"]
 
     out = run(sandbox, "detach", "0000:03:00.0", "--domid", "5")
-    assert out.stdout.strip() == "0000:03:00.0 detached from domain 5"
-    assert "reset with" in out.stderr or "not reset" in out.stderr
+    assert out.out.strip() == "0000:03:00.0 detached from domain 5"
+    assert "reset with" in out.err or "not reset" in out.err
     tree = xenstore_ls(sandbox, BE)
     assert tree[f"{BE}/dev-0"][0] == "0000:04:10.1" and tree[f"{BE}/vdevfn-0"][0] == "20"
     assert tree[f"{BE}/num_devs"][0] == "1" and f"{BE}/dev-1" not in tree
     assert xenstore_ls(sandbox, "/libxl/pci/0000-03-00-0") == {
         "/libxl/pci/0000-03-00-0/driver_path": ("/sys/bus/pci/drivers/igb", "n0")}
 
-    listing = run(sandbox, "status", "--domid", "5").stdout
+    listing = run(sandbox, "status", "--domid", "5").out
     assert "backend 4 (Connected), frontend 4 (Connected), 1 device(s)" in listing
 
     out = run(sandbox, "--json", "sandbox", "domain", "destroy", "5")
-    assert json.loads(out.stdout)["released_devices"] == ["0000:04:10.1"]
+    assert json.loads(out.out)["released_devices"] == ["0000:04:10.1"]
     assert xenstore_ls(sandbox, BE) == {}
 
 
@@ -125,21 +121,21 @@ def test_attach_hotplug_detach_in_the_sandbox(sandbox):
     (("status", "--domid", "78"), 2, "unknown domain 78: /local/domain/78 does not exist"),
 ])
 def test_bad_input_is_one_line_with_its_exit_code(sandbox, args, code, message):
-    if run(sandbox, "status", "--domid", "6", check=False).returncode != 0:
+    if run(sandbox, "status", "--domid", "6", check=False).code != 0:
         run(sandbox, "sandbox", "domain", "create", "6", "--no-guest")
     proc = run(sandbox, *args, check=False)
-    assert proc.returncode == code
-    assert proc.stderr.startswith(f"xen-pciback: error: {message}") and proc.stderr.count("\n") == 1
-    assert proc.stdout == ""
+    assert proc.code == code
+    assert proc.err.startswith(f"xen-pciback: error: {message}") and proc.err.count("\n") == 1
+    assert proc.out == ""
 
 
 def test_status_shows_a_guests_error_node_inertly(sandbox):
-    if run(sandbox, "status", "--domid", "6", check=False).returncode != 0:
+    if run(sandbox, "status", "--domid", "6", check=False).code != 0:
         run(sandbox, "sandbox", "domain", "create", "6", "--no-guest")
     env = dict(os.environ, XENSTORED_PATH=str(sandbox / "xenstore" / "socket"))
     subprocess.run(["xenstore-write", "/local/domain/6/error/device/pci/0/error",
                     "22 \x1b[31mred"], env=env, check=True, timeout=30)
-    out = run(sandbox, "status", "--domid", "6").stdout
+    out = run(sandbox, "status", "--domid", "6").out
     assert "frontend error: 22 \\x1b[31mred" in out and "\x1b" not in out
 
 
@@ -147,15 +143,15 @@ def test_status_wait_returns_once_connected_and_names_the_stall_otherwise(sandbo
     run(sandbox, "sandbox", "domain", "create", "11")
     run(sandbox, "attach", "0000:04:10.3", "--domid", "11", "--seize")
     out = run(sandbox, "status", "--domid", "11", "--wait", "20")
-    assert out.stdout.startswith("domain 11 (guest11): backend 4 (Connected), frontend 4 (Connected)")
+    assert out.out.startswith("domain 11 (guest11): backend 4 (Connected), frontend 4 (Connected)")
 
     run(sandbox, "sandbox", "domain", "create", "12", "--no-guest")  # nobody plays the guest
     run(sandbox, "attach", "0000:04:10.1", "--domid", "12", "--seize")
     out = run(sandbox, "status", "--domid", "12", "--wait", "0.5", check=False)
-    assert out.returncode == 1 and out.stdout == ""
-    assert out.stderr.count("\n") == 1
+    assert out.code == 1 and out.out == ""
+    assert out.err.count("\n") == 1
     assert re.match(r"xen-pciback: error: timed out after 0.5s waiting for domain 12's backend and "
-                    r"guest to connect: backend state 1 \(Initialising\)", out.stderr), out.stderr
+                    r"guest to connect: backend state 1 \(Initialising\)", out.err), out.err
     run(sandbox, "detach", "0000:04:10.3", "--domid", "11")
     run(sandbox, "detach", "0000:04:10.1", "--domid", "12", "--force")
     run(sandbox, "sandbox", "domain", "destroy", "11")

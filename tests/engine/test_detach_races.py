@@ -16,7 +16,7 @@ from xenpciback_cli.engine.detach import detach
 from xenpciback_cli.sandbox.domains import create_domain, destroy_domain
 from xenpciback_cli.xenstore.client import XenstoreClient, XenstoreError
 
-from .helpers import guest_socket
+from helpers.toolstack import guest_socket
 
 NIC = Bdf(0, 3, 0, 0)
 GPU = Bdf(0, 2, 0, 0)
@@ -25,7 +25,7 @@ _domids = itertools.count(40)
 
 @pytest.fixture(params=["embedded", pytest.param("cxenstored", marks=pytest.mark.realdaemon)])
 def daemon(request, tmp_path_factory):
-    import xsdaemons  # tests/xsdaemons.py (tests/conftest.py puts tests/ on sys.path)
+    import xsdaemons  # tools/xsdaemons.py (on pytest's pythonpath, pyproject.toml)
 
     try:
         started = xsdaemons.start(request.param, tmp_path_factory.mktemp(request.param),

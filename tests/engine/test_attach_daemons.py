@@ -18,7 +18,7 @@ from xenpciback_cli.toolstack.status import attachments, domain_status
 from xenpciback_cli.toolstack.xenbus import XenbusState
 from xenpciback_cli.xenstore.client import XenstoreClient
 
-from .helpers import dump, sim_guest
+from helpers.toolstack import dump, sim_guest
 
 NIC = Bdf(0, 3, 0, 0)
 GPU = Bdf(0, 2, 0, 0)

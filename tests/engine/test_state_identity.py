@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import shutil
+
 import pytest
 
 from xenpciback_cli.engine.identity import (
@@ -14,7 +16,7 @@ from xenpciback_cli.engine.identity import (
 )
 from xenpciback_cli.engine.journal import JournalEntry
 from xenpciback_cli.engine.records import SeizeRecord
-from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 NIC = Bdf(0, 3, 0, 0)
@@ -22,9 +24,9 @@ NVME = Bdf(0, 1, 0, 0)
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
+def host(pristine_sandbox, tmp_path_factory):
     box = tmp_path_factory.mktemp("id") / "box"
-    create_sandbox(box)
+    shutil.copytree(pristine_sandbox, box, symlinks=True)
     return open_sandbox(box)
 
 

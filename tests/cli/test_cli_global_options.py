@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from xenpciback_cli.cli import main
+from helpers.cli import invoke
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+REPO = Path(__file__).resolve().parents[2]
 
 
 def one_line_usage_error(code, out, err):
@@ -28,7 +21,7 @@ def one_line_usage_error(code, out, err):
 
 @pytest.mark.parametrize("option", ["--sandbox", "--state-dir", "--sysfs-root"])
 def test_an_empty_place_option_is_a_usage_error(capsys, option):
-    code, out, err = run(capsys, option, "", "list")
+    code, out, err = invoke(option, "", "list")
     one_line_usage_error(code, out, err)
     assert option in err and "empty" in err
 
@@ -36,7 +29,7 @@ def test_an_empty_place_option_is_a_usage_error(capsys, option):
 @pytest.mark.parametrize("option", ["--sandbox", "--state-dir", "--sysfs-root"])
 def test_an_empty_place_option_is_refused_before_any_command_runs(capsys, option):
     """Even a command that needs no host (cmdline) never sees the empty value."""
-    code, out, err = run(capsys, option, "", "cmdline")
+    code, out, err = invoke(option, "", "cmdline")
     one_line_usage_error(code, out, err)
 
 
@@ -44,7 +37,7 @@ def test_an_empty_place_option_is_refused_before_any_command_runs(capsys, option
 def test_an_empty_environment_variable_is_a_usage_error(capsys, monkeypatch, variable):
     """Click treats an empty variable as unset, which would mean the real host."""
     monkeypatch.setenv(variable, "")
-    code, out, err = run(capsys, "list")
+    code, out, err = invoke("list")
     one_line_usage_error(code, out, err)
     assert variable in err
 
@@ -62,7 +55,7 @@ def test_the_option_wins_over_an_empty_variable(capsys, monkeypatch, tmp_path):
     """--sysfs-root given on the command line: the empty variable is not consulted."""
     monkeypatch.setenv("XEN_PCIBACK_SYSFS_ROOT", "")
     (tmp_path / "bus" / "pci" / "devices").mkdir(parents=True)
-    code, out, err = run(capsys, "--sysfs-root", str(tmp_path), "--json", "list")
+    code, out, err = invoke("--sysfs-root", str(tmp_path), "--json", "list")
     assert (code, err) == (0, "")
     assert out.strip() == "[]"
 
@@ -70,14 +63,14 @@ def test_the_option_wins_over_an_empty_variable(capsys, monkeypatch, tmp_path):
 @pytest.mark.parametrize("root", ["/nonexistent", "EMPTY_DIR"])
 def test_a_sysfs_root_without_pci_devices_is_a_usage_error(capsys, tmp_path, root):
     root = str(tmp_path) if root == "EMPTY_DIR" else root
-    code, out, err = run(capsys, "--sysfs-root", root, "list")
+    code, out, err = invoke("--sysfs-root", root, "list")
     one_line_usage_error(code, out, err)
     assert root in err and "bus/pci/devices" in err
 
 
 def test_a_bad_sysfs_root_from_the_environment_names_the_variable(capsys, monkeypatch):
     monkeypatch.setenv("XEN_PCIBACK_SYSFS_ROOT", "/nonexistent/sysfs")
-    code, out, err = run(capsys, "hide", "03:00.0")
+    code, out, err = invoke("hide", "03:00.0")
     one_line_usage_error(code, out, err)
     assert "/nonexistent/sysfs" in err and "XEN_PCIBACK_SYSFS_ROOT" in err
 
@@ -86,18 +79,18 @@ def test_commands_that_need_no_host_work_under_a_missing_sysfs_root(capsys, tmp_
     """The test session's guard root does not exist (conftest): help, sandbox init, cmdline and
     inspect --from-dump must not build the host adapter."""
     assert not Path(os.environ["XEN_PCIBACK_SYSFS_ROOT"]).exists()
-    assert run(capsys, "--help")[0] == 0
-    assert run(capsys, "hide", "--help")[0] == 0
-    code, _, err = run(capsys, "sandbox", "init", str(tmp_path / "sb"))
+    assert invoke("--help").code == 0
+    assert invoke("hide", "--help").code == 0
+    code, _, err = invoke("sandbox", "init", str(tmp_path / "sb"))
     assert (code, err) == (0, ""), err
     dump = tmp_path / "dump.txt"
     rows = ["00: 86 80 57 0d 06 00 90 20 00 00 00 06 00 00 00 00"]
     rows += [f"{off:02x}: " + " ".join(["00"] * 16) for off in (0x10, 0x20, 0x30)]
     dump.write_text("00:00.0 Host bridge: Intel Corporation Device 0d57\n" + "\n".join(rows) + "\n")
-    code, out, err = run(capsys, "inspect", "--from-dump", str(dump))
+    code, out, err = invoke("inspect", "--from-dump", str(dump))
     assert (code, err) == (0, ""), err
     config = tmp_path / "seized.toml"
     config.write_text('[[device]]\nbdf = "0000:03:00.0"\ndriver = "pciback"\n')
-    code, out, err = run(capsys, "cmdline", "--config", str(config))
+    code, out, err = invoke("cmdline", "--config", str(config))
     assert (code, err) == (0, ""), err
     assert "xen-pciback.hide=(0000:03:00.0)" in out

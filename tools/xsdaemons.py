@@ -1,6 +1,6 @@
 """Start xenstore daemons for tests: ours, Debian's C xenstored and oxenstored.
 
-The real daemons need a hypervisor; ``tests/xenstore_shim/xsshim.c`` (an LD_PRELOAD object built
+The real daemons need a hypervisor; ``tools/xenstore_shim/xsshim.c`` (an LD_PRELOAD object built
 here with gcc against libxen-dev's headers) stands in for it. Each daemon gets its own scratch
 directory and environment, so two never fight over one socket.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHIM_SOURCE = REPO / "tests" / "xenstore_shim" / "xsshim.c"
+SHIM_SOURCE = REPO / "tools" / "xenstore_shim" / "xsshim.c"
 XEN_BIN = Path("/usr/lib/xen-4.17/bin")
 CXENSTORED = XEN_BIN / "xenstored"
 OXENSTORED = XEN_BIN / "oxenstored"

@@ -8,11 +8,11 @@ import json
 import shutil
 
 import pytest
-from seize_helpers import invoke
+from helpers.cli import invoke
 
 from xenpciback_cli.engine.backend_settings import record_attach
 from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite
-from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
 NIC = Bdf(0, 3, 0, 0)
@@ -42,10 +42,10 @@ CASES = ([(name, g) for name in FILES for g in ("utf8", "list", "deep", "deep-ob
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
+def pristine(pristine_sandbox, tmp_path_factory):
     """A sandbox whose NIC is seized (a record) with backend settings recorded."""
     box = tmp_path_factory.mktemp("corrupt") / "s"
-    create_sandbox(box)
+    shutil.copytree(pristine_sandbox, box, symlinks=True)
     assert invoke("--sandbox", box, "hide", "03:00.0").code == 0
     record_attach(box / "state", NIC, permissive=True, quirks=())
     shutil.copytree(box / "state", box.parent / "state.saved", symlinks=True)

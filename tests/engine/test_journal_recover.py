@@ -17,10 +17,10 @@ import pytest
 from xenpciback_cli.engine.journal import pending_operations
 from xenpciback_cli.engine.records import load_records
 from xenpciback_cli.engine.seize import InjectedFailure, Seizer, failure_hook
-from xenpciback_cli.sandbox.host import SandboxHost, create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import SandboxHost, open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
-from seize_helpers import invoke, script
+from helpers.cli import invoke, script
 
 NIC0 = Bdf(0, 3, 0, 0)
 
@@ -32,29 +32,19 @@ class NoOverrideSandbox(SandboxHost):
         return False
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return create_sandbox(tmp_path_factory.mktemp("crash") / "s").directory
 
 
-@pytest.fixture()
-def box(pristine, tmp_path):
-    target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
-    return target
-
-
-def open_host(box, method):
-    return NoOverrideSandbox(box) if method in ("slot", "new_id") else open_sandbox(box)
+def open_host(sandbox, method):
+    return NoOverrideSandbox(sandbox) if method in ("slot", "new_id") else open_sandbox(sandbox)
 
 
 TARGETS = {"override": "pciback", "slot": "pciback", "new_id": "vfio-pci"}
 
 
-def assert_consistent(box, bdf=NIC0, original="igb", xenstore=None, target="pciback"):
+def assert_consistent(sandbox, bdf=NIC0, original="igb", xenstore=None, target="pciback"):
     """Fully seized or fully with the original driver; nothing half-way; journal empty."""
-    host = open_sandbox(box)
-    state = box / "state"
+    host = open_sandbox(sandbox)
+    state = sandbox / "state"
     device = host.device(bdf)
     records = load_records(state)
     assert pending_operations(state) == []
@@ -98,55 +88,55 @@ def hide(host, xenstore=None, target="pciback"):
     return seizer.hide(pre, target)
 
 
-def plan_length(box, method, op):
-    host = open_host(box, method)
-    seizer = Seizer(host, box / "state")
+def plan_length(sandbox, method, op):
+    host = open_host(sandbox, method)
+    seizer = Seizer(host, sandbox / "state")
     if op == "hide":
         [pre] = seizer.preflight([NIC0], TARGETS[method])
         return len(seizer.hide(pre, TARGETS[method], dry_run=True).writes)
-    hide(open_host(box, method), target=TARGETS[method])
+    hide(open_host(sandbox, method), target=TARGETS[method])
     count = len(seizer.unhide(NIC0, rebind=True, dry_run=True).writes)
     return count
 
 
 @pytest.mark.parametrize("method", ["override", "slot", "new_id"])
 @pytest.mark.parametrize("op", ["hide", "unhide"])
-def test_injected_failure_after_every_write(pristine, tmp_path, method, op):
+def test_injected_failure_after_every_write(pristine_sandbox, tmp_path, method, op):
     template = tmp_path / "template"
-    shutil.copytree(pristine, template, symlinks=True)
+    shutil.copytree(pristine_sandbox, template, symlinks=True)
     steps = plan_length(template, method, op)
     assert steps >= 2
     target = TARGETS[method]
     outcomes = set()
     for after in range(steps):
-        box = tmp_path / f"case{after}"
-        shutil.copytree(pristine, box, symlinks=True)
+        sandbox = tmp_path / f"case{after}"
+        shutil.copytree(pristine_sandbox, sandbox, symlinks=True)
         xenstore = DictXenstore()
         if op == "unhide":
-            hide(open_host(box, method), xenstore, target)
-        host = open_host(box, method)
+            hide(open_host(sandbox, method), xenstore, target)
+        host = open_host(sandbox, method)
         host.write_hooks.append(failure_hook(after, kill=False))
-        seizer = Seizer(host, box / "state", xenstore=xenstore)
+        seizer = Seizer(host, sandbox / "state", xenstore=xenstore)
         with pytest.raises(InjectedFailure):
             if op == "hide":
                 [pre] = seizer.preflight([NIC0], target)
                 seizer.hide(pre, target)
             else:
                 seizer.unhide(NIC0, rebind=True)
-        [entry] = pending_operations(box / "state")
+        [entry] = pending_operations(sandbox / "state")
         assert entry.op == op and entry.bdf == NIC0 and entry.done == after
         line = entry.describe()
         assert line.startswith(f"interrupted operation: {op} 0000:03:00.0 stopped ")
         assert "run 'xen-pciback recover'" in line
-        outcome = Seizer(open_host(box, method), box / "state", xenstore=xenstore).recover()
+        outcome = Seizer(open_host(sandbox, method), sandbox / "state", xenstore=xenstore).recover()
         assert len(outcome) == 1 and outcome[0]["action"] in ("completed", "rolled back")
-        outcomes.add(assert_consistent(box, xenstore=xenstore, target=target))
+        outcomes.add(assert_consistent(sandbox, xenstore=xenstore, target=target))
         # Idempotent: a second recover has nothing to do and changes nothing.
-        assert Seizer(open_host(box, method), box / "state").recover() == []
-        assert assert_consistent(box, xenstore=xenstore, target=target) in ("seized", "host")
-        if method == "new_id" and assert_consistent(box, target=target) == "host":
+        assert Seizer(open_host(sandbox, method), sandbox / "state").recover() == []
+        assert assert_consistent(sandbox, xenstore=xenstore, target=target) in ("seized", "host")
+        if method == "new_id" and assert_consistent(sandbox, target=target) == "host":
             # The dynamic id is gone: a probe does not hand the device to the stub driver again.
-            device = open_host(box, method)
+            device = open_host(sandbox, method)
             device.write_attribute("bus/pci/drivers/igb/unbind", str(NIC0))
             device.probe(NIC0)
             assert device.device(NIC0).driver == "igb"
@@ -155,11 +145,11 @@ def test_injected_failure_after_every_write(pristine, tmp_path, method, op):
 
 
 @pytest.mark.parametrize("op", ["hide", "unhide"])
-def test_failure_after_the_last_write_before_bookkeeping(box, monkeypatch, op):
+def test_failure_after_the_last_write_before_bookkeeping(sandbox, monkeypatch, op):
     """The window after the final sysfs write but before the record update and journal removal."""
     xenstore = DictXenstore()
     if op == "unhide":
-        hide(open_sandbox(box), xenstore)
+        hide(open_sandbox(sandbox), xenstore)
     target = "_keep_record" if op == "hide" else "_forget"
 
     def crash(*args, **kwargs):
@@ -168,80 +158,80 @@ def test_failure_after_the_last_write_before_bookkeeping(box, monkeypatch, op):
     monkeypatch.setattr(Seizer, target, crash)
     with pytest.raises(InjectedFailure):
         if op == "hide":
-            hide(open_sandbox(box), xenstore)
+            hide(open_sandbox(sandbox), xenstore)
         else:
-            Seizer(open_sandbox(box), box / "state", xenstore=xenstore).unhide(NIC0, rebind=True)
+            Seizer(open_sandbox(sandbox), sandbox / "state", xenstore=xenstore).unhide(NIC0, rebind=True)
     monkeypatch.undo()
-    [entry] = pending_operations(box / "state")
+    [entry] = pending_operations(sandbox / "state")
     assert entry.done == len(entry.steps)
-    [outcome] = Seizer(open_sandbox(box), box / "state", xenstore=xenstore).recover()
+    [outcome] = Seizer(open_sandbox(sandbox), sandbox / "state", xenstore=xenstore).recover()
     assert outcome["action"] == "completed"
-    assert assert_consistent(box, xenstore=xenstore) == ("seized" if op == "hide" else "host")
+    assert assert_consistent(sandbox, xenstore=xenstore) == ("seized" if op == "hide" else "host")
 
 
 @pytest.mark.parametrize("op", ["hide", "unhide"])
-def test_sigkill_after_every_write(pristine, tmp_path, op):
+def test_sigkill_after_every_write(pristine_sandbox, tmp_path, op):
     """A real process killed by SIGKILL at each write; the next command reports it; recover fixes it."""
     outcomes = set()
     for after in range(3):
-        box = tmp_path / f"case{after}"
-        shutil.copytree(pristine, box, symlinks=True)
+        sandbox = tmp_path / f"case{after}"
+        shutil.copytree(pristine_sandbox, sandbox, symlinks=True)
         if op == "unhide":
-            assert invoke("--sandbox", box, "hide", NIC0).code == 0
+            assert invoke("--sandbox", sandbox, "hide", NIC0).code == 0
             command = ["unhide", "--rebind", NIC0]
         else:
             command = ["hide", NIC0]
-        killed = script("--sandbox", box, *command,
+        killed = script("--sandbox", sandbox, *command,
                         env={"XEN_PCIBACK_TEST_KILL_AFTER_WRITES": str(after)})
-        assert killed.returncode == -signal.SIGKILL, killed.stderr
-        listed = script("--sandbox", box, "list")
-        assert listed.returncode == 0, listed.stderr
+        assert killed.code == -signal.SIGKILL, killed.err
+        listed = script("--sandbox", sandbox, "list")
+        assert listed.code == 0, listed.err
         assert (f"interrupted operation: {op} 0000:03:00.0 stopped "
-                f"{'after step ' + str(after) if after else 'before step 1'}/3") in listed.stderr
-        recovered = script("--sandbox", box, "--json", "recover")
-        assert recovered.returncode == 0, recovered.stderr
-        assert '"bdf": "0000:03:00.0"' in recovered.stdout
-        outcomes.add(assert_consistent(box))
-        again = script("--sandbox", box, "list")
-        assert "interrupted operation" not in again.stderr
+                f"{'after step ' + str(after) if after else 'before step 1'}/3") in listed.err
+        recovered = script("--sandbox", sandbox, "--json", "recover")
+        assert recovered.code == 0, recovered.err
+        assert '"bdf": "0000:03:00.0"' in recovered.out
+        outcomes.add(assert_consistent(sandbox))
+        again = script("--sandbox", sandbox, "list")
+        assert "interrupted operation" not in again.err
     assert outcomes == {"seized", "host"}
 
 
-def test_new_operation_refused_while_interrupted(box):
-    host = open_sandbox(box)
+def test_new_operation_refused_while_interrupted(sandbox):
+    host = open_sandbox(sandbox)
     host.write_hooks.append(failure_hook(1, kill=False))
     with pytest.raises(InjectedFailure):
         hide(host)
-    run = invoke("--sandbox", box, "hide", NIC0)
+    run = invoke("--sandbox", sandbox, "hide", NIC0)
     assert run.code == 1 and "run 'xen-pciback recover' first" in run.error
-    assert invoke("--sandbox", box, "recover").code == 0
-    assert_consistent(box)
+    assert invoke("--sandbox", sandbox, "recover").code == 0
+    assert_consistent(sandbox)
 
 
-def test_kernel_error_mid_hide_names_the_step_and_recover_rolls_back(box):
+def test_kernel_error_mid_hide_names_the_step_and_recover_rolls_back(sandbox):
     from xenpciback_cli.errors import DeviceBusy
 
     def busy(write):
         if write.path.endswith("/unbind"):
             raise DeviceBusy("write to unbind failed: device busy", bdf=NIC0)
 
-    host = open_sandbox(box)
+    host = open_sandbox(sandbox)
     host.write_hooks.append(busy)
-    seizer = Seizer(host, box / "state")
+    seizer = Seizer(host, sandbox / "state")
     [pre] = seizer.preflight([NIC0], "pciback")
     with pytest.raises(Exception) as info:
         seizer.hide(pre, "pciback")
     assert "hide 0000:03:00.0 failed at step 2/3 (unbind from igb)" in str(info.value)
     assert "run 'xen-pciback recover'" in str(info.value)
-    run = invoke("--sandbox", box, "--json", "recover")
+    run = invoke("--sandbox", sandbox, "--json", "recover")
     assert run.code == 0 and '"action": "rolled back"' in run.output
-    assert assert_consistent(box) == "host"
+    assert assert_consistent(sandbox) == "host"
 
 
-def test_new_id_fallback_with_a_shared_id(box):
+def test_new_id_fallback_with_a_shared_id(sandbox):
     """Two VFs with one id seized through new_id: EEXIST on the second, ENODEV on the last remove."""
-    host = NoOverrideSandbox(box)
-    seizer = Seizer(host, box / "state")
+    host = NoOverrideSandbox(sandbox)
+    seizer = Seizer(host, sandbox / "state")
     vfs = [Bdf(0, 4, 0x10, 1), Bdf(0, 4, 0x10, 3)]
     for vf in vfs:
         [pre] = seizer.preflight([vf], "vfio-pci")
@@ -250,4 +240,4 @@ def test_new_id_fallback_with_a_shared_id(box):
     for vf in vfs:
         seizer.unhide(vf, rebind=True)
         assert host.device(vf).driver == "igbvf"
-    assert pending_operations(box / "state") == [] and load_records(box / "state") == {}
+    assert pending_operations(sandbox / "state") == [] and load_records(sandbox / "state") == {}

@@ -23,18 +23,15 @@ import pytest
 
 from xenpciback_cli.engine.journal import pending_operations
 from xenpciback_cli.engine.records import load_records
-from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
-from seize_helpers import invoke
+from helpers.cli import invoke
 
 NIC0 = Bdf(0, 3, 0, 0)
 ROUNDS = 20
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return create_sandbox(tmp_path_factory.mktemp("races") / "s").directory
 
 
 def _race(*commands: tuple[str, ...]) -> list[int]:
@@ -86,9 +83,9 @@ def _consistent(box) -> str:
 
 
 @pytest.mark.parametrize("start_seized", [False, True], ids=["from-host", "from-seized"])
-def test_hide_races_unhide_rebind(pristine, tmp_path, start_seized):
+def test_hide_races_unhide_rebind(pristine_sandbox, tmp_path, start_seized):
     box = tmp_path / "s"
-    shutil.copytree(pristine, box, symlinks=True)
+    shutil.copytree(pristine_sandbox, box, symlinks=True)
     hide = ("--sandbox", box, "hide", "03:00.0")
     unhide = ("--sandbox", box, "unhide", "--rebind", "03:00.0")
     ends = set()
@@ -105,9 +102,9 @@ def test_hide_races_unhide_rebind(pristine, tmp_path, start_seized):
     assert ends <= {"seized", "host"}
 
 
-def test_two_hides_of_one_device(pristine, tmp_path):
+def test_two_hides_of_one_device(pristine_sandbox, tmp_path):
     box = tmp_path / "s"
-    shutil.copytree(pristine, box, symlinks=True)
+    shutil.copytree(pristine_sandbox, box, symlinks=True)
     hide = ("--sandbox", box, "hide", "03:00.0")
     unhide = ("--sandbox", box, "unhide", "--rebind", "03:00.0")
     deadline = time.monotonic() + 30
@@ -119,12 +116,12 @@ def test_two_hides_of_one_device(pristine, tmp_path):
         assert time.monotonic() < deadline
 
 
-def test_recover_waits_for_a_running_operation(pristine, tmp_path):
+def test_recover_waits_for_a_running_operation(pristine_sandbox, tmp_path):
     """An operation in flight holds the lock: recover waits for it instead of "recovering" it."""
     from xenpciback_cli.engine.journal import Journal, JournalEntry
 
     box = tmp_path / "s"
-    shutil.copytree(pristine, box, symlinks=True)
+    shutil.copytree(pristine_sandbox, box, symlinks=True)
     journal = Journal(box / "state")
     entry = JournalEntry("hide", NIC0, "igb", "pciback", "override", [])
     with journal.locked():
@@ -148,11 +145,11 @@ def test_recover_waits_for_a_running_operation(pristine, tmp_path):
     assert open_sandbox(box).device(NIC0).driver == "igb"
 
 
-def test_dry_run_takes_no_lock(pristine, tmp_path):
+def test_dry_run_takes_no_lock(pristine_sandbox, tmp_path):
     from xenpciback_cli.engine.journal import Journal
 
     box = tmp_path / "s"
-    shutil.copytree(pristine, box, symlinks=True)
+    shutil.copytree(pristine_sandbox, box, symlinks=True)
     with Journal(box / "state").locked():
         started = time.monotonic()
         assert invoke("--sandbox", box, "hide", "--dry-run", "03:00.0").code == 0

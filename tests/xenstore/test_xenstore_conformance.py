@@ -1,4 +1,4 @@
-"""The conformance scripts (tests/xenstore_conformance.py) against every daemon.
+"""The conformance scripts (tests/helpers/xenstore_conformance.py) against every daemon.
 
 The expected replies are what Debian's real C xenstored answers; where oxenstored differs the
 script records its answer too, and docs/xenstore-differences.md lists those cases.
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import xenstore_conformance as conformance
+from helpers import xenstore_conformance as conformance
 
 
 @pytest.mark.parametrize("script", sorted(conformance.SCRIPTS))
@@ -20,7 +20,7 @@ def test_script(fresh_xenstored_daemon, script):
 
 
 def test_differences_are_documented():
-    doc = Path(__file__).resolve().parents[1] / "docs" / "xenstore-differences.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "xenstore-differences.md"
     text = doc.read_text()
     for _script, what, _c, _o in conformance.differences():
         assert what in text, f"{what!r} missing from {doc}"

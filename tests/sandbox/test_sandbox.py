@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from helpers.cli import ok
 from xenpciback_cli import errors
 from xenpciback_cli.sandbox.host import SandboxHost, create_sandbox, open_sandbox
 from xenpciback_cli.pci.address import Bdf
@@ -19,16 +20,10 @@ NIC0, NIC1 = Bdf.parse("03:00.0"), Bdf.parse("03:00.1")
 NVME, GPU, AUDIO, XHCI = Bdf.parse("01:00.0"), Bdf.parse("02:00.0"), Bdf.parse("02:00.1"), Bdf.parse("00:14.0")
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return create_sandbox(tmp_path_factory.mktemp("pristine") / "s").directory
-
-
 @pytest.fixture()
-def sandbox(pristine, tmp_path) -> SandboxHost:
-    target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
-    return open_sandbox(target)
+def sandbox(sandbox) -> SandboxHost:
+    """Here the tests want the host object of conftest's sandbox copy, not its directory."""
+    return open_sandbox(sandbox)
 
 
 def test_required_devices_and_drivers(sandbox):
@@ -259,9 +254,9 @@ def test_create_refuses_foreign_and_existing(tmp_path):
         open_sandbox(foreign)
 
 
-def test_create_force_recreates(pristine, tmp_path):
+def test_create_force_recreates(pristine_sandbox, tmp_path):
     target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
+    shutil.copytree(pristine_sandbox, target, symlinks=True)
     host = open_sandbox(target)
     host.unbind(NIC0, "igb")
     with pytest.raises(errors.InputError):
@@ -353,16 +348,6 @@ def test_random_writes_fail_typed_and_keep_the_tree_consistent(sandbox):
 
 # -- the sandbox's own lifecycle: what runs in the background for it ---------------------------
 
-def _cli(sandbox, *args):
-    from click.testing import CliRunner
-
-    from xenpciback_cli.cli import cli
-
-    result = CliRunner().invoke(cli, ["--sandbox", str(sandbox), *map(str, args)])
-    assert result.exit_code == 0 and result.exception is None, (args, result.output, result.exception)
-    return result.output
-
-
 def _background(sandbox) -> list[int]:
     """Processes whose command line names this sandbox's xenstore socket (daemon and guests)."""
     from pathlib import Path
@@ -379,50 +364,50 @@ def _background(sandbox) -> list[int]:
     return found
 
 
-def test_init_force_stops_what_it_replaces(pristine, tmp_path):
+def test_init_force_stops_what_it_replaces(pristine_sandbox, tmp_path):
     import time
 
     target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
+    shutil.copytree(pristine_sandbox, target, symlinks=True)
     try:
-        _cli(target, "sandbox", "domain", "create", 5)
+        ok("--sandbox", target, "sandbox", "domain", "create", 5)
         for _ in range(100):  # a just-started process can take a moment to show its words
             if len(_background(target)) == 2:  # xenstored and domain 5's simulated guest
                 break
             time.sleep(0.05)
         assert len(_background(target)) == 2
-        _cli(target, "sandbox", "init", "--force", target)
+        ok("--sandbox", target, "sandbox", "init", "--force", target)
         assert _background(target) == []
         time.sleep(0.2)  # an old daemon saving its tree at exit would do it now
         assert not (target / "xenstore").exists() and not (target / "domains").exists()
-        _cli(target, "xenstore", "write", "/fresh", "1")  # a new, empty store
-        assert "guest5" not in _cli(target, "xenstore", "ls", "/")
+        ok("--sandbox", target, "xenstore", "write", "/fresh", "1")  # a new, empty store
+        assert "guest5" not in ok("--sandbox", target, "xenstore", "ls", "/").output
     finally:
         for pid in _background(target):
             os.kill(pid, 15)
 
 
-def test_simulated_guests_come_back_after_sandbox_stop(pristine, tmp_path):
+def test_simulated_guests_come_back_after_sandbox_stop(pristine_sandbox, tmp_path):
     import time
 
     target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
+    shutil.copytree(pristine_sandbox, target, symlinks=True)
     try:
-        _cli(target, "sandbox", "domain", "create", 5)
-        _cli(target, "attach", "04:10.1", "--domid", 5, "--seize")
+        ok("--sandbox", target, "sandbox", "domain", "create", 5)
+        ok("--sandbox", target, "attach", "04:10.1", "--domid", 5, "--seize")
         for _ in range(100):  # the simulated guest connects in the background
-            if json.loads(_cli(target, "--json", "status", "--domid", 5))["backend_state_name"] \
+            if ok("--sandbox", target, "--json", "status", "--domid", 5).json()["backend_state_name"] \
                     == "Connected":
                 break
             time.sleep(0.05)
-        out = _cli(target, "sandbox", "stop")
+        out = ok("--sandbox", target, "sandbox", "stop").output
         assert "stopped 1 simulated guest(s)" in out
         assert _background(target) == []
         # The domain is still in the saved tree; its guest answers the next hot-plug again.
-        out = _cli(target, "attach", "04:10.3", "--domid", 5, "--seize", "--timeout", 8)
+        out = ok("--sandbox", target, "attach", "04:10.3", "--domid", 5, "--seize", "--timeout", 8).output
         assert "hot-plugged into domain 5" in out
         assert len(_background(target)) == 2
-        _cli(target, "sandbox", "domain", "destroy", 5)
+        ok("--sandbox", target, "sandbox", "domain", "destroy", 5)
         assert len(_background(target)) == 1  # only xenstored
     finally:
-        _cli(target, "sandbox", "stop")
+        ok("--sandbox", target, "sandbox", "stop")

@@ -5,24 +5,17 @@ import sys
 
 import pytest
 
-from xenpciback_cli.cli import main
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+from helpers.cli import invoke
 
 
 def test_version(capsys):
-    code, out, _ = run(capsys, "--version")
+    code, out, _ = invoke("--version")
     assert code == 0
     assert "xen-pciback" in out
 
 
 def test_help_lists_commands_and_exit_codes(capsys):
-    code, out, _ = run(capsys, "--help")
+    code, out, _ = invoke("--help")
     assert code == 0
     for name in ("list", "hide", "unhide", "recover", "inspect"):
         assert name in out
@@ -30,7 +23,7 @@ def test_help_lists_commands_and_exit_codes(capsys):
 
 
 def test_unknown_command_is_one_line_exit_2(capsys):
-    code, out, err = run(capsys, "no-such-command")
+    code, out, err = invoke("no-such-command")
     assert code == 2
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("xen-pciback: error:")
@@ -50,10 +43,10 @@ def test_help_imports_no_heavy_modules():
 def test_a_group_given_no_command_prints_its_help_and_exits_2(capsys, group):
     """Like git and xl: the normal, multi-line help on stdout, and a failing exit (2, bad usage,
     as README documents). Click >= 8.2 would flatten it onto one error line; < 8.2 exits 0."""
-    code, out, err = run(capsys, *group)
+    code, out, err = invoke(*group)
     assert code == 2
     assert err == ""
-    _, help_out, _ = run(capsys, *group, "--help")
+    _, help_out, _ = invoke(*group, "--help")
     assert out == help_out
     lines = out.splitlines()
     assert lines[0].startswith(f"Usage: {' '.join(['xen-pciback', *group])} [OPTIONS] COMMAND")
@@ -69,7 +62,7 @@ def test_a_bare_group_in_a_fresh_process_prints_help_too():
 
 
 def test_options_before_a_missing_command_are_a_one_line_usage_error(capsys):
-    code, out, err = run(capsys, "--json")
+    code, out, err = invoke("--json")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith('{"error": "Missing command')  # --json: JSON
 

@@ -24,37 +24,25 @@ from xenpciback_cli.engine.preflight import check_hide, device_kind, pcie_port_t
 from xenpciback_cli.engine.records import drop_record, load_records, put_record, records_path
 from xenpciback_cli.errors import InputError
 from xenpciback_cli.pci.device import PciDevice
-from xenpciback_cli.sandbox.host import create_sandbox, open_sandbox
+from xenpciback_cli.sandbox.host import open_sandbox
 from xenpciback_cli.pci.address import Bdf
 
-from seize_helpers import invoke
+from helpers.cli import invoke
 
 NIC0, NVME, XHCI, HOST_BRIDGE, ROOT_PORT = (Bdf.parse(a) for a in
                                             ("03:00.0", "01:00.0", "00:14.0", "00:00.0", "00:1c.0"))
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return create_sandbox(tmp_path_factory.mktemp("safety") / "s").directory
+def state(sandbox):
+    return sandbox / "state"
 
 
-@pytest.fixture()
-def box(pristine, tmp_path):
-    target = tmp_path / "s"
-    shutil.copytree(pristine, target, symlinks=True)
-    return target
-
-
-def state(box):
-    return box / "state"
-
-
-def devices(box):
-    host = open_sandbox(box)
+def devices(sandbox):
+    host = open_sandbox(sandbox)
     return [(d.bdf, d.driver, d.driver_override) for d in host.devices()], list(host.pciback_slots())
 
 
-def plant(box, bdf, *, op="hide", original="igb", identity=None, done=1, rebind=False):
+def plant(sandbox, bdf, *, op="hide", original="igb", identity=None, done=1, rebind=False):
     """A journal entry as a crashed hide (or unhide) of a NIC would leave it, at ``bdf``."""
     if op == "hide":
         steps = [PlannedWrite(f"bus/pci/devices/{bdf}/driver_override", "pciback", "set driver_override to pciback"),
@@ -66,95 +54,95 @@ def plant(box, bdf, *, op="hide", original="igb", identity=None, done=1, rebind=
                  PlannedWrite(f"bus/pci/drivers/{original}/bind", str(bdf), f"bind {original}")]
     entry = JournalEntry(op, bdf, original, "pciback", "override", steps, done=done, rebind=rebind,
                          identity=identity, pid=0)
-    Journal(state(box)).save(entry)
+    Journal(state(sandbox)).save(entry)
     return entry
 
 
 # -- item 2: never the wrong device -------------------------------------------------------------
-def test_planted_entry_at_the_root_nvme_is_refused(box):
-    plant(box, NVME)  # no identity, a NIC's driver: exactly what a stale or planted file looks like
-    before = devices(box)
-    run = invoke("--sandbox", box, "recover")
+def test_planted_entry_at_the_root_nvme_is_refused(sandbox):
+    plant(sandbox, NVME)  # no identity, a NIC's driver: exactly what a stale or planted file looks like
+    before = devices(sandbox)
+    run = invoke("--sandbox", sandbox, "recover")
     assert run.code == 3, (run.output, run.error)
     assert "refusing to recover hide 0000:01:00.0" in run.error
     assert "host uses" in run.error and "mounted on /" in run.error
-    assert devices(box) == before  # nothing written: still nvme, no override
-    assert [e.bdf for e in pending_operations(state(box))] == [NVME]  # left for a person to judge
-    assert invoke("--sandbox", box, "hide", "03:00.0").code == 0  # other devices are not blocked
+    assert devices(sandbox) == before  # nothing written: still nvme, no override
+    assert [e.bdf for e in pending_operations(state(sandbox))] == [NVME]  # left for a person to judge
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0  # other devices are not blocked
 
 
-def test_planted_entry_with_another_identity_is_refused(box):
-    nic = identity_of(open_sandbox(box), NIC0)
+def test_planted_entry_with_another_identity_is_refused(sandbox):
+    nic = identity_of(open_sandbox(sandbox), NIC0)
     for bdf, _found in ((XHCI, "104c:8241"), (NVME, "144d:a826")):
-        plant(box, bdf, identity=nic, original="xhci_hcd" if bdf == XHCI else "nvme")
-    before = devices(box)
-    run = invoke("--sandbox", box, "recover")
+        plant(sandbox, bdf, identity=nic, original="xhci_hcd" if bdf == XHCI else "nvme")
+    before = devices(sandbox)
+    run = invoke("--sandbox", sandbox, "recover")
     assert run.code == 3
     assert "vendor:device 8086:10c9 recorded, 104c:8241 found" in run.error
     assert "vendor:device 8086:10c9 recorded, 144d:a826 found" in run.error
-    assert devices(box) == before
+    assert devices(sandbox) == before
 
 
-def crash_after_unbind(box):
+def crash_after_unbind(sandbox):
     """What a hide of NIC0 leaves when killed right after its unbind: driverless, override set."""
-    host = open_sandbox(box)
+    host = open_sandbox(sandbox)
     host.set_driver_override(NIC0, "pciback")
     host.unbind(NIC0, "igb")
     assert host.device(NIC0).driver is None
 
 
-def test_entry_without_identity_is_rolled_back_never_completed(box):
-    crash_after_unbind(box)
-    plant(box, NIC0, done=2)  # an entry from before identities, or a forged one
-    run = invoke("--sandbox", box, "--json", "recover")
+def test_entry_without_identity_is_rolled_back_never_completed(sandbox):
+    crash_after_unbind(sandbox)
+    plant(sandbox, NIC0, done=2)  # an entry from before identities, or a forged one
+    run = invoke("--sandbox", sandbox, "--json", "recover")
     assert run.code == 0, run.error
     [outcome] = json.loads(run.output)["operations"]
     assert outcome["action"] == "rolled back" and "no device identity" in outcome["reason"]
-    device = open_sandbox(box).device(NIC0)
+    device = open_sandbox(sandbox).device(NIC0)
     assert (device.driver, device.driver_override) == ("igb", None)
-    assert load_records(state(box)) == {} and pending_operations(state(box)) == []
-    assert json.loads(invoke("--sandbox", box, "--json", "recover").output)["operations"] == []
+    assert load_records(state(sandbox)) == {} and pending_operations(state(sandbox)) == []
+    assert json.loads(invoke("--sandbox", sandbox, "--json", "recover").output)["operations"] == []
 
 
-def test_entry_with_matching_identity_is_completed(box):
-    identity = identity_of(open_sandbox(box), NIC0)
-    crash_after_unbind(box)
-    plant(box, NIC0, done=2, identity=identity)
-    run = invoke("--sandbox", box, "--json", "recover")
+def test_entry_with_matching_identity_is_completed(sandbox):
+    identity = identity_of(open_sandbox(sandbox), NIC0)
+    crash_after_unbind(sandbox)
+    plant(sandbox, NIC0, done=2, identity=identity)
+    run = invoke("--sandbox", sandbox, "--json", "recover")
     assert run.code == 0, run.error
     assert json.loads(run.output)["operations"][0]["action"] == "completed"
-    record = load_records(state(box))[NIC0]
+    record = load_records(state(sandbox))[NIC0]
     assert (record.original_driver, record.identity) == ("igb", identity)
-    assert open_sandbox(box).device(NIC0).driver == "pciback"
+    assert open_sandbox(sandbox).device(NIC0).driver == "pciback"
 
 
-def test_hide_records_the_identity(box):
-    assert invoke("--sandbox", box, "hide", "03:00.0").code == 0
-    assert load_records(state(box))[NIC0].identity == identity_of(open_sandbox(box), NIC0)
+def test_hide_records_the_identity(sandbox):
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
+    assert load_records(state(sandbox))[NIC0].identity == identity_of(open_sandbox(sandbox), NIC0)
 
 
-def test_restore_refuses_an_address_that_holds_another_device(box, tmp_path):
+def test_restore_refuses_an_address_that_holds_another_device(sandbox, tmp_path):
     config = tmp_path / "seized.toml"
-    assert invoke("--sandbox", box, "hide", "--persist", "--config", config, "03:00.0").code == 0
-    host = open_sandbox(box)  # a reboot: the host driver has it again, the record stayed
+    assert invoke("--sandbox", sandbox, "hide", "--persist", "--config", config, "03:00.0").code == 0
+    host = open_sandbox(sandbox)  # a reboot: the host driver has it again, the record stayed
     host.set_driver_override(NIC0, None)
     host.unbind(NIC0, "pciback")
     host.bind(NIC0, "igb")
-    record = load_records(state(box))[NIC0]
-    put_record(state(box), dataclasses.replace(record, identity=identity_of(host, NVME)))
-    run = invoke("--sandbox", box, "restore", "--config", config)
+    record = load_records(state(sandbox))[NIC0]
+    put_record(state(sandbox), dataclasses.replace(record, identity=identity_of(host, NVME)))
+    run = invoke("--sandbox", sandbox, "restore", "--config", config)
     assert run.code == 3
     assert "not the device recorded for this address" in run.output
     assert "vendor:device 144d:a826 recorded, 8086:10c9 found" in run.output
-    assert open_sandbox(box).device(NIC0).driver == "igb"
+    assert open_sandbox(sandbox).device(NIC0).driver == "igb"
 
 
-def test_bridges_are_refused_even_forced_root_ports_warned(box):
+def test_bridges_are_refused_even_forced_root_ports_warned(sandbox):
     for args in (("hide", "00:00.0"), ("hide", "--force", "00:00.0")):
-        run = invoke("--sandbox", box, *args)
+        run = invoke("--sandbox", sandbox, *args)
         assert run.code == 3 and "device-kind: a host bridge" in run.error
         assert "--force" not in run.error
-    host = open_sandbox(box)
+    host = open_sandbox(sandbox)
     assert host.device(HOST_BRIDGE).driver is None and host.device(HOST_BRIDGE).driver_override is None
     [kind] = [c for c in check_hide(host, ROOT_PORT, "pciback", records={}).checks if c.name == "device-kind"]
     assert kind.verdict == "warn" and "PCIe root port" in kind.detail
@@ -192,129 +180,129 @@ def test_device_kind_tells_root_ports_from_other_bridges():
 
 
 # -- item 4: the original driver is never lost --------------------------------------------------
-def test_force_over_pci_stub_keeps_the_host_original(box):
-    assert invoke("--sandbox", box, "hide", "--driver", "pci-stub", "03:00.0").code == 0
-    run = invoke("--sandbox", box, "hide", "--force", "03:00.0")
+def test_force_over_pci_stub_keeps_the_host_original(sandbox):
+    assert invoke("--sandbox", sandbox, "hide", "--driver", "pci-stub", "03:00.0").code == 0
+    run = invoke("--sandbox", sandbox, "hide", "--force", "03:00.0")
     assert run.code == 0, run.error
-    record = load_records(state(box))[NIC0]
+    record = load_records(state(sandbox))[NIC0]
     assert (record.original_driver, record.target_driver) == ("igb", "pciback")
-    assert open_sandbox(box).device(NIC0).driver == "pciback"
-    assert invoke("--sandbox", box, "unhide", "--rebind", "03:00.0").code == 0
-    assert open_sandbox(box).device(NIC0).driver == "igb"
+    assert open_sandbox(sandbox).device(NIC0).driver == "pciback"
+    assert invoke("--sandbox", sandbox, "unhide", "--rebind", "03:00.0").code == 0
+    assert open_sandbox(sandbox).device(NIC0).driver == "igb"
 
 
-def test_a_seize_driver_is_never_recorded_as_original(box):
-    assert invoke("--sandbox", box, "hide", "--driver", "pci-stub", "03:00.0").code == 0
-    drop_record(state(box), NIC0)  # bound to pci-stub by someone else: no record of ours
-    assert invoke("--sandbox", box, "hide", "--force", "03:00.0").code == 0
-    assert load_records(state(box))[NIC0].original_driver is None
-    run = invoke("--sandbox", box, "unhide", "--rebind", "03:00.0")
+def test_a_seize_driver_is_never_recorded_as_original(sandbox):
+    assert invoke("--sandbox", sandbox, "hide", "--driver", "pci-stub", "03:00.0").code == 0
+    drop_record(state(sandbox), NIC0)  # bound to pci-stub by someone else: no record of ours
+    assert invoke("--sandbox", sandbox, "hide", "--force", "03:00.0").code == 0
+    assert load_records(state(sandbox))[NIC0].original_driver is None
+    run = invoke("--sandbox", sandbox, "unhide", "--rebind", "03:00.0")
     assert run.code == 0, run.error
-    assert open_sandbox(box).device(NIC0).driver == "igb"  # the kernel's probe found it
-    assert pending_operations(state(box)) == []
+    assert open_sandbox(sandbox).device(NIC0).driver == "igb"  # the kernel's probe found it
+    assert pending_operations(state(sandbox)) == []
 
 
-def test_a_legacy_record_naming_a_seize_driver_does_not_block(box):
-    assert invoke("--sandbox", box, "hide", "03:00.0").code == 0
-    record = load_records(state(box))[NIC0]
-    put_record(state(box), dataclasses.replace(record, original_driver="pci-stub"))
-    run = invoke("--sandbox", box, "unhide", "--rebind", "03:00.0")
+def test_a_legacy_record_naming_a_seize_driver_does_not_block(sandbox):
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
+    record = load_records(state(sandbox))[NIC0]
+    put_record(state(sandbox), dataclasses.replace(record, original_driver="pci-stub"))
+    run = invoke("--sandbox", sandbox, "unhide", "--rebind", "03:00.0")
     assert run.code == 0, run.error
-    assert open_sandbox(box).device(NIC0).driver == "igb"
-    assert pending_operations(state(box)) == [] and load_records(state(box)) == {}
+    assert open_sandbox(sandbox).device(NIC0).driver == "igb"
+    assert pending_operations(state(sandbox)) == [] and load_records(state(sandbox)) == {}
 
 
-def test_reseize_after_plain_unhide_keeps_the_first_record(box):
-    assert invoke("--sandbox", box, "hide", "03:00.0").code == 0
-    assert invoke("--sandbox", box, "unhide", "03:00.0").code == 0
-    assert open_sandbox(box).device(NIC0).driver is None
-    assert invoke("--sandbox", box, "hide", "03:00.0").code == 0
-    record = load_records(state(box))[NIC0]
+def test_reseize_after_plain_unhide_keeps_the_first_record(sandbox):
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
+    assert invoke("--sandbox", sandbox, "unhide", "03:00.0").code == 0
+    assert open_sandbox(sandbox).device(NIC0).driver is None
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
+    record = load_records(state(sandbox))[NIC0]
     assert (record.original_driver, record.released) == ("igb", False)
-    assert invoke("--sandbox", box, "unhide", "--rebind", "03:00.0").code == 0
-    assert open_sandbox(box).device(NIC0).driver == "igb"
+    assert invoke("--sandbox", sandbox, "unhide", "--rebind", "03:00.0").code == 0
+    assert open_sandbox(sandbox).device(NIC0).driver == "igb"
 
 
-def test_recover_ends_a_bind_it_cannot_do_in_a_stated_state(box):
-    assert invoke("--sandbox", box, "hide", "03:00.0").code == 0
-    host = open_sandbox(box)
+def test_recover_ends_a_bind_it_cannot_do_in_a_stated_state(sandbox):
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
+    host = open_sandbox(sandbox)
     host.set_driver_override(NIC0, None)
     host.unbind(NIC0, "pciback")  # an unhide --rebind killed here, its record naming nvme
-    record = load_records(state(box))[NIC0]
-    put_record(state(box), dataclasses.replace(record, original_driver="nvme"))
-    plant(box, NIC0, op="unhide", original="nvme", identity=record.identity, done=2, rebind=True)
-    run = invoke("--sandbox", box, "--json", "recover")
+    record = load_records(state(sandbox))[NIC0]
+    put_record(state(sandbox), dataclasses.replace(record, original_driver="nvme"))
+    plant(sandbox, NIC0, op="unhide", original="nvme", identity=record.identity, done=2, rebind=True)
+    run = invoke("--sandbox", sandbox, "--json", "recover")
     assert run.code == 0, run.error
     [outcome] = json.loads(run.output)["operations"]
     assert outcome["action"] == "completed" and "probe gave it to igb" in outcome["reason"]
-    assert open_sandbox(box).device(NIC0).driver == "igb"
-    assert pending_operations(state(box)) == []
-    assert json.loads(invoke("--sandbox", box, "--json", "recover").output)["operations"] == []
+    assert open_sandbox(sandbox).device(NIC0).driver == "igb"
+    assert pending_operations(state(sandbox)) == []
+    assert json.loads(invoke("--sandbox", sandbox, "--json", "recover").output)["operations"] == []
 
 
-def test_recover_with_no_driver_to_bind_leaves_it_unbound_and_says_so(box):
-    assert invoke("--sandbox", box, "hide", "03:00.0").code == 0
-    host = open_sandbox(box)
+def test_recover_with_no_driver_to_bind_leaves_it_unbound_and_says_so(sandbox):
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
+    host = open_sandbox(sandbox)
     host.set_driver_override(NIC0, None)
     host.unbind(NIC0, "pciback")
-    identity = load_records(state(box))[NIC0].identity
-    plant(box, NIC0, op="unhide", original="nvme", identity=identity, done=2, rebind=True)
+    identity = load_records(state(sandbox))[NIC0].identity
+    plant(sandbox, NIC0, op="unhide", original="nvme", identity=identity, done=2, rebind=True)
     with host.kernel.locked() as kernel:  # no driver the probe could find
         kernel["driver_order"].remove("igb")
-    run = invoke("--sandbox", box, "--json", "recover")
+    run = invoke("--sandbox", sandbox, "--json", "recover")
     assert run.code == 0, run.error
     [outcome] = json.loads(run.output)["operations"]
     assert outcome["action"] == "left unbound" and "unhide --rebind 0000:03:00.0" in outcome["reason"]
-    assert pending_operations(state(box)) == []
-    assert load_records(state(box))[NIC0].released is True
+    assert pending_operations(state(sandbox)) == []
+    assert load_records(state(sandbox))[NIC0].released is True
 
 
-def test_missing_target_driver_is_an_error_not_a_refusal(box):
-    shutil.rmtree(box / "sys/bus/pci/drivers/vfio-pci")
+def test_missing_target_driver_is_an_error_not_a_refusal(sandbox):
+    shutil.rmtree(sandbox / "sys/bus/pci/drivers/vfio-pci")
     for bdf in ("01:00.0", "03:00.0"):  # in use or not: --force would not help either way
-        run = invoke("--sandbox", box, "hide", "--driver", "vfio-pci", bdf)
+        run = invoke("--sandbox", sandbox, "hide", "--driver", "vfio-pci", bdf)
         assert run.code == 1, run.error
         assert "vfio-pci is not loaded (modprobe vfio-pci)" in run.error and "--force" not in run.error
-    assert open_sandbox(box).device(NVME).driver == "nvme"
+    assert open_sandbox(sandbox).device(NVME).driver == "nvme"
 
 
 # -- item 5: validate before the first write ----------------------------------------------------
-def test_unhide_with_a_binary_config_writes_nothing(box, tmp_path):
-    assert invoke("--sandbox", box, "hide", "03:00.0").code == 0
+def test_unhide_with_a_binary_config_writes_nothing(sandbox, tmp_path):
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
     config = tmp_path / "binary.toml"
     config.write_bytes(bytes(range(256)) * 4)
-    run = invoke("--sandbox", box, "unhide", "--config", config, "03:00.0")
+    run = invoke("--sandbox", sandbox, "unhide", "--config", config, "03:00.0")
     assert run.code == 2 and str(config) in run.error
-    assert open_sandbox(box).device(NIC0).driver == "pciback"
-    assert NIC0 in load_records(state(box)) and pending_operations(state(box)) == []
+    assert open_sandbox(sandbox).device(NIC0).driver == "pciback"
+    assert NIC0 in load_records(state(sandbox)) and pending_operations(state(sandbox)) == []
 
 
-def test_persist_to_a_missing_directory_writes_nothing(box, tmp_path):
-    run = invoke("--sandbox", box, "hide", "--persist", "--config", tmp_path / "no" / "such" / "x.toml", "03:00.0")
+def test_persist_to_a_missing_directory_writes_nothing(sandbox, tmp_path):
+    run = invoke("--sandbox", sandbox, "hide", "--persist", "--config", tmp_path / "no" / "such" / "x.toml", "03:00.0")
     assert run.code == 2 and "does not exist" in run.error
-    assert open_sandbox(box).device(NIC0).driver == "igb"
+    assert open_sandbox(sandbox).device(NIC0).driver == "igb"
     assert not (tmp_path / "no").exists()
 
 
-def test_restore_with_a_missing_config_is_an_error(box, tmp_path):
-    run = invoke("--sandbox", box, "restore", "--config", tmp_path / "nonexistent.toml")
+def test_restore_with_a_missing_config_is_an_error(sandbox, tmp_path):
+    run = invoke("--sandbox", sandbox, "restore", "--config", tmp_path / "nonexistent.toml")
     assert run.code == 2
 
 
-def test_a_driver_name_from_state_never_becomes_a_path(box):
-    assert invoke("--sandbox", box, "hide", "03:00.0").code == 0
-    path = records_path(state(box), NIC0)
+def test_a_driver_name_from_state_never_becomes_a_path(sandbox):
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
+    path = records_path(state(sandbox), NIC0)
     data = json.loads(path.read_text())
     data["original_driver"] = "../../../../tmp"
     path.write_text(json.dumps(data))
-    run = invoke("--sandbox", box, "unhide", "--rebind", "03:00.0")
+    run = invoke("--sandbox", sandbox, "unhide", "--rebind", "03:00.0")
     assert run.code == 2
-    assert open_sandbox(box).device(NIC0).driver == "pciback"
-    assert pending_operations(state(box)) == []
+    assert open_sandbox(sandbox).device(NIC0).driver == "pciback"
+    assert pending_operations(state(sandbox)) == []
 
 
-def test_host_writers_refuse_what_is_not_a_name(box):
-    host = open_sandbox(box)
+def test_host_writers_refuse_what_is_not_a_name(sandbox):
+    host = open_sandbox(sandbox)
     attempted = []
     host.write_hooks.append(attempted.append)
     for call in (lambda: host.bind(NIC0, "../../../tmp"), lambda: host.unbind(NIC0, "a/b"),
@@ -326,9 +314,9 @@ def test_host_writers_refuse_what_is_not_a_name(box):
     assert attempted == []
 
 
-def test_a_command_that_can_do_nothing_leaves_no_state_dir(box):
-    shutil.rmtree(state(box), ignore_errors=True)
+def test_a_command_that_can_do_nothing_leaves_no_state_dir(sandbox):
+    shutil.rmtree(state(sandbox), ignore_errors=True)
     for args in (("hide", "00:1e.7"), ("unhide", "00:1e.7"), ("hide", "--dry-run", "03:00.0")):
-        run = invoke("--sandbox", box, *args)
+        run = invoke("--sandbox", sandbox, *args)
         assert run.code == (0 if "--dry-run" in args else 1), run.error
-    assert not state(box).exists()
+    assert not state(sandbox).exists()

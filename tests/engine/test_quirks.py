@@ -8,7 +8,7 @@ import pytest
 from xenpciback_cli.config.overlay import OverlayDevice
 from xenpciback_cli.engine.backend_settings import load_settings, record_attach, record_detach
 from xenpciback_cli.errors import InputError
-from xenpciback_cli.sandbox.host import create_sandbox
+from xenpciback_cli.sandbox.host import open_sandbox
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.quirk import Quirk, parse_pciback_quirk, parse_quirk
 
@@ -33,9 +33,9 @@ def test_bad_quirk_specs_are_one_line_errors(text):
     assert "\n" not in str(exc.value) and "invalid quirk" in str(exc.value)
 
 
-def test_sandbox_kernel_quirks_file_behaves_like_pciback(tmp_path):
-    host = create_sandbox(tmp_path / "s")
-    quirks_file = tmp_path / "s/sys/bus/pci/drivers/pciback/quirks"
+def test_sandbox_kernel_quirks_file_behaves_like_pciback(sandbox):
+    host = open_sandbox(sandbox)
+    quirks_file = sandbox / "sys/bus/pci/drivers/pciback/quirks"
     with pytest.raises(Exception, match=r"no such device|device gone"):  # not bound to pciback: ENODEV
         host.write_attribute("bus/pci/drivers/pciback/quirks", "03:00.0-e0:2:ff00")
     host.set_driver_override(NIC, "pciback")
@@ -50,8 +50,8 @@ def test_sandbox_kernel_quirks_file_behaves_like_pciback(tmp_path):
     assert quirks_file.read_text() == ""
 
 
-def test_recorded_settings_build_an_overlay_that_enforces_the_mask(tmp_path):
-    host = create_sandbox(tmp_path / "s")
+def test_recorded_settings_build_an_overlay_that_enforces_the_mask(sandbox, tmp_path):
+    host = open_sandbox(sandbox)
     state = tmp_path / "state"
     record_attach(state, NIC, permissive=False, quirks=(Quirk(0xE0, 2, 0xFF00),))
     settings = load_settings(state)[NIC]
@@ -82,13 +82,13 @@ def test_attach_applies_quirks_and_detach_drops_them(tmp_path):
         run(s, "sandbox", "domain", "create", "7", "--no-guest")
         out = run(s, "attach", "03:00.0", "--domid", "7", "--seize", "--quirk", "e0:2:ff00",
                   "--permissive")
-        assert "quirks e0:2:ff00" in out.stderr and "permissive" in out.stderr
+        assert "quirks e0:2:ff00" in out.err and "permissive" in out.err
         pciback = s / "sys/bus/pci/drivers/pciback"
         assert (pciback / "quirks").read_text() == "03:00.0\n\t\t000000e0:2:0000ff00\n"
         assert (pciback / "permissive").read_text() == "0000:03:00.0\n"
         assert load_settings(s / "state")[NIC].quirks == (Quirk(0xE0, 2, 0xFF00),)
         bad = run(s, "attach", "03:00.1", "--domid", "7", "--quirk", "e0:1:fff", check=False)
-        assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+        assert bad.code == 2 and bad.err.count("\n") == 1
         run(s, "detach", "03:00.0", "--domid", "7", "--force")
         settings = load_settings(s / "state")[NIC]
         assert settings.quirks == () and settings.permissive  # permissive lasts, as in Linux

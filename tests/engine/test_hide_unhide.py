@@ -1,0 +1,234 @@
+"""hide / unhide on the sandbox, in this process and through the console script."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xenpciback_cli.engine.preflight import _iommu_group, check_hide
+from xenpciback_cli.engine.records import load_records
+from xenpciback_cli.engine.seize import Seizer
+from xenpciback_cli.errors import SafetyRefusal
+from xenpciback_cli.pci.device import PciDevice
+from xenpciback_cli.sandbox.host import open_sandbox
+from xenpciback_cli.pci.address import Bdf
+
+from helpers.cli import invoke, script
+
+NIC0, NIC1, NVME, GPU = Bdf(0, 3, 0, 0), Bdf(0, 3, 0, 1), Bdf(0, 1, 0, 0), Bdf(0, 2, 0, 0)
+VF0, VF1 = Bdf(0, 4, 0x10, 1), Bdf(0, 4, 0x10, 3)
+
+
+
+
+def listed(sandbox, bdf):
+    [row] = json.loads(invoke("--sandbox", sandbox, "--json", "list", bdf).output)
+    return row
+
+
+def snapshot(sandbox):
+    host = open_sandbox(sandbox)
+    return [(d.bdf, d.driver, d.driver_override) for d in host.devices()], host.pciback_slots()
+
+
+def test_hide_then_unhide_rebind(sandbox):
+    run = invoke("--sandbox", sandbox, "--json", "hide", "0000:03:00.0")
+    assert run.code == 0, run.output
+    data = json.loads(run.output)
+    [device] = data["devices"]
+    assert device["status"] == "seized" and device["original_driver"] == "igb"
+    assert [c["name"] for c in device["checks"]] == [
+        "device-exists", "device-kind", "target-driver", "not-seized", "host-usage", "siblings", "iommu-group",
+        "sriov"]
+    row = listed(sandbox, "03:00.0")
+    assert (row["state"], row["driver"], row["original_driver"]) == ("seized", "pciback", "igb")
+    assert load_records(sandbox / "state")[NIC0].original_driver == "igb"
+
+    run = invoke("--sandbox", sandbox, "unhide", "--rebind", "03:00.0")
+    assert run.code == 0 and "released 0000:03:00.0: now igb" in run.output
+    row = listed(sandbox, "03:00.0")
+    assert (row["state"], row["driver"], row["original_driver"]) == ("host", "igb", None)
+    assert open_sandbox(sandbox).device(NIC0).driver_override is None
+
+
+def test_human_output_names_every_check(sandbox):
+    run = invoke("--sandbox", sandbox, "hide", "03:00.0")
+    assert "check device-exists: ok" in run.output
+    assert "check siblings: warn (functions of the same device: 0000:03:00.1 (igb)" in run.output
+    assert "check iommu-group: warn (group 7" in run.output
+    assert "seized 0000:03:00.0: igb -> pciback" in run.output
+
+
+def test_unhide_without_rebind_leaves_it_driverless(sandbox):
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
+    run = invoke("--sandbox", sandbox, "unhide", "03:00.0")
+    assert run.code == 0 and "use --rebind" in run.output
+    device = open_sandbox(sandbox).device(NIC0)
+    assert device.driver is None and device.driver_override is None
+    record = load_records(sandbox / "state")[NIC0]  # kept for the --rebind the hint suggests
+    assert (record.released, record.original_driver) == (True, "igb")
+    assert listed(sandbox, "03:00.0")["state"] != "seized"
+    run = invoke("--sandbox", sandbox, "unhide", "--rebind", "03:00.0")
+    assert run.code == 0 and "released 0000:03:00.0: now igb" in run.output, run.output
+    assert open_sandbox(sandbox).device(NIC0).driver == "igb"
+    assert NIC0 not in load_records(sandbox / "state")
+
+
+def test_mounted_nvme_refused(sandbox):
+    before = snapshot(sandbox)
+    run = invoke("--sandbox", sandbox, "hide", "01:00.0")
+    assert run.code == 3
+    assert "refusing to hide 0000:01:00.0" in run.error and "mounted on /" in run.error
+    assert snapshot(sandbox) == before
+
+
+def test_nic_with_default_route_refused(sandbox):
+    run = invoke("--sandbox", sandbox, "hide", "03:00.1")
+    assert run.code == 3 and "default route" in run.error
+
+
+def test_boot_vga_refused_by_wildcard(sandbox):
+    run = invoke("--sandbox", sandbox, "hide", "02:00.*")
+    assert run.code == 3 and "boot VGA" in run.error
+    assert open_sandbox(sandbox).device(Bdf(0, 2, 0, 1)).driver == "snd_hda_intel"  # nothing was done
+
+
+def test_force_overrides_loudly(sandbox):
+    run = invoke("--sandbox", sandbox, "hide", "--force", "03:00.1")
+    assert run.code == 0, run.output
+    assert "FORCED past a safety refusal: 0000:03:00.1: host-usage" in run.output
+    assert open_sandbox(sandbox).device(NIC1).driver == "pciback"
+
+
+def test_pf_with_live_vfs_refused(sandbox):
+    open_sandbox(sandbox).configure_interface("eth1", up=False)  # so only the VFs stand in the way
+    run = invoke("--sandbox", sandbox, "hide", "03:00.1")
+    assert run.code == 3 and "sriov" in run.error and "2 live VFs" in run.error
+
+
+def test_vf_hide_and_wildcard(sandbox):
+    run = invoke("--sandbox", sandbox, "--json", "hide", "04:10.*")
+    assert run.code == 0, run.output
+    devices = json.loads(run.output)["devices"]
+    assert [(d["bdf"], d["original_driver"], d["driver"]) for d in devices] == [
+        ("0000:04:10.1", "igbvf", "pciback"), ("0000:04:10.3", "igbvf", "pciback")]
+    assert "virtual function of 0000:03:00.1" in json.dumps(devices[0]["checks"])
+    run = invoke("--sandbox", sandbox, "unhide", "--rebind", "04:10.*")
+    assert run.code == 0
+    assert {open_sandbox(sandbox).device(b).driver for b in (VF0, VF1)} == {"igbvf"}
+
+
+def test_dry_run_prints_writes_in_order_and_does_nothing(sandbox):
+    before = snapshot(sandbox)
+    run = invoke("--sandbox", sandbox, "hide", "--dry-run", "03:00.0")
+    assert run.code == 0
+    lines = [line.strip() for line in run.output.splitlines() if line.strip().startswith("echo ")]
+    assert lines == ["echo pciback > /sys/bus/pci/devices/0000:03:00.0/driver_override",
+                     "echo 0000:03:00.0 > /sys/bus/pci/drivers/igb/unbind",
+                     "echo 0000:03:00.0 > /sys/bus/pci/drivers_probe"]
+    assert snapshot(sandbox) == before
+    assert load_records(sandbox / "state") == {}
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
+    run = invoke("--sandbox", sandbox, "--json", "unhide", "--dry-run", "--rebind", "03:00.0")
+    writes = [(w["path"], w["value"]) for w in json.loads(run.output)["devices"][0]["writes"]]
+    assert writes == [("bus/pci/devices/0000:03:00.0/driver_override", "\n"),
+                      ("bus/pci/drivers/pciback/unbind", "0000:03:00.0"),
+                      ("bus/pci/drivers/igb/bind", "0000:03:00.0")]
+    assert open_sandbox(sandbox).device(NIC0).driver == "pciback"
+
+
+@pytest.mark.parametrize("driver", ["pci-stub", "vfio-pci"])
+def test_other_seize_drivers(sandbox, driver):
+    assert invoke("--sandbox", sandbox, "hide", "--driver", driver, "03:00.0").code == 0
+    assert open_sandbox(sandbox).device(NIC0).driver == driver
+    assert load_records(sandbox / "state")[NIC0].target_driver == driver
+    assert invoke("--sandbox", sandbox, "unhide", "--rebind", "03:00.0").code == 0
+    assert open_sandbox(sandbox).device(NIC0).driver == "igb"
+
+
+def test_hide_twice_is_harmless(sandbox):
+    assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
+    run = invoke("--sandbox", sandbox, "hide", "03:00.0")
+    assert run.code == 0 and "already held by pciback" in run.output
+    assert load_records(sandbox / "state")[NIC0].original_driver == "igb"
+
+
+def test_missing_device_and_unseized_unhide(sandbox):
+    run = invoke("--sandbox", sandbox, "hide", "0000:09:00.0")
+    assert run.code == 1 and "no PCI device 0000:09:00.0" in run.error
+    run = invoke("--sandbox", sandbox, "unhide", "00:14.0")
+    assert run.code == 0 and "not seized" in run.output
+
+
+def test_attached_device_refused_and_xenstore_driver_path(sandbox):
+    class Store(dict):
+        def write(self, path, value): self[path] = value
+        def read(self, path): return self[path].encode()
+        def rm(self, path): self.pop(path, None)
+
+    store = Store()
+    host = open_sandbox(sandbox)
+    seizer = Seizer(host, sandbox / "state", xenstore=store, attachments={NIC0: 7})
+    [pre] = seizer.preflight([NIC0], "pciback")
+    seizer.hide(pre, "pciback")
+    assert store == {"/libxl/pci/0000-03-00-0/driver_path": "/sys/bus/pci/drivers/igb"}
+    with pytest.raises(SafetyRefusal) as info:
+        seizer.unhide(NIC0, rebind=True)
+    assert info.value.exit_code == 3 and "attached to domain 7" in str(info.value)
+    assert host.device(NIC0).driver == "pciback"
+    Seizer(host, sandbox / "state", xenstore=store).unhide(NIC0, rebind=True)
+    assert store == {} and host.device(NIC0).driver == "igb"
+
+
+def test_target_driver_not_loaded(sandbox):
+    host = open_sandbox(sandbox)
+    host.loaded_drivers = lambda: frozenset({"igb"})  # type: ignore[method-assign]
+    result = check_hide(host, NIC0, "pciback", records={})
+    [check] = [c for c in result.checks if c.name == "target-driver"]
+    assert check.fatal and "modprobe xen-pciback" in check.detail
+
+
+def test_no_iommu_groups_is_said_not_crashed():
+    device = PciDevice(NIC0, 0x8086, 0x10C9, 0x020000, 1)
+    check = _iommu_group(device, {NIC0: device}, {NIC0})
+    assert (check.verdict, check.detail) == ("ok", "no IOMMU groups on this host")
+
+
+def test_console_script(sandbox):
+    run = script("--sandbox", sandbox, "hide", "03:00.0")
+    assert run.code == 0 and "seized 0000:03:00.0: igb -> pciback" in run.out
+    run = script("--sandbox", sandbox, "hide", "01:00.0")
+    assert run.code == 3
+    assert run.err.startswith("xen-pciback: error: refusing to hide 0000:01:00.0")
+    assert "Traceback" not in run.err
+    run = script("--sandbox", sandbox, "unhide", "--rebind", "03:00.0")
+    assert run.code == 0 and open_sandbox(sandbox).device(NIC0).driver == "igb"
+    for bad in ("03:00.9", "zz:00.0", "3:00", "0000:03:20.0"):
+        run = script("--sandbox", sandbox, "hide", bad)
+        assert run.code == 2, (bad, run.err)
+        assert run.err.count("\n") == 1 and "Traceback" not in run.err
+
+
+def test_demo_runs_on_a_fresh_sandbox(tmp_path):
+    run = script("demo", "--sandbox-dir", tmp_path / "demo")
+    assert run.code == 0, run.err
+    assert "seized 0000:03:00.0: igb -> pciback" in run.out
+    assert "refusing to hide 0000:01:00.0" in run.out and "(exit 3" in run.out
+    assert "0000:03:00.0 attached to domain 5" in run.out
+    assert "backend 4 (Connected), frontend 4 (Connected)" in run.out
+    assert "0000:03:00.0 detached from domain 5" in run.out
+    assert "released 0000:03:00.0: now igb" in run.out
+    assert open_sandbox(tmp_path / "demo").device(NIC0).driver == "igb"
+    assert not (tmp_path / "demo" / "xenstore" / "pid").exists()  # its daemons are stopped
+
+
+def test_json_refusal_lists_the_checks(sandbox):
+    run = invoke("--sandbox", sandbox, "--json", "hide", "01:00.0", "03:00.0")
+    assert run.code == 3
+    data = json.loads(run.output[:run.output.rindex("}") + 1])
+    assert data["refused"] is True
+    verdicts = {d["bdf"]: {c["name"]: c["verdict"] for c in d["checks"]} for d in data["devices"]}
+    assert verdicts["0000:01:00.0"]["host-usage"] == "refuse"
+    assert verdicts["0000:03:00.0"]["host-usage"] == "ok"
+    assert open_sandbox(sandbox).device(NIC0).driver == "igb"  # one refusal stops the whole hide
