@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """In-process op dispatch: decode an op from a shared page, the overlay, encode the result.
 
-Run by hand:  PYTHONPATH=. python bench/bench_dispatch.py [--ops N] [--repeat R]
+Run by hand:  PYTHONPATH=.:tools python bench/bench_dispatch.py [--ops N] [--repeat R]
 
 Engine: ``GuestSession.process(page)`` - one copy of the op out of the page (XSA-155), header
 unpack, device lookup, the overlay's conf_read/conf_write, err and value packed back. Baseline,

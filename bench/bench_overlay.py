@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Guest conf_read / conf_write through the overlay engine, against a same-run baseline.
 
-Run by hand:  PYTHONPATH=. python bench/bench_overlay.py [--ops N] [--repeat R]
+Run by hand:  PYTHONPATH=.:tools python bench/bench_overlay.py [--ops N] [--repeat R]
 
 The baseline is the least any Python backend must do per op: unpack the 36-byte op header with a
 precompiled Struct '<IiIIIiiII', dispatch on cmd through a dict, pack the reply. The engine run

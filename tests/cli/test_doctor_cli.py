@@ -12,7 +12,7 @@ from xenpciback_cli.engine.doctor import CHECK_NAMES
 from xenpciback_cli.engine.journal import Journal, JournalEntry
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.sandbox.host import create_sandbox
-from seize_helpers import invoke
+from helpers.cli import invoke
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_json_shape_and_a_waiting_journal_entry_exits_1(box):
 
 def test_seized_not_persisted_and_split_group_in_the_sandbox(box):
     assert invoke("--sandbox", box, "hide", "03:00.0").code == 0
-    data = json.loads(invoke("--sandbox", box, "doctor", "--json").output)
+    data = invoke("--sandbox", box, "doctor", "--json").json()
     checks = {c["name"]: c for c in data["checks"]}
     assert checks["persisted"]["verdict"] == "warn" and "0000:03:00.0" in checks["persisted"]["detail"]
     assert checks["iommu-groups"]["verdict"] == "warn"

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from xenpciback_cli.sandbox.host import create_sandbox
-from seize_helpers import REPO, invoke
+from helpers.cli import PACKAGE_ROOT as REPO, invoke
 
 
 @pytest.fixture(scope="module")

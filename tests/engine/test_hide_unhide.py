@@ -226,7 +226,7 @@ def test_demo_runs_on_a_fresh_sandbox(tmp_path):
 def test_json_refusal_lists_the_checks(sandbox):
     run = invoke("--sandbox", sandbox, "--json", "hide", "01:00.0", "03:00.0")
     assert run.code == 3
-    data = json.loads(run.output[:run.output.rindex("}") + 1])
+    data = run.json()  # stdout; the error is JSON on stderr
     assert data["refused"] is True
     verdicts = {d["bdf"]: {c["name"]: c["verdict"] for c in d["checks"]} for d in data["devices"]}
     assert verdicts["0000:01:00.0"]["host-usage"] == "refuse"

@@ -144,6 +144,6 @@ def test_recover_finishes_the_good_entries_and_exits_2_for_a_corrupt_one(shared)
     assert not (journal / "hide-0000-04-10-1.json").exists()  # the good one was rolled back
     assert bad.exists()  # the corrupt one is left for a person
     assert open_sandbox(box).device(Bdf.parse(OTHER)).driver == "igbvf"
-    data = json.loads(invoke("--sandbox", box, "--json", "recover").output)
+    data = invoke("--sandbox", box, "--json", "recover").json()
     assert data["operations"] == [{"op": "unhide", "bdf": str(NIC), "action": "skipped", "corrupt": True,
                                    "reason": result.error}]
