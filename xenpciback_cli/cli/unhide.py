@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 @click.pass_obj
 def command(app: Application, devices: tuple[str, ...], rebind: bool, force: bool, dry_run: bool,
             config: str | None) -> None:
-    """Release DEVICE... (a BDF, a device name, or a host interface or block device): clear driver_override, unbind from the seize driver, drop the pciback slot,
-    and with --rebind give the device back to its recorded original driver.
+    """Release DEVICE... (a BDF, a device name, or a host interface or block device): clear
+    driver_override, unbind from the seize driver, drop the pciback slot, and with --rebind
+    give the device back to its recorded original driver.
 
     Refuses (exit 3) while the device is attached to a guest.
     """

@@ -83,7 +83,7 @@ def resolve_device_word(word: str, host: Any, state_dir: str | os.PathLike[str],
     if bdf is not None:
         return bdf
     for klass in ("net", "block"):
-        bdf = host.pci_device_of(klass, word)
-        if bdf is not None:
-            return bdf
+        found: Bdf | None = host.pci_device_of(klass, word)
+        if found is not None:
+            return found
     return None
