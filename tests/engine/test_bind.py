@@ -86,3 +86,19 @@ def test_an_interrupted_bind_is_finished_by_recover(sandbox, after):
     # igb's id table does not match the VF: the override makes igb's probe the only one tried,
     # and it refuses; the device ends unbound, as 'driverctl set-override' leaves it.
     assert driver(sandbox, VF) in (None, "igb")
+
+
+def test_a_bind_entry_is_validated_like_the_others():
+    from xenpciback_cli.engine import statestore as st
+    from xenpciback_cli.engine.journal import JournalEntry, PlannedWrite
+
+    steps = [PlannedWrite(f"bus/pci/devices/{VF}/driver_override", "igb", "set driver_override to igb")]
+    good = JournalEntry("bind", Bdf.parse(VF), "igbvf", "igb", "override", steps).to_json()
+    assert JournalEntry.from_json(good).target_driver == "igb"
+    for key, value in (("target_driver", "../x"), ("op", "bindx")):
+        with pytest.raises(st.Invalid):
+            JournalEntry.from_json({**good, key: value})
+    other = dict(good, steps=[{"path": f"bus/pci/devices/{VF}/driver_override", "value": "nvme",
+                               "description": "x"}])
+    with pytest.raises(st.Invalid):  # an override value other than the entry's own target
+        JournalEntry.from_json(other)
