@@ -87,7 +87,8 @@ def test_legacy_single_file_is_read_and_moved_by_the_first_write(tmp_path):
 BAD_FIELDS = [("original_driver", "../../.."), ("original_driver", ".."), ("original_driver", "a/b"),
               ("original_driver", 3), ("target_driver", "igb"), ("persist", 1), ("seized_at", -1),
               ("seized_at", True), ("method", "x"), ("bdf", "03:00.0"), ("bdf", "0000:04:10.1"),
-              ("identity", []), ("released", "yes"), ("unknown", 1)]
+              ("identity", []), ("released", "yes"), ("unknown", 1), ("name", "has space"),
+              ("name", "x" * 65), ("name", 7), ("name", "caf\u00e9")]
 
 
 @pytest.mark.parametrize("key, value", BAD_FIELDS)

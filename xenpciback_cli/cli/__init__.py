@@ -32,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "detach": ("detach", "command", "Detach a device from a guest safely, then reset it."),
     "status": ("status", "command", "Show a guest's PV PCI handshake: states, vdevs, errors."),
     "doctor": ("doctor", "command", "Check that this host is ready for passthrough, with the fixes."),
+    "bind": ("bind", "command", "Bind a device to any driver (driverctl set-override); loads its module."),
+    "rebind": ("rebind", "command", "Give a device to the driver the kernel picks (driverctl unset-override)."),
+    "pci-list": ("pci_list", "command", "List one domain's PCI devices, like 'xl pci-list DOMAIN'."),
 }
 
 EXIT_CODES_HELP = (

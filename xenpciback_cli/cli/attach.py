@@ -11,8 +11,9 @@ if TYPE_CHECKING:
 
 
 @click.command("attach")
-@click.argument("spec", required=False)
-@click.option("--domid", "-d", type=int, required=True, help="Guest domain id.")
+@click.argument("words", metavar="[DOMAIN] SPEC", nargs=-1)
+@click.option("--domid", "-d", metavar="DOMAIN", default=None,
+              help="Guest domain id or name (or give DOMAIN first, as 'xl pci-attach').")
 @click.option("--vslot", metavar="HEX", default=None, help="Guest slot (0-1f), like SPEC@VSLOT.")
 @click.option("--permissive/--no-permissive", default=None,
               help="Let the guest write any config register (caution).")
@@ -29,15 +30,17 @@ if TYPE_CHECKING:
 @click.option("--no-wait", is_flag=True, help="Do not wait for the hot-plug handshake.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
 @click.pass_obj
-def command(app: Application, spec: str | None, domid: int, vslot: str | None,
+def command(app: Application, words: tuple[str, ...], domid: str | None, vslot: str | None,
             permissive: bool | None, quirks: tuple[str, ...], msitranslate: bool | None, power_mgmt: bool | None,
             rdm_policy: str | None, name: str | None, seize: bool | None, timeout: float,
             no_wait: bool, socket_path: str | None) -> None:
-    """Attach SPEC to guest --domid N, hot-plugging when the guest is running.
+    """Attach SPEC to guest DOMAIN (an id or a name), hot-plugging when the guest is running.
 
-    SPEC is a PCI address or xl's PCI_SPEC_STRING, e.g. 03:00.0, 0000:03:00.0@4,permissive=1,
-    or 03:00.*@4 (every function; needs a vslot). Options override what SPEC says. The device
-    must be seized (see 'hide', or --seize) and attached to no other guest.
+    As 'xl pci-attach DOMAIN SPEC' (or --domid DOMAIN). SPEC is a PCI address or xl's
+    PCI_SPEC_STRING, e.g. 03:00.0, 0000:03:00.0@4,permissive=1, name=NAME, or 03:00.*@4 (every
+    function; needs a vslot). Options override what SPEC says. The device must be seized (see
+    'hide', or --seize) and attached to no other guest. A PV guest's pciback picks the guest
+    slot itself: @VSLOT is recorded as libxl does, and said to be ignored.
     """
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.errors import InputError
@@ -47,6 +50,7 @@ def command(app: Application, spec: str | None, domid: int, vslot: str | None,
     from xenpciback_cli.toolstack.libxl_layout import PciOptions
     from xenpciback_cli.engine.session import host_of, seizer_of
 
+    domain, spec = domain_and_spec(words, domid, spec_optional=name is not None)
     if spec and name:
         raise InputError("give either a device (SPEC) or --name, not both")
     if not spec and not name:
@@ -73,11 +77,15 @@ def command(app: Application, spec: str | None, domid: int, vslot: str | None,
 
         assert target.slot is not None  # parse_pci_spec refuses a '*' slot
         bdf = Bdf(target.domain or 0, target.bus, target.slot, target.function or 0)
-    request = AttachSpec(domid, bdf, all_functions, parsed.vslot, options, parsed.name,
-                         pick(seize, "seize"), tuple(parse_quirk(q) for q in quirks))
+    quirk_list = tuple(parse_quirk(q) for q in quirks)
     host = host_of(app)
     term = terminal_for(app)
     with app.open_xenstore(socket_path) as client:
+        from xenpciback_cli.engine.attach import domain_id
+
+        number = domain_id(client, domain)
+        request = AttachSpec(number, bdf, all_functions, parsed.vslot, options, parsed.name,
+                             pick(seize, "seize"), quirk_list)
         result = attach(client, request, host=host, seize_fn=seizer_of(app, host) if host else None,
                         timeout=timeout, wait=not no_wait, state_dir=str(app.state_dir))
     if app.settings.json:
@@ -87,7 +95,7 @@ def command(app: Application, spec: str | None, domid: int, vslot: str | None,
         vdev = result.guest_addresses.get(bdf)
         where = f" at guest address {vdev}" if vdev else ""
         how = "hot-plugged into" if result.hotplug else "attached to"
-        term.line(f"{bdf} {how} domain {domid} (backend entry {index}){where}")
+        term.line(f"{bdf} {how} domain {number} (backend entry {index}){where}")
         if bdf in result.permissive_applied:
             term.info(f"{bdf}: permissive (the guest may write any config register)")
         if result.quirks_applied.get(bdf):
@@ -95,3 +103,19 @@ def command(app: Application, spec: str | None, domid: int, vslot: str | None,
                       "(guest-writable under their masks until it lets the device go)")
     for note in result.notes:
         term.info(note)
+
+
+def domain_and_spec(words: tuple[str, ...], domid: str | None, *,
+                    spec_optional: bool = False) -> tuple[str, str | None]:
+    """xl's order (``DOMAIN SPEC``) or ``SPEC --domid DOMAIN``: the domain once, then the spec."""
+    from xenpciback_cli.errors import InputError
+
+    if len(words) > 2:
+        raise InputError(f"too many arguments: {' '.join(words[2:])!r} (give [DOMAIN] SPEC)")
+    if len(words) == 2 or (len(words) == 1 and spec_optional and domid is None):
+        if domid is not None:
+            raise InputError("give the domain once: DOMAIN SPEC or SPEC --domid DOMAIN")
+        return words[0], words[1] if len(words) == 2 else None
+    if domid is None:
+        raise InputError("give the domain: DOMAIN SPEC (as 'xl pci-attach') or --domid DOMAIN")
+    return domid, words[0] if words else None

@@ -12,30 +12,38 @@ if TYPE_CHECKING:
 
 
 @click.command("hide")
-@click.argument("devices", metavar="BDF...", nargs=-1, required=True)
+@click.argument("devices", metavar="DEVICE...", nargs=-1, required=True)
 @click.option("--driver", "target", type=click.Choice(list(SEIZE_DRIVERS)),
               default=PCIBACK_DRIVER, show_default=True, help="Driver that holds the seized device.")
-@click.option("--force", is_flag=True, help="Override safety refusals (host usage, live VFs...). Loud.")
+@click.option("--force", "-f", is_flag=True, help="Override safety refusals (host usage, live VFs...). Loud.")
 @click.option("--dry-run", is_flag=True, help="Print every sysfs write, in order, and do none.")
 @click.option("--persist", is_flag=True, help="Also add the devices to the boot-time config (restore).")
 @click.option("--config", "config", metavar="PATH", default=None,
               help="Persisted config file [default: /etc/xen-pciback/seized.toml].")
+@click.option("--name", "-n", "name", metavar="NAME", default=None,
+              help="Name the device, like 'xl pci-assignable-add -n' (then 'attach name=NAME').")
+@click.option("--no-load", is_flag=True, help="Do not load the driver's module when it is missing.")
 @click.pass_obj
 def command(app: Application, devices: tuple[str, ...], target: str, force: bool, dry_run: bool,
-            persist: bool, config: str | None) -> None:
-    """Seize BDF... (DDDD:BB:DD.F, BB:DD.F, or BB:DD.* for every function) for passthrough.
+            persist: bool, config: str | None, name: str | None, no_load: bool) -> None:
+    """Seize DEVICE... for passthrough: a BDF (DDDD:BB:DD.F, BB:DD.F, or BB:DD.* for every
+    function), a device name, or a host interface or block device (eth1, nvme0n1).
 
     Runs pre-flight checks first (device exists and is an endpoint, not seized, host not using
     it, siblings, IOMMU group, SR-IOV, target driver loaded); a refusal exits 3 unless --force.
+    A missing target driver's module is loaded first (modprobe) unless --no-load.
     """
-    from xenpciback_cli.cli.pending import listener_for, seizer_for
+    from xenpciback_cli.cli.pending import device_patterns, listener_for, load_driver, seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.errors import SafetyRefusal
-    from xenpciback_cli.pci.spec import parse_device_patterns
+    from xenpciback_cli.pci.spec import device_name
 
     terminal = terminal_for(app)
     as_json = app.settings.json
-    patterns = parse_device_patterns(devices)
+    if name is not None:
+        device_name(name)
+    patterns = device_patterns(app, devices)
+    load_driver(app, terminal, target, load=not no_load, dry_run=dry_run)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, target),
                             forced="FORCED past a safety refusal: ")
@@ -43,13 +51,15 @@ def command(app: Application, devices: tuple[str, ...], target: str, force: bool
         report = seizer.hide_devices(patterns, target, force=force, persist=persist, dry_run=dry_run,
                                      config=config or str(app.persist_file),
                                      config_named=config is not None,
-                                     listener=listener)
+                                     listener=listener, name=name)
     except SafetyRefusal:
         if as_json:
             terminal.json({"dry_run": dry_run, "refused": True,
                            "devices": [{"bdf": str(p.bdf), "checks": [c.to_json() for c in p.checks]}
                                        for p in listener.preflights]})
         raise
+    if name is not None and not dry_run and not as_json:
+        terminal.line(f"named {report.results[0].bdf} {name!r}")
     if report.persisted and not as_json:
         terminal.line(f"persisted in {report.persisted} ({', '.join(str(p) for p in patterns)})")
     if as_json:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 @click.command("restore")
 @click.option("--config", "config", metavar="PATH", default=None,
               help="Persisted config file [default: /etc/xen-pciback/seized.toml].")
-@click.option("--force", is_flag=True, help="Override safety refusals. Loud.")
+@click.option("--force", "-f", is_flag=True, help="Override safety refusals. Loud.")
 @click.pass_obj
 def command(app: Application, config: str | None, force: bool) -> None:
     """Seize everything listed in the persisted config; already-seized devices are left alone.

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 @click.command("init")
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
-@click.option("--force", is_flag=True, help="Recreate DIR if it already holds a sandbox.")
+@click.option("--force", "-f", is_flag=True, help="Recreate DIR if it already holds a sandbox.")
 @click.pass_obj
 def command(app: Application, directory: str, force: bool) -> None:
     """Create a sandbox in DIR: PCI devices from real captures, a simulated kernel, host usage.

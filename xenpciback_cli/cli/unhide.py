@@ -11,27 +11,27 @@ if TYPE_CHECKING:
 
 
 @click.command("unhide")
-@click.argument("devices", metavar="BDF...", nargs=-1, required=True)
-@click.option("--rebind", is_flag=True, help="Bind the recorded original driver again (or probe).")
-@click.option("--force", is_flag=True, help="Release even while attached to a guest. Dangerous.")
+@click.argument("devices", metavar="DEVICE...", nargs=-1, required=True)
+@click.option("--rebind", "-r", is_flag=True, help="Bind the recorded original driver again (or probe).")
+@click.option("--force", "-f", is_flag=True, help="Release even while attached to a guest. Dangerous.")
 @click.option("--dry-run", is_flag=True, help="Print every sysfs write, in order, and do none.")
 @click.option("--config", "config", metavar="PATH", default=None,
               help="Also drop the devices from this persisted config [default: the usual one].")
 @click.pass_obj
 def command(app: Application, devices: tuple[str, ...], rebind: bool, force: bool, dry_run: bool,
             config: str | None) -> None:
-    """Release BDF...: clear driver_override, unbind from the seize driver, drop the pciback slot,
-    and with --rebind give the device back to its recorded original driver.
+    """Release DEVICE... (a BDF, a device name, or a host interface or block device): clear
+    driver_override, unbind from the seize driver, drop the pciback slot, and with --rebind
+    give the device back to its recorded original driver.
 
     Refuses (exit 3) while the device is attached to a guest.
     """
-    from xenpciback_cli.cli.pending import listener_for, seizer_for
+    from xenpciback_cli.cli.pending import device_patterns, listener_for, seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
-    from xenpciback_cli.pci.spec import parse_device_patterns
 
     terminal = terminal_for(app)
     as_json = app.settings.json
-    patterns = parse_device_patterns(devices)
+    patterns = device_patterns(app, devices)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, rebind))
     report = seizer.unhide_devices(patterns, rebind=rebind, force=force, dry_run=dry_run,

@@ -107,14 +107,41 @@ def require_domain(client: Any, domid: int) -> str | None:
     return read_or_none(client, f"{L.domain_home(domid)}/name")
 
 
-def lookup_name(client: Any, name: str) -> Bdf:
-    """``name2bdf``: the device given that name at assignable-add (``/libxl/pci/*/name``)."""
+def lookup_name(client: Any, name: str, state_dir: str | None = None) -> Bdf:
+    """``name2bdf``: the device given that name at assignable-add (``/libxl/pci/*/name``), or
+    at ``hide --name`` (kept in our seize record too, so it works without that node)."""
     for key in sorted(list_or_empty(client, L.LIBXL_PCI_ROOT)):
         if read_or_none(client, f"{L.LIBXL_PCI_ROOT}/{key}/name") == name:
             bdf = L.parse_libxl_key(key)
             if bdf is not None:
                 return bdf
-    raise InputError(f"no assignable device is named {name!r} (see /libxl/pci/*/name)")
+    if state_dir is not None:
+        from xenpciback_cli.engine.names import bdf_for_name
+
+        found = bdf_for_name(name, state_dir)
+        if found is not None:
+            return found
+    raise InputError(f"no assignable device is named {name!r} (see /libxl/pci/*/name and "
+                     "'xen-pciback hide --name')")
+
+
+def domain_id(client: Any, text: str) -> int:
+    """A domain as xl takes it: a domain id, or a domain's name (``/local/domain/*/name``)."""
+    number = decimal(text.strip(), max_digits=10)
+    if number is not None:
+        return number
+    found = [int(key) for key in list_or_empty(client, "/local/domain") if key.isdigit()
+             and read_or_none(client, f"/local/domain/{key}/name") == text]
+    if not found:
+        raise InputError(f"unknown domain {text!r}: no domain id, and no domain has that name")
+    if len(found) > 1:
+        raise InputError(f"domain name {text!r} is ambiguous: domains {', '.join(map(str, sorted(found)))}")
+    return found[0]
+
+
+def domain_type(client: Any, domid: int) -> str | None:
+    """libxl's ``/libxl/N/type`` (pv, pvh, hvm), None when absent."""
+    return read_or_none(client, f"/libxl/{domid}/type")
 
 
 def resolve_functions(spec: AttachSpec, host: Any | None) -> list[Bdf]:
@@ -252,7 +279,7 @@ def _attach(client: Any, spec: AttachSpec, host: Any | None,
     if spec.bdf is None:
         if spec.name is None:
             raise InputError("give a device address or --name")
-        spec.bdf = lookup_name(client, spec.name)
+        spec.bdf = lookup_name(client, spec.name, state_dir)
     if spec.options.rdm_policy not in L.RDM_POLICIES:
         raise InputError(f"rdm_policy must be strict or relaxed, not {spec.options.rdm_policy!r}")
     bdfs = resolve_functions(spec, host)
@@ -265,6 +292,10 @@ def _attach(client: Any, spec: AttachSpec, host: Any | None,
     devices = tuple(L.DeviceRequest(b, v) for b, v in zip(bdfs, L.vdevfns_for(bdfs, spec.vslot)))
     request = L.AttachRequest(domid, devices, spec.options, spec.name)
     notes: list[str] = []
+    if spec.vslot is not None and domain_type(client, domid) != "hvm":
+        # libxl writes vdevfn-i all the same; a PV guest's pciback chooses the slot itself.
+        notes.append(f"@{spec.vslot:02x} (virtual slot) is ignored for a PV guest: pciback picks "
+                     "the guest slot")
 
     # libxl reads the backend outside the transaction: wait out a round in progress.
     view = read_backend(client, domid)

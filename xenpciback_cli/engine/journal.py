@@ -35,13 +35,13 @@ from xenpciback_cli.pci.drivers import SEIZE_DRIVERS
 
 JOURNAL_DIR = "journal"
 LOCK_FILE = st.LOCK_FILE
-OPS = ("hide", "unhide")
+OPS = ("hide", "unhide", "bind")
 METHODS = ("override", "slot", "new_id", "")
 MAX_STEPS = 64
 #: Where ``/proc`` is (tests point it at a temporary tree).
 PROC = "/proc"
 FIX = "check the device by hand ('xen-pciback list'), then delete the file"
-_ENTRY_NAME = re.compile(r"^(hide|unhide)-([0-9a-f]{4,8}-[0-9a-f]{2}-[0-1][0-9a-f]-[0-7])\.json$")
+_ENTRY_NAME = re.compile(r"^(hide|unhide|bind)-([0-9a-f]{4,8}-[0-9a-f]{2}-[0-1][0-9a-f]-[0-7])\.json$")
 #: The sysfs writes the engine plans, as (path pattern, value kind). ``{bdf}`` is the entry's
 #: device, ``{driver}`` a driver name. Nothing else is ever accepted from a journal entry.
 STEP_FORMS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -88,7 +88,8 @@ def process_start(pid: int) -> int | None:
 
 @dataclass
 class JournalEntry:
-    """An operation in flight: ``op`` is "hide" or "unhide"."""
+    """An operation in flight: ``op`` is "hide", "unhide" or "bind" (``bind``/``rebind``: any
+    host driver, ``target_driver`` "" for the kernel's choice)."""
 
     op: str
     bdf: Bdf
@@ -135,16 +136,21 @@ class JournalEntry:
                        optional={"done", "rebind", "persist", "started", "pid", "identity",
                                  "boot_id", "process_start"})
         if entry["op"] not in OPS:
-            raise st.Invalid(f"op {str(entry['op'])[:20]!r} is not hide or unhide")
+            raise st.Invalid(f"op {str(entry['op'])[:20]!r} is not hide, unhide or bind")
         if entry["method"] not in METHODS:
             raise st.Invalid(f"method {str(entry['method'])[:20]!r} is not override, slot or new_id")
         device = st.bdf(entry["bdf"], "bdf")
         original = st.driver_name(entry["original_driver"], "original_driver", optional=True)
-        target = st.seize_driver(entry["target_driver"], "target_driver")
+        if entry["op"] == "bind":  # any host driver, or "" (the kernel's probe chooses)
+            target = entry["target_driver"] if entry["target_driver"] == "" else str(
+                st.driver_name(entry["target_driver"], "target_driver"))
+        else:
+            target = st.seize_driver(entry["target_driver"], "target_driver")
         raw_steps = entry["steps"]
         if not isinstance(raw_steps, list) or len(raw_steps) > MAX_STEPS:
             raise st.Invalid(f"steps must be a list of at most {MAX_STEPS}")
-        steps = [_step(s, number, device) for number, s in enumerate(raw_steps, start=1)]
+        overrides = (*SEIZE_DRIVERS, target) if target else SEIZE_DRIVERS
+        steps = [_step(s, number, device, overrides) for number, s in enumerate(raw_steps, start=1)]
         done = st.integer(entry.get("done", 0), "done", 0, len(steps))
         identity = entry.get("identity")
         try:
@@ -181,7 +187,8 @@ class JournalEntry:
                 "run 'xen-pciback recover'")
 
 
-def _step(value: object, number: int, device: Bdf) -> PlannedWrite:
+def _step(value: object, number: int, device: Bdf,
+          overrides: tuple[str, ...] = SEIZE_DRIVERS) -> PlannedWrite:
     what = f"step {number}"
     step = st.obj(value, what, required={"path", "value", "description"})
     path = st.text(step["path"], f"{what} path", limit=120)
@@ -197,7 +204,7 @@ def _step(value: object, number: int, device: Bdf) -> PlannedWrite:
         if "driver" in groups:
             st.driver_name(groups["driver"], f"{what} driver")
         if ((kind == "bdf" and text != str(device))
-                or (kind == "override" and text != "\n" and text not in SEIZE_DRIVERS)
+                or (kind == "override" and text != "\n" and text not in overrides)
                 or (kind == "ids" and not _IDS.match(text)) or (kind == "one" and text != "1")):
             raise st.Invalid(f"{what} value {text[:20]!r} does not fit {path!r}")
         return PlannedWrite(path, text, description)
@@ -212,7 +219,7 @@ def _read_entry(store: st.StateStore, name: str) -> JournalEntry | None:
     path = store.path(f"{JOURNAL_DIR}/{name}")
     match = _ENTRY_NAME.match(name)
     if match is None:
-        raise st.corrupt(path, "not a journal entry name (hide|unhide-DDDD-BB-DD-F.json)", "delete the file")
+        raise st.corrupt(path, "not a journal entry name (hide|unhide|bind-DDDD-BB-DD-F.json)", "delete the file")
     device = st.bdf_from_key(match[2])
     data = store.read_for(f"{JOURNAL_DIR}/{name}", device)
     if data is None:

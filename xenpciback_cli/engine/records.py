@@ -25,6 +25,7 @@ from xenpciback_cli.engine import statestore as st
 from xenpciback_cli.engine.identity import DeviceIdentity
 from xenpciback_cli.errors import StateFileCorrupt
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.spec import DEVICE_NAME_RULE, is_device_name
 
 RECORDS_DIR = "seized"
 LEGACY_FILE = "seized.json"
@@ -50,18 +51,20 @@ class SeizeRecord:
     identity: DeviceIdentity | None = None
     #: Released by a plain ``unhide``: kept only so a later ``unhide --rebind`` knows the original.
     released: bool = False
+    #: The name given at ``hide --name`` (xl's ``pci-assignable-add -n``), unique on the host.
+    name: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"bdf": str(self.bdf), "original_driver": self.original_driver,
                 "target_driver": self.target_driver, "persist": self.persist,
                 "seized_at": self.seized_at, "method": self.method,
                 "identity": None if self.identity is None else self.identity.to_json(),
-                "released": self.released}
+                "released": self.released, "name": self.name}
 
     @classmethod
     def from_json(cls, data: object) -> SeizeRecord:
         """Strict: raises :class:`statestore.Invalid` (a ``ValueError``) naming the bad field."""
-        entry = st.obj(data, "record", required=_KEYS, optional={"identity", "released", "format"})
+        entry = st.obj(data, "record", required=_KEYS, optional={"identity", "released", "format", "name"})
         method = entry["method"]
         if method not in METHODS:
             raise st.Invalid(f"method {str(method)[:20]!r} is not one of {', '.join(METHODS)}")
@@ -76,7 +79,17 @@ class SeizeRecord:
                    persist=st.boolean(entry["persist"], "persist"),
                    seized_at=st.number(entry["seized_at"], "seized_at"),
                    method=method, identity=parsed,
-                   released=st.boolean(entry.get("released", False), "released"))
+                   released=st.boolean(entry.get("released", False), "released"),
+                   name=_name_field(entry.get("name")))
+
+
+def _name_field(value: object) -> str | None:
+    """A device name as xl accepts it (``is_device_name``), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not is_device_name(value):
+        raise st.Invalid(f"name {str(value)[:40]!r} is not a device name ({DEVICE_NAME_RULE})")
+    return value
 
 
 def records_path(state_dir: str | os.PathLike[str], bdf: Bdf | None = None) -> Path:

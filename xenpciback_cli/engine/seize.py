@@ -137,6 +137,8 @@ class DeviceStatus(StrEnum):
     REFUSED = "refused"
     FAILED = "failed"
     MISSING = "missing"
+    BOUND = "bound"
+    ALREADY_BOUND = "already-bound"
 
 
 @dataclass
@@ -254,11 +256,14 @@ class Seizer:
     def hide_devices(self, patterns: Sequence[BdfPattern], target: str, *, force: bool = False,
                      persist: bool = False, config: str | os.PathLike[str] | None = None,
                      config_named: bool = False, dry_run: bool = False,
-                     listener: Listener | None = None) -> HideReport:
+                     listener: Listener | None = None, name: str | None = None) -> HideReport:
         """``hide``: select, check, enforce, seize each device and persist, all under the lock.
-        ``config_named``: the person named the config (its directory must exist already)."""
+        ``config_named``: the person named the config (its directory must exist already).
+        ``name``: xl's device name (one device only; no other device may have it)."""
         listener = listener or Listener()
         self._present(patterns)
+        if name is not None and len(self.select(patterns)) != 1:
+            raise errors.InputError("hide --name names one device: give exactly one address")
         with self._operation(dry_run):
             listener.pending(*self._pending())
             persisting = persist and not dry_run
@@ -267,13 +272,17 @@ class Seizer:
                     raise errors.InputError("hide --persist needs a config path")
                 _check_config_target(config, config_named)  # before any sysfs write
             bdfs = self.select(patterns)
+            if name is not None:
+                from xenpciback_cli.engine.names import check_name_free
+
+                check_name_free(name, bdfs[0], self.state_dir, self.xenstore)
             preflights = self.preflight(bdfs, target)
             listener.checked(preflights)
             forced = self.enforce(preflights, force=force)
             listener.forced(forced)
             results: list[DeviceResult] = []
             for preflight in listener.each(preflights, "seizing"):
-                result = self.hide(preflight, target, persist=persist, dry_run=dry_run)
+                result = self.hide(preflight, target, persist=persist, dry_run=dry_run, name=name)
                 result.forced = [f for f in forced if f.startswith(f"{result.bdf}:")]
                 results.append(result)
                 listener.done(result)
@@ -422,7 +431,7 @@ class Seizer:
         return overridden
 
     def hide(self, preflight: Preflight, target: str, *, persist: bool = False,
-             dry_run: bool = False) -> DeviceResult:
+             dry_run: bool = False, name: str | None = None) -> DeviceResult:
         """Seize one device whose pre-flight has passed (or was forced)."""
         device = preflight.device
         assert device is not None
@@ -432,7 +441,7 @@ class Seizer:
         if preflight.already_seized:
             if not dry_run:
                 self._keep_record(device, existing, identity, self._original_for(device, existing, identity),
-                                  target, "override", persist)
+                                  target, "override", persist, name)
             return DeviceResult(device.bdf, DeviceStatus.ALREADY_SEIZED, self._original(device.bdf), target,
                                 checks=checks)
         original = self._original_for(device, existing, identity)
@@ -449,7 +458,7 @@ class Seizer:
             raise errors.OperationFailed(
                 f"hide {device.bdf}: {target} did not bind it (driver now "
                 f"{now.driver or 'none'}); run 'xen-pciback recover'")
-        self._keep_record(device, None, identity, original, target, method, persist)
+        self._keep_record(device, None, identity, original, target, method, persist, name)
         self.journal.finish(entry)
         return DeviceResult(device.bdf, DeviceStatus.SEIZED, original, target, method, checks, writes)
 
@@ -508,6 +517,91 @@ class Seizer:
         self.journal.finish(entry)
         return DeviceResult(bdf, DeviceStatus.RELEASED, original, now.driver, writes=writes)
 
+    # -- bind / rebind (driverctl's set-override / unset-override) ---------------------------
+    def bind_devices(self, bdfs: Sequence[Bdf], target: str | None, *, force: bool = False,
+                     dry_run: bool = False, listener: Listener | None = None) -> list[DeviceResult]:
+        """``bind BDF DRIVER`` (``target``) or ``rebind BDF`` (None: the kernel's probe chooses),
+        for host drivers: driver_override + unbind + drivers_probe, journalled, under the lock.
+        A device attached to a guest, or one the host uses, is refused (exit 3) unless forced.
+        A device that was seized leaves its seize record behind (it is the host's again)."""
+        listener = listener or Listener()
+        if target is not None:
+            driver_name(target)
+        with self._operation(dry_run):
+            listener.pending(*self._pending())
+            present = set(self.host.addresses())
+            for bdf in bdfs:
+                if bdf not in present:
+                    raise errors.DeviceNotFound(f"no PCI device {bdf} on this host", bdf=bdf)
+            if not dry_run:
+                self._validate(bdfs)
+            verb = f"bind {target} to" if target else "rebind"
+            forced: list[str] = []
+            for bdf in bdfs:
+                domid = self.attachments.get(bdf)
+                if domid is not None:
+                    if not force:
+                        raise errors.SafetyRefusal(f"refusing to {verb} {bdf}: it is attached to domain "
+                                                   f"{domid} (detach it first)")
+                    forced.append(f"{bdf}: attached to domain {domid}")
+                device = self.host.device(bdf)
+                if device.driver is not None and not _bind_done(device, target):
+                    usage = self.host.usage(bdf)
+                    if usage.in_use:
+                        if not force:
+                            raise errors.SafetyRefusal(
+                                f"refusing to {verb} {bdf}: host-usage: {'; '.join(usage.reasons)} "
+                                "(--force overrides)", list(usage.reasons))
+                        forced += [f"{bdf}: host-usage: {reason}" for reason in usage.reasons]
+            if target is not None and target not in self.host.loaded_drivers() and not dry_run:
+                raise errors.OperationFailed(f"cannot bind {target}: that driver is not loaded "
+                                             f"(modprobe {target}, or leave out --no-load)")
+            listener.forced(forced)
+            results: list[DeviceResult] = []
+            for bdf in listener.each(list(bdfs), "binding"):
+                result = self.bind(bdf, target, dry_run=dry_run)
+                result.forced = [f for f in forced if f.startswith(f"{bdf}:")]
+                results.append(result)
+                listener.done(result)
+            return results
+
+    def bind(self, bdf: Bdf, target: str | None, *, dry_run: bool = False) -> DeviceResult:
+        """One device to ``target`` (or to the kernel's choice); the caller holds the lock."""
+        device = self.host.device(bdf)
+        if _bind_done(device, target):
+            return DeviceResult(bdf, DeviceStatus.ALREADY_BOUND, device.driver, device.driver)
+        method = "override" if self.host.supports_driver_override(bdf) else ""
+        steps = plan_bind(self.host, device, target)
+        entry = JournalEntry("bind", bdf, device.driver, target or "", method, steps,
+                             identity=identity_of(self.host, bdf))
+        writes = self._run(entry, dry_run)
+        if dry_run:
+            return DeviceResult(bdf, DeviceStatus.PLANNED, device.driver, target, method, writes=writes)
+        now = self.host.device(bdf)
+        self._bound(bdf, device, now)
+        self.journal.finish(entry)
+        if target is not None and now.driver != target:
+            raise errors.OperationFailed(f"bind {bdf}: {target} did not take it (driver now "
+                                         f"{now.driver or 'none'}; its probe refused the device?)")
+        return DeviceResult(bdf, DeviceStatus.BOUND, device.driver, now.driver, method, writes=writes)
+
+    def _bound(self, bdf: Bdf, before: PciDevice, now: PciDevice) -> None:
+        """After a bind: a device that left a seize driver for a host one is no longer seized."""
+        if before.driver in SEIZE_DRIVERS and now.driver not in SEIZE_DRIVERS:
+            with contextlib.suppress(errors.StateFileCorrupt):
+                drop_record(self.state_dir, bdf)
+            self._forget(bdf)
+
+    def _recover_bind(self, entry: JournalEntry, device: PciDevice, outcome: dict[str, object]) -> None:
+        """A bind is finished from wherever it stopped (recover checked identity and host usage)."""
+        target = entry.target_driver or None
+        if not _bind_done(device, target):
+            self._execute(entry.bdf, plan_bind(self.host, device, target))
+        now = self.host.device(entry.bdf)
+        if device.driver in SEIZE_DRIVERS or entry.original_driver in SEIZE_DRIVERS:
+            self._bound(entry.bdf, replace(device, driver=entry.original_driver), now)
+        outcome.update(action="completed", reason=f"finished the bind: now {now.driver or 'no driver'}")
+
     # -- shared -----------------------------------------------------------------------------
     def _run(self, entry: JournalEntry, dry_run: bool) -> list[dict[str, str]]:
         """Execute the plan: journal first, then each write, marking it done."""
@@ -530,20 +624,32 @@ class Seizer:
         return record.original_driver if record else None
 
     def _keep_record(self, device: PciDevice, existing: SeizeRecord | None, identity: DeviceIdentity | None,
-                     original: str | None, target: str, method: str, persist: bool) -> None:
-        """Record a seize; an existing live record is kept (the first record knows the original)."""
+                     original: str | None, target: str, method: str, persist: bool,
+                     name: str | None = None) -> None:
+        """Record a seize; an existing live record is kept (the first record knows the original).
+        A name (``hide --name``) goes in the record and, like libxl's, at /libxl/pci/BDF/name."""
         bdf = device.bdf
+        if name is not None:
+            self._write_name(bdf, name)
         if existing is not None and not existing.released:
             kept = replace(existing, persist=existing.persist or persist, identity=existing.identity or identity,
-                           original_driver=host_driver(existing.original_driver) or original)
+                           original_driver=host_driver(existing.original_driver) or original,
+                           name=name or existing.name)
             if existing.target_driver != target:  # moved from one seize driver to another
                 kept = replace(kept, target_driver=target, method=method)
             if kept != existing:
                 put_record(self.state_dir, kept)
             return
-        put_record(self.state_dir, SeizeRecord(bdf, original, target, persist, method=method, identity=identity))
+        put_record(self.state_dir, SeizeRecord(bdf, original, target, persist, method=method, identity=identity,
+                                               name=name))
         if self.xenstore is not None and original:
             self.xenstore.write(driver_path_key(bdf), f"/sys/bus/pci/drivers/{original}")
+
+    def _write_name(self, bdf: Bdf, name: str) -> None:
+        if self.xenstore is not None:
+            from xenpciback_cli.engine.names import name_key
+
+            self.xenstore.write(name_key(bdf), name)
 
     def _released(self, bdf: Bdf, record: SeizeRecord | None, identity: DeviceIdentity | None,
                   original: str | None, target: str, method: str, *, keep: bool) -> None:
@@ -552,7 +658,7 @@ class Seizer:
         if keep and original:
             kept = record if record is not None else SeizeRecord(bdf, original, target, method=method)
             put_record(self.state_dir, replace(kept, original_driver=original, released=True,
-                                               identity=kept.identity or identity))
+                                               identity=kept.identity or identity, name=None))
         else:
             drop_record(self.state_dir, bdf)
         self._forget(bdf)
@@ -561,10 +667,13 @@ class Seizer:
         """What ends with the seize: backend settings and libxl's "assignable" driver_path."""
         record_release(self.state_dir, bdf)  # permissive and quirks end with the seize
         if self.xenstore is not None:
-            try:
-                self.xenstore.rm(driver_path_key(bdf))
-            except Exception:  # absent already: nothing to forget
-                pass
+            from xenpciback_cli.engine.names import name_key
+
+            for key in (driver_path_key(bdf), name_key(bdf)):
+                try:
+                    self.xenstore.rm(key)
+                except Exception:  # absent already: nothing to forget
+                    pass
 
     # -- recover ----------------------------------------------------------------------------
     def recover(self) -> list[dict[str, object]]:
@@ -590,7 +699,7 @@ class Seizer:
                 outcomes.append(self._recover_one(entry))
             for problem in corrupt:  # left for a person: nothing is written from an untrusted entry
                 name = Path(str(problem.path or "")).name
-                op = next((o for o in ("unhide", "hide") if name.startswith(f"{o}-")), "unknown")
+                op = next((o for o in ("unhide", "hide", "bind") if name.startswith(f"{o}-")), "unknown")
                 outcomes.append({"op": op, "bdf": str(problem.bdf) if problem.bdf else None,
                                  "action": "skipped", "corrupt": True, "reason": str(problem)})
         return outcomes
@@ -610,11 +719,18 @@ class Seizer:
             if found:
                 return self._refused(entry, outcome, "the device there is not the one journalled: "
                                      + "; ".join(found))
+        if entry.op == "bind" and _bind_done(device, entry.target_driver or None):
+            self._recover_bind(entry, device, outcome)  # only the journal's last mark was missing
+            self.journal.finish(entry)
+            outcome["driver"] = device.driver
+            return outcome
         usage = self.host.usage(bdf)
         if usage.in_use:
             return self._refused(entry, outcome, "the host uses the device there now: " + "; ".join(usage.reasons))
         try:
-            if entry.op == "hide":
+            if entry.op == "bind":
+                self._recover_bind(entry, device, outcome)
+            elif entry.op == "hide":
                 self._recover_hide(entry, device, outcome)
             else:
                 self._recover_unhide(entry, device, outcome)
@@ -787,6 +903,39 @@ class Seizer:
                 self.host.bind(bdf, step.path.split("/")[-2])  # the id is there: bind explicitly
                 return
             raise
+
+
+def _bind_done(device: PciDevice, target: str | None) -> bool:
+    """Whether a bind has nothing left to do: bound to ``target`` with our override set, or
+    (rebind) bound to a driver with no override."""
+    if target is None:
+        return device.driver is not None and not device.driver_override
+    return device.driver == target and device.driver_override in (target, None)
+
+
+def plan_bind(host: Host, device: PciDevice, target: str | None) -> list[PlannedWrite]:
+    """driverctl's set-override (``target``) / unset-override (None): the override, the unbind
+    from the current driver, a probe. Without driver_override: unbind, then bind or probe."""
+    bdf = device.bdf
+    steps: list[PlannedWrite] = []
+    override = host.supports_driver_override(bdf)
+    if override and target is not None and device.driver_override != target:
+        steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", driver_name(target),
+                        f"set driver_override to {target}"))
+    if override and target is None and device.driver_override:
+        steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override"))
+    if device.driver is not None and device.driver != target:
+        steps.append(_w(f"bus/pci/drivers/{driver_name(device.driver)}/unbind", str(bdf),
+                        f"unbind from {device.driver}"))
+    if target != PCIBACK_DRIVER and str(bdf) in host.pciback_slots():  # or pciback's probe takes it
+        steps.append(_w(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf), "remove from pciback slots"))
+    if device.driver is None or device.driver != target:
+        if target is not None and not override:
+            steps.append(_w(f"bus/pci/drivers/{driver_name(target)}/bind", str(bdf), f"bind {target}"))
+        else:
+            steps.append(_w("bus/pci/drivers_probe", str(bdf),
+                            f"probe, binding {target}" if target else "probe for a host driver"))
+    return steps
 
 
 def _check_config_target(config: str | os.PathLike[str], named: bool) -> None:

@@ -135,6 +135,16 @@ class Host(abc.ABC):
         path = device.sysfs_path
         return path is not None and path != "" and os.path.exists(os.path.join(path, "reset"))
 
+    def pci_device_of(self, klass: str, name: str) -> Bdf | None:
+        """The PCI function below which the kernel shows ``class/<klass>/<name>`` (an interface
+        ``eth1``, a block device ``nvme0n1``); None when there is no such entry or it is not on
+        a PCI device (``lo``, a loop device). A host without a class tree has none."""
+        return None
+
+    def load_module(self, module: str) -> None:
+        """Load a kernel module (``modprobe``); OperationFailed when it cannot be loaded."""
+        raise errors.NotSupported(f"cannot load module {module} on this host")
+
     @abc.abstractmethod
     def usage(self, bdf: Bdf) -> HostUsage:
         """What the host is using below this device (mounted filesystems, swap, up NICs, console)."""

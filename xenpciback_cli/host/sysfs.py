@@ -305,6 +305,35 @@ class SysfsHost(Host):
         except OSError as exc:
             raise errors.from_oserror(exc, "read pciback slots", path=path) from None
 
+    def pci_device_of(self, klass: str, name: str) -> Bdf | None:
+        if not name or "/" in name or name in (".", "..") or "\0" in name:
+            return None
+        entry = os.path.join(self.sysfs_root, "class", klass, name)
+        if not os.path.lexists(entry):
+            return None
+        # The entry lies below its device in /sys/devices: the nearest PCI function upwards
+        # (a partition below its disk, a disk below its controller, below the function).
+        for part in reversed(os.path.realpath(entry).split(os.sep)):
+            if _BDF_NAME.match(part):
+                return Bdf.parse(part)
+        return None
+
+    def load_module(self, module: str) -> None:
+        """``modprobe MODULE`` (the real host only: a sysfs root elsewhere has no kernel)."""
+        import subprocess
+
+        if os.path.realpath(self.sysfs_root) != REAL_SYSFS:
+            raise errors.NotSupported(f"cannot load module {module}: {self.sysfs_root} is not "
+                                      "this host's sysfs")
+        try:
+            done = subprocess.run(["modprobe", "--", module], capture_output=True, text=True,
+                                  timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise errors.OperationFailed(f"modprobe {module} failed: {exc}") from None
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise errors.OperationFailed(f"modprobe {module} failed: {why}")
+
     # -- what the host uses -------------------------------------------------------------------
     def usage(self, bdf: Bdf) -> HostUsage:
         if not os.path.isdir(self.device_dir(bdf)):

@@ -192,8 +192,8 @@ def parse_pci_spec(text: str) -> PciSpec:
             raise InputError(f"invalid PCI spec {source!r}: xl accepts only a function wildcard "
                              "(BB:DD.*), not a slot wildcard")
     name = values.get("name")
-    if name is not None and (not name or len(name) > 64 or not all(c.isprintable() and not c.isspace() for c in name)):
-        raise InputError(f"invalid PCI spec {source!r}: name must be 1-64 visible characters")
+    if name is not None and not is_device_name(name):
+        raise InputError(f"invalid PCI spec {source!r}: {DEVICE_NAME_RULE}")
     vslot = _parse_vslot(values["vslot"], source) if "vslot" in values else None
     if target is not None and target.function is None and vslot is None:
         raise InputError(f"invalid PCI spec {source!r}: a multi-function spec (BB:DD.*) needs a "
@@ -257,3 +257,20 @@ def format_hide_list(items: Iterable[Bdf | BdfPattern], *, parameter: bool = Tru
 def parse_device_patterns(texts: Iterable[str]) -> list[BdfPattern]:
     """Command-line device arguments: each a BDF or a wildcard pattern."""
     return [BdfPattern.parse(text) for text in texts]
+
+
+#: xl's rule for a device name (``xl pci-assignable-add -n NAME``, libxl_pci.c: at most 64
+#: characters, each ``isgraph``: printable ASCII, no space).
+DEVICE_NAME_RULE = "name must be 1-64 visible characters (ASCII, no spaces)"
+
+
+def is_device_name(text: str) -> bool:
+    """Whether ``text`` is a device name xl would accept."""
+    return 0 < len(text) <= 64 and all("!" <= c <= "~" for c in text)
+
+
+def device_name(text: str) -> str:
+    """``text`` as a device name; :class:`InputError` (exit 2) if xl would refuse it."""
+    if not is_device_name(text):
+        raise InputError(f"invalid device name {text[:70]!r}: {DEVICE_NAME_RULE}")
+    return text

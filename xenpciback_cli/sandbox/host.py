@@ -70,6 +70,14 @@ class SandboxHost(SysfsHost):
             raise errors.from_oserror(exc, action, bdf=write.bdf,
                                       path=str(self.directory / "sys" / write.path)) from None
 
+    def load_module(self, module: str) -> None:
+        """The simulated ``modprobe``: registers a known module's drivers (see ``SimulatedKernel``)."""
+        try:
+            self.kernel.load_module(module)
+        except OSError:
+            raise errors.OperationFailed(f"modprobe {module} failed: module {module} not found "
+                                         "in the sandbox's kernel") from None
+
     def state(self) -> dict[str, Any]:
         return self.kernel.tree.load()
 

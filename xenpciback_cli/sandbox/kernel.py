@@ -191,12 +191,50 @@ class SimulatedKernel:
             return
         override = self._override(bdf)
         if override is not None:
-            if override in self.state["drivers"]:
+            if self._loaded(override):
                 self._try_bind(bdf, override)
             return
         for driver in self.state["driver_order"]:
-            if self._try_bind(bdf, driver):
+            if self._loaded(driver) and self._try_bind(bdf, driver):
                 return
+
+    # -- modules ------------------------------------------------------------------------------
+    def load_module(self, module: str) -> list[str]:
+        """``modprobe MODULE``: register the drivers of a known, unloaded module (dashes and
+        underscores are one, as for modprobe; a driver's name is accepted too); registering
+        binds every unbound device the driver matches, as the driver core does. Returns the
+        drivers registered (none when it was loaded already); ENOENT for an unknown module."""
+        wanted = module.replace("-", "_")
+        with self.locked() as state:
+            drivers = [name for name, spec in state["drivers"].items()
+                       if wanted in (spec["module"].replace("-", "_"), name.replace("-", "_"))]
+            if not drivers:
+                raise _fail(errno.ENOENT, f"module {module}")
+            unloaded = state.setdefault("unloaded", [])
+            registered = [name for name in drivers if name in unloaded]
+            for name in registered:
+                unloaded.remove(name)
+                self.tree.create_driver(name, state["drivers"][name]["module"], pciback=name == "pciback")
+                for bdf in state["devices"]:
+                    if self.tree.bound_driver(state, bdf) is None and self._override(bdf) in (None, name):
+                        self._try_bind(bdf, name)
+            return registered
+
+    def unload_module(self, driver: str) -> None:
+        """``rmmod``: the driver lets its devices go and disappears from ``bus/pci/drivers``."""
+        with self.locked() as state:
+            if driver not in state["drivers"]:
+                raise _fail(errno.ENOENT, f"module {driver}")
+            if driver in state.setdefault("unloaded", []):
+                return
+            for bdf in state["devices"]:
+                if self.tree.bound_driver(state, bdf) == driver:
+                    self._detach(bdf, driver)
+            state["unloaded"].append(driver)
+            self.tree.remove_driver(driver, state["drivers"][driver]["module"])
+
+    def _loaded(self, driver: str) -> bool:
+        return driver in self.state["drivers"] and driver not in self.state.get("unloaded", ())
 
     # -- bus and driver attributes ------------------------------------------------------------
     def drivers_probe(self, value: str) -> None:
@@ -204,7 +242,7 @@ class SimulatedKernel:
         self._probe(_kernel_value(value))
 
     def driver_attribute(self, driver: str, attribute: str, value: str) -> None:
-        if driver not in self.state["drivers"]:
+        if not self._loaded(driver):
             raise _fail(errno.ENOENT, self._path)
         if attribute == "unbind":
             bdf = _kernel_value(value)

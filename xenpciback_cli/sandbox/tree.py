@@ -143,6 +143,10 @@ class Tree:
         symlink(directory / "module", module_dir)
         symlink(module_dir / "drivers" / f"pci:{name}", directory)
 
+    def remove_driver(self, name: str, module: str) -> None:
+        shutil.rmtree(self.driver_dir(name), ignore_errors=True)
+        shutil.rmtree(self.sys / "module" / module, ignore_errors=True)
+
     def link_driver(self, state: dict[str, Any], bdf: str, driver: str) -> None:
         directory = self.device_dir(state, bdf)
         symlink(self.driver_dir(driver) / bdf, directory)
