@@ -204,7 +204,7 @@ def test_console_script(sandbox):
     assert "Traceback" not in run.err
     run = script("--sandbox", sandbox, "unhide", "--rebind", "03:00.0")
     assert run.code == 0 and open_sandbox(sandbox).device(NIC0).driver == "igb"
-    for bad in ("03:00.9", "zz:00.0", "3:00", "0000:03:20.0"):
+    for bad in ("03:00.9", "zz:00.0", "3:0g", "0000:03:20.0"):
         run = script("--sandbox", sandbox, "hide", bad)
         assert run.code == 2, (bad, run.err)
         assert run.err.count("\n") == 1 and "Traceback" not in run.err

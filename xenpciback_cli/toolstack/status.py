@@ -104,6 +104,17 @@ def libxl_holders(client: Any) -> dict[Bdf, int]:
     return out
 
 
+def libxl_names(client: Any) -> dict[Bdf, str]:
+    """``/libxl/pci/*/name``: the names ``xl pci-assignable-add -n NAME`` gave devices."""
+    out: dict[Bdf, str] = {}
+    for key in list_or_empty(client, L.LIBXL_PCI_ROOT):
+        bdf = L.parse_libxl_key(key)
+        text = read_or_none(client, f"{L.LIBXL_PCI_ROOT}/{key}/name")
+        if bdf is not None and text:
+            out[bdf] = text
+    return out
+
+
 @dataclass(frozen=True)
 class Attachment:
     domid: int
