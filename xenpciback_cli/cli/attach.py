@@ -83,8 +83,10 @@ def command(app: Application, spec: str | None, domid: int, vslot: str | None,
     if app.settings.json:
         term.json(result.to_json())
         return
+    from xenpciback_cli.pci.address import guest_address
+
     for bdf, index in zip(result.devices, result.indices):
-        vdev = result.guest_addresses.get(bdf)
+        vdev = guest_address(result.guest_addresses.get(bdf))
         where = f" at guest address {vdev}" if vdev else ""
         how = "hot-plugged into" if result.hotplug else "attached to"
         term.line(f"{bdf} {how} domain {domid} (backend entry {index}){where}")

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 
 @click.command("hide")
-@click.argument("devices", metavar="BDF...", nargs=-1, required=True)
+@click.argument("devices", metavar="BDF...", nargs=-1)
+@click.option("-d", "--ids", "ids_text", metavar="[VENDOR]:[DEVICE][:CLASS]",
+              help="Seize the devices with these ids (hex; an empty part matches any), as lspci -d.")
 @click.option("--driver", "target", type=click.Choice(list(SEIZE_DRIVERS)),
               default=PCIBACK_DRIVER, show_default=True, help="Driver that holds the seized device.")
 @click.option("--force", is_flag=True, help="Override safety refusals (host usage, live VFs...). Loud.")
@@ -21,12 +23,13 @@ if TYPE_CHECKING:
 @click.option("--config", "config", metavar="PATH", default=None,
               help="Persisted config file [default: /etc/xen-pciback/seized.toml].")
 @click.pass_obj
-def command(app: Application, devices: tuple[str, ...], target: str, force: bool, dry_run: bool,
-            persist: bool, config: str | None) -> None:
+def command(app: Application, devices: tuple[str, ...], ids_text: str | None, target: str,
+            force: bool, dry_run: bool, persist: bool, config: str | None) -> None:
     """Seize BDF... (DDDD:BB:DD.F, BB:DD.F, or BB:DD.* for every function) for passthrough.
 
     Runs pre-flight checks first (device exists and is an endpoint, not seized, host not using
     it, siblings, IOMMU group, SR-IOV, target driver loaded); a refusal exits 3 unless --force.
+    BDF may also be one of lspci's -s forms (03:00 for every function, 03: for a bus).
     """
     from xenpciback_cli.cli.pending import listener_for, seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
@@ -35,7 +38,14 @@ def command(app: Application, devices: tuple[str, ...], target: str, force: bool
 
     terminal = terminal_for(app)
     as_json = app.settings.json
-    patterns = parse_device_patterns(devices)
+    from xenpciback_cli.engine.inventory import seize_patterns
+    from xenpciback_cli.errors import InputError
+    from xenpciback_cli.pci.spec import IdSelector
+
+    if not devices and ids_text is None:
+        raise InputError("name the devices to seize: BDF... or -d VENDOR:DEVICE")
+    ids = IdSelector.parse(ids_text) if ids_text is not None else None
+    patterns = seize_patterns(app.host, parse_device_patterns(devices), ids)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, target),
                             forced="FORCED past a safety refusal: ")

@@ -30,6 +30,7 @@ class Terminal:
         self.stdout = stdout if stdout is not None else sys.stdout
         self.stderr = stderr if stderr is not None else sys.stderr
         self._console: Any = None
+        self.sysfs_root = "/sys"  # where sysfs is for the commands this run shows (dry runs)
 
     @property
     def is_tty(self) -> bool:
@@ -246,4 +247,8 @@ def plain_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
 
 def terminal_for(app: Application) -> Terminal:
     """The terminal matching the application's global options."""
-    return Terminal(color=app.settings.color, verbose=app.settings.verbose)
+    terminal = Terminal(color=app.settings.color, verbose=app.settings.verbose)
+    # Where sysfs really is for this run, so a dry run's shell lines act on the right tree.
+    sandbox = getattr(app, "sandbox_dir", None)
+    terminal.sysfs_root = str(sandbox / "sys") if sandbox is not None else app.settings.sysfs_root
+    return terminal

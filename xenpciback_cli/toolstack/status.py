@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xenpciback_cli.errors import InputError
-from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.address import Bdf, guest_address
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import frontend_state
 from xenpciback_cli.toolstack.xenbus import XenbusState, next_move, parse_state
@@ -39,8 +39,12 @@ class DeviceStatus:
         return _name(parse_state(self.state))
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "bdf": self.bdf, "state": self.state,
-                "state_name": self.state_name, "vdev": self.vdev, "opts": self.opts,
+        state = parse_state(self.state)
+        # A state is a number here as in the domain's backend_state (its name beside it);
+        # what a guest wrote that is no state is null, and kept as text in state_text.
+        return {"index": self.index, "bdf": self.bdf,
+                "state": int(state) if state is not None else None, "state_text": self.state,
+                "state_name": self.state_name, "vdev": guest_address(self.vdev), "opts": self.opts,
                 "vdevfn": self.vdevfn, "name": self.name}
 
 
