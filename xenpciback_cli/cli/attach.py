@@ -71,7 +71,7 @@ def command(app: Application, spec: str | None, domid: int, vslot: str | None,
     if target is not None:
         from xenpciback_cli.pci.address import Bdf
 
-        assert target.slot is not None  # parse_pci_spec refuses a '*' slot
+        assert target.slot is not None and target.bus is not None  # parse_pci_spec: exact bus, slot
         bdf = Bdf(target.domain or 0, target.bus, target.slot, target.function or 0)
     request = AttachSpec(domid, bdf, all_functions, parsed.vslot, options, parsed.name,
                          pick(seize, "seize"), tuple(parse_quirk(q) for q in quirks))
