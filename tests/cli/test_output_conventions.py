@@ -51,7 +51,8 @@ def test_csv_leaves_empty_cells_empty_and_the_table_shows_a_dash(box):
                        "NAME", "ORIGINAL", "GROUP", "USED"]
     [bridge] = rows[1:]  # the host bridge has no driver, no domain and no original driver
     assert (bridge[4], bridge[7], bridge[10]) == ("", "", "")
-    plain = invoke("--sandbox", box, "list", "--format", "plain", "00:00.0").output.splitlines()[1].split()
+    plain = invoke("--sandbox", box, "list", "--format", "plain", "00:00.0",
+                   env={"COLUMNS": "300"}).output.splitlines()[1].split()  # wide enough for all
     assert plain.count("-") == 3  # DRIVER, DOMID, USED
 
 
