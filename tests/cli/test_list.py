@@ -85,8 +85,8 @@ def test_patterns(sandbox):
 def test_csv_and_plain_formats(sandbox):
     out = invoke("--sandbox", str(sandbox), "list", "--format", "csv", "02:00.*").output
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0][:6] == ["BDF", "ID", "DEVICE", "CLASS", "DRIVER", "STATE"]
-    assert [(r[0], r[1], r[4], r[5]) for r in rows[1:]] == [
+    assert rows[0][:7] == ["BDF", "ID", "DEVICE", "CLASS", "DRIVER", "OVERRIDE", "STATE"]
+    assert [(r[0], r[1], r[4], r[6]) for r in rows[1:]] == [
         ("0000:02:00.0", "1002:7300", "amdgpu", "host"), ("0000:02:00.1", "8086:27d8", "snd_hda_intel", "host")]
     plain = invoke("--sandbox", str(sandbox), "list", "--format", "plain", "01:00.0").output.splitlines()
     assert plain[0].split()[:2] == ["BDF", "ID"] and plain[1].split()[:2] == ["0000:01:00.0", "144d:a826"]

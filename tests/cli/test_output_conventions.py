@@ -47,11 +47,13 @@ def test_an_error_still_shows_when_stdout_is_closed(box):
 
 def test_csv_leaves_empty_cells_empty_and_the_table_shows_a_dash(box):
     rows = list(csv.reader(io.StringIO(invoke("--sandbox", box, "list", "--format", "csv", "00:00.0").output)))
-    assert rows[0] == ["BDF", "ID", "DEVICE", "CLASS", "DRIVER", "STATE", "DOMID", "ORIGINAL", "GROUP"]
+    assert rows[0] == ["BDF", "ID", "DEVICE", "CLASS", "DRIVER", "OVERRIDE", "STATE", "DOMID", "VDEV",
+                       "NAME", "ORIGINAL", "GROUP", "USED"]
     [bridge] = rows[1:]  # the host bridge has no driver, no domain and no original driver
-    assert (bridge[4], bridge[6], bridge[7]) == ("", "", "")
-    plain = invoke("--sandbox", box, "list", "--format", "plain", "00:00.0").output.splitlines()[1].split()
-    assert plain.count("-") == 3
+    assert (bridge[4], bridge[7], bridge[10]) == ("", "", "")
+    plain = invoke("--sandbox", box, "list", "--format", "plain", "00:00.0",
+                   env={"COLUMNS": "300"}).output.splitlines()[1].split()  # wide enough for all
+    assert plain.count("-") == 3  # DRIVER, DOMID, USED
 
 
 @pytest.mark.parametrize("json_where", ["before", "after"])

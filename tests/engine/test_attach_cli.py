@@ -84,7 +84,7 @@ def test_attach_hotplug_detach_in_the_sandbox(sandbox):
     run(sandbox, "hide", "0000:04:10.1")
     out = run(sandbox, "--json", "attach", "0000:04:10.1@4,permissive=1", "--domid", "5")
     data = json.loads(out.out)
-    assert data["hotplug"] is True and data["backend_state"] == "Connected"
+    assert data["hotplug"] is True and data["backend_state"] == 4 and data["backend_state_name"] == "Connected"
     assert data["devices"] == [{"bdf": "0000:04:10.1", "index": 1, "vdev": "0000:00:01.1"}]
     assert data["permissive"] == ["0000:04:10.1"]
     assert (sandbox / "sys/bus/pci/drivers/pciback/permissive").read_text().split() == ["0000:04:10.1"]

@@ -225,7 +225,7 @@ def test_status_names_states_and_errors(client, domid):
         client.rm("/local/domain/0/error")
     data = status.to_json()
     assert data["backend_state_name"] == "Initialising" and data["frontend_state_name"] == "Initialising"
-    assert data["devices"] == [{"index": 0, "bdf": "0000:03:00.0", "state": "1",
+    assert data["devices"] == [{"index": 0, "bdf": "0000:03:00.0", "state": 1, "state_text": "1",
                                 "state_name": "Initialising", "vdev": None,
                                 "opts": "msitranslate=0,power_mgmt=0,permissive=1,rdm_policy=strict",
                                 "vdevfn": None, "name": None}]

@@ -44,7 +44,7 @@ def test_bind_refuses_host_usage_unless_forced_and_accepts_interface_names(sandb
     assert driver(sandbox, "0000:01:00.0") == "nvme"
     forced = ok("bind", "-f", "nvme0n1", "xhci_hcd", "--dry-run", sandbox=sandbox)
     assert "FORCED past a safety refusal: 0000:01:00.0: host-usage" in forced.err
-    assert "echo 0000:01:00.0 > /sys/bus/pci/drivers/nvme/unbind" in forced.out
+    assert f"echo 0000:01:00.0 > {sandbox}/sys/bus/pci/drivers/nvme/unbind" in forced.out
     assert ok("rebind", "nvme0n1", sandbox=sandbox).out.endswith("already with nvme; nothing to do\n")
     unknown = invoke("bind", "nosuch0", "igb", sandbox=sandbox)
     assert unknown.code == 2

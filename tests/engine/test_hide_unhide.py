@@ -124,9 +124,10 @@ def test_dry_run_prints_writes_in_order_and_does_nothing(sandbox):
     run = invoke("--sandbox", sandbox, "hide", "--dry-run", "03:00.0")
     assert run.code == 0
     lines = [line.strip() for line in run.output.splitlines() if line.strip().startswith("echo ")]
-    assert lines == ["echo pciback > /sys/bus/pci/devices/0000:03:00.0/driver_override",
-                     "echo 0000:03:00.0 > /sys/bus/pci/drivers/igb/unbind",
-                     "echo 0000:03:00.0 > /sys/bus/pci/drivers_probe"]
+    root = f"{sandbox.resolve()}/sys"  # the sysfs the plan is for: the sandbox's, not /sys
+    assert lines == [f"echo pciback > {root}/bus/pci/devices/0000:03:00.0/driver_override",
+                     f"echo 0000:03:00.0 > {root}/bus/pci/drivers/igb/unbind",
+                     f"echo 0000:03:00.0 > {root}/bus/pci/drivers_probe"]
     assert snapshot(sandbox) == before
     assert load_records(sandbox / "state") == {}
     assert invoke("--sandbox", sandbox, "hide", "03:00.0").code == 0
@@ -204,7 +205,7 @@ def test_console_script(sandbox):
     assert "Traceback" not in run.err
     run = script("--sandbox", sandbox, "unhide", "--rebind", "03:00.0")
     assert run.code == 0 and open_sandbox(sandbox).device(NIC0).driver == "igb"
-    for bad in ("03:00.9", "zz:00.0", "3:00", "0000:03:20.0"):
+    for bad in ("03:00.9", "zz:00.0", "3:0g", "0000:03:20.0"):
         run = script("--sandbox", sandbox, "hide", bad)
         assert run.code == 2, (bad, run.err)
         assert run.err.count("\n") == 1 and "Traceback" not in run.err

@@ -75,7 +75,7 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, vslot: 
     if target is not None:
         from xenpciback_cli.pci.address import Bdf
 
-        assert target.slot is not None  # parse_pci_spec refuses a '*' slot
+        assert target.slot is not None and target.bus is not None  # parse_pci_spec: exact bus, slot
         bdf = Bdf(target.domain or 0, target.bus, target.slot, target.function or 0)
     quirk_list = tuple(parse_quirk(q) for q in quirks)
     host = host_of(app)
@@ -91,8 +91,10 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, vslot: 
     if app.settings.json:
         term.json(result.to_json())
         return
+    from xenpciback_cli.pci.address import guest_address
+
     for bdf, index in zip(result.devices, result.indices):
-        vdev = result.guest_addresses.get(bdf)
+        vdev = guest_address(result.guest_addresses.get(bdf))
         where = f" at guest address {vdev}" if vdev else ""
         how = "hot-plugged into" if result.hotplug else "attached to"
         term.line(f"{bdf} {how} domain {number} (backend entry {index}){where}")

@@ -52,7 +52,7 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, force: 
     term = terminal_for(app)
     with app.open_xenstore(socket_path) as client:
         if target is not None:
-            assert target.slot is not None and target.function is not None
+            assert target.bus is not None and target.slot is not None and target.function is not None
             address = Bdf(target.domain or 0, target.bus, target.slot, target.function)
         else:
             assert parsed.name is not None

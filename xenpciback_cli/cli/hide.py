@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 
 
 @click.command("hide")
-@click.argument("devices", metavar="DEVICE...", nargs=-1, required=True)
+@click.argument("devices", metavar="DEVICE...", nargs=-1)
+@click.option("-d", "--ids", "ids_text", metavar="[VENDOR]:[DEVICE][:CLASS]",
+              help="Seize the devices with these ids (hex; an empty part matches any), as lspci -d.")
 @click.option("--driver", "target", type=click.Choice(list(SEIZE_DRIVERS)),
               default=PCIBACK_DRIVER, show_default=True, help="Driver that holds the seized device.")
 @click.option("--force", "-f", is_flag=True, help="Override safety refusals (host usage, live VFs...). Loud.")
@@ -24,10 +26,12 @@ if TYPE_CHECKING:
               help="Name the device, like 'xl pci-assignable-add -n' (then 'attach name=NAME').")
 @click.option("--no-load", is_flag=True, help="Do not load the driver's module when it is missing.")
 @click.pass_obj
-def command(app: Application, devices: tuple[str, ...], target: str, force: bool, dry_run: bool,
-            persist: bool, config: str | None, name: str | None, no_load: bool) -> None:
-    """Seize DEVICE... for passthrough: a BDF (DDDD:BB:DD.F, BB:DD.F, or BB:DD.* for every
-    function), a device name, or a host interface or block device (eth1, nvme0n1).
+def command(app: Application, devices: tuple[str, ...], ids_text: str | None, target: str,
+            force: bool, dry_run: bool, persist: bool, config: str | None, name: str | None,
+            no_load: bool) -> None:
+    """Seize DEVICE... for passthrough: a BDF (DDDD:BB:DD.F, BB:DD.F, BB:DD.* for every
+    function, or one of lspci's -s forms: 03:00, 03:), a device name, or a host interface or
+    block device (eth1, nvme0n1); or every device with -d's ids.
 
     Runs pre-flight checks first (device exists and is an endpoint, not seized, host not using
     it, siblings, IOMMU group, SR-IOV, target driver loaded); a refusal exits 3 unless --force.
@@ -40,9 +44,16 @@ def command(app: Application, devices: tuple[str, ...], target: str, force: bool
 
     terminal = terminal_for(app)
     as_json = app.settings.json
+    from xenpciback_cli.engine.inventory import seize_patterns
+    from xenpciback_cli.errors import InputError
+    from xenpciback_cli.pci.spec import IdSelector
+
+    if not devices and ids_text is None:
+        raise InputError("name the devices to seize: DEVICE... or -d VENDOR:DEVICE")
     if name is not None:
         device_name(name)
-    patterns = device_patterns(app, devices)
+    ids = IdSelector.parse(ids_text) if ids_text is not None else None
+    patterns = seize_patterns(app.host, device_patterns(app, devices), ids)
     load_driver(app, terminal, target, load=not no_load, dry_run=dry_run)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, target),

@@ -11,7 +11,11 @@ if TYPE_CHECKING:
 
 
 @click.command("inspect")
-@click.argument("bdfs", metavar="[BDF]...", nargs=-1)
+@click.argument("bdfs", metavar="[SELECTOR]...", nargs=-1)
+@click.option("-d", "--ids", "ids_text", metavar="[VENDOR]:[DEVICE][:CLASS]",
+              help="The devices with these ids (hex; an empty part matches any), as lspci -d.")
+@click.option("-x", "--hex", "hexdump", is_flag=True,
+              help="Also print the config space as hex, marking bytes the guest sees differently.")
 @click.option("--from-dump", "dump_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Read devices from lspci -x/-xxx/-xxxx output instead of the host.")
 @click.option("--from-binary", "binary_file", metavar="FILE", type=click.Path(dir_okay=False),
@@ -23,24 +27,29 @@ if TYPE_CHECKING:
               help="Simulate a guest config write (hex; repeatable) on a copy and show its "
                    "answer and what would reach the device, e.g. --write 0x04:2:0.")
 @click.pass_obj
-def command(app: Application, bdfs: tuple[str, ...], dump_file: str | None, binary_file: str | None,
-            guest: bool, diff: bool, permissive: bool, writes: tuple[str, ...]) -> None:
+def command(app: Application, bdfs: tuple[str, ...], ids_text: str | None, hexdump: bool,
+            dump_file: str | None, binary_file: str | None, guest: bool, diff: bool,
+            permissive: bool, writes: tuple[str, ...]) -> None:
     """Decode config space (header, BARs, capabilities) and show the overlay a guest gets.
 
-    BDF names a device of the host (or of the sandbox with --sandbox). With --from-dump every
-    device of the file is shown unless BDFs are given; with --from-binary the BDF is a label.
-    Nothing is written to any device.
+    SELECTOR names devices of the host (or of the sandbox with --sandbox) as lspci -s does:
+    03:00.0, 03:00 (every function), 03:*.*. With --from-dump every device of the file is shown
+    unless selected; with --from-binary the BDF is a label, taken from the file's path when it
+    is a sysfs one (.../0000:03:00.0/config). Nothing is written to any device.
     """
     from xenpciback_cli.cli.inspect_view import render
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.config.report import build_report, parse_guest_write
     from xenpciback_cli.engine.inspect_sources import collect_sources
 
+    from xenpciback_cli.pci.spec import IdSelector
+
     guest_writes = [parse_guest_write(text) for text in writes]
-    sources = collect_sources(app, bdfs, dump_file=dump_file, binary_file=binary_file)
+    ids = IdSelector.parse(ids_text) if ids_text is not None else None
+    sources = collect_sources(app, bdfs, dump_file=dump_file, binary_file=binary_file, ids=ids)
     reports = [build_report(src, permissive=permissive, writes=guest_writes) for src in sources]
     term = terminal_for(app)
     if app.settings.json:
         term.json(reports)
         return
-    render(term, reports, guest=guest, diff=diff)
+    render(term, reports, guest=guest, diff=diff, hexdump=hexdump or guest)

@@ -33,7 +33,8 @@ def _hexdump(term: Terminal, hw: bytes, guest: bytes, *, show_guest: bool, diff:
         term.line(f"    {offset:03x}: " + " ".join(cells).rstrip())
 
 
-def render(term: Terminal, reports: list[dict[str, Any]], *, guest: bool, diff: bool) -> None:
+def render(term: Terminal, reports: list[dict[str, Any]], *, guest: bool, diff: bool,
+           hexdump: bool = False) -> None:
     for number, rep in enumerate(reports):
         if number:
             term.line()
@@ -81,16 +82,22 @@ def render(term: Terminal, reports: list[dict[str, Any]], *, guest: bool, diff: 
         rows = [[f"{f['offset']:03x}", f["size"], f["name"], f["read"], f["hardware_value"] or "?",
                  f["guest_value"] or "?", f["write_effect"]] for f in fields]
         if rows:
-            term.table(["off", "size", "field", "read", "hardware", "guest", "guest write"], rows)
+            term.table(["off", "size", "field", "read", "hardware", "guest", "guest write"], rows,
+                       empty="-", names=("field", "guest write"))
         else:
             term.line("    (none)")
         term.line(f"  other registers: {rep['other_registers']}")
         for write in rep.get("guest_writes", []):
             changes = ", ".join(f"{c['offset']:03x}: {c['before']}->{c['after']}"
                                 for c in write["hardware_changes"]) or "nothing"
+            back = write["guest_reads_back"]
+            if back is None:
+                back = f"nothing (err {write['read_err']} {write['read_err_name']})"
             term.line(f"  guest write {write['size']} bytes {write['value']} at "
-                      f"{write['offset']:#x}: err {write['err']}, reached hardware: {changes}; "
-                      f"guest reads back {write['guest_reads_back']}")
+                      f"{write['offset']:#x}: err {write['err']} {write['err_name']}, reached "
+                      f"hardware: {changes}; guest reads back {back}")
+        if not hexdump:
+            continue
         hw = bytes.fromhex(rep["config"])
         guest_bytes = bytes.fromhex(rep["guest_config"])
         which = "guest view" if guest else "hardware"

@@ -1,66 +1,138 @@
-"""``xen-pciback list``: every PCI device with its driver, passthrough state and IOMMU group."""
+"""``xen-pciback list``: every PCI device with its driver, passthrough state and IOMMU group.
+
+The default table fits an 80-column console: BDF, ID, DRIVER, STATE and GROUP are never cut or
+folded; the DEVICE name and the USED column (what the host has on the device) shrink first.
+``--wide`` adds the columns that do not fit there; ``--json`` has everything.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
-    from xenpciback_cli.pci.address import Bdf
 
 FORMATS = ("rich", "plain", "simple", "github", "csv")
-HEADERS = ("BDF", "ID", "DEVICE", "CLASS", "DRIVER", "STATE", "DOMID", "ORIGINAL", "GROUP")
+HEADERS = ("BDF", "ID", "DEVICE", "DRIVER", "STATE", "DOMID", "GROUP", "USED")
+WIDE_HEADERS = ("BDF", "ID", "DEVICE", "CLASS", "DRIVER", "OVERRIDE", "STATE", "DOMID", "VDEV",
+                "NAME", "ORIGINAL", "GROUP", "USED")
+#: Columns of names and free text: the only ones shortened to fit, and the first to go.
+NAME_COLUMNS = ("DEVICE", "CLASS", "USED")
+#: Columns left out of a narrow terminal's table when no row has anything in them.
+OPTIONAL_COLUMNS = ("DOMID", "VDEV", "NAME", "OVERRIDE", "ORIGINAL", "USED")
 
 
 @click.command("list")
-@click.argument("patterns", nargs=-1, metavar="[PATTERN]...")
+@click.argument("patterns", nargs=-1, metavar="[SELECTOR]...")
+@click.option("-d", "--ids", "ids_text", metavar="[VENDOR]:[DEVICE][:CLASS]",
+              help="Only devices with these ids (hex; an empty part matches any), as lspci -d.")
 @click.option("--seized", "seized_only", is_flag=True, help="Only seized or attached devices.")
+@click.option("--assignable", is_flag=True,
+              help="Only devices held by pciback and attached to no guest, like "
+                   "'xl pci-assignable-list' (with --format xl: its plain lines).")
 @click.option("--class", "class_text", metavar="CLASS",
               help="Filter by class: hex (02, 0x0200, 0x020000) or a name (network, storage, "
                    "display, usb, bridge, serial, multimedia...).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="Table format [default: rich on a terminal, plain otherwise].")
+@click.option("-w", "--wide", is_flag=True,
+              help="Every column: class, driver_override, guest address, xl name, original driver "
+                   "(CSV always has them).")
+@click.option("--format", "fmt", type=click.Choice([*FORMATS, "xl"]), default=None,
+              help="Table format [default: rich on a terminal, plain otherwise]; xl: one BDF a "
+                   "line, as xl pci-assignable-list prints.")
 @click.pass_obj
-def command(app: Application, patterns: tuple[str, ...], seized_only: bool, class_text: str | None,
-            fmt: str | None) -> None:
-    """List PCI devices: BDF, ids and names, class, driver, state (host/seized/attached), domid,
-    original driver and IOMMU group.
+def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, seized_only: bool,
+            assignable: bool, class_text: str | None, wide: bool, fmt: str | None) -> None:
+    """List PCI devices: BDF, ids, name, driver, state (host/seized/attached), domid, IOMMU
+    group and what the host uses the device for (USED: interfaces, mounted block devices).
 
-    PATTERN is a BDF, optionally with wildcards: 03:00.0, 0000:03:00.*, 03:*.*.
-    With the global --json, prints a JSON list of objects.
+    SELECTOR is an address as lspci -s takes it, with wildcards: 03:00.0, 0000:03:00.*,
+    03:*.*, 03:00 (every function), 03: (the whole bus), :00.0 (any bus).
+    With the global --json, prints a JSON list of objects (docs/json.md).
     """
     from xenpciback_cli.cli.pending import warn_pending
     from xenpciback_cli.cli.terminal import terminal_for
-    from xenpciback_cli.engine.inventory import ClassFilter, inventory
-    from xenpciback_cli.pci.spec import parse_device_patterns
+    from xenpciback_cli.engine.inventory import ClassFilter, DeviceState, inventory
+    from xenpciback_cli.errors import InputError
+    from xenpciback_cli.pci.address import guest_address
+    from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
+    from xenpciback_cli.pci.spec import IdSelector, parse_device_patterns
 
+    if fmt == "xl" and not assignable:
+        raise InputError("--format xl is the form of 'xl pci-assignable-list': give --assignable")
     parsed = parse_device_patterns(patterns)
+    ids = IdSelector.parse(ids_text) if ids_text is not None else None
     class_filter = ClassFilter.parse(class_text) if class_text is not None else None
     settings = app.settings
     terminal = terminal_for(app)
     warn_pending(app, terminal)  # interrupted hide/unhide: one line each
     attached = app.attachment_details()
-    rows = inventory(app.host, state_dir=app.state_dir, patterns=parsed,
-                     class_filter=class_filter, seized_only=seized_only,
+    rows = inventory(app.host, state_dir=app.state_dir, patterns=parsed, ids=ids,
+                     class_filter=class_filter, seized_only=seized_only or assignable,
                      attachments={bdf: a.domid for bdf, a in attached.items()},
                      brief=not settings.json)  # the table shows no other attribute
+    if assignable:
+        rows = [r for r in rows if r.state is DeviceState.SEIZED and r.device.driver == PCIBACK_DRIVER]
+    if fmt == "xl" and not settings.json:
+        for row in rows:  # xl prints DDDD:BB:DD.F, one a line
+            terminal.line(str(row.bdf))
+        return
+    names = _xl_names(app)
+    usage = _usage(app, rows)
 
-    def guest_address(bdf: Bdf) -> str | None:
-        a = attached.get(bdf)
-        return None if a is None or a.vdev is None else str(a.vdev)
+    def vdev(row: Any) -> str | None:
+        a = attached.get(row.bdf)
+        return None if a is None else guest_address(a.vdev)
 
     if settings.json:
-        terminal.json([row.as_json() | {"guest_address": guest_address(row.bdf)} for row in rows])
+        terminal.json([row.as_json() | {"guest_address": vdev(row), "name": names.get(row.bdf),
+                                        "used": list(usage.get(row.bdf, ()))} for row in rows])
         return
+    wide = wide or fmt == "csv"  # a program reading CSV gets every column, whatever the width
     table = []
     for row in rows:
         d = row.device
-        name = " ".join(part for part in (d.vendor_name, d.device_name) if part) or None
-        vdev = guest_address(row.bdf)
-        domain = None if row.domid is None else f"{row.domid} ({vdev})" if vdev else row.domid
-        table.append((str(d.bdf), f"{d.vendor_id:04x}:{d.device_id:04x}", name,
-                      d.class_name or f"{d.class_code:06x}", d.driver, row.state, domain,
-                      row.original_driver, d.iommu_group))
-    terminal.table(HEADERS, table, fmt=fmt, empty="-")  # CSV leaves empty cells empty
+        values = {
+            "BDF": str(d.bdf), "ID": f"{d.vendor_id:04x}:{d.device_id:04x}",
+            "DEVICE": " ".join(part for part in (d.vendor_name, d.device_name) if part) or None,
+            "CLASS": d.class_name or f"{d.class_code:06x}", "DRIVER": d.driver,
+            "OVERRIDE": d.driver_override, "STATE": row.state, "DOMID": row.domid,
+            "VDEV": vdev(row), "NAME": names.get(row.bdf), "ORIGINAL": row.original_driver,
+            "GROUP": d.iommu_group, "USED": ", ".join(usage.get(row.bdf, ())) or None,
+        }
+        table.append(tuple(values[h] for h in (WIDE_HEADERS if wide else HEADERS)))
+    terminal.table(WIDE_HEADERS if wide else HEADERS, table, fmt=fmt, empty="-",
+                   names=NAME_COLUMNS, optional=OPTIONAL_COLUMNS)  # CSV leaves empty cells empty
+
+
+def _xl_names(app: Application) -> dict[Any, str]:
+    """The names xl (or ``hide --name``) gave devices, where a xenstore answers; else none."""
+    client = app.xenstore()
+    if client is None:
+        return {}
+    from xenpciback_cli.toolstack.status import libxl_names
+
+    return libxl_names(client)
+
+
+def _usage(app: Application, rows: list[Any]) -> dict[Any, tuple[str, ...]]:
+    """What the host has on each listed device, asked only of the devices that have a network
+    interface, block device or framebuffer (one pass over those classes) and of displays (boot
+    VGA): on a host of hundreds of functions that is a handful of calls, not hundreds."""
+    from xenpciback_cli.errors import XenPcibackError
+
+    host = app.host
+    candidates = host.usage_candidates()
+    out = {}
+    for row in rows:
+        bdf = row.bdf
+        if candidates is not None and bdf not in candidates and row.device.class_code >> 16 != 0x03:
+            continue
+        try:
+            labels = host.usage(bdf).labels
+        except (XenPcibackError, OSError):  # a device gone meanwhile: nothing to show
+            continue
+        if labels:
+            out[bdf] = labels
+    return out

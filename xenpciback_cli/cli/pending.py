@@ -40,10 +40,18 @@ def seizer_for(app: Application) -> Any:
 
 
 def render_planned_writes(terminal: Any, verb: str, bdf: Any, writes: list[dict[str, str]]) -> None:
-    """A dry run's plan, as the shell commands that would do it."""
-    terminal.line(f"dry run: would {verb} {bdf} with these sysfs writes:")
+    """A dry run's plan, as the shell commands that would do it: each line runs as it is in a
+    POSIX shell (quoted with shlex.quote; an empty value is ``echo``'s lone newline, which is
+    how the kernel's attributes are cleared), under the sysfs root this run really uses."""
+    import posixpath
+    import shlex
+
+    root = getattr(terminal, "sysfs_root", "/sys") or "/sys"
+    terminal.line(f"# dry run: would {verb} {bdf} with these sysfs writes:")
     for write in writes:
-        terminal.line(f"  echo {write['value'].strip() or '(newline)'} > /sys/{write['path']}")
+        value = write["value"].strip()
+        target = shlex.quote(posixpath.join(root, write["path"]))
+        terminal.line(f"echo {shlex.quote(value)} > {target}" if value else f"echo > {target}")
 
 
 def listener_for(terminal: Any, *, as_json: bool, render: Any = None, forced: str = "FORCED: ") -> Any:

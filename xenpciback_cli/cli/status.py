@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 def command(app: Application, domid: int, socket_path: str | None, wait_seconds: float | None) -> None:
     """Show each device's state-N and vdev-N, both ends' states by name, and errors."""
     from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.pci.address import guest_address
     from xenpciback_cli.toolstack.handshake import both_connected, wait_for
     from xenpciback_cli.toolstack.status import domain_status
 
@@ -49,8 +50,8 @@ def command(app: Application, domid: int, socket_path: str | None, wait_seconds:
     if status.devices:
         rows = [(d.index, safe(d.bdf),
                  f"{d.state} ({d.state_name})" if d.state_name else safe(d.state),
-                 safe(d.vdev), safe(d.opts)) for d in status.devices]
-        term.table(["#", "device", "state-N", "vdev-N", "opts"], rows)
+                 safe(guest_address(d.vdev)), safe(d.opts)) for d in status.devices]
+        term.table(["#", "device", "state-N", "vdev-N", "opts"], rows, names=("opts",))
     if status.next_move:
         term.line(f"next move: {status.next_move}")
     for label, text in (("backend error", status.backend_error),

@@ -30,6 +30,7 @@ class Terminal:
         self.stdout = stdout if stdout is not None else sys.stdout
         self.stderr = stderr if stderr is not None else sys.stderr
         self._console: Any = None
+        self.sysfs_root = "/sys"  # where sysfs is for the commands this run shows (dry runs)
 
     @property
     def is_tty(self) -> bool:
@@ -64,12 +65,36 @@ class Terminal:
         # One string, one write: json.dump with indent writes every token separately.
         self.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
+    def width(self) -> int | None:
+        """How many columns a line may take: ``COLUMNS`` when set (as a shell exports it), else
+        the terminal's width; None when writing to a file or pipe (no limit: scripts get every
+        character)."""
+        import os
+
+        text = os.environ.get("COLUMNS", "")
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+        if self.is_tty:
+            try:
+                return os.get_terminal_size(self.stdout.fileno()).columns
+            except (OSError, ValueError, AttributeError):
+                return None
+        return None
+
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
-              fmt: str | None = None, title: str | None = None, empty: str = "") -> None:
+              fmt: str | None = None, title: str | None = None, empty: str = "",
+              names: Sequence[str] = (), optional: Sequence[str] = ()) -> None:
         """A table: rich on a terminal (or fmt='rich'), tabulate/csv for scripts.
 
         A None cell is shown as ``empty`` (e.g. "-", so a person sees the column has nothing),
-        except in CSV, where an empty cell stays empty for the program reading it."""
+        except in CSV, where an empty cell stays empty for the program reading it.
+
+        Fitting the width (:meth:`width`; CSV never): the columns in ``names`` hold names and
+        free text, and are the only ones ever shortened (ending in "…"); addresses, ids, drivers
+        and states are never cut or folded. When the table is too wide, first the ``optional``
+        columns that are empty in every row go, then the name columns shrink (to 8 characters
+        at least), then name columns go, last first. A table that still does not fit keeps
+        every cell whole, one line per row."""
         fmt = fmt or ("rich" if self.is_tty else "plain")
         blank = "" if fmt == "csv" else empty
         cells = [[blank if c is None else str(c) for c in row] for row in rows]
@@ -80,18 +105,34 @@ class Terminal:
             writer.writerow(headers)
             writer.writerows(cells)
             return
+        limit = self.width()
+        headers = list(headers)
+        if limit is not None:
+            # Between columns: "  ", " | " (github), or rich's boxed " " + padding in color.
+            gap = 3 if fmt == "github" or (fmt == "rich" and self.color) else 2
+            headers, cells = fit_table(headers, cells, limit, gap=gap, names=names,
+                                       optional=optional, empty=blank,
+                                       header_pad=0 if fmt == "rich" else 2)
         if fmt == "rich":
             from rich import box
             from rich.table import Table
 
             # In color the bold header stands out; the rule under it goes with the color (and
             # without color the table stays free of box-drawing characters).
-            table = Table(title=title, box=box.SIMPLE_HEAD if self.color else None, show_edge=False,
+            table = Table(title=title, box=box.SIMPLE_HEAD if self.color else None, show_edge=False, pad_edge=False,
                           header_style="bold" if self.color else "")
-            for header in headers:
-                table.add_column(header, overflow="fold")
+            for index, header in enumerate(headers):
+                widest = max([len(header)] + [len(row[index]) for row in cells])
+                table.add_column(header, no_wrap=True, overflow="ignore", min_width=widest)
             for row in cells:
                 table.add_row(*row)
+            needed = _widest(headers, cells, gap=3)
+            if limit is None or needed > limit:
+                from rich.console import Console  # never fold a cell: lines run long instead
+
+                Console(file=self.stdout, markup=False, highlight=False, emoji=False,
+                        no_color=not self.color, soft_wrap=False, width=needed).print(table)
+                return
             self.console.print(table)
             return
         if fmt == "plain" and _ascii(headers, cells):
@@ -117,8 +158,75 @@ class Terminal:
                 bar.advance(task)
 
 
+ELLIPSIS = "\u2026"  # one column wide, so a cut name keeps the width it was given
+
+
 def _ascii(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> bool:
-    return all(h.isascii() for h in headers) and all(c.isascii() for row in cells for c in row)
+    """Whether every character takes one column (ASCII, and the ellipsis of a cut name)."""
+    return (all(h.isascii() for h in headers)
+            and all(c.isascii() or c.replace(ELLIPSIS, "").isascii() for row in cells for c in row))
+
+
+def _widest(headers: Sequence[str], cells: Sequence[Sequence[str]], gap: int = 2,
+            header_pad: int = 0) -> int:
+    widths = [len(h) + header_pad for h in headers]
+    for row in cells:
+        for index, cell in enumerate(row):
+            widths[index] = max(widths[index], len(cell))
+    return sum(widths) + gap * (len(widths) - 1)
+
+
+def fit_table(headers: list[str], cells: list[list[str]], limit: int, *, gap: int = 2,
+              names: Sequence[str] = (), optional: Sequence[str] = (), empty: str = "",
+              minimum: int = 8, header_pad: int = 0) -> tuple[list[str], list[list[str]]]:
+    """The table's columns and cells cut to fit ``limit`` characters a line (see
+    :meth:`Terminal.table`): only the columns in ``names`` are shortened or dropped, and the
+    ``optional`` ones that hold nothing. ``header_pad``: tabulate makes a column at least its
+    header and two more characters wide."""
+
+    def without(index: int) -> None:
+        del headers[index]
+        for row in cells:
+            del row[index]
+
+    headers, cells = list(headers), [list(row) for row in cells]
+    for header in optional:
+        if _widest(headers, cells, gap, header_pad) <= limit:
+            break
+        if header in headers:
+            index = headers.index(header)
+            if all(row[index] in ("", empty) for row in cells):
+                without(index)
+    while _widest(headers, cells, gap, header_pad) > limit:
+        shrinkable = [headers.index(h) for h in names if h in headers]
+        if not shrinkable:
+            break
+        widths = [max([len(headers[i]) + header_pad] + [len(row[i]) for row in cells])
+                  for i in range(len(headers))]
+        fixed = sum(w for i, w in enumerate(widths) if i not in shrinkable)
+        room = limit - fixed - gap * (len(headers) - 1)
+        floors = {i: max(minimum, len(headers[i]) + header_pad) for i in shrinkable}
+        if room >= sum(min(floors[i], widths[i]) for i in shrinkable):
+            # Share the room: narrow columns keep their width, the rest split what is left.
+            share = dict.fromkeys(shrinkable, 0)
+            pending = sorted(shrinkable, key=lambda i: widths[i])
+            left = room
+            while pending:
+                even = left // len(pending)
+                index = pending[0]
+                if widths[index] <= even:
+                    share[index] = widths[index]
+                else:
+                    share[index] = max(floors[index], even)
+                left -= share[index]
+                pending.pop(0)
+            for index, width in share.items():
+                for row in cells:
+                    if len(row[index]) > width:
+                        row[index] = row[index][:width - 1].rstrip() + ELLIPSIS
+            break
+        without(shrinkable[-1])  # the last name column in ``names`` goes first
+    return headers, cells
 
 
 def plain_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
@@ -139,4 +247,8 @@ def plain_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
 
 def terminal_for(app: Application) -> Terminal:
     """The terminal matching the application's global options."""
-    return Terminal(color=app.settings.color, verbose=app.settings.verbose)
+    terminal = Terminal(color=app.settings.color, verbose=app.settings.verbose)
+    # Where sysfs really is for this run, so a dry run's shell lines act on the right tree.
+    sandbox = getattr(app, "sandbox_dir", None)
+    terminal.sysfs_root = str(sandbox / "sys") if sandbox is not None else app.settings.sysfs_root
+    return terminal

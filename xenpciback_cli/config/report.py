@@ -61,10 +61,24 @@ def _simulate_writes(overlay: OverlayDevice, hw: MemoryAccessor,
         changes = [{"offset": i, "before": f"{a:#04x}", "after": f"{b:#04x}"}
                    for i, (a, b) in enumerate(zip(before, hw.data)) if a != b]
         read_err, readback = overlay.read(offset, size)
-        out.append({"offset": offset, "size": size, "value": f"{value:#x}", "err": err,
-                    "hardware_changes": changes,
-                    "guest_reads_back": f"{readback:#x}" if read_err == 0 else None})
+        digits = 2 * size  # as wide as the access: a 2-byte value is 0x0000
+        out.append({"offset": offset, "size": size, "value": f"0x{value:0{digits}x}", "err": err,
+                    "err_name": err_name(err), "hardware_changes": changes,
+                    "guest_reads_back": f"0x{readback:0{digits}x}" if read_err == 0 else None,
+                    "read_err": read_err, "read_err_name": err_name(read_err)})
     return out
+
+
+def err_name(err: int) -> str:
+    """``XEN_PCI_ERR_*`` (or a raw errno) in words: 0 "success", -2 "invalid offset"."""
+    from xenpciback_cli.pv.abi import Errno, XenPciErr
+
+    for kind in (XenPciErr, Errno):
+        try:
+            return kind(err).name.lower().replace("_", " ")
+        except ValueError:
+            continue
+    return "unknown error"
 
 
 def build_report(src: DeviceSource, *, permissive: bool = False,

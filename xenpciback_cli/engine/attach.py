@@ -86,7 +86,9 @@ class AttachResult:
                          "vdev": str(self.guest_addresses[b]) if self.guest_addresses.get(b) else None}
                         for b, i in zip(self.devices, self.indices)],
             "hotplug": self.hotplug,
-            "backend_state": self.backend_state.label if self.backend_state is not None else None,
+            # A state is a number, its name beside it: the same two keys as status's JSON.
+            "backend_state": int(self.backend_state) if self.backend_state is not None else None,
+            "backend_state_name": self.backend_state.label if self.backend_state is not None else None,
             "permissive": [str(b) for b in self.permissive_applied],
             "quirks": {str(b): [str(q) for q in qs] for b, qs in self.quirks_applied.items()},
             "seized": [str(b) for b in self.seized],

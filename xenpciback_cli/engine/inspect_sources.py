@@ -11,7 +11,9 @@ from typing import Any
 from xenpciback_cli.config.dumpfile import DumpedDevice, config_image, devices_in_dump
 from xenpciback_cli.config.report import DeviceSource
 from xenpciback_cli.errors import DeviceNotFound, InputError, XenPcibackError, from_oserror
+from xenpciback_cli.engine.inventory import select_devices
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.spec import IdSelector, parse_device_patterns
 
 
 def read_dump_file(path: str | Path) -> list[DumpedDevice]:
@@ -32,18 +34,38 @@ def read_binary_file(path: str | Path) -> bytes:
     return config_image(data, source=str(path))
 
 
+def _ids_of(data: bytes) -> tuple[int, int, int]:
+    """Vendor, device and 24-bit class from a config header (for ``-d`` on a dump)."""
+    return (int.from_bytes(data[0:2], "little"), int.from_bytes(data[2:4], "little"),
+            int.from_bytes(data[9:12], "little"))
+
+
+def binary_label(path: str | Path) -> str | None:
+    """The BDF a sysfs path names (``/sys/bus/pci/devices/0000:03:00.0/config``, or a copy kept
+    under the same name), else None."""
+    parent = Path(path).parent.name
+    try:
+        return str(Bdf.parse(parent)) if parent.count(":") == 2 else None
+    except InputError:
+        return None
+
+
 def collect_sources(app: Any, bdfs: Sequence[str], *, dump_file: str | None = None,
-                    binary_file: str | None = None) -> list[DeviceSource]:
+                    binary_file: str | None = None, ids: IdSelector | None = None) -> list[DeviceSource]:
     if dump_file and binary_file:
         raise InputError("give either --from-dump or --from-binary, not both")
-    wanted = [Bdf.parse(text) for text in bdfs]
     if dump_file:
+        patterns = parse_device_patterns(bdfs)
         devices = read_dump_file(dump_file)
-        if wanted:
-            missing = [str(b) for b in wanted if b not in {d.bdf for d in devices}]
+        if patterns:
+            missing = [str(p) for p in patterns if not any(p.matches(d.bdf) for d in devices)]
             if missing:
                 raise DeviceNotFound(f"{', '.join(missing)} not in dump file {dump_file}")
-            devices = [d for d in devices if d.bdf in wanted]
+            devices = [d for d in devices if any(p.matches(d.bdf) for p in patterns)]
+        if ids is not None:
+            devices = [d for d in devices if len(d.data) >= 12 and ids.matches(*_ids_of(d.data))]
+            if not devices:
+                raise DeviceNotFound(f"no device with ids {ids} in dump file {dump_file}")
         out = []
         for device in devices:
             if len(device.data) < 0x40:
@@ -53,13 +75,22 @@ def collect_sources(app: Any, bdfs: Sequence[str], *, dump_file: str | None = No
                                     title=device.title))
         return out
     if binary_file:
-        if len(wanted) > 1:
+        if len(bdfs) > 1:
             raise InputError("--from-binary holds one device: give at most one BDF as its label")
-        label = str(wanted[0]) if wanted else "0000:00:00.0"
+        label = str(Bdf.parse(bdfs[0])) if bdfs else binary_label(binary_file) or "0000:00:00.0"
         return [DeviceSource(label, read_binary_file(binary_file), f"binary {binary_file}")]
-    if not wanted:
+    if not bdfs and ids is None:
         raise InputError("name a device (BDF), or use --from-dump FILE or --from-binary FILE")
     host = app.host
+    patterns = parse_device_patterns(bdfs)
+    exact = [p.as_bdf() for p in patterns]
+    if ids is None and all(exact):
+        wanted = [b for b in exact if b is not None]  # in the order given; a missing one fails
+    else:
+        wanted = [d.bdf for d in select_devices(host, patterns, ids)]
+    if not wanted:
+        what = " ".join([*bdfs, *([f"-d {ids}"] if ids else [])])
+        raise DeviceNotFound(f"no PCI device matches {what} on this host")
     source = "sandbox" if getattr(app, "sandbox_dir", None) is not None else "sysfs"
     out = []
     for bdf in wanted:

@@ -18,7 +18,7 @@ seized device still says where it came from.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -29,6 +29,7 @@ from xenpciback_cli.host.model import Host
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
+from xenpciback_cli.pci.spec import BdfPattern, IdSelector
 
 #: ``--class`` names -> (class value, number of significant hex digits from the top).
 CLASS_NAMES: dict[str, tuple[int, int]] = {
@@ -136,22 +137,12 @@ def load_original_drivers(state_dir: Path | None) -> dict[Bdf, str | None]:
     return {bdf: record.original_driver for bdf, record in load_records(state_dir, corrupt=[]).items()}
 
 
-def inventory(host: Host, *, state_dir: Path | None = None,
-              attachments: Mapping[Bdf, int] | None = None,
-              patterns: Iterable[Any] = (), class_filter: ClassFilter | None = None,
-              seized_only: bool = False, brief: bool = False) -> list[InventoryRow]:
-    """Rows for every device matching the filters, sorted by address.
-
-    ``patterns`` are :class:`~xenpciback_cli.pci.spec.BdfPattern` (any of them may match).
-    ``brief``: the caller shows only ids, names, class, driver and IOMMU group, so a host that
-    can load just those (``brief_devices``) may leave the other device attributes at defaults.
-    """
-    originals = load_original_drivers(state_dir)
-    attachments = attachments or {}
+def select_devices(host: Host, patterns: Iterable[BdfPattern] = (),
+                   ids: IdSelector | None = None, *, brief: bool = True) -> list[PciDevice]:
+    """The devices lspci's ``-s PATTERN`` (any of ``patterns``) and ``-d ids`` select, sorted;
+    every device when neither is given. ``brief``: see :func:`inventory`."""
     pattern_list = list(patterns)
-    rows = []
     if pattern_list:
-        # Load only the devices asked for (a cheap directory listing first).
         devices = []
         for bdf in host.addresses():
             if any(p.matches(bdf) for p in pattern_list):
@@ -160,9 +151,47 @@ def inventory(host: Host, *, state_dir: Path | None = None,
                 except DeviceNotFound:  # removed meanwhile (a VF destroyed, hot unplug)
                     continue
     else:
-        loaded = host.brief_devices() if brief else host.devices()
-        devices = [d for d in loaded
-                   if not pattern_list or any(p.matches(d.bdf) for p in pattern_list)]
+        devices = list(host.brief_devices() if brief else host.devices())
+    if ids is not None:
+        devices = [d for d in devices if ids.matches(d.vendor_id, d.device_id, d.class_code)]
+    return devices
+
+
+def seize_patterns(host: Host, patterns: Sequence[BdfPattern],
+                   ids: IdSelector | None = None) -> list[BdfPattern]:
+    """What ``hide``/``unhide`` act on, as patterns the persisted config and the kernel's hide
+    list can hold: xl's forms stay as given (``03:00.*`` is persisted as a wildcard); lspci's
+    wider ones (``03:``, ``:00.0``) and a ``-d`` selection become the addresses they select now.
+    A selection that names no device is an error, as for an exact address."""
+    if ids is None and all(p.hide_list_form for p in patterns):
+        return list(patterns)
+    chosen = select_devices(host, patterns, ids)
+    if not chosen:
+        what = " ".join([*(str(p) for p in patterns), *([f"-d {ids}"] if ids else [])])
+        raise DeviceNotFound(f"no PCI device matches {what} on this host")
+    return [BdfPattern(d.bdf.domain, d.bdf.bus, d.bdf.slot, d.bdf.function) for d in chosen]
+
+
+def inventory(host: Host, *, state_dir: Path | None = None,
+              attachments: Mapping[Bdf, int] | None = None,
+              patterns: Iterable[Any] = (), class_filter: ClassFilter | None = None,
+              seized_only: bool = False, brief: bool = False,
+              ids: IdSelector | None = None) -> list[InventoryRow]:
+    """Rows for every device matching the filters, sorted by address.
+
+    ``patterns`` are :class:`~xenpciback_cli.pci.spec.BdfPattern` (any of them may match);
+    ``ids`` is lspci's ``-d VENDOR:DEVICE[:CLASS]``.
+    ``brief``: the caller shows only ids, names, class, driver and IOMMU group, so a host that
+    can load just those (``brief_devices``) may leave the other device attributes at defaults.
+    """
+    originals = load_original_drivers(state_dir)
+    attachments = attachments or {}
+    pattern_list = list(patterns)
+    rows = []
+    if pattern_list or ids is not None:
+        devices = select_devices(host, pattern_list, ids, brief=brief)
+    else:
+        devices = list(host.brief_devices() if brief else host.devices())
     for device in devices:
         if class_filter is not None and not class_filter.matches(device.class_code):
             continue

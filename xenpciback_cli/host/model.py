@@ -63,6 +63,9 @@ class HostUsage:
     console: tuple[str, ...] = ()
     #: What could not be checked (e.g. no procfs under a temporary root); not a reason to refuse.
     unknown: tuple[str, ...] = ()
+    #: What the host has on the device, in a few words each, as ``list`` shows it (dpdk-devbind's
+    #: ``if=eth0 *Active*``): ``eth0 up,routed``, ``eth1``, ``nvme0n1p2 /``, ``nvme1n1``, ``fb0``.
+    labels: tuple[str, ...] = ()
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -148,6 +151,12 @@ class Host(abc.ABC):
     @abc.abstractmethod
     def usage(self, bdf: Bdf) -> HostUsage:
         """What the host is using below this device (mounted filesystems, swap, up NICs, console)."""
+
+    def usage_candidates(self) -> frozenset[Bdf] | None:
+        """The devices that have a network interface, block device or framebuffer of their own
+        (found with one pass over the classes, not one per device), so ``list`` asks
+        :meth:`usage` only of those; None when this host cannot tell cheaply (ask every one)."""
+        return None
 
     # -- writing: everything funnels through write_attribute ---------------------------------
     def write_attribute(self, path: str, value: str, bdf: Bdf | None = None) -> None:

@@ -177,10 +177,12 @@ class SysfsHost(Host):
             # Unusual directory (attributes missing): the full load has the config fallbacks.
             return self._load(bdf)
         vendor_name, device_name, class_name = self._names(bdf, vendor, device, class_code)
+        override = _read(base + "driver_override")  # list's OVERRIDE column, as driverctl shows
         return PciDevice(
             bdf=bdf, vendor_id=vendor, device_id=device, class_code=class_code, revision=0,
             driver=_link_name(base + "driver"), iommu_group=decimal(_link_name(base + "iommu_group")),
-            vendor_name=vendor_name, device_name=device_name, class_name=class_name)
+            vendor_name=vendor_name, device_name=device_name, class_name=class_name,
+            driver_override=None if override in (None, "", "(null)") else override)
 
     def device(self, bdf: Bdf) -> PciDevice:
         if not os.path.isdir(self.device_dir(bdf)):
@@ -342,11 +344,28 @@ class SysfsHost(Host):
         unknown: list[str] = []
         if self.proc_root is None:
             unknown.append("no procfs for this sysfs root: mounts, swap and routes not checked")
-        block = self._block_usage(below)
-        network = self._network_usage(below)
-        console = self._console_usage(bdf, below)
+        labels: list[str] = []
+        block = self._block_usage(below, labels)
+        network = self._network_usage(below, labels)
+        console = self._console_usage(bdf, below, labels)
         return HostUsage(block=tuple(block), network=tuple(network), console=tuple(console),
-                         unknown=tuple(unknown))
+                         unknown=tuple(unknown), labels=tuple(labels))
+
+    def usage_candidates(self) -> frozenset[Bdf]:
+        found: set[Bdf] = set()
+        for klass in ("net", "block", "graphics"):
+            directory = os.path.join(self.sysfs_root, "class", klass)
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            for name in names:
+                parts = os.path.realpath(os.path.join(directory, name)).split("/")
+                for part in reversed(parts):  # the nearest PCI function above the entry
+                    if _BDF_NAME.fullmatch(part):
+                        found.add(Bdf.parse(part))
+                        break
+        return frozenset(found)
 
     def _class_entries_below(self, klass: str, below: str) -> list[str]:
         """Names in ``class/<klass>`` whose device directory lies below ``below``."""
@@ -358,7 +377,8 @@ class SysfsHost(Host):
         return [name for name in names
                 if os.path.realpath(os.path.join(directory, name)).startswith(below)]
 
-    def _block_usage(self, below: str) -> list[str]:
+    def _block_usage(self, below: str, labels: list[str] | None = None) -> list[str]:
+        labels = [] if labels is None else labels
         disks = self._class_entries_below("block", below)
         if not disks:
             return []
@@ -399,12 +419,17 @@ class SysfsHost(Host):
                     seen.add((block, fields[1].replace("\\040", " ")))
         for name, mountpoint in sorted(seen):
             reasons.append(f"block device {name} is mounted on {mountpoint}")
+            labels.append(f"{name} {mountpoint}")
         swaps = _read(os.path.join(self.proc_root, "swaps")) or ""
         for line in swaps.splitlines()[1:]:
             fields = line.split()
             block = self._block_name(fields[0], aliases) if fields else None
             if block:
                 reasons.append(f"block device {block} is active swap")
+                labels.append(f"{block} swap")
+        if not labels:
+            labels.extend(sorted(d for d in disks if not os.path.exists(
+                os.path.join(self.sysfs_root, "class", "block", d, "partition"))))
         return reasons
 
     @staticmethod
@@ -420,7 +445,8 @@ class SysfsHost(Host):
                     return name
         return None
 
-    def _network_usage(self, below: str) -> list[str]:
+    def _network_usage(self, below: str, labels: list[str] | None = None) -> list[str]:
+        labels = [] if labels is None else labels
         reasons = []
         routes = self._routes() if self.proc_root else {}
         for name in self._class_entries_below("net", below):
@@ -439,6 +465,10 @@ class SysfsHost(Host):
                              if "the default route" in kinds else "carries routes")
             if facts:
                 reasons.append(f"network interface {name} " + ", ".join(facts))
+            marks = [mark for mark, fact in (("up", "is up"), ("addr", "has address"),
+                                              ("routed", "carries"))
+                     if any(f.startswith(fact) for f in facts)]
+            labels.append(f"{name} {','.join(marks)}" if marks else name)
         return reasons
 
     def _routes(self) -> dict[str, set[str]]:
@@ -483,13 +513,16 @@ class SysfsHost(Host):
                 found.insert(0, ipv4)
         return found
 
-    def _console_usage(self, bdf: Bdf, below: str) -> list[str]:
+    def _console_usage(self, bdf: Bdf, below: str, labels: list[str] | None = None) -> list[str]:
+        labels = [] if labels is None else labels
         reasons = []
         if _read(os.path.join(self.device_dir(bdf), "boot_vga")) == "1":
             reasons.append("it is the boot VGA device (the firmware/boot console)")
+            labels.append("boot-vga")
         for name in self._class_entries_below("graphics", below):
             if name.startswith("fb"):
                 reasons.append(f"framebuffer {name} is on it (console)")
+                labels.append(f"{name} console")
         return reasons
 
     # -- writing ------------------------------------------------------------------------------

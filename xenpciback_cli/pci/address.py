@@ -58,3 +58,20 @@ class Bdf(NamedTuple):
         if slot > 0x1F:
             raise InputError(f"invalid PCI address {text!r}: slot {slot:#x} is above 0x1f")
         return cls(int(match["domain"] or "0", 16), int(match["bus"], 16), slot, int(match["func"]))
+
+
+_VDEV_RE = re.compile(r"^([0-9a-fA-F]{1,8}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-9a-fA-F]{1,2})$")
+
+
+def guest_address(value: Bdf | str | None) -> str | None:
+    """The one spelling of a device's address in its guest, in ``list``, ``status`` and
+    ``attach``: xl's ``DDDD:BB:SS.F`` (``0000:00:01.0``). pciback writes ``vdev-N`` with a
+    two-digit function (``0000:00:01.00``); that and a :class:`Bdf` come out the same. Text that
+    is not an address (a guest may write anything) comes back as it is, for the caller to show
+    inertly; None stays None."""
+    if value is None or isinstance(value, Bdf):
+        return None if value is None else str(value)
+    match = _VDEV_RE.match(value.strip())
+    if match is None or int(match[3], 16) > 0x1F or int(match[4], 16) > 7:
+        return value
+    return str(Bdf(int(match[1], 16), int(match[2], 16), int(match[3], 16), int(match[4], 16)))

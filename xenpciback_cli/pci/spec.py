@@ -43,10 +43,14 @@ def _hex_field(text: str, what: str, limit: int, source: str, kind: str) -> int:
 
 @dataclass(frozen=True)
 class BdfPattern:
-    """A PCI address where slot and function may be wildcards (``None`` means ``*``)."""
+    """A PCI address where slot and function may be wildcards (``None`` means ``*``).
 
-    domain: int
-    bus: int
+    Only :meth:`parse_selector` (lspci's ``-s``) also leaves the bus (or domain) open; such a
+    selector names devices on the command line and is never written to a hide list or config.
+    """
+
+    domain: int | None
+    bus: int | None
     slot: int | None
     function: int | None
 
@@ -75,12 +79,56 @@ class BdfPattern:
             raise InputError(f"invalid {kind} {source!r}: function {func_text!r} is not 0-7 or '*'")
         return cls(domain, bus, slot, int(func_text))
 
+    @classmethod
+    def parse_selector(cls, text: str) -> BdfPattern:
+        """lspci's ``-s [[[DDDD]:]BB]:][SS][.[F]]``: any part may be left out (or ``*``) to
+        match every value: ``03:00`` is every function of slot 03:00, ``03:`` all of bus 03,
+        ``:00.0`` function 0 of slot 00 on every bus, ``00.0`` the same, ``.1`` every function 1.
+        Unlike lspci, a left-out domain is 0000 (as in xl and the kernel's hide list), unless
+        the bus is left out too."""
+        source = text
+        kind = "device selector"
+        value = text.strip()
+        if not value:
+            raise InputError(f"invalid {kind} '': give [[[DDDD]:]BB]:][SS][.[F]] (lspci -s)")
+        head, colon, tail = value.rpartition(":")
+        domain: int | None = 0
+        bus: int | None = None
+        if colon:
+            domain_text, colon2, bus_text = head.partition(":")
+            if not colon2:
+                domain_text, bus_text = "", domain_text
+            if ":" in bus_text:
+                raise InputError(f"invalid {kind} {source!r}: too many ':' "
+                                 "(expected [[[DDDD]:]BB]:][SS][.[F]])")
+            bus = _wild_field(bus_text, "bus", 0xFF, source, kind)
+            if colon2:
+                domain = _wild_field(domain_text, "domain", 0xFFFFFFFF, source, kind)
+            elif bus is None:
+                domain = None
+        else:
+            domain = None
+        slot_text, dot, func_text = tail.partition(".")
+        slot = _wild_field(slot_text, "slot", 0x1F, source, kind)
+        function = None
+        if dot:
+            function = _wild_field(func_text, "function", 7, source, kind)
+        return cls(domain, bus, slot, function)
+
     @property
     def is_wildcard(self) -> bool:
-        return self.slot is None or self.function is None
+        return self.slot is None or self.function is None or self.bus is None or self.domain is None
+
+    @property
+    def hide_list_form(self) -> bool:
+        """Whether the kernel's hide list, pciback's slots and the persisted config can hold it:
+        an exact domain and bus (only slot and function may be wildcards)."""
+        return (self.domain is not None and self.bus is not None
+                and not (self.slot is None and self.function is not None))
 
     def matches(self, bdf: Bdf) -> bool:
-        return (bdf.domain == self.domain and bdf.bus == self.bus
+        return ((self.domain is None or bdf.domain == self.domain)
+                and (self.bus is None or bdf.bus == self.bus)
                 and (self.slot is None or bdf.slot == self.slot)
                 and (self.function is None or bdf.function == self.function))
 
@@ -89,14 +137,64 @@ class BdfPattern:
         return sorted(b for b in bdfs if self.matches(b))
 
     def as_bdf(self) -> Bdf | None:
-        if self.slot is None or self.function is None:  # a wildcard
-            return None
+        if self.slot is None or self.function is None or self.domain is None or self.bus is None:
+            return None  # a wildcard
         return Bdf(self.domain, self.bus, self.slot, self.function)
 
     def __str__(self) -> str:
+        domain = "*" if self.domain is None else f"{self.domain:04x}"
+        bus = "*" if self.bus is None else f"{self.bus:02x}"
         slot = "*" if self.slot is None else f"{self.slot:02x}"
         func = "*" if self.function is None else f"{self.function:x}"
-        return f"{self.domain:04x}:{self.bus:02x}:{slot}.{func}"
+        return f"{domain}:{bus}:{slot}.{func}"
+
+
+def _wild_field(text: str, what: str, limit: int, source: str, kind: str) -> int | None:
+    """One lspci selector field: empty or ``*`` matches anything, otherwise hex up to ``limit``."""
+    if text in ("", "*"):
+        return None
+    return _hex_field(text, what, limit, source, kind)
+
+
+@dataclass(frozen=True)
+class IdSelector:
+    """lspci's ``-d [VENDOR]:[DEVICE][:CLASS[:PROGIF]]``; ``None`` (an empty part or ``*``)
+    matches anything. CLASS is the 16-bit base class and subclass (``0200``, ``0108``)."""
+
+    vendor: int | None = None
+    device: int | None = None
+    class_code: int | None = None  # 16 bits: base class << 8 | subclass
+    prog_if: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> IdSelector:
+        source = text
+        kind = "device ID selector"
+        parts = text.strip().split(":")
+        if len(parts) < 2 or len(parts) > 4:
+            raise InputError(f"invalid {kind} {source!r}: expected VENDOR:DEVICE[:CLASS[:PROGIF]] "
+                             "(hex; an empty part matches any, as in lspci -d)")
+        vendor = _wild_field(parts[0], "vendor", 0xFFFF, source, kind)
+        device = _wild_field(parts[1], "device", 0xFFFF, source, kind)
+        class_code = _wild_field(parts[2], "class", 0xFFFF, source, kind) if len(parts) > 2 else None
+        prog_if = _wild_field(parts[3], "programming interface", 0xFF, source, kind) if len(parts) > 3 else None
+        return cls(vendor, device, class_code, prog_if)
+
+    def matches(self, vendor_id: int, device_id: int, class_code: int) -> bool:
+        """``class_code`` is the device's 24-bit class (base, subclass, programming interface)."""
+        return ((self.vendor is None or vendor_id == self.vendor)
+                and (self.device is None or device_id == self.device)
+                and (self.class_code is None or class_code >> 8 == self.class_code)
+                and (self.prog_if is None or class_code & 0xFF == self.prog_if))
+
+    def __str__(self) -> str:
+        parts = ["" if self.vendor is None else f"{self.vendor:04x}",
+                 "" if self.device is None else f"{self.device:04x}"]
+        if self.class_code is not None or self.prog_if is not None:
+            parts.append("" if self.class_code is None else f"{self.class_code:04x}")
+        if self.prog_if is not None:
+            parts.append(f"{self.prog_if:02x}")
+        return ":".join(parts)
 
 
 def parse_bool(value: str, key: str, source: str) -> bool:
@@ -255,8 +353,22 @@ def format_hide_list(items: Iterable[Bdf | BdfPattern], *, parameter: bool = Tru
 
 
 def parse_device_patterns(texts: Iterable[str]) -> list[BdfPattern]:
-    """Command-line device arguments: each a BDF or a wildcard pattern."""
-    return [BdfPattern.parse(text) for text in texts]
+    """Command-line device arguments: each a BDF, a wildcard pattern (``03:00.*``, ``03:*.*``)
+    or one of lspci's ``-s`` forms (``03:00``, ``03:``, ``0000:03:00``, ``:00.0``)."""
+    return [parse_device_selector(text) for text in texts]
+
+
+def parse_device_selector(text: str) -> BdfPattern:
+    """One device argument: xl's forms first, then lspci's partial ones. When neither fits, the
+    message is the strict parser's for a full ``BB:DD.F``-looking text, lspci's otherwise."""
+    try:
+        return BdfPattern.parse(text)
+    except InputError as strict:
+        try:
+            return BdfPattern.parse_selector(text)
+        except InputError as partial:
+            full = text.count(":") in (1, 2) and "." in text.rpartition(":")[2]
+            raise (strict if full else partial) from None
 
 
 #: xl's rule for a device name (``xl pci-assignable-add -n NAME``, libxl_pci.c: at most 64

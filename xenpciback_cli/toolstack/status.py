@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xenpciback_cli.errors import InputError
-from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.address import Bdf, guest_address
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import frontend_state
 from xenpciback_cli.toolstack.xenbus import XenbusState, next_move, parse_state
@@ -39,8 +39,12 @@ class DeviceStatus:
         return _name(parse_state(self.state))
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "bdf": self.bdf, "state": self.state,
-                "state_name": self.state_name, "vdev": self.vdev, "opts": self.opts,
+        state = parse_state(self.state)
+        # A state is a number here as in the domain's backend_state (its name beside it);
+        # what a guest wrote that is no state is null, and kept as text in state_text.
+        return {"index": self.index, "bdf": self.bdf,
+                "state": int(state) if state is not None else None, "state_text": self.state,
+                "state_name": self.state_name, "vdev": guest_address(self.vdev), "opts": self.opts,
                 "vdevfn": self.vdevfn, "name": self.name}
 
 
@@ -101,6 +105,17 @@ def libxl_holders(client: Any) -> dict[Bdf, int]:
         domid = decimal(text.strip()) if text is not None else None
         if bdf is not None and domid is not None:
             out[bdf] = domid
+    return out
+
+
+def libxl_names(client: Any) -> dict[Bdf, str]:
+    """``/libxl/pci/*/name``: the names ``xl pci-assignable-add -n NAME`` gave devices."""
+    out: dict[Bdf, str] = {}
+    for key in list_or_empty(client, L.LIBXL_PCI_ROOT):
+        bdf = L.parse_libxl_key(key)
+        text = read_or_none(client, f"{L.LIBXL_PCI_ROOT}/{key}/name")
+        if bdf is not None and text:
+            out[bdf] = text
     return out
 
 
