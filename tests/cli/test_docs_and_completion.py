@@ -115,6 +115,7 @@ def test_the_shipped_bash_script_completes_through_the_program(tmp_path):
     program.chmod(0o755)
     script = (REPO / "completions" / "xen-pciback.bash")
     probe = ("source \"$1\"; shift; COMP_WORDS=(\"$@\"); COMP_CWORD=$(( $# - 1 )); "
+             "COMP_LINE=\"$*\"; COMP_POINT=${#COMP_LINE}; "
              "_xen_pciback_complete xen-pciback; printf '%s\\n' \"${COMPREPLY[@]}\"")
     env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", PYTHONPATH=str(REPO))
 

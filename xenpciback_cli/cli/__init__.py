@@ -32,7 +32,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "detach": ("detach", "command", "Detach a device from a guest safely, then reset it."),
     "status": ("status", "command", "Show a guest's PV PCI handshake: states, vdevs, errors."),
     "doctor": ("doctor", "command", "Check that this host is ready for passthrough, with the fixes."),
+    "completion": ("completion_cmd", "command", "Print the shell completion script for bash, zsh or fish."),
 }
+
+#: Set while a shell asks for completions (cli/completion.py): called with each command resolved,
+#: to give its values their candidates (devices, domains, files).
+COMPLETING_HOOK: Callable[[str, click.Command], None] | None = None
 
 EXIT_CODES_HELP = (
     "\b\nExit codes:\n  0  done\n  1  operation failed\n  2  bad usage or input\n"
@@ -88,6 +93,8 @@ class LazyGroup(click.Group):
             module = importlib.import_module(f"{self.package}.{module_name}")
             command: click.Command = getattr(module, attr)
             accept_global_flags(command)
+            if COMPLETING_HOOK is not None:
+                COMPLETING_HOOK(cmd_name, command)
             return command
         return super().get_command(ctx, cmd_name)
 
