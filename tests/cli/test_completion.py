@@ -11,12 +11,14 @@ import pytest
 from helpers.cli import PACKAGE_ROOT, invoke, ok
 
 REPO = Path(__file__).resolve().parents[2]
+# Each script under the name its shell looks for (tools/gen_completions.py).
+SHIPPED = {"bash": "bash/xen-pciback", "zsh": "zsh/_xen-pciback", "fish": "fish/xen-pciback.fish"}
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_command_prints_the_shipped_script(shell):
     run = ok("completion", shell)
-    assert run.out == (REPO / "completions" / f"xen-pciback.{shell}").read_text()
+    assert run.out == (REPO / "completions" / SHIPPED[shell]).read_text()
     from xenpciback_cli.cli.completion import SCRIPTS
 
     assert run.out == SCRIPTS[shell]  # one source: the generator writes the same text
@@ -43,12 +45,12 @@ def program(tmp_path):
 
 
 def bash_tab(env, line):
-    """Press TAB at the end of ``line`` in bash with completions/xen-pciback.bash loaded: bash
+    """Press TAB at the end of ``line`` in bash with completions/bash/xen-pciback loaded: bash
     sets COMP_LINE/COMP_POINT and splits COMP_WORDS at COMP_WORDBREAKS (':' and '=' included)."""
     probe = ('source "$1"; COMP_LINE="$2"; COMP_POINT=${#2}; '
              'COMP_WORDS=($(printf "%s" "$2" | sed "s/[:=]/ & /g")); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); '
              '_xen_pciback_complete xen-pciback; printf "%s\\n" "${COMPREPLY[@]}"')
-    run = subprocess.run(["bash", "-c", probe, "probe", str(REPO / "completions" / "xen-pciback.bash"), line],
+    run = subprocess.run(["bash", "-c", probe, "probe", str(REPO / "completions" / "bash" / "xen-pciback"), line],
                          env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     return [word for word in run.stdout.splitlines() if word]
@@ -107,7 +109,7 @@ def test_a_completion_request_imports_no_rich_tabulate_or_pyudev(sandbox):
 @pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
 def test_fish_completes_through_the_shipped_script(sandbox, program):
     ok("hide", "03:00.0", sandbox=sandbox)
-    script = REPO / "completions" / "xen-pciback.fish"
+    script = REPO / "completions" / "fish" / "xen-pciback.fish"
 
     def tab(line):
         run = subprocess.run(["fish", "--no-config", "-c", f"source {script}; complete -C '{line}'"],
@@ -124,7 +126,7 @@ def test_zsh_completes_through_the_shipped_script(sandbox, program):
     """zsh's completion builtins work only inside its line editor: they are stood in for by
     functions printing what the script hands them."""
     ok("hide", "03:00.0", sandbox=sandbox)
-    script = REPO / "completions" / "xen-pciback.zsh"
+    script = REPO / "completions" / "zsh" / "_xen-pciback"
     stubs = ("compdef() { :; }; _describe() { print -rl -- ${(P)3}; }; "
              "compadd() { print -rl -- ${(P)${@[-1]}}; }; _path_files() { print -r FILES $@; }; ")
     words = ["xen-pciback", "--sandbox", str(sandbox), "unhide", ""]

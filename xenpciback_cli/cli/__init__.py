@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("status", "command", "Show a guest's PV PCI handshake: states, vdevs, errors."),
     "doctor": ("doctor", "command", "Check that this host is ready for passthrough, with the fixes."),
     "completion": ("completion_cmd", "command", "Print the shell completion script for bash, zsh or fish."),
+    "install-units": ("install_units", "command", "Write the systemd units so they start this installation."),
 }
 
 #: Set while a shell asks for completions (cli/completion.py): called with each command resolved,
