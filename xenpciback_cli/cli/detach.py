@@ -19,15 +19,17 @@ if TYPE_CHECKING:
               help="Seconds to wait for the guest to let go.")
 @click.option("--no-reset", is_flag=True, help="Do not reset the device afterwards.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
+@click.option("--dry-run", is_flag=True, help="Say whether it would change anything; write nothing.")
 @click.pass_obj
 def command(app: Application, bdf: str, domid: int, force: bool, timeout: float, no_reset: bool,
-            socket_path: str | None) -> None:
+            socket_path: str | None, dry_run: bool) -> None:
     """Detach BDF from guest --domid N.
 
     The guest is asked to let go (state-i=5 and a Reconfiguring round) and waited for; then the
     keys are removed and renumbered as libxl does, and the device is reset through sysfs where
     the kernel offers a method. A guest that does not answer within --timeout leaves
-    everything as it was, unless --force.
+    everything as it was, unless --force. A device the guest does not hold is nothing to do
+    (exit 0; JSON "changed": false).
     """
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.pci.address import Bdf
@@ -38,9 +40,13 @@ def command(app: Application, bdf: str, domid: int, force: bool, timeout: float,
     term = terminal_for(app)
     with app.open_xenstore(socket_path) as client:
         result = detach(client, address, domid, host=host_of(app), force=force, timeout=timeout,
-                        reset=not no_reset, state_dir=str(app.state_dir))
+                        reset=not no_reset, state_dir=str(app.state_dir), dry_run=dry_run)
     if app.settings.json:
         term.json(result.to_json())
+        return
+    if dry_run or not result.changed:
+        for note in result.notes:
+            term.line(note)
         return
     term.line(f"{address} detached from domain {domid}"
               + (" (backend removed: it was the last device)" if result.destroyed else ""))
