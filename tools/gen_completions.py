@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write completions/xen-pciback.{bash,zsh,fish}: the scripts in xenpciback_cli/cli/completion.py.
+"""Write completions/: the scripts in xenpciback_cli/cli/completion.py (`xen-pciback completion SHELL`
+prints the same text), each under the name its shell looks for, as the wheel installs them.
 
 Usage: python tools/gen_completions.py [--check]   (--check exits 1 if a committed script is stale)
 
@@ -18,17 +19,20 @@ sys.path.insert(0, str(ROOT))
 from xenpciback_cli.cli.completion import SCRIPTS  # noqa: E402
 
 OUT = ROOT / "completions"
+#: shell -> path under completions/ (and under share/ once installed: bash-completion/completions/,
+#: zsh/site-functions/, fish/vendor_completions.d/; pyproject.toml's data-files).
+PATHS = {"bash": "bash/xen-pciback", "zsh": "zsh/_xen-pciback", "fish": "fish/xen-pciback.fish"}
 
 
 def main() -> int:
     stale = []
     for shell, text in SCRIPTS.items():
-        path = OUT / f"xen-pciback.{shell}"
+        path = OUT / PATHS[shell]
         if "--check" in sys.argv:
             if not path.exists() or path.read_text() != text:
                 stale.append(path)
         else:
-            OUT.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"wrote {path}")
     for path in stale:

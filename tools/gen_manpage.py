@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate man/xen-pciback.1 from the click command tree, so the man page never drifts from --help.
+"""Generate man/xen-pciback.1 from the click command tree, so the man page never drifts from --help,
+and man/xen-pciback.toml.5, the persisted seize list's format (engine/persist.py).
 
 Usage: python tools/gen_manpage.py [--check]   (--check exits 1 if the committed page is stale)
 
@@ -21,9 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xenpciback_cli import __version__  # noqa: E402
+from xenpciback_cli.app import DEFAULT_PERSIST_FILE, DEFAULT_STATE_DIR  # noqa: E402
 from xenpciback_cli.cli import cli  # noqa: E402
+from xenpciback_cli.engine import persist  # noqa: E402
+from xenpciback_cli.pci.drivers import SEIZE_DRIVERS  # noqa: E402
+from xenpciback_cli.pci.names import PCI_IDS_PATHS  # noqa: E402
+from xenpciback_cli.xenstore.transport import DEFAULT_SOCKETS, DEVICE_PATHS  # noqa: E402
 
 PAGE = ROOT / "man" / "xen-pciback.1"
+TOML_PAGE = ROOT / "man" / "xen-pciback.toml.5"
 
 
 def roff_escape(text: str) -> str:
@@ -148,8 +155,6 @@ def walk(ctx: click.Context, command: click.Command, path: list[str]) -> list[st
             out.append(roff_escape(" ".join(para.split())))
             out.append(".PP")
         for opt, desc in options_of(ctx, command):
-            if opt.startswith("-h, --help"):
-                continue
             out.append(f".TP\n.B {roff_escape(opt)}\n{roff_escape(desc)}")
     if isinstance(command, click.Group):
         for name in command.list_commands(ctx):
@@ -159,6 +164,52 @@ def walk(ctx: click.Context, command: click.Command, path: list[str]) -> list[st
             sub_ctx = click.Context(sub, info_name=name, parent=ctx, **sub.context_settings)
             out.extend(walk(sub_ctx, sub, path + [name]))
     return out
+
+
+def example(what: str, *commands: str) -> list[str]:
+    lines = [".PP", roff_escape(what), ".PP", ".RS", ".nf"]
+    lines += [roff_escape(command) for command in commands]
+    return lines + [".fi", ".RE"]
+
+
+def render_toml() -> str:
+    """xen-pciback.toml(5): the persisted seize list, as engine/persist.py reads and writes it."""
+    sample = persist.dumps([persist.PersistedDevice(persist.BdfPattern.parse("0000:03:00.0")),
+                            persist.PersistedDevice(persist.BdfPattern.parse("0000:04:00.*"), "vfio-pci")])
+    return "\n".join([
+        f'.TH XEN\\-PCIBACK.TOML 5 "" "xen-pciback {__version__}" "File Formats"',
+        ".SH NAME",
+        "xen\\-pciback.toml \\- devices xen\\-pciback seizes at boot",
+        ".SH SYNOPSIS",
+        f".B {roff_escape(DEFAULT_PERSIST_FILE)}",
+        ".SH DESCRIPTION",
+        "The persisted seize list: the devices \\fBxen\\-pciback restore\\fR seizes at boot (the "
+        "xen\\-pciback\\-restore unit runs it before networking), and that \\fBxen\\-pciback cmdline\\fR "
+        "turns into the kernel's \\fBxen\\-pciback.hide=\\fR parameter. \\fBhide \\-\\-persist\\fR "
+        "adds a device and \\fBunhide\\fR removes it; editing it by hand is fine. Another file is "
+        "chosen with \\-\\-config PATH or XEN_PCIBACK_CONFIG; in a sandbox it is "
+        "DIR/etc/xen\\-pciback/seized.toml.",
+        ".PP",
+        "The file is TOML (UTF\\-8, at most " + str(persist.MAX_SIZE) + " bytes). Its only key is "
+        "\\fBdevice\\fR, an array of tables, one \\fB[[device]]\\fR per device or wildcard, each with:",
+        ".TP\n.B bdf\n(string, required) the device's address, DDDD:BB:DD.F, BB:DD.F, or BB:DD.* for "
+        "every function of a device",
+        ".TP\n.B driver\n(string, default \\(dqpciback\\(dq) the driver that holds it: "
+        + roff_escape(", ".join(SEIZE_DRIVERS)),
+        ".PP",
+        "Any other key, a missing or malformed bdf, or another driver makes every command that reads the "
+        "file fail with one line naming the file and the entry (exit status 2); a missing file means "
+        "no devices. The file is replaced atomically (mode 0644) when a command changes it.",
+        ".SH EXAMPLE",
+        ".nf",
+        roff_escape(sample.rstrip("\n")),
+        ".fi",
+        ".SH FILES",
+        f".TP\n.B {roff_escape(DEFAULT_PERSIST_FILE)}\nthe default location",
+        ".SH SEE ALSO",
+        ".BR xen\\-pciback (1)",
+        "",
+    ])
 
 
 def render() -> str:
@@ -181,21 +232,60 @@ def render() -> str:
     head.append(".SH COMMANDS")
     body = walk(ctx, cli, [])
     tail = [
+        ".SH EXAMPLES",
+        *example("Is this host ready for passthrough?", "xen-pciback doctor"),
+        *example("Devices pciback holds that no guest has (xl pci-assignable-list):",
+                 "xen-pciback list --seized"),
+        *example("See every sysfs write a seize would make, then seize a NIC and keep it seized "
+                 "across reboots:", "xen-pciback hide --dry-run 03:00.0",
+                 "xen-pciback hide --persist 03:00.0"),
+        *example("Give it to guest 5, check the handshake, take it back:",
+                 "xen-pciback attach 03:00.0 --domid 5", "xen-pciback status --domid 5",
+                 "xen-pciback detach 03:00.0 --domid 5"),
+        *example("Give it back to the host driver it was taken from:",
+                 "xen-pciback unhide --rebind 03:00.0"),
+        *example("After a crash or power loss in the middle of a hide:", "xen-pciback recover"),
+        *example("Boot: install the unit that runs recover and restore before networking:",
+                 "xen-pciback install-units",
+                 "systemctl daemon-reload && systemctl enable xen-pciback-restore"),
+        *example("From a script or Ansible: JSON with \"changed\": true|false, check mode with "
+                 "--dry-run:", "xen-pciback hide --json --dry-run 03:00.0"),
+        *example("Try everything on a simulated host:", "xen-pciback sandbox init /tmp/s",
+                 "xen-pciback --sandbox /tmp/s hide 03:00.0"),
         ".SH EXIT STATUS",
-        ".TP\n.B 0\ndone",
+        ".TP\n.B 0\ndone (also when there was nothing to change: JSON says \\(dqchanged\\(dq: false)",
         ".TP\n.B 1\nthe operation failed",
-        ".TP\n.B 2\nbad usage or bad input; one line on standard error says what and where",
+        ".TP\n.B 2\nbad usage or bad input, or a corrupt state file; one line on standard error says "
+        "what and where (with \\-\\-json, one JSON object: error, exit_code)",
         ".TP\n.B 3\nrefused for safety; \\-\\-force overrides where offered",
+        ".TP\n.B 130\ninterrupted (Ctrl\\-C)",
+        ".TP\n.B 141\nthe reader of the output went away (as after SIGPIPE: \\fB| head\\fR)",
         ".SH ENVIRONMENT",
         ".TP\n.B XEN_PCIBACK_SANDBOX\nsame as \\-\\-sandbox",
         ".TP\n.B XEN_PCIBACK_SYSFS_ROOT\nsame as \\-\\-sysfs\\-root",
-        ".TP\n.B XEN_PCIBACK_CONFIG\nthe persisted seize list (default /etc/xen\\-pciback/seized.toml)",
-        ".TP\n.B NO_COLOR\nplain output",
-        ".TP\n.B XENSTORED_PATH\nthe xenstored socket to use",
+        f".TP\n.B XEN_PCIBACK_CONFIG\nthe persisted seize list (default {roff_escape(DEFAULT_PERSIST_FILE)}; "
+        "see \\fBxen\\-pciback.toml\\fR(5))",
+        ".TP\n.B XEN_PCIBACK_PCI_IDS\nthe pci.ids file naming vendors and devices (default: the first of "
+        + roff_escape(", ".join(PCI_IDS_PATHS)) + ")",
+        ".TP\n.B NO_COLOR\nplain output, as \\-\\-no\\-color",
+        ".TP\n.B XENSTORED_PATH\nthe xenstored socket or device to use (as libxenstore reads it)",
+        ".TP\n.B XENSTORED_RUNDIR\nthe directory of xenstored's socket (as libxenstore reads it)",
+        ".TP\n.B XEN_PCIBACK_TEST_KILL_AFTER_WRITES\nfor the crash tests only: die after N sysfs writes. "
+        "Never set it otherwise.",
         ".SH FILES",
-        ".TP\n.B /var/lib/xen\\-pciback\njournal of interrupted operations and records of seized devices",
-        ".TP\n.B /etc/xen\\-pciback/seized.toml\ndevices seized at boot by \\fBxen\\-pciback restore\\fR",
+        f".TP\n.B {roff_escape(DEFAULT_STATE_DIR)}\nthe state dir (\\-\\-state\\-dir), root's alone (0700): "
+        "\\fBseized/\\fR records of seized devices and their original drivers, \\fBjournal/\\fR "
+        "operations in progress (what \\fBrecover\\fR finishes), \\fBbackend\\-settings/\\fR "
+        "permissive and quirks, \\fB.lock\\fR the one\\-operation\\-at\\-a\\-time lock",
+        f".TP\n.B {roff_escape(DEFAULT_PERSIST_FILE)}\ndevices seized at boot by \\fBxen\\-pciback restore\\fR "
+        "(\\fBhide \\-\\-persist\\fR); see \\fBxen\\-pciback.toml\\fR(5)",
+        ".TP\n.B " + roff_escape(" ".join(DEFAULT_SOCKETS)) + "\nwhere xenstored's socket is looked for, "
+        "then " + roff_escape(" ".join(DEVICE_PATHS)),
+        ".TP\n.B /etc/systemd/system/xen\\-pciback\\-restore.service\nthe boot unit "
+        "(\\fBinstall\\-units\\fR; the template is installed in share/xen\\-pciback/systemd/)",
+        ".TP\n.B /sys/bus/pci\nthe devices and drivers acted on (\\-\\-sysfs\\-root)",
         ".SH SEE ALSO",
+        ".BR xen\\-pciback.toml (5),",
         ".BR xl (1),",
         ".BR xl\\-pci\\-configuration (5),",
         ".BR lspci (8),",
@@ -206,16 +296,17 @@ def render() -> str:
 
 
 def main() -> int:
-    page = render()
+    pages = {PAGE: render(), TOML_PAGE: render_toml()}
     if "--check" in sys.argv:
-        current = PAGE.read_text() if PAGE.exists() else ""
-        if current != page:
-            print(f"{PAGE} is stale: run python tools/gen_manpage.py", file=sys.stderr)
-            return 1
-        return 0
+        stale = [path for path, text in pages.items()
+                 if (path.read_text() if path.exists() else "") != text]
+        for path in stale:
+            print(f"{path} is stale: run python tools/gen_manpage.py", file=sys.stderr)
+        return 1 if stale else 0
     PAGE.parent.mkdir(exist_ok=True)
-    PAGE.write_text(page)
-    print(f"wrote {PAGE}")
+    for path, text in pages.items():
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# Each script under the name its shell looks for (tools/gen_completions.py).
+SHIPPED = {"bash": "bash/xen-pciback", "zsh": "zsh/_xen-pciback", "fish": "fish/xen-pciback.fish"}
 
 
 def test_man_page_is_generated_from_the_current_commands():
@@ -31,7 +33,7 @@ def test_bash_completion_offers_subcommands_and_options():
 
 def test_shipped_completion_scripts_call_back_into_the_program():
     for shell in ("bash", "zsh", "fish"):
-        text = (REPO / "completions" / f"xen-pciback.{shell}").read_text()
+        text = (REPO / "completions" / SHIPPED[shell]).read_text()
         assert "_XEN_PCIBACK_COMPLETE" in text
 
 
@@ -108,13 +110,14 @@ def test_completion_scripts_are_generated_from_the_current_templates():
 
 
 def test_the_shipped_bash_script_completes_through_the_program(tmp_path):
-    """Source completions/xen-pciback.bash in a real bash and let it call back into the program
+    """Source completions/bash/xen-pciback in a real bash and let it call back into the program
     (a 'xen-pciback' on PATH that runs this checkout), as pressing TAB would."""
     program = tmp_path / "xen-pciback"
     program.write_text(f"#!/bin/sh\nexec {sys.executable} -m xenpciback_cli \"$@\"\n")
     program.chmod(0o755)
-    script = (REPO / "completions" / "xen-pciback.bash")
+    script = (REPO / "completions" / "bash" / "xen-pciback")
     probe = ("source \"$1\"; shift; COMP_WORDS=(\"$@\"); COMP_CWORD=$(( $# - 1 )); "
+             "COMP_LINE=\"$*\"; COMP_POINT=${#COMP_LINE}; "
              "_xen_pciback_complete xen-pciback; printf '%s\\n' \"${COMPREPLY[@]}\"")
     env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", PYTHONPATH=str(REPO))
 

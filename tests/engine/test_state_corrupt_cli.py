@@ -146,4 +146,4 @@ def test_recover_finishes_the_good_entries_and_exits_2_for_a_corrupt_one(shared)
     assert open_sandbox(box).device(Bdf.parse(OTHER)).driver == "igbvf"
     data = invoke("--sandbox", box, "--json", "recover").json()
     assert data["operations"] == [{"op": "unhide", "bdf": str(NIC), "action": "skipped", "corrupt": True,
-                                   "reason": result.error}]
+                                   "reason": result.error, "changed": False}]

@@ -35,7 +35,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bind": ("bind", "command", "Bind a device to any driver (driverctl set-override); loads its module."),
     "rebind": ("rebind", "command", "Give a device to the driver the kernel picks (driverctl unset-override)."),
     "pci-list": ("pci_list", "command", "List one domain's PCI devices, like 'xl pci-list DOMAIN'."),
+    "completion": ("completion_cmd", "command", "Print the shell completion script for bash, zsh or fish."),
+    "install-units": ("install_units", "command", "Write the systemd units so they start this installation."),
 }
+
+#: Set while a shell asks for completions (cli/completion.py): called with each command resolved,
+#: to give its values their candidates (devices, domains, files).
+COMPLETING_HOOK: Callable[[str, click.Command], None] | None = None
 
 EXIT_CODES_HELP = (
     "\b\nExit codes:\n  0  done\n  1  operation failed\n  2  bad usage or input\n"
@@ -91,6 +97,8 @@ class LazyGroup(click.Group):
             module = importlib.import_module(f"{self.package}.{module_name}")
             command: click.Command = getattr(module, attr)
             accept_global_flags(command)
+            if COMPLETING_HOOK is not None:
+                COMPLETING_HOOK(cmd_name, command)
             return command
         return super().get_command(ctx, cmd_name)
 

@@ -29,18 +29,20 @@ if TYPE_CHECKING:
               help="Seconds to wait for the guest during a hot-plug.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the hot-plug handshake.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
+@click.option("--dry-run", is_flag=True, help="Check everything and say whether it would change; write nothing.")
 @click.pass_obj
 def command(app: Application, words: tuple[str, ...], domid: str | None, vslot: str | None,
             permissive: bool | None, quirks: tuple[str, ...], msitranslate: bool | None, power_mgmt: bool | None,
             rdm_policy: str | None, name: str | None, seize: bool | None, timeout: float,
-            no_wait: bool, socket_path: str | None) -> None:
+            no_wait: bool, socket_path: str | None, dry_run: bool) -> None:
     """Attach SPEC to guest DOMAIN (an id or a name), hot-plugging when the guest is running.
 
     As 'xl pci-attach DOMAIN SPEC' (or --domid DOMAIN). SPEC is a PCI address or xl's
     PCI_SPEC_STRING, e.g. 03:00.0, 0000:03:00.0@4,permissive=1, name=NAME, or 03:00.*@4 (every
     function; needs a vslot). Options override what SPEC says. The device must be seized (see
     'hide', or --seize) and attached to no other guest. A PV guest's pciback picks the guest
-    slot itself: @VSLOT is recorded as libxl does, and said to be ignored.
+    slot itself: @VSLOT is recorded as libxl does, and said to be ignored. Already attached to
+    this guest is nothing to do (exit 0; JSON "changed": false).
     """
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.errors import InputError
@@ -87,9 +89,13 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, vslot: 
         request = AttachSpec(number, bdf, all_functions, parsed.vslot, options, parsed.name,
                              pick(seize, "seize"), quirk_list)
         result = attach(client, request, host=host, seize_fn=seizer_of(app, host) if host else None,
-                        timeout=timeout, wait=not no_wait, state_dir=str(app.state_dir))
+                        timeout=timeout, wait=not no_wait, state_dir=str(app.state_dir), dry_run=dry_run)
     if app.settings.json:
         term.json(result.to_json())
+        return
+    if dry_run or not result.changed:
+        for note in result.notes:
+            term.line(note)
         return
     from xenpciback_cli.pci.address import guest_address
 

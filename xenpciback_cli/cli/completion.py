@@ -12,6 +12,9 @@ Imported only when the completion variable is set (see :func:`xenpciback_cli.cli
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import click
 from click.shell_completion import (
     BashComplete,
     CompletionItem,
@@ -28,13 +31,23 @@ HEADER = "{comment} {shell} completion for xen-pciback, written by tools/gen_com
 
 BASH = HEADER.format(comment="#", shell="bash") + r"""
 _xen_pciback_complete() {
-    local IFS=$'\n' line kind value
+    local IFS=$'\n' line kind value cur prefix
+    local -a words
     COMPREPLY=()
-    for line in $(env COMP_WORDS="${COMP_WORDS[*]}" COMP_CWORD="$COMP_CWORD" \
+    # The words as a person typed them: bash's COMP_WORDS also splits at ':' and '=' (in
+    # COMP_WORDBREAKS), which would cut 0000:03:00.0 and name=NIC apart.
+    line=${COMP_LINE:0:$COMP_POINT}
+    IFS=$' \t' read -r -a words <<< "$line"
+    [[ -z $line || $line == *[[:space:]] ]] && words+=("")
+    cur=${words[${#words[@]}-1]}
+    # Bash replaces only what follows the last word break in the word: drop what precedes it.
+    prefix=${cur%"${cur##*[:=]}"}
+    [[ $COMP_WORDBREAKS == *:* || $COMP_WORDBREAKS == *=* ]] || prefix=
+    for line in $(env COMP_WORDS="${words[*]}" COMP_CWORD="$(( ${#words[@]} - 1 ))" \
                   _XEN_PCIBACK_COMPLETE=bash_complete "$1" 2>/dev/null); do
         IFS=',' read -r kind value <<< "$line"
         case $kind in
-            plain) COMPREPLY+=("$value") ;;
+            plain) COMPREPLY+=("${value#"$prefix"}") ;;
             dir) COMPREPLY=(); compopt -o dirnames ;;
             file) COMPREPLY=(); compopt -o default ;;
         esac
@@ -144,6 +157,82 @@ SCRIPTS = {"bash": BASH, "zsh": ZSH, "fish": FISH}
 
 
 def register() -> None:
-    """Make click use these classes for bash, zsh and fish (replacing its own)."""
+    """Make click use these classes for bash, zsh and fish (replacing its own), and give the
+    commands' values their candidates as each command is resolved."""
+    from xenpciback_cli import cli
+
     for cls, name in ((Bash, "bash"), (Zsh, "zsh"), (Fish, "fish")):
         add_completion_class(cls, name)
+    cli.COMPLETING_HOOK = equip
+    equip("", cli.cli)
+
+
+# -- dynamic values -------------------------------------------------------------------------------
+# Which candidates a value gets: by command and parameter name, so the command modules stay as
+# they are (and a parameter added later gets the rule of its kind). The candidates themselves are
+# read by cli/candidates.py, imported on the first TAB that needs one.
+
+#: Command -> the candidate kind of its device arguments.
+DEVICE_ARGUMENTS = {
+    "hide": "host_devices",
+    "unhide": "seized_devices",
+    "attach": "attachable_devices",
+    "detach": "attached_devices",
+    "inspect": "all_devices",
+    "list": "all_devices",
+    "bind": "all_devices",
+    "rebind": "all_devices",
+}
+#: (command or "" for any, option name) -> kind.
+OPTION_VALUES = {
+    ("", "domid"): "domain_ids",
+    ("", "domain"): "domain_ids",
+    ("attach", "name"): "device_names",
+    ("detach", "name"): "device_names",
+}
+PATH_METAVARS = {"PATH": "file", "FILE": "file", "DIR": "dir"}
+
+
+def kind_of(command_name: str, param: click.Parameter) -> str | None:
+    """The candidates ``param`` of ``command_name`` gets: a kind in cli/candidates.py, "file",
+    "dir", or None (click's own: choices, flags)."""
+    name = str(param.name or "")
+    if isinstance(param.type, click.Path | click.File):
+        return None  # click completes these as files or directories already
+    if isinstance(param, click.Argument):
+        if "dom" in name:
+            return "domain_ids"
+        if command_name in DEVICE_ARGUMENTS and param.metavar not in PATH_METAVARS:
+            return DEVICE_ARGUMENTS[command_name]
+    kind = OPTION_VALUES.get((command_name, name)) or OPTION_VALUES.get(("", name))
+    if kind:
+        return kind
+    return PATH_METAVARS.get(str(param.metavar or ""))
+
+
+def _completer(kind: str, param: click.Parameter) -> Callable[[click.Context, str], list[CompletionItem]]:
+    def complete(ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        if kind in ("file", "dir"):
+            return [CompletionItem(incomplete, type=kind)]
+        from xenpciback_cli.cli import candidates
+
+        given = ctx.params.get(str(param.name))
+        typed = set(given) if isinstance(given, list | tuple) else set()
+        try:
+            found = candidates.matching(getattr(candidates, kind)(ctx), incomplete)
+        except Exception:  # noqa: BLE001  a TAB never shows a traceback
+            return []
+        return [CompletionItem(value, help=help_text) for value, help_text in found if value not in typed]
+
+    return complete
+
+
+def equip(command_name: str, command: click.Command) -> None:
+    """Give ``command``'s parameters (and its sub-commands', for a plain group) their candidates."""
+    for param in command.params:
+        kind = kind_of(command_name, param)
+        if kind is not None:
+            param.shell_complete = _completer(kind, param)  # type: ignore[method-assign,assignment]
+    if isinstance(command, click.Group) and command_name:
+        for name, sub in command.commands.items():
+            equip(name, sub)

@@ -20,9 +20,10 @@ if TYPE_CHECKING:
               help="Seconds to wait for the guest to let go.")
 @click.option("--no-reset", is_flag=True, help="Do not reset the device afterwards.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
+@click.option("--dry-run", is_flag=True, help="Say whether it would change anything; write nothing.")
 @click.pass_obj
 def command(app: Application, words: tuple[str, ...], domid: str | None, force: bool, timeout: float, no_reset: bool,
-            socket_path: str | None) -> None:
+            socket_path: str | None, dry_run: bool) -> None:
     """Detach SPEC from guest DOMAIN (an id or a name), as 'xl pci-detach DOMAIN SPEC'.
 
     SPEC is what attach accepts: a PCI address or xl's PCI_SPEC_STRING (its options are
@@ -31,7 +32,8 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, force: 
     The guest is asked to let go (state-i=5 and a Reconfiguring round) and waited for; then the
     keys are removed and renumbered as libxl does, and the device is reset through sysfs where
     the kernel offers a method. A guest that does not answer within --timeout leaves
-    everything as it was, unless --force.
+    everything as it was, unless --force. A device the guest does not hold is nothing to do
+    (exit 0; JSON "changed": false).
     """
     from xenpciback_cli.cli.attach import domain_and_spec
     from xenpciback_cli.cli.terminal import terminal_for
@@ -59,9 +61,13 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, force: 
             address = lookup_name(client, parsed.name, str(app.state_dir))
         number = domain_id(client, domain)
         result = detach(client, address, number, host=host_of(app), force=force, timeout=timeout,
-                        reset=not no_reset, state_dir=str(app.state_dir))
+                        reset=not no_reset, state_dir=str(app.state_dir), dry_run=dry_run)
     if app.settings.json:
         term.json(result.to_json())
+        return
+    if dry_run or not result.changed:
+        for note in result.notes:
+            term.line(note)
         return
     term.line(f"{address} detached from domain {number}"
               + (" (backend removed: it was the last device)" if result.destroyed else ""))

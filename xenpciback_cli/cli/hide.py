@@ -65,7 +65,7 @@ def command(app: Application, devices: tuple[str, ...], ids_text: str | None, ta
                                      listener=listener, name=name)
     except SafetyRefusal:
         if as_json:
-            terminal.json({"dry_run": dry_run, "refused": True,
+            terminal.json({"changed": False, "dry_run": dry_run, "refused": True,
                            "devices": [{"bdf": str(p.bdf), "checks": [c.to_json() for c in p.checks]}
                                        for p in listener.preflights]})
         raise
@@ -74,7 +74,8 @@ def command(app: Application, devices: tuple[str, ...], ids_text: str | None, ta
     if report.persisted and not as_json:
         terminal.line(f"persisted in {report.persisted} ({', '.join(str(p) for p in patterns)})")
     if as_json:
-        terminal.json({"dry_run": dry_run, "refused": False, "devices": [r.to_json() for r in report.results],
+        terminal.json({"changed": report.changed, "dry_run": dry_run, "refused": False,
+                       "devices": [r.to_json() for r in report.results],
                        "persisted": report.persisted})
 
 

@@ -15,6 +15,10 @@ def warn_pending(app: Application, terminal: Any) -> list[Any]:
 
     A corrupt file is a warning here, never a stop: it concerns its own device, and the command
     that acts on that device refuses it then (exit 2)."""
+    import os
+
+    if not os.path.lexists(app.state_dir):  # never used here: nothing to read (nor to import)
+        return []
     from xenpciback_cli.engine.backend_settings import load_settings
     from xenpciback_cli.engine.journal import pending_operations
     from xenpciback_cli.engine.records import load_records

@@ -30,8 +30,10 @@ def command(app: Application) -> None:
     outcomes = seizer_for(app).recover()
     refused = [o for o in outcomes if o["action"] == "refused"]
     corrupt = [o for o in outcomes if o.get("corrupt")]
+    for outcome in outcomes:  # finished (completed, rolled back, dropped...): written
+        outcome["changed"] = outcome["action"] not in ("skipped", "refused")
     if app.settings.json:
-        terminal.json({"operations": outcomes})
+        terminal.json({"changed": any(o["changed"] for o in outcomes), "operations": outcomes})
     else:
         if not outcomes:
             terminal.line("nothing to recover: no interrupted operations")

@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 @click.option("--config", "config", metavar="PATH", default=None,
               help="Persisted config file [default: /etc/xen-pciback/seized.toml].")
 @click.option("--force", "-f", is_flag=True, help="Override safety refusals. Loud.")
+@click.option("--dry-run", is_flag=True, help="Print every sysfs write, in order, and do none.")
 @click.pass_obj
-def command(app: Application, config: str | None, force: bool) -> None:
+def command(app: Application, config: str | None, force: bool, dry_run: bool) -> None:
     """Seize everything listed in the persisted config; already-seized devices are left alone.
 
     Each device is reported; one that is refused or missing does not stop the others (exit 3
@@ -28,10 +29,11 @@ def command(app: Application, config: str | None, force: bool) -> None:
     terminal = terminal_for(app)
     as_json = app.settings.json
     path = config or str(app.persist_file)
-    report = seizer_for(app).restore(path, config_named=config is not None, force=force,
+    report = seizer_for(app).restore(path, config_named=config is not None, force=force, dry_run=dry_run,
                                      listener=listener_for(terminal, as_json=as_json))
     if as_json:
-        terminal.json({"config": path, "devices": report.devices})
+        terminal.json({"changed": report.changed, "dry_run": dry_run, "config": path,
+                       "devices": report.devices})
     else:
         if not report.listed:
             terminal.line(f"nothing to restore: {path} lists no devices")

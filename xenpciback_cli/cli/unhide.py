@@ -39,7 +39,8 @@ def command(app: Application, devices: tuple[str, ...], rebind: bool, force: boo
                                    config_named=config is not None,
                                    listener=listener)
     if as_json:
-        terminal.json({"dry_run": dry_run, "devices": [r.to_json() for r in report.results],
+        terminal.json({"changed": report.changed, "dry_run": dry_run,
+                       "devices": [r.to_json() for r in report.results],
                        "unpersisted": report.unpersisted})
 
 

@@ -78,9 +78,15 @@ class AttachResult:
     quirks_applied: dict[Bdf, tuple[Quirk, ...]] = field(default_factory=dict)
     seized: list[Bdf] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: False when the device was attached to this domain already (nothing written); with
+    #: ``dry_run``, whether an attach would change anything (Ansible's check mode).
+    changed: bool = True
+    dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "changed": self.changed,
+            "dry_run": self.dry_run,
             "domid": self.domid,
             "devices": [{"bdf": str(b), "index": i,
                          "vdev": str(self.guest_addresses[b]) if self.guest_addresses.get(b) else None}
@@ -250,16 +256,20 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
            timeout: float = DEFAULT_TIMEOUT, wait: bool = True,
            retries: int = TRANSACTION_RETRIES,
            on_attempt: Callable[[int], None] | None = None,
-           state_dir: str | None = None) -> AttachResult:
+           state_dir: str | None = None, dry_run: bool = False) -> AttachResult:
     """Attach ``spec`` to its domain; see the module docstring for the order of work.
+
+    Idempotent: functions already attached to this domain are left as they are (``changed``
+    False). With ``dry_run`` everything is checked and nothing written (no lock taken either).
 
     ``on_attempt(n)`` runs inside each transaction attempt before the commit (tests use it to
     make a concurrent writer collide with us). With ``state_dir``, the whole attach holds the
     state dir's lock, so no hide, unhide or detach changes the device between our checks and
     our writes.
     """
-    if state_dir is None:
-        return _attach(client, spec, host, seize_fn, timeout, wait, retries, on_attempt, None)
+    if state_dir is None or dry_run:
+        return _attach(client, spec, host, seize_fn, timeout, wait, retries, on_attempt, state_dir,
+                       dry_run)
     from xenpciback_cli.engine.journal import Journal
 
     with Journal(state_dir).locked():
@@ -270,7 +280,7 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
 def _attach(client: Any, spec: AttachSpec, host: Any | None,
             seize_fn: Callable[[list[Bdf]], list[Bdf]] | None, timeout: float, wait: bool,
             retries: int, on_attempt: Callable[[int], None] | None,
-            state_dir: str | None) -> AttachResult:
+            state_dir: str | None, dry_run: bool = False) -> AttachResult:
     # Everything is read and checked before the first write (sysfs or xenstore): the spec,
     # the domain, the functions and their drivers, the settings file we will update, who holds
     # the device, the guest's slots and backend state, and --seize's own pre-flight.
@@ -306,6 +316,14 @@ def _attach(client: Any, spec: AttachSpec, host: Any | None,
         view = wait_for(client, domid, round_finished, timeout=timeout,
                         what="for the previous reconfiguration round to finish before attaching")
 
+    if all(_holder(client, b) == domid and view.index_of(b) is not None for b in bdfs):
+        # Asked again for what is so already (a playbook's second run): nothing to do.
+        return AttachResult(domid, list(bdfs), [view.index_of(b) or 0 for b in bdfs], False, False,
+                            view.state, guest_addresses={b: view.entry(view.index_of(b) or 0).vdev
+                                                         for b in bdfs},
+                            notes=[f"{', '.join(map(str, bdfs))} already attached to domain {domid}: "
+                                   "nothing changed (options are not applied again)"],
+                            changed=False, dry_run=dry_run)
     # The refusals, before touching sysfs.
     _refuse_holders(client, bdfs, domid)
     view = read_backend(client, domid)
@@ -316,6 +334,11 @@ def _attach(client: Any, spec: AttachSpec, host: Any | None,
         L.check_attach(request, view)
     except L.LayoutConflict as exc:
         raise _conflict_error(exc) from None
+    if dry_run:
+        return AttachResult(domid, list(bdfs), [], view.state == XenbusState.CONNECTED, not view.exists,
+                            view.state, dry_run=True,
+                            notes=[f"would attach {', '.join(map(str, bdfs))} to domain {domid}"]
+                            + ([f"would seize {', '.join(map(str, to_seize))} first"] if to_seize else []))
     seized: list[Bdf] = []
     if to_seize:
         assert seize_fn is not None

@@ -54,9 +54,14 @@ class DetachResult:
     destroyed: bool
     reset: ResetOutcome | None
     notes: list[str] = field(default_factory=list)
+    #: False when the device was not attached to the domain (nothing to do); with ``dry_run``,
+    #: whether a detach would change anything (Ansible's check mode).
+    changed: bool = True
+    dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"domid": self.domid, "bdf": str(self.bdf), "index": self.index,
+        return {"changed": self.changed, "dry_run": self.dry_run,
+                "domid": self.domid, "bdf": str(self.bdf), "index": self.index,
                 "handshake": self.handshake, "forced": self.forced,
                 "backend_destroyed": self.destroyed,
                 "reset": self.reset.to_json() if self.reset else None, "notes": list(self.notes)}
@@ -102,15 +107,19 @@ def _find(view: L.BackendView, bdf: Bdf, domid: int) -> int:
 def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force: bool = False,
            timeout: float = DEFAULT_TIMEOUT, reset: bool = True, retries: int = 16,
            on_attempt: Callable[[int], None] | None = None,
-           state_dir: str | None = None) -> DetachResult:
+           state_dir: str | None = None, dry_run: bool = False) -> DetachResult:
     """Detach ``bdf`` from ``domid``; see the module docstring.
+
+    Idempotent: a device the (existing) domain does not hold is nothing to do (``changed``
+    False). With ``dry_run`` it is only decided whether there is something to do.
 
     With ``state_dir``, the whole detach holds the state dir's lock (no hide, unhide or attach
     changes the device meanwhile), and the backend settings file it updates at the end is read
     first: a corrupt file stops the detach before its first write, not halfway.
     """
-    if state_dir is None:
-        return _detach(client, bdf, domid, host, force, timeout, reset, retries, on_attempt, None)
+    if state_dir is None or dry_run:
+        return _detach(client, bdf, domid, host, force, timeout, reset, retries, on_attempt, None,
+                       dry_run)
     from xenpciback_cli.engine.backend_settings import load_device_settings
     from xenpciback_cli.engine.journal import Journal
 
@@ -122,7 +131,7 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
 
 def _detach(client: Any, bdf: Bdf, domid: int, host: Any | None, force: bool, timeout: float,
             reset: bool, retries: int, on_attempt: Callable[[int], None] | None,
-            state_dir: str | None) -> DetachResult:
+            state_dir: str | None, dry_run: bool = False) -> DetachResult:
     if not 0 < domid < 0x7FF0:
         raise InputError(f"invalid domain id {domid}: guests are 1-32751 (0 is dom0)")
     # One read-only transaction: its commit fails (and is retried) if another writer changed
@@ -132,6 +141,9 @@ def _detach(client: Any, bdf: Bdf, domid: int, host: Any | None, force: bool, ti
                             tx.exists(L.domain_home(domid))),
         retries=retries, what=f"reading domain {domid}'s devices")
     stale = view.index_of(bdf) is None and holder == str(domid)
+    if stale and force and dry_run:
+        return DetachResult(domid, bdf, -1, False, True, False, None,
+                            [f"would remove the stale record {L.libxl_domid_path(bdf)}"], dry_run=True)
     if stale and force:
         # libxl's record says the guest holds it, but no backend entry does (the guest died
         # and nobody cleaned up): clear the record so the device can be attached again.
@@ -153,7 +165,15 @@ def _detach(client: Any, bdf: Bdf, domid: int, host: Any | None, force: bool, ti
         raise InputError(f"unknown domain {domid}: /local/domain/{domid} does not exist"
                          + (f" ({bdf} has a stale record there: use --force to clear it)"
                             if stale else ""))
+    if view.index_of(bdf) is None and not stale:
+        # What was asked is so already (a playbook's second run): nothing to do.
+        return DetachResult(domid, bdf, -1, False, False, False, None,
+                            [f"{bdf} is not attached to domain {domid}: nothing to do"],
+                            changed=False, dry_run=dry_run)
     index = _find(view, bdf, domid)
+    if dry_run:
+        return DetachResult(domid, bdf, index, False, False, False, None,
+                            [f"would detach {bdf} from domain {domid}"], dry_run=True)
     notes: list[str] = []
     forced = False
 

@@ -17,6 +17,7 @@ seized device still says where it came from.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ def device_state(device: PciDevice, domid: int | None) -> DeviceState:
 
 def load_original_drivers(state_dir: Path | None) -> dict[Bdf, str | None]:
     """Original drivers from the seize records; empty when there are none (or no records module)."""
-    if state_dir is None:
+    if state_dir is None or not os.path.lexists(state_dir):  # never used: no records to import
         return {}
     try:
         from xenpciback_cli.engine.records import load_records

@@ -115,6 +115,14 @@ def add(path: str | os.PathLike[str], patterns: list[BdfPattern], driver: str, *
     return result
 
 
+def would_change(path: str | os.PathLike[str], patterns: list[BdfPattern], driver: str | None) -> bool:
+    """Whether :func:`add` (``driver``) or :func:`remove` (``None``) would change the file."""
+    devices = {str(d.pattern): d.driver for d in load(path)}
+    if driver is None:
+        return any(str(p) in devices for p in patterns)
+    return any(devices.get(str(p)) != driver for p in patterns)
+
+
 def remove(path: str | os.PathLike[str], patterns: list[BdfPattern], *, must_exist: bool = False) -> bool:
     devices = load(path, must_exist=must_exist)
     names = {str(p) for p in patterns}

@@ -152,8 +152,14 @@ class DeviceResult:
     writes: list[dict[str, str]] = field(default_factory=list)
     forced: list[str] = field(default_factory=list)
 
+    @property
+    def changed(self) -> bool:
+        """Whether this device was (or, planned, would be) changed: Ansible's ``changed``."""
+        return self.status in (DeviceStatus.SEIZED, DeviceStatus.RELEASED, DeviceStatus.PLANNED)
+
     def to_json(self) -> dict[str, object]:
-        return {"bdf": str(self.bdf), "status": self.status, "original_driver": self.original_driver,
+        return {"bdf": str(self.bdf), "status": self.status, "changed": self.changed,
+                "original_driver": self.original_driver,
                 "driver": self.driver, "method": self.method, "checks": self.checks,
                 "writes": self.writes, "forced": self.forced}
 
@@ -186,6 +192,12 @@ class HideReport:
     forced: list[str]
     results: list[DeviceResult]
     persisted: str | None = None
+    #: Whether --persist changed (or, in a dry run, would change) the persisted config.
+    persist_changed: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.persist_changed or any(r.changed for r in self.results)
 
 
 @dataclass
@@ -193,12 +205,20 @@ class UnhideReport:
     results: list[DeviceResult]
     unpersisted: bool = False
 
+    @property
+    def changed(self) -> bool:
+        return self.unpersisted or any(r.changed for r in self.results)
+
 
 @dataclass
 class RestoreReport:
     config: str
     listed: int
     devices: list[dict[str, object]]
+
+    @property
+    def changed(self) -> bool:
+        return any(d.get("changed") for d in self.devices)
 
     @property
     def refused(self) -> int:
@@ -286,10 +306,14 @@ class Seizer:
                 result.forced = [f for f in forced if f.startswith(f"{result.bdf}:")]
                 results.append(result)
                 listener.done(result)
-            if persisting:
+            persist_changed = False
+            if persist and config is not None:
+                persist_changed = persisted.would_change(config, list(patterns), target)
+            if persisting and persist_changed:
                 assert config is not None
                 persisted.add(config, list(patterns), target, create_parent=not config_named)
-            return HideReport(preflights, forced, results, str(config) if persisting else None)
+            return HideReport(preflights, forced, results, str(config) if persisting else None,
+                              persist_changed)
 
     def unhide_devices(self, patterns: Sequence[BdfPattern], *, rebind: bool = False,
                        force: bool = False, config: str | os.PathLike[str] | None = None,
@@ -316,15 +340,17 @@ class Seizer:
             unpersisted = False
             if not dry_run and config is not None:
                 unpersisted = persisted.remove(config, list(patterns), must_exist=config_named)
+            elif config is not None and os.path.exists(config):
+                unpersisted = persisted.would_change(config, list(patterns), None)
             return UnhideReport(results, unpersisted)
 
     def restore(self, config: str | os.PathLike[str], *, config_named: bool = False, force: bool = False,
-                listener: Listener | None = None) -> RestoreReport:
+                dry_run: bool = False, listener: Listener | None = None) -> RestoreReport:
         """``restore``: seize every persisted device; one refused, missing or with a corrupt
         record does not stop the rest. Each is checked like a hide, and against the identity
         its record kept (a different device at the address is refused)."""
         listener = listener or Listener()
-        with self.locked():
+        with self._operation(dry_run):
             listener.pending(*self._pending())
             devices = persisted.load(config, must_exist=config_named)
             present = self.host.addresses()
@@ -332,20 +358,22 @@ class Seizer:
             for entry in devices:
                 selected = entry.pattern.select(present)
                 if not selected:
-                    report.append({"bdf": str(entry.pattern), "status": DeviceStatus.MISSING,
+                    report.append({"bdf": str(entry.pattern), "status": DeviceStatus.MISSING, "changed": False,
                                    "detail": "no such device"})
                     continue
                 for bdf in selected:
                     try:
                         [pre] = self.preflight([bdf], entry.driver, restoring=True)
                         self.enforce([pre], force=force)
-                        result = self.hide(pre, entry.driver, persist=True)
-                        report.append({"bdf": str(bdf), "status": result.status,
+                        result = self.hide(pre, entry.driver, persist=True, dry_run=dry_run)
+                        report.append({"bdf": str(bdf), "status": result.status, "changed": result.changed,
                                        "detail": f"{result.original_driver or 'no driver'} -> {result.driver}"})
                     except errors.SafetyRefusal as exc:
-                        report.append({"bdf": str(bdf), "status": DeviceStatus.REFUSED, "detail": str(exc)})
+                        report.append({"bdf": str(bdf), "status": DeviceStatus.REFUSED, "changed": False,
+                                       "detail": str(exc)})
                     except errors.XenPcibackError as exc:
-                        report.append({"bdf": str(bdf), "status": DeviceStatus.FAILED, "detail": str(exc)})
+                        report.append({"bdf": str(bdf), "status": DeviceStatus.FAILED, "changed": False,
+                                       "detail": str(exc)})
             return RestoreReport(str(config), len(devices), report)
 
     def _present(self, patterns: Sequence[BdfPattern]) -> None:
