@@ -102,3 +102,11 @@ def test_a_bind_entry_is_validated_like_the_others():
                                "description": "x"}])
     with pytest.raises(st.Invalid):  # an override value other than the entry's own target
         JournalEntry.from_json(other)
+
+
+def test_bind_and_rebind_say_whether_they_changed_anything(sandbox):
+    """Idempotent for a fleet tool: the second of two identical commands changes nothing."""
+    assert ok("--json", "bind", VF, "pci-stub", sandbox=sandbox).json()["devices"][0]["changed"] is True
+    assert ok("--json", "rebind", VF, sandbox=sandbox).json()["devices"][0]["changed"] is True
+    assert driver(sandbox, VF) == "igbvf"
+    assert ok("--json", "rebind", VF, sandbox=sandbox).json()["devices"][0]["changed"] is False

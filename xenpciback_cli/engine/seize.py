@@ -155,7 +155,8 @@ class DeviceResult:
     @property
     def changed(self) -> bool:
         """Whether this device was (or, planned, would be) changed: Ansible's ``changed``."""
-        return self.status in (DeviceStatus.SEIZED, DeviceStatus.RELEASED, DeviceStatus.PLANNED)
+        return self.status in (DeviceStatus.SEIZED, DeviceStatus.RELEASED, DeviceStatus.BOUND,
+                               DeviceStatus.PLANNED)
 
     def to_json(self) -> dict[str, object]:
         return {"bdf": str(self.bdf), "status": self.status, "changed": self.changed,
