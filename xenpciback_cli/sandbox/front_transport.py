@@ -20,6 +20,7 @@ import mmap
 import os
 import select
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -51,13 +52,18 @@ class GrantedPage:
         self.ref = ref
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.unlink(missing_ok=True)  # a leftover of an earlier run: start zeroed
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            # A leftover of an earlier run is reused, not replaced: a backend that still maps it
+            # keeps seeing the same page (the same inode). It starts zeroed either way.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise FrontTransportError(f"cannot create the grant file {self.path}: "
                                       f"{exc.strerror}") from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FrontTransportError(f"the grant file {self.path} is not a regular file")
+            os.fchmod(fd, 0o600)
             os.ftruncate(fd, PAGE_SIZE)
+            os.pwrite(fd, bytes(PAGE_SIZE), 0)
             self._map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED,
                                   mmap.PROT_READ | mmap.PROT_WRITE)
         finally:

@@ -283,7 +283,7 @@ class PciFront:
             raise OperationFailed(f"cannot reach domain {self.domid}'s xenstore at "
                                   f"{self.socket}: {exc.strerror or exc}") from None
         self.client.watch(f"{self.backend}/state", self._token)
-        self._wait_state(lambda s: s is not None and s >= INIT_WAIT, deadline,
+        self._wait_state(lambda s: s in (INIT_WAIT, INITIALISED), deadline,
                          "waiting for the backend to reach InitWait")
         self.grant = GrantedPage(self.sandbox, self.domid, self.ref)
         self.channel = FrontChannel(self.sandbox, self.domid, self.port)
@@ -550,3 +550,42 @@ def run_guest(front: PciFront) -> GuestRun:
     for dev in devices:
         steps += front.probe(dev)
     return GuestRun(front.domid, roots, devices, steps, len(front.results))
+
+
+def check_domain(sandbox: Path, client: Any, domid: int) -> None:
+    """``sandbox guest N`` plays domain N's pcifront: the domain must exist and have no simulated
+    guest of its own (that one is the frontend already)."""
+    from xenpciback_cli.errors import InputError, SafetyRefusal
+    from xenpciback_cli.sandbox import guest as simguest
+
+    if not 0 < domid < 0x7FF0:
+        raise InputError(f"invalid domain id {domid}: guests are 1-32751 (0 is dom0)")
+    if not client.exists(f"/local/domain/{domid}"):
+        raise InputError(f"unknown domain {domid}: create it with "
+                         f"'sandbox domain create {domid} --no-guest'")
+    if simguest.pid_file(Path(sandbox), domid).exists():
+        raise SafetyRefusal(f"domain {domid} has a simulated guest already (its pcifront): "
+                            f"'sandbox guest' is for domains created with "
+                            f"'sandbox domain create {domid} --no-guest'")
+
+
+def format_view(run: GuestRun) -> list[str]:
+    """The guest's lspci-like view, then the probe's results: the lines a person reads."""
+    roots = ", ".join(f"{d:04x}:{b:02x}" for d, b in run.roots) or "none"
+    lines = [f"# domain {run.domid}'s PCI view (root buses: {roots})"]
+    if not run.devices:
+        lines.append("no devices")
+    for dev in run.devices:
+        vendor_name, device_name = dev.names()
+        name = " ".join(x for x in (vendor_name, device_name) if x) or "device"
+        rev = f" (rev {dev.revision:02x})" if dev.revision else ""
+        lines.append(f"{dev.address} {dev.class_name()} [{dev.class_code >> 8:04x}]: {name} "
+                     f"[{dev.vendor:04x}:{dev.device:04x}]{rev}")
+    if run.probe:
+        lines.append("")
+        lines.append("# driver-like probe")
+    for step in run.probe:
+        lines.append(f"{step.device} {step.step}: {'ok' if step.ok else 'FAILED'} - {step.detail}")
+    lines.append("")
+    lines.append(f"{run.ops} ops answered")
+    return lines
