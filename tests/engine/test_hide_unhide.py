@@ -233,3 +233,27 @@ def test_json_refusal_lists_the_checks(sandbox):
     assert verdicts["0000:01:00.0"]["host-usage"] == "refuse"
     assert verdicts["0000:03:00.0"]["host-usage"] == "ok"
     assert open_sandbox(sandbox).device(NIC0).driver == "igb"  # one refusal stops the whole hide
+
+
+def test_demo_json_walks_the_same_steps(tmp_path):
+    run = script("--json", "demo", "--sandbox-dir", tmp_path / "demo")
+    assert run.code == 0, run.err
+    data = run.json()
+    assert data["sandbox"] == str(tmp_path / "demo") and data["serve"] is False
+    commands = [s.get("command") for s in data["steps"]]
+    assert commands[1] == ["hide", "0000:03:00.0"]
+    refused = data["steps"][2]
+    assert refused["exit"] == 3 and "error" in refused
+    assert isinstance(data["steps"][0]["output"], (list, dict))  # each step's own --json
+
+
+def test_demo_with_serve_plays_the_whole_main_job():
+    from xenpciback_cli.sandbox.demo import VF, steps
+
+    flow = steps(serve=True)
+    typed = [" ".join(s.args) or s.action for s in flow]
+    assert typed.index("start-serve") < typed.index("sandbox guest 5 --timeout 15") \
+        < typed.index("stop-serve") < typed.index(f"detach {VF} --domid 5")
+    assert f"hide {VF}" in typed and "sandbox domain create 5 --no-guest" in typed
+    assert typed[-2:] == [f"unhide --rebind {VF}", "list"]
+    assert "start-serve" not in [s.action for s in steps(serve=False)]

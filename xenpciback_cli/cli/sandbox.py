@@ -15,6 +15,7 @@ SANDBOX_COMMANDS: dict[str, tuple[str, str, str]] = {
     "xenstored": ("sandbox_xenstored", "command", "Run the embedded xenstored in the foreground."),
     "stop": ("sandbox_stop", "command", "Stop the sandbox's background daemons."),
     "domain": ("sandbox_domain", "group", "Create and destroy simulated guest domains."),
+    "guest": ("sandbox_guest", "command", "Play a domain's pcifront: connect, scan, probe its devices."),
 }
 
 

@@ -1,0 +1,82 @@
+"""``xen-pciback --sandbox S sandbox guest N``: a simulated pcifront for domain N (engine:
+``sandbox/pcifront.py``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
+
+
+@click.command("guest")
+@click.argument("domid", type=int)
+@click.option("--stay", is_flag=True, help="Keep the connection after the probe, until SIGTERM or Ctrl-C.")
+@click.option("--record", "record", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write one JSON line per op (the op and its result) to FILE.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds to wait for the backend at each step.")
+@click.pass_obj
+def command(app: Application, domid: int, stay: bool, record: str | None, timeout: float) -> None:
+    """Play domain DOMID's pcifront over the sandbox transport.
+
+    Publishes the shared page and event channel (docs/sandbox-protocol.md), waits for the
+    backend (xen-pciback serve foreground) to connect, scans every devfn of every root bus,
+    prints the guest's lspci-like view, then probes each device as a driver would: header,
+    memory decode on, BAR sizes, MSI-X on with a few vectors and off again. For domains made
+    with 'sandbox domain create N --no-guest'.
+
+    \b
+    --json prints one object:
+      {"domid": N, "roots": ["0000:00"],
+       "devices": [{"bdf", "vendor", "device", "class", "class_name", "revision",
+                    "header_type", "multifunction", "subsystem", "vendor_name", "device_name"}],
+       "probe": [{"bdf", "step", "ok", "detail", "ops": [OP...]}], "ops": COUNT}
+    OP (also each line of --record FILE):
+      {"op": "conf_read", "cmd": 0, "bdf", "offset", "size", "value", ["entries": [...]],
+       "result": {"err", "err_name", "value", "vectors": [...]}}
+    If no backend answers within --timeout: one line naming the backend's state and whose move
+    it is, exit 1.
+    """
+    import signal
+    import threading
+
+    from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.errors import InputError
+    from xenpciback_cli.sandbox import pcifront
+
+    sandbox = app.sandbox_dir
+    if sandbox is None:
+        raise InputError("'sandbox guest' needs --sandbox DIR (or XEN_PCIBACK_SANDBOX)")
+    with app.open_xenstore() as client:
+        pcifront.check_domain(sandbox, client, domid)
+    term = terminal_for(app)
+    stream = None
+    if record is not None:
+        try:
+            stream = open(record, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise InputError(f"cannot write --record file {record}: {exc.strerror}") from None
+    front = pcifront.PciFront(sandbox, domid, timeout=timeout,
+                              recorder=pcifront.Recorder(stream) if stream else None)
+    try:
+        run = pcifront.run_guest(front)
+        if app.settings.json:
+            term.json(run.to_json())
+        else:
+            for line in pcifront.format_view(run):
+                term.line(line)
+        if stay:
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            if not app.settings.json:
+                term.line(f"holding domain {domid}'s connection (SIGTERM or Ctrl-C to leave)")
+            term.stdout.flush()
+            front.stay(stop)
+    finally:
+        front.close()
+        if stream is not None:
+            stream.close()
