@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bind": ("bind", "command", "Bind a device to any driver (driverctl set-override); loads its module."),
     "rebind": ("rebind", "command", "Give a device to the driver the kernel picks (driverctl unset-override)."),
     "pci-list": ("pci_list", "command", "List one domain's PCI devices, like 'xl pci-list DOMAIN'."),
+    "serve": ("serve", "group", "Run the userspace PCI backend for guests (serve foreground), or ask it."),
 }
 
 EXIT_CODES_HELP = (
