@@ -6,11 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from xenpciback_cli.cli import LazyGroup
+
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
 
 
-@click.group("serve")
+@click.group("serve", cls=LazyGroup, lazy={})
 def group() -> None:
     """Run the userspace PCI backend (pciback) for guests, or ask the running one.
 
