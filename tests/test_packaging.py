@@ -41,8 +41,10 @@ def installed(tmp_path_factory):
         pytest.skip(f"cannot build a wheel here (setuptools>=68 not available?): {build.stderr[-300:]}")
     wheel = next((base / "w").glob("xen_pciback-*.whl"))
     prefix = base / "prefix"
+    # --ignore-installed: where this package is already installed (CI's venv), pip would
+    # otherwise call the wheel satisfied and put nothing in the prefix.
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
-                              "--prefix", str(prefix), str(wheel), "-q"],
+                              "--ignore-installed", "--prefix", str(prefix), str(wheel), "-q"],
                              capture_output=True, text=True, timeout=180)
     assert install.returncode == 0, install.stderr
     purelib = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from xenpciback_cli.host.model import Host
@@ -202,3 +202,57 @@ class Application:
     def attachments(self) -> dict[Bdf, int]:
         """Bdf -> domid of every device a guest holds (what unhide refuses and list shows)."""
         return {bdf: a.domid for bdf, a in self.attachment_details().items()}
+
+    # -- serve: the backend process's adapters, chosen here ---------------------------------------
+    def serve_run_dir(self) -> Path:
+        """Where ``serve`` keeps its control socket: ``S/run`` in a sandbox, else
+        ``/run/xen-pciback``."""
+        if self.sandbox_dir is not None:
+            return self.sandbox_dir / "run"
+        return Path(os.environ.get("XEN_PCIBACK_RUN_DIR", "/run/xen-pciback"))
+
+    def serve_adapters(self) -> ServeAdapters:
+        """The transport, interrupt control, device source and 'who else serves' predicate for
+        ``serve``. Only the sandbox's exist so far; real Xen's come with the xenports adapters."""
+        from xenpciback_cli.errors import OperationFailed
+
+        if self.sandbox_dir is None:
+            raise OperationFailed("serve: the real-Xen transport (gntdev/evtchn) is not built "
+                                  "yet; run it in a sandbox (--sandbox DIR)")
+        from xenpciback_cli.sandbox import guest as simguest
+        from xenpciback_cli.transport.sandbox import (
+            SandboxDevices,
+            SandboxInterrupts,
+            SandboxTransport,
+        )
+
+        root = self.sandbox_dir
+        host = self.host
+        devices = SandboxDevices(root)
+
+        class Source:
+            def config(self, bdf: Bdf) -> Any:
+                return devices.config(bdf)
+
+            def device(self, bdf: Bdf) -> Any:
+                try:
+                    return host.device(bdf)
+                except Exception:  # noqa: BLE001 - then the overlay works without resources
+                    return None
+
+        return ServeAdapters(SandboxTransport(root), SandboxInterrupts(devices), Source(),
+                             lambda domid: simguest.is_running(root, domid))
+
+    def serve_settings(self, bdf: Bdf) -> dict[str, object]:
+        """The overlay options ``serve`` exports ``bdf`` with (``engine.backend_settings``)."""
+        from xenpciback_cli.engine.backend_settings import load_device_settings
+
+        settings = load_device_settings(self.state_dir, bdf)
+        return settings.overlay_options() if settings is not None else {}
+
+
+class ServeAdapters(NamedTuple):
+    transport: Any
+    interrupts: Any
+    devices: Any
+    others_serve: Any

@@ -38,8 +38,8 @@ def test_help_imports_no_heavy_modules():
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
 
 
-@pytest.mark.parametrize("group", [[], ["sandbox"], ["sandbox", "domain"], ["xenstore"]],
-                         ids=["root", "sandbox", "sandbox-domain", "xenstore"])
+@pytest.mark.parametrize("group", [[], ["sandbox"], ["sandbox", "domain"], ["serve"], ["xenstore"]],
+                         ids=["root", "sandbox", "sandbox-domain", "serve", "xenstore"])
 def test_a_group_given_no_command_prints_its_help_and_exits_2(capsys, group):
     """Like git and xl: the normal, multi-line help on stdout, and a failing exit (2, bad usage,
     as README documents). Click >= 8.2 would flatten it onto one error line; < 8.2 exits 0."""
@@ -79,4 +79,5 @@ def test_every_group_of_the_tree_is_covered_by_the_bare_group_test():
             for name in command.list_commands(ctx):
                 yield from groups(command.get_command(ctx, name), [*path, name])
 
-    assert sorted(groups(cli, [])) == [[], ["sandbox"], ["sandbox", "domain"], ["xenstore"]]
+    assert sorted(groups(cli, [])) == [[], ["sandbox"], ["sandbox", "domain"], ["serve"],
+                                       ["xenstore"]]

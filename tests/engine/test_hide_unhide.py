@@ -211,16 +211,20 @@ def test_console_script(sandbox):
         assert run.err.count("\n") == 1 and "Traceback" not in run.err
 
 
-def test_demo_runs_on_a_fresh_sandbox(tmp_path):
-    run = script("demo", "--sandbox-dir", tmp_path / "demo")
+def test_demo_runs_the_whole_main_job_on_a_fresh_sandbox(tmp_path):
+    """The README's first command: seize, guest, attach, serve, the guest's own view, give back."""
+    VF = "0000:04:10.1"
+    run = script("demo", "--sandbox-dir", tmp_path / "demo", timeout=120)
     assert run.code == 0, run.err
-    assert "seized 0000:03:00.0: igb -> pciback" in run.out
+    assert f"seized {VF}: igbvf -> pciback" in run.out
     assert "refusing to hide 0000:01:00.0" in run.out and "(exit 3" in run.out
-    assert "0000:03:00.0 attached to domain 5" in run.out
-    assert "backend 4 (Connected), frontend 4 (Connected)" in run.out
-    assert "0000:03:00.0 detached from domain 5" in run.out
-    assert "released 0000:03:00.0: now igb" in run.out
-    assert open_sandbox(tmp_path / "demo").device(NIC0).driver == "igb"
+    assert f"{VF} attached to domain 5" in run.out
+    assert "serve foreground &" in run.out
+    assert "Intel Corporation 82576 Virtual Function [8086:10ca]" in run.out  # the guest's lspci view
+    assert "MSI-X enable: ok - enabled with 3" in run.out and "BAR0: ok - memory 64-bit" in run.out
+    assert f"{VF} detached from domain 5" in run.out
+    assert f"released {VF}: now igbvf" in run.out
+    assert open_sandbox(tmp_path / "demo").device(Bdf.parse(VF)).driver == "igbvf"
     assert not (tmp_path / "demo" / "xenstore" / "pid").exists()  # its daemons are stopped
 
 
@@ -236,15 +240,16 @@ def test_json_refusal_lists_the_checks(sandbox):
 
 
 def test_demo_json_walks_the_same_steps(tmp_path):
-    run = script("--json", "demo", "--sandbox-dir", tmp_path / "demo")
+    run = script("--json", "demo", "--sandbox-dir", tmp_path / "demo", timeout=120)
     assert run.code == 0, run.err
     data = run.json()
-    assert data["sandbox"] == str(tmp_path / "demo") and data["serve"] is False
+    assert data["sandbox"] == str(tmp_path / "demo") and data["serve"] is True
     commands = [s.get("command") for s in data["steps"]]
-    assert commands[1] == ["hide", "0000:03:00.0"]
+    assert commands[1] == ["hide", "0000:04:10.1"]
     refused = data["steps"][2]
     assert refused["exit"] == 3 and "error" in refused
     assert isinstance(data["steps"][0]["output"], (list, dict))  # each step's own --json
+    assert [s.get("action") for s in data["steps"] if s.get("action")] == ["start-serve", "stop-serve"]
 
 
 def test_demo_with_serve_plays_the_whole_main_job():

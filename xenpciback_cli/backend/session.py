@@ -114,12 +114,12 @@ class GuestSession:
                permissive: bool = False, quirks: Iterable[Quirk] = (),
                allow_interrupt_control: bool = False, is_virtfn: bool | None = None,
                physfn_config: ConfigAccess | None = None,
-               bridges: tuple[Bdf, ...] = ()) -> ExportedDevice:
+               bridges: tuple[Bdf, ...] = (), guest: Bdf | None = None) -> ExportedDevice:
         """Give ``host`` to the guest: build its overlay over ``config`` (with the device's
         resources, IRQ and ids from ``device`` when known, ``permissive``/``quirks`` from
         ``engine.backend_settings``), do the export-time hardware step (``prepare_export``) and
         place it on the guest's bus. ``bridges``: its upstream bridges, nearest first
-        (passthrough roots)."""
+        (passthrough roots). ``guest``: the address the xenbus core already chose (vpci)."""
         if any(dev.host == host for dev in self.devices.values()):
             raise ExportError(f"{host} is already exported to domain {self.domid}")
         if is_virtfn is None:
@@ -128,7 +128,10 @@ class GuestSession:
                    "allow_interrupt_control": allow_interrupt_control, "policy": self.policy}
         overlay = OverlayDevice.for_device(config, device, **options) if device is not None \
             else OverlayDevice(config, **options)  # type: ignore[arg-type]
-        if self.mode is Mode.VPCI:
+        if self.mode is Mode.VPCI and guest is not None:
+            if not self.vpci.place(host, guest):
+                raise ExportError(f"{guest} is taken on domain {self.domid}'s bus")
+        elif self.mode is Mode.VPCI:
             try:
                 guest = self.vpci.add(host, is_virtfn=is_virtfn)
             except BusFull as exc:

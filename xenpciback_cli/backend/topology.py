@@ -62,6 +62,17 @@ class VpciBus:
                 return Bdf(0, 0, slot, host.function)
         raise BusFull("No more space on root virtual PCI bus")
 
+    def place(self, host: Bdf, guest: Bdf) -> bool:
+        """Put ``host`` at ``guest`` as already published (a backend restarting); False if the
+        address is not on this bus or is taken by another device."""
+        if guest.domain or guest.bus or not 0 <= guest.slot < VPCI_SLOTS:
+            return False
+        funcs = self.slots.setdefault(guest.slot, {})
+        if funcs.get(guest.function, host) != host:
+            return False
+        funcs[guest.function] = host
+        return True
+
     def remove(self, guest: Bdf) -> Bdf | None:
         """Forget the device at guest address ``guest``; its host address, or None."""
         funcs = self.slots.get(guest.slot)

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from xenpciback_cli.backend.topology import BusFull, VpciBus
+from xenpciback_cli.backend.topology import BusFull, Mode, VpciBus
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.toolstack.libxl_layout import (
     BackendView,
@@ -57,6 +58,49 @@ TRANSITIONS: tuple[tuple[XenbusState, str, str, XenbusState | None], ...] = (
 )
 
 
+#: The node a userspace backend (``serve``) writes in a backend directory it claims; only dom0
+#: writes there. Another backend (the sandbox's simulated kernel pciback) leaves such a directory
+#: alone, and ``serve`` finds its guests again by it after a restart.
+OWNER_NODE = "backend-owner"
+SERVE_OWNER = "xen-pciback-serve"
+
+
+# -- what a backend does besides writing xenstore (``local_actions=True``) ----------------------
+class Connect(NamedTuple):
+    """Map the frontend's page ``ref`` and bind its event channel ``port`` (before Connected)."""
+
+    ref: int
+    port: int
+
+
+class Export(NamedTuple):
+    """Give the device ``host`` to the guest at ``guest`` (``dev-<entry>``)."""
+
+    entry: int
+    host: Bdf
+    guest: Bdf
+
+
+class Release(NamedTuple):
+    """Take back the device the guest has at ``guest``."""
+
+    guest: Bdf
+
+
+class Disconnect(NamedTuple):
+    """Unmap the page and unbind the channel (the guest is closing or gone)."""
+
+
+LocalAction = Connect | Export | Release | Disconnect
+Action = Op | LocalAction
+LOCAL_ACTIONS = (Connect, Export, Release, Disconnect)
+
+
+def xenstore_ops(actions: list[Action]) -> list[Op]:
+    """The xenstore writes among ``actions`` (what a backend with nothing to map carries out)."""
+    return [a for a in actions if not isinstance(a, LOCAL_ACTIONS)]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Both ends of one PV PCI device, as read: relative key -> value."""
@@ -86,6 +130,15 @@ class XenbusBackend:
     bus: VpciBus = field(default_factory=VpciBus)
     last_frontend: XenbusState | None = None
     errors: list[str] = field(default_factory=list)
+    #: Also answer :data:`LocalAction` s (map, bind, export, release) for a backend that carries
+    #: them out (``serve``); the simulated kernel pciback only writes xenstore.
+    local_actions: bool = False
+    #: Where devices appear: vpci (one virtual root bus) or passthrough (host addresses).
+    mode: Mode = Mode.VPCI
+    #: This backend's :data:`OWNER_NODE` value; a directory another owner claimed is left alone.
+    owner: str | None = None
+    #: Passthrough mode: guest address (= host address) -> host address.
+    passthrough: dict[Bdf, Bdf] = field(default_factory=dict)
 
     @property
     def path(self) -> str:
@@ -99,10 +152,19 @@ class XenbusBackend:
     @property
     def exported(self) -> dict[Bdf, Bdf]:
         """Host address -> guest address of every exported device."""
+        if self.mode is Mode.PASSTHROUGH:
+            return dict(self.passthrough)
         return self.bus.exported
 
     def _set_state(self, state: XenbusState) -> Write:
         return Write(f"{self.path}/state", str(int(state)))
+
+    def fatal(self, errno_value: int, message: str) -> list[Action]:
+        """``xenbus_dev_fatal`` for a failure outside the core (mapping, binding, exporting)."""
+        return list(self._fatal(errno_value, message)) + self._local(Disconnect())
+
+    def _local(self, action: LocalAction) -> list[Action]:
+        return [action] if self.local_actions else []
 
     def _fatal(self, errno_value: int, message: str) -> list[Op]:
         """``xenbus_dev_fatal``: the error node under dom0's ``error/`` tree, then Closing."""
@@ -111,37 +173,50 @@ class XenbusBackend:
         return [Write(node, f"{errno_value} {message}"), self._set_state(S.CLOSING)]
 
     def _add(self, host: Bdf) -> Bdf:
+        if self.mode is Mode.PASSTHROUGH:
+            return host
         return self.bus.add(host)
 
+    def _root_of(self, guest: Bdf) -> str:
+        if self.mode is Mode.PASSTHROUGH:
+            return f"{guest.domain:04x}:{guest.bus:02x}"
+        return VPCI_ROOT
+
     def _remove(self, guest: Bdf) -> bool:
+        if self.mode is Mode.PASSTHROUGH:
+            return False
         return self.bus.remove(guest) is not None
 
-    def _export(self, index: int, dev_text: str | None, roots: Mapping[str, str]) -> list[Op]:
+    def _export(self, index: int, dev_text: str | None, roots: Mapping[str, str]) -> list[Action]:
         host = parse_dev(dev_text)
         if host is None:
-            return self._fatal(22, f"Error reading or parsing dev-{index}")
+            return list(self._fatal(22, f"Error reading or parsing dev-{index}"))
         if host in self.exported:
             guest = self.exported[host]
+        elif self.mode is Mode.PASSTHROUGH:
+            guest = host
+            self.passthrough[host] = host
         else:
             try:
                 guest = self._add(host)
             except BusFull:
-                return self._fatal(28, f"no free virtual slot for {host}")
-        ops: list[Op] = [Write(f"{self.path}/vdev-{index}", format_vdev(guest)),
-                         Write(f"{self.path}/state-{index}", str(int(S.INITIALISED)))]
-        return ops + self._publish_root(roots)
+                return list(self._fatal(28, f"no free virtual slot for {host}"))
+        ops: list[Action] = self._local(Export(index, host, guest))
+        ops += [Write(f"{self.path}/vdev-{index}", format_vdev(guest)),
+                Write(f"{self.path}/state-{index}", str(int(S.INITIALISED)))]
+        return ops + self._publish_root(roots, self._root_of(guest))
 
-    def _publish_root(self, values: Mapping[str, str]) -> list[Op]:
+    def _publish_root(self, values: Mapping[str, str], root: str = VPCI_ROOT) -> list[Action]:
         """``xen_pcibk_publish_pci_root``: add ``root-<n>`` unless the bus is already listed."""
         text = values.get("root_num", "0")
         count = decimal(text, max_digits=3) or 0
         for k in range(count):
-            if values.get(f"root-{k}", "").strip().lower() == VPCI_ROOT:
+            if values.get(f"root-{k}", "").strip().lower() == root:
                 return []
-        return [Write(f"{self.path}/root-{count}", VPCI_ROOT),
+        return [Write(f"{self.path}/root-{count}", root),
                 Write(f"{self.path}/root_num", str(count + 1))]
 
-    def _export_entry(self, entry: DeviceEntry, roots: dict[str, str]) -> list[Op]:
+    def _export_entry(self, entry: DeviceEntry, roots: dict[str, str]) -> list[Action]:
         """Export one ``dev-i``; ``roots`` tracks the root nodes this round has written so far,
         so a second device on the same bus does not publish its root twice."""
         step = self._export(entry.index, entry.raw.get("dev"), roots)
@@ -150,8 +225,8 @@ class XenbusBackend:
                 roots[op.path.rsplit("/", 1)[1]] = op.value
         return step
 
-    def _reconfigure(self, view: BackendView, values: Mapping[str, str]) -> list[Op]:
-        ops: list[Op] = []
+    def _reconfigure(self, view: BackendView, values: Mapping[str, str]) -> list[Action]:
+        ops: list[Action] = []
         roots = dict(values)
         for entry in view.entries:
             if entry.state == S.INITIALISING:
@@ -162,14 +237,62 @@ class XenbusBackend:
                 guest = entry.vdev
                 if guest is None:
                     return ops + self._fatal(22, f"Error reading or parsing vdev-{entry.index}")
-                self._remove(guest)  # already gone is fine: the round may be replayed
+                if self._remove(guest) or self.passthrough.pop(guest, None) is not None:
+                    ops += self._local(Release(guest))
+                # already gone is fine: the round may be replayed
         return ops
 
-    def step(self, snap: Snapshot) -> list[Op]:
+    def claimed_by_other(self, values: Mapping[str, str]) -> bool:
+        """Another backend owns this directory (its :data:`OWNER_NODE` names someone else)."""
+        marker = values.get(OWNER_NODE)
+        return marker is not None and marker != self.owner
+
+    def resume(self, snap: Snapshot) -> list[Action]:
+        """A backend restarted with the guest already set up: rebuild the virtual bus from the
+        published ``vdev-i`` (state-i = 3) and answer the actions that bring the guest back -
+        export each device where the guest already sees it, then map and bind if Connected.
+        Nothing is written: the guest sees no change. Only with ``local_actions``."""
+        values = snap.backend
+        own = parse_state(values.get("state"))
+        if not self.local_actions or own is None or own in (S.INITIALISING, S.INIT_WAIT):
+            return []
+        self.last_frontend = snap.frontend_state
+        if own in (S.CLOSING, S.CLOSED):
+            return []
+        view = BackendView(self.domid, values)
+        actions: list[Action] = []
+        for entry in view.entries:
+            host, guest = parse_dev(entry.raw.get("dev")), entry.vdev
+            if entry.state != S.INITIALISED or host is None or guest is None:
+                continue
+            if self.mode is Mode.PASSTHROUGH:
+                self.passthrough[guest] = host
+            elif not self.bus.place(host, guest):
+                continue
+            actions.append(Export(entry.index, host, guest))
+        if own in (S.CONNECTED, S.RECONFIGURING, S.RECONFIGURED):
+            connect = self._ring(snap)
+            if connect is None:
+                return actions + self.fatal(22, "Error reading configuration from frontend")
+            actions.append(connect)
+        return actions
+
+    def _ring(self, snap: Snapshot) -> Connect | None:
+        fe = snap.frontend
+        ref, port = fe.get("pci-op-ref"), fe.get("event-channel")
+        if not (_unsigned(ref) and _unsigned(port)) or ref is None or port is None:
+            return None
+        return Connect(int(ref.strip()), int(port.strip()))
+
+    def step(self, snap: Snapshot) -> list[Action]:
         values = snap.backend
         if not values:
+            had = bool(self.bus.slots) or bool(self.passthrough)
             self.bus.clear()
+            self.passthrough.clear()
             self.last_frontend = None
+            return self._local(Disconnect()) if had else []
+        if self.claimed_by_other(values):
             return []
         view = BackendView(self.domid, values)
         own = view.state
@@ -178,17 +301,19 @@ class XenbusBackend:
         self.last_frontend = fe
         if own == S.INITIALISING:  # a new backend directory: probe
             self.bus.clear()
+            self.passthrough.clear()
             return [self._set_state(S.INIT_WAIT)]
         if own == S.INIT_WAIT:  # setup: every dev-i, state-i not consulted
-            ops: list[Op] = []
+            ops: list[Action] = []
             roots = dict(values)
             for entry in view.entries:
                 ops += self._export_entry(entry, roots)
                 if self.errors:
                     return ops
             if not view.entries:
-                return self._fatal(22, "Error reading number of devices")
-            ops += self._publish_root(roots)
+                return list(self._fatal(22, "Error reading number of devices"))
+            if self.mode is Mode.VPCI:
+                ops += self._publish_root(roots)
             return ops + [self._set_state(S.INITIALISED)]
         if own == S.INITIALISED:
             ops = self._reconfigure(view, values)
@@ -204,17 +329,18 @@ class XenbusBackend:
         if fe == S.CONNECTED and own != S.CONNECTED and own in (S.RECONFIGURED, S.INITIALISED):
             return [self._set_state(S.CONNECTED)]
         if fe == S.CLOSING and own not in (S.CLOSING, S.CLOSED):
-            return [self._set_state(S.CLOSING)]
+            return self._local(Disconnect()) + [self._set_state(S.CLOSING)]
         if fe == S.CLOSED and own != S.CLOSED:
-            return [self._set_state(S.CLOSED)]
+            return self._local(Disconnect()) + [self._set_state(S.CLOSED)]
         return []
 
-    def _connect(self, snap: Snapshot) -> list[Op]:
-        """``xen_pcibk_attach``: needs the frontend's ring reference, port and magic."""
+    def _connect(self, snap: Snapshot) -> list[Action]:
+        """``xen_pcibk_attach``: needs the frontend's ring reference, port and magic; then the
+        ring is mapped and the channel bound (:class:`Connect`) before Connected is written."""
         fe = snap.frontend
-        if not (_unsigned(fe.get("pci-op-ref")) and _unsigned(fe.get("event-channel"))) \
-                or "magic" not in fe:
-            return self._fatal(22, "Error reading configuration from frontend")
+        connect = self._ring(snap)
+        if connect is None or "magic" not in fe:
+            return list(self._fatal(22, "Error reading configuration from frontend"))
         if fe["magic"] != XEN_PCI_MAGIC:
-            return self._fatal(14, f"version mismatch ({fe['magic']!r}/{XEN_PCI_MAGIC})")
-        return [self._set_state(S.CONNECTED)]
+            return list(self._fatal(14, f"version mismatch ({fe['magic']!r}/{XEN_PCI_MAGIC})"))
+        return self._local(connect) + [self._set_state(S.CONNECTED)]

@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from xenpciback_cli.toolstack.libxl_layout import backend_path, frontend_path
-from xenpciback_cli.backend.xenbus import Snapshot, XenbusBackend
+from xenpciback_cli.backend.xenbus import Snapshot, XenbusBackend, xenstore_ops
 from xenpciback_cli.sandbox.peers import SimFrontend
 from xenpciback_cli.toolstack.xsexec import apply_ops, read_dir_values
 
@@ -57,7 +57,7 @@ class PeerRunner:
         """Step the peer until it has nothing more to write; returns the number of writes."""
         done = 0
         for _ in range(MAX_STEPS):
-            ops = self.peer.step(self.snapshot())
+            ops = xenstore_ops(self.peer.step(self.snapshot()))  # type: ignore[arg-type]
             if not ops:
                 return done
             self.client.transact(lambda tx, ops=ops: apply_ops(tx, ops))

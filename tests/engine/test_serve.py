@@ -1,0 +1,109 @@
+"""``serve foreground`` as a real process on a sandbox, driven by a frontend written from
+docs/sandbox-protocol.md (tests/helpers/pcifront.py): ops, MSI-X, status, isolation, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import time
+
+import pytest
+
+from helpers.cli import ok
+from helpers.pcifront import Frontend, serve_log, start_serve, stop_serve
+
+NIC0, VF = "0000:03:00.0", "0000:04:10.1"
+VF_IDS = 0x10CA8086  # at 00:00.1: vpci keeps the function number
+READ, WRITE, ENABLE_MSIX = 0, 1, 4
+
+
+def guest(sandbox, domid, bdf):
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", domid, "--no-guest")
+    ok("--sandbox", sandbox, "attach", bdf, "--domid", domid, "--seize")
+
+
+@pytest.fixture
+def two_guests(sandbox):
+    guest(sandbox, 7, NIC0)
+    guest(sandbox, 8, VF)
+    proc = start_serve(sandbox)
+    fronts = [Frontend(sandbox, 7), Frontend(sandbox, 8, ref=12, port=6)]
+    try:
+        for front in fronts:
+            front.connect()
+        yield sandbox, proc, fronts
+    finally:
+        for front in fronts:
+            front.close()
+        stop_serve(proc)
+
+
+def test_ops_msix_and_status_through_serve(two_guests):
+    sandbox, proc, (a, _b) = two_guests
+    assert a.read(f"{a.be}/vdev-0") and a.read(f"{a.be}/root-0") == "0000:00"
+    assert a.op(READ, 0, 0, 4)[:2] == (0, 0x10C98086)
+    assert a.op(READ, 0x08, 0, 4)[0] == -1                      # no device at 00:01.0
+    assert a.op(WRITE, 0, 0xFC, 4, 0xFFFFFFFF)[0] == 0           # denied, answered 0
+    err, value, vectors = a.op(ENABLE_MSIX, 0, 0, 0, 3, entries=(0, 1, 2))
+    assert (err, value) == (0, 0) and len(set(vectors[:3])) == 3 and all(vectors[:3])
+    config = (sandbox / "sys/bus/pci/devices" / NIC0 / "config").read_bytes()
+    assert struct.unpack_from("<H", config, 0x72)[0] & 0x8000     # MSI-X enable, as the kernel
+    assert a.op(ENABLE_MSIX, 0, 0, 0, 1, entries=(0,))[0] == -114  # already on (XSA-157)
+    status = json.loads(ok("--sandbox", sandbox, "--json", "serve", "status").out)
+    by_id = {g["domid"]: g for g in status["guests"]}
+    assert by_id[7]["state"] == "connected" and by_id[7]["ops_served"] == 5
+    assert by_id[7]["devices"][0]["msix"] and by_id[7]["writes_denied"] >= 1
+    assert by_id[8]["devices"][0]["host"] == VF
+    text = ok("--sandbox", sandbox, "serve", "status").out
+    assert "domain" not in text and NIC0 in text
+    log = serve_log(proc)
+    assert "domain 7: guest connected" in log and "MSI-X enabled on 0000:03:00.0 with 3" in log
+    assert log.count("write denied") == 1
+
+
+def test_one_guests_garbage_flood_and_vanishing_do_not_touch_the_other(two_guests):
+    _sandbox, proc, (a, b) = two_guests
+    a.post(os.urandom(548))                                      # garbage op: answered
+    assert a.answer()[0] in (-1, -2, -4, 0)
+    assert b.op(READ, 1, 0, 4)[:2] == (0, VF_IDS)
+    for _ in range(5000):                                        # XSA-332 flood, no op
+        a.notify()
+    assert b.op(READ, 1, 0, 2)[:2] == (0, 0x8086)
+    a.post(b"\0" * 548)                                          # page rewritten mid-op
+    a.page[4:8] = struct.pack("<I", 1)
+    b.op(READ, 1, 0, 2)
+    a.xs.write(f"{a.fe}/event-channel", "junk")                  # bogus xenstore value
+    a.sock.close()                                               # frontend vanishes
+    os.unlink(a.channel("front"))
+    a.post(struct.pack("<IiIIIiiII", READ, 0, 0, 0, 0, 0, 4, 0, 0) + b"\0" * 512)
+    started = time.monotonic()
+    for _ in range(20):
+        assert b.op(READ, 1, 0, 4)[:2] == (0, VF_IDS)
+    assert time.monotonic() - started < 3
+    assert proc.poll() is None
+    assert "throttled" in serve_log(proc)
+
+
+def test_restart_mid_stream_answers_the_pending_op(two_guests):
+    sandbox, proc, (a, b) = two_guests
+    assert a.op(READ, 0, 0, 4)[:2] == (0, 0x10C98086)
+    assert stop_serve(proc) == 0                                 # SIGTERM: drained, exit 0
+    assert a.read(f"{a.be}/state") == "4"                        # guests stay Connected
+    a.post(struct.pack("<IiIIIiiII", READ, 0, 0, 0, 0, 0, 2, 0, 0) + b"\0" * 512)
+    second = start_serve(sandbox)
+    try:
+        assert a.answer(5)[:2] == (0, 0x8086)                    # the pending op, answered
+        assert b.op(READ, 1, 0, 4)[:2] == (0, VF_IDS)
+        second.send_signal(signal.SIGKILL)                       # mid-stream, no goodbye
+        second.wait(5)
+        a.post(struct.pack("<IiIIIiiII", READ, 0, 0, 0, 0, 2, 2, 0, 0) + b"\0" * 512)
+        third = start_serve(sandbox)
+        try:
+            assert a.answer(5)[:2] == (0, 0x10C9)
+            assert "resuming after a restart" in serve_log(third)
+        finally:
+            stop_serve(third)
+    finally:
+        stop_serve(second)

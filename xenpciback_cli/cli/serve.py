@@ -1,0 +1,101 @@
+"""``xen-pciback serve foreground`` / ``serve status``: the userspace pciback and its state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from xenpciback_cli.cli import LazyGroup
+
+if TYPE_CHECKING:
+    from xenpciback_cli.app import Application
+
+
+@click.group("serve", cls=LazyGroup, lazy={})
+def group() -> None:
+    """Run the userspace PCI backend (pciback) for guests, or ask the running one.
+
+    'serve foreground' serves every guest with a backend directory under this domain's
+    backend/pci that no other backend serves (systemd runs it so: Type=notify).
+    """
+
+
+@group.command("foreground")
+@click.option("--mode", type=click.Choice(["vpci", "passthrough"]), default="vpci",
+              show_default=True, help="Where the guest sees its devices.")
+@click.option("--domid", "domids", type=int, multiple=True, metavar="N",
+              help="Serve only these domains (repeatable); default: every unserved one.")
+@click.option("--record", "record", type=click.Path(dir_okay=False, writable=True),
+              default=None, metavar="FILE", help="Write every op served as one JSON line.")
+@click.pass_obj
+def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str | None) -> None:
+    """Serve guests in the foreground until SIGTERM or SIGINT (the op in progress finishes)."""
+    import json
+    import signal
+    import sys
+
+    from xenpciback_cli.backend.topology import Mode
+    from xenpciback_cli.engine.serve import Server, notify_ready
+
+    adapters = app.serve_adapters()
+    run_dir = app.serve_run_dir()
+    out: Any = open(record, "a", buffering=1) if record else None  # noqa: SIM115
+
+    def log(line: str) -> None:
+        sys.stderr.write(f"serve: {line}\n")
+        sys.stderr.flush()
+
+    def write_record(rec: Any) -> None:
+        out.write(json.dumps(rec.as_dict()) + "\n")
+
+    client = app.open_xenstore(timeout=10.0)
+    server = Server(client, adapters.transport, adapters.interrupts, adapters.devices,
+                    mode=Mode(mode), domids=domids, settings=app.serve_settings,
+                    others_serve=adapters.others_serve,
+                    record=write_record if out is not None else None, log=log,
+                    control=str(run_dir / "serve.sock"))
+    signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+
+    def ready() -> None:
+        notify_ready()
+        log(f"ready ({mode} mode, {len(server.guests)} guest(s), control {run_dir}/serve.sock)")
+
+    try:
+        server.run(ready)
+    finally:
+        client.close()
+        if out is not None:
+            out.close()
+    log("stopped")
+
+
+@group.command("status")
+@click.pass_obj
+def status(app: Application) -> None:
+    """Show the running backend's guests, devices, ops served, writes denied and errors."""
+    from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.engine.serve import read_status
+    from xenpciback_cli.errors import OperationFailed
+
+    path = app.serve_run_dir() / "serve.sock"
+    try:
+        data = read_status(str(path))
+    except (OSError, ValueError) as exc:
+        raise OperationFailed(f"serve is not running (no answer on {path}: "
+                              f"{getattr(exc, 'strerror', None) or exc})") from None
+    term = terminal_for(app)
+    if app.settings.json:
+        term.json(data)
+        return
+    term.line(f"serve pid {data['pid']}, {data['mode']} mode, up {data['uptime']} s, "
+              f"{len(data['guests'])} guest(s)")
+    rows = []
+    for guest in data["guests"]:
+        devices = " ".join(f"{d['host']}->{d['guest']}" for d in guest["devices"]) or "-"
+        rows.append((guest["domid"], guest["state"], devices, guest["ops_served"],
+                     guest["writes_denied"], guest["errors"]))
+    if rows:
+        term.table(["domid", "state", "devices", "ops", "denied", "errors"], rows)

@@ -1,0 +1,586 @@
+"""``serve``: the userspace pciback's event loop - xenstore, every guest's channel, one process.
+
+The loop owns the I/O; the decisions are the sans-IO cores': :class:`XenbusBackend` (the xenbus
+handshake, one per guest, the same machine the sandbox's simulated kernel pciback runs) answers
+xenstore writes and local actions (map, bind, export, release), which :class:`Server` carries
+out; :class:`GuestSession` answers the ops on the guest's page. Adapters come from ``app.py``: a
+:class:`Transport` (page and channel), an :class:`InterruptControl` and a :class:`DeviceSource`.
+
+Rules:
+  1. Which guests: every ``/local/domain/0/backend/pci/D/0`` no other backend serves. ``serve``
+     claims a new directory (state 1, Initialising) by writing the dom0-only node
+     ``backend-owner = xen-pciback-serve`` in one transaction with a re-read of the state; a
+     directory past Initialising without that node was probed by another backend (the kernel's
+     pciback, or a sandbox domain's simulated one) and is left alone, and so is any domain the
+     ``others_serve`` predicate names (a sandbox domain with its simulated guest running).
+     ``--domid`` limits the set further. A claimed directory is resumed after a restart.
+  2. Fairness: per wake-up each guest whose channel fired gets at most one op (the protocol has
+     one op in flight per guest anyway); a guest notifying far more often than it has ops
+     (XSA-332) is taken off the selector for a while, logged once.
+  3. Isolation: anything one guest causes - a bad page, a vanished socket, garbage xenstore
+     values, an adapter failure - ends that guest (``error`` node, Closing) and only it.
+  4. SIGTERM: the op in progress is finished (ops are handled synchronously), then the loop
+     returns; xenstore is left as it is so a restarted ``serve`` resumes every guest.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from xenpciback_cli.backend.ports import (
+    ConfigAccess,
+    EventChannel,
+    GrantMapping,
+    InterruptControl,
+    Transport,
+    TransportError,
+)
+from xenpciback_cli.backend.session import GuestSession
+from xenpciback_cli.backend.topology import Mode
+from xenpciback_cli.backend.xenbus import (
+    OWNER_NODE,
+    SERVE_OWNER,
+    Action,
+    Connect,
+    Disconnect,
+    Export,
+    Release,
+    Snapshot,
+    XenbusBackend,
+    xenstore_ops,
+)
+from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.device import PciDevice
+from xenpciback_cli.pv.abi import PciOp
+from xenpciback_cli.pv.codec import read_flags, set_flag_bits
+from xenpciback_cli.pv.trace import TraceRecord
+from xenpciback_cli.toolstack.libxl_layout import backend_path, frontend_path
+from xenpciback_cli.toolstack.xenbus import XenbusState
+from xenpciback_cli.toolstack.xsexec import apply_ops, list_or_empty, read_dir_values
+
+BACKEND_ROOT = "/local/domain/0/backend/pci"
+TOKEN = "xen-pciback-serve"
+ACTIVE = 1  # _XEN_PCIF_active
+MAX_STEPS = 32
+#: XSA-332: more than this many notifications in a window, beyond FLOOD_RATIO per op answered,
+#: and the guest's channel is left alone for THROTTLE seconds.
+FLOOD_WINDOW = 1.0
+FLOOD_MIN = 2000
+FLOOD_RATIO = 8
+THROTTLE = 0.2
+
+
+class DeviceSource(Protocol):
+    """A device's config space and what the host knows about it (resources, ids)."""
+
+    def config(self, bdf: Bdf) -> ConfigAccess: ...
+
+    def device(self, bdf: Bdf) -> PciDevice | None: ...
+
+
+SettingsLoader = Callable[[Bdf], dict[str, object]]
+
+
+@dataclass(eq=False)
+class Guest:
+    domid: int
+    xenbus: XenbusBackend
+    session: GuestSession
+    mapping: GrantMapping | None = None
+    channel: EventChannel | None = None
+    configs: dict[Bdf, ConfigAccess] = field(default_factory=dict)
+    pending: bool = False
+    closed: str | None = None
+    errors: int = 0
+    notifications: int = 0
+    window_start: float = 0.0
+    window_notes: int = 0
+    window_ops: int = 0
+    throttled_until: float = 0.0
+    throttle_logged: bool = False
+    denied_logged: set[tuple[Bdf, int]] = field(default_factory=set)
+    writes_denied: int = 0
+    last: TraceRecord | None = None
+
+    @property
+    def state(self) -> str:
+        return self.closed or ("connected" if self.channel is not None else "waiting")
+
+
+class Server:
+    def __init__(self, client: Any, transport: Transport, interrupts: InterruptControl,
+                 devices: DeviceSource, *, mode: Mode = Mode.VPCI,
+                 domids: Iterable[int] = (), settings: SettingsLoader | None = None,
+                 others_serve: Callable[[int], bool] | None = None,
+                 record: Callable[[TraceRecord], None] | None = None,
+                 log: Callable[[str], None] = lambda line: None,
+                 control: str | None = None) -> None:
+        self.client = client
+        self.transport = transport
+        self.interrupts = interrupts
+        self.devices = devices
+        self.mode = mode
+        self.domids = frozenset(domids)
+        self.settings = settings or (lambda bdf: {})
+        self.others_serve = others_serve or (lambda domid: False)
+        self.record = record
+        self.log = log
+        self.control_path = control
+        self.guests: dict[int, Guest] = {}
+        self.stopping = False
+        self.started = time.time()
+        self.selector = selectors.DefaultSelector()
+        self._control: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def wakeup_fd(self) -> int:
+        """For ``signal.set_wakeup_fd``: a signal wakes the selector."""
+        return self._wake_w.fileno()
+
+    def stop(self) -> None:
+        self.stopping = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def start(self) -> None:
+        """Watch, open the control socket, take up every guest already there (a restart)."""
+        self.selector.register(self.client.fileno(), selectors.EVENT_READ, None)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        if self.control_path:
+            self._open_control(self.control_path)
+        self.client.watch(BACKEND_ROOT, TOKEN)
+        for name in list_or_empty(self.client, BACKEND_ROOT):
+            if name.isdigit():
+                self.settle(int(name))
+
+    def run(self, ready: Callable[[], None] | None = None) -> None:
+        self.start()
+        if ready is not None:
+            ready()
+        while not self.stopping:
+            self.run_once(0.5)
+        self.close()
+
+    def close(self) -> None:
+        for guest in self.guests.values():
+            self._disconnect(guest)
+        if self._control is not None:
+            self._control.close()
+            try:
+                os.unlink(self.control_path or "")
+            except OSError:
+                pass
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- one round -----------------------------------------------------------------------------
+    def run_once(self, timeout: float) -> None:
+        now = time.monotonic()
+        for guest in self.guests.values():
+            if guest.throttled_until and now >= guest.throttled_until and guest.channel:
+                guest.throttled_until = 0.0
+                self._register(guest)
+                guest.pending = True
+        if self.client.pending_events() or any(g.pending for g in self.guests.values()):
+            timeout = 0
+        ready = self.selector.select(timeout)
+        dirty: set[int] = set()
+        for key, _ in ready:
+            if key.data == "wake":
+                try:
+                    while self._wake_r.recv(64):
+                        pass
+                except OSError:
+                    pass
+            elif key.data == "control":
+                self._answer_status()
+            elif isinstance(key.data, Guest):
+                key.data.pending = True
+        while True:
+            event = self.client.next_event(0)
+            if event is None:
+                break
+            domid = _domid_of(event.path)
+            if domid is not None:
+                dirty.add(domid)
+            elif event.path.rstrip("/") == BACKEND_ROOT:
+                dirty.update(int(n) for n in list_or_empty(self.client, BACKEND_ROOT)
+                             if n.isdigit())
+        for domid in sorted(dirty):
+            self.settle(domid)
+        for guest in list(self.guests.values()):
+            if guest.pending and not guest.throttled_until:
+                guest.pending = False
+                self.serve_one(guest)
+
+    # -- xenstore side ------------------------------------------------------------------------
+    def _snapshot(self, domid: int) -> Snapshot:
+        def read(tx: Any) -> Snapshot:
+            return Snapshot(_values(tx, backend_path(domid)), _values(tx, frontend_path(domid)))
+        snapshot: Snapshot = self.client.transact(read)
+        return snapshot
+
+    def _claim(self, domid: int, snap: Snapshot) -> bool:
+        if self.domids and domid not in self.domids:
+            return False
+        values = snap.backend
+        marker = values.get(OWNER_NODE)
+        if marker == SERVE_OWNER:
+            return True
+        if marker is not None or values.get("state") != str(int(XenbusState.INITIALISING)):
+            return False
+        if self.others_serve(domid):
+            return False
+
+        def claim(tx: Any) -> bool:
+            path = backend_path(domid)
+            state = _read(tx, f"{path}/state")
+            if state != str(int(XenbusState.INITIALISING)) or _read(tx, f"{path}/{OWNER_NODE}"):
+                return False
+            tx.write(f"{path}/{OWNER_NODE}", SERVE_OWNER)
+            return True
+        claimed: bool = self.client.transact(claim)
+        return claimed
+
+    def settle(self, domid: int) -> None:
+        """Bring guest ``domid``'s handshake up to date; a failure ends that guest only."""
+        try:
+            self._settle(domid)
+        except Exception as exc:  # noqa: BLE001 - isolation: one guest, one line
+            guest = self.guests.get(domid)
+            if guest is not None:
+                self._fail(guest, f"{type(exc).__name__}: {exc}")
+            else:
+                self.log(f"domain {domid}: skipped: {type(exc).__name__}: {exc}")
+
+    def _settle(self, domid: int) -> None:
+        snap = self._snapshot(domid)
+        guest = self.guests.get(domid)
+        if guest is None:
+            if not snap.backend or not self._claim(domid, snap):
+                return
+            snap = self._snapshot(domid)
+            guest = self._new_guest(domid)
+            self.client.watch(frontend_path(domid), TOKEN)
+            resumed = guest.xenbus.resume(snap)
+            if resumed:
+                self.log(f"domain {domid}: resuming after a restart "
+                         f"({sum(isinstance(a, Export) for a in resumed)} device(s))")
+                self._carry_out(guest, resumed)
+        elif not snap.backend:
+            self._carry_out(guest, guest.xenbus.step(snap))
+            self._disconnect(guest)
+            del self.guests[domid]
+            self.log(f"domain {domid}: backend directory removed; guest forgotten")
+            return
+        for _ in range(MAX_STEPS):
+            actions = guest.xenbus.step(snap)
+            if not actions:
+                return
+            self._carry_out(guest, actions)
+            snap = self._snapshot(domid)
+        self._fail(guest, "the xenbus handshake did not settle")
+
+    def _new_guest(self, domid: int) -> Guest:
+        xenbus = XenbusBackend(domid, local_actions=True, mode=self.mode, owner=SERVE_OWNER)
+        guest = Guest(domid, xenbus, GuestSession(domid, self.interrupts, mode=self.mode))
+        guest.session.recorder = lambda rec, g=guest: self._recorded(g, rec)
+        self.guests[domid] = guest
+        self.log(f"domain {domid}: serving its PCI backend")
+        return guest
+
+    def _carry_out(self, guest: Guest, actions: list[Action]) -> None:
+        """Do the local actions in order; on a failure the rest is replaced by the fatal
+        error's writes. Then write the xenstore part in one transaction."""
+        done: list[Action] = []
+        for action in actions:
+            try:
+                self._do(guest, action)
+            except (TransportError, OSError, ValueError, LookupError) as exc:
+                ops = xenstore_ops(done) + xenstore_ops(guest.xenbus.fatal(
+                    errno.EIO, f"{type(action).__name__.lower()}: {exc}"))
+                self.client.transact(lambda tx, ops=ops: apply_ops(tx, ops))
+                self._close(guest, str(exc))
+                return
+            done.append(action)
+        ops = xenstore_ops(actions)
+        if ops:
+            self.client.transact(lambda tx: apply_ops(tx, ops))
+
+    def _do(self, guest: Guest, action: Action) -> None:
+        if isinstance(action, Export):
+            self._export(guest, action)
+        elif isinstance(action, Release):
+            released = guest.session.release(action.guest)
+            if released is not None:
+                config = guest.configs.pop(released.host, None)
+                if config is not None and hasattr(config, "close"):
+                    config.close()
+                self.log(f"domain {guest.domid}: device {released.host} released")
+        elif isinstance(action, Connect):
+            self._connect(guest, action)
+        elif isinstance(action, Disconnect):
+            self._disconnect(guest)
+            if guest.closed is None:
+                guest.closed = "closed"
+                self.log(f"domain {guest.domid}: guest closed")
+
+    def _export(self, guest: Guest, action: Export) -> None:
+        for dev in guest.session.devices.values():
+            if dev.host == action.host:
+                return  # already exported (a replayed round)
+        config = self.devices.config(action.host)
+        options = dict(self.settings(action.host))
+        guest.session.export(action.host, config, device=self.devices.device(action.host),
+                             guest=action.guest, **options)  # type: ignore[arg-type]
+        guest.configs[action.host] = config
+        extra = ", permissive" if options.get("permissive") else ""
+        quirks = options.get("quirks") or ()
+        extra += f", {len(quirks)} quirk(s)" if quirks else ""  # type: ignore[arg-type]
+        self.log(f"domain {guest.domid}: device {action.host} exported as {action.guest}{extra}")
+        self._flush_events(guest)
+
+    def _connect(self, guest: Guest, action: Connect) -> None:
+        self._disconnect(guest)
+        mapping = self.transport.map_grant(guest.domid, action.ref)
+        try:
+            channel = self.transport.bind_interdomain(guest.domid, action.port)
+        except BaseException:
+            mapping.close()
+            raise
+        guest.mapping, guest.channel = mapping, channel
+        guest.closed = None
+        self._register(guest)
+        guest.pending = True  # an op left pending before a restart is answered now
+        self.log(f"domain {guest.domid}: guest connected (page {action.ref}, "
+                 f"event channel {action.port})")
+
+    def _register(self, guest: Guest) -> None:
+        if guest.channel is not None:
+            try:
+                self.selector.register(guest.channel.fileno(), selectors.EVENT_READ, guest)
+            except (KeyError, ValueError):
+                pass
+
+    def _unregister(self, guest: Guest) -> None:
+        if guest.channel is not None:
+            try:
+                self.selector.unregister(guest.channel.fileno())
+            except (KeyError, ValueError):
+                pass
+
+    def _disconnect(self, guest: Guest) -> None:
+        self._unregister(guest)
+        for thing in (guest.channel, guest.mapping):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # noqa: BLE001 - closing never fails the loop
+                    pass
+        guest.channel = guest.mapping = None
+        guest.pending = False
+
+    def _close(self, guest: Guest, why: str) -> None:
+        self._disconnect(guest)
+        guest.closed = f"error: {why}"
+        guest.errors += 1
+        self.log(f"domain {guest.domid}: guest closed with an error: {why}")
+
+    def _fail(self, guest: Guest, why: str) -> None:
+        """Fatal for this guest: ``error`` node, Closing; never for the loop."""
+        try:
+            ops = xenstore_ops(guest.xenbus.fatal(errno.EIO, why[:200]))
+            self.client.transact(lambda tx: apply_ops(tx, ops))
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"domain {guest.domid}: could not write the error node: {exc}")
+        self._close(guest, why)
+
+    # -- ops -----------------------------------------------------------------------------------
+    def serve_one(self, guest: Guest) -> None:
+        """Drain the guest's notifications and answer at most one op."""
+        channel, mapping = guest.channel, guest.mapping
+        if channel is None or mapping is None:
+            return
+        try:
+            count = channel.drain()
+            if self._flooding(guest, count):
+                return
+            page = mapping.page
+            if not read_flags(page) & ACTIVE:
+                return
+            guest.window_ops += 1
+            guest.session.process(page)
+            set_flag_bits(page, clear_mask=ACTIVE)
+            channel.notify()
+            self._after_op(guest)
+        except Exception as exc:  # noqa: BLE001 - isolation: a bad guest ends alone
+            self._fail(guest, f"{type(exc).__name__}: {exc}")
+
+    def _flooding(self, guest: Guest, count: int) -> bool:
+        guest.notifications += count
+        now = time.monotonic()
+        if now - guest.window_start > FLOOD_WINDOW:
+            guest.window_start, guest.window_notes, guest.window_ops = now, 0, 0
+        guest.window_notes += count
+        if guest.window_notes > FLOOD_MIN + FLOOD_RATIO * guest.window_ops:
+            guest.throttled_until = now + THROTTLE
+            guest.window_start, guest.window_notes, guest.window_ops = now, 0, 0
+            self._unregister(guest)
+            if not guest.throttle_logged:
+                guest.throttle_logged = True
+                self.log(f"domain {guest.domid}: notification flood (XSA-332): throttled "
+                         "(logged once)")
+            return True
+        return False
+
+    def _recorded(self, guest: Guest, record: TraceRecord) -> None:
+        guest.last = record
+        if self.record is not None:
+            self.record(record)
+
+    def _after_op(self, guest: Guest) -> None:
+        record = guest.last
+        if record is not None and record.request[0] == PciOp.CONF_WRITE:
+            op = record.op
+            dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
+            if dev is not None and dev.overlay.dropped_writes:
+                key = (dev.host, op.offset)
+                total = sum(d.overlay.dropped_writes for d in guest.session.devices.values())
+                if total > guest.writes_denied:
+                    guest.writes_denied = total
+                    if key not in guest.denied_logged and len(guest.denied_logged) < 256:
+                        guest.denied_logged.add(key)
+                        self.log(f"domain {guest.domid}: write denied to {dev.host} config "
+                                 f"{op.offset:#x} (size {op.size}; logged once per register)")
+        self._flush_events(guest)
+
+    def _flush_events(self, guest: Guest) -> None:
+        events = guest.session.events
+        while events:
+            line = events.popleft()
+            if "MSI" in line or "failed" in line:
+                self.log(line)
+        for dev in guest.session.devices.values():
+            dev.overlay.events.clear()
+
+    # -- status ----------------------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        guests = []
+        for guest in sorted(self.guests.values(), key=lambda g: g.domid):
+            devices = [{"host": str(d.host), "guest": str(d.guest), "msi": d.msi_enabled,
+                        "msix": d.msix_enabled, "writes_denied": d.overlay.dropped_writes}
+                       for d in guest.session.devices.values()]
+            guests.append({"domid": guest.domid, "state": guest.state, "devices": devices,
+                           "ops_served": guest.session.ops_served,
+                           "notifications": guest.notifications,
+                           "writes_denied": sum(d["writes_denied"] for d in devices),  # type: ignore[misc]
+                           "errors": guest.errors, "throttled": guest.throttle_logged})
+        return {"pid": os.getpid(), "mode": self.mode.value, "uptime": round(time.time()
+                                                                              - self.started, 1),
+                "guests": guests}
+
+    def _open_control(self, path: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(8)
+        sock.setblocking(False)
+        self._control = sock
+        self.selector.register(sock, selectors.EVENT_READ, "control")
+
+    def _answer_status(self) -> None:
+        assert self._control is not None
+        try:
+            conn, _ = self._control.accept()
+        except OSError:
+            return
+        try:
+            conn.settimeout(1.0)
+            conn.sendall(json.dumps(self.status()).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def _values(node: Any, path: str) -> dict[str, str]:
+    try:
+        return read_dir_values(node, path)
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "errno_name", None) in ("ENOENT", "EACCES"):
+            return {}
+        raise
+
+
+def _read(node: Any, path: str) -> str | None:
+    try:
+        return bytes(node.read(path)).decode(errors="replace")
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "errno_name", None) == "ENOENT":
+            return None
+        raise
+
+
+def _domid_of(path: str) -> int | None:
+    for prefix in (BACKEND_ROOT + "/", "/local/domain/"):
+        if path.startswith(prefix):
+            head = path[len(prefix):].split("/", 1)[0]
+            if head.isdigit() and (prefix != "/local/domain/" or "/device/pci/" in path):
+                return int(head)
+    return None
+
+
+def read_status(path: str, timeout: float = 3.0) -> dict[str, Any]:
+    """Ask a running ``serve`` for its status through its control socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def notify_ready(environ: dict[str, str] | None = None) -> bool:
+    """systemd's ``sd_notify(READY=1)`` by hand: one datagram to ``$NOTIFY_SOCKET`` (a leading
+    ``@`` is Linux's abstract namespace). False when not run by systemd."""
+    target = (environ if environ is not None else dict(os.environ)).get("NOTIFY_SOCKET")
+    if not target:
+        return False
+    address = "\0" + target[1:] if target.startswith("@") else target
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.connect(address)
+        sock.sendall(b"READY=1")
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
