@@ -13,7 +13,16 @@ from typing import Protocol
 from xenpciback_cli.config.fields import ConfigAccessError, HardwareAccessor
 from xenpciback_cli.pci.address import Bdf
 
-__all__ = ["ConfigAccess", "ConfigAccessError", "InterruptControl", "InterruptError"]
+__all__ = [
+    "ConfigAccess",
+    "ConfigAccessError",
+    "EventChannel",
+    "GrantMapping",
+    "InterruptControl",
+    "InterruptError",
+    "Transport",
+    "TransportError",
+]
 
 
 class ConfigAccess(HardwareAccessor, Protocol):
@@ -59,3 +68,43 @@ class InterruptControl(Protocol):
     def legacy_pirq(self, domid: int, host: Bdf) -> int:
         """The guest's PIRQ for the device's INTx line (0 when it has none, e.g. a VF)."""
         ...
+
+
+class TransportError(Exception):
+    """Mapping a guest's page or binding its event channel failed, or the channel broke.
+    Carries a one-line reason; the event loop closes that one guest and never crashes."""
+
+
+class EventChannel(Protocol):
+    """One bound interdomain event channel, the backend's end."""
+
+    def fileno(self) -> int:
+        """Readable when the peer notified."""
+        ...
+
+    def drain(self) -> int:
+        """Consume pending notifications (they may be coalesced); return how many."""
+        ...
+
+    def notify(self) -> None:
+        """Notify the peer (a peer that has gone away is not an error)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class GrantMapping(Protocol):
+    """One mapped 4096-byte page a guest granted."""
+
+    page: memoryview
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """How one backend process reaches its guests: the sandbox's files and datagram sockets,
+    or real Xen's gntdev and evtchn. Both calls raise :class:`TransportError`."""
+
+    def map_grant(self, domid: int, ref: int) -> GrantMapping: ...
+
+    def bind_interdomain(self, domid: int, remote_port: int) -> EventChannel: ...
