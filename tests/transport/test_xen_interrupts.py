@@ -262,3 +262,33 @@ def test_without_xen_the_real_libraries_fail_cleanly(sysfs):
         irqs.enable_msi(1, DEV)
     assert err.value.errno == -errno.ENOENT
     assert irqs.mapped() == {}
+
+
+# -- the backend core driving this adapter ------------------------------------------------------------
+def test_a_guest_enables_and_disables_msix_through_the_session(sysfs, hv, irqs):
+    """The core (GuestSession, the overlay) and this adapter together, over the sysfs tree:
+    the PIRQs Xen returns reach the page as vectors, the host's MSI-X is on, then off."""
+    from xenpciback_cli.backend.session import GuestSession
+    from xenpciback_cli.host.configfile import FileConfigAccessor
+    from xenpciback_cli.pv.codec import encode_op
+
+    config = FileConfigAccessor(str(sysfs / "bus" / "pci" / "devices" / str(DEV) / "config"),
+                                writable=True)
+    session = GuestSession(7, irqs)
+    session.export(DEV, config)
+
+    def op(cmd, value=0, entries=()):
+        page = bytearray(4096)
+        page[4:552] = encode_op(cmd, 0, 0, 0, 0, 4, value, msix_entries=entries)
+        return session.process(page)
+
+    assert op(4, 2, ((0, 0), (0, 3))) == (0, 0, (55, 54))
+    assert _word(sysfs, MSIX_CAP + 2) & 0x8000
+    assert op(4, 1, ((0, 1),))[0] == -114  # already on: the core refuses before the adapter
+    assert op(5) == (0, 11)                # disabled; the legacy PIRQ is sysfs irq
+    assert not _word(sysfs, MSIX_CAP + 2) & 0x8000
+    hv.fail_map_at, hv.map_errno = 2, errno.ENOSPC  # the third map call
+    assert op(4, 1, ((0, 1),))[:2] == (-errno.ENOSPC, -errno.ENOSPC & 0xFFFFFFFF)
+    assert op(2)[0] == 0                   # MSI after a failed MSI-X: PIRQ from Xen
+    assert irqs.mapped() == {f"7/{DEV}": [53]}
+    config.close()
