@@ -72,12 +72,18 @@ class XenGrantMapping:
 
     def close(self) -> None:
         """Unmap the page (munmap, then gntdev's UNMAP_GRANT_REF, as libxengnttab does).
-        Idempotent. Raises ``BufferError`` (and unmaps nothing) while a view derived from
-        :attr:`page` is still alive: better a refused close than a dangling page."""
+        Idempotent. While a view derived from :attr:`page` is still alive nothing is unmapped
+        and :class:`TransportError` says so (the page stays usable; close again later): better
+        a refused close than a dangling page."""
         if self._map is None:
             return
         self.page.release()
-        self._map.close()  # BufferError here if someone still holds a slice of the page
+        try:
+            self._map.close()
+        except BufferError:
+            self.page = memoryview(self._map)
+            raise TransportError(f"page {self.ref} of domain {self.domid} is still in use: "
+                                 "left mapped") from None
         self._map = None
         self._transport._unmap(self.index)
 
