@@ -213,12 +213,10 @@ class Application:
 
     def serve_adapters(self) -> ServeAdapters:
         """The transport, interrupt control, device source and 'who else serves' predicate for
-        ``serve``. Only the sandbox's exist so far; real Xen's come with the xenports adapters."""
-        from xenpciback_cli.errors import OperationFailed
-
+        ``serve``: the sandbox's files and sockets, or real Xen's gntdev/evtchn and libxenctrl
+        (``transport/xen.py``; not yet run on real Xen, see docs/real-xen.md)."""
         if self.sandbox_dir is None:
-            raise OperationFailed("serve: the real-Xen transport (gntdev/evtchn) is not built "
-                                  "yet; run it in a sandbox (--sandbox DIR)")
+            return self._real_xen_serve_adapters()
         from xenpciback_cli.sandbox import guest as simguest
         from xenpciback_cli.transport.sandbox import (
             SandboxDevices,
@@ -242,6 +240,30 @@ class Application:
 
         return ServeAdapters(SandboxTransport(root), SandboxInterrupts(devices), Source(),
                              lambda domid: simguest.is_running(root, domid))
+
+    def _real_xen_serve_adapters(self) -> ServeAdapters:
+        """Real Xen: the kernel's config file of each device (written through the overlay
+        only), and the kernel's own pciback, when loaded, serves every backend itself."""
+        from xenpciback_cli.host.configfile import FileConfigAccessor
+        from xenpciback_cli.transport.xen import real_xen_adapters
+
+        root = self.settings.sysfs_root
+        host = self.host
+        transport, interrupts = real_xen_adapters(root)
+        kernel_backend = os.path.isdir(os.path.join(root, "bus", "xen-backend", "drivers", "pci"))
+
+        class Source:
+            def config(self, bdf: Bdf) -> Any:
+                return FileConfigAccessor(os.path.join(root, "bus", "pci", "devices", str(bdf), "config"),
+                                          writable=True)
+
+            def device(self, bdf: Bdf) -> Any:
+                try:
+                    return host.device(bdf)
+                except Exception:  # noqa: BLE001 - then the overlay works without resources
+                    return None
+
+        return ServeAdapters(transport, interrupts, Source(), lambda domid: kernel_backend)
 
     def serve_settings(self, bdf: Bdf) -> dict[str, object]:
         """The overlay options ``serve`` exports ``bdf`` with (``engine.backend_settings``)."""

@@ -1,9 +1,11 @@
 """Where xenstore is, and a byte pipe to it: the only module here that opens anything.
 
-Discovery follows Xen's own library (``xs_daemon_socket`` / ``xs_domain_dev`` in libxenstore):
-``XENSTORED_PATH`` names the socket (or device) outright; otherwise ``$XENSTORED_RUNDIR/socket``,
-``/run/xenstored/socket``, ``/var/run/xenstored/socket``, and last ``/dev/xen/xenbus`` (a guest
-or a dom0 without a local daemon talks through the kernel's xenbus device, same framing).
+Discovery follows Xen's own library (``xs_open``: ``xs_daemon_socket()``, then
+``xs_domain_dev()`` in libxenstore): ``XENSTORED_PATH`` names the socket (or device) outright;
+otherwise ``$XENSTORED_RUNDIR/socket``, ``/run/xenstored/socket``, ``/var/run/xenstored/socket``,
+and last ``/dev/xen/xenbus`` then ``/proc/xen/xenbus`` (a guest or a dom0 without a local daemon
+talks through the kernel's xenbus device: the same wire protocol, each request one write, replies
+echoing the request's header; ``tests/xenstore/test_xenstore_xenbus_device.py`` plays it on a pty).
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ class Transport:
                 sock.close()
                 raise
             return cls(sock.fileno(), path, sock)
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        # O_NOCTTY: a service (a session leader without a terminal) must never acquire a
+        # tty-like device as its controlling terminal by opening it.
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)
         return cls(fd, path)
 
     def send(self, data: bytes) -> None:
