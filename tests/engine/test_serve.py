@@ -107,3 +107,19 @@ def test_restart_mid_stream_answers_the_pending_op(two_guests):
             stop_serve(third)
     finally:
         stop_serve(second)
+
+
+def test_a_vfs_msix_enable_follows_its_pfs_memory_decode(two_guests):
+    sandbox, _proc, (_a, b) = two_guests
+    pf = sandbox / "sys/bus/pci/devices/0000:03:00.1/config"
+    vf = (sandbox / "sys/bus/pci/devices" / VF / "config").read_bytes()
+    assert not struct.unpack_from("<H", vf, 0x04)[0] & 0x2          # a VF's own: hardwired 0
+    config = bytearray(pf.read_bytes())
+    config[0x04] |= 0x2                                              # PF decodes memory
+    pf.write_bytes(bytes(config))
+    err, _value, vectors = b.op(ENABLE_MSIX, 1, 0, 0, 2, entries=(0, 1))
+    assert err == 0 and all(vectors[:2])
+    assert b.op(5, 1)[0] == 0                                        # disable_msix
+    config[0x04] &= ~0x2                                             # PF's decode off
+    pf.write_bytes(bytes(config))
+    assert b.op(ENABLE_MSIX, 1, 0, 0, 2, entries=(0, 1))[0] == -6    # -ENXIO, as Linux

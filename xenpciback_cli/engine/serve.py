@@ -98,6 +98,7 @@ class Guest:
     mapping: GrantMapping | None = None
     channel: EventChannel | None = None
     configs: dict[Bdf, ConfigAccess] = field(default_factory=dict)
+    physfn_configs: dict[Bdf, ConfigAccess] = field(default_factory=dict)
     pending: bool = False
     closed: str | None = None
     errors: int = 0
@@ -328,9 +329,8 @@ class Server:
         elif isinstance(action, Release):
             released = guest.session.release(action.guest)
             if released is not None:
-                config = guest.configs.pop(released.host, None)
-                if config is not None and hasattr(config, "close"):
-                    config.close()
+                _close(guest.configs.pop(released.host, None))
+                _close(guest.physfn_configs.pop(released.host, None))
                 self.log(f"domain {guest.domid}: device {released.host} released")
         elif isinstance(action, Connect):
             self._connect(guest, action)
@@ -345,10 +345,21 @@ class Server:
             if dev.host == action.host:
                 return  # already exported (a replayed round)
         config = self.devices.config(action.host)
+        device = self.devices.device(action.host)
+        # a VF's memory decode is its PF's COMMAND (Linux: pci_physfn): export it with the PF's
+        physfn = self.devices.config(device.physfn) if device is not None and device.physfn \
+            else None
         options = dict(self.settings(action.host))
-        guest.session.export(action.host, config, device=self.devices.device(action.host),
-                             guest=action.guest, **options)  # type: ignore[arg-type]
+        try:
+            guest.session.export(action.host, config, device=device, physfn_config=physfn,
+                                 guest=action.guest, **options)  # type: ignore[arg-type]
+        except BaseException:
+            for access in (config, physfn):
+                _close(access)
+            raise
         guest.configs[action.host] = config
+        if physfn is not None:
+            guest.physfn_configs[action.host] = physfn
         extra = ", permissive" if options.get("permissive") else ""
         quirks = options.get("quirks") or ()
         extra += f", {len(quirks)} quirk(s)" if quirks else ""  # type: ignore[arg-type]
@@ -521,6 +532,12 @@ class Server:
             pass
         finally:
             conn.close()
+
+
+def _close(access: object) -> None:
+    close = getattr(access, "close", None)
+    if close is not None:
+        close()
 
 
 def _values(node: Any, path: str) -> dict[str, str]:
