@@ -58,6 +58,11 @@ def test_ops_msix_and_status_through_serve(two_guests):
     assert by_id[8]["devices"][0]["host"] == VF
     text = ok("--sandbox", sandbox, "serve", "status").out
     assert "domain" not in text and NIC0 in text
+    mine = json.loads(ok("--sandbox", sandbox, "--json", "status", "--domid", 7).out)["serve"]
+    assert (mine["ops_served"], mine["errors"], mine["pid"]) == (5, 0, proc.pid)
+    assert mine["writes_denied"] >= 1 and mine["state"] == "connected"
+    line = ok("--sandbox", sandbox, "status", "--domid", 8).out
+    assert f"serve (pid {proc.pid}): connected, 0 ops served, 0 writes denied, 0 error(s)" in line
     log = serve_log(proc)
     assert "domain 7: guest connected" in log and "MSI-X enabled on 0000:03:00.0 with 3" in log
     assert log.count("write denied") == 1

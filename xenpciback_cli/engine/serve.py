@@ -585,6 +585,21 @@ def read_status(path: str, timeout: float = 3.0) -> dict[str, Any]:
     return result
 
 
+def served_guest(path: str, domid: int, timeout: float = 1.0) -> dict[str, Any] | None:
+    """What a running ``serve`` says of guest ``domid`` (its status entry plus serve's pid), or
+    None when no ``serve`` answers on ``path`` or it does not serve that guest."""
+    if not os.path.exists(path):
+        return None
+    try:
+        data = read_status(path, timeout)
+    except (OSError, ValueError):
+        return None
+    for guest in data.get("guests", ()):
+        if isinstance(guest, dict) and guest.get("domid") == domid:
+            return dict(guest, pid=data.get("pid"))
+    return None
+
+
 def notify_ready(environ: dict[str, str] | None = None) -> bool:
     """systemd's ``sd_notify(READY=1)`` by hand: one datagram to ``$NOTIFY_SOCKET`` (a leading
     ``@`` is Linux's abstract namespace). False when not run by systemd."""
