@@ -128,3 +128,47 @@ def test_a_vfs_msix_enable_follows_its_pfs_memory_decode(two_guests):
     config[0x04] &= ~0x2                                             # PF's decode off
     pf.write_bytes(bytes(config))
     assert b.op(ENABLE_MSIX, 1, 0, 0, 2, entries=(0, 1))[0] == -6    # -ENXIO, as Linux
+
+
+def test_sigkill_mid_stream_the_simulated_guest_sees_every_op_answered(sandbox):
+    import threading
+
+    from xenpciback_cli.pci.address import Bdf
+    from xenpciback_cli.sandbox.pcifront import PciFront
+
+    guest(sandbox, 7, NIC0)
+    proc = start_serve(sandbox)
+    front = PciFront(sandbox, 7, timeout=8)
+    answers: list[tuple[int, int]] = []
+    failed: list[BaseException] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        try:
+            while len(answers) < 400:
+                result = front.conf_read(Bdf(0, 0, 0, 0), 0, 4)
+                answers.append((result.err, result.value))
+                first.set()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+            first.set()
+
+    second = None
+    try:
+        front.connect()
+        worker = threading.Thread(target=stream, daemon=True)
+        worker.start()
+        assert first.wait(5)
+        proc.send_signal(signal.SIGKILL)                         # mid-stream, no goodbye
+        proc.wait(5)
+        killed_at = len(answers)
+        second = start_serve(sandbox)
+        worker.join(20)
+        assert not worker.is_alive() and not failed, failed
+        assert killed_at < 400 and set(answers) == {(0, 0x10C98086)}  # every op answered right
+        assert "resuming after a restart" in serve_log(second)
+    finally:
+        front.close()
+        stop_serve(proc)
+        if second is not None:
+            stop_serve(second)
