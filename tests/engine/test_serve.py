@@ -58,6 +58,11 @@ def test_ops_msix_and_status_through_serve(two_guests):
     assert by_id[8]["devices"][0]["host"] == VF
     text = ok("--sandbox", sandbox, "serve", "status").out
     assert "domain" not in text and NIC0 in text
+    mine = json.loads(ok("--sandbox", sandbox, "--json", "status", "--domid", 7).out)["serve"]
+    assert (mine["ops_served"], mine["errors"], mine["pid"]) == (5, 0, proc.pid)
+    assert mine["writes_denied"] >= 1 and mine["state"] == "connected"
+    line = ok("--sandbox", sandbox, "status", "--domid", 8).out
+    assert f"serve (pid {proc.pid}): connected, 0 ops served, 0 writes denied, 0 error(s)" in line
     log = serve_log(proc)
     assert "domain 7: guest connected" in log and "MSI-X enabled on 0000:03:00.0 with 3" in log
     assert log.count("write denied") == 1
@@ -107,3 +112,63 @@ def test_restart_mid_stream_answers_the_pending_op(two_guests):
             stop_serve(third)
     finally:
         stop_serve(second)
+
+
+def test_a_vfs_msix_enable_follows_its_pfs_memory_decode(two_guests):
+    sandbox, _proc, (_a, b) = two_guests
+    pf = sandbox / "sys/bus/pci/devices/0000:03:00.1/config"
+    vf = (sandbox / "sys/bus/pci/devices" / VF / "config").read_bytes()
+    assert not struct.unpack_from("<H", vf, 0x04)[0] & 0x2          # a VF's own: hardwired 0
+    config = bytearray(pf.read_bytes())
+    config[0x04] |= 0x2                                              # PF decodes memory
+    pf.write_bytes(bytes(config))
+    err, _value, vectors = b.op(ENABLE_MSIX, 1, 0, 0, 2, entries=(0, 1))
+    assert err == 0 and all(vectors[:2])
+    assert b.op(5, 1)[0] == 0                                        # disable_msix
+    config[0x04] &= ~0x2                                             # PF's decode off
+    pf.write_bytes(bytes(config))
+    assert b.op(ENABLE_MSIX, 1, 0, 0, 2, entries=(0, 1))[0] == -6    # -ENXIO, as Linux
+
+
+def test_sigkill_mid_stream_the_simulated_guest_sees_every_op_answered(sandbox):
+    import threading
+
+    from xenpciback_cli.pci.address import Bdf
+    from xenpciback_cli.sandbox.pcifront import PciFront
+
+    guest(sandbox, 7, NIC0)
+    proc = start_serve(sandbox)
+    front = PciFront(sandbox, 7, timeout=8)
+    answers: list[tuple[int, int]] = []
+    failed: list[BaseException] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        try:
+            while len(answers) < 400:
+                result = front.conf_read(Bdf(0, 0, 0, 0), 0, 4)
+                answers.append((result.err, result.value))
+                first.set()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+            first.set()
+
+    second = None
+    try:
+        front.connect()
+        worker = threading.Thread(target=stream, daemon=True)
+        worker.start()
+        assert first.wait(5)
+        proc.send_signal(signal.SIGKILL)                         # mid-stream, no goodbye
+        proc.wait(5)
+        killed_at = len(answers)
+        second = start_serve(sandbox)
+        worker.join(20)
+        assert not worker.is_alive() and not failed, failed
+        assert killed_at < 400 and set(answers) == {(0, 0x10C98086)}  # every op answered right
+        assert "resuming after a restart" in serve_log(second)
+    finally:
+        front.close()
+        stop_serve(proc)
+        if second is not None:
+            stop_serve(second)

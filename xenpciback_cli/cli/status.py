@@ -31,8 +31,11 @@ def command(app: Application, domid: int, socket_path: str | None, wait_seconds:
             wait_for(client, domid, both_connected, timeout=wait_seconds,
                      what=f"waiting for domain {domid}'s backend and guest to connect")
         status = domain_status(client, domid)
+    from xenpciback_cli.engine.serve import served_guest
+
+    served = served_guest(str(app.serve_run_dir() / "serve.sock"), domid)
     if app.settings.json:
-        term.json(status.to_json())
+        term.json(dict(status.to_json(), serve=served))
         return
 
     def safe(text: object) -> str:
@@ -52,6 +55,10 @@ def command(app: Application, domid: int, socket_path: str | None, wait_seconds:
                  f"{d.state} ({d.state_name})" if d.state_name else safe(d.state),
                  safe(guest_address(d.vdev)), safe(d.opts)) for d in status.devices]
         term.table(["#", "device", "state-N", "vdev-N", "opts"], rows, names=("opts",))
+    if served is not None:
+        term.line(f"serve (pid {served.get('pid')}): {served.get('state')}, "
+                  f"{served.get('ops_served')} ops served, {served.get('writes_denied')} writes "
+                  f"denied, {served.get('errors')} error(s)")
     if status.next_move:
         term.line(f"next move: {status.next_move}")
     for label, text in (("backend error", status.backend_error),

@@ -371,7 +371,8 @@ class OverlayDevice:
 
     # -- lookup tables -----------------------------------------------------------------------
     # Keys are ``offset << 3 | size``: sizes 1, 2, 4 fit in the low three bits, so a key exists
-    # only for a valid, aligned, in-range access; every other (offset, size) misses the dict.
+    # only for a valid, aligned, in-range access touching a field; every other (offset, size)
+    # misses the dict and is checked by _unowned_op (invalid, or all on unowned bytes).
     # Negative offsets give negative keys (never present); sizes above 4 are refused first.
 
     def _rebuild_tables(self) -> None:
@@ -382,17 +383,14 @@ class OverlayDevice:
         for field in self._fields:
             field.writer = self._writers[field.write_kind]
         owners = self._owner
-        unowned = self._w_unowned
         for size in _SIZES:
-            width = _WIDTH[size]
             for offset in range(0, self.config_size, size):
                 key = offset << 3 | size
                 if not any(owners[offset:offset + size]):
                     # No field (most of extended space): all hardware, writes dropped or
-                    # written through in permissive mode. The fast path keeps building cheap.
-                    reads[key] = (width, 0, (_OK, 0))
-                    plans[key] = ()
-                    whole[key] = (unowned, key, width)
+                    # written through in permissive mode. Not tabled (three dicts of ~7000
+                    # entries per device were ~2.5 MB: serve holds hundreds of devices): a miss
+                    # that is a valid access is one of these (_unowned_op).
                     continue
                 hwmask = 0
                 seen: list[Field] = []
@@ -485,6 +483,7 @@ class OverlayDevice:
         invalid = (_INVALID, 0)
         done = (_OK, 0)
         write_parts = self._write_parts
+        unowned_op = self._unowned_op
 
         def op_read(offset: int, size: int, _value: int = 0) -> tuple[int, int]:
             # Keys are offset << 3 | size; sizes above 4 would alias other keys, so they go first.
@@ -492,7 +491,7 @@ class OverlayDevice:
                 return invalid
             entry = get_read(offset << 3 | size)
             if entry is None:
-                return invalid
+                return unowned_op(offset, size, None)
             hwmask, virt, reply = entry
             if hwmask:
                 try:
@@ -526,6 +525,18 @@ class OverlayDevice:
         """A guest ``conf_write``: the wire error code."""
         return self.op_write(offset, size, value)[0]
 
+    def _unowned_op(self, offset: int, size: int, value: int | None) -> tuple[int, int]:
+        """An access missing from the tables: invalid (size, alignment, range), or all of it on
+        bytes no field owns - read from hardware, written as :meth:`_w_unowned` says."""
+        if size not in _WIDTH or offset < 0 or offset % size or offset + size > self.config_size:
+            return _INVALID, 0
+        try:
+            if value is None:
+                return _OK, self._hw_read(offset, size) & _WIDTH[size]
+            return self._w_unowned(offset << 3 | size, value & _WIDTH[size]), 0
+        except ConfigAccessError as exc:
+            return exc.err, 0
+
     def _w_unowned(self, key: int, value: int) -> int:
         """A write to bytes no field owns: through to hardware only in permissive mode."""
         if self.permissive or self.policy.permissive:
@@ -542,7 +553,7 @@ class OverlayDevice:
         """A write that is not exactly one field: part of one, or several."""
         fields = self._plans.get(key)
         if fields is None:
-            return _INVALID
+            return self._unowned_op(offset, size, value)[0]
         value &= _WIDTH[size]
         try:
             err = _OK

@@ -98,6 +98,7 @@ class Guest:
     mapping: GrantMapping | None = None
     channel: EventChannel | None = None
     configs: dict[Bdf, ConfigAccess] = field(default_factory=dict)
+    physfn_configs: dict[Bdf, ConfigAccess] = field(default_factory=dict)
     pending: bool = False
     closed: str | None = None
     errors: int = 0
@@ -328,9 +329,8 @@ class Server:
         elif isinstance(action, Release):
             released = guest.session.release(action.guest)
             if released is not None:
-                config = guest.configs.pop(released.host, None)
-                if config is not None and hasattr(config, "close"):
-                    config.close()
+                _close(guest.configs.pop(released.host, None))
+                _close(guest.physfn_configs.pop(released.host, None))
                 self.log(f"domain {guest.domid}: device {released.host} released")
         elif isinstance(action, Connect):
             self._connect(guest, action)
@@ -345,10 +345,21 @@ class Server:
             if dev.host == action.host:
                 return  # already exported (a replayed round)
         config = self.devices.config(action.host)
+        device = self.devices.device(action.host)
+        # a VF's memory decode is its PF's COMMAND (Linux: pci_physfn): export it with the PF's
+        physfn = self.devices.config(device.physfn) if device is not None and device.physfn \
+            else None
         options = dict(self.settings(action.host))
-        guest.session.export(action.host, config, device=self.devices.device(action.host),
-                             guest=action.guest, **options)  # type: ignore[arg-type]
+        try:
+            guest.session.export(action.host, config, device=device, physfn_config=physfn,
+                                 guest=action.guest, **options)  # type: ignore[arg-type]
+        except BaseException:
+            for access in (config, physfn):
+                _close(access)
+            raise
         guest.configs[action.host] = config
+        if physfn is not None:
+            guest.physfn_configs[action.host] = physfn
         extra = ", permissive" if options.get("permissive") else ""
         quirks = options.get("quirks") or ()
         extra += f", {len(quirks)} quirk(s)" if quirks else ""  # type: ignore[arg-type]
@@ -523,6 +534,12 @@ class Server:
             conn.close()
 
 
+def _close(access: object) -> None:
+    close = getattr(access, "close", None)
+    if close is not None:
+        close()
+
+
 def _values(node: Any, path: str) -> dict[str, str]:
     try:
         return read_dir_values(node, path)
@@ -566,6 +583,21 @@ def read_status(path: str, timeout: float = 3.0) -> dict[str, Any]:
         sock.close()
     result: dict[str, Any] = json.loads(data)
     return result
+
+
+def served_guest(path: str, domid: int, timeout: float = 1.0) -> dict[str, Any] | None:
+    """What a running ``serve`` says of guest ``domid`` (its status entry plus serve's pid), or
+    None when no ``serve`` answers on ``path`` or it does not serve that guest."""
+    if not os.path.exists(path):
+        return None
+    try:
+        data = read_status(path, timeout)
+    except (OSError, ValueError):
+        return None
+    for guest in data.get("guests", ()):
+        if isinstance(guest, dict) and guest.get("domid") == domid:
+            return dict(guest, pid=data.get("pid"))
+    return None
 
 
 def notify_ready(environ: dict[str, str] | None = None) -> bool:
