@@ -22,7 +22,7 @@ BE = "/local/domain/0/backend/pci/5/0"
 
 def run(sandbox: Path, *args: str, check: bool = True) -> Run:
     """This module's shorthand: the CLI in a real process on SANDBOX, checked unless told not to."""
-    return script(*args, sandbox=sandbox, env={"NO_COLOR": "1"}, check=check)
+    return script(*args, sandbox=sandbox, env={"NO_COLOR": "1"}, check=check, timeout=120)
 
 
 def xenstore_ls(sandbox: Path, path: str) -> dict[str, tuple[str, str]]:
@@ -55,11 +55,10 @@ def test_attach_hotplug_detach_in_the_sandbox(sandbox):
     out = run(sandbox, "attach", "0000:03:00.0", "--domid", "5", "--seize")
     assert out.out.startswith("0000:03:00.0 attached to domain 5 (backend entry 0)")
     status = json.loads(run(sandbox, "--json", "status", "--domid", "5").out)
-    for _ in range(50):  # the simulated guest connects in the background
-        if status["backend_state_name"] == "Connected":
-            break
-        import time
+    import time
 
+    deadline = time.monotonic() + 60  # the simulated guest connects in the background (slowly under load)
+    while status["backend_state_name"] != "Connected" and time.monotonic() < deadline:
         time.sleep(0.1)
         status = json.loads(run(sandbox, "--json", "status", "--domid", "5").out)
     assert status["backend_state_name"] == status["frontend_state_name"] == "Connected"
@@ -82,14 +81,14 @@ def test_attach_hotplug_detach_in_the_sandbox(sandbox):
         ("attached", 5, "0000:00:00.0", "pciback")]
 
     run(sandbox, "hide", "0000:04:10.1")
-    out = run(sandbox, "--json", "attach", "0000:04:10.1@4,permissive=1", "--domid", "5")
+    out = run(sandbox, "--json", "attach", "0000:04:10.1@4,permissive=1", "--domid", "5", "--timeout", "60")
     data = json.loads(out.out)
     assert data["hotplug"] is True and data["backend_state"] == 4 and data["backend_state_name"] == "Connected"
     assert data["devices"] == [{"bdf": "0000:04:10.1", "index": 1, "vdev": "0000:00:01.1"}]
     assert data["permissive"] == ["0000:04:10.1"]
     assert (sandbox / "sys/bus/pci/drivers/pciback/permissive").read_text().split() == ["0000:04:10.1"]
 
-    out = run(sandbox, "detach", "0000:03:00.0", "--domid", "5")
+    out = run(sandbox, "detach", "0000:03:00.0", "--domid", "5", "--timeout", "60")
     assert out.out.strip() == "0000:03:00.0 detached from domain 5"
     assert "reset with" in out.err or "not reset" in out.err
     tree = xenstore_ls(sandbox, BE)
@@ -142,7 +141,7 @@ def test_status_shows_a_guests_error_node_inertly(sandbox):
 def test_status_wait_returns_once_connected_and_names_the_stall_otherwise(sandbox):
     run(sandbox, "sandbox", "domain", "create", "11")
     run(sandbox, "attach", "0000:04:10.3", "--domid", "11", "--seize")
-    out = run(sandbox, "status", "--domid", "11", "--wait", "20")
+    out = run(sandbox, "status", "--domid", "11", "--wait", "60")
     assert out.out.startswith("domain 11 (guest11): backend 4 (Connected), frontend 4 (Connected)")
 
     run(sandbox, "sandbox", "domain", "create", "12", "--no-guest")  # nobody plays the guest
