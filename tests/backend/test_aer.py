@@ -45,7 +45,8 @@ def test_relayed_request_and_guest_answer():
     assert decision is not None and decision.outcome is Outcome.RELAYED
     assert decision.result is ErsResult.NEED_RESET and not decision.aerfail
     assert "relayed to the guest: need_reset" in decision.line and not r.busy
-    with pytest.raises(RuntimeError):
+    assert r.start(DETECTED, buf, 0) is None
+    with pytest.raises(RuntimeError):                     # one request in aer_op at a time
         r.start(DETECTED, buf, 0)
 
 
