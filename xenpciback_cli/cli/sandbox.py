@@ -16,6 +16,7 @@ SANDBOX_COMMANDS: dict[str, tuple[str, str, str]] = {
     "stop": ("sandbox_stop", "command", "Stop the sandbox's background daemons."),
     "domain": ("sandbox_domain", "group", "Create and destroy simulated guest domains."),
     "guest": ("sandbox_guest", "command", "Play a domain's pcifront: connect, scan, probe its devices."),
+    "aer": ("sandbox_aer", "command", "Raise a PCIe AER error on a device served by 'serve'."),
 }
 
 

@@ -18,8 +18,15 @@ if TYPE_CHECKING:
               help="Write one JSON line per op (the op and its result) to FILE.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds to wait for the backend at each step.")
+@click.option("--aer-result", type=click.Choice(["driver", "recovered", "can_recover", "need_reset",
+                                                "disconnect", "none", "no-handler", "ignore"]),
+              default="driver", show_default=True,
+              help="How the guest's driver answers AER requests: 'driver' as a typical driver "
+                   "(NEED_RESET when frozen, else CAN_RECOVER, then RECOVERED); a fixed answer; "
+                   "'no-handler' (no AER handler advertised); 'ignore' (never answers).")
 @click.pass_obj
-def command(app: Application, domid: int, stay: bool, record: str | None, timeout: float) -> None:
+def command(app: Application, domid: int, stay: bool, record: str | None, timeout: float,
+            aer_result: str) -> None:
     """Play domain DOMID's pcifront over the sandbox transport.
 
     Publishes the shared page and event channel (docs/sandbox-protocol.md), waits for the
@@ -27,6 +34,10 @@ def command(app: Application, domid: int, stay: bool, record: str | None, timeou
     prints the guest's lspci-like view, then probes each device as a driver would: header,
     memory decode on, BAR sizes, MSI-X on with a few vectors and off again. For domains made
     with 'sandbox domain create N --no-guest'.
+
+    \b
+    With --stay, each AER request from the backend is answered and printed as one line
+    ("AER error_detected (frozen) on 0000:00:00.0: driver answered need_reset").
 
     \b
     --json prints one object:
@@ -52,15 +63,22 @@ def command(app: Application, domid: int, stay: bool, record: str | None, timeou
         raise InputError("'sandbox guest' needs --sandbox DIR (or XEN_PCIBACK_SANDBOX)")
     with app.open_xenstore() as client:
         pcifront.check_domain(sandbox, client, domid)
-    term = terminal_for(app)
     stream = None
     if record is not None:
         try:
             stream = open(record, "w", encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise InputError(f"cannot write --record file {record}: {exc.strerror}") from None
+    term = terminal_for(app)
+
+    def aer_line(line: str) -> None:
+        if not app.settings.json:
+            term.line(line)
+            term.stdout.flush()
+
     front = pcifront.PciFront(sandbox, domid, timeout=timeout,
-                              recorder=pcifront.Recorder(stream) if stream else None)
+                              recorder=pcifront.Recorder(stream) if stream else None,
+                              aer_policy=aer_result, on_aer=aer_line)
     try:
         run = pcifront.run_guest(front)
         if app.settings.json:

@@ -28,8 +28,12 @@ def group() -> None:
               help="Serve only these domains (repeatable); default: every unserved one.")
 @click.option("--record", "record", type=click.Path(dir_okay=False, writable=True),
               default=None, metavar="FILE", help="Write every op served as one JSON line.")
+@click.option("--aer-timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True,
+              metavar="SECONDS",
+              help="How long a guest may take to answer an AER request before aerState=aerfail.")
 @click.pass_obj
-def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str | None) -> None:
+def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str | None,
+               aer_timeout: float) -> None:
     """Serve guests in the foreground until SIGTERM or SIGINT (the op in progress finishes)."""
     import json
     import signal
@@ -54,7 +58,7 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
                     mode=Mode(mode), domids=domids, settings=app.serve_settings,
                     others_serve=adapters.others_serve,
                     record=write_record if out is not None else None, log=log,
-                    control=str(run_dir / "serve.sock"))
+                    control=str(run_dir / "serve.sock"), aer_timeout=aer_timeout)
     signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())

@@ -21,6 +21,11 @@ Rules:
      values, an adapter failure - ends that guest (``error`` node, Closing) and only it.
   4. SIGTERM: the op in progress is finished (ops are handled synchronously), then the loop
      returns; xenstore is left as it is so a restarted ``serve`` resumes every guest.
+  5. AER (``backend/aer.py``): a host error on an exported device (:meth:`Server.raise_aer`; in a
+     sandbox through the control socket, ``sandbox aer``) runs the host's recovery sequence for
+     that device, each step relayed to the guest through ``aer_op``; the loop polls the answer
+     on every round and wakes up at the relay's deadline, so a guest that never answers costs
+     the others nothing. One recovery per guest at a time, later ones queue (bounded).
 """
 
 from __future__ import annotations
@@ -31,11 +36,24 @@ import os
 import selectors
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from xenpciback_cli.backend.aer import (
+    AER_FAIL,
+    AER_STATE_NODE,
+    DEFAULT_TIMEOUT,
+    SEVERITIES,
+    AerDecision,
+    AerRelay,
+    AerRequest,
+    AerStep,
+    next_step,
+    result_name,
+)
 from xenpciback_cli.backend.ports import (
     ConfigAccess,
     EventChannel,
@@ -58,6 +76,7 @@ from xenpciback_cli.backend.xenbus import (
     XenbusBackend,
     xenstore_ops,
 )
+from xenpciback_cli.errors import InputError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pv.abi import PciOp
@@ -77,6 +96,10 @@ FLOOD_WINDOW = 1.0
 FLOOD_MIN = 2000
 FLOOD_RATIO = 8
 THROTTLE = 0.2
+#: AER recoveries waiting per guest beyond the one in flight; more are refused.
+MAX_AER_QUEUE = 8
+#: A control-socket request line is at most this long.
+MAX_REQUEST = 4096
 
 
 class DeviceSource(Protocol):
@@ -88,6 +111,24 @@ class DeviceSource(Protocol):
 
 
 SettingsLoader = Callable[[Bdf], dict[str, object]]
+Reply = Callable[[dict[str, Any]], None]
+
+
+@dataclass(eq=False)
+class Recovery:
+    """The host's recovery of one device after one AER error: its steps so far, and who asked
+    (``reply`` gets the summary when it is over)."""
+
+    host: Bdf
+    error: str
+    request: AerRequest | None
+    reply: Reply | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    aerfail: bool = False
+
+    def summary(self, domid: int | None, recovered: bool) -> dict[str, Any]:
+        return {"bdf": str(self.host), "error": self.error, "domid": domid,
+                "steps": self.steps, "aerfail": self.aerfail, "recovered": recovered}
 
 
 @dataclass(eq=False)
@@ -111,6 +152,10 @@ class Guest:
     denied_logged: set[tuple[Bdf, int]] = field(default_factory=set)
     writes_denied: int = 0
     last: TraceRecord | None = None
+    aer: AerRelay | None = None
+    recoveries: deque[Recovery] = field(default_factory=deque)
+    aer_relayed: int = 0
+    aer_failed: int = 0
 
     @property
     def state(self) -> str:
@@ -124,7 +169,7 @@ class Server:
                  others_serve: Callable[[int], bool] | None = None,
                  record: Callable[[TraceRecord], None] | None = None,
                  log: Callable[[str], None] = lambda line: None,
-                 control: str | None = None) -> None:
+                 control: str | None = None, aer_timeout: float = DEFAULT_TIMEOUT) -> None:
         self.client = client
         self.transport = transport
         self.interrupts = interrupts
@@ -136,6 +181,7 @@ class Server:
         self.record = record
         self.log = log
         self.control_path = control
+        self.aer_timeout = aer_timeout
         self.guests: dict[int, Guest] = {}
         self.stopping = False
         self.started = time.time()
@@ -179,6 +225,7 @@ class Server:
     def close(self) -> None:
         for guest in self.guests.values():
             self._disconnect(guest)
+            self._abandon_recoveries(guest, "serve stopped")
         if self._control is not None:
             self._control.close()
             try:
@@ -199,6 +246,10 @@ class Server:
                 guest.pending = True
         if self.client.pending_events() or any(g.pending for g in self.guests.values()):
             timeout = 0
+        for guest in self.guests.values():
+            deadline = guest.aer.deadline if guest.aer is not None else None
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - now))
         ready = self.selector.select(timeout)
         dirty: set[int] = set()
         for key, _ in ready:
@@ -209,7 +260,9 @@ class Server:
                 except OSError:
                     pass
             elif key.data == "control":
-                self._answer_status()
+                self._accept_control()
+            elif isinstance(key.data, _ControlClient):
+                self._read_control(key.data)
             elif isinstance(key.data, Guest):
                 key.data.pending = True
         while True:
@@ -228,6 +281,8 @@ class Server:
             if guest.pending and not guest.throttled_until:
                 guest.pending = False
                 self.serve_one(guest)
+            if guest.recoveries:
+                self._aer_progress(guest)
 
     # -- xenstore side ------------------------------------------------------------------------
     def _snapshot(self, domid: int) -> Snapshot:
@@ -300,6 +355,7 @@ class Server:
     def _new_guest(self, domid: int) -> Guest:
         xenbus = XenbusBackend(domid, local_actions=True, mode=self.mode, owner=SERVE_OWNER)
         guest = Guest(domid, xenbus, GuestSession(domid, self.interrupts, mode=self.mode))
+        guest.aer = AerRelay(domid, guest.session.guest_address, timeout=self.aer_timeout)
         guest.session.recorder = lambda rec, g=guest: self._recorded(g, rec)
         self.guests[domid] = guest
         self.log(f"domain {domid}: serving its PCI backend")
@@ -408,6 +464,7 @@ class Server:
 
     def _close(self, guest: Guest, why: str) -> None:
         self._disconnect(guest)
+        self._abandon_recoveries(guest, "the guest closed with an error")
         guest.closed = f"error: {why}"
         guest.errors += 1
         self.log(f"domain {guest.domid}: guest closed with an error: {why}")
@@ -489,6 +546,122 @@ class Server:
         for dev in guest.session.devices.values():
             dev.overlay.events.clear()
 
+    # -- AER -------------------------------------------------------------------------------------
+    def raise_aer(self, host: Bdf, error: str, reply: Reply | None = None) -> None:
+        """A host AER error of severity ``error`` (fatal, nonfatal, corrected) on ``host``: run
+        the host's recovery for it, relaying each step to the guest that holds the device.
+        ``reply`` gets the summary when the recovery is over (at once if nothing is relayed)."""
+        holder = next((g for g in self.guests.values()
+                       if g.session.guest_address(host) is not None), None)
+        domid = holder.domid if holder is not None else None
+        state = SEVERITIES.get(error)
+        if state is None:  # corrected: the hardware fixed it; Linux's AER core calls no driver
+            self.log(f"AER corrected error on {host}: logged only, nothing relayed "
+                     "(no driver is called for a corrected error)")
+            if reply is not None:
+                reply(Recovery(host, error, None).summary(domid, True))
+            return
+        recovery = Recovery(host, error, AerRequest(host, AerStep.ERROR_DETECTED, state), reply)
+        if holder is None:
+            self.log(f"AER {error} error on {host}: no guest served here holds it; "
+                     "the host recovers it alone")
+            if reply is not None:
+                reply(recovery.summary(None, False) | {"why": "not exported to a served guest"})
+            return
+        if len(holder.recoveries) > MAX_AER_QUEUE:
+            self.log(f"domain {domid}: AER {error} error on {host}: refused, "
+                     f"{len(holder.recoveries)} recoveries waiting already")
+            if reply is not None:
+                reply(recovery.summary(domid, False) | {"why": "too many AER recoveries queued"})
+            return
+        self.log(f"domain {domid}: AER {error} error on {host}: starting recovery")
+        holder.recoveries.append(recovery)
+        self._aer_progress(holder)
+
+    def _aer_progress(self, guest: Guest) -> None:
+        """Advance the guest's current recovery as far as it goes without waiting."""
+        relay = guest.aer
+        assert relay is not None
+        page = guest.mapping.page if guest.mapping is not None else None
+        while guest.recoveries:
+            recovery = guest.recoveries[0]
+            if relay.busy:
+                decision = relay.poll(page, time.monotonic())
+                if decision is None:
+                    return
+            else:
+                request = recovery.request
+                if request is None:
+                    self._finish(guest, recovery, True)
+                    continue
+                try:
+                    decision = relay.start(request, page, time.monotonic())
+                except Exception as exc:  # noqa: BLE001 - a bad page ends that guest only
+                    self._abandon_recoveries(guest, f"{type(exc).__name__}: {exc}")
+                    return
+                if decision is None:
+                    self._notify(guest)
+                    continue
+            self._decided(guest, recovery, decision)
+
+    def _decided(self, guest: Guest, recovery: Recovery, decision: AerDecision) -> None:
+        self.log(decision.line)
+        recovery.steps.append({"step": decision.request.step.label,
+                               "outcome": decision.outcome.value,
+                               "result": result_name(decision.result),
+                               "aerfail": decision.aerfail})
+        if decision.outcome.value == "relayed":
+            guest.aer_relayed += 1
+        if decision.aerfail:
+            guest.aer_failed += 1
+            recovery.aerfail = True
+            self._write_aerfail(guest)
+            recovery.request = None  # the guest is being destroyed: nothing more to relay
+            self._finish(guest, recovery, False)
+            return
+        step = next_step(decision.request, decision.result)
+        if step is None:
+            self._finish(guest, recovery, decision.request.step is AerStep.RESUME)
+        else:
+            recovery.request = AerRequest(recovery.host, step)
+
+    def _finish(self, guest: Guest, recovery: Recovery, recovered: bool) -> None:
+        if guest.recoveries and guest.recoveries[0] is recovery:
+            guest.recoveries.popleft()
+        if recovery.steps:
+            how = "recovered" if recovered else "not recovered by the guest"
+            self.log(f"domain {guest.domid}: AER recovery of {recovery.host}: {how}")
+        if recovery.reply is not None:
+            recovery.reply(recovery.summary(guest.domid, recovered))
+            recovery.reply = None
+
+    def _abandon_recoveries(self, guest: Guest, why: str) -> None:
+        if guest.aer is not None and guest.aer.cancel() is not None:
+            self.log(f"domain {guest.domid}: AER request abandoned: {why}")
+        while guest.recoveries:
+            recovery = guest.recoveries.popleft()
+            if recovery.reply is not None:
+                recovery.reply(recovery.summary(guest.domid, False) | {"why": why})
+
+    def _write_aerfail(self, guest: Guest) -> None:
+        """``aerState = aerfail`` in the backend directory (never re-creating a removed one)."""
+        path = backend_path(guest.domid)
+
+        def write(tx: Any) -> None:
+            if _read(tx, f"{path}/state") is not None:
+                tx.write(f"{path}/{AER_STATE_NODE}", AER_FAIL)
+        try:
+            self.client.transact(write)
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"domain {guest.domid}: could not write {AER_STATE_NODE}: {exc}")
+
+    def _notify(self, guest: Guest) -> None:
+        if guest.channel is not None:
+            try:
+                guest.channel.notify()
+            except TransportError as exc:
+                self.log(f"domain {guest.domid}: AER notification failed: {exc}")
+
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
         guests = []
@@ -500,7 +673,8 @@ class Server:
                            "ops_served": guest.session.ops_served,
                            "notifications": guest.notifications,
                            "writes_denied": sum(d["writes_denied"] for d in devices),  # type: ignore[misc]
-                           "errors": guest.errors, "throttled": guest.throttle_logged})
+                           "errors": guest.errors, "throttled": guest.throttle_logged,
+                           "aer_relayed": guest.aer_relayed, "aer_failed": guest.aer_failed})
         return {"pid": os.getpid(), "mode": self.mode.value, "uptime": round(time.time()
                                                                               - self.started, 1),
                 "guests": guests}
@@ -519,19 +693,70 @@ class Server:
         self._control = sock
         self.selector.register(sock, selectors.EVENT_READ, "control")
 
-    def _answer_status(self) -> None:
+    def _accept_control(self) -> None:
         assert self._control is not None
         try:
             conn, _ = self._control.accept()
         except OSError:
             return
+        conn.setblocking(False)
+        client = _ControlClient(conn)
+        self.selector.register(conn, selectors.EVENT_READ, client)
+
+    def _read_control(self, client: _ControlClient) -> None:
+        """One request line: ``{"op": "status"}`` (also an empty line or EOF) or ``{"op": "aer",
+        "bdf": B, "error": "fatal|nonfatal|corrected"}``; one JSON line back, then close."""
         try:
-            conn.settimeout(1.0)
-            conn.sendall(json.dumps(self.status()).encode() + b"\n")
+            data = client.conn.recv(MAX_REQUEST)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        client.buffer += data
+        if data and b"\n" not in client.buffer and len(client.buffer) < MAX_REQUEST:
+            return
+        self.selector.unregister(client.conn)
+        line = client.buffer.split(b"\n", 1)[0].strip()
+        try:
+            request = json.loads(line) if line else {"op": "status"}
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            client.send({"error": "a request is one JSON object on one line"})
+            return
+        op = request.get("op", "status")
+        if op == "status":
+            client.send(self.status())
+        elif op == "aer":
+            error = request.get("error")
+            try:
+                host = Bdf.parse(str(request.get("bdf")))
+            except (ValueError, InputError) as exc:
+                client.send({"error": f"bad bdf: {exc}"})
+                return
+            if error not in ("fatal", "nonfatal", "corrected"):
+                client.send({"error": "error must be fatal, nonfatal or corrected"})
+                return
+            self.raise_aer(host, str(error), client.send)
+        else:
+            client.send({"error": f"unknown op {op!r}"})
+
+
+class _ControlClient:
+    """One connection to the control socket; answered once, then closed."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.buffer = b""
+
+    def send(self, answer: dict[str, Any]) -> None:
+        try:
+            self.conn.settimeout(1.0)
+            self.conn.sendall(json.dumps(answer).encode() + b"\n")
         except OSError:
             pass
         finally:
-            conn.close()
+            self.conn.close()
 
 
 def _close(access: object) -> None:
@@ -569,10 +794,16 @@ def _domid_of(path: str) -> int | None:
 
 def read_status(path: str, timeout: float = 3.0) -> dict[str, Any]:
     """Ask a running ``serve`` for its status through its control socket."""
+    return control_request(path, {"op": "status"}, timeout)
+
+
+def control_request(path: str, request: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+    """One request to a running ``serve``'s control socket, its one JSON answer."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
+        sock.sendall(json.dumps(request).encode() + b"\n")
         data = b""
         while True:
             chunk = sock.recv(65536)

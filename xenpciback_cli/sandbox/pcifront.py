@@ -15,6 +15,12 @@ it is an independent frontend: it would talk to any backend that keeps the contr
    and enable it with a few vectors, then disable it. Every op's result is kept, with its error
    named after ``pv.abi``.
 
+4. AER (``pcifront_do_aer``/``pcifront_common_process``): the frontend sets
+   ``_XEN_PCIB_AERHANDLER`` when it grants the page; when the backend sets ``_XEN_PCIB_active``
+   it reads ``aer_op``, calls the guest "driver"'s handler for that step, writes the
+   ``pci_ers_result`` into ``aer_op.err``, clears the bit and notifies. The driver here answers
+   by policy (:data:`AER_POLICIES`).
+
 One op at a time, as the contract says: write it at byte 4, set bit 0 of the flags word, notify,
 wait for a notification *and* the bit clear. Nothing here trusts the backend to answer: every
 wait is bounded, and a timeout names the backend's state and whose move it is.
@@ -36,12 +42,24 @@ from xenpciback_cli.pv.abi import (
     OP_END,
     OP_OFFSET,
     XEN_PCI_MAGIC,
+    XEN_PCIB_ACTIVE,
+    XEN_PCIB_AERHANDLER,
     XEN_PCIF_ACTIVE,
+    ChannelState,
+    ErsResult,
     Errno,
     PciOp,
     XenPciErr,
 )
-from xenpciback_cli.pv.codec import encode_op, read_flags, read_op
+from xenpciback_cli.pv.codec import (
+    AerOp,
+    encode_op,
+    read_aer_op,
+    read_flags,
+    read_op,
+    set_flag_bits,
+    write_aer_op,
+)
 from xenpciback_cli.sandbox.front_transport import FrontChannel, GrantedPage
 
 #: XenbusState numbers (``io/xenbus.h``) and their names, for the lines a person reads.
@@ -60,6 +78,14 @@ _COMMAND, _STATUS, _CAP_PTR, _HEADER_TYPE = 0x04, 0x06, 0x34, 0x0E
 _CMD_IO, _CMD_MEMORY, _CMD_MASTER = 0x1, 0x2, 0x4
 _STATUS_CAP_LIST = 0x10
 _CAP_MSI, _CAP_MSIX = 0x05, 0x11
+#: ``--aer-result``: how the guest's driver answers AER requests. ``driver``: as a typical
+#: driver (error_detected: NEED_RESET when the link is frozen, else CAN_RECOVER; mmio_enabled
+#: and slot_reset: RECOVERED); a result name: that answer to every step; ``no-handler``: the
+#: frontend does not advertise an AER handler; ``ignore``: advertises one and never answers.
+_AER_STEPS: dict[int, str] = {PciOp.AER_DETECTED: "error_detected", PciOp.AER_MMIO: "mmio_enabled",
+              PciOp.AER_SLOTRESET: "slot_reset", PciOp.AER_RESUME: "resume"}
+AER_POLICIES = ("driver", "recovered", "can_recover", "need_reset", "disconnect", "none",
+                "no-handler", "ignore")
 
 
 def err_name(err: int) -> str:
@@ -191,7 +217,8 @@ class PciFront:
     def __init__(self, sandbox: Path, domid: int, *, timeout: float = 10.0,
                  ref: int = DEFAULT_REF, port: int = DEFAULT_PORT,
                  recorder: Callable[[OpResult], None] | None = None,
-                 xenstore_socket: str | None = None) -> None:
+                 xenstore_socket: str | None = None, aer_policy: str = "driver",
+                 on_aer: Callable[[str], None] | None = None) -> None:
         self.sandbox = Path(sandbox)
         self.domid = domid
         self.timeout = timeout
@@ -205,6 +232,11 @@ class PciFront:
         self.channel: FrontChannel | None = None
         self.roots: list[tuple[int, int]] = []
         self.results: list[OpResult] = []
+        if aer_policy not in AER_POLICIES:
+            raise ValueError(f"AER policy {aer_policy!r}: one of {', '.join(AER_POLICIES)}")
+        self.aer_policy = aer_policy
+        self.on_aer = on_aer
+        self.aer_ops: list[tuple[AerOp, int | None]] = []
         self._token = f"xen-pciback-pcifront-{domid}"
 
     # -- xenstore ---------------------------------------------------------------------------
@@ -287,6 +319,8 @@ class PciFront:
                          "waiting for the backend to reach InitWait")
         self.grant = GrantedPage(self.sandbox, self.domid, self.ref)
         self.channel = FrontChannel(self.sandbox, self.domid, self.port)
+        if self.aer_policy != "no-handler":  # pcifront: flags := 0, then set the AER handler bit
+            set_flag_bits(self.grant.page, set_mask=XEN_PCIB_AERHANDLER)
 
         def publish(tx: Any) -> None:
             tx.write(f"{self.frontend}/pci-op-ref", str(self.ref))
@@ -350,7 +384,59 @@ class PciFront:
         self.results.append(result)
         if self.recorder is not None:
             self.recorder(result)
+        self.handle_aer()  # pcifront schedules its AER work if bit 2 was set meanwhile
         return result
+
+    # -- AER --------------------------------------------------------------------------------
+    def aer_answer(self, cmd: int, state: int) -> int | None:
+        """The guest driver's ``pci_ers_result`` for one AER step (None: no answer)."""
+        policy = self.aer_policy
+        if policy == "ignore":
+            return None
+        if cmd == PciOp.AER_RESUME:
+            return int(ErsResult.NONE)  # resume returns nothing (pcifront answers NONE)
+        if policy == "driver":
+            if cmd == PciOp.AER_DETECTED:
+                frozen = state in (ChannelState.FROZEN, ChannelState.PERM_FAILURE)
+                return int(ErsResult.NEED_RESET if frozen else ErsResult.CAN_RECOVER)
+            if cmd in (PciOp.AER_MMIO, PciOp.AER_SLOTRESET):
+                return int(ErsResult.RECOVERED)
+            return int(ErsResult.NONE)  # pcifront: "bad request in aer recovery operation!"
+        return int(ErsResult[policy.upper()])
+
+    def handle_aer(self) -> bool:
+        """Answer the AER request waiting in ``aer_op`` (``_XEN_PCIB_active`` set), if any."""
+        if self.grant is None or self.channel is None:
+            return False
+        page = self.grant.page
+        if not read_flags(page) & XEN_PCIB_ACTIVE:
+            return False
+        request = read_aer_op(page)
+        if self.aer_ops and self.aer_ops[-1][0] == request and self.aer_ops[-1][1] is None:
+            return False  # ignored already (policy "ignore"): not printed twice
+        answer = self.aer_answer(request.cmd, request.err)
+        self.aer_ops.append((request, answer))
+        address = Bdf.from_devfn(request.domain, request.bus, request.devfn)
+        what = _AER_STEPS.get(request.cmd, op_label(request.cmd))
+        if request.cmd == PciOp.AER_DETECTED:
+            try:
+                what += f" ({ChannelState(request.err).name.lower()})"
+            except ValueError:
+                what += f" (channel state {request.err})"
+        if answer is None:
+            line = f"AER {what} on {address}: not answered (--aer-result ignore)"
+        else:
+            try:
+                named = ErsResult(answer).name.lower()
+            except ValueError:
+                named = str(answer)
+            write_aer_op(page, request._replace(err=answer))
+            set_flag_bits(page, clear_mask=XEN_PCIB_ACTIVE)
+            self.channel.notify()
+            line = f"AER {what} on {address}: driver answered {named}"
+        if self.on_aer is not None:
+            self.on_aer(line)
+        return True
 
     def conf_read(self, address: Bdf, offset: int, size: int) -> OpResult:
         return self.op(PciOp.CONF_READ, address, offset, size)
@@ -491,6 +577,7 @@ class PciFront:
         assert self.channel is not None
         while not stop.is_set():
             self.channel.wait(0.2)
+            self.handle_aer()
             state = self.backend_state()
             if state in (CLOSING, CLOSED):
                 return
