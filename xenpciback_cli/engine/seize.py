@@ -344,10 +344,12 @@ class Seizer:
                 results.append(result)
                 listener.done(result)
             unpersisted = False
+            # The entries as typed and those of each device released (a wildcard's too).
+            gone = [*patterns, *(BdfPattern(b.domain, b.bus, b.slot, b.function) for b in bdfs)]
             if not dry_run and config is not None:
-                unpersisted = persisted.remove(config, list(patterns), must_exist=config_named)
+                unpersisted = persisted.remove(config, gone, must_exist=config_named)
             elif config is not None and os.path.exists(config):
-                unpersisted = persisted.would_change(config, list(patterns), None)
+                unpersisted = persisted.would_change(config, gone, None)
             return UnhideReport(results, unpersisted)
 
     def restore(self, config: str | os.PathLike[str], *, config_named: bool = False, force: bool = False,
