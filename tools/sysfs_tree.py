@@ -69,6 +69,10 @@ class FakeSysfs:
             "numa_node": str(numa_node), "driver_override": override or "(null)",
             "resource": resource or "0x0000000000000000 0x0000000000000000 0x0000000000000000\n" * 13,
         }
+        if not extra or not {"vendor", "device", "class"} & set(extra):
+            # As pci_uevent() writes it (the kernel's ids, after quirks); DRIVER= is the core's.
+            files["uevent"] = (f"PCI_CLASS={class_code:X}\nPCI_ID={vendor:04X}:{device:04X}\n"
+                               f"PCI_SLOT_NAME={bdf}\n")
         if revision_file:
             files["revision"] = f"0x{revision:02x}"
         if boot_vga is not None:

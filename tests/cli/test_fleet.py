@@ -80,7 +80,8 @@ def test_the_documented_playbook_is_valid_yaml_using_the_commands_as_they_are():
     # The options the playbook passes exist on those commands (with check mode's --dry-run).
     import importlib
 
-    for word, options in {"hide": ["--persist", "--dry-run"], "attach": ["--dry-run", "--domid"],
+    for word, options in {"recover": ["--dry-run"], "hide": ["--persist", "--dry-run"],
+                          "attach": ["--dry-run", "--domid"],
                           "install-units": ["--dry-run"]}.items():
         module, attr, _ = COMMANDS[word]
         command = getattr(importlib.import_module(f"xenpciback_cli.cli.{module}"), attr)

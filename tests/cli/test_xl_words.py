@@ -81,3 +81,37 @@ def test_a_name_given_by_xl_resolves_too(guest):
     ok("unhide", "vf1", sandbox=sandbox)  # the seize ends: libxl's name node goes with it
     gone = invoke("xenstore", "read", "/libxl/pci/0000-04-10-1/name", sandbox=sandbox)
     assert gone.code != 0
+
+
+def test_unhide_takes_lspci_ids_and_selectors(sandbox):
+    """unhide -d VENDOR:DEVICE[:CLASS] releases the seized devices with those ids (others with
+    them are not touched nor listed); none seized is nothing to do; none at all is an error."""
+    ok("hide", "--persist", VF, VF2, sandbox=sandbox)
+    out = ok("unhide", "-r", "-d", "8086:10ca:0200", sandbox=sandbox).out
+    assert out.splitlines() == ["released 0000:04:10.1: now igbvf", "released 0000:04:10.3: now igbvf"]
+    assert "04:10" not in (sandbox / "etc" / "xen-pciback" / "seized.toml").read_text()
+    again = ok("--json", "unhide", "-d", "8086:10ca", sandbox=sandbox).json()
+    assert again == {"changed": False, "dry_run": False, "devices": [], "unpersisted": False}
+    assert "nothing to do" in ok("unhide", "-d", "8086:10ca", sandbox=sandbox).out
+    assert invoke("unhide", "-d", "1234:", sandbox=sandbox).code == 1
+    assert invoke("unhide", "-d", "zz", sandbox=sandbox).code == 2
+    assert invoke("unhide", sandbox=sandbox).code == 2
+    # lspci's -s forms select the functions there, and their persisted entries go too.
+    ok("hide", "--persist", VF, sandbox=sandbox)
+    released = ok("--json", "unhide", "-r", "0000:04:", sandbox=sandbox).json()
+    assert [d["bdf"] for d in released["devices"] if d["changed"]] == [VF]
+    assert released["unpersisted"] is True
+
+
+def test_rebind_takes_lspci_ids(sandbox):
+    ok("hide", VF, VF2, sandbox=sandbox)
+    planned = ok("rebind", "--dry-run", "-d", "8086:10ca", sandbox=sandbox).out
+    assert "would bind 0000:04:10.1" in planned and "would bind 0000:04:10.3" in planned
+    assert invoke("rebind", sandbox=sandbox).code == 2
+
+
+def test_assignable_list_with_names_like_xl_n(sandbox):
+    ok("hide", VF, "--name", "nic-a", sandbox=sandbox)
+    ok("hide", VF2, sandbox=sandbox)
+    assert ok("list", "--assignable", "--format", "xl", sandbox=sandbox).out == f"{VF}\n{VF2}\n"
+    assert ok("list", "--assignable", "--format", "xl", "-n", sandbox=sandbox).out == f"{VF} nic-a\n{VF2}\n"

@@ -9,8 +9,10 @@ methods and the window after the last write), and a real process SIGKILLed by th
 
 from __future__ import annotations
 
+import functools
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +104,7 @@ def plan_length(sandbox, method, op):
 @pytest.mark.parametrize("method", ["override", "slot", "new_id"])
 @pytest.mark.parametrize("op", ["hide", "unhide"])
 def test_injected_failure_after_every_write(pristine_sandbox, tmp_path, method, op):
+    """Also: recover --dry-run at every crash point predicts recover exactly, writing nothing."""
     template = tmp_path / "template"
     shutil.copytree(pristine_sandbox, template, symlinks=True)
     steps = plan_length(template, method, op)
@@ -128,8 +131,18 @@ def test_injected_failure_after_every_write(pristine_sandbox, tmp_path, method, 
         line = entry.describe()
         assert line.startswith(f"interrupted operation: {op} 0000:03:00.0 stopped ")
         assert "run 'xen-pciback recover'" in line
-        outcome = Seizer(open_host(sandbox, method), sandbox / "state", xenstore=xenstore).recover()
+        # The dry run writes nothing (sysfs, state dir, xenstore) and predicts the real recover:
+        # the same action and final driver, exactly the sysfs writes it then makes, in order.
+        before, stored = _tree(sandbox), dict(xenstore)
+        [planned] = Seizer(open_host(sandbox, method), sandbox / "state", xenstore=xenstore).recover(dry_run=True)
+        assert _tree(sandbox) == before and xenstore == stored
+        made: list[dict[str, str]] = []
+        real = open_host(sandbox, method)
+        real.write_hooks.append(functools.partial(_record_write, made))
+        outcome = Seizer(real, sandbox / "state", xenstore=xenstore).recover()
         assert len(outcome) == 1 and outcome[0]["action"] in ("completed", "rolled back")
+        assert (planned["action"], planned["driver"]) == (outcome[0]["action"], outcome[0]["driver"])
+        assert [{"path": w["path"], "value": w["value"]} for w in planned["writes"]] == made
         outcomes.add(assert_consistent(sandbox, xenstore=xenstore, target=target))
         # Idempotent: a second recover has nothing to do and changes nothing.
         assert Seizer(open_host(sandbox, method), sandbox / "state").recover() == []
@@ -241,3 +254,51 @@ def test_new_id_fallback_with_a_shared_id(sandbox):
         seizer.unhide(vf, rebind=True)
         assert host.device(vf).driver == "igbvf"
     assert pending_operations(sandbox / "state") == [] and load_records(sandbox / "state") == {}
+
+
+def _tree(root):
+    """Every file under ``root`` with its bytes and mode: what a dry run must leave untouched."""
+    import os
+
+    found = {}
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(base, name)
+            st = os.lstat(path)
+            found[path] = (st.st_mode, st.st_mtime_ns, os.path.islink(path) or os.path.isdir(path)
+                           or Path(path).read_bytes())
+    return found
+
+
+def _record_write(made, write):
+    made.append({"path": write.path, "value": write.value})
+
+
+def test_recover_dry_run_cli(sandbox):
+    """The command: valid shell lines under the sandbox's sysfs, JSON with ``changed`` per
+    operation and ``dry_run``, nothing written; then the real recover does it."""
+    killed = script("--sandbox", sandbox, "hide", NIC0, env={"XEN_PCIBACK_TEST_KILL_AFTER_WRITES": "1"})
+    assert killed.code == -signal.SIGKILL
+    before = _tree(sandbox)
+    text = invoke("--sandbox", sandbox, "recover", "--dry-run")
+    assert text.code == 0, text.err
+    lines = text.out.splitlines()
+    assert lines[0].startswith("# dry run: would end hide 0000:03:00.0 rolled back: ")
+    assert lines[1] == "# dry run: would roll back hide of 0000:03:00.0 with these sysfs writes:"
+    assert lines[2] == f"echo > {sandbox}/sys/bus/pci/devices/0000:03:00.0/driver_override"
+    as_json = invoke("--sandbox", sandbox, "--json", "recover", "--dry-run").json()
+    assert as_json["changed"] is True and as_json["dry_run"] is True
+    [operation] = as_json["operations"]
+    assert operation["changed"] is True and operation["action"] == "rolled back"
+    assert operation["writes"][0]["path"] == "bus/pci/devices/0000:03:00.0/driver_override"
+    assert _tree(sandbox) == before
+    assert invoke("--sandbox", sandbox, "--json", "recover").json()["operations"][0]["action"] == "rolled back"
+    assert invoke("--sandbox", sandbox, "--json", "recover", "--dry-run").json() == {
+        "changed": False, "dry_run": True, "operations": []}
+
+
+def test_recover_dry_run_creates_no_state_dir(sandbox):
+    shutil.rmtree(sandbox / "state", ignore_errors=True)
+    run = invoke("--sandbox", sandbox, "recover", "--dry-run")
+    assert run.code == 0 and "nothing to recover" in run.out
+    assert not (sandbox / "state").exists()

@@ -36,9 +36,28 @@ def test_brief_load_falls_back_to_the_full_load_when_attributes_are_missing(tmp_
     tree = FakeSysfs(tmp_path)
     tree.add_device("0000:01:00.0", 0x8086, 0x10D3, 0x020000, driver="e1000e", iommu_group=3)
     os.unlink(tree.device_dir("0000:01:00.0") / "class")  # the config header still has it
+    os.unlink(tree.device_dir("0000:01:00.0") / "uevent")
     host = SysfsHost(str(tree.sys))
     (brief,), (full,) = host.brief_devices(), host.devices()
     assert brief == full and brief.class_code == 0x020000
+
+
+def test_brief_load_takes_the_ids_from_uevent_in_one_read(tmp_path):
+    """uevent's PCI_ID/PCI_CLASS (the kernel's values) replace three reads; a malformed or
+    partial uevent falls back to the attribute files."""
+    tree = FakeSysfs(tmp_path)
+    tree.add_device("0000:01:00.0", 0x8086, 0x10D3, 0x020000, driver="e1000e", iommu_group=3)
+    tree.add_device("0000:02:00.0", 0x8086, 0x10D3, 0x020000)
+    tree.add_device("0000:03:00.0", 0x8086, 0x10D3, 0x020000)
+    one = tree.device_dir("0000:01:00.0")
+    for name in ("vendor", "device", "class"):  # only uevent can answer now
+        os.unlink(one / name)
+    (tree.device_dir("0000:02:00.0") / "uevent").write_text("PCI_CLASS=20000\nPCI_ID=zz:10D3\n")
+    (tree.device_dir("0000:03:00.0") / "uevent").write_text("DRIVER=e1000e\n")
+    host = SysfsHost(str(tree.sys))
+    devices = host.brief_devices()
+    assert [(d.vendor_id, d.device_id, d.class_code) for d in devices] == [(0x8086, 0x10D3, 0x020000)] * 3
+    assert devices[0].driver == "e1000e" and devices[0].device_name
 
 
 def test_inventory_brief_rows_match_full_rows_for_filters(tmp_path):

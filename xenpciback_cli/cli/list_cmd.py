@@ -41,9 +41,11 @@ OPTIONAL_COLUMNS = ("DOMID", "VDEV", "NAME", "OVERRIDE", "ORIGINAL", "USED")
 @click.option("--format", "fmt", type=click.Choice([*FORMATS, "xl"]), default=None,
               help="Table format [default: rich on a terminal, plain otherwise]; xl: one BDF a "
                    "line, as xl pci-assignable-list prints.")
+@click.option("-n", "--names", "show_names", is_flag=True,
+              help="With --format xl: each BDF followed by its name, as 'xl pci-assignable-list -n'.")
 @click.pass_obj
 def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, seized_only: bool,
-            assignable: bool, class_text: str | None, wide: bool, fmt: str | None) -> None:
+            assignable: bool, class_text: str | None, wide: bool, fmt: str | None, show_names: bool) -> None:
     """List PCI devices: BDF, ids, name, driver, state (host/seized/attached), domid, IOMMU
     group and what the host uses the device for (USED: interfaces, mounted block devices).
 
@@ -75,8 +77,10 @@ def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, s
     if assignable:
         rows = [r for r in rows if r.state is DeviceState.SEIZED and r.device.driver == PCIBACK_DRIVER]
     if fmt == "xl" and not settings.json:
-        for row in rows:  # xl prints DDDD:BB:DD.F, one a line
-            terminal.line(str(row.bdf))
+        xl_names = _xl_names(app) if show_names else {}
+        for row in rows:  # xl prints DDDD:BB:DD.F, one a line; with -n, a space and the name
+            name = xl_names.get(row.bdf)
+            terminal.line(f"{row.bdf} {name}" if name else str(row.bdf))
         return
     names = _xl_names(app)
     usage = _usage(app, rows)
@@ -107,13 +111,15 @@ def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, s
 
 
 def _xl_names(app: Application) -> dict[Any, str]:
-    """The names xl (or ``hide --name``) gave devices, where a xenstore answers; else none."""
-    client = app.xenstore()
-    if client is None:
-        return {}
-    from xenpciback_cli.toolstack.status import libxl_names
+    """The names ``hide --name`` (our records) and xl (xenstore, where one answers) gave devices."""
+    import os
 
-    return libxl_names(client)
+    client = app.xenstore()
+    if client is None and not os.path.lexists(app.state_dir):
+        return {}
+    from xenpciback_cli.engine.names import device_names
+
+    return device_names(app.state_dir, client)
 
 
 def _usage(app: Application, rows: list[Any]) -> dict[Any, tuple[str, ...]]:

@@ -11,13 +11,17 @@ if TYPE_CHECKING:
 
 
 @click.command("rebind")
-@click.argument("devices", metavar="DEVICE...", nargs=-1, required=True)
+@click.argument("devices", metavar="DEVICE...", nargs=-1)
+@click.option("-d", "--ids", "ids_text", metavar="[VENDOR]:[DEVICE][:CLASS]",
+              help="The devices with these ids (hex; an empty part matches any), as lspci -d.")
 @click.option("--force", "-f", is_flag=True,
               help="Go ahead even while the host uses it or a guest has it. Loud.")
 @click.option("--dry-run", is_flag=True, help="Print every sysfs write, in order, and do none.")
 @click.pass_obj
-def command(app: Application, devices: tuple[str, ...], force: bool, dry_run: bool) -> None:
-    """Give DEVICE... to whatever driver the kernel's probe picks, clearing the override.
+def command(app: Application, devices: tuple[str, ...], ids_text: str | None, force: bool,
+            dry_run: bool) -> None:
+    """Give DEVICE... (or every device with -d's ids) to whatever driver the kernel's probe
+    picks, clearing the override.
 
     Like 'driverctl unset-override': clear driver_override (and a pciback slot), unbind from
     the current driver, drivers_probe. The escape hatch when a seize record is gone (else
@@ -30,7 +34,14 @@ def command(app: Application, devices: tuple[str, ...], force: bool, dry_run: bo
 
     terminal = terminal_for(app)
     as_json = app.settings.json
-    patterns = device_patterns(app, devices)
+    from xenpciback_cli.engine.inventory import seize_patterns
+    from xenpciback_cli.errors import InputError
+    from xenpciback_cli.pci.spec import IdSelector
+
+    if not devices and ids_text is None:
+        raise InputError("name the devices to rebind: DEVICE... or -d VENDOR:DEVICE")
+    ids = IdSelector.parse(ids_text) if ids_text is not None else None
+    patterns = seize_patterns(app.host, device_patterns(app, devices), ids)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: render_bound(terminal, r),
                             forced="FORCED past a safety refusal: ")

@@ -7,7 +7,6 @@ hand it data; they never print directly.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -62,6 +61,8 @@ class Terminal:
 
     # -- structured output -------------------------------------------------------------------
     def json(self, data: Any) -> None:
+        import json  # only --json output needs it (a table run skips the import)
+
         # One string, one write: json.dump with indent writes every token separately.
         self.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 

@@ -11,16 +11,19 @@ if TYPE_CHECKING:
 
 
 @click.command("unhide")
-@click.argument("devices", metavar="DEVICE...", nargs=-1, required=True)
+@click.argument("devices", metavar="DEVICE...", nargs=-1)
+@click.option("-d", "--ids", "ids_text", metavar="[VENDOR]:[DEVICE][:CLASS]",
+              help="Release the seized devices with these ids (hex; an empty part matches any), as lspci -d.")
 @click.option("--rebind", "-r", is_flag=True, help="Bind the recorded original driver again (or probe).")
 @click.option("--force", "-f", is_flag=True, help="Release even while attached to a guest. Dangerous.")
 @click.option("--dry-run", is_flag=True, help="Print every sysfs write, in order, and do none.")
 @click.option("--config", "config", metavar="PATH", default=None,
               help="Also drop the devices from this persisted config [default: the usual one].")
 @click.pass_obj
-def command(app: Application, devices: tuple[str, ...], rebind: bool, force: bool, dry_run: bool,
-            config: str | None) -> None:
-    """Release DEVICE... (a BDF, a device name, or a host interface or block device): clear
+def command(app: Application, devices: tuple[str, ...], ids_text: str | None, rebind: bool, force: bool,
+            dry_run: bool, config: str | None) -> None:
+    """Release DEVICE... (a BDF or one of lspci's -s forms: 03:00, 03:; a device name, or a host
+    interface or block device), or the seized devices with -d's ids: clear
     driver_override, unbind from the seize driver, drop the pciback slot, and with --rebind
     give the device back to its recorded original driver.
 
@@ -31,7 +34,23 @@ def command(app: Application, devices: tuple[str, ...], rebind: bool, force: boo
 
     terminal = terminal_for(app)
     as_json = app.settings.json
+    from xenpciback_cli.engine.inventory import held_patterns, seize_patterns
+    from xenpciback_cli.errors import InputError
+    from xenpciback_cli.pci.spec import IdSelector
+
+    if not devices and ids_text is None:
+        raise InputError("name the devices to release: DEVICE... or -d VENDOR:DEVICE")
     patterns = device_patterns(app, devices)
+    if ids_text is not None:
+        patterns = held_patterns(app.host, app.state_dir, patterns, IdSelector.parse(ids_text))
+        if not patterns:
+            if as_json:
+                terminal.json({"changed": False, "dry_run": dry_run, "devices": [], "unpersisted": False})
+            else:
+                terminal.line(f"no seized device has ids {ids_text}; nothing to do")
+            return
+    else:
+        patterns = seize_patterns(app.host, patterns)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, rebind))
     report = seizer.unhide_devices(patterns, rebind=rebind, force=force, dry_run=dry_run,

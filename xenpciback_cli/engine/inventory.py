@@ -173,6 +173,22 @@ def seize_patterns(host: Host, patterns: Sequence[BdfPattern],
     return [BdfPattern(d.bdf.domain, d.bdf.bus, d.bdf.slot, d.bdf.function) for d in chosen]
 
 
+def held_patterns(host: Host, state_dir: Path, patterns: Sequence[BdfPattern],
+                  ids: IdSelector) -> list[BdfPattern]:
+    """What ``unhide -d`` acts on: of the devices ``patterns`` and ``ids`` select, those a seize
+    driver holds or a record keeps (released, awaiting ``--rebind``). No device selected is an
+    error (as for hide); devices selected but none seized is nothing to do (idempotent)."""
+    from xenpciback_cli.engine.records import load_records
+
+    records = load_records(state_dir) if os.path.lexists(state_dir) else {}
+    selected = select_devices(host, patterns, ids)
+    if not selected:
+        what = " ".join([*(str(p) for p in patterns), f"-d {ids}"])
+        raise DeviceNotFound(f"no PCI device matches {what} on this host")
+    chosen = [d for d in selected if d.driver in SEIZE_DRIVERS or d.bdf in records]
+    return [BdfPattern(d.bdf.domain, d.bdf.bus, d.bdf.slot, d.bdf.function) for d in chosen]
+
+
 def inventory(host: Host, *, state_dir: Path | None = None,
               attachments: Mapping[Bdf, int] | None = None,
               patterns: Iterable[Any] = (), class_filter: ClassFilter | None = None,

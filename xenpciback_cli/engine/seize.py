@@ -251,6 +251,11 @@ class Seizer:
         self.xenstore = xenstore
         self.attachments = dict(attachments or {})
         self._lock_depth = 0
+        # recover's dry run: the writes it would make (planned, as hide's dry run), the device
+        # states they would leave, and no state-dir or xenstore write.
+        self._dry = False
+        self._planned: list[PlannedWrite] = []
+        self._predicted: dict[Bdf, PciDevice] = {}
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -339,10 +344,12 @@ class Seizer:
                 results.append(result)
                 listener.done(result)
             unpersisted = False
+            # The entries as typed and those of each device released (a wildcard's too).
+            gone = [*patterns, *(BdfPattern(b.domain, b.bus, b.slot, b.function) for b in bdfs)]
             if not dry_run and config is not None:
-                unpersisted = persisted.remove(config, list(patterns), must_exist=config_named)
+                unpersisted = persisted.remove(config, gone, must_exist=config_named)
             elif config is not None and os.path.exists(config):
-                unpersisted = persisted.would_change(config, list(patterns), None)
+                unpersisted = persisted.would_change(config, gone, None)
             return UnhideReport(results, unpersisted)
 
     def restore(self, config: str | os.PathLike[str], *, config_named: bool = False, force: bool = False,
@@ -616,6 +623,8 @@ class Seizer:
 
     def _bound(self, bdf: Bdf, before: PciDevice, now: PciDevice) -> None:
         """After a bind: a device that left a seize driver for a host one is no longer seized."""
+        if self._dry:
+            return
         if before.driver in SEIZE_DRIVERS and now.driver not in SEIZE_DRIVERS:
             with contextlib.suppress(errors.StateFileCorrupt):
                 drop_record(self.state_dir, bdf)
@@ -626,7 +635,7 @@ class Seizer:
         target = entry.target_driver or None
         if not _bind_done(device, target):
             self._execute(entry.bdf, plan_bind(self.host, device, target))
-        now = self.host.device(entry.bdf)
+        now = self._device(entry.bdf)
         if device.driver in SEIZE_DRIVERS or entry.original_driver in SEIZE_DRIVERS:
             self._bound(entry.bdf, replace(device, driver=entry.original_driver), now)
         outcome.update(action="completed", reason=f"finished the bind: now {now.driver or 'no driver'}")
@@ -657,6 +666,8 @@ class Seizer:
                      name: str | None = None) -> None:
         """Record a seize; an existing live record is kept (the first record knows the original).
         A name (``hide --name``) goes in the record and, like libxl's, at /libxl/pci/BDF/name."""
+        if self._dry:
+            return
         bdf = device.bdf
         if name is not None:
             self._write_name(bdf, name)
@@ -684,6 +695,8 @@ class Seizer:
                   original: str | None, target: str, method: str, *, keep: bool) -> None:
         """The device left the seize driver: forget it, or (a plain unhide, driverless now) keep
         what a later ``unhide --rebind`` needs, marked released."""
+        if self._dry:
+            return
         if keep and original:
             kept = record if record is not None else SeizeRecord(bdf, original, target, method=method)
             put_record(self.state_dir, replace(kept, original_driver=original, released=True,
@@ -705,15 +718,20 @@ class Seizer:
                     pass
 
     # -- recover ----------------------------------------------------------------------------
-    def recover(self) -> list[dict[str, object]]:
+    def recover(self, *, dry_run: bool = False) -> list[dict[str, object]]:
         """Complete or roll back every interrupted operation; idempotent. Holds the lock, so an
         operation still running in another process is waited for, never "recovered".
+
+        With ``dry_run`` the same decisions are made from the same reads, but every sysfs write
+        is planned rather than made (each outcome's ``writes``, as hide's dry run), and nothing
+        is written to the state dir or xenstore; no lock is taken.
 
         Each operation ends in a stated state (``action``: completed, rolled back, dropped,
         left unbound) or is refused (``refused``: nothing written for it, the entry stays) when
         the device at the address is not the one journalled, or the host now uses it."""
         outcomes: list[dict[str, object]] = []
-        with self.locked():
+        self._dry, self._predicted = dry_run, {}
+        with self._operation(dry_run):
             corrupt: list[errors.StateFileCorrupt] = []
             for entry in pending_operations(self.state_dir, corrupt=corrupt):
                 if entry.running:  # its process lives on (without the lock): not ours to judge
@@ -725,7 +743,12 @@ class Seizer:
                 except errors.StateFileCorrupt as exc:
                     corrupt.append(exc)
                     continue
-                outcomes.append(self._recover_one(entry))
+                self._planned = []
+                outcome = self._recover_one(entry)
+                if dry_run:
+                    outcome["writes"] = [{"path": s.path, "value": s.value, "description": s.description}
+                                         for s in self._planned]
+                outcomes.append(outcome)
             for problem in corrupt:  # left for a person: nothing is written from an untrusted entry
                 name = Path(str(problem.path or "")).name
                 op = next((o for o in ("unhide", "hide", "bind") if name.startswith(f"{o}-")), "unknown")
@@ -739,8 +762,8 @@ class Seizer:
         try:
             device = self.host.device(bdf)
         except errors.DeviceNotFound:
-            self.journal.finish(entry)
-            drop_record(self.state_dir, bdf)
+            self._finish(entry)
+            self._drop(bdf)
             outcome.update(action="dropped", reason="the device is gone from the host")
             return outcome
         if entry.identity is not None:
@@ -750,7 +773,7 @@ class Seizer:
                                      + "; ".join(found))
         if entry.op == "bind" and _bind_done(device, entry.target_driver or None):
             self._recover_bind(entry, device, outcome)  # only the journal's last mark was missing
-            self.journal.finish(entry)
+            self._finish(entry)
             outcome["driver"] = device.driver
             return outcome
         usage = self.host.usage(bdf)
@@ -765,9 +788,22 @@ class Seizer:
                 self._recover_unhide(entry, device, outcome)
         except _Refused as refusal:
             return self._refused(entry, outcome, str(refusal))
-        self.journal.finish(entry)
-        outcome["driver"] = self.host.device(bdf).driver
+        self._finish(entry)
+        outcome["driver"] = self._device(bdf).driver
         return outcome
+
+    def _device(self, bdf: Bdf) -> PciDevice:
+        """The device as recover left it (in a dry run: as its planned writes would)."""
+        predicted = self._predicted.get(bdf) if self._dry else None
+        return predicted if predicted is not None else self.host.device(bdf)
+
+    def _finish(self, entry: JournalEntry) -> None:
+        if not self._dry:
+            self.journal.finish(entry)
+
+    def _drop(self, bdf: Bdf) -> None:
+        if not self._dry:
+            drop_record(self.state_dir, bdf)
 
     def _refused(self, entry: JournalEntry, outcome: dict[str, object], why: str) -> dict[str, object]:
         path = self.journal.directory / entry.name
@@ -783,7 +819,7 @@ class Seizer:
             # The host (or the driver it came from) still has it: undo only what we added.
             self._execute(bdf, self._undo_hide(entry, device))
             if load_record(self.state_dir, bdf) is not None and device.driver not in SEIZE_DRIVERS:
-                drop_record(self.state_dir, bdf)
+                self._drop(bdf)
             outcome.update(action="rolled back", reason=f"still bound to {device.driver}: the host "
                            "had not lost it yet")
             return
@@ -802,7 +838,7 @@ class Seizer:
         try:
             self._seize_from_here(device, target, entry.method)
         except errors.XenPcibackError as exc:
-            self._give_back(entry, self.host.device(bdf), outcome, f"{target} would not take it ({exc})")
+            self._give_back(entry, self._device(bdf), outcome, f"{target} would not take it ({exc})")
             return
         existing = load_record(self.state_dir, bdf)
         recorded = original or self._original_for(replace(device, driver=None), existing, entry.identity)
@@ -842,13 +878,13 @@ class Seizer:
             else:
                 self._left_unbound(entry, now, outcome, f"{why}; giving it back failed ({exc})")
                 return
-        now = self.host.device(bdf)
+        now = self._device(bdf)
         record = load_record(self.state_dir, bdf)
         if now.driver in SEIZE_DRIVERS:
             self._left_unbound(entry, now, outcome, f"{why}; it stayed with {now.driver}")
             return
         if record is not None and not record.released:
-            drop_record(self.state_dir, bdf)
+            self._drop(bdf)
         outcome.update(action="rolled back", reason=f"{why}; given back to "
                        f"{now.driver or 'no driver'}" + ("" if now.driver else
                        f" (bind a host driver: modprobe {original or 'its driver'}, then "
@@ -871,7 +907,7 @@ class Seizer:
         if device.driver is not None and device.driver not in SEIZE_DRIVERS:
             # A host driver has it: the release is done; clear only a leftover override of ours.
             if device.driver_override == target:
-                self.host.set_driver_override(bdf, None)
+                self._execute(bdf, [_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override")])
             self._released(bdf, record, entry.identity, original, target, entry.method, keep=False)
             outcome.update(action="completed", reason=f"already with {device.driver}: finished the release")
             return
@@ -898,7 +934,7 @@ class Seizer:
             outcome.update(action="completed", reason=f"released from {target}; {original or 'the recorded driver'} "
                            f"would not bind ({exc}), the kernel's probe gave it to {now.driver}")
             return
-        now = self.host.device(bdf)
+        now = self._device(bdf)
         self._released(bdf, record, entry.identity, original, target, entry.method,
                        keep=not entry.rebind or now.driver is None)
         outcome.update(action="completed", reason=f"already unbound from {target}: finished the release")
@@ -908,16 +944,25 @@ class Seizer:
         bdf = device.bdf
         if device.driver == target:
             if method == "override" and device.driver_override != target:
-                self.host.set_driver_override(bdf, target)
+                self._execute(bdf, [_w(f"bus/pci/devices/{bdf}/driver_override", target,
+                                       f"set driver_override to {target}")])
             if method == "slot" and str(bdf) not in self.host.pciback_slots():
-                self.host.pciback_new_slot(bdf)
+                self._execute(bdf, [_w(f"bus/pci/drivers/{PCIBACK_DRIVER}/new_slot", str(bdf),
+                                       "add to pciback slots")])
             return
         _, steps = plan_hide(self.host, device, target)
         self._execute(bdf, steps)
-        if self.host.device(bdf).driver != target:
+        if self._device(bdf).driver != target:
             raise errors.OperationFailed(f"recover {bdf}: {target} would not bind it")
 
     def _execute(self, bdf: Bdf, steps: list[PlannedWrite]) -> None:
+        if self._dry:  # planned, not made; the device as the kernel would leave it
+            self._planned += steps
+            device = self._device(bdf)
+            for step in steps:
+                device = _after_write(device, step)
+            self._predicted[bdf] = device
+            return
         for step in steps:
             self._write_step(bdf, step)
 
@@ -932,6 +977,21 @@ class Seizer:
                 self.host.bind(bdf, step.path.split("/")[-2])  # the id is there: bind explicitly
                 return
             raise
+
+
+def _after_write(device: PciDevice, step: PlannedWrite) -> PciDevice:
+    """The device after one planned write, as the kernel would leave it when the write works
+    (a probe without an override: the host driver the kernel would choose is not known here)."""
+    parts = step.path.split("/")
+    if parts[-1] == "driver_override":
+        return replace(device, driver_override=step.value.strip() or None)
+    if parts[-1] == "unbind":
+        return replace(device, driver=None)
+    if parts[-1] in ("bind", "new_id") and device.driver is None:
+        return replace(device, driver=parts[-2])
+    if parts[-1] == "drivers_probe" and device.driver is None:
+        return replace(device, driver=device.driver_override)
+    return device
 
 
 def _bind_done(device: PciDevice, target: str | None) -> bool:

@@ -63,6 +63,25 @@ def _read_int(path: str, base: int = 0) -> int | None:
         return None
 
 
+def _uevent_ids(text: str | None) -> tuple[int | None, int | None, int | None]:
+    """Vendor, device and class from a PCI device's ``uevent`` (``PCI_ID=VVVV:DDDD``,
+    ``PCI_CLASS=CCCCCC``: the kernel's values, the ones its ``vendor``/``device``/``class``
+    attributes show): one read instead of three. Nones when a line is missing or malformed."""
+    vendor = device = class_code = None
+    for line in (text or "").splitlines():
+        key, _, value = line.partition("=")
+        try:
+            if key == "PCI_ID":
+                ids = value.split(":")
+                if len(ids) == 2 and all(len(i) == 4 for i in ids):
+                    vendor, device = int(ids[0], 16), int(ids[1], 16)
+            elif key == "PCI_CLASS" and 0 < len(value) <= 6:
+                class_code = int(value, 16)
+        except ValueError:
+            return None, None, None
+    return vendor, device, class_code
+
+
 def _link_name(path: str) -> str | None:
     try:
         return os.path.basename(os.readlink(path))
@@ -170,9 +189,11 @@ class SysfsHost(Host):
 
     def _load_brief(self, bdf: Bdf) -> PciDevice:
         base = self.device_dir(bdf) + "/"
-        vendor = _read_int(base + "vendor", 16)
-        device = _read_int(base + "device", 16)
-        class_code = _read_int(base + "class", 16)
+        vendor, device, class_code = _uevent_ids(_read(base + "uevent"))
+        if vendor is None or device is None or class_code is None:  # no uevent: three files
+            vendor = _read_int(base + "vendor", 16)
+            device = _read_int(base + "device", 16)
+            class_code = _read_int(base + "class", 16)
         if vendor is None or device is None or class_code is None:
             # Unusual directory (attributes missing): the full load has the config fallbacks.
             return self._load(bdf)
