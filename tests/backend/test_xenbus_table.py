@@ -42,3 +42,21 @@ def test_each_row_is_what_step_does(row):
 def test_every_row_starts_from_a_state_the_backend_writes():
     assert {row[0] for row in TRANSITIONS} >= {S.INITIALISING, S.INIT_WAIT, S.INITIALISED,
                                               S.RECONFIGURING, S.RECONFIGURED, S.CONNECTED}
+
+
+def test_a_reconfiguring_round_exports_the_new_entry_and_closes_the_released_one():
+    """xen_pcibk_reconfigure: state-i 1 -> 3 with vdev-i (and an Export), state-i 5 -> 6 after
+    the removal (and a Release), then Reconfigured."""
+    peer = XenbusBackend(5, local_actions=True)
+    setup = {"state": "2", **DEV}
+    peer.step(Snapshot(setup, {}))                               # dev-0 at 00:00.0
+    backend = {"state": "7", "num_devs": "2", "dev-0": "0000:03:00.0", "state-0": "5",
+               "vdev-0": "0000:00:00.00", "dev-1": "0000:04:10.1", "state-1": "1"}
+    peer.last_frontend = S.CONNECTED
+    ops = peer.step(Snapshot(backend, {"state": "7", **FRONT}))
+    writes = {op.path.rsplit("/", 1)[1]: op.value for op in ops if isinstance(op, Write)}
+    assert writes["state-0"] == "6" and writes["state-1"] == "3" and writes["state"] == "8"
+    assert writes["vdev-1"].startswith("0000:00:")
+    kinds = [type(op).__name__ for op in ops if not isinstance(op, Write)]
+    assert kinds == ["Release", "Export"]
+    assert not peer.errors

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import struct
 import subprocess
 import sys
@@ -15,7 +14,16 @@ import time
 import pytest
 
 from helpers.cli import invoke, ok
-from helpers.pcifront import PACKAGE_ROOT, Frontend, serve_log, start_serve, stop_serve
+from helpers.pcifront import (
+    PACKAGE_ROOT,
+    Frontend,
+    serve_log,
+    start_guest,
+    start_serve,
+    stop_guest,
+    stop_serve,
+    wait_out,
+)
 
 NIC0, VF = "0000:03:00.0", "0000:04:10.1"
 READ = 0
@@ -33,44 +41,6 @@ def aer(sandbox, bdf, error):
 
 def aer_state(front):
     return front.read(f"{front.be}/aerState")
-
-
-def start_guest(sandbox, domid, *args):
-    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
-    env.pop("XEN_PCIBACK_SANDBOX", None)
-    proc = subprocess.Popen([sys.executable, "-m", "xenpciback_cli", "--sandbox", str(sandbox),
-                             "sandbox", "guest", str(domid), "--stay", "--timeout", "10", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    proc.out = ""  # type: ignore[attr-defined]
-    wait_out(proc, "holding domain")
-    return proc
-
-
-def wait_out(proc, text, timeout=15.0, count=1):
-    deadline = time.monotonic() + timeout
-    while proc.out.count(text) < count:
-        left = deadline - time.monotonic()
-        if left <= 0 or proc.poll() is not None:
-            raise AssertionError(f"guest did not print {text!r}: {proc.out}"
-                                 f"{proc.stderr.read().decode() if proc.poll() is not None else ''}")
-        select.select([proc.stdout], [], [], min(left, 0.1))
-        try:
-            proc.out += os.read(proc.stdout.fileno(), 1 << 16).decode()
-        except BlockingIOError:
-            pass
-    return proc.out
-
-
-def stop_guest(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_with_a_handler_the_guest_recovers_and_lives(sandbox):

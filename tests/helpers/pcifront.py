@@ -12,6 +12,7 @@ import sys
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from xenpciback_cli.xenstore.client import XenstoreClient
 
@@ -165,3 +166,44 @@ def stop_serve(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
             proc.wait(timeout)
     serve_log(proc)
     return proc.returncode
+
+
+def start_guest(sandbox: Path, domid: int, *args: str) -> subprocess.Popen[bytes]:
+    """``sandbox guest DOMID --stay ARGS`` as a real process (its stdout collected in
+    ``proc.out``); returns once it holds the connection."""
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+    env.pop("XEN_PCIBACK_SANDBOX", None)
+    proc = subprocess.Popen([sys.executable, "-m", "xenpciback_cli", "--sandbox", str(sandbox),
+                             "sandbox", "guest", str(domid), "--stay", "--timeout", "10", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    proc.out = ""  # type: ignore[attr-defined]
+    wait_out(proc, "holding domain")
+    return proc
+
+
+def wait_out(proc: Any, text: str, timeout: float = 15.0, count: int = 1) -> str:
+    """Wait until the guest printed ``text`` ``count`` times; its output so far."""
+    deadline = time.monotonic() + timeout
+    while proc.out.count(text) < count:
+        left = deadline - time.monotonic()
+        if left <= 0 or proc.poll() is not None:
+            raise AssertionError(f"guest did not print {text!r}: {proc.out}"
+                                 f"{proc.stderr.read().decode() if proc.poll() is not None else ''}")
+        select.select([proc.stdout], [], [], min(left, 0.1))
+        try:
+            proc.out += os.read(proc.stdout.fileno(), 1 << 16).decode()
+        except BlockingIOError:
+            pass
+    return proc.out
+
+
+def stop_guest(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

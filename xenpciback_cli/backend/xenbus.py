@@ -50,7 +50,7 @@ TRANSITIONS: tuple[tuple[XenbusState, str, str, XenbusState | None], ...] = (
     (S.INITIALISED, "a new dev-i (state-i=1)", "export it (pick-up before the guest connects)", None),
     (S.INITIALISED, "frontend Initialised, magic 7", "map the ring, bind the event channel",
      S.CONNECTED),
-    (S.RECONFIGURING, "frontend Reconfiguring", "export state-i=1, release state-i=5",
+    (S.RECONFIGURING, "frontend Reconfiguring", "export state-i=1 (-> 3), release state-i=5 (-> 6)",
      S.RECONFIGURED),
     (S.RECONFIGURED, "frontend Connected", "the round is over", S.CONNECTED),
     (S.CONNECTED, "frontend Closing", "close", S.CLOSING),
@@ -239,7 +239,9 @@ class XenbusBackend:
                     return ops + self._fatal(22, f"Error reading or parsing vdev-{entry.index}")
                 if self._remove(guest) or self.passthrough.pop(guest, None) is not None:
                     ops += self._local(Release(guest))
-                # already gone is fine: the round may be replayed
+                # already gone is fine: the round may be replayed; either way the entry is
+                # Closed now (xen_pcibk_reconfigure writes state-i = 6 after the removal)
+                ops.append(Write(f"{self.path}/state-{entry.index}", str(int(S.CLOSED))))
         return ops
 
     def claimed_by_other(self, values: Mapping[str, str]) -> bool:

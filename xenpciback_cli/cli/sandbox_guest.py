@@ -37,7 +37,10 @@ def command(app: Application, domid: int, stay: bool, record: str | None, timeou
 
     \b
     With --stay, each AER request from the backend is answered and printed as one line
-    ("AER error_detected (frozen) on 0000:00:00.0: driver answered need_reset").
+    ("AER error_detected (frozen) on 0000:00:00.0: driver answered need_reset"), and the
+    guest follows hot-plug and unplug as Linux's pcifront does, one line per device
+    ("hot-plug: 0000:00:01.0 Ethernet controller [0200]: ... [8086:10c9]",
+    "hot-unplug: 0000:00:01.0 removed").
 
     \b
     --json prints one object:
@@ -78,7 +81,8 @@ def command(app: Application, domid: int, stay: bool, record: str | None, timeou
 
     front = pcifront.PciFront(sandbox, domid, timeout=timeout,
                               recorder=pcifront.Recorder(stream) if stream else None,
-                              aer_policy=aer_result, on_aer=aer_line)
+                              aer_policy=aer_result, on_aer=aer_line,
+                              on_change=aer_line)
     try:
         run = pcifront.run_guest(front)
         if app.settings.json:

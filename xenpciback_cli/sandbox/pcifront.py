@@ -21,6 +21,13 @@ it is an independent frontend: it would talk to any backend that keeps the contr
    ``pci_ers_result`` into ``aer_op.err``, clears the bit and notifies. The driver here answers
    by policy (:data:`AER_POLICIES`).
 
+5. Hot-plug and unplug (``pcifront_backend_changed``), while staying: the backend Reconfiguring
+   (the toolstack opened a round) -> the frontend detaches every device whose ``state-i`` is 5
+   (Closing), found by ``vdev-i`` (``pcifront_detach_devices``), and goes Reconfiguring; the
+   backend Reconfigured (it exported and released) -> the frontend rescans its root buses for
+   devfns it has no device at (``pcifront_attach_devices``: ``pci_scan_child_bus`` skips the
+   present ones) and goes Connected. One line per device that appears or goes.
+
 One op at a time, as the contract says: write it at byte 4, set bit 0 of the flags word, notify,
 wait for a notification *and* the bit clear. Nothing here trusts the backend to answer: every
 wait is bounded, and a timeout names the backend's state and whose move it is.
@@ -66,6 +73,7 @@ from xenpciback_cli.sandbox.front_transport import FrontChannel, GrantedPage
 STATE_NAMES = {0: "Unknown", 1: "Initialising", 2: "InitWait", 3: "Initialised", 4: "Connected",
                5: "Closing", 6: "Closed", 7: "Reconfiguring", 8: "Reconfigured"}
 INIT_WAIT, INITIALISED, CONNECTED, CLOSING, CLOSED = 2, 3, 4, 5, 6
+RECONFIGURING, RECONFIGURED = 7, 8
 #: The grant reference and port this frontend picks (any free values would do).
 DEFAULT_REF = 8
 DEFAULT_PORT = 8
@@ -218,7 +226,8 @@ class PciFront:
                  ref: int = DEFAULT_REF, port: int = DEFAULT_PORT,
                  recorder: Callable[[OpResult], None] | None = None,
                  xenstore_socket: str | None = None, aer_policy: str = "driver",
-                 on_aer: Callable[[str], None] | None = None) -> None:
+                 on_aer: Callable[[str], None] | None = None,
+                 on_change: Callable[[str], None] | None = None) -> None:
         self.sandbox = Path(sandbox)
         self.domid = domid
         self.timeout = timeout
@@ -232,6 +241,9 @@ class PciFront:
         self.channel: FrontChannel | None = None
         self.roots: list[tuple[int, int]] = []
         self.results: list[OpResult] = []
+        #: The functions the guest has now (scan, then hot-plug and unplug): address -> device.
+        self.devices: dict[Bdf, GuestDevice] = {}
+        self.on_change = on_change
         if aer_policy not in AER_POLICIES:
             raise ValueError(f"AER policy {aer_policy!r}: one of {', '.join(AER_POLICIES)}")
         self.aer_policy = aer_policy
@@ -447,11 +459,13 @@ class PciFront:
     # -- scan -------------------------------------------------------------------------------
     def scan(self) -> list[GuestDevice]:
         """Every devfn of every root bus (``pcifront_scan_bus``), then each found function's
-        header."""
+        header; a devfn the guest has a device at already is skipped (a rescan)."""
         found = []
         for domain, bus in self.roots:
             for devfn in range(256):
                 address = Bdf(domain, bus, devfn >> 3, devfn & 7)
+                if address in self.devices:
+                    continue
                 ids = self.conf_read(address, 0, 4)
                 if ids.err != 0 or ids.value & 0xFFFF in (0xFFFF, 0x0000):
                     continue
@@ -463,7 +477,57 @@ class PciFront:
                     cls.value >> 8 if cls.ok else 0xFF0000, cls.value & 0xFF if cls.ok else 0,
                     header.value & 0xFF if header.ok else 0,
                     (subsys.value & 0xFFFF, subsys.value >> 16) if subsys.ok else (0, 0)))
+                self.devices[address] = found[-1]
         return found
+
+    # -- hot-plug and unplug ----------------------------------------------------------------
+    def follow(self) -> bool:
+        """One step of a Reconfiguring round, if the backend's state asks for one
+        (``pcifront_backend_changed``); True if the frontend moved."""
+        backend, frontend = self.backend_state(), self.frontend_state()
+        if backend == RECONFIGURING and frontend == CONNECTED:
+            self.detach_closing()
+            self.client.write(f"{self.frontend}/state", str(RECONFIGURING))
+            return True
+        if backend == RECONFIGURED and frontend == RECONFIGURING:
+            self.rescan()
+            self.client.write(f"{self.frontend}/state", str(CONNECTED))
+            return True
+        return False
+
+    def detach_closing(self) -> list[Bdf]:
+        """``pcifront_detach_devices``: every ``dev-i`` the toolstack marked Closing (5) goes,
+        found by its ``vdev-i``."""
+        gone = []
+        text = self._read(f"{self.backend}/num_devs") or "0"
+        count = int(text) if text.isdigit() and len(text) < 4 else 0
+        for i in range(count):
+            if self._read(f"{self.backend}/state-{i}") != str(CLOSING):
+                continue
+            address = _parse_vdev(self._read(f"{self.backend}/vdev-{i}"))
+            if address is None:
+                self._said(f"hot-unplug: dev-{i}: unreadable vdev-{i}, skipped")
+                continue
+            if self.devices.pop(address, None) is None:
+                self._said(f"hot-unplug: {address}: no such device here, skipped")
+                continue
+            gone.append(address)
+            self._said(f"hot-unplug: {address} removed")
+        return gone
+
+    def rescan(self) -> list[GuestDevice]:
+        """``pcifront_attach_devices``: re-read the roots, scan the devfns with no device."""
+        for root in self.read_roots():
+            if root not in self.roots:
+                self.roots.append(root)
+        found = self.scan()
+        for dev in found:
+            self._said(f"hot-plug: {device_line(dev)}")
+        return found
+
+    def _said(self, line: str) -> None:
+        if self.on_change is not None:
+            self.on_change(line)
 
     # -- probe ------------------------------------------------------------------------------
     def probe(self, dev: GuestDevice) -> list[ProbeStep]:
@@ -576,11 +640,14 @@ class PciFront:
         """Hold the connection: take notifications until ``stop`` or the backend closes."""
         assert self.channel is not None
         while not stop.is_set():
-            self.channel.wait(0.2)
+            self.channel.wait(0.1)
             self.handle_aer()
+            while self.client.next_event(0) is not None:  # the state watch: re-read below
+                pass
             state = self.backend_state()
             if state in (CLOSING, CLOSED):
                 return
+            self.follow()
 
     def close(self) -> None:
         """Step 7: Closing, Closed; remove the grant file and the socket."""
@@ -603,6 +670,16 @@ class PciFront:
                 except OSError:
                     pass
                 self.client = None
+
+
+def _parse_vdev(text: str | None) -> Bdf | None:
+    """``vdev-i`` as the backend writes it (``0000:00:01.00``); None if unreadable."""
+    try:
+        head, function = (text or "").strip().rsplit(".", 1)
+        domain, bus, slot = (int(part, 16) for part in head.split(":"))
+        return Bdf(domain, bus, slot, int(function, 16))
+    except (ValueError, TypeError):
+        return None
 
 
 def _human(size: int) -> str:
@@ -656,6 +733,15 @@ def check_domain(sandbox: Path, client: Any, domid: int) -> None:
                             f"'sandbox domain create {domid} --no-guest'")
 
 
+def device_line(dev: GuestDevice) -> str:
+    """One function as lspci shows it: address, class, names, [vendor:device]."""
+    vendor_name, device_name = dev.names()
+    name = " ".join(x for x in (vendor_name, device_name) if x) or "device"
+    rev = f" (rev {dev.revision:02x})" if dev.revision else ""
+    return (f"{dev.address} {dev.class_name()} [{dev.class_code >> 8:04x}]: {name} "
+            f"[{dev.vendor:04x}:{dev.device:04x}]{rev}")
+
+
 def format_view(run: GuestRun) -> list[str]:
     """The guest's lspci-like view, then the probe's results: the lines a person reads."""
     roots = ", ".join(f"{d:04x}:{b:02x}" for d, b in run.roots) or "none"
@@ -663,11 +749,7 @@ def format_view(run: GuestRun) -> list[str]:
     if not run.devices:
         lines.append("no devices")
     for dev in run.devices:
-        vendor_name, device_name = dev.names()
-        name = " ".join(x for x in (vendor_name, device_name) if x) or "device"
-        rev = f" (rev {dev.revision:02x})" if dev.revision else ""
-        lines.append(f"{dev.address} {dev.class_name()} [{dev.class_code >> 8:04x}]: {name} "
-                     f"[{dev.vendor:04x}:{dev.device:04x}]{rev}")
+        lines.append(device_line(dev))
     if run.probe:
         lines.append("")
         lines.append("# driver-like probe")
