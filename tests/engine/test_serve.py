@@ -172,3 +172,61 @@ def test_sigkill_mid_stream_the_simulated_guest_sees_every_op_answered(sandbox):
         stop_serve(proc)
         if second is not None:
             stop_serve(second)
+
+
+DISABLE_MSIX = 5
+NIC0_RECORD = "7-0000-03-00-0.json"
+
+
+def _hypervisor(sandbox):
+    path = sandbox / "xen" / "pirqs.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _msix_enable_bit(sandbox) -> int:
+    config = (sandbox / "sys/bus/pci/devices" / NIC0 / "config").read_bytes()
+    return struct.unpack_from("<H", config, 0x72)[0] & 0x8000
+
+
+def test_msix_survives_a_sigkill_restart_without_a_second_mapping(two_guests):
+    sandbox, proc, (a, _b) = two_guests
+    err, _value, vectors = a.op(ENABLE_MSIX, 0, 0, 0, 3, entries=(0, 1, 2))
+    assert err == 0 and len(_hypervisor(sandbox)[f"7/{NIC0}"]) == 3
+    record = sandbox / "run" / "interrupts" / NIC0_RECORD
+    assert os.stat(record).st_mode & 0o777 == 0o600
+    assert json.loads(record.read_text())["pirqs"] == list(vectors[:3])
+    proc.send_signal(signal.SIGKILL)                             # no goodbye
+    proc.wait(5)
+    second = start_serve(sandbox)
+    try:
+        assert a.op(ENABLE_MSIX, 0, 0, 0, 3, entries=(0, 1, 2))[0] == -114  # still on
+        assert len(_hypervisor(sandbox)[f"7/{NIC0}"]) == 3       # not mapped twice
+        assert a.op(DISABLE_MSIX, 0)[0] == 0
+        assert f"7/{NIC0}" not in _hypervisor(sandbox)           # the adopted PIRQs unmapped
+        assert not _msix_enable_bit(sandbox) and not record.exists()
+        err, _value, again = a.op(ENABLE_MSIX, 0, 0, 0, 3, entries=(0, 1, 2))
+        assert err == 0 and again[:3] == vectors[:3]
+        assert len(_hypervisor(sandbox)[f"7/{NIC0}"]) == 3
+        assert "MSI-X on 0000:03:00.0 taken over after a restart (3 PIRQ(s))" in serve_log(second)
+    finally:
+        stop_serve(second)
+
+
+def test_a_record_the_hardware_contradicts_is_dropped_with_one_line(two_guests):
+    sandbox, proc, (a, _b) = two_guests
+    assert a.op(ENABLE_MSIX, 0, 0, 0, 2, entries=(0, 1))[0] == 0
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(5)
+    path = sandbox / "sys/bus/pci/devices" / NIC0 / "config"
+    config = bytearray(path.read_bytes())                        # the device was reset meanwhile
+    struct.pack_into("<H", config, 0x72, struct.unpack_from("<H", config, 0x72)[0] & ~0x8000)
+    path.write_bytes(bytes(config))
+    second = start_serve(sandbox)
+    try:
+        log = serve_log(second)
+        assert log.count("MSI/MSI-X record of 0000:03:00.0 dropped: ") == 1
+        assert "enable bit is clear" in log
+        assert not (sandbox / "run" / "interrupts" / NIC0_RECORD).exists()
+        assert a.op(ENABLE_MSIX, 0, 0, 0, 2, entries=(0, 1))[0] == 0  # the guest may enable
+    finally:
+        stop_serve(second)

@@ -292,3 +292,36 @@ def test_a_guest_enables_and_disables_msix_through_the_session(sysfs, hv, irqs):
     assert op(2)[0] == 0                   # MSI after a failed MSI-X: PIRQ from Xen
     assert irqs.mapped() == {f"7/{DEV}": [53]}
     config.close()
+
+
+def test_adopted_msix_is_unmapped_exactly_once_and_not_mapped_twice(sysfs, hv, irqs):
+    """A restarted serve hands over what the previous process mapped (PIRQs 91, 90, 89)."""
+    path = sysfs / "bus" / "pci" / "devices" / str(DEV) / "config"
+    config = bytearray(path.read_bytes())
+    struct.pack_into("<H", config, MSIX_CAP + 2, 0x8000 | 4)    # MSI-X left enabled
+    path.write_bytes(bytes(config))
+    irqs.adopt(7, DEV, "msix", [0, 1, 2], [91, 90, 89])
+    assert hv.calls == [] and irqs.mapped() == {f"7/{DEV}": [91, 90, 89]}
+    with pytest.raises(InterruptError) as err:                   # a second mapping: refused
+        irqs.enable_msix(7, DEV, [0])
+    assert err.value.errno == -errno.EBUSY and hv.calls == []
+    irqs.disable_msix(7, DEV)
+    assert hv.calls == [("unmap", 7, 91), ("unmap", 7, 90), ("unmap", 7, 89)]
+    assert not _word(sysfs, MSIX_CAP + 2) & 0x8000
+    irqs.disable_msix(7, DEV)                                    # nothing left to unmap
+    assert len(hv.calls) == 3
+    irqs.enable_msix(7, DEV, [0, 1])                             # prepared before: not again
+    assert [c[0] for c in hv.calls[3:]] == ["map", "map"]
+
+
+def test_adopted_msi_and_bad_adoptions(hv, irqs):
+    irqs.adopt(7, DEV, "msi", [], [42])
+    with pytest.raises(InterruptError):
+        irqs.adopt(7, DEV, "msi", [], [43])                      # already known
+    irqs.disable_msi(7, DEV)
+    assert hv.calls == [("unmap", 7, 42)]
+    for kind, entries, pirqs in (("msi", [], [1, 2]), ("msix", [0, 1], [5]), ("intx", [], [1])):
+        with pytest.raises(InterruptError) as err:
+            irqs.adopt(8, DEV, kind, entries, pirqs)
+        assert err.value.errno == -errno.EINVAL
+    assert irqs.mapped() == {}

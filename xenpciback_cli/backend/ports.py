@@ -69,6 +69,13 @@ class InterruptControl(Protocol):
         """The guest's PIRQ for the device's INTx line (0 when it has none, e.g. a VF)."""
         ...
 
+    def adopt(self, domid: int, host: Bdf, kind: str, entries: Sequence[int],
+              pirqs: Sequence[int]) -> None:
+        """Take over a mapping an earlier run of the backend made and that is still in place
+        (``kind`` ``"msi"`` or ``"msix"``; ``entries`` empty for MSI): nothing is mapped, but a
+        later ``disable_*`` unmaps exactly these PIRQs and a second enable is refused."""
+        ...
+
 
 class TransportError(Exception):
     """Mapping a guest's page or binding its event channel failed, or the channel broke.

@@ -81,11 +81,23 @@ class ExportedDevice:
     bridges: tuple[Bdf, ...] = ()
     msi_enabled: bool = False
     msix_enabled: bool = False
+    #: What the adapter mapped while enabled: MSI-X table entries (empty for MSI) and PIRQs.
+    entries: tuple[int, ...] = ()
+    pirqs: tuple[int, ...] = ()
     #: Linux's ``ack_intr``: the fake INTx handler acks while no MSI/MSI-X is on (spec §3.7).
     ack_intr: bool = True
     #: Failed enable ops; the first of each kind is logged, the rest only counted (XSA-157).
     failed_enables: int = 0
     warned: set[str] = field(default_factory=set)
+
+    def interrupts(self) -> tuple[str, tuple[int, ...], tuple[int, ...]] | None:
+        """``(kind, entries, pirqs)`` while MSI (``"msi"``) or MSI-X (``"msix"``) is enabled:
+        what a restarted backend needs to take the mapping over (``restore_interrupts``)."""
+        if self.msix_enabled:
+            return "msix", self.entries, self.pirqs
+        if self.msi_enabled:
+            return "msi", (), self.pirqs
+        return None
 
 
 class GuestSession:
@@ -160,6 +172,7 @@ class GuestSession:
         except InterruptError as exc:
             self._event(f"device {exported.host}: could not disable MSI/MSI-X on release: {exc}")
         exported.msi_enabled = exported.msix_enabled = False
+        exported.entries = exported.pirqs = ()
         exported.overlay.reset()
         self._event(f"device {exported.host} released from domain {self.domid}")
         return exported
@@ -173,6 +186,44 @@ class GuestSession:
     def guest_address(self, host: Bdf) -> Bdf | None:
         """Where the guest sees ``host`` (for AER requests); None if not exported."""
         return next((d.guest for d in self.devices.values() if d.host == host), None)
+
+    def restore_interrupts(self, host: Bdf, kind: str, entries: tuple[int, ...],
+                           pirqs: tuple[int, ...]) -> str | None:
+        """After a restart: MSI or MSI-X was enabled on exported ``host`` by an earlier run
+        (its record). Checked against the device's enable bit - the hardware wins: a device
+        reset meanwhile has it clear - then the flags are set again and the adapter takes the
+        mapping over (``InterruptControl.adopt``), so the guest's next disable unmaps it and a
+        second enable gets -EALREADY/-EBUSY, not a second mapping. None when restored, else
+        why the record is dropped (one line for the log)."""
+        dev = next((d for d in self.devices.values() if d.host == host), None)
+        if dev is None:
+            return f"{host} is not exported to domain {self.domid}"
+        if dev.msi_enabled or dev.msix_enabled:
+            return f"{host} already has MSI or MSI-X enabled for domain {self.domid}"
+        cap_id, bit = (CapId.MSIX, 0x8000) if kind == "msix" else (CapId.MSI, 0x0001)
+        cap = dev.overlay.caps.find(cap_id)
+        if cap is None:
+            return f"{host} has no {kind.upper()} capability"
+        try:
+            enabled = bool(dev.config.read(cap.offset + 2, 2) & bit)
+        except ConfigAccessError:
+            return f"{host}'s config space cannot be read"
+        if not enabled:
+            return (f"{host}'s {'MSI-X' if kind == 'msix' else 'MSI'} enable bit is clear "
+                    "(the device was reset meanwhile?)")
+        try:
+            self.interrupts.adopt(self.domid, host, kind, entries, pirqs)
+        except InterruptError as exc:
+            return str(exc)
+        if kind == "msix":
+            dev.msix_enabled = True
+        else:
+            dev.msi_enabled = True
+        dev.entries, dev.pirqs = entries, pirqs
+        dev.ack_intr = False
+        self._event(f"domain {self.domid}: {'MSI-X' if kind == 'msix' else 'MSI'} on {host} "
+                    f"taken over after a restart ({len(pirqs)} PIRQ(s))")
+        return None
 
     # -- ops -------------------------------------------------------------------------------
     def process(self, page: bytearray | memoryview) -> Result:
@@ -254,6 +305,7 @@ class GuestSession:
             self._enable_failed(dev, "MSI", str(exc))
             return _OP_FAILED, 0
         dev.msi_enabled = True
+        dev.entries, dev.pirqs = (), (pirq,)
         dev.ack_intr = False
         self._event(f"domain {self.domid}: MSI enabled on {dev.host} (pirq {pirq})")
         return 0, pirq & 0xFFFFFFFF
@@ -265,6 +317,7 @@ class GuestSession:
             except InterruptError as exc:
                 self._event(f"domain {self.domid}: disabling MSI on {dev.host} failed: {exc}")
             dev.msi_enabled = False
+            dev.entries = dev.pirqs = ()
             dev.ack_intr = True
         return 0, self.interrupts.legacy_pirq(self.domid, dev.host) & 0xFFFFFFFF
 
@@ -296,6 +349,7 @@ class GuestSession:
         if len(pirqs) != count:
             raise RuntimeError(f"enable_msix gave {len(pirqs)} PIRQs for {count} entries")
         dev.msix_enabled = True
+        dev.entries, dev.pirqs = tuple(entry for _, entry in entries), tuple(pirqs)
         dev.ack_intr = False
         vectors = tuple(pirq & 0xFFFF if pirq else vector
                         for pirq, (vector, _) in zip(pirqs, entries))
@@ -326,5 +380,6 @@ class GuestSession:
             except InterruptError as exc:
                 self._event(f"domain {self.domid}: disabling MSI-X on {dev.host} failed: {exc}")
             dev.msix_enabled = False
+            dev.entries = dev.pirqs = ()
             dev.ack_intr = True
         return 0, self.interrupts.legacy_pirq(self.domid, dev.host) & 0xFFFFFFFF

@@ -41,6 +41,7 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
 
     from xenpciback_cli.backend.topology import Mode
     from xenpciback_cli.engine.serve import Server, notify_ready
+    from xenpciback_cli.engine.statestore import StateStore
 
     adapters = app.serve_adapters()
     run_dir = app.serve_run_dir()
@@ -58,7 +59,8 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
                     mode=Mode(mode), domids=domids, settings=app.serve_settings,
                     others_serve=adapters.others_serve,
                     record=write_record if out is not None else None, log=log,
-                    control=str(run_dir / "serve.sock"), aer_timeout=aer_timeout)
+                    control=str(run_dir / "serve.sock"), aer_timeout=aer_timeout,
+                    interrupt_records=StateStore(run_dir / "interrupts"))
     signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())

@@ -21,7 +21,14 @@ Rules:
      values, an adapter failure - ends that guest (``error`` node, Closing) and only it.
   4. SIGTERM: the op in progress is finished (ops are handled synchronously), then the loop
      returns; xenstore is left as it is so a restarted ``serve`` resumes every guest.
-  5. AER (``backend/aer.py``): a host error on an exported device (:meth:`Server.raise_aer`; in a
+  5. MSI/MSI-X survive a restart: every change a guest's op makes (enabled: kind, table
+     entries, the PIRQs the adapter mapped; disabled or released: nothing) is written to
+     ``RUN/interrupts/D-BDF.json`` (the state store's rules: 0600, no symlink, atomic) before
+     the guest sees the answer. A restarted ``serve`` exporting the device again reads it back,
+     checks it against the device's enable bit (the hardware wins: a record the device
+     contradicts is dropped, one log line) and hands it to the session and the adapter
+     (``InterruptControl.adopt``), so the guest's next disable unmaps those PIRQs once.
+  6. AER (``backend/aer.py``): a host error on an exported device (:meth:`Server.raise_aer`; in a
      sandbox through the control socket, ``sandbox aer``) runs the host's recovery sequence for
      that device, each step relayed to the guest through ``aer_op``; the loop polls the answer
      on every round and wakes up at the relay's deadline, so a guest that never answers costs
@@ -62,7 +69,7 @@ from xenpciback_cli.backend.ports import (
     Transport,
     TransportError,
 )
-from xenpciback_cli.backend.session import GuestSession
+from xenpciback_cli.backend.session import ExportedDevice, GuestSession
 from xenpciback_cli.backend.topology import Mode
 from xenpciback_cli.backend.xenbus import (
     OWNER_NODE,
@@ -76,7 +83,9 @@ from xenpciback_cli.backend.xenbus import (
     XenbusBackend,
     xenstore_ops,
 )
-from xenpciback_cli.errors import InputError
+from xenpciback_cli.engine import statestore
+from xenpciback_cli.engine.statestore import StateStore
+from xenpciback_cli.errors import InputError, XenPcibackError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pv.abi import PciOp
@@ -100,6 +109,10 @@ THROTTLE = 0.2
 MAX_AER_QUEUE = 8
 #: A control-socket request line is at most this long.
 MAX_REQUEST = 4096
+#: The ops that change a device's MSI/MSI-X state (enable/disable MSI, MSI-X).
+INTERRUPT_OPS = frozenset({int(PciOp.ENABLE_MSI), int(PciOp.DISABLE_MSI),
+                           int(PciOp.ENABLE_MSIX), int(PciOp.DISABLE_MSIX)})
+InterruptState = tuple[str, tuple[int, ...], tuple[int, ...]]
 
 
 class DeviceSource(Protocol):
@@ -156,6 +169,8 @@ class Guest:
     recoveries: deque[Recovery] = field(default_factory=deque)
     aer_relayed: int = 0
     aer_failed: int = 0
+    #: The MSI/MSI-X state last recorded per device (what the run dir's record says).
+    recorded: dict[Bdf, InterruptState | None] = field(default_factory=dict)
 
     @property
     def state(self) -> str:
@@ -169,7 +184,8 @@ class Server:
                  others_serve: Callable[[int], bool] | None = None,
                  record: Callable[[TraceRecord], None] | None = None,
                  log: Callable[[str], None] = lambda line: None,
-                 control: str | None = None, aer_timeout: float = DEFAULT_TIMEOUT) -> None:
+                 control: str | None = None, aer_timeout: float = DEFAULT_TIMEOUT,
+                 interrupt_records: StateStore | None = None) -> None:
         self.client = client
         self.transport = transport
         self.interrupts = interrupts
@@ -182,6 +198,7 @@ class Server:
         self.log = log
         self.control_path = control
         self.aer_timeout = aer_timeout
+        self.interrupt_records = interrupt_records
         self.guests: dict[int, Guest] = {}
         self.stopping = False
         self.started = time.time()
@@ -385,6 +402,7 @@ class Server:
         elif isinstance(action, Release):
             released = guest.session.release(action.guest)
             if released is not None:
+                self._record_interrupts(guest, released)
                 _close(guest.configs.pop(released.host, None))
                 _close(guest.physfn_configs.pop(released.host, None))
                 self.log(f"domain {guest.domid}: device {released.host} released")
@@ -420,6 +438,7 @@ class Server:
         quirks = options.get("quirks") or ()
         extra += f", {len(quirks)} quirk(s)" if quirks else ""  # type: ignore[arg-type]
         self.log(f"domain {guest.domid}: device {action.host} exported as {action.guest}{extra}")
+        self._restore_interrupts(guest, action.host)
         self._flush_events(guest)
 
     def _connect(self, guest: Guest, action: Connect) -> None:
@@ -493,11 +512,63 @@ class Server:
                 return
             guest.window_ops += 1
             guest.session.process(page)
+            record = guest.last
+            if record is not None and record.request[0] in INTERRUPT_OPS:
+                op = record.op
+                dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
+                if dev is not None:
+                    self._record_interrupts(guest, dev)  # before the guest sees the answer
             set_flag_bits(page, clear_mask=ACTIVE)
             channel.notify()
             self._after_op(guest)
         except Exception as exc:  # noqa: BLE001 - isolation: a bad guest ends alone
             self._fail(guest, f"{type(exc).__name__}: {exc}")
+
+    # -- MSI/MSI-X records (rule 5) ---------------------------------------------------------------
+    def _record_interrupts(self, guest: Guest, dev: ExportedDevice) -> None:
+        """Write (or remove) the device's record when its MSI/MSI-X state changed."""
+        store = self.interrupt_records
+        state = None if dev not in guest.session.devices.values() else dev.interrupts()
+        if store is None or guest.recorded.get(dev.host) == state:
+            return
+        name = record_name(guest.domid, dev.host)
+        try:
+            if state is None:
+                store.remove(name)
+            else:
+                kind, entries, pirqs = state
+                store.write(name, json.dumps({
+                    "domid": guest.domid, "host": str(dev.host), "kind": kind,
+                    "entries": list(entries), "pirqs": list(pirqs)}).encode())
+        except (XenPcibackError, OSError) as exc:
+            self.log(f"domain {guest.domid}: could not record the MSI/MSI-X state of "
+                     f"{dev.host}: {exc}")
+            return
+        guest.recorded[dev.host] = state
+
+    def _restore_interrupts(self, guest: Guest, host: Bdf) -> None:
+        """A restart: take over the MSI/MSI-X state an earlier run recorded for ``host``."""
+        store = self.interrupt_records
+        if store is None:
+            return
+        name = record_name(guest.domid, host)
+        try:
+            data = store.read(name)
+            if data is None:
+                return
+            kind, entries, pirqs = parse_record(data, guest.domid, host)
+        except (XenPcibackError, OSError, statestore.Invalid) as exc:
+            why: str | None = f"unreadable record: {exc}"
+        else:
+            why = guest.session.restore_interrupts(host, kind, entries, pirqs)
+            if why is None:
+                guest.recorded[host] = (kind, entries, pirqs)
+                return
+        self.log(f"domain {guest.domid}: MSI/MSI-X record of {host} dropped: {why}")
+        try:
+            store.remove(name)
+        except (XenPcibackError, OSError):
+            pass
 
     def _flooding(self, guest: Guest, count: int) -> bool:
         guest.notifications += count
@@ -757,6 +828,33 @@ class _ControlClient:
             pass
         finally:
             self.conn.close()
+
+
+def record_name(domid: int, host: Bdf) -> str:
+    """The run-dir record of ``host``'s MSI/MSI-X state for guest ``domid``."""
+    return f"{domid}-{host.domain:04x}-{host.bus:02x}-{host.slot:02x}-{host.function}.json"
+
+
+def parse_record(data: bytes, domid: int, host: Bdf) -> InterruptState:
+    """A record's ``(kind, entries, pirqs)``, every field checked (``statestore.Invalid``)."""
+    value = statestore.obj(statestore.parse_json(data), "the record",
+                           required={"domid", "host", "kind", "entries", "pirqs"})
+    if statestore.integer(value["domid"], "domid", 0, 0x7FEF) != domid \
+            or statestore.bdf(value["host"], "host") != host:
+        raise statestore.Invalid("it names another guest or device")
+    kind = value["kind"]
+    if kind not in ("msi", "msix"):
+        raise statestore.Invalid("kind must be msi or msix")
+    entries, pirqs = value["entries"], value["pirqs"]
+    if not isinstance(entries, list) or not isinstance(pirqs, list):
+        raise statestore.Invalid("entries and pirqs must be lists")
+    entry_t = tuple(statestore.integer(e, "an entry", 0, 2047) for e in entries)
+    pirq_t = tuple(statestore.integer(p, "a PIRQ", 0, 2**31 - 1) for p in pirqs)
+    if kind == "msi" and (entry_t or len(pirq_t) != 1):
+        raise statestore.Invalid("MSI has no entries and one PIRQ")
+    if kind == "msix" and (not entry_t or len(entry_t) != len(pirq_t) or len(entry_t) > 128):
+        raise statestore.Invalid("MSI-X has one PIRQ per entry (1 to 128)")
+    return kind, entry_t, pirq_t
 
 
 def _close(access: object) -> None:

@@ -18,6 +18,7 @@ MSI-X entry) and sets the enable bits in config space as the kernel's MSI code w
 from __future__ import annotations
 
 import errno
+import json
 import mmap
 import os
 import socket
@@ -26,7 +27,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from xenpciback_cli.backend.ports import TransportError
+from xenpciback_cli.backend.ports import InterruptError, TransportError
 from xenpciback_cli.config.fields import ConfigAccessError
 from xenpciback_cli.config.registers import XenPciErr
 from xenpciback_cli.host.configfile import FileConfigAccessor
@@ -181,16 +182,64 @@ def _find_cap(config: FileConfigAccessor, cap_id: int) -> int | None:
 class SandboxInterrupts:
     """The sandbox's hypervisor for MSI and MSI-X: PIRQ numbers derived from the device and the
     entry (stable across restarts, so a guest's vectors stay valid), and the enable bits set or
-    cleared in the simulated config space as Linux's ``pci_enable_msi``/``msix`` would."""
+    cleared in the simulated config space as Linux's ``pci_enable_msi``/``msix`` would.
+
+    The hypervisor's side outlives ``serve``, as Xen's does: every PIRQ mapped into a domain is
+    listed in ``S/xen/pirqs.json`` (``{"D/BDF": [pirq, ...]}``, a second map of the same entry
+    listed twice, as Xen would hand out a second PIRQ). What this adapter itself knows it mapped
+    is in memory, like the real adapter's, and is handed back after a restart by :meth:`adopt`."""
 
     MSI_BASE = 0x100
     MSIX_BASE = 0x400
 
     def __init__(self, devices: SandboxDevices) -> None:
         self.devices = devices
+        self._mapped: dict[tuple[int, Bdf], tuple[str, list[int]]] = {}
+
+    @property
+    def hypervisor_path(self) -> Path:
+        return self.devices.root / "xen" / "pirqs.json"
 
     def _device_key(self, host: Bdf) -> int:
         return zlib.crc32(str(host).encode()) % 61
+
+    # -- the simulated hypervisor's table ---------------------------------------------------------
+    def hypervisor_mappings(self) -> dict[str, list[int]]:
+        """Every PIRQ the simulated hypervisor has mapped, by ``"domid/bdf"``."""
+        try:
+            fd = os.open(self.hypervisor_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return {}
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(1 << 20)
+        try:
+            table = json.loads(data)
+        except ValueError:
+            return {}
+        if not isinstance(table, dict):
+            return {}
+        return {str(k): [int(p) for p in v if type(p) is int]
+                for k, v in table.items() if isinstance(v, list)}
+
+    def _hypervisor(self, domid: int, host: Bdf, add: Sequence[int] = (),
+                    remove: Sequence[int] = ()) -> None:
+        table = self.hypervisor_mappings()
+        key = f"{domid}/{host}"
+        pirqs = table.get(key, []) + list(add)
+        for pirq in remove:
+            if pirq in pirqs:
+                pirqs.remove(pirq)
+        if pirqs:
+            table[key] = pirqs
+        else:
+            table.pop(key, None)
+        path = self.hypervisor_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(table, f, sort_keys=True)
+        os.replace(tmp, path)
 
     def _set(self, host: Bdf, cap_id: int, offset: int, bit: int, on: bool) -> bool:
         try:
@@ -209,26 +258,52 @@ class SandboxInterrupts:
         finally:
             config.close()
 
-    def enable_msi(self, domid: int, host: Bdf) -> int:
-        from xenpciback_cli.backend.ports import InterruptError
+    def _refuse_twice(self, domid: int, host: Bdf) -> None:
+        if (domid, host) in self._mapped:
+            raise InterruptError(-errno.EBUSY, f"{host}: MSI or MSI-X already mapped for "
+                                 f"domain {domid}")
 
+    def enable_msi(self, domid: int, host: Bdf) -> int:
+        self._refuse_twice(domid, host)
         if not self._set(host, _CAP_MSI, 2, 0x0001, True):
             raise InterruptError(-errno.ENODEV, f"{host}: no MSI capability to enable")
-        return self.MSI_BASE + self._device_key(host)
+        pirq = self.MSI_BASE + self._device_key(host)
+        self._hypervisor(domid, host, add=[pirq])
+        self._mapped[(domid, host)] = ("msi", [pirq])
+        return pirq
 
     def disable_msi(self, domid: int, host: Bdf) -> None:
+        self._unmap(domid, host, "msi")
         self._set(host, _CAP_MSI, 2, 0x0001, False)
 
     def enable_msix(self, domid: int, host: Bdf, entries: Sequence[int]) -> Sequence[int]:
-        from xenpciback_cli.backend.ports import InterruptError
-
+        self._refuse_twice(domid, host)
         if not self._set(host, _CAP_MSIX, 2, 0x8000, True):
             raise InterruptError(-errno.ENODEV, f"{host}: no MSI-X capability to enable")
         base = self.MSIX_BASE + self._device_key(host) * 0x100
-        return [base + (entry & 0xFF) for entry in entries]
+        pirqs = [base + (entry & 0xFF) for entry in entries]
+        self._hypervisor(domid, host, add=pirqs)
+        self._mapped[(domid, host)] = ("msix", pirqs)
+        return pirqs
 
     def disable_msix(self, domid: int, host: Bdf) -> None:
+        self._unmap(domid, host, "msix")
         self._set(host, _CAP_MSIX, 2, 0x8000, False)
+
+    def _unmap(self, domid: int, host: Bdf, kind: str) -> None:
+        mapped = self._mapped.get((domid, host))
+        if mapped is not None and mapped[0] == kind:
+            del self._mapped[(domid, host)]
+            self._hypervisor(domid, host, remove=mapped[1])
+
+    def adopt(self, domid: int, host: Bdf, kind: str, entries: Sequence[int],
+              pirqs: Sequence[int]) -> None:
+        self._refuse_twice(domid, host)
+        self._mapped[(domid, host)] = (kind, [int(p) for p in pirqs])
+
+    def mapped(self) -> dict[str, object]:
+        """What this adapter knows it mapped (for status and tests): ``{"domid/bdf": [pirqs]}``."""
+        return {f"{d}/{b}": list(p) for (d, b), (_kind, p) in self._mapped.items()}
 
     def legacy_pirq(self, domid: int, host: Bdf) -> int:
         try:

@@ -37,7 +37,9 @@ release MSI-X              :meth:`XenInterrupts.release` (``PHYSDEVOP_release_ms
 
 Xen does not refuse a second map of a mapped device (it hands out a new PIRQ): this adapter
 keeps what it mapped and refuses a double enable with -EBUSY, behind the core's own XSA-157
-checks. Only PCI segment 0 is supported: ``xc_physdev_map_pirq_msi`` has no segment argument.
+checks. Its map lives in memory; ``serve`` records every change in its run dir and, after a
+restart, hands the surviving mappings back through :meth:`XenInterrupts.adopt`. Only PCI
+segment 0 is supported: ``xc_physdev_map_pirq_msi`` has no segment argument.
 """
 
 from __future__ import annotations
@@ -342,6 +344,25 @@ class XenInterrupts:
         msix = self._capability(host, CapId.MSIX)
         self._update(host, ((msix + MSIX_FLAGS, 0, MSIX_FLAGS_ENABLE),
                             (Reg.COMMAND, 0, Command.INTX_DISABLE)))
+
+    # -- after a restart ----------------------------------------------------------------------
+    def adopt(self, domid: int, host: Bdf, kind: str, entries: Sequence[int],
+              pirqs: Sequence[int]) -> None:
+        """A mapping an earlier ``serve`` made (its record in the run dir, checked against the
+        enable bits): remembered so ``disable_*`` unmaps exactly these PIRQs and a second
+        enable is refused (-EBUSY) instead of mapping the device twice. MSI-X was prepared
+        then, so it is not prepared again."""
+        key = (domid, host)
+        if key in self._msi or key in self._msix:
+            raise InterruptError(-errno.EBUSY, f"{host}: MSI or MSI-X already mapped for domain {domid}")
+        if kind == "msi" and len(pirqs) == 1:
+            self._msi[key] = int(pirqs[0])
+        elif kind == "msix" and pirqs and len(pirqs) == len(entries):
+            self._msix[key] = [int(p) for p in pirqs]
+            self._prepared.add(host)
+        else:
+            raise InterruptError(-errno.EINVAL, f"{host}: cannot adopt {kind} with {len(pirqs)} "
+                                 f"PIRQ(s) for {len(entries)} entr(ies)")
 
     # -- INTx and release -------------------------------------------------------------------------
     def legacy_pirq(self, domid: int, host: Bdf) -> int:
