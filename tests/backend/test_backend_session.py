@@ -113,6 +113,15 @@ def test_lookup_first_not_exported_is_dev_not_found_and_echoes_value():
     assert run(s, 0xFFFFFFFF, devfn=8, value=7)[0] == (-1, 7)  # unknown cmd, unknown device
 
 
+def test_a_released_device_is_not_found_and_a_reexported_one_is_served():
+    s, _, _ = session()
+    s.release(Bdf(0, 0, 0, 0))
+    assert run(s, 0, offset=0, size=4, value=3)[0] == (-1, 3)
+    assert s.handle(read_op(op_page(0, offset=0, size=4, value=3))) == (-1, 3)
+    s.export(HOST, config_space())
+    assert run(s, 0, offset=0, size=4)[0] == (0, 0x10D38086)
+
+
 @pytest.mark.parametrize("cmd", [6, 7, 8, 9, 10, 11, 0xFFFFFFFF])
 def test_other_ops_are_not_implemented(cmd):
     s, _, _ = session()

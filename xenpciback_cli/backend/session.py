@@ -21,6 +21,7 @@ Rules (Linux ``pciback_ops.c``, ``vpci.c``, ``passthrough.c``; spec ``pciback.md
 from __future__ import annotations
 
 from collections import deque
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -56,7 +57,14 @@ _CONF_WRITE = int(PciOp.CONF_WRITE)
 _MEMORY = int(Command.MEMORY)
 _EINVAL, _ENXIO, _ENOSPC, _EALREADY = (int(e) for e in (Errno.EINVAL, Errno.ENXIO, Errno.ENOSPC,
                                                        Errno.EALREADY))
-_unpack_header = OP_HEADER.unpack_from
+#: The header fields an op is served on, from the private copy: cmd, (domain, bus, devfn) as the
+#: 12 bytes the guest wrote (the route key: an exact match on the three uint32s, no tuple built),
+#: offset, size, value. ``err`` and ``info`` are skipped; the MSI-X entries are decoded only for
+#: ``enable_msix`` (``_enable_msix``).
+_CONF_HEADER = struct.Struct("<I4x12siiI")
+assert _CONF_HEADER.size == OP_HEADER.size - 4 and OP_HEADER.format == "<IiIIIiiII"
+_unpack_conf = _CONF_HEADER.unpack_from
+_ADDRESS = struct.Struct("<III")
 _pack_err = ERR.pack_into
 _pack_value = VALUE.pack_into
 #: Log lines kept for the event loop to drain (older ones are dropped, never unbounded).
@@ -114,6 +122,10 @@ class GuestSession:
         self.vpci = VpciBus()
         #: (domain, bus, devfn) as the guest names it -> the device.
         self.devices: dict[tuple[int, int, int], ExportedDevice] = {}
+        #: The same devices keyed on their packed (domain, bus, devfn) bytes, with the overlay's
+        #: conf_read/conf_write closures: the per-op lookup (kept in step by export/release).
+        self._routes: dict[bytes, tuple[Callable[..., tuple[int, int]],
+                                        Callable[..., tuple[int, int]], ExportedDevice]] = {}
         self.ops_served = 0
         self.events: deque[str] = deque(maxlen=MAX_EVENTS)
         self._other_ops: dict[int, Callable[[ExportedDevice, int, bytes], Result]] = {
@@ -153,6 +165,8 @@ class GuestSession:
         overlay.prepare_export()
         exported = ExportedDevice(host, guest, overlay, config, physfn_config, bridges)
         self.devices[(guest.domain, guest.bus, guest.devfn)] = exported
+        self._routes[_ADDRESS.pack(guest.domain, guest.bus, guest.devfn)] = (
+            overlay.op_read, overlay.op_write, exported)
         self._event(f"device {host} exported to domain {self.domid} as {guest}")
         return exported
 
@@ -162,6 +176,7 @@ class GuestSession:
         exported = self.devices.pop((guest.domain, guest.bus, guest.devfn), None)
         if exported is None:
             return None
+        del self._routes[_ADDRESS.pack(guest.domain, guest.bus, guest.devfn)]
         if self.mode is Mode.VPCI:
             self.vpci.remove(guest)
         try:
@@ -234,22 +249,22 @@ class GuestSession:
         if len(raw) != OP_SIZE:
             raise PageError(f"a shared page holds its op at bytes {OP_OFFSET}-{OP_END}")
         # _dispatch inlined for conf ops: this is the per-op path (bench/bench_dispatch.py)
-        cmd, _err, domain, bus, devfn, offset, size, value, _info = _unpack_header(raw)
+        cmd, address, offset, size, value = _unpack_conf(raw)
         self.ops_served += 1
-        dev = self.devices.get((domain, bus, devfn))
+        route = self._routes.get(address)
         result: Result
-        if dev is None:
+        if route is None:
             result = _NOT_FOUND, value
         elif cmd == _CONF_READ:
-            result = dev.overlay.op_read(offset, size)
+            result = route[0](offset, size)
         elif cmd == _CONF_WRITE:
-            result = dev.overlay.op_write(offset, size, value)[0], value
+            result = route[1](offset, size, value)[0], value
         else:
             handler = self._other_ops.get(cmd)
             if handler is None:
                 result = _NOT_IMPLEMENTED, value
             else:
-                result = handler(dev, value, raw)
+                result = handler(route[2], value, raw)
         if len(result) == 2:
             _pack_err(page, ERR_OFFSET, result[0])
             _pack_value(page, VALUE_OFFSET, result[1])
@@ -264,19 +279,19 @@ class GuestSession:
         return self._dispatch(op.raw)
 
     def _dispatch(self, raw: bytes) -> Result:
-        cmd, _err, domain, bus, devfn, offset, size, value, _info = _unpack_header(raw)
+        cmd, address, offset, size, value = _unpack_conf(raw)
         self.ops_served += 1
-        dev = self.devices.get((domain, bus, devfn))
-        if dev is None:
+        route = self._routes.get(address)
+        if route is None:
             return _NOT_FOUND, value
         if cmd == _CONF_READ:
-            return dev.overlay.op_read(offset, size)
+            return route[0](offset, size)
         if cmd == _CONF_WRITE:
-            return dev.overlay.op_write(offset, size, value)[0], value
+            return route[1](offset, size, value)[0], value
         handler = self._other_ops.get(cmd)
         if handler is None:
             return _NOT_IMPLEMENTED, value
-        return handler(dev, value, raw)
+        return handler(route[2], value, raw)
 
     # -- MSI and MSI-X (XSA-157; spec §3.5) --------------------------------------------------
     def _event(self, line: str) -> None:
