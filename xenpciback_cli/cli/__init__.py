@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pci-list": ("pci_list", "command", "List one domain's PCI devices, like 'xl pci-list DOMAIN'."),
     "completion": ("completion_cmd", "command", "Print the shell completion script for bash, zsh or fish."),
     "install-units": ("install_units", "command", "Write the systemd units so they start this installation."),
+    "replay": ("replay", "command", "Re-run a recorded trace (serve --record) and check the answers."),
     "serve": ("serve", "group", "Run the userspace PCI backend for guests (serve foreground), or ask it."),
 }
 

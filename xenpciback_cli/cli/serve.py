@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -27,7 +27,8 @@ def group() -> None:
 @click.option("--domid", "domids", type=int, multiple=True, metavar="N",
               help="Serve only these domains (repeatable); default: every unserved one.")
 @click.option("--record", "record", type=click.Path(dir_okay=False, writable=True),
-              default=None, metavar="FILE", help="Write every op served as one JSON line.")
+              default=None, metavar="FILE", help="Write a trace (docs/trace-format.md): a header, then each device "
+                   "and op as one JSON line (FILE.gz: compressed).")
 @click.option("--aer-timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True,
               metavar="SECONDS",
               help="How long a guest may take to answer an AER request before aerState=aerfail.")
@@ -35,30 +36,35 @@ def group() -> None:
 def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str | None,
                aer_timeout: float) -> None:
     """Serve guests in the foreground until SIGTERM or SIGINT (the op in progress finishes)."""
-    import json
     import signal
     import sys
 
     from xenpciback_cli.backend.topology import Mode
     from xenpciback_cli.engine.serve import Server, notify_ready
     from xenpciback_cli.engine.statestore import StateStore
+    from xenpciback_cli.engine.trace import TraceWriter
+    from xenpciback_cli.errors import InputError
 
     adapters = app.serve_adapters()
     run_dir = app.serve_run_dir()
-    out: Any = open(record, "a", buffering=1) if record else None  # noqa: SIM115
+    out: TraceWriter | None = None
+    if record:
+        from xenpciback_cli import __version__
+        try:
+            out = TraceWriter(record, tool_version=__version__, mode=mode)
+        except OSError as exc:
+            raise InputError(f"cannot write --record file {record}: "
+                             f"{exc.strerror or exc}") from None
 
     def log(line: str) -> None:
         sys.stderr.write(f"serve: {line}\n")
         sys.stderr.flush()
 
-    def write_record(rec: Any) -> None:
-        out.write(json.dumps(rec.as_dict()) + "\n")
-
     client = app.open_xenstore(timeout=10.0)
     server = Server(client, adapters.transport, adapters.interrupts, adapters.devices,
                     mode=Mode(mode), domids=domids, settings=app.serve_settings,
                     others_serve=adapters.others_serve,
-                    record=write_record if out is not None else None, log=log,
+                    trace=out, log=log,
                     control=str(run_dir / "serve.sock"), aer_timeout=aer_timeout,
                     interrupt_records=StateStore(run_dir / "interrupts"))
     signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)

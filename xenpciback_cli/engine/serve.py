@@ -85,12 +85,13 @@ from xenpciback_cli.backend.xenbus import (
 )
 from xenpciback_cli.engine import statestore
 from xenpciback_cli.engine.statestore import StateStore
+from xenpciback_cli.engine.trace import TraceWriter, snapshot_config
 from xenpciback_cli.errors import InputError, XenPcibackError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pv.abi import PciOp
 from xenpciback_cli.pv.codec import read_flags, set_flag_bits
-from xenpciback_cli.pv.trace import TraceRecord
+from xenpciback_cli.pv.trace import DeviceSnapshot, TraceRecord
 from xenpciback_cli.toolstack.libxl_layout import backend_path, frontend_path
 from xenpciback_cli.toolstack.xenbus import XenbusState
 from xenpciback_cli.toolstack.xsexec import apply_ops, list_or_empty, read_dir_values
@@ -183,6 +184,7 @@ class Server:
                  domids: Iterable[int] = (), settings: SettingsLoader | None = None,
                  others_serve: Callable[[int], bool] | None = None,
                  record: Callable[[TraceRecord], None] | None = None,
+                 trace: TraceWriter | None = None,
                  log: Callable[[str], None] = lambda line: None,
                  control: str | None = None, aer_timeout: float = DEFAULT_TIMEOUT,
                  interrupt_records: StateStore | None = None) -> None:
@@ -195,6 +197,7 @@ class Server:
         self.settings = settings or (lambda bdf: {})
         self.others_serve = others_serve or (lambda domid: False)
         self.record = record
+        self.trace = trace
         self.log = log
         self.control_path = control
         self.aer_timeout = aer_timeout
@@ -424,6 +427,8 @@ class Server:
         physfn = self.devices.config(device.physfn) if device is not None and device.physfn \
             else None
         options = dict(self.settings(action.host))
+        if self.trace is not None:  # before the export: what the overlay is built over
+            self._trace_device(guest, action, config, device, options)
         try:
             guest.session.export(action.host, config, device=device, physfn_config=physfn,
                                  guest=action.guest, **options)  # type: ignore[arg-type]
@@ -591,6 +596,27 @@ class Server:
         guest.last = record
         if self.record is not None:
             self.record(record)
+        if self.trace is not None:
+            op = record.op
+            dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
+            self.trace.op(record, None if dev is None else str(dev.host))
+
+    def _trace_device(self, guest: Guest, action: Export, config: ConfigAccess,
+                      device: PciDevice | None, options: dict[str, object]) -> None:
+        assert self.trace is not None
+        data = snapshot_config(config)
+        vendor = int.from_bytes(data[0:2], "little") if len(data) >= 4 else 0xFFFF
+        ident = int.from_bytes(data[2:4], "little") if len(data) >= 4 else 0xFFFF
+        resources: tuple[tuple[int, int, int, int], ...] = ()
+        irq = 0
+        if device is not None:
+            vendor, ident, irq = device.vendor_id, device.device_id, device.irq or 0
+            resources = tuple((r.index, r.start, r.end, r.flags) for r in device.resources)
+        quirks: Any = options.get("quirks", ())
+        self.trace.device(DeviceSnapshot(
+            guest.domid, str(action.host), str(action.guest), vendor, ident,
+            irq, resources, data, bool(options.get("permissive", False)),
+            tuple(str(q) for q in quirks)))
 
     def _after_op(self, guest: Guest) -> None:
         record = guest.last

@@ -7,10 +7,14 @@ tuple of plain values; ``as_dict``/``from_dict`` give a JSON-ready form (request
 
 from __future__ import annotations
 
+import re
+import struct
 from typing import NamedTuple
 
-from xenpciback_cli.pv.abi import OP_SIZE, SH_INFO_MAX_VEC
-from xenpciback_cli.pv.codec import Op, PageError, Result, decode_op
+from xenpciback_cli.pv.abi import OP_SIZE, SH_INFO_MAX_VEC, PciOp
+from xenpciback_cli.pv.codec import Op, PageError, Result, decode_op, encode_op
+
+_BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$")
 
 
 class TraceRecord(NamedTuple):
@@ -55,3 +59,192 @@ class TraceRecord(NamedTuple):
             raise PageError(f"a trace request is {OP_SIZE} bytes with at most "
                             f"{SH_INFO_MAX_VEC} vectors")
         return cls(domid, request, err, value, tuple(vectors))
+
+
+# -- the trace file's lines (docs/trace-format.md) -------------------------------------------------
+#: The format this code writes and reads; a trace with another is refused (exit 2).
+FORMAT_VERSION = 1
+#: The kinds of line after the header.
+KINDS = ("device", "op", "state", "aer")
+_OP_NAMES = {int(op): op.name.lower() for op in PciOp}
+_OP_CODES = {name: code for code, name in _OP_NAMES.items()}
+_ENABLE_MSIX = int(PciOp.ENABLE_MSIX)
+
+
+class TraceFormatError(ValueError):
+    """A line that is not what docs/trace-format.md says (the reader adds its line number)."""
+
+
+class DeviceSnapshot(NamedTuple):
+    """One exported device as the trace starts it: where it sits, what it is, its config space
+    (as read before the export) and the overlay settings it was exported with."""
+
+    domid: int
+    host: str
+    guest: str
+    vendor_id: int
+    device_id: int
+    irq: int
+    #: sysfs ``resource`` lines: ``(index, start, end, flags)``.
+    resources: tuple[tuple[int, int, int, int], ...]
+    config: bytes
+    permissive: bool = False
+    quirks: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kind": "device", "domid": self.domid, "host": self.host, "guest": self.guest,
+                "vendor_id": f"{self.vendor_id:#06x}", "device_id": f"{self.device_id:#06x}",
+                "irq": self.irq, "resources": [list(r) for r in self.resources],
+                "config": self.config.hex(), "permissive": self.permissive,
+                "quirks": list(self.quirks)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> DeviceSnapshot:
+        try:
+            resources = tuple(tuple(_int(v, "resource") for v in r)  # type: ignore[attr-defined]
+                              for r in _list(data.get("resources", []), "resources"))
+            if any(len(r) != 4 for r in resources):
+                raise TraceFormatError("a resource is [index, start, end, flags]")
+            quirks = tuple(str(q) for q in _list(data.get("quirks", []), "quirks"))
+            return cls(_int(data["domid"], "domid"), _bdf(data["host"], "host"),
+                       _bdf(data["guest"], "guest"), _hex(data["vendor_id"], "vendor_id"),
+                       _hex(data["device_id"], "device_id"), _int(data.get("irq", 0), "irq"),
+                       resources, bytes.fromhex(str(data["config"])),  # type: ignore[arg-type]
+                       _bool(data.get("permissive", False), "permissive"), quirks)
+        except KeyError as exc:
+            raise TraceFormatError(f"a device line has no {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, TraceFormatError):
+                raise
+            raise TraceFormatError(f"a bad device line: {exc}") from None
+
+
+def header_dict(tool_version: str, mode: str,
+                devices: tuple[DeviceSnapshot, ...] = ()) -> dict[str, object]:
+    """The first line: what wrote the trace and the devices known at its start."""
+    return {"kind": "header", "format": "xen-pciback-trace", "version": FORMAT_VERSION,
+            "tool_version": tool_version, "mode": mode,
+            "devices": [d.as_dict() for d in devices]}
+
+
+def check_header(data: object) -> tuple[str, tuple[DeviceSnapshot, ...]]:
+    """The header's mode and devices; anything else (another version) raises TraceFormatError."""
+    if not isinstance(data, dict) or data.get("kind") != "header":
+        raise TraceFormatError("the first line is not a trace header")
+    version = data.get("version")
+    if version != FORMAT_VERSION:
+        raise TraceFormatError(f"trace format version {version!r} is not supported "
+                               f"(this tool reads version {FORMAT_VERSION})")
+    devices = tuple(DeviceSnapshot.from_dict(_obj(d, "device"))
+                    for d in _list(data.get("devices", []), "devices"))
+    return str(data.get("mode", "vpci")), devices
+
+
+def op_dict(record: TraceRecord, time: float, host: str | None) -> dict[str, object]:
+    """One op line: the request's fields and the answer (``host``: the device it reached)."""
+    op = record.op
+    out: dict[str, object] = {
+        "kind": "op", "t": round(time, 6), "domid": record.domid,
+        "guest": f"{op.domain:04x}:{op.bus:02x}:{op.devfn >> 3:02x}.{op.devfn & 7}",
+        "host": host, "op": _OP_NAMES.get(op.cmd, "unknown"), "code": op.cmd,
+        "offset": op.offset, "size": op.size, "value_in": op.value,
+        "value_out": record.value, "err": record.err,
+    }
+    if op.cmd == _ENABLE_MSIX and 0 < op.value <= SH_INFO_MAX_VEC:
+        out["entries"] = [list(e) for e in op.msix_entries(op.value)]
+    if record.vectors:
+        out["vectors"] = list(record.vectors)
+    return out
+
+
+class OpLine(NamedTuple):
+    """An op line read back: the record to replay and the device it was served on."""
+
+    record: TraceRecord
+    host: str | None
+    time: float
+
+
+def parse_op(data: dict[str, object]) -> OpLine:
+    """An op line's record (the request rebuilt from its fields); TraceFormatError if bad."""
+    try:
+        guest = _bdf(data["guest"], "guest")
+        domain, rest = guest.split(":", 1)
+        bus, slot_fn = rest.split(":")
+        slot, fn = slot_fn.split(".")
+        devfn = (int(slot, 16) << 3) | int(fn)
+        entries = tuple((_int(e[0], "entry"), _int(e[1], "entry"))  # type: ignore[index]
+                        for e in _list(data.get("entries", []), "entries"))
+        vectors = tuple(_int(v, "vector") for v in _list(data.get("vectors", []), "vectors"))
+        if len(entries) > SH_INFO_MAX_VEC or len(vectors) > SH_INFO_MAX_VEC:
+            raise TraceFormatError(f"at most {SH_INFO_MAX_VEC} MSI-X entries")
+        request = encode_op(_int(data["code"], "code"), int(domain, 16), int(bus, 16), devfn,
+                            _int(data["offset"], "offset"), _int(data["size"], "size"),
+                            _int(data["value_in"], "value_in") & 0xFFFFFFFF,
+                            msix_entries=entries)
+        record = TraceRecord(_int(data["domid"], "domid"), request, _int(data["err"], "err"),
+                             _int(data["value_out"], "value_out"), vectors)
+        host = data.get("host")
+        time = data.get("t", 0.0)
+        if not isinstance(time, (int, float)):
+            raise TraceFormatError("t is a number")
+    except KeyError as exc:
+        raise TraceFormatError(f"an op line has no {exc.args[0]!r}") from None
+    except (struct.error, TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, TraceFormatError):
+            raise
+        raise TraceFormatError(f"a bad op line: {exc}") from None
+    return OpLine(record, None if host is None else _bdf(host, "host"), float(time))
+
+
+def state_dict(time: float, domid: int, state: int, name: str) -> dict[str, object]:
+    """A xenbus state change of the backend."""
+    return {"kind": "state", "t": round(time, 6), "domid": domid, "state": state, "name": name}
+
+
+def aer_dict(time: float, domid: int, host: str, step: str, result: str) -> dict[str, object]:
+    """An AER event relayed to the guest (one recovery step and its answer)."""
+    return {"kind": "aer", "t": round(time, 6), "domid": domid, "host": host, "step": step,
+            "result": result}
+
+
+def op_code(name: str) -> int | None:
+    return _OP_CODES.get(name)
+
+
+def _obj(value: object, what: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise TraceFormatError(f"{what} is not an object")
+    return value
+
+
+def _list(value: object, what: str) -> list[object]:
+    if not isinstance(value, list):
+        raise TraceFormatError(f"{what} is not a list")
+    return value
+
+
+def _int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TraceFormatError(f"{what} is not an integer")
+    return value
+
+
+def _bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TraceFormatError(f"{what} is not true or false")
+    return value
+
+
+def _hex(value: object, what: str) -> int:
+    try:
+        return int(str(value), 16)
+    except ValueError:
+        raise TraceFormatError(f"{what} is not a hex number") from None
+
+
+def _bdf(value: object, what: str) -> str:
+    text = str(value)
+    if not _BDF_RE.match(text):
+        raise TraceFormatError(f"{what} {text[:20]!r} is not an address DDDD:BB:SS.F")
+    return text
