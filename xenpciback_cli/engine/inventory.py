@@ -87,6 +87,9 @@ class DeviceState(StrEnum):
 
 @dataclass(frozen=True)
 class InventoryRow:
+    """One line of ``list``: a device, its lifecycle state, the guest holding it (domid) and
+    the driver it had before it was seized."""
+
     device: PciDevice
     state: DeviceState
     domid: int | None
