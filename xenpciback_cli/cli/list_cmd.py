@@ -59,12 +59,16 @@ def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, s
     from xenpciback_cli.errors import InputError
     from xenpciback_cli.pci.address import guest_address
     from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
-    from xenpciback_cli.pci.spec import IdSelector, parse_device_patterns
 
     if fmt == "xl" and not assignable:
         raise InputError("--format xl is the form of 'xl pci-assignable-list': give --assignable")
-    parsed = parse_device_patterns(patterns)
-    ids = IdSelector.parse(ids_text) if ids_text is not None else None
+    parsed: list[Any] = []
+    ids = None
+    if patterns or ids_text is not None:  # pci.spec only when something is selected
+        from xenpciback_cli.pci.spec import IdSelector, parse_device_patterns
+
+        parsed = list(parse_device_patterns(patterns))
+        ids = IdSelector.parse(ids_text) if ids_text is not None else None
     class_filter = ClassFilter.parse(class_text) if class_text is not None else None
     settings = app.settings
     terminal = terminal_for(app)
@@ -73,7 +77,8 @@ def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, s
     rows = inventory(app.host, state_dir=app.state_dir, patterns=parsed, ids=ids,
                      class_filter=class_filter, seized_only=seized_only or assignable,
                      attachments={bdf: a.domid for bdf, a in attached.items()},
-                     brief=not settings.json)  # the table shows no other attribute
+                     brief=not settings.json,  # the table shows no other attribute
+                     override=wide or fmt == "csv")  # only the wide table has OVERRIDE
     if assignable:
         rows = [r for r in rows if r.state is DeviceState.SEIZED and r.device.driver == PCIBACK_DRIVER]
     if fmt == "xl" and not settings.json:

@@ -22,15 +22,18 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xenpciback_cli.errors import DeviceNotFound, InputError
 from xenpciback_cli.host.model import Host
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
-from xenpciback_cli.pci.spec import BdfPattern, IdSelector
+
+if TYPE_CHECKING:  # pci.spec (three dataclasses) is imported by list only when it filters
+    from xenpciback_cli.pci.spec import BdfPattern, IdSelector
 
 #: ``--class`` names -> (class value, number of significant hex digits from the top).
 CLASS_NAMES: dict[str, tuple[int, int]] = {
@@ -40,7 +43,12 @@ CLASS_NAMES: dict[str, tuple[int, int]] = {
     "serial": (0x0C, 2), "usb": (0x0C03, 4), "wireless": (0x0D, 2), "accelerator": (0x12, 2),
     "nvme": (0x0108, 4), "ethernet": (0x0200, 4), "vga": (0x0300, 4),
 }
-_HEX = re.compile(r"^(?:0x)?([0-9a-fA-F]{1,6})$")
+
+
+@cache
+def _hex() -> re.Pattern[str]:
+    """Compiled on first use: ``list`` without ``--class`` never needs it."""
+    return re.compile(r"^(?:0x)?([0-9a-fA-F]{1,6})$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ class ClassFilter:
         word = text.strip().lower()
         if word in CLASS_NAMES:
             return cls(*CLASS_NAMES[word])
-        match = _HEX.match(word)
+        match = _hex().match(word)
         if not match:
             raise InputError(f"invalid class {text!r}: give hex (02, 0x0200, 0x020000) or a name "
                              f"({', '.join(sorted(CLASS_NAMES))})")
@@ -79,6 +87,9 @@ class DeviceState(StrEnum):
 
 @dataclass(frozen=True)
 class InventoryRow:
+    """One line of ``list``: a device, its lifecycle state, the guest holding it (domid) and
+    the driver it had before it was seized."""
+
     device: PciDevice
     state: DeviceState
     domid: int | None
@@ -139,9 +150,10 @@ def load_original_drivers(state_dir: Path | None) -> dict[Bdf, str | None]:
 
 
 def select_devices(host: Host, patterns: Iterable[BdfPattern] = (),
-                   ids: IdSelector | None = None, *, brief: bool = True) -> list[PciDevice]:
+                   ids: IdSelector | None = None, *, brief: bool = True,
+                   override: bool = True) -> list[PciDevice]:
     """The devices lspci's ``-s PATTERN`` (any of ``patterns``) and ``-d ids`` select, sorted;
-    every device when neither is given. ``brief``: see :func:`inventory`."""
+    every device when neither is given. ``brief``, ``override``: see :func:`inventory`."""
     pattern_list = list(patterns)
     if pattern_list:
         devices = []
@@ -152,7 +164,7 @@ def select_devices(host: Host, patterns: Iterable[BdfPattern] = (),
                 except DeviceNotFound:  # removed meanwhile (a VF destroyed, hot unplug)
                     continue
     else:
-        devices = list(host.brief_devices() if brief else host.devices())
+        devices = list(host.brief_devices(override=override) if brief else host.devices())
     if ids is not None:
         devices = [d for d in devices if ids.matches(d.vendor_id, d.device_id, d.class_code)]
     return devices
@@ -164,6 +176,8 @@ def seize_patterns(host: Host, patterns: Sequence[BdfPattern],
     list can hold: xl's forms stay as given (``03:00.*`` is persisted as a wildcard); lspci's
     wider ones (``03:``, ``:00.0``) and a ``-d`` selection become the addresses they select now.
     A selection that names no device is an error, as for an exact address."""
+    from xenpciback_cli.pci.spec import BdfPattern
+
     if ids is None and all(p.hide_list_form for p in patterns):
         return list(patterns)
     chosen = select_devices(host, patterns, ids)
@@ -179,6 +193,7 @@ def held_patterns(host: Host, state_dir: Path, patterns: Sequence[BdfPattern],
     driver holds or a record keeps (released, awaiting ``--rebind``). No device selected is an
     error (as for hide); devices selected but none seized is nothing to do (idempotent)."""
     from xenpciback_cli.engine.records import load_records
+    from xenpciback_cli.pci.spec import BdfPattern
 
     records = load_records(state_dir) if os.path.lexists(state_dir) else {}
     selected = select_devices(host, patterns, ids)
@@ -192,7 +207,7 @@ def held_patterns(host: Host, state_dir: Path, patterns: Sequence[BdfPattern],
 def inventory(host: Host, *, state_dir: Path | None = None,
               attachments: Mapping[Bdf, int] | None = None,
               patterns: Iterable[Any] = (), class_filter: ClassFilter | None = None,
-              seized_only: bool = False, brief: bool = False,
+              seized_only: bool = False, brief: bool = False, override: bool = True,
               ids: IdSelector | None = None) -> list[InventoryRow]:
     """Rows for every device matching the filters, sorted by address.
 
@@ -200,15 +215,16 @@ def inventory(host: Host, *, state_dir: Path | None = None,
     ``ids`` is lspci's ``-d VENDOR:DEVICE[:CLASS]``.
     ``brief``: the caller shows only ids, names, class, driver and IOMMU group, so a host that
     can load just those (``brief_devices``) may leave the other device attributes at defaults.
+    ``override``: with ``brief``, false when ``driver_override`` is not shown either.
     """
     originals = load_original_drivers(state_dir)
     attachments = attachments or {}
     pattern_list = list(patterns)
     rows = []
     if pattern_list or ids is not None:
-        devices = select_devices(host, pattern_list, ids, brief=brief)
+        devices = select_devices(host, pattern_list, ids, brief=brief, override=override)
     else:
-        devices = list(host.brief_devices() if brief else host.devices())
+        devices = list(host.brief_devices(override=override) if brief else host.devices())
     for device in devices:
         if class_filter is not None and not class_filter.matches(device.class_code):
             continue

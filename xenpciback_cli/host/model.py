@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from xenpciback_cli import errors
 from xenpciback_cli.pci.address import Bdf
@@ -30,13 +31,16 @@ from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
 
 #: What a Linux driver name looks like (``igb``, ``snd_hda_intel``, ``vfio-pci``): never a path.
-_DRIVER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
+@cache
+def _driver_name_re() -> re.Pattern[str]:
+    """Compiled on first use: only commands that bind or probe a driver check a name."""
+    return re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}")
 
 
 def driver_name(name: str) -> str:
     """``name`` if it is a plain driver name; otherwise an error, so a name read from a state file
     (``../../..``) can never become a path under sysfs."""
-    if not isinstance(name, str) or not _DRIVER_NAME.fullmatch(name):
+    if not isinstance(name, str) or not _driver_name_re().fullmatch(name):
         raise errors.InputError(f"{name!r} is not a driver name")
     return name
 
@@ -102,9 +106,10 @@ class Host(abc.ABC):
     def devices(self) -> Sequence[PciDevice]:
         """Every PCI function, sorted by address."""
 
-    def brief_devices(self) -> Sequence[PciDevice]:
+    def brief_devices(self, *, override: bool = True) -> Sequence[PciDevice]:
         """Every PCI function with at least what ``list``'s table shows (ids, class, names, driver,
-        IOMMU group); a host that can load just those cheaply may leave the rest at defaults."""
+        IOMMU group, and ``driver_override`` unless ``override`` is false: the narrow table has no
+        OVERRIDE column); a host that can load just those cheaply may leave the rest at defaults."""
         return self.devices()
 
     def addresses(self) -> list[Bdf]:

@@ -82,6 +82,12 @@ def _uevent_ids(text: str | None) -> tuple[int | None, int | None, int | None]:
     return vendor, device, class_code
 
 
+def _kernel_bdf(name: str) -> Bdf:
+    """The address of a sysfs device name already matched by ``_BDF_NAME`` (the kernel's fixed
+    ``DDDD:BB:SS.F``, slot at most 0x1f): sliced, without :meth:`Bdf.parse`'s general regex."""
+    return Bdf(int(name[:-8], 16), int(name[-7:-5], 16), int(name[-4:-2], 16), int(name[-1]))
+
+
 def _link_name(path: str) -> str | None:
     try:
         return os.path.basename(os.readlink(path))
@@ -150,7 +156,7 @@ class SysfsHost(Host):
                 return []
             except OSError as exc:
                 raise errors.from_oserror(exc, "list PCI devices", path=self.devices_dir) from None
-        return sorted(Bdf.parse(name) for name in names if _BDF_NAME.match(name))
+        return sorted(_kernel_bdf(name) for name in names if _BDF_NAME.match(name))
 
     def _udev_names(self) -> list[str]:
         try:
@@ -176,18 +182,19 @@ class SysfsHost(Host):
         # A device removed while we read (VF destroyed, hot unplug) left nothing readable.
         return [d for d in loaded if d.vendor_id != 0xFFFF or os.path.isdir(self.device_dir(d.bdf))]
 
-    def brief_devices(self) -> Sequence[PciDevice]:
+    def brief_devices(self, *, override: bool = True) -> Sequence[PciDevice]:
         """Every device with only what ``list``'s table shows: ids, class, names, driver and
-        IOMMU group; every other attribute keeps its default.
+        IOMMU group, and ``driver_override`` when ``override`` (the wide table's OVERRIDE column);
+        every other attribute keeps its default.
 
         Why: the table needs three small files and two symlinks per device, where a full load
         reads about fifteen; on a host with hundreds of functions (SR-IOV) that is most of the
         run. JSON output and every command that acts on a device use :meth:`devices`.
         """
-        loaded = [self._load_brief(bdf) for bdf in self.addresses()]
+        loaded = [self._load_brief(bdf, override) for bdf in self.addresses()]
         return [d for d in loaded if d.vendor_id != 0xFFFF or os.path.isdir(self.device_dir(d.bdf))]
 
-    def _load_brief(self, bdf: Bdf) -> PciDevice:
+    def _load_brief(self, bdf: Bdf, with_override: bool = True) -> PciDevice:
         base = self.device_dir(bdf) + "/"
         vendor, device, class_code = _uevent_ids(_read(base + "uevent"))
         if vendor is None or device is None or class_code is None:  # no uevent: three files
@@ -198,7 +205,8 @@ class SysfsHost(Host):
             # Unusual directory (attributes missing): the full load has the config fallbacks.
             return self._load(bdf)
         vendor_name, device_name, class_name = self._names(bdf, vendor, device, class_code)
-        override = _read(base + "driver_override")  # list's OVERRIDE column, as driverctl shows
+        # list's OVERRIDE column, as driverctl shows; one read per device saved when not shown
+        override = _read(base + "driver_override") if with_override else None
         return PciDevice(
             bdf=bdf, vendor_id=vendor, device_id=device, class_code=class_code, revision=0,
             driver=_link_name(base + "driver"), iommu_group=decimal(_link_name(base + "iommu_group")),

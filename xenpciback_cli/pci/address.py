@@ -8,14 +8,19 @@ devices in sysfs (``0000:03:00.0``). Parsing here covers the forms a person type
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import NamedTuple
 
 from xenpciback_cli.errors import InputError
 
-_BDF_RE = re.compile(
-    r"^(?:(?P<domain>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{1,2}):"
-    r"(?P<slot>[0-9a-fA-F]{1,2})\.(?P<func>[0-7])$"
-)
+
+@cache
+def _bdf_re() -> re.Pattern[str]:
+    """Compiled on first use (as the other patterns here): ``list`` parses no typed address."""
+    return re.compile(
+        r"^(?:(?P<domain>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{1,2}):"
+        r"(?P<slot>[0-9a-fA-F]{1,2})\.(?P<func>[0-7])$"
+    )
 
 
 class Bdf(NamedTuple):
@@ -50,7 +55,7 @@ class Bdf(NamedTuple):
         (sysfs names like ``10000:e1:00.0``), so a real host can show them.
         """
         value = text.strip()
-        match = _BDF_RE.match(value)
+        match = _bdf_re().match(value)
         if not match:
             raise InputError(f"invalid PCI address {text!r}: expected [DDDD:]BB:DD.F in hex, "
                              "e.g. 0000:03:00.0")
@@ -60,7 +65,9 @@ class Bdf(NamedTuple):
         return cls(int(match["domain"] or "0", 16), int(match["bus"], 16), slot, int(match["func"]))
 
 
-_VDEV_RE = re.compile(r"^([0-9a-fA-F]{1,8}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-9a-fA-F]{1,2})$")
+@cache
+def _vdev_re() -> re.Pattern[str]:
+    return re.compile(r"^([0-9a-fA-F]{1,8}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-9a-fA-F]{1,2})$")
 
 
 def guest_address(value: Bdf | str | None) -> str | None:
@@ -71,7 +78,7 @@ def guest_address(value: Bdf | str | None) -> str | None:
     inertly; None stays None."""
     if value is None or isinstance(value, Bdf):
         return None if value is None else str(value)
-    match = _VDEV_RE.match(value.strip())
+    match = _vdev_re().match(value.strip())
     if match is None or int(match[3], 16) > 0x1F or int(match[4], 16) > 7:
         return value
     return str(Bdf(int(match[1], 16), int(match[2], 16), int(match[3], 16), int(match[4], 16)))
