@@ -183,7 +183,6 @@ class Server:
                  devices: DeviceSource, *, mode: Mode = Mode.VPCI,
                  domids: Iterable[int] = (), settings: SettingsLoader | None = None,
                  others_serve: Callable[[int], bool] | None = None,
-                 record: Callable[[TraceRecord], None] | None = None,
                  trace: TraceWriter | None = None,
                  log: Callable[[str], None] = lambda line: None,
                  control: str | None = None, aer_timeout: float = DEFAULT_TIMEOUT,
@@ -196,7 +195,6 @@ class Server:
         self.domids = frozenset(domids)
         self.settings = settings or (lambda bdf: {})
         self.others_serve = others_serve or (lambda domid: False)
-        self.record = record
         self.trace = trace
         self.log = log
         self.control_path = control
@@ -594,8 +592,6 @@ class Server:
 
     def _recorded(self, guest: Guest, record: TraceRecord) -> None:
         guest.last = record
-        if self.record is not None:
-            self.record(record)
         if self.trace is not None:
             op = record.op
             dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
