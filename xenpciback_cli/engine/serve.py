@@ -814,7 +814,7 @@ class Server:
             request = json.loads(line) if line else {"op": "status"}
             if not isinstance(request, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a deeply nested line
             client.send({"error": "a request is one JSON object on one line"})
             return
         op = request.get("op", "status")
