@@ -95,6 +95,7 @@ from xenpciback_cli.pv.trace import DeviceSnapshot, TraceRecord
 from xenpciback_cli.toolstack.libxl_layout import backend_path, frontend_path
 from xenpciback_cli.toolstack.xenbus import XenbusState
 from xenpciback_cli.toolstack.xsexec import apply_ops, list_or_empty, read_dir_values
+from xenpciback_cli.untrusted import decimal
 
 BACKEND_ROOT = "/local/domain/0/backend/pci"
 TOKEN = "xen-pciback-serve"
@@ -229,8 +230,9 @@ class Server:
             self._open_control(self.control_path)
         self.client.watch(BACKEND_ROOT, TOKEN)
         for name in list_or_empty(self.client, BACKEND_ROOT):
-            if name.isdigit():
-                self.settle(int(name))
+            domid = decimal(name, max_digits=5)
+            if domid is not None:
+                self.settle(domid)
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
         self.start()
@@ -291,8 +293,8 @@ class Server:
             if domid is not None:
                 dirty.add(domid)
             elif event.path.rstrip("/") == BACKEND_ROOT:
-                dirty.update(int(n) for n in list_or_empty(self.client, BACKEND_ROOT)
-                             if n.isdigit())
+                dirty.update(d for n in list_or_empty(self.client, BACKEND_ROOT)
+                             if (d := decimal(n, max_digits=5)) is not None)
         for domid in sorted(dirty):
             self.settle(domid)
         for guest in list(self.guests.values()):
@@ -907,8 +909,8 @@ def _domid_of(path: str) -> int | None:
     for prefix in (BACKEND_ROOT + "/", "/local/domain/"):
         if path.startswith(prefix):
             head = path[len(prefix):].split("/", 1)[0]
-            if head.isdigit() and (prefix != "/local/domain/" or "/device/pci/" in path):
-                return int(head)
+            if prefix != "/local/domain/" or "/device/pci/" in path:
+                return decimal(head, max_digits=5)
     return None
 
 
