@@ -99,3 +99,13 @@ def test_a_bad_trace_is_one_line_with_its_number_and_exit_2(recorded, tmp_path):
         res = run("replay", path, "--check")
         assert res.code == 2 and f"line {number}:" in res.err, (where, res.err)
         assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1
+
+
+def test_only_with_a_non_ascii_digit_is_bad_input_not_a_traceback():
+    import pytest as _pytest
+
+    from xenpciback_cli.engine.replay import parse_kinds
+    from xenpciback_cli.errors import InputError
+
+    with _pytest.raises(InputError):  # '²'.isdigit() passed, then int() raised ValueError
+        parse_kinds("\u00b2")

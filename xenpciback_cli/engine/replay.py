@@ -30,6 +30,7 @@ from xenpciback_cli.pv.trace import (
     op_code,
     parse_op,
 )
+from xenpciback_cli.untrusted import decimal
 
 MAX_KEPT = 1000
 _NAMES = {int(op): op.name.lower() for op in PciOp}
@@ -109,7 +110,8 @@ def parse_kinds(text: str | None) -> frozenset[int] | None:
     codes = set()
     for word in text.split(","):
         word = word.strip().lower()
-        code = int(word) if word.isdigit() else op_code(word)
+        code = decimal(word, max_digits=3)
+        code = op_code(word) if code is None else code
         if code is None:
             raise InputError(f"unknown op kind {word!r} for --only (one of: "
                              f"{', '.join(_NAMES.values())})")

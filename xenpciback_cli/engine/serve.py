@@ -95,6 +95,7 @@ from xenpciback_cli.pv.trace import DeviceSnapshot, TraceRecord
 from xenpciback_cli.toolstack.libxl_layout import backend_path, frontend_path
 from xenpciback_cli.toolstack.xenbus import XenbusState
 from xenpciback_cli.toolstack.xsexec import apply_ops, list_or_empty, read_dir_values
+from xenpciback_cli.untrusted import decimal
 
 BACKEND_ROOT = "/local/domain/0/backend/pci"
 TOKEN = "xen-pciback-serve"
@@ -183,7 +184,6 @@ class Server:
                  devices: DeviceSource, *, mode: Mode = Mode.VPCI,
                  domids: Iterable[int] = (), settings: SettingsLoader | None = None,
                  others_serve: Callable[[int], bool] | None = None,
-                 record: Callable[[TraceRecord], None] | None = None,
                  trace: TraceWriter | None = None,
                  log: Callable[[str], None] = lambda line: None,
                  control: str | None = None, aer_timeout: float = DEFAULT_TIMEOUT,
@@ -196,7 +196,6 @@ class Server:
         self.domids = frozenset(domids)
         self.settings = settings or (lambda bdf: {})
         self.others_serve = others_serve or (lambda domid: False)
-        self.record = record
         self.trace = trace
         self.log = log
         self.control_path = control
@@ -231,8 +230,9 @@ class Server:
             self._open_control(self.control_path)
         self.client.watch(BACKEND_ROOT, TOKEN)
         for name in list_or_empty(self.client, BACKEND_ROOT):
-            if name.isdigit():
-                self.settle(int(name))
+            domid = decimal(name, max_digits=5)
+            if domid is not None:
+                self.settle(domid)
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
         self.start()
@@ -293,8 +293,8 @@ class Server:
             if domid is not None:
                 dirty.add(domid)
             elif event.path.rstrip("/") == BACKEND_ROOT:
-                dirty.update(int(n) for n in list_or_empty(self.client, BACKEND_ROOT)
-                             if n.isdigit())
+                dirty.update(d for n in list_or_empty(self.client, BACKEND_ROOT)
+                             if (d := decimal(n, max_digits=5)) is not None)
         for domid in sorted(dirty):
             self.settle(domid)
         for guest in list(self.guests.values()):
@@ -594,8 +594,6 @@ class Server:
 
     def _recorded(self, guest: Guest, record: TraceRecord) -> None:
         guest.last = record
-        if self.record is not None:
-            self.record(record)
         if self.trace is not None:
             op = record.op
             dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
@@ -818,7 +816,7 @@ class Server:
             request = json.loads(line) if line else {"op": "status"}
             if not isinstance(request, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a deeply nested line
             client.send({"error": "a request is one JSON object on one line"})
             return
         op = request.get("op", "status")
@@ -911,8 +909,8 @@ def _domid_of(path: str) -> int | None:
     for prefix in (BACKEND_ROOT + "/", "/local/domain/"):
         if path.startswith(prefix):
             head = path[len(prefix):].split("/", 1)[0]
-            if head.isdigit() and (prefix != "/local/domain/" or "/device/pci/" in path):
-                return int(head)
+            if prefix != "/local/domain/" or "/device/pci/" in path:
+                return decimal(head, max_digits=5)
     return None
 
 
