@@ -117,9 +117,10 @@ class Snapshot:
         return parse_state(self.frontend.get("state"))
 
 
-def _unsigned(text: str | None) -> bool:
+def _unsigned(text: str | None) -> int | None:
+    """A 32-bit unsigned value a guest wrote, parsed once by the strict decimal parser."""
     value = decimal(text.strip(), max_digits=10) if text is not None else None
-    return value is not None and value < 2**32
+    return value if value is not None and value < 2**32 else None
 
 
 @dataclass
@@ -282,9 +283,10 @@ class XenbusBackend:
     def _ring(self, snap: Snapshot) -> Connect | None:
         fe = snap.frontend
         ref, port = fe.get("pci-op-ref"), fe.get("event-channel")
-        if not (_unsigned(ref) and _unsigned(port)) or ref is None or port is None:
+        ref_value, port_value = _unsigned(ref), _unsigned(port)
+        if ref_value is None or port_value is None:
             return None
-        return Connect(int(ref.strip()), int(port.strip()))
+        return Connect(ref_value, port_value)
 
     def step(self, snap: Snapshot) -> list[Action]:
         values = snap.backend
