@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from xenpciback_cli.cli import Seconds
+
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
               default=None, help="Reserved-memory policy recorded for the device [strict].")
 @click.option("--name", default=None, help="Attach the device given this name at assignable-add.")
 @click.option("--seize", is_flag=True, default=None, help="Seize (hide) the device first if needed.")
-@click.option("--timeout", type=float, default=10.0, show_default=True,
+@click.option("--timeout", type=Seconds(), default=10.0, show_default=True,
               help="Seconds to wait for the guest during a hot-plug.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the hot-plug handshake.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from xenpciback_cli.cli import Seconds
+
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
               help="Guest domain id or name (or give DOMAIN first, as 'xl pci-detach').")
 @click.option("--force", "-f", is_flag=True,
               help="Remove the device even if the guest does not answer.")
-@click.option("--timeout", type=float, default=10.0, show_default=True,
+@click.option("--timeout", type=Seconds(), default=10.0, show_default=True,
               help="Seconds to wait for the guest to let go.")
 @click.option("--no-reset", is_flag=True, help="Do not reset the device afterwards.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
