@@ -75,12 +75,12 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, vslot: 
                          rdm_policy=(rdm_policy or parsed.rdm_policy or "strict").lower())
     target = parsed.target
     all_functions = target is not None and target.function is None
-    bdf = None
-    if target is not None:
-        from xenpciback_cli.pci.address import Bdf
+    bdf = parsed.bdf
+    if all_functions:  # SPEC names a whole slot: its function 0 stands for it
+        from dataclasses import replace
 
-        assert target.slot is not None and target.bus is not None  # parse_pci_spec: exact bus, slot
-        bdf = Bdf(target.domain or 0, target.bus, target.slot, target.function or 0)
+        assert target is not None
+        bdf = replace(target, function=0).as_bdf()
     quirk_list = tuple(parse_quirk(q) for q in quirks)
     host = host_of(app)
     term = terminal_for(app)
