@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 import sys
 
 import click
@@ -49,6 +50,17 @@ EXIT_CODES_HELP = (
     "\b\nExit codes:\n  0  done\n  1  operation failed\n  2  bad usage or input\n"
     "  3  refused for safety (--force overrides where offered)"
 )
+
+
+class Seconds(click.types.FloatParamType):
+    """A duration option: a finite number of seconds, not negative (click's float, and its
+    FloatRange too, let nan and inf through; a wait of nan seconds ends at once or never)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        seconds = float(super().convert(value, param, ctx))
+        if not 0 <= seconds < float("inf"):  # False for nan too
+            self.fail(f"{value!r} is not a number of seconds (0 or more, finite).", param, ctx)
+        return seconds
 
 
 class OutputClosed(Exception):

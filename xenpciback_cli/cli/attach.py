@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from xenpciback_cli.cli import Seconds
+
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
               default=None, help="Reserved-memory policy recorded for the device [strict].")
 @click.option("--name", default=None, help="Attach the device given this name at assignable-add.")
 @click.option("--seize", is_flag=True, default=None, help="Seize (hide) the device first if needed.")
-@click.option("--timeout", type=float, default=10.0, show_default=True,
+@click.option("--timeout", type=Seconds(), default=10.0, show_default=True,
               help="Seconds to wait for the guest during a hot-plug.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the hot-plug handshake.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
@@ -73,12 +75,12 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, vslot: 
                          rdm_policy=(rdm_policy or parsed.rdm_policy or "strict").lower())
     target = parsed.target
     all_functions = target is not None and target.function is None
-    bdf = None
-    if target is not None:
-        from xenpciback_cli.pci.address import Bdf
+    bdf = parsed.bdf
+    if all_functions:  # SPEC names a whole slot: its function 0 stands for it
+        from dataclasses import replace
 
-        assert target.slot is not None and target.bus is not None  # parse_pci_spec: exact bus, slot
-        bdf = Bdf(target.domain or 0, target.bus, target.slot, target.function or 0)
+        assert target is not None
+        bdf = replace(target, function=0).as_bdf()
     quirk_list = tuple(parse_quirk(q) for q in quirks)
     host = host_of(app)
     term = terminal_for(app)

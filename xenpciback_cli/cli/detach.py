@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from xenpciback_cli.cli import Seconds
+
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
               help="Guest domain id or name (or give DOMAIN first, as 'xl pci-detach').")
 @click.option("--force", "-f", is_flag=True,
               help="Remove the device even if the guest does not answer.")
-@click.option("--timeout", type=float, default=10.0, show_default=True,
+@click.option("--timeout", type=Seconds(), default=10.0, show_default=True,
               help="Seconds to wait for the guest to let go.")
 @click.option("--no-reset", is_flag=True, help="Do not reset the device afterwards.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
@@ -41,7 +43,6 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, force: 
     from xenpciback_cli.engine.detach import detach
     from xenpciback_cli.engine.session import host_of
     from xenpciback_cli.errors import InputError
-    from xenpciback_cli.pci.address import Bdf
     from xenpciback_cli.pci.spec import parse_pci_spec
 
     domain, spec = domain_and_spec(words, domid)
@@ -53,10 +54,8 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, force: 
         raise InputError(f"detach takes one function at a time, not {spec!r}")
     term = terminal_for(app)
     with app.open_xenstore(socket_path) as client:
-        if target is not None:
-            assert target.bus is not None and target.slot is not None and target.function is not None
-            address = Bdf(target.domain or 0, target.bus, target.slot, target.function)
-        else:
+        address = parsed.bdf
+        if address is None:
             assert parsed.name is not None
             address = lookup_name(client, parsed.name, str(app.state_dir))
         number = domain_id(client, domain)
