@@ -36,17 +36,14 @@ from xenpciback_cli.pci.quirk import Quirk
 from xenpciback_cli.pv.abi import (
     ERR,
     ERR_OFFSET,
-    OP_END,
     OP_HEADER,
-    OP_OFFSET,
-    OP_SIZE,
     SH_INFO_MAX_VEC,
     VALUE,
     VALUE_OFFSET,
     Errno,
     PciOp,
 )
-from xenpciback_cli.pv.codec import Op, PageError, Result, decode_op, write_result
+from xenpciback_cli.pv.codec import Op, Result, copy_op, decode_op, write_result
 from xenpciback_cli.pv.trace import TraceRecord
 
 _NOT_FOUND = -1
@@ -244,10 +241,8 @@ class GuestSession:
     def process(self, page: bytearray | memoryview) -> Result:
         """Serve the op waiting in ``page``: copy it out once, dispatch, write the result back
         (``err``, ``value``, MSI-X vectors). Clearing ``_XEN_PCIF_active`` and notifying the
-        guest are the event loop's. A buffer too short for an op raises :class:`PageError`."""
-        raw = bytes(page[OP_OFFSET:OP_END])  # the one copy (XSA-155)
-        if len(raw) != OP_SIZE:
-            raise PageError(f"a shared page holds its op at bytes {OP_OFFSET}-{OP_END}")
+        guest are the event loop's. A buffer too short for an op raises ``PageError``."""
+        raw = copy_op(page)  # the one copy (XSA-155)
         # _dispatch inlined for conf ops: this is the per-op path (bench/bench_dispatch.py)
         cmd, address, offset, size, value = _unpack_conf(raw)
         self.ops_served += 1
