@@ -321,12 +321,18 @@ class GuestSession:
         return 0, pirq & 0xFFFFFFFF
 
     def _disable_msi(self, dev: ExportedDevice, value: int, raw: bytes) -> Result:
-        if dev.msi_enabled:  # not enabled: nothing changes (XSA-157)
+        return self._disable(dev, dev.msi_enabled, "MSI", self.interrupts.disable_msi)
+
+    def _disable(self, dev: ExportedDevice, enabled: bool, kind: str,
+                 disable: Callable[[int, Bdf], None]) -> Result:
+        """disable_msi / disable_msix: off if ``enabled`` (else nothing changes, XSA-157; MSI
+        and MSI-X are never on together, so both flags end clear), then the legacy PIRQ."""
+        if enabled:
             try:
-                self.interrupts.disable_msi(self.domid, dev.host)
+                disable(self.domid, dev.host)
             except InterruptError as exc:
-                self._event(f"domain {self.domid}: disabling MSI on {dev.host} failed: {exc}")
-            dev.msi_enabled = False
+                self._event(f"domain {self.domid}: disabling {kind} on {dev.host} failed: {exc}")
+            dev.msi_enabled = dev.msix_enabled = False
             dev.entries = dev.pirqs = ()
             dev.ack_intr = True
         return 0, self.interrupts.legacy_pirq(self.domid, dev.host) & 0xFFFFFFFF
@@ -384,12 +390,4 @@ class GuestSession:
         return 0
 
     def _disable_msix(self, dev: ExportedDevice, value: int, raw: bytes) -> Result:
-        if dev.msix_enabled:
-            try:
-                self.interrupts.disable_msix(self.domid, dev.host)
-            except InterruptError as exc:
-                self._event(f"domain {self.domid}: disabling MSI-X on {dev.host} failed: {exc}")
-            dev.msix_enabled = False
-            dev.entries = dev.pirqs = ()
-            dev.ack_intr = True
-        return 0, self.interrupts.legacy_pirq(self.domid, dev.host) & 0xFFFFFFFF
+        return self._disable(dev, dev.msix_enabled, "MSI-X", self.interrupts.disable_msix)
