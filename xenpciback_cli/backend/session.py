@@ -350,14 +350,14 @@ class GuestSession:
         if dev.msi_enabled or not command & _MEMORY:
             return _ENXIO, value
         entries = decode_op(raw).msix_entries(count)
-        err = self._msix_table_check(dev, [entry for _, entry in entries])
+        indices = [entry for _, entry in entries]
+        err = self._msix_table_check(dev, indices)
         if err:
             self._enable_failed(dev, "MSI-X", f"error {err}")
             dev.ack_intr = False
             return err, err & 0xFFFFFFFF
         try:
-            pirqs = list(self.interrupts.enable_msix(self.domid, dev.host,
-                                                     [entry for _, entry in entries]))
+            pirqs = list(self.interrupts.enable_msix(self.domid, dev.host, indices))
         except InterruptError as exc:
             self._enable_failed(dev, "MSI-X", str(exc))
             dev.ack_intr = False
@@ -365,7 +365,7 @@ class GuestSession:
         if len(pirqs) != count:
             raise RuntimeError(f"enable_msix gave {len(pirqs)} PIRQs for {count} entries")
         dev.msix_enabled = True
-        dev.entries, dev.pirqs = tuple(entry for _, entry in entries), tuple(pirqs)
+        dev.entries, dev.pirqs = tuple(indices), tuple(pirqs)
         dev.ack_intr = False
         vectors = tuple(pirq & 0xFFFF if pirq else vector
                         for pirq, (vector, _) in zip(pirqs, entries))
