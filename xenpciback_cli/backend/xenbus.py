@@ -117,9 +117,10 @@ class Snapshot:
         return parse_state(self.frontend.get("state"))
 
 
-def _unsigned(text: str | None) -> bool:
+def _unsigned(text: str | None) -> int | None:
+    """A uint32 node value (surrounding whitespace allowed), else None."""
     value = decimal(text.strip(), max_digits=10) if text is not None else None
-    return value is not None and value < 2**32
+    return value if value is not None and value < 2**32 else None
 
 
 @dataclass
@@ -281,10 +282,10 @@ class XenbusBackend:
 
     def _ring(self, snap: Snapshot) -> Connect | None:
         fe = snap.frontend
-        ref, port = fe.get("pci-op-ref"), fe.get("event-channel")
-        if not (_unsigned(ref) and _unsigned(port)) or ref is None or port is None:
+        ref, port = _unsigned(fe.get("pci-op-ref")), _unsigned(fe.get("event-channel"))
+        if ref is None or port is None:
             return None
-        return Connect(int(ref.strip()), int(port.strip()))
+        return Connect(ref, port)
 
     def step(self, snap: Snapshot) -> list[Action]:
         values = snap.backend
