@@ -36,17 +36,14 @@ from xenpciback_cli.pci.quirk import Quirk
 from xenpciback_cli.pv.abi import (
     ERR,
     ERR_OFFSET,
-    OP_END,
     OP_HEADER,
-    OP_OFFSET,
-    OP_SIZE,
     SH_INFO_MAX_VEC,
     VALUE,
     VALUE_OFFSET,
     Errno,
     PciOp,
 )
-from xenpciback_cli.pv.codec import Op, PageError, Result, decode_op, write_result
+from xenpciback_cli.pv.codec import Op, Result, copy_op, decode_op, write_result
 from xenpciback_cli.pv.trace import TraceRecord
 
 _NOT_FOUND = -1
@@ -244,10 +241,8 @@ class GuestSession:
     def process(self, page: bytearray | memoryview) -> Result:
         """Serve the op waiting in ``page``: copy it out once, dispatch, write the result back
         (``err``, ``value``, MSI-X vectors). Clearing ``_XEN_PCIF_active`` and notifying the
-        guest are the event loop's. A buffer too short for an op raises :class:`PageError`."""
-        raw = bytes(page[OP_OFFSET:OP_END])  # the one copy (XSA-155)
-        if len(raw) != OP_SIZE:
-            raise PageError(f"a shared page holds its op at bytes {OP_OFFSET}-{OP_END}")
+        guest are the event loop's. A buffer too short for an op raises ``PageError``."""
+        raw = copy_op(page)  # the one copy (XSA-155)
         # _dispatch inlined for conf ops: this is the per-op path (bench/bench_dispatch.py)
         cmd, address, offset, size, value = _unpack_conf(raw)
         self.ops_served += 1
@@ -326,12 +321,18 @@ class GuestSession:
         return 0, pirq & 0xFFFFFFFF
 
     def _disable_msi(self, dev: ExportedDevice, value: int, raw: bytes) -> Result:
-        if dev.msi_enabled:  # not enabled: nothing changes (XSA-157)
+        return self._disable(dev, dev.msi_enabled, "MSI", self.interrupts.disable_msi)
+
+    def _disable(self, dev: ExportedDevice, enabled: bool, kind: str,
+                 disable: Callable[[int, Bdf], None]) -> Result:
+        """disable_msi / disable_msix: off if ``enabled`` (else nothing changes, XSA-157; MSI
+        and MSI-X are never on together, so both flags end clear), then the legacy PIRQ."""
+        if enabled:
             try:
-                self.interrupts.disable_msi(self.domid, dev.host)
+                disable(self.domid, dev.host)
             except InterruptError as exc:
-                self._event(f"domain {self.domid}: disabling MSI on {dev.host} failed: {exc}")
-            dev.msi_enabled = False
+                self._event(f"domain {self.domid}: disabling {kind} on {dev.host} failed: {exc}")
+            dev.msi_enabled = dev.msix_enabled = False
             dev.entries = dev.pirqs = ()
             dev.ack_intr = True
         return 0, self.interrupts.legacy_pirq(self.domid, dev.host) & 0xFFFFFFFF
@@ -349,14 +350,14 @@ class GuestSession:
         if dev.msi_enabled or not command & _MEMORY:
             return _ENXIO, value
         entries = decode_op(raw).msix_entries(count)
-        err = self._msix_table_check(dev, [entry for _, entry in entries])
+        indices = [entry for _, entry in entries]
+        err = self._msix_table_check(dev, indices)
         if err:
             self._enable_failed(dev, "MSI-X", f"error {err}")
             dev.ack_intr = False
             return err, err & 0xFFFFFFFF
         try:
-            pirqs = list(self.interrupts.enable_msix(self.domid, dev.host,
-                                                     [entry for _, entry in entries]))
+            pirqs = list(self.interrupts.enable_msix(self.domid, dev.host, indices))
         except InterruptError as exc:
             self._enable_failed(dev, "MSI-X", str(exc))
             dev.ack_intr = False
@@ -364,7 +365,7 @@ class GuestSession:
         if len(pirqs) != count:
             raise RuntimeError(f"enable_msix gave {len(pirqs)} PIRQs for {count} entries")
         dev.msix_enabled = True
-        dev.entries, dev.pirqs = tuple(entry for _, entry in entries), tuple(pirqs)
+        dev.entries, dev.pirqs = tuple(indices), tuple(pirqs)
         dev.ack_intr = False
         vectors = tuple(pirq & 0xFFFF if pirq else vector
                         for pirq, (vector, _) in zip(pirqs, entries))
@@ -389,12 +390,4 @@ class GuestSession:
         return 0
 
     def _disable_msix(self, dev: ExportedDevice, value: int, raw: bytes) -> Result:
-        if dev.msix_enabled:
-            try:
-                self.interrupts.disable_msix(self.domid, dev.host)
-            except InterruptError as exc:
-                self._event(f"domain {self.domid}: disabling MSI-X on {dev.host} failed: {exc}")
-            dev.msix_enabled = False
-            dev.entries = dev.pirqs = ()
-            dev.ack_intr = True
-        return 0, self.interrupts.legacy_pirq(self.domid, dev.host) & 0xFFFFFFFF
+        return self._disable(dev, dev.msix_enabled, "MSI-X", self.interrupts.disable_msix)
