@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from xenpciback_cli import errors
-from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite, pending_operations
+from xenpciback_cli.engine.journal import OPS, Journal, JournalEntry, PlannedWrite, pending_operations
 from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity_of
 from xenpciback_cli.engine.preflight import Preflight, check_hide
 from xenpciback_cli.engine import persist as persisted
@@ -399,7 +399,7 @@ class Seizer:
         Backend settings need no check: a release ends them, a corrupt file included."""
         for bdf in bdfs:
             load_record(self.state_dir, bdf)
-            for op in ("hide", "unhide"):
+            for op in OPS:  # Journal.begin reads each op's entry too
                 self.journal.entry_for(op, bdf)
 
     def _pending(self) -> tuple[list[JournalEntry], list[errors.StateFileCorrupt]]:
