@@ -277,3 +277,15 @@ def test_a_corrupt_bind_entry_stops_unhide_before_its_first_write(sandbox):
     assert run.code == 2 and "bind-0000-03-00-1.json is corrupt" in run.error
     host = open_sandbox(sandbox)
     assert host.device(NIC0).driver == "pciback" and host.device(NIC1).driver == "pciback"
+
+
+def test_a_corrupt_journal_entry_stops_hide_before_its_first_write(sandbox):
+    """hide, like unhide and bind, reads the selected devices' journal entries before it
+    writes: a corrupt entry of the second device leaves the first untouched."""
+    journal = sandbox / "state" / "journal"
+    journal.mkdir(parents=True, exist_ok=True)
+    (journal / "unhide-0000-03-00-1.json").write_text("{")
+    run = invoke("--sandbox", sandbox, "hide", "--force", "03:00.0", "03:00.1")
+    assert run.code == 2 and "unhide-0000-03-00-1.json is corrupt" in run.error
+    host = open_sandbox(sandbox)
+    assert host.device(NIC0).driver == "igb" and host.device(NIC1).driver == "igb"

@@ -298,6 +298,8 @@ class Seizer:
                     raise errors.InputError("hide --persist needs a config path")
                 _check_config_target(config, config_named)  # before any sysfs write
             bdfs = self.select(patterns)
+            if not dry_run:
+                self._validate(bdfs)
             if name is not None:
                 from xenpciback_cli.engine.names import check_name_free
 
