@@ -262,3 +262,30 @@ def test_demo_with_serve_plays_the_whole_main_job():
     assert f"hide {VF}" in typed and "sandbox domain create 5 --no-guest" in typed
     assert typed[-2:] == [f"unhide --rebind {VF}", "list"]
     assert "start-serve" not in [s.action for s in steps(serve=False)]
+
+
+def test_a_corrupt_bind_entry_stops_unhide_before_its_first_write(sandbox):
+    """Every op's entry of every selected device is read before the first write (not only
+    hide's and unhide's), so a corrupt bind entry of the second device does not leave the
+    first released and the second seized."""
+    for bdf in ("03:00.0", "03:00.1"):
+        assert invoke("--sandbox", sandbox, "hide", "--force", bdf).code == 0
+    journal = sandbox / "state" / "journal"
+    journal.mkdir(exist_ok=True)
+    (journal / "bind-0000-03-00-1.json").write_text("{")
+    run = invoke("--sandbox", sandbox, "unhide", "03:00.0", "03:00.1")
+    assert run.code == 2 and "bind-0000-03-00-1.json is corrupt" in run.error
+    host = open_sandbox(sandbox)
+    assert host.device(NIC0).driver == "pciback" and host.device(NIC1).driver == "pciback"
+
+
+def test_a_corrupt_journal_entry_stops_hide_before_its_first_write(sandbox):
+    """hide, like unhide and bind, reads the selected devices' journal entries before it
+    writes: a corrupt entry of the second device leaves the first untouched."""
+    journal = sandbox / "state" / "journal"
+    journal.mkdir(parents=True, exist_ok=True)
+    (journal / "unhide-0000-03-00-1.json").write_text("{")
+    run = invoke("--sandbox", sandbox, "hide", "--force", "03:00.0", "03:00.1")
+    assert run.code == 2 and "unhide-0000-03-00-1.json is corrupt" in run.error
+    host = open_sandbox(sandbox)
+    assert host.device(NIC0).driver == "igb" and host.device(NIC1).driver == "igb"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from xenpciback_cli import errors
-from xenpciback_cli.engine.journal import Journal, JournalEntry, PlannedWrite, pending_operations
+from xenpciback_cli.engine.journal import OPS, Journal, JournalEntry, PlannedWrite, pending_operations
 from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity_of
 from xenpciback_cli.engine.preflight import Preflight, check_hide
 from xenpciback_cli.engine import persist as persisted
@@ -63,6 +63,24 @@ def _w(path: str, value: str, description: str) -> PlannedWrite:
     return PlannedWrite(path, value, description)
 
 
+def _unbind(bdf: Bdf, driver: str) -> PlannedWrite:
+    return _w(f"bus/pci/drivers/{driver_name(driver)}/unbind", str(bdf), f"unbind from {driver}")
+
+
+def _clear_override(bdf: Bdf) -> PlannedWrite:
+    return _w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override")
+
+
+def _ids(device: PciDevice) -> str:
+    """The ``new_id``/``remove_id`` value for the device: "vvvv dddd"."""
+    return f"{device.vendor_id:04x} {device.device_id:04x}"
+
+
+def _added_slot(entry: JournalEntry) -> bool:
+    """Whether the journalled plan had reached its ``new_slot`` write (ours to remove)."""
+    return any(s.path.endswith("/new_slot") for s in entry.steps[:entry.done + 1])
+
+
 def plan_hide(host: Host, device: PciDevice, target: str) -> tuple[str, list[PlannedWrite]]:
     """The writes that move ``device`` from its current driver to ``target``."""
     bdf, original = device.bdf, device.driver
@@ -71,19 +89,19 @@ def plan_hide(host: Host, device: PciDevice, target: str) -> tuple[str, list[Pla
     if host.supports_driver_override(bdf):
         steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", target, f"set driver_override to {target}"))
         if original:
-            steps.append(_w(f"bus/pci/drivers/{driver_name(original)}/unbind", str(bdf), f"unbind from {original}"))
+            steps.append(_unbind(bdf, original))
         steps.append(_w("bus/pci/drivers_probe", str(bdf), f"probe, binding {target}"))
         return "override", steps
     if target == PCIBACK_DRIVER:
         if str(bdf) not in host.pciback_slots():
             steps.append(_w(f"bus/pci/drivers/{target}/new_slot", str(bdf), "add to pciback slots"))
         if original:
-            steps.append(_w(f"bus/pci/drivers/{driver_name(original)}/unbind", str(bdf), f"unbind from {original}"))
+            steps.append(_unbind(bdf, original))
         steps.append(_w(f"bus/pci/drivers/{target}/bind", str(bdf), f"bind {target}"))
         return "slot", steps
     if original:
-        steps.append(_w(f"bus/pci/drivers/{driver_name(original)}/unbind", str(bdf), f"unbind from {original}"))
-    ids = f"{device.vendor_id:04x} {device.device_id:04x}"
+        steps.append(_unbind(bdf, original))
+    ids = _ids(device)
     steps.append(_w(f"bus/pci/drivers/{driver_name(target)}/new_id", ids, f"add id {ids} to {target}"))
     return "new_id", steps
 
@@ -99,12 +117,12 @@ def plan_release(host: Host, device: PciDevice, target: str, original: str | Non
     original = host_driver(original)
     steps: list[PlannedWrite] = []
     if device.driver_override:
-        steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override"))
+        steps.append(_clear_override(bdf))
     held = device.driver in SEIZE_DRIVERS
-    if held:
-        steps.append(_w(f"bus/pci/drivers/{device.driver}/unbind", str(bdf), f"unbind from {device.driver}"))
+    if held and device.driver is not None:
+        steps.append(_unbind(bdf, device.driver))
     if method == "new_id":  # or the stub driver grabs the device again at the next probe
-        ids = f"{device.vendor_id:04x} {device.device_id:04x}"
+        ids = _ids(device)
         steps.append(_w(f"bus/pci/drivers/{target}/remove_id", ids, f"remove id {ids} from {target}"))
     if remove_slot and target == PCIBACK_DRIVER and str(bdf) in host.pciback_slots():
         steps.append(_w(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf), "remove from pciback slots"))
@@ -298,6 +316,8 @@ class Seizer:
                     raise errors.InputError("hide --persist needs a config path")
                 _check_config_target(config, config_named)  # before any sysfs write
             bdfs = self.select(patterns)
+            if not dry_run:
+                self._validate(bdfs)
             if name is not None:
                 from xenpciback_cli.engine.names import check_name_free
 
@@ -399,7 +419,7 @@ class Seizer:
         Backend settings need no check: a release ends them, a corrupt file included."""
         for bdf in bdfs:
             load_record(self.state_dir, bdf)
-            for op in ("hide", "unhide"):
+            for op in OPS:  # Journal.begin reads each op's entry too
                 self.journal.entry_for(op, bdf)
 
     def _pending(self) -> tuple[list[JournalEntry], list[errors.StateFileCorrupt]]:
@@ -852,12 +872,12 @@ class Seizer:
         bdf, target = entry.bdf, entry.target_driver
         steps: list[PlannedWrite] = []
         if device.driver_override == target:
-            steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override"))
-        added_slot = any(s.path.endswith("/new_slot") for s in entry.steps[:entry.done + 1])
+            steps.append(_clear_override(bdf))
+        added_slot = _added_slot(entry)
         if added_slot and str(bdf) in self.host.pciback_slots():
             steps.append(_w(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf), "remove from pciback slots"))
         if entry.method == "new_id" and any(s.path.endswith("/new_id") for s in entry.steps[:entry.done + 1]):
-            ids = f"{device.vendor_id:04x} {device.device_id:04x}"
+            ids = _ids(device)
             steps.append(_w(f"bus/pci/drivers/{driver_name(target)}/remove_id", ids, f"remove id {ids} from {target}"))
         return steps
 
@@ -866,7 +886,7 @@ class Seizer:
         whatever the kernel's probe finds. A bind that cannot be done leaves it unbound, said."""
         bdf = entry.bdf
         original = host_driver(entry.original_driver)
-        added_slot = any(s.path.endswith("/new_slot") for s in entry.steps[:entry.done + 1])
+        added_slot = _added_slot(entry)
         steps = plan_release(self.host, device, entry.target_driver, original, rebind=True,
                              remove_slot=added_slot, method=entry.method)
         try:
@@ -907,7 +927,7 @@ class Seizer:
         if device.driver is not None and device.driver not in SEIZE_DRIVERS:
             # A host driver has it: the release is done; clear only a leftover override of ours.
             if device.driver_override == target:
-                self._execute(bdf, [_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override")])
+                self._execute(bdf, [_clear_override(bdf)])
             self._released(bdf, record, entry.identity, original, target, entry.method, keep=False)
             outcome.update(action="completed", reason=f"already with {device.driver}: finished the release")
             return
@@ -1012,10 +1032,9 @@ def plan_bind(host: Host, device: PciDevice, target: str | None) -> list[Planned
         steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", driver_name(target),
                         f"set driver_override to {target}"))
     if override and target is None and device.driver_override:
-        steps.append(_w(f"bus/pci/devices/{bdf}/driver_override", "\n", "clear driver_override"))
+        steps.append(_clear_override(bdf))
     if device.driver is not None and device.driver != target:
-        steps.append(_w(f"bus/pci/drivers/{driver_name(device.driver)}/unbind", str(bdf),
-                        f"unbind from {device.driver}"))
+        steps.append(_unbind(bdf, device.driver))
     if target != PCIBACK_DRIVER and str(bdf) in host.pciback_slots():  # or pciback's probe takes it
         steps.append(_w(f"bus/pci/drivers/{PCIBACK_DRIVER}/remove_slot", str(bdf), "remove from pciback slots"))
     if device.driver is None or device.driver != target:
