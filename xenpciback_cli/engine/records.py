@@ -226,12 +226,8 @@ def load_record_set(state_dir: str | os.PathLike[str]) -> RecordSet:
 
 def _migrate(store: st.StateStore) -> None:
     """Move the old single file's records into per-device files (the first write does it)."""
-    legacy = _legacy(store)
-    for bdf, record in legacy.items():
-        if store.read(_name(bdf)) is None:
-            _write(store, record)
-    if store.read(LEGACY_FILE) is not None:
-        store.remove(LEGACY_FILE)
+    st.migrate_legacy(store, LEGACY_FILE, lambda data: _legacy(store, data), _name,
+                      lambda _bdf, record: _write(store, record))
 
 
 def _write(store: st.StateStore, record: SeizeRecord) -> None:
