@@ -746,16 +746,23 @@ class Seizer:
         self._forget(bdf)
 
     def _forget(self, bdf: Bdf) -> None:
-        """What ends with the seize: backend settings and libxl's "assignable" driver_path."""
+        """What ends with the seize: backend settings and libxl's "assignable" driver_path and
+        name. A node already gone (ENOENT) is nothing to forget; any other xenstore failure is
+        raised, before the journal entry is finished, so ``recover`` retries the removal."""
         record_release(self.state_dir, bdf)  # permissive and quirks end with the seize
         if self.xenstore is not None:
             from xenpciback_cli.engine.names import name_key
+            from xenpciback_cli.xenstore.client import XenstoreError
 
             for key in (driver_path_key(bdf), name_key(bdf)):
                 try:
                     self.xenstore.rm(key)
-                except Exception:  # absent already: nothing to forget
-                    pass
+                except XenstoreError as exc:
+                    if exc.errno_name == "ENOENT":  # absent already
+                        continue
+                    raise errors.OperationFailed(
+                        f"{bdf} left its seize driver, but removing {key} from xenstore failed "
+                        f"({exc}); once xenstore answers, run 'xen-pciback recover'") from None
 
     # -- recover ----------------------------------------------------------------------------
     def recover(self, *, dry_run: bool = False) -> list[dict[str, object]]:
