@@ -169,9 +169,7 @@ def _set_flag(setting: str, value: object) -> Callable[[click.Context, click.Par
     def callback(ctx: click.Context, _param: click.Parameter, given: object) -> None:
         app = ctx.find_root().obj
         if given and app is not None:
-            import dataclasses
-
-            app.settings = dataclasses.replace(app.settings, **{setting: value})
+            app.settings = app.settings._replace(**{setting: value})
 
     return callback
 
