@@ -1,8 +1,10 @@
 """Vendor, device and class names from the pci.ids database (the file lspci reads).
 
-Why not parse the whole file: it is ~1.3 MB and ``list`` is measured against ``lspci``. We read it
-once as text and ``str.find`` only the vendors we are asked about, so a lookup costs microseconds
-after one file read. When no database is installed every name is simply ``None``.
+Why not parse the whole file: it is ~1.3 MB and ``list`` is measured against ``lspci``. The file
+is mapped, not read (the pages a lookup touches are all that is loaded), and searched in place:
+pci.ids lists its vendors in order ("Please keep sorted"), so a vendor is found by a binary
+search over the vendor lines, and the class section is searched from the end of the file, where
+it sits. A lookup costs microseconds; when no database is installed every name is ``None``.
 """
 
 from __future__ import annotations
@@ -10,8 +12,15 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
+from typing import TYPE_CHECKING, BinaryIO
 
+if TYPE_CHECKING:
+    import mmap
+
+#: The start of a top-level line (a vendor, or a class: ``C``), which ends a vendor's block.
 _NEXT_TOP_LEVEL = re.compile(rb"\n[0-9a-fA-FC]")
+#: The start of a vendor line, as pci.ids writes them: four lowercase hex digits, two spaces.
+_VENDOR_LINE = re.compile(rb"\n([0-9a-f]{4})  ")
 
 PCI_IDS_PATHS = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids",
                  "/usr/local/share/pci.ids")
@@ -30,23 +39,50 @@ BASE_CLASS_NAMES = {
 
 
 class PciIds:
-    """Lazy lookups in one pci.ids file, kept as bytes.
+    """Lazy lookups in one pci.ids file, kept as bytes (or a read-only mapping of the file).
 
     Bytes, not text: decoding the whole 1.3 MB costs more than every lookup ``list`` makes, so
     only the names found are decoded. Lookups search in place (``find`` with bounds), never
     copying a vendor's block.
     """
 
-    def __init__(self, data: bytes | str) -> None:
+    def __init__(self, data: bytes | str | mmap.mmap) -> None:
         self.data = data.encode("utf-8") if isinstance(data, str) else data
         self._vendor_pos: dict[int, int] = {}
-        self._class_start = self.data.find(b"\nC ")
 
     def _vendor_offset(self, vendor: int) -> int:
         pos = self._vendor_pos.get(vendor)
         if pos is None:
-            pos = self._vendor_pos[vendor] = self.data.find(b"\n%04x  " % vendor)
+            pos = self._find_vendor(vendor)
+            if pos < 0:  # not there, or a hand-made file out of order: look everywhere
+                pos = self.data.find(b"\n%04x  " % vendor)
+            self._vendor_pos[vendor] = pos
         return pos
+
+    def _find_vendor(self, vendor: int) -> int:
+        """Where the line of ``vendor`` starts (its newline), by bisecting the file's offsets;
+        -1 when the bisection ends without it.
+
+        The line, if there, starts in [low, high). The first vendor line starting in
+        [middle, high) says which part to keep: ours; a smaller id, so ours comes after it; a
+        larger id or none at all, so ours starts before the middle.
+        """
+        data = self.data
+        low, high = 0, len(data)
+        while low < high:
+            middle = (low + high) // 2
+            line = _VENDOR_LINE.search(data, middle, high + 6)  # a line starting before high
+            if line is None:
+                high = middle
+                continue
+            found = int(line[1], 16)
+            if found == vendor:
+                return line.start()
+            if found < vendor:
+                low = line.end()
+            else:
+                high = middle
+        return -1
 
     def vendor(self, vendor: int) -> str | None:
         pos = self._vendor_offset(vendor)
@@ -68,10 +104,8 @@ class PciIds:
     def class_name(self, class_code: int) -> str | None:
         """The most specific name: subclass if known, else base class."""
         base, sub = (class_code >> 16) & 0xFF, (class_code >> 8) & 0xFF
-        if self._class_start < 0:
-            return BASE_CLASS_NAMES.get(base)
         data = self.data
-        pos = data.find(b"\nC %02x  " % base, self._class_start - 1)
+        pos = data.rfind(b"\nC %02x  " % base)  # the class section ends the file
         if pos < 0:
             return BASE_CLASS_NAMES.get(base)
         base_name = _line_rest(data, pos + 7)
@@ -84,7 +118,7 @@ class PciIds:
         return _line_rest(data, at + len(key))
 
 
-def _line_rest(data: bytes, start: int) -> str:
+def _line_rest(data: bytes | mmap.mmap, start: int) -> str:
     end = data.find(b"\n", start)
     return data[start:end if end >= 0 else len(data)].decode("utf-8", "replace").strip()
 
@@ -96,10 +130,20 @@ def database() -> PciIds | None:
     for path in ((override,) if override else PCI_IDS_PATHS):
         try:
             with open(path, "rb") as handle:
-                return PciIds(handle.read())
+                return PciIds(_map(handle))
         except OSError:
             continue
     return None
+
+
+def _map(handle: BinaryIO) -> bytes | mmap.mmap:
+    """The file's bytes, mapped read-only (an empty file, which cannot be mapped, is read)."""
+    import mmap
+
+    try:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except ValueError:
+        return handle.read()
 
 
 @lru_cache(maxsize=4096)
