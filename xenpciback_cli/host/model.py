@@ -108,8 +108,9 @@ class Host(abc.ABC):
 
     def brief_devices(self, *, override: bool = True) -> Sequence[PciDevice]:
         """Every PCI function with at least what ``list``'s table shows (ids, class, names, driver,
-        IOMMU group, and ``driver_override`` unless ``override`` is false: the narrow table has no
-        OVERRIDE column); a host that can load just those cheaply may leave the rest at defaults."""
+        IOMMU group, ``boot_vga`` of display devices, and ``driver_override`` unless ``override``
+        is false: the narrow table has no OVERRIDE column); a host that can load just those
+        cheaply may leave the rest at defaults."""
         return self.devices()
 
     def addresses(self) -> list[Bdf]:

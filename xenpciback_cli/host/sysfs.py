@@ -184,8 +184,9 @@ class SysfsHost(Host):
 
     def brief_devices(self, *, override: bool = True) -> Sequence[PciDevice]:
         """Every device with only what ``list``'s table shows: ids, class, names, driver and
-        IOMMU group, and ``driver_override`` when ``override`` (the wide table's OVERRIDE column);
-        every other attribute keeps its default.
+        IOMMU group, ``driver_override`` when ``override`` (the wide table's OVERRIDE column), and
+        ``boot_vga`` of display devices (so ``list`` asks :meth:`usage` of the boot VGA device
+        only, not of every GPU); every other attribute keeps its default.
 
         Why: the table needs three small files and two symlinks per device, where a full load
         reads about fifteen; on a host with hundreds of functions (SR-IOV) that is most of the
@@ -207,11 +208,14 @@ class SysfsHost(Host):
         vendor_name, device_name, class_name = self._names(bdf, vendor, device, class_code)
         # list's OVERRIDE column, as driverctl shows; one read per device saved when not shown
         override = _read(base + "driver_override") if with_override else None
+        # The kernel has boot_vga only on VGA-class devices; other classes are never the boot VGA.
+        boot_vga = _read(base + "boot_vga") if class_code >> 16 == 0x03 else None
         return PciDevice(
             bdf=bdf, vendor_id=vendor, device_id=device, class_code=class_code, revision=0,
             driver=_link_name(base + "driver"), iommu_group=decimal(_link_name(base + "iommu_group")),
             vendor_name=vendor_name, device_name=device_name, class_name=class_name,
-            driver_override=None if override in (None, "", "(null)") else override)
+            driver_override=None if override in (None, "", "(null)") else override,
+            boot_vga=None if boot_vga is None else boot_vga == "1")
 
     def device(self, bdf: Bdf) -> PciDevice:
         if not os.path.isdir(self.device_dir(bdf)):
@@ -477,8 +481,9 @@ class SysfsHost(Host):
     def _network_usage(self, below: str, labels: list[str] | None = None) -> list[str]:
         labels = [] if labels is None else labels
         reasons = []
-        routes = self._routes() if self.proc_root else {}
-        for name in self._class_entries_below("net", below):
+        interfaces = self._class_entries_below("net", below)
+        routes = self._routes() if interfaces and self.proc_root else {}
+        for name in interfaces:
             entry = os.path.join(self.sysfs_root, "class", "net", name)
             facts = []
             flags = _read_int(os.path.join(entry, "flags"), 16)
