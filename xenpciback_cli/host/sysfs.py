@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from xenpciback_cli import errors
 from xenpciback_cli.host.model import AttributeWrite, Host, HostUsage
+from xenpciback_cli.pci import names as pci_names
 from xenpciback_cli.pci.device import PciDevice, Resource
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.untrusted import decimal
@@ -305,11 +306,11 @@ class SysfsHost(Host):
 
     def _names(self, bdf: Bdf, vendor: int, device: int,
                class_code: int) -> tuple[str | None, str | None, str | None]:
-        from xenpciback_cli.pci import names
-
-        vendor_name, device_name, class_name = names.lookup(vendor, device, class_code)
+        found = pci_names.lookup(vendor, device, class_code)
+        if not self._hwdb_names:  # udev's names are read on the real /sys only
+            return found
         hwdb_vendor, hwdb_model = self._hwdb_names.get(str(bdf), (None, None))
-        return hwdb_vendor or vendor_name, hwdb_model or device_name, class_name
+        return hwdb_vendor or found[0], hwdb_model or found[1], found[2]
 
     # -- other reads --------------------------------------------------------------------------
     def read_config(self, bdf: Bdf, offset: int = 0, length: int | None = None) -> bytes:
