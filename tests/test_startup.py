@@ -30,3 +30,13 @@ def test_list_without_a_state_dir_imports_no_journal_or_records(tmp_path):
     _out, modules = imported_by(["--sysfs-root", str(tree.sys), "--state-dir", str(state), "list",
                                  "--format", "plain"])
     assert {"xenpciback_cli.engine.journal", "xenpciback_cli.engine.records"} <= modules
+
+
+def test_plain_list_imports_no_dataclasses_rich_tabulate_or_pyudev(tmp_path):
+    """The plain table's path builds its values as named tuples (dataclasses costs ~2 ms to import
+    and its classes as much again to define) and lays the table out itself; rich, tabulate and
+    pyudev (tens of ms) are for a terminal, other formats and the real /sys."""
+    tree = build_many(tmp_path / "t", 4)
+    out, modules = imported_by(["--sysfs-root", str(tree.sys), "list", "--format", "plain"])
+    assert len(out.splitlines()) == 5 and "xenpciback_cli.pci.names" in modules
+    assert not {"dataclasses", "rich", "tabulate", "pyudev"} & modules

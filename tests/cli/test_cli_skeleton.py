@@ -32,10 +32,18 @@ def test_unknown_command_is_one_line_exit_2(capsys):
 def test_help_imports_no_heavy_modules():
     code = ("import sys; from xenpciback_cli.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('rich', 'tabulate', 'pyudev') if m in sys.modules]\n"
+            "heavy = [m for m in ('rich', 'tabulate', 'pyudev', 'xenpciback_cli.errors')"
+            " if m in sys.modules]\n"
             "print('HEAVY=' + ','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_the_usage_exit_code_named_without_errors_py_is_errors_own():
+    from xenpciback_cli.cli import USAGE_EXIT, HelpShownForMissingCommand
+    from xenpciback_cli.errors import ExitCode
+
+    assert USAGE_EXIT == HelpShownForMissingCommand.exit_code == ExitCode.USAGE
 
 
 @pytest.mark.parametrize("group", [[], ["sandbox"], ["sandbox", "domain"], ["serve"], ["xenstore"]],

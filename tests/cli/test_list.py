@@ -170,3 +170,32 @@ def test_rich_table_rules_the_header_in_color_only() -> None:
     assert colored[0].split() == plain[0].split() == ["BDF", "Driver"]
     assert set(colored[1]) == {"─"} and colored[2].split() == ["0000:01:00.0", "nvme"]
     assert len(plain) == 2 and plain[1].split() == ["0000:01:00.0", "nvme"]
+
+
+def test_used_asks_only_the_boot_vga_among_displays(tmp_path, monkeypatch):
+    """Of the display devices without a framebuffer, only the boot VGA device can have something
+    in USED ('boot-vga'): the others are not asked (a host of many GPUs pays one read each)."""
+    from sysfs_tree import FakeSysfs
+
+    from xenpciback_cli.host.sysfs import SysfsHost
+
+    tree = FakeSysfs(tmp_path)
+    tree.add_device("0000:01:00.0", 0x1002, 0x7300, 0x030000, driver="amdgpu", boot_vga=True)
+    tree.add_device("0000:02:00.0", 0x1002, 0x7300, 0x030000, driver="amdgpu", boot_vga=False)
+    tree.add_device("0000:03:00.0", 0x10DE, 0x1EB8, 0x030200, driver="nvidia")  # 3D: no boot_vga
+    tree.add_device("0000:04:00.0", 0x8086, 0x10C9, 0x020000, driver="igb")
+    asked = []
+    original = SysfsHost.usage
+
+    def counting(self, bdf):
+        asked.append(str(bdf))
+        return original(self, bdf)
+
+    monkeypatch.setattr(SysfsHost, "usage", counting)
+    table = invoke("--sysfs-root", str(tree.sys), "list", "--format", "csv")
+    assert table.code == 0 and asked == ["0000:01:00.0"]
+    used = {row["BDF"]: row["USED"] for row in csv.DictReader(io.StringIO(table.out))}
+    assert used == {"0000:01:00.0": "boot-vga", "0000:02:00.0": "", "0000:03:00.0": "", "0000:04:00.0": ""}
+    as_json = json.loads(invoke("--sysfs-root", str(tree.sys), "--json", "list").out)
+    assert {row["bdf"]: row["used"] for row in as_json} == {
+        "0000:01:00.0": ["boot-vga"], "0000:02:00.0": [], "0000:03:00.0": [], "0000:04:00.0": []}

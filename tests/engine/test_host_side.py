@@ -3,7 +3,6 @@ pciback's permissive file, function wildcards and the reset method."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 
@@ -76,7 +75,7 @@ def test_unseized_device_is_refused_unless_seize(host):
     def seize(bdfs):
         seized.extend(bdfs)
         for b in bdfs:
-            host.devs[b] = dataclasses.replace(host.devs[b], driver="pciback")
+            host.devs[b] = host.devs[b]._replace(driver="pciback")
         return bdfs
 
     assert check_seized([NIC0, NIC1], host, seize=True, seize_fn=seize) == [NIC1]
@@ -113,7 +112,7 @@ def test_reset_says_which_method_or_why_not(host):
 
 def test_reset_on_a_kernel_without_reset_method(host, tmp_path):
     (tmp_path / "reset").write_text("")
-    host.devs[GPU] = dataclasses.replace(host.devs[GPU], sysfs_path=str(tmp_path))
+    host.devs[GPU] = host.devs[GPU]._replace(sysfs_path=str(tmp_path))
     out = reset_device(host, GPU)
     assert out.done and out.method is None
     assert out.reason == "reset with the kernel's default (no reset_method file to name it)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 import sys
 
 import click
@@ -45,6 +45,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 #: Set while a shell asks for completions (cli/completion.py): called with each command resolved,
 #: to give its values their candidates (devices, domains, files).
 COMPLETING_HOOK: Callable[[str, click.Command], None] | None = None
+
+#: errors.ExitCode.USAGE, named here: ``--help`` and completion never import errors.py.
+USAGE_EXIT = 2
 
 EXIT_CODES_HELP = (
     "\b\nExit codes:\n  0  done\n  1  operation failed\n  2  bad usage or input\n"
@@ -146,7 +149,7 @@ class HelpShownForMissingCommand(click.ClickException):
     """The help is out already; exit 2 without an error line (click's ``Exit`` would be turned
     into a return value by ``main(standalone_mode=False)``)."""
 
-    exit_code = 2  # ExitCode.USAGE; errors.py is not imported for --help's sake
+    exit_code = USAGE_EXIT
 
     def __init__(self) -> None:
         super().__init__("no command given")
@@ -172,9 +175,7 @@ def _set_flag(setting: str, value: object) -> Callable[[click.Context, click.Par
     def callback(ctx: click.Context, _param: click.Parameter, given: object) -> None:
         app = ctx.find_root().obj
         if given and app is not None:
-            import dataclasses
-
-            app.settings = dataclasses.replace(app.settings, **{setting: value})
+            app.settings = app.settings._replace(**{setting: value})
 
     return callback
 
@@ -262,7 +263,7 @@ def cli(ctx: click.Context, sandbox: str | None, sysfs_root: str, state_dir: str
     ))
 
 
-def _fail(message: str, code: int, *, as_json: bool = False) -> None:
+def _fail(message: str, code: int, *, as_json: bool = False) -> NoReturn:
     """The one error line on stderr; with --json, one JSON object instead, so a script reading
     JSON never has to parse text: ``{"error": "...", "exit_code": N}``."""
     if as_json:
@@ -297,9 +298,10 @@ def _wants_json(args: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: the single boundary where errors become one line + exit code."""
-    from xenpciback_cli.errors import ExitCode, XenPcibackError
+    """Console-script entry point: the single boundary where errors become one line + exit code.
 
+    errors.py is imported only when something failed (``--help`` and completion never need it).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
                   for a in args)
@@ -318,24 +320,27 @@ def main(argv: list[str] | None = None) -> None:
     except HelpShownForMissingCommand as exc:
         raise SystemExit(exc.exit_code) from None
     except click.ClickException as exc:  # usage errors, bad parameters
-        code = exc.exit_code if exc.exit_code else ExitCode.USAGE
+        code = exc.exit_code if exc.exit_code else USAGE_EXIT
         message = exc.format_message().replace("\n", " ")
         if isinstance(exc, click.UsageError) and exc.ctx is not None and exc.ctx.command_path:
             message = f"{message} (see '{exc.ctx.command_path} --help')"
         _fail(message, int(code), as_json=as_json)
-    except XenPcibackError as exc:
-        _fail(str(exc).replace("\n", " "), int(exc.exit_code), as_json=as_json)
     except KeyboardInterrupt:
         _fail("interrupted", 130, as_json=as_json)
     except (BrokenPipeError, OutputClosed):
         # The reader went away ('| head'): not an error worth a line.
         _silence_stdout()
         raise SystemExit(BROKEN_PIPE_EXIT) from None
-    except Exception as exc:  # a bug: one line, traceback only with -v
+    except Exception as exc:
+        from xenpciback_cli.errors import ExitCode, XenPcibackError
+
+        if isinstance(exc, XenPcibackError):  # refused or failed, as the message says
+            _fail(str(exc).replace("\n", " "), int(exc.exit_code), as_json=as_json)
+        # a bug: one line, traceback only with -v
         if verbose:
             import traceback
 
             traceback.print_exc()
         _fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for a traceback)",
               ExitCode.FAILED, as_json=as_json)
-    raise SystemExit(ExitCode.OK)
+    raise SystemExit(0)

@@ -129,8 +129,8 @@ def _xl_names(app: Application) -> dict[Any, str]:
 
 def _usage(app: Application, rows: list[Any]) -> dict[Any, tuple[str, ...]]:
     """What the host has on each listed device, asked only of the devices that have a network
-    interface, block device or framebuffer (one pass over those classes) and of displays (boot
-    VGA): on a host of hundreds of functions that is a handful of calls, not hundreds."""
+    interface, block device or framebuffer (one pass over those classes) and of the boot VGA
+    device: on a host of hundreds of functions that is a handful of calls, not hundreds."""
     from xenpciback_cli.errors import XenPcibackError
 
     host = app.host
@@ -138,7 +138,7 @@ def _usage(app: Application, rows: list[Any]) -> dict[Any, tuple[str, ...]]:
     out = {}
     for row in rows:
         bdf = row.bdf
-        if candidates is not None and bdf not in candidates and row.device.class_code >> 16 != 0x03:
+        if candidates is not None and bdf not in candidates and not row.device.boot_vga:
             continue
         try:
             labels = host.usage(bdf).labels

@@ -20,11 +20,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from xenpciback_cli.errors import DeviceNotFound, InputError
 from xenpciback_cli.host.model import Host
@@ -51,8 +50,7 @@ def _hex() -> re.Pattern[str]:
     return re.compile(r"^(?:0x)?([0-9a-fA-F]{1,6})$")
 
 
-@dataclass(frozen=True)
-class ClassFilter:
+class ClassFilter(NamedTuple):
     """Matches devices whose 24-bit class code starts with ``value`` (``digits`` hex digits)."""
 
     value: int
@@ -85,8 +83,7 @@ class DeviceState(StrEnum):
     ATTACHED = "attached"
 
 
-@dataclass(frozen=True)
-class InventoryRow:
+class InventoryRow(NamedTuple):
     """One line of ``list``: a device, its lifecycle state, the guest holding it (domid) and
     the driver it had before it was seized."""
 

@@ -680,7 +680,7 @@ class Seizer:
             self._execute(entry.bdf, plan_bind(self.host, device, target))
         now = self._device(entry.bdf)
         if device.driver in SEIZE_DRIVERS or entry.original_driver in SEIZE_DRIVERS:
-            self._bound(entry.bdf, replace(device, driver=entry.original_driver), now)
+            self._bound(entry.bdf, device._replace(driver=entry.original_driver), now)
         outcome.update(action="completed", reason=f"finished the bind: now {now.driver or 'no driver'}")
 
     # -- shared -----------------------------------------------------------------------------
@@ -888,7 +888,7 @@ class Seizer:
             self._give_back(entry, self._device(bdf), outcome, f"{target} would not take it ({exc})")
             return
         existing = load_record(self.state_dir, bdf)
-        recorded = original or self._original_for(replace(device, driver=None), existing, entry.identity)
+        recorded = original or self._original_for(device._replace(driver=None), existing, entry.identity)
         self._keep_record(device, existing, entry.identity, recorded, target, entry.method, entry.persist)
         outcome.update(action="completed", reason=f"already unbound from {entry.original_driver or 'no driver'}: "
                        "finished the seize")
@@ -1031,13 +1031,13 @@ def _after_write(device: PciDevice, step: PlannedWrite) -> PciDevice:
     (a probe without an override: the host driver the kernel would choose is not known here)."""
     parts = step.path.split("/")
     if parts[-1] == "driver_override":
-        return replace(device, driver_override=step.value.strip() or None)
+        return device._replace(driver_override=step.value.strip() or None)
     if parts[-1] == "unbind":
-        return replace(device, driver=None)
+        return device._replace(driver=None)
     if parts[-1] in ("bind", "new_id") and device.driver is None:
-        return replace(device, driver=parts[-2])
+        return device._replace(driver=parts[-2])
     if parts[-1] == "drivers_probe" and device.driver is None:
-        return replace(device, driver=device.driver_override)
+        return device._replace(driver=device.driver_override)
     return device
 
 

@@ -22,8 +22,8 @@ import abc
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 from xenpciback_cli import errors
 from xenpciback_cli.pci.address import Bdf
@@ -53,8 +53,9 @@ def attribute_path(path: str) -> str:
     return path
 
 
-@dataclass(frozen=True)
-class HostUsage:
+# The values here are named tuples, not dataclasses, for the reason pci/device.py gives (every
+# command imports this module; ``list`` builds a value per device).
+class HostUsage(NamedTuple):
     """Evidence that the host itself uses a device (what ``hide`` refuses to take away).
 
     Each entry is a short human sentence naming the resource, e.g.
@@ -80,8 +81,7 @@ class HostUsage:
         return bool(self.reasons)
 
 
-@dataclass
-class AttributeWrite:
+class AttributeWrite(NamedTuple):
     """One sysfs write, as the write hooks and the adapters see it."""
 
     path: str  # relative to the sysfs root, e.g. "bus/pci/devices/0000:03:00.0/driver/unbind"
@@ -108,8 +108,9 @@ class Host(abc.ABC):
 
     def brief_devices(self, *, override: bool = True) -> Sequence[PciDevice]:
         """Every PCI function with at least what ``list``'s table shows (ids, class, names, driver,
-        IOMMU group, and ``driver_override`` unless ``override`` is false: the narrow table has no
-        OVERRIDE column); a host that can load just those cheaply may leave the rest at defaults."""
+        IOMMU group, ``boot_vga`` of display devices, and ``driver_override`` unless ``override``
+        is false: the narrow table has no OVERRIDE column); a host that can load just those
+        cheaply may leave the rest at defaults."""
         return self.devices()
 
     def addresses(self) -> list[Bdf]:

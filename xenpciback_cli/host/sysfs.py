@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from xenpciback_cli import errors
 from xenpciback_cli.host.model import AttributeWrite, Host, HostUsage
+from xenpciback_cli.pci import names as pci_names
 from xenpciback_cli.pci.device import PciDevice, Resource
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.untrusted import decimal
@@ -184,8 +185,9 @@ class SysfsHost(Host):
 
     def brief_devices(self, *, override: bool = True) -> Sequence[PciDevice]:
         """Every device with only what ``list``'s table shows: ids, class, names, driver and
-        IOMMU group, and ``driver_override`` when ``override`` (the wide table's OVERRIDE column);
-        every other attribute keeps its default.
+        IOMMU group, ``driver_override`` when ``override`` (the wide table's OVERRIDE column), and
+        ``boot_vga`` of display devices (so ``list`` asks :meth:`usage` of the boot VGA device
+        only, not of every GPU); every other attribute keeps its default.
 
         Why: the table needs three small files and two symlinks per device, where a full load
         reads about fifteen; on a host with hundreds of functions (SR-IOV) that is most of the
@@ -207,11 +209,14 @@ class SysfsHost(Host):
         vendor_name, device_name, class_name = self._names(bdf, vendor, device, class_code)
         # list's OVERRIDE column, as driverctl shows; one read per device saved when not shown
         override = _read(base + "driver_override") if with_override else None
+        # The kernel has boot_vga only on VGA-class devices; other classes are never the boot VGA.
+        boot_vga = _read(base + "boot_vga") if class_code >> 16 == 0x03 else None
         return PciDevice(
             bdf=bdf, vendor_id=vendor, device_id=device, class_code=class_code, revision=0,
             driver=_link_name(base + "driver"), iommu_group=decimal(_link_name(base + "iommu_group")),
             vendor_name=vendor_name, device_name=device_name, class_name=class_name,
-            driver_override=None if override in (None, "", "(null)") else override)
+            driver_override=None if override in (None, "", "(null)") else override,
+            boot_vga=None if boot_vga is None else boot_vga == "1")
 
     def device(self, bdf: Bdf) -> PciDevice:
         if not os.path.isdir(self.device_dir(bdf)):
@@ -301,11 +306,11 @@ class SysfsHost(Host):
 
     def _names(self, bdf: Bdf, vendor: int, device: int,
                class_code: int) -> tuple[str | None, str | None, str | None]:
-        from xenpciback_cli.pci import names
-
-        vendor_name, device_name, class_name = names.lookup(vendor, device, class_code)
+        found = pci_names.lookup(vendor, device, class_code)
+        if not self._hwdb_names:  # udev's names are read on the real /sys only
+            return found
         hwdb_vendor, hwdb_model = self._hwdb_names.get(str(bdf), (None, None))
-        return hwdb_vendor or vendor_name, hwdb_model or device_name, class_name
+        return hwdb_vendor or found[0], hwdb_model or found[1], found[2]
 
     # -- other reads --------------------------------------------------------------------------
     def read_config(self, bdf: Bdf, offset: int = 0, length: int | None = None) -> bytes:
@@ -477,8 +482,9 @@ class SysfsHost(Host):
     def _network_usage(self, below: str, labels: list[str] | None = None) -> list[str]:
         labels = [] if labels is None else labels
         reasons = []
-        routes = self._routes() if self.proc_root else {}
-        for name in self._class_entries_below("net", below):
+        interfaces = self._class_entries_below("net", below)
+        routes = self._routes() if interfaces and self.proc_root else {}
+        for name in interfaces:
             entry = os.path.join(self.sysfs_root, "class", "net", name)
             facts = []
             flags = _read_int(os.path.join(entry, "flags"), 16)
