@@ -72,7 +72,8 @@ PIRQ_ANY = -1  # let Xen pick the PIRQ (and the index)
 _CTYPES: dict[str, Any] = {
     "int": ctypes.c_int, "unsigned": ctypes.c_uint, "unsigned int": ctypes.c_uint,
     "uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64, "size_t": ctypes.c_size_t,
-    "int *": ctypes.POINTER(ctypes.c_int), "void": None,
+    "int *": ctypes.POINTER(ctypes.c_int), "void": None, "bool": ctypes.c_bool,
+    "uint8_t": ctypes.c_uint8, "unsigned long": ctypes.c_ulong,
 }
 
 
