@@ -58,7 +58,6 @@ def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, s
     from xenpciback_cli.engine.inventory import ClassFilter, DeviceState, inventory
     from xenpciback_cli.errors import InputError
     from xenpciback_cli.pci.address import guest_address
-    from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
 
     if fmt == "xl" and not assignable:
         raise InputError("--format xl is the form of 'xl pci-assignable-list': give --assignable")
@@ -80,7 +79,7 @@ def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, s
                      brief=not settings.json,  # the table shows no other attribute
                      override=wide or fmt == "csv")  # only the wide table has OVERRIDE
     if assignable:
-        rows = [r for r in rows if r.state is DeviceState.SEIZED and r.device.driver == PCIBACK_DRIVER]
+        rows = [r for r in rows if r.state is DeviceState.SEIZED and r.attachable]
     if fmt == "xl" and not settings.json:
         xl_names = _xl_names(app) if show_names else {}
         for row in rows:  # xl prints DDDD:BB:DD.F, one a line; with -n, a space and the name

@@ -112,6 +112,14 @@ class Grant:
             return f"INTx IRQ {self.first}" + (f" as PIRQ {self.pirq}" if self.pirq is not None else "")
         return "IOMMU assignment" + (" (rdm relaxed)" if self.relaxed else "")
 
+    def doing(self, bdf: Bdf, domid: int) -> str:
+        """The step as an error names it: "assigning 0000:03:00.0 to domain 5 (IOMMU)"."""
+        if self.kind == "assign":
+            return f"assigning {bdf} to domain {domid} (IOMMU)"
+        if self.kind == "intx":
+            return f"mapping INTx IRQ {self.first} of {bdf} into domain {domid}"
+        return f"granting domain {domid} {self.describe()} of {bdf}"
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
         if self.kind in ("iomem", "ioport"):
@@ -326,8 +334,7 @@ def grant_device(port: DomainGrants, state_dir: str | os.PathLike[str] | None, d
                     "pci= entry)" if grant.kind == "assign" and exc.errno == errno.EOPNOTSUPP else "")
             undone = ("; revoking the rest failed too: " + "; ".join(problems)) if problems else \
                 "; what was granted is revoked"
-            raise OperationFailed(_failure(f"granting domain {domid} {grant.describe()} of {device.bdf}",
-                                           exc) + hint + undone) from None
+            raise OperationFailed(_failure(grant.doing(device.bdf, domid), exc) + hint + undone) from None
         done.append(granted)
         record.grants = done + plan[index + 1:]
         if store is not None:
@@ -383,13 +390,18 @@ def revoke_device(port: DomainGrants | None, state_dir: str | os.PathLike[str] |
     if store is not None:
         _save(store, record)
 
+    assignment = [g for g in held if g.kind == "assign"]
+
     def progress(index: int) -> None:
-        record.grants = list(reversed(order[index + 1:]))
+        # The assignment stays in the record until the device is back in dom0: a revoke cut
+        # short after the deassign still owes the hand-back from the quarantine.
+        rest = list(reversed(order[index + 1:]))
+        record.grants = rest + [g for g in assignment if g not in rest]
         if store is not None:
             _save(store, record)
 
     problems = revoke_grants(port, domid, bdf, order, progress)
-    assigned = any(g.kind == "assign" for g in held)
+    assigned = bool(assignment)
     if before_release is not None:
         before_release()
     if assigned:
