@@ -56,11 +56,18 @@ def test_attach_grants_what_libxl_grants_and_detach_takes_it_back(sandbox):
     assert kinds == ["iomem", "iomem", "ioport", "iomem", "iomem", "intx", "assign"]  # libxl's order
     record = json.loads((sandbox / "state" / "grants" / "0000-03-00-0.json").read_text())
     assert record["phase"] == "attached" and record["domid"] == 5 and record["adapter"] == "sandbox"
+    [row] = json.loads(ok("--sandbox", sandbox, "--json", "list", NIC).output)
+    assert row["grants"] == record and row["grants"]["grants"] == result["grants"][str(NIC)]
+    status = json.loads(ok("--sandbox", sandbox, "--json", "status", "--domid", 5).output)
+    assert status["grants"] == {str(NIC): record}
+    assert "INTx IRQ 33 as PIRQ 33, IOMMU assignment" in ok("--sandbox", sandbox, "status", "--domid", 5).output
 
     out = ok("--sandbox", sandbox, "detach", NIC, "--domid", 5).output
     assert "grants revoked" in out
     assert hypervisor(sandbox) == {"owners": {}, "domains": {}}  # back to dom0, nothing left
     assert not (sandbox / "state" / "grants" / "0000-03-00-0.json").exists()
+    [row] = json.loads(ok("--sandbox", sandbox, "--json", "list", NIC).output)
+    assert row["grants"] is None
 
 
 def test_a_grant_failing_half_way_leaves_the_hypervisor_and_xenstore_as_they_were(sandbox):

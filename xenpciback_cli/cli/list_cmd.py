@@ -94,8 +94,12 @@ def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, s
         return None if a is None else guest_address(a.vdev)
 
     if settings.json:
+        from xenpciback_cli.engine.grants import grants_view
+
+        granted = grants_view(app.state_dir)  # what the hypervisor gave a guest (attach)
         terminal.json([row.as_json() | {"guest_address": vdev(row), "name": names.get(row.bdf),
-                                        "used": list(usage.get(row.bdf, ()))} for row in rows])
+                                        "used": list(usage.get(row.bdf, ())),
+                                        "grants": granted.get(row.bdf)} for row in rows])
         return
     wide = wide or fmt == "csv"  # a program reading CSV gets every column, whatever the width
     table = []

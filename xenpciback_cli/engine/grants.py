@@ -237,6 +237,14 @@ def load_records(state_dir: str | os.PathLike[str],
     return out
 
 
+def grants_view(state_dir: str | os.PathLike[str]) -> dict[Bdf, dict[str, Any]]:
+    """bdf -> the record as JSON, for ``list --json`` and ``status`` (a corrupt record is left
+    out here: ``recover`` and ``doctor`` name it). Empty when the state dir was never used."""
+    if not os.path.lexists(state_dir):
+        return {}
+    return {bdf: record.to_json() for bdf, record in load_records(state_dir, corrupt=[]).items()}
+
+
 # -- granting and revoking -----------------------------------------------------------------------
 def _failure(what: str, exc: OSError) -> str:
     code = exc.errno or errno.EIO
