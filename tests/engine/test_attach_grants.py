@@ -181,3 +181,13 @@ def test_with_the_kernel_pciback_pci_stub_is_another_consumer(sandbox):
     backend = [c for c in json.loads(ok("--sandbox", sandbox, "--json", "doctor").output)["checks"]
                if c["name"] == "backend"]
     assert "kernel pciback" in backend[0]["detail"]
+
+
+def test_destroying_the_guest_takes_its_grants_back_like_xl_destroy(sandbox):
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", 5, "--no-guest")
+    ok("--sandbox", sandbox, "attach", NIC, "--domid", 5, "--seize")
+    assert hypervisor(sandbox)["owners"] == {str(NIC): 5}
+    ok("--sandbox", sandbox, "sandbox", "domain", "destroy", 5)
+    assert hypervisor(sandbox) == {"owners": {}, "domains": {}}
+    assert not (sandbox / "state" / "grants" / "0000-03-00-0.json").exists()
+    assert "nothing to recover" in ok("--sandbox", sandbox, "recover").output
