@@ -191,3 +191,57 @@ def test_destroying_the_guest_takes_its_grants_back_like_xl_destroy(sandbox):
     assert hypervisor(sandbox) == {"owners": {}, "domains": {}}
     assert not (sandbox / "state" / "grants" / "0000-03-00-0.json").exists()
     assert "nothing to recover" in ok("--sandbox", sandbox, "recover").output
+
+
+# -- xenstore failing after the grants: the grants go too ---------------------------------------
+def _engine(sandbox):
+    from xenpciback_cli.app import Application, Settings
+
+    app = Application(Settings(sandbox=str(sandbox)))
+    return app, app.open_xenstore()
+
+
+def test_a_xenstore_failure_after_the_grants_revokes_them(sandbox):
+    from xenpciback_cli.engine.attach import AttachSpec, attach
+    from xenpciback_cli.errors import OperationFailed
+
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", 5, "--no-guest")
+    ok("--sandbox", sandbox, "hide", NIC)
+    app, client = _engine(sandbox)
+    seen = []
+
+    def collide(attempt):
+        seen.append(hypervisor(sandbox)["owners"])  # granted before the transaction
+        raise OperationFailed("xenstore went away")
+
+    with client:
+        before = ok("--sandbox", sandbox, "--json", "xenstore", "ls", "/").output
+        with pytest.raises(OperationFailed, match="xenstore went away"):
+            attach(client, AttachSpec(5, NIC), host=app.host, grants=app.domain_grants(),
+                   state_dir=str(app.state_dir), on_attempt=collide)
+    assert seen == [{str(NIC): 5}]
+    assert hypervisor(sandbox) == {"owners": {}, "domains": {}}
+    assert ok("--sandbox", sandbox, "--json", "xenstore", "ls", "/").output == before
+    assert not (sandbox / "state" / "grants" / "0000-03-00-0.json").exists()
+
+
+def test_a_hotplug_rolled_back_on_timeout_revokes_its_grants(sandbox):
+    """The backend says Connected but nobody runs the round: xenstore is rolled back, and so is
+    the hypervisor; the first device keeps its grants."""
+    from xenpciback_cli.engine.attach import AttachSpec, attach
+    from xenpciback_cli.errors import OperationFailed
+
+    second = Bdf.parse("03:00.1")
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", 5, "--no-guest")
+    ok("--sandbox", sandbox, "attach", NIC, "--domid", 5, "--seize")
+    ok("--sandbox", sandbox, "hide", "--force", second)  # eth1 is up: a loud override
+    app, client = _engine(sandbox)
+    with client:
+        client.write("/local/domain/0/backend/pci/5/0/state", "4")  # Connected, nobody serving
+        first = hypervisor(sandbox)
+        with pytest.raises(OperationFailed, match="attach rolled back, xenstore is as it was"):
+            attach(client, AttachSpec(5, second), host=app.host, grants=app.domain_grants(),
+                   state_dir=str(app.state_dir), timeout=0.5)
+    assert hypervisor(sandbox) == first  # 03:00.1's grants gone, 03:00.0's kept
+    assert not (sandbox / "state" / "grants" / "0000-03-00-1.json").exists()
+    assert (sandbox / "state" / "grants" / "0000-03-00-0.json").exists()
