@@ -245,3 +245,26 @@ def test_a_hotplug_rolled_back_on_timeout_revokes_its_grants(sandbox):
     assert hypervisor(sandbox) == first  # 03:00.1's grants gone, 03:00.0's kept
     assert not (sandbox / "state" / "grants" / "0000-03-00-1.json").exists()
     assert (sandbox / "state" / "grants" / "0000-03-00-0.json").exists()
+
+
+def test_a_corrupt_grant_record_is_named_and_the_others_recovered(sandbox):
+    from xenpciback_cli.engine.grants import revoke_device
+
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", 5, "--no-guest")
+    ok("--sandbox", sandbox, "attach", NIC, "--domid", 5, "--seize")
+    ok("--sandbox", sandbox, "attach", XHCI, "--domid", 5, "--seize")
+
+    class Killed(BaseException):
+        pass
+
+    class DiesAtOnce(SandboxDomainGrants):
+        def deassign_device(self, *args):
+            raise Killed()
+
+    with pytest.raises(Killed):
+        revoke_device(DiesAtOnce(sandbox), sandbox / "state", NIC, 5)
+    (sandbox / "state" / "grants" / "0000-00-14-0.json").write_text("{not json")
+    result = invoke("--sandbox", sandbox, "recover")
+    assert result.code == 2 and "0000-00-14-0.json is corrupt" in result.error
+    assert "revoked the grants of domain 5 for 0000:03:00.0" in result.out
+    assert str(NIC) not in hypervisor(sandbox)["owners"]

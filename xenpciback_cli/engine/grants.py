@@ -430,10 +430,14 @@ class RecoverOutcome:
     domid: int
     action: str  # "revoked", "kept", "skipped"
     reason: str
+    corrupt: bool = False  # the record itself is unreadable: a person must look (exit 2)
 
     def to_json(self) -> dict[str, Any]:
-        return {"op": "grants", "bdf": str(self.bdf), "domid": self.domid, "action": self.action,
-                "reason": self.reason}
+        out: dict[str, Any] = {"op": "grants", "bdf": str(self.bdf), "domid": self.domid,
+                               "action": self.action, "reason": self.reason}
+        if self.corrupt:
+            out["corrupt"] = True
+        return out
 
 
 def recover_grants(state_dir: str | os.PathLike[str], port: DomainGrants | None,
@@ -446,7 +450,12 @@ def recover_grants(state_dir: str | os.PathLike[str], port: DomainGrants | None,
     published, and an ``attached`` one whose domain no longer holds the device (a destroyed
     guest) are revoked."""
     out: list[RecoverOutcome] = []
-    for bdf, record in sorted(load_records(state_dir).items()):
+    corrupt: list[StateFileCorrupt] = []
+    records = load_records(state_dir, corrupt)
+    for exc in corrupt:  # named, and the other records are still recovered
+        bdf = exc.bdf if isinstance(exc.bdf, Bdf) else Bdf(0, 0, 0, 0)
+        out.append(RecoverOutcome(bdf, 0, "skipped", str(exc), corrupt=True))
+    for bdf, record in sorted(records.items()):
         held = holders is not None and holders.get(bdf) == record.domid
         if record.phase != "revoking" and held:
             if record.phase == "granting" and not dry_run:
