@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from xenpciback_cli.cli import Seconds
+
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
 
@@ -16,8 +18,8 @@ if TYPE_CHECKING:
 @click.option("--stay", is_flag=True, help="Keep the connection after the probe, until SIGTERM or Ctrl-C.")
 @click.option("--record", "record", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write one JSON line per op (the op and its result) to FILE.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to wait for the backend at each step.")
+@click.option("--timeout", type=Seconds(minimum=0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="Seconds to wait for the backend at each step (at least 0.1).")
 @click.option("--aer-result", type=click.Choice(["driver", "recovered", "can_recover", "need_reset",
                                                 "disconnect", "none", "no-handler", "ignore"]),
               default="driver", show_default=True,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from xenpciback_cli.cli import LazyGroup
+from xenpciback_cli.cli import LazyGroup, Seconds
 
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
@@ -29,9 +29,10 @@ def group() -> None:
 @click.option("--record", "record", type=click.Path(dir_okay=False, writable=True),
               default=None, metavar="FILE", help="Write a trace (docs/trace-format.md): a header, then each device "
                    "and op as one JSON line (FILE.gz: compressed).")
-@click.option("--aer-timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True,
+@click.option("--aer-timeout", type=Seconds(minimum=0.1), default=300.0, show_default=True,
               metavar="SECONDS",
-              help="How long a guest may take to answer an AER request before aerState=aerfail.")
+              help="How long a guest may take to answer an AER request before aerState=aerfail "
+                   "(at least 0.1).")
 @click.pass_obj
 def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str | None,
                aer_timeout: float) -> None:
