@@ -212,3 +212,17 @@ def test_a_corrupt_record_is_one_line_naming_the_file(tmp_path):
     assert str(path) in str(exc.value) and "count" in str(exc.value) and "\n" not in str(exc.value)
     found: list = []
     assert G.load_records(state, found) == {} and len(found) == 1
+
+
+def test_an_interrupted_grant_takes_back_what_it_granted(tmp_path):
+    """Ctrl-C (or a bug) in the middle: what was granted is revoked and the record goes."""
+    class Interrupting(FakeHypervisor):
+        def map_pirq(self, domid, irq):
+            raise KeyboardInterrupt
+
+    hv = Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        G.grant_device(hv, tmp_path / "state", 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    assert hv.calls[4:] == [("iomem", 5, 0xFEB80, 64, False), ("iomem", 5, 0xFEBF1, 1, False),
+                            ("ioport", 5, 0xC000, 32, False), ("iomem", 5, 0xFEBC0, 32, False)]
+    assert G.load_record(tmp_path / "state", DEV) is None

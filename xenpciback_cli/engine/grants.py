@@ -343,6 +343,11 @@ def grant_device(port: DomainGrants, state_dir: str | os.PathLike[str] | None, d
             undone = ("; revoking the rest failed too: " + "; ".join(problems)) if problems else \
                 "; what was granted is revoked"
             raise OperationFailed(_failure(grant.doing(device.bdf, domid), exc) + hint + undone) from None
+        except BaseException:  # Ctrl-C, a bug: nothing half granted stays behind either
+            revoke_grants(port, domid, device.bdf, list(reversed(done)))
+            if store is not None:
+                store.remove(record.name)
+            raise
         done.append(granted)
         record.grants = done + plan[index + 1:]
         if store is not None:
