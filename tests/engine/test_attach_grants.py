@@ -61,6 +61,9 @@ def test_attach_grants_what_libxl_grants_and_detach_takes_it_back(sandbox):
     status = json.loads(ok("--sandbox", sandbox, "--json", "status", "--domid", 5).output)
     assert status["grants"] == {str(NIC): record}
     assert "INTx IRQ 33 as PIRQ 33, IOMMU assignment" in ok("--sandbox", sandbox, "status", "--domid", 5).output
+    [report] = json.loads(ok("--sandbox", sandbox, "--json", "inspect", NIC).output)
+    assert report["grants"] == record
+    assert "granted to domain 5 (attached): memory 0xe0800000" in ok("--sandbox", sandbox, "inspect", NIC).output
 
     out = ok("--sandbox", sandbox, "detach", NIC, "--domid", 5).output
     assert "grants revoked" in out
