@@ -116,6 +116,11 @@ def test_recover_finishes_a_revoke_cut_short(sandbox):
     assert [g.kind for g in left.grants] == ["iomem", "iomem", "assign"]
     assert hypervisor(sandbox)["owners"] == {str(NIC): "io"}  # in Xen's quarantine meanwhile
 
+    doctor = invoke("--sandbox", sandbox, "--json", "doctor")
+    [journal] = [c for c in json.loads(doctor.out)["checks"] if c["name"] == "journal"]
+    assert journal["verdict"] == "fail" and f"revoke {NIC}" in journal["detail"]
+    assert journal["fix"] == "xen-pciback recover"
+
     out = ok("--sandbox", sandbox, "--json", "recover").output
     [op] = [o for o in json.loads(out)["operations"] if o["op"] == "grants"]
     assert op["action"] == "revoked" and op["bdf"] == str(NIC) and "detach was cut short" in op["reason"]

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from xenpciback_cli.errors import OperationFailed, StateDirUnsafe, StateFileCorrupt, XenPcibackError
 from xenpciback_cli.pci.drivers import SEIZE_DRIVERS
@@ -355,10 +356,15 @@ def _persisted(env: DoctorEnv) -> CheckResult:
 def _journal(env: DoctorEnv) -> CheckResult:
     from xenpciback_cli.engine.journal import pending_operations
 
+    from xenpciback_cli.engine.grants import load_records
+
     corrupt: list[StateFileCorrupt] = []
     entries = pending_operations(env.state_dir, corrupt=corrupt)
-    waiting = [e for e in entries if not e.running]
+    waiting: list[Any] = [e for e in entries if not e.running]
     running = [e for e in entries if e.running]
+    grants = load_records(env.state_dir, corrupt) if os.path.lexists(env.state_dir) else {}
+    waiting += [SimpleNamespace(op="grants" if r.phase == "granting" else "revoke", bdf=r.bdf)
+                for r in grants.values() if r.interrupted]
     if corrupt:
         return CheckResult("journal", FAIL, "; ".join(str(c).split("; fix: ")[0] for c in corrupt),
                            _fix_of(str(corrupt[0])))

@@ -175,18 +175,35 @@ class GrantRecord:
     adapter: str
     phase: str
     grants: list[Grant] = field(default_factory=list)
+    #: The process granting or revoking (pid, boot id, start time, as the journal names its
+    #: writer), so ``doctor`` tells an attach in progress from one that died.
+    owner: dict[str, Any] | None = field(default_factory=lambda: _this_process())
 
     @property
     def name(self) -> str:
         return f"{GRANTS_DIR}/{self.bdf.xs_key}.json"
 
+    @property
+    def interrupted(self) -> bool:
+        """Granting or revoking, and the process doing it is gone: ``recover`` has work."""
+        if self.phase == "attached":
+            return False
+        owner = self.owner or {}
+        from xenpciback_cli.engine.journal import boot_id, process_start
+
+        pid = owner.get("pid")
+        if not isinstance(pid, int) or pid in (0, os.getpid()) or owner.get("boot_id") is None:
+            return True
+        return not (owner.get("boot_id") == boot_id() and process_start(pid) == owner.get("process_start"))
+
     def to_json(self) -> dict[str, Any]:
         return {"bdf": str(self.bdf), "domid": self.domid, "adapter": self.adapter,
-                "phase": self.phase, "grants": [g.to_json() for g in self.grants]}
+                "phase": self.phase, "grants": [g.to_json() for g in self.grants], "owner": self.owner}
 
     @classmethod
     def from_json(cls, value: object, device: Bdf) -> GrantRecord:
-        data = st.obj(value, "the record", required={"bdf", "domid", "adapter", "phase", "grants"})
+        data = st.obj(value, "the record", required={"bdf", "domid", "adapter", "phase", "grants"},
+                      optional={"owner"})
         bdf = st.bdf(data["bdf"], "bdf")
         if bdf != device:
             raise st.Invalid(f"it names {bdf}, not {device}")
@@ -194,12 +211,27 @@ class GrantRecord:
             raise st.Invalid(f"phase must be one of {', '.join(PHASES)}")
         if not isinstance(data["grants"], list) or len(data["grants"]) > 64:
             raise st.Invalid("grants must be a list of at most 64 grants")
+        owner = data.get("owner")
+        if owner is not None:
+            owner = st.obj(owner, "owner", required={"pid", "boot_id", "process_start"})
+            st.integer(owner["pid"], "owner.pid", 0, 1 << 31)
+            if owner["boot_id"] is not None:
+                st.text(owner["boot_id"], "owner.boot_id", limit=64)
+            if owner["process_start"] is not None:
+                st.integer(owner["process_start"], "owner.process_start", 0, 1 << 63)
         return cls(bdf, st.integer(data["domid"], "domid", 1, 0x7FEF),
                    st.text(data["adapter"], "adapter", limit=32), data["phase"],
-                   [Grant.from_json(g, f"grants[{i}]") for i, g in enumerate(data["grants"])])
+                   [Grant.from_json(g, f"grants[{i}]") for i, g in enumerate(data["grants"])], owner)
+
+
+def _this_process() -> dict[str, Any]:
+    from xenpciback_cli.engine.journal import boot_id, process_start
+
+    return {"pid": os.getpid(), "boot_id": boot_id(), "process_start": process_start(os.getpid())}
 
 
 def _save(store: st.StateStore, record: GrantRecord) -> None:
+    record.owner = None if record.phase == "attached" else _this_process()
     store.write(record.name, (json.dumps(record.to_json(), indent=1) + "\n").encode())
 
 
