@@ -22,6 +22,7 @@ OTHERS = {
     "sandbox aer --timeout": (["sandbox", "aer", "03:00.0", "--timeout"], 0.1),
     "serve foreground --aer-timeout": (["serve", "foreground", "--aer-timeout"], 0.1),
     "xenstore watch --timeout": (["xenstore", "watch", "/local", "--timeout"], 0),
+    "status --wait": (["status", "--domid", "1", "--wait"], 0),
 }
 
 
