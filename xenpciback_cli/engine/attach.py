@@ -4,20 +4,24 @@ Order of work (libxl's, Xen's ``tools/libs/light/libxl_pci.c``, with its checks 
 input and state is read and validated before the first write, sysfs or xenstore:
 
 1. checks that need no transaction: the domain exists (``/local/domain/N``), the spec's values,
-   every function exists and is bound to pciback (or, with ``seize``, to a host driver that
-   ``seize`` may take it from; vfio-pci and pci-stub hold a device for other consumers and are
-   refused either way), a function wildcard has a virtual slot, the backend settings file
-   reads back when it is to be updated;
+   every function exists and is bound to a serving driver (``pci.drivers.serving_drivers``:
+   pciback, and pci-stub when the kernel's pciback is not loaded; or, with ``seize``, a host
+   driver that ``seize`` may take it from; vfio-pci, and pci-stub beside a loaded pciback, hold
+   a device for other consumers and are refused either way), a function wildcard has a virtual
+   slot, the backend settings file reads back when it is to be updated;
 2. the backend's state is read *outside* a transaction, like libxl, to wait out a
    reconfiguration round already in progress; nobody else holds the device
    (``/libxl/pci/<bdf>/domid``), the virtual slot is free, the backend is not being torn down;
    then ``seize``'s pre-flight (host usage...) - and only then the first write, the seize;
-3. per-device permissive mode is written to the kernel backend's sysfs ``permissive`` file;
-4. one transaction, retried on conflict: the same checks again, then the backend/frontend
+3. the hypervisor's grants per function (``engine.grants``: memory and I/O ranges, the INTx
+   PIRQ, the IOMMU assignment), all or nothing, taken back if anything below fails;
+4. per-device permissive mode is written to the kernel backend's sysfs ``permissive`` file;
+5. one transaction, retried on conflict: the same checks again, then the backend/frontend
    directories (first device) and the device's ``*-i`` keys, ``num_devs``, backend
    ``state = 7`` when the backend is Connected, and ``/libxl/pci/<bdf>/domid``;
-5. for a hot-plug, wait for the round to finish; on timeout, if the backend has not touched our
-   entries yet, a second transaction removes them again, leaving xenstore as it was.
+6. for a hot-plug, wait for the round to finish; on timeout, if the backend has not touched our
+   entries yet, a second transaction removes them again (and the grants go), leaving xenstore
+   and the hypervisor as they were.
 
 With a state dir, the whole attach holds its lock (``Journal.locked``), like hide and detach.
 
