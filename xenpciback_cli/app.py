@@ -202,6 +202,26 @@ class Application:
         """Bdf -> domid of every device a guest holds (what unhide refuses and list shows)."""
         return {bdf: a.domid for bdf, a in self.attachment_details().items()}
 
+    # -- the hypervisor's grants (attach, detach, recover), chosen here ----------------------------
+    def domain_grants(self) -> Any | None:
+        """The :class:`~xenpciback_cli.engine.grants.DomainGrants` for this host: the sandbox's
+        simulated hypervisor; real Xen's libxenctrl on the real /sys under Xen (not in a guest); None anywhere else
+        (a ``--sysfs-root`` tree, a host without Xen): then attach and detach write xenstore only."""
+        if self.sandbox_dir is not None:
+            from xenpciback_cli.sandbox.hypervisor import SandboxDomainGrants
+
+            return SandboxDomainGrants(self.sandbox_dir)
+        if os.path.realpath(self.settings.sysfs_root) != "/sys":
+            return None
+        platform = self.platform
+        # Unknown whether this is dom0 (no xenfs, no start_flags): use Xen all the same - a guest's
+        # hypercall fails loudly, where skipping the grants would attach a device no guest can use.
+        if platform.hypervisor_type() != "xen" or platform.initial_domain()[0] is False:
+            return None
+        from xenpciback_cli.transport.xen_grants import XenDomainGrants
+
+        return XenDomainGrants()
+
     # -- serve: the backend process's adapters, chosen here ---------------------------------------
     def serve_run_dir(self) -> Path:
         """Where ``serve`` keeps its control socket: ``S/run`` in a sandbox, else

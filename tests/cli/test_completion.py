@@ -76,6 +76,17 @@ def test_bash_offers_each_command_the_devices_it_takes(sandbox, program):
     assert bash_tab(program, f"{start} inspect 0000:00:0") == ["00.0"]
 
 
+def test_attach_offers_pci_stub_devices_only_without_the_kernel_pciback(sandbox, program):
+    """The rule attach follows (pci.drivers.serving_drivers), for completion too."""
+    from xenpciback_cli.sandbox.host import open_sandbox
+
+    start = f"xen-pciback --sandbox {sandbox}"
+    ok("hide", "--driver", "pci-stub", "04:10.1", sandbox=sandbox)
+    assert bash_tab(program, f"{start} attach ") == []  # pciback loaded: pci-stub's is someone else's
+    open_sandbox(sandbox).kernel.unload_module("pciback")
+    assert bash_tab(program, f"{start} attach ") == ["0000:04:10.1"]
+
+
 def test_path_options_complete_files_and_directories():
     from xenpciback_cli.cli import cli
     from xenpciback_cli.cli.completion import kind_of

@@ -89,3 +89,22 @@ def test_devices_held_for_other_consumers_tell_one_story(sandbox, driver):
     ok("--sandbox", sandbox, "attach", XHCI, "--domid", 7, "--seize")
     [row] = json.loads(ok("--sandbox", sandbox, "--json", "list", XHCI).output)
     assert row["state"] == "attached" and row["driver"] == "pciback" and row["attachable"] is True
+
+
+def test_build_spec_merges_the_command_options_over_the_spec():
+    """The merge the attach command used to do in its click callback, now the engine's."""
+    from xenpciback_cli.engine.attach import build_spec
+    from xenpciback_cli.errors import InputError
+
+    spec = build_spec("0000:03:00.0,permissive=1,rdm_policy=relaxed", permissive=False, msitranslate=True)
+    assert spec.bdf == Bdf.parse("03:00.0") and not spec.all_functions
+    assert (spec.options.permissive, spec.options.msitranslate, spec.options.rdm_policy) == (False, True, "relaxed")
+    spec = build_spec("03:00.*", vslot="4", rdm_policy="STRICT", seize=None, quirks=("0x40:2:0xffff",))
+    assert spec.all_functions and spec.bdf == Bdf.parse("03:00.0") and spec.vslot == 4
+    assert spec.options.rdm_policy == "strict" and not spec.seize and len(spec.quirks) == 1
+    assert build_spec(None, name="nic").name == "nic" and build_spec("03:00.0,seize=1").seize
+    for args, kwargs, message in ((("03:00.0@4",), {"vslot": "5"}, "virtual slot once"),
+                                  (("03:00.0",), {"name": "nic"}, "not both"),
+                                  ((None,), {}, "give a device")):
+        with pytest.raises(InputError, match=message):
+            build_spec(*args, **kwargs)

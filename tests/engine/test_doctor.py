@@ -150,10 +150,13 @@ def test_without_xl_the_iommu_is_unknown_not_guessed(fake, tmp_path):
     assert checks["interrupt-remapping"].verdict == "warn"
 
 
-def test_no_pciback_under_xen_fails_with_modprobe(fake, tmp_path):
+def test_no_pciback_under_xen_without_serve_fails_saying_pci_stub_devices_are_served(fake, tmp_path):
+    """The rule attach and list share (pci.drivers.serving_drivers): without the kernel's
+    pciback, our serve is the backend and devices held by pci-stub are attachable."""
     dom0(fake, pciback=None)
     checks = by_name(run_checks(env_for(fake, tmp_path, xl={"info": XL_INFO_ON, "dmesg": XL_DMESG_IR})))
     assert checks["backend"].verdict == "fail"
+    assert "pci-stub are attachable" in checks["backend"].detail
     assert "xen-pciback serve foreground" in (checks["backend"].fix or "")
     assert "modprobe xen-pciback" in (checks["backend"].fix or "")
 

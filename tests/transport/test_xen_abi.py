@@ -16,7 +16,8 @@ from xenpciback_cli.transport import xen_abi as abi
 from xenpciback_cli.transport import xen_interrupts
 
 HEADERS = ("/usr/include/xen/sys/gntdev.h", "/usr/include/xen/sys/evtchn.h",
-           "/usr/include/xen/physdev.h", "/usr/include/xenctrl.h", "/usr/include/xencall.h")
+           "/usr/include/xen/physdev.h", "/usr/include/xen/domctl.h", "/usr/include/xenctrl.h",
+           "/usr/include/xencall.h")
 
 
 def _need_toolchain() -> str:
@@ -54,6 +55,7 @@ PROBE = r"""
 #include <xen/sys/gntdev.h>
 #include <xen/sys/evtchn.h>
 #include <xen/physdev.h>
+#include <xen/domctl.h>
 #define P(name, value) printf("%s %lu\n", name, (unsigned long)(value))
 int main(void) {
     P("IOCTL_GNTDEV_MAP_GRANT_REF", IOCTL_GNTDEV_MAP_GRANT_REF);
@@ -85,6 +87,7 @@ int main(void) {
     P("pci.bus", offsetof(struct physdev_pci_device, bus));
     P("pci.devfn", offsetof(struct physdev_pci_device, devfn));
     P("DOMID_IO", DOMID_IO);
+    P("XEN_DOMCTL_DEV_RDM_RELAXED", XEN_DOMCTL_DEV_RDM_RELAXED);
     return 0;
 }
 """
@@ -124,6 +127,7 @@ def test_ioctl_numbers_and_struct_layouts_match_the_headers(tmp_path):
         "pci.bus": 2,
         "pci.devfn": 3,
         "DOMID_IO": abi.DOMID_IO,
+        "XEN_DOMCTL_DEV_RDM_RELAXED": abi.XEN_DOMCTL_DEV_RDM_RELAXED,
     }
 
 
@@ -179,6 +183,19 @@ def test_every_c_type_in_the_tables_has_a_ctypes_type():
     assert argtypes[3] is ctypes.POINTER(ctypes.c_int)
     assert argtypes[7] is ctypes.c_uint64
     assert argtypes[1] is ctypes.c_uint32
+    # the grant calls: frame numbers are unsigned long, allow_access uint8_t or bool
+    _, argtypes = xen_interrupts.ctypes_prototype(*abi.XENCTRL_FUNCTIONS["xc_domain_iomem_permission"])
+    assert argtypes[2:] == [ctypes.c_ulong, ctypes.c_ulong, ctypes.c_uint8]
+    _, argtypes = xen_interrupts.ctypes_prototype(*abi.XENCTRL_FUNCTIONS["xc_domain_irq_permission"])
+    assert argtypes[3] is ctypes.c_bool
+    _, argtypes = xen_interrupts.ctypes_prototype(*abi.XENCTRL_FUNCTIONS["xc_physdev_map_pirq"])
+    assert argtypes[2:] == [ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+
+
+def test_the_machine_sbdf_is_libxls_encoding():
+    """``pci_encode_bdf``: segment << 16 | bus << 8 | devfn (devfn = slot << 3 | function)."""
+    assert abi.machine_sbdf(0x0001, 0x0A, 0xFD) == 0x00010AFD
+    assert abi.machine_sbdf(0, 3, 0) == 0x300
 
 
 def test_the_installed_libraries_export_every_function():

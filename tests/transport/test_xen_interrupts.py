@@ -193,6 +193,16 @@ def test_legacy_pirq_is_the_sysfs_irq(sysfs, irqs):
     assert irqs.legacy_pirq(7, DEV) == 0
 
 
+@pytest.mark.parametrize("text", ["1_1\n", "\u0661\u0661\n", "+11\n", "-11\n", "0x0b\n", "11 12\n",
+                                  "9" * 5000, "\xff\xfe", "255\n", "4096\n", ""])
+def test_legacy_pirq_takes_only_a_plain_line_number(sysfs, irqs, text):
+    """sysfs text is not trusted blindly: int() would read '1_1' and Arabic-Indic digits as 11.
+    Only a plain decimal INTx line (1-254, libxl's range) is an IRQ; anything else is none."""
+    (sysfs / "bus" / "pci" / "devices" / str(DEV) / "irq").write_bytes(text.encode("utf-8", "surrogateescape")
+                                                                      if text != "\xff\xfe" else b"\xff\xfe")
+    assert irqs.legacy_pirq(7, DEV) == 0
+
+
 def test_release_unmaps_and_undoes_prepare(hv, irqs):
     irqs.enable_msix(7, DEV, [0, 1])
     irqs.release(DEV)

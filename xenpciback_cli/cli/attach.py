@@ -46,52 +46,23 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, vslot: 
     slot itself: @VSLOT is recorded as libxl does, and said to be ignored. Already attached to
     this guest is nothing to do (exit 0; JSON "changed": false).
     """
+    from dataclasses import replace
+
     from xenpciback_cli.cli.terminal import terminal_for
-    from xenpciback_cli.errors import InputError
-    from xenpciback_cli.pci.quirk import parse_quirk
-    from xenpciback_cli.pci.spec import parse_pci_spec
-    from xenpciback_cli.engine.attach import AttachSpec, attach
-    from xenpciback_cli.toolstack.libxl_layout import PciOptions
+    from xenpciback_cli.engine.attach import attach, build_spec, domain_id
     from xenpciback_cli.engine.session import host_of, seizer_of
 
     domain, spec = domain_and_spec(words, domid, spec_optional=name is not None)
-    if spec and name:
-        raise InputError("give either a device (SPEC) or --name, not both")
-    if not spec and not name:
-        raise InputError("give a device (SPEC) or --name")
-    text = spec if spec else f"name={name}"
-    if vslot is not None:  # --vslot VSLOT is SPEC@VSLOT
-        if "@" in text or "vslot=" in text:
-            raise InputError("give the virtual slot once: SPEC@VSLOT or --vslot")
-        text = f"{text},vslot={vslot}"
-    parsed = parse_pci_spec(text)
-
-    def pick(flag: bool | None, key: str) -> bool:
-        return bool(flag) if flag is not None else bool(getattr(parsed, key))
-
-    options = PciOptions(msitranslate=pick(msitranslate, "msitranslate"),
-                         power_mgmt=pick(power_mgmt, "power_mgmt"),
-                         permissive=pick(permissive, "permissive"),
-                         rdm_policy=(rdm_policy or parsed.rdm_policy or "strict").lower())
-    target = parsed.target
-    all_functions = target is not None and target.function is None
-    bdf = parsed.bdf
-    if all_functions:  # SPEC names a whole slot: its function 0 stands for it
-        from dataclasses import replace
-
-        assert target is not None
-        bdf = replace(target, function=0).as_bdf()
-    quirk_list = tuple(parse_quirk(q) for q in quirks)
+    request = build_spec(spec, name=name, vslot=vslot, permissive=permissive, msitranslate=msitranslate,
+                         power_mgmt=power_mgmt, rdm_policy=rdm_policy, seize=seize, quirks=quirks)
     host = host_of(app)
     term = terminal_for(app)
     with app.open_xenstore(socket_path) as client:
-        from xenpciback_cli.engine.attach import domain_id
-
         number = domain_id(client, domain)
-        request = AttachSpec(number, bdf, all_functions, parsed.vslot, options, parsed.name,
-                             pick(seize, "seize"), quirk_list)
-        result = attach(client, request, host=host, seize_fn=seizer_of(app, host) if host else None,
-                        timeout=timeout, wait=not no_wait, state_dir=str(app.state_dir), dry_run=dry_run)
+        result = attach(client, replace(request, domid=number), host=host,
+                        seize_fn=seizer_of(app, host) if host else None, timeout=timeout,
+                        wait=not no_wait, state_dir=str(app.state_dir), dry_run=dry_run,
+                        grants=app.domain_grants())
     if app.settings.json:
         term.json(result.to_json())
         return
@@ -108,6 +79,8 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, vslot: 
         term.line(f"{bdf} {how} domain {number} (backend entry {index}){where}")
         if bdf in result.permissive_applied:
             term.info(f"{bdf}: permissive (the guest may write any config register)")
+        if result.grants.get(bdf):
+            term.info(f"{bdf}: domain {number} granted {', '.join(g.describe() for g in result.grants[bdf])}")
         if result.quirks_applied.get(bdf):
             term.info(f"{bdf}: quirks {', '.join(map(str, result.quirks_applied[bdf]))} "
                       "(guest-writable under their masks until it lets the device go)")

@@ -155,8 +155,14 @@ def seized_devices(ctx: click.Context) -> Iterator[tuple[str, str | None]]:
 
 
 def attachable_devices(ctx: click.Context) -> Iterator[tuple[str, str | None]]:
-    """What ``attach`` takes: devices pciback holds that no guest has."""
-    held = [(bdf, driver) for bdf, driver in devices(ctx) if driver == PCIBACK_DRIVER]
+    """What ``attach`` takes: devices a serving driver holds (pciback; pci-stub too without the
+    kernel's pciback: ``serving_drivers``) that no guest has."""
+    from xenpciback_cli.pci.drivers import serving_drivers
+
+    loaded = {PCIBACK_DRIVER} if os.path.isdir(os.path.join(sysfs_root(ctx), "bus", "pci", "drivers",
+                                                            PCIBACK_DRIVER)) else set()
+    serving = serving_drivers(loaded)
+    held = [(bdf, driver) for bdf, driver in devices(ctx) if driver in serving]
     if not held:
         return
     busy = attached(ctx)

@@ -60,7 +60,8 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, force: 
             address = lookup_name(client, parsed.name, str(app.state_dir))
         number = domain_id(client, domain)
         result = detach(client, address, number, host=host_of(app), force=force, timeout=timeout,
-                        reset=not no_reset, state_dir=str(app.state_dir), dry_run=dry_run)
+                        reset=not no_reset, state_dir=str(app.state_dir), dry_run=dry_run,
+                        grants=app.domain_grants())
     if app.settings.json:
         term.json(result.to_json())
         return
@@ -70,6 +71,8 @@ def command(app: Application, words: tuple[str, ...], domid: str | None, force: 
         return
     term.line(f"{address} detached from domain {number}"
               + (" (backend removed: it was the last device)" if result.destroyed else ""))
+    if result.revoked:
+        term.info(f"{address}: domain {number}'s grants revoked ({', '.join(g.describe() for g in result.revoked)})")
     for note in result.notes:
         term.warn(note) if result.forced else term.info(note)
     if result.reset is not None:

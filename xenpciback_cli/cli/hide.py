@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
+from xenpciback_cli.pci.drivers import SEIZE_DRIVERS
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
 
@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 @click.argument("devices", metavar="DEVICE...", nargs=-1)
 @click.option("-d", "--ids", "ids_text", metavar="[VENDOR]:[DEVICE][:CLASS]",
               help="Seize the devices with these ids (hex; an empty part matches any), as lspci -d.")
-@click.option("--driver", "target", type=click.Choice(list(SEIZE_DRIVERS)),
-              default=PCIBACK_DRIVER, show_default=True, help="Driver that holds the seized device.")
+@click.option("--driver", "target", type=click.Choice(list(SEIZE_DRIVERS)), default=None,
+              help="Driver that holds the seized device [pciback; pci-stub when the kernel's "
+                   "pciback is not loaded: 'serve' is the backend].")
 @click.option("--force", "-f", is_flag=True, help="Override safety refusals (host usage, live VFs...). Loud.")
 @click.option("--dry-run", is_flag=True, help="Print every sysfs write, in order, and do none.")
 @click.option("--persist", is_flag=True, help="Also add the devices to the boot-time config (restore).")
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
               help="Name the device, like 'xl pci-assignable-add -n' (then 'attach name=NAME').")
 @click.option("--no-load", is_flag=True, help="Do not load the driver's module when it is missing.")
 @click.pass_obj
-def command(app: Application, devices: tuple[str, ...], ids_text: str | None, target: str,
+def command(app: Application, devices: tuple[str, ...], ids_text: str | None, target: str | None,
             force: bool, dry_run: bool, persist: bool, config: str | None, name: str | None,
             no_load: bool) -> None:
     """Seize DEVICE... for passthrough: a BDF (DDDD:BB:DD.F, BB:DD.F, BB:DD.* for every
@@ -48,6 +49,10 @@ def command(app: Application, devices: tuple[str, ...], ids_text: str | None, ta
     if name is not None and (devices or ids_text is not None):
         device_name(name)
     patterns = select_patterns(app.host, app.state_dir, devices, ids_text, verb="seize", xenstore=app.xenstore)
+    if target is None:
+        from xenpciback_cli.pci.drivers import default_seize_driver
+
+        target = default_seize_driver(app.host.loaded_drivers())
     load_driver(app, terminal, target, load=not no_load, dry_run=dry_run)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, target),

@@ -48,6 +48,12 @@ def command(app: Application, bdfs: tuple[str, ...], ids_text: str | None, hexdu
     ids = IdSelector.parse(ids_text) if ids_text is not None else None
     sources = collect_sources(app, bdfs, dump_file=dump_file, binary_file=binary_file, ids=ids)
     reports = [build_report(src, permissive=permissive, writes=guest_writes) for src in sources]
+    if dump_file is None and binary_file is None:  # the host's own devices: what a guest was granted
+        from xenpciback_cli.engine.grants import grants_view
+
+        granted = {str(b): r for b, r in grants_view(app.state_dir).items()}
+        for rep in reports:
+            rep["grants"] = granted.get(str(rep["bdf"]))
     term = terminal_for(app)
     if app.settings.json:
         term.json(reports)

@@ -46,6 +46,12 @@ def render(term: Terminal, reports: list[dict[str, Any]], *, guest: bool, diff: 
                   "bytes readable")
         for note in rep["notes"]:
             term.line(f"  note: {note}")
+        if rep.get("grants"):
+            from xenpciback_cli.engine.grants import Grant
+
+            record = rep["grants"]
+            term.line(f"  granted to domain {record['domid']} ({record['phase']}): "
+                      + ", ".join(Grant.from_json(g, "grant").describe() for g in record["grants"]))
         if not diff:
             term.line(f"  command {head['command']}  status {head['status']}  revision "
                       f"{head['revision']}  irq line {head['interrupt_line']} pin "

@@ -58,7 +58,6 @@ def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, s
     from xenpciback_cli.engine.inventory import ClassFilter, DeviceState, inventory
     from xenpciback_cli.errors import InputError
     from xenpciback_cli.pci.address import guest_address
-    from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
 
     if fmt == "xl" and not assignable:
         raise InputError("--format xl is the form of 'xl pci-assignable-list': give --assignable")
@@ -80,7 +79,7 @@ def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, s
                      brief=not settings.json,  # the table shows no other attribute
                      override=wide or fmt == "csv")  # only the wide table has OVERRIDE
     if assignable:
-        rows = [r for r in rows if r.state is DeviceState.SEIZED and r.device.driver == PCIBACK_DRIVER]
+        rows = [r for r in rows if r.state is DeviceState.SEIZED and r.attachable]
     if fmt == "xl" and not settings.json:
         xl_names = _xl_names(app) if show_names else {}
         for row in rows:  # xl prints DDDD:BB:DD.F, one a line; with -n, a space and the name
@@ -95,8 +94,12 @@ def command(app: Application, patterns: tuple[str, ...], ids_text: str | None, s
         return None if a is None else guest_address(a.vdev)
 
     if settings.json:
+        from xenpciback_cli.engine.grants import grants_view
+
+        granted = grants_view(app.state_dir)  # what the hypervisor gave a guest (attach)
         terminal.json([row.as_json() | {"guest_address": vdev(row), "name": names.get(row.bdf),
-                                        "used": list(usage.get(row.bdf, ()))} for row in rows])
+                                        "used": list(usage.get(row.bdf, ())),
+                                        "grants": granted.get(row.bdf)} for row in rows])
         return
     wide = wide or fmt == "csv"  # a program reading CSV gets every column, whatever the width
     table = []

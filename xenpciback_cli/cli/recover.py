@@ -32,6 +32,7 @@ def command(app: Application, dry_run: bool) -> None:
 
     terminal = terminal_for(app)
     outcomes = seizer_for(app).recover(dry_run=dry_run)
+    outcomes += _grant_outcomes(app, dry_run)
     refused = [o for o in outcomes if o["action"] == "refused"]
     corrupt = [o for o in outcomes if o.get("corrupt")]
     for outcome in outcomes:  # finished (completed, rolled back, dropped...): written
@@ -52,6 +53,9 @@ def command(app: Application, dry_run: bool) -> None:
                 if outcome.get("writes"):
                     render_planned_writes(terminal, f"{_VERBS.get(str(outcome['action']), 'recover')} "
                                           f"{outcome['op']} of", outcome["bdf"], outcome["writes"])
+            elif outcome["op"] == "grants":
+                terminal.line(f"{'# dry run: ' if dry_run else ''}{outcome['action']} the grants of domain "
+                              f"{outcome['domid']} for {outcome['bdf']}: {outcome['reason']}")
             elif outcome["action"] != "refused":
                 terminal.line(f"{outcome['action']} {outcome['op']} {outcome['bdf']}: {outcome['reason']} "
                               f"(driver now {outcome.get('driver') or 'none'})")
@@ -63,3 +67,13 @@ def command(app: Application, dry_run: bool) -> None:
 
 
 _VERBS = {"completed": "complete", "rolled back": "roll back", "dropped": "drop"}
+
+
+def _grant_outcomes(app: Application, dry_run: bool) -> list[dict[str, object]]:
+    """The hypervisor grants a dead attach or detach left (``engine.grants.recover_grants``)."""
+    from xenpciback_cli.engine.grants import recover_grants
+
+    client = app.xenstore()
+    holders = app.attachments() if client is not None else None
+    return [o.to_json() for o in recover_grants(app.state_dir, app.domain_grants(), holders,
+                                                dry_run=dry_run)]

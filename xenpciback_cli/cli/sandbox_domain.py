@@ -64,7 +64,8 @@ def destroy(app: Application, domid: int) -> None:
     sandbox = _sandbox(app)
     simguest.stop(sandbox, domid)
     with app.open_xenstore() as client:
-        result = destroy_domain(client, domid, host=host_of(app))
+        result = destroy_domain(client, domid, host=host_of(app), grants=app.domain_grants(),
+                                state_dir=str(app.state_dir))
     term = terminal_for(app)
     if app.settings.json:
         term.json(result.to_json())

@@ -36,8 +36,11 @@ def command(app: Application, domid: int, socket_path: str | None, wait_seconds:
     from xenpciback_cli.engine.serve import served_guest
 
     served = served_guest(str(app.serve_run_dir() / "serve.sock"), domid)
+    from xenpciback_cli.engine.grants import Grant, grants_view
+
+    granted = {str(b): r for b, r in grants_view(app.state_dir).items() if r["domid"] == domid}
     if app.settings.json:
-        term.json(dict(status.to_json(), serve=served))
+        term.json(dict(status.to_json(), serve=served, grants=granted))
         return
 
     def safe(text: object) -> str:
@@ -61,6 +64,9 @@ def command(app: Application, domid: int, socket_path: str | None, wait_seconds:
         term.line(f"serve (pid {served.get('pid')}): {served.get('state')}, "
                   f"{served.get('ops_served')} ops served, {served.get('writes_denied')} writes "
                   f"denied, {served.get('errors')} error(s)")
+    for bdf, record in sorted(granted.items()):
+        described = [Grant.from_json(g, "grant").describe() for g in record["grants"]]
+        term.line(f"{bdf} granted by the hypervisor ({record['phase']}): {', '.join(described)}")
     if status.next_move:
         term.line(f"next move: {status.next_move}")
     for label, text in (("backend error", status.backend_error),

@@ -4,20 +4,24 @@ Order of work (libxl's, Xen's ``tools/libs/light/libxl_pci.c``, with its checks 
 input and state is read and validated before the first write, sysfs or xenstore:
 
 1. checks that need no transaction: the domain exists (``/local/domain/N``), the spec's values,
-   every function exists and is bound to pciback (or, with ``seize``, to a host driver that
-   ``seize`` may take it from; vfio-pci and pci-stub hold a device for other consumers and are
-   refused either way), a function wildcard has a virtual slot, the backend settings file
-   reads back when it is to be updated;
+   every function exists and is bound to a serving driver (``pci.drivers.serving_drivers``:
+   pciback, and pci-stub when the kernel's pciback is not loaded; or, with ``seize``, a host
+   driver that ``seize`` may take it from; vfio-pci, and pci-stub beside a loaded pciback, hold
+   a device for other consumers and are refused either way), a function wildcard has a virtual
+   slot, the backend settings file reads back when it is to be updated;
 2. the backend's state is read *outside* a transaction, like libxl, to wait out a
    reconfiguration round already in progress; nobody else holds the device
    (``/libxl/pci/<bdf>/domid``), the virtual slot is free, the backend is not being torn down;
    then ``seize``'s pre-flight (host usage...) - and only then the first write, the seize;
-3. per-device permissive mode is written to the kernel backend's sysfs ``permissive`` file;
-4. one transaction, retried on conflict: the same checks again, then the backend/frontend
+3. the hypervisor's grants per function (``engine.grants``: memory and I/O ranges, the INTx
+   PIRQ, the IOMMU assignment), all or nothing, taken back if anything below fails;
+4. per-device permissive mode is written to the kernel backend's sysfs ``permissive`` file;
+5. one transaction, retried on conflict: the same checks again, then the backend/frontend
    directories (first device) and the device's ``*-i`` keys, ``num_devs``, backend
    ``state = 7`` when the backend is Connected, and ``/libxl/pci/<bdf>/domid``;
-5. for a hot-plug, wait for the round to finish; on timeout, if the backend has not touched our
-   entries yet, a second transaction removes them again, leaving xenstore as it was.
+6. for a hot-plug, wait for the round to finish; on timeout, if the backend has not touched our
+   entries yet, a second transaction removes them again (and the grants go), leaving xenstore
+   and the hypervisor as they were.
 
 With a state dir, the whole attach holds its lock (``Journal.locked``), like hide and detach.
 
@@ -28,11 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xenpciback_cli.errors import InputError, OperationFailed, SafetyRefusal
 from xenpciback_cli.pci.address import Bdf
-from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
+from xenpciback_cli.pci.drivers import (OTHER_CONSUMERS, PCIBACK_DRIVER, default_seize_driver,
+                                        serving_drivers)
 from xenpciback_cli.pci.quirk import Quirk
 from xenpciback_cli.toolstack import libxl_layout as L
 from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished, wait_for
@@ -45,6 +50,9 @@ from xenpciback_cli.toolstack.xsexec import (
     transact,
 )
 from xenpciback_cli.untrusted import decimal
+
+if TYPE_CHECKING:
+    from xenpciback_cli.engine.grants import DomainGrants, Grant
 
 DEFAULT_TIMEOUT = 10.0  # libxl__wait_for_backend: 100 polls of 100 ms
 TRANSACTION_RETRIES = 16
@@ -65,6 +73,48 @@ class AttachSpec:
     quirks: tuple[Quirk, ...] = ()
 
 
+def build_spec(spec: str | None, *, domid: int = 0, name: str | None = None, vslot: str | None = None,
+               permissive: bool | None = None, msitranslate: bool | None = None,
+               power_mgmt: bool | None = None, rdm_policy: str | None = None,
+               seize: bool | None = None, quirks: Sequence[str] = ()) -> AttachSpec:
+    """An :class:`AttachSpec` from what a person typed: xl's PCI_SPEC_STRING (or ``--name``),
+    with the command's options overriding what the spec says (None: the spec decides).
+
+    ``SPEC@VSLOT`` and ``--vslot`` are one setting given once; a whole slot (``03:00.*``) is
+    named by its function 0 with ``all_functions``. InputError for anything malformed."""
+    from xenpciback_cli.pci.quirk import parse_quirk
+    from xenpciback_cli.pci.spec import parse_pci_spec
+
+    if spec and name:
+        raise InputError("give either a device (SPEC) or --name, not both")
+    if not spec and not name:
+        raise InputError("give a device (SPEC) or --name")
+    text = spec if spec else f"name={name}"
+    if vslot is not None:  # --vslot VSLOT is SPEC@VSLOT
+        if "@" in text or "vslot=" in text:
+            raise InputError("give the virtual slot once: SPEC@VSLOT or --vslot")
+        text = f"{text},vslot={vslot}"
+    parsed = parse_pci_spec(text)
+
+    def pick(flag: bool | None, key: str) -> bool:
+        return bool(flag) if flag is not None else bool(getattr(parsed, key))
+
+    options = L.PciOptions(msitranslate=pick(msitranslate, "msitranslate"),
+                           power_mgmt=pick(power_mgmt, "power_mgmt"),
+                           permissive=pick(permissive, "permissive"),
+                           rdm_policy=(rdm_policy or parsed.rdm_policy or "strict").lower())
+    target = parsed.target
+    all_functions = target is not None and target.function is None
+    bdf = parsed.bdf
+    if all_functions:  # SPEC names a whole slot: its function 0 stands for it
+        from dataclasses import replace
+
+        assert target is not None
+        bdf = replace(target, function=0).as_bdf()
+    return AttachSpec(domid, bdf, all_functions, parsed.vslot, options, parsed.name,
+                      pick(seize, "seize"), tuple(parse_quirk(q) for q in quirks))
+
+
 @dataclass
 class AttachResult:
     domid: int
@@ -78,6 +128,8 @@ class AttachResult:
     quirks_applied: dict[Bdf, tuple[Quirk, ...]] = field(default_factory=dict)
     seized: list[Bdf] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: What the hypervisor granted the domain per function (empty without a hypervisor port).
+    grants: dict[Bdf, list[Grant]] = field(default_factory=dict)
     #: False when the device was attached to this domain already (nothing written); with
     #: ``dry_run``, whether an attach would change anything (Ansible's check mode).
     changed: bool = True
@@ -98,6 +150,7 @@ class AttachResult:
             "permissive": [str(b) for b in self.permissive_applied],
             "quirks": {str(b): [str(q) for q in qs] for b, qs in self.quirks_applied.items()},
             "seized": [str(b) for b in self.seized],
+            "grants": {str(b): [g.to_json() for g in gs] for b, gs in self.grants.items()},
             "notes": list(self.notes),
         }
 
@@ -170,34 +223,29 @@ def resolve_functions(spec: AttachSpec, host: Any | None) -> list[Bdf]:
     return sorted(found)
 
 
-#: Seize drivers whose devices no Xen PV backend serves: they hold a device for someone else.
-OTHER_CONSUMERS = {
-    "vfio-pci": "VFIO users (QEMU/KVM, DPDK), not a Xen guest",
-    "pci-stub": "a non-Xen consumer (KVM's legacy device assignment); Xen's PV backend serves "
-                "only devices bound to pciback",
-}
-
-
 def functions_to_seize(bdfs: Sequence[Bdf], host: Any | None, *, seize: bool) -> list[Bdf]:
     """The functions ``--seize`` must hide before attaching; refusals, without writing anything.
 
-    The rule ``list``, ``attach`` and ``attach --seize`` share: a device bound to pciback is
-    ready for a guest; one bound to vfio-pci or pci-stub is seized too (the host does not use
-    it) but held for another consumer, so attach refuses it, with or without ``--seize`` (taking
-    it over could pull it from under a running VFIO user); any other driver, or none, is the
-    host's, and ``--seize`` hides it for pciback first.
+    The rule ``list``, ``attach`` and ``attach --seize`` share (``pci.drivers.serving_drivers``):
+    a device bound to a serving driver is ready for a guest (pciback; pci-stub too when the
+    kernel's pciback is not loaded and ``serve`` is the backend). One bound to another seize
+    driver (vfio-pci; pci-stub while pciback is loaded) is held for another consumer, so attach
+    refuses it, with or without ``--seize`` (taking it over could pull it from under a running
+    VFIO user); any other driver, or none, is the host's, and ``--seize`` hides it first.
     """
     if host is None:
         return []
+    serving = serving_drivers(host.loaded_drivers())
     missing = []
     for bdf in bdfs:
         device = host.device(bdf)  # DeviceNotFound for an absent function
-        if device.driver == PCIBACK:
+        if device.driver in serving:
             continue
         if device.driver in OTHER_CONSUMERS:
+            target = default_seize_driver(host.loaded_drivers())
             raise SafetyRefusal(f"{bdf} is seized by {device.driver}, which holds it for "
                                 f"{OTHER_CONSUMERS[device.driver]}: release it ('unhide {bdf}') "
-                                "and attach with --seize to move it to pciback")
+                                f"and attach with --seize to move it to {target}")
         missing.append((bdf, device.driver))
     if missing and not seize:
         bdf, driver = missing[0]
@@ -256,7 +304,8 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
            timeout: float = DEFAULT_TIMEOUT, wait: bool = True,
            retries: int = TRANSACTION_RETRIES,
            on_attempt: Callable[[int], None] | None = None,
-           state_dir: str | None = None, dry_run: bool = False) -> AttachResult:
+           state_dir: str | None = None, dry_run: bool = False,
+           grants: DomainGrants | None = None) -> AttachResult:
     """Attach ``spec`` to its domain; see the module docstring for the order of work.
 
     Idempotent: functions already attached to this domain are left as they are (``changed``
@@ -266,21 +315,27 @@ def attach(client: Any, spec: AttachSpec, *, host: Any | None = None,
     make a concurrent writer collide with us). With ``state_dir``, the whole attach holds the
     state dir's lock, so no hide, unhide or detach changes the device between our checks and
     our writes.
+
+    ``grants`` is the hypervisor (``engine.grants.DomainGrants``; ``app.py`` picks it): each
+    function's memory and I/O ranges, INTx line and IOMMU assignment are granted to the domain
+    after the checks and before xenstore publishes the device. None (no Xen here, not a
+    sandbox): xenstore only.
     """
     if state_dir is None or dry_run:
         return _attach(client, spec, host, seize_fn, timeout, wait, retries, on_attempt, state_dir,
-                       dry_run)
+                       dry_run, grants)
     from xenpciback_cli.engine.journal import Journal
 
     with Journal(state_dir).locked():
         return _attach(client, spec, host, seize_fn, timeout, wait, retries, on_attempt,
-                       state_dir)
+                       state_dir, False, grants)
 
 
 def _attach(client: Any, spec: AttachSpec, host: Any | None,
             seize_fn: Callable[[list[Bdf]], list[Bdf]] | None, timeout: float, wait: bool,
             retries: int, on_attempt: Callable[[int], None] | None,
-            state_dir: str | None, dry_run: bool = False) -> AttachResult:
+            state_dir: str | None, dry_run: bool = False,
+            grants: DomainGrants | None = None) -> AttachResult:
     # Everything is read and checked before the first write (sysfs or xenstore): the spec,
     # the domain, the functions and their drivers, the settings file we will update, who holds
     # the device, the guest's slots and backend state, and --seize's own pre-flight.
@@ -338,7 +393,8 @@ def _attach(client: Any, spec: AttachSpec, host: Any | None,
         return AttachResult(domid, list(bdfs), [], view.state == XenbusState.CONNECTED, not view.exists,
                             view.state, dry_run=True,
                             notes=[f"would attach {', '.join(map(str, bdfs))} to domain {domid}"]
-                            + ([f"would seize {', '.join(map(str, to_seize))} first"] if to_seize else []))
+                            + ([f"would seize {', '.join(map(str, to_seize))} first"] if to_seize else [])
+                            + _planned_grants(grants, host, bdfs, domid, spec.options))
     seized: list[Bdf] = []
     if to_seize:
         assert seize_fn is not None
@@ -346,8 +402,15 @@ def _attach(client: Any, spec: AttachSpec, host: Any | None,
         if check is not None:
             check(to_seize)  # --seize's pre-flight refusals, still before any write
         seized = seize_fn(to_seize)
-    permissive = apply_permissive(host, bdfs, spec.options)
-    quirks = apply_quirks(host, bdfs, spec.quirks)
+    # The hypervisor's grants (libxl's order: after the checks, before xenstore), before the
+    # permissive and quirk writes too: those cannot be taken back, a grant can.
+    granted = _grant_functions(grants, host, bdfs, domid, spec.options, state_dir, notes)
+    try:
+        permissive = apply_permissive(host, bdfs, spec.options)
+        quirks = apply_quirks(host, bdfs, spec.quirks)
+    except BaseException:
+        _revoke_functions(grants, state_dir, granted, domid)
+        raise
 
     attempts = 0
     state_before: list[XenbusState | None] = [None]
@@ -376,18 +439,29 @@ def _attach(client: Any, spec: AttachSpec, host: Any | None,
             on_attempt(attempts)
         return plan
 
-    plan = transact(client, build, retries=retries, what=f"attaching to domain {domid}")
+    try:
+        plan = transact(client, build, retries=retries, what=f"attaching to domain {domid}")
+    except BaseException:  # xenstore is as it was: so is the hypervisor
+        _revoke_functions(grants, state_dir, granted, domid)
+        raise
+    if granted:
+        from xenpciback_cli.engine.grants import mark_attached
+
+        mark_attached(state_dir, list(granted))
     if attempts > 1:
         notes.append(f"xenstore transaction retried {attempts - 1} time(s) after conflicts")
     result = AttachResult(domid, list(bdfs), list(plan.indices), plan.hotplug, plan.first,
                           None, permissive_applied=permissive, quirks_applied=quirks,
-                          seized=seized, notes=notes)
+                          seized=seized, notes=notes, grants=granted)
     if plan.hotplug and wait:
         try:
             view = wait_for(client, domid, round_finished, timeout=timeout,
                             what=f"hot-plugging {', '.join(map(str, bdfs))} into domain {domid}")
         except HandshakeTimeout as exc:
-            raise _roll_back(client, domid, plan, bdfs, state_before[0], created, exc) from None
+            failure, undone = _roll_back(client, domid, plan, bdfs, state_before[0], created, exc)
+            if undone:
+                _revoke_functions(grants, state_dir, granted, domid)
+            raise failure from None
     else:
         view = read_backend(client, domid)
         if not plan.hotplug and view.state != XenbusState.CONNECTED:
@@ -428,8 +502,9 @@ def _conflict_error(exc: L.LayoutConflict) -> Exception:
 
 def _roll_back(client: Any, domid: int, plan: L.AttachPlan, bdfs: Sequence[Bdf],
                previous: XenbusState | None, created: Sequence[Bdf],
-               exc: HandshakeTimeout) -> Exception:
-    """Remove our entries again if the backend never touched them; say what happened."""
+               exc: HandshakeTimeout) -> tuple[Exception, bool]:
+    """Remove our entries again if the backend never touched them; say what happened, and
+    whether xenstore is as it was (then the caller revokes the grants too)."""
     def undo(tx: Any) -> bool:
         view = read_backend(tx, domid)
         if not L.can_roll_back_attach(view, plan, bdfs):
@@ -440,8 +515,50 @@ def _roll_back(client: Any, domid: int, plan: L.AttachPlan, bdfs: Sequence[Bdf],
     try:
         undone = client.transact(undo)
     except OperationFailed as undo_exc:
-        return OperationFailed(f"{exc}; rolling back failed too: {undo_exc}")
+        return OperationFailed(f"{exc}; rolling back failed too: {undo_exc}"), False
     if undone:
-        return OperationFailed(f"{exc}; attach rolled back, xenstore is as it was")
+        return OperationFailed(f"{exc}; attach rolled back, xenstore is as it was"), True
     return OperationFailed(f"{exc}; the backend already exported the device, left in place "
-                           f"(detach {bdfs[0]} --domid {domid} --force removes it)")
+                           f"(detach {bdfs[0]} --domid {domid} --force removes it)"), False
+
+
+# -- the hypervisor's grants ---------------------------------------------------------------------
+def _planned_grants(grants: DomainGrants | None, host: Any | None, bdfs: Sequence[Bdf], domid: int,
+                    options: L.PciOptions) -> list[str]:
+    if grants is None or host is None:
+        return []
+    from xenpciback_cli.engine.grants import plan_grants
+
+    relaxed = options.rdm_policy == "relaxed"
+    return [f"would grant domain {domid} "
+            f"{', '.join(g.describe() for g in plan_grants(host.device(b), relaxed=relaxed))} of {b}"
+            for b in bdfs]
+
+
+def _grant_functions(grants: DomainGrants | None, host: Any | None, bdfs: Sequence[Bdf], domid: int,
+                     options: L.PciOptions, state_dir: str | None,
+                     notes: list[str]) -> dict[Bdf, list[Grant]]:
+    """Grant every function; a failure revokes the functions granted before it, then raises."""
+    if grants is None or host is None:
+        return {}
+    from xenpciback_cli.engine.grants import grant_device
+
+    granted: dict[Bdf, list[Grant]] = {}
+    for bdf in bdfs:
+        try:
+            outcome = grant_device(grants, state_dir, domid, host.device(bdf),
+                                   relaxed=options.rdm_policy == "relaxed")
+        except BaseException:
+            _revoke_functions(grants, state_dir, granted, domid)
+            raise
+        granted[bdf] = outcome.grants
+        notes.extend(outcome.notes)
+    return granted
+
+
+def _revoke_functions(grants: DomainGrants | None, state_dir: str | None,
+                      granted: dict[Bdf, list[Grant]], domid: int) -> None:
+    from xenpciback_cli.engine.grants import revoke_device
+
+    for bdf, held in reversed(list(granted.items())):
+        revoke_device(grants, state_dir, bdf, domid, grants=held)

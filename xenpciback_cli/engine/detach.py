@@ -9,8 +9,12 @@
 3. One transaction: delete the device's keys and renumber the later ones exactly like libxl
    (``libxl__device_pci_remove_xenstore``), the last device taking the whole PV device with it,
    and clear ``/libxl/pci/<bdf>/domid``.
-4. Reset the function through sysfs ``reset`` when the kernel offers a method, saying which
-   (the first of ``reset_method``: flr, af_flr, pm, bus...), or why not.
+4. With a hypervisor port (``engine.grants``), revoke what attach granted the domain: the
+   device leaves the domain's IOMMU context for Xen's quarantine, its PIRQ, I/O and memory
+   ranges are taken back (libxl's ``pci_remove_detached``, after the backend let the device go);
+5. reset the function through sysfs ``reset`` when the kernel offers a method, saying which
+   (the first of ``reset_method``: flr, af_flr, pm, bus...), or why not - while it sits in the
+   quarantine, so a device still doing DMA never returns to dom0 -, then hand it back to dom0.
 
 Unlike libxl (which resets and deassigns before it removes the xenstore entries), the reset
 comes last, after the guest has let go: resetting a device a guest is still driving is what
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xenpciback_cli.errors import InputError, OperationFailed, XenPcibackError
 from xenpciback_cli.pci.address import Bdf
@@ -30,6 +34,9 @@ from xenpciback_cli.toolstack.handshake import HandshakeTimeout, round_finished,
 from xenpciback_cli.toolstack.plan import Op
 from xenpciback_cli.toolstack.xenbus import XenbusState
 from xenpciback_cli.toolstack.xsexec import apply_ops, read_backend, read_or_none, transact
+
+if TYPE_CHECKING:
+    from xenpciback_cli.engine.grants import DomainGrants, Grant
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -54,6 +61,8 @@ class DetachResult:
     destroyed: bool
     reset: ResetOutcome | None
     notes: list[str] = field(default_factory=list)
+    #: What the hypervisor took back from the domain (empty without a hypervisor port or record).
+    revoked: list[Grant] = field(default_factory=list)
     #: False when the device was not attached to the domain (nothing to do); with ``dry_run``,
     #: whether a detach would change anything (Ansible's check mode).
     changed: bool = True
@@ -64,7 +73,8 @@ class DetachResult:
                 "domid": self.domid, "bdf": str(self.bdf), "index": self.index,
                 "handshake": self.handshake, "forced": self.forced,
                 "backend_destroyed": self.destroyed,
-                "reset": self.reset.to_json() if self.reset else None, "notes": list(self.notes)}
+                "reset": self.reset.to_json() if self.reset else None,
+                "revoked": [g.to_json() for g in self.revoked], "notes": list(self.notes)}
 
 
 def reset_device(host: Any | None, bdf: Bdf) -> ResetOutcome:
@@ -107,7 +117,8 @@ def _find(view: L.BackendView, bdf: Bdf, domid: int) -> int:
 def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force: bool = False,
            timeout: float = DEFAULT_TIMEOUT, reset: bool = True, retries: int = 16,
            on_attempt: Callable[[int], None] | None = None,
-           state_dir: str | None = None, dry_run: bool = False) -> DetachResult:
+           state_dir: str | None = None, dry_run: bool = False,
+           grants: DomainGrants | None = None) -> DetachResult:
     """Detach ``bdf`` from ``domid``; see the module docstring.
 
     Idempotent: a device the (existing) domain does not hold is nothing to do (``changed``
@@ -116,22 +127,29 @@ def detach(client: Any, bdf: Bdf, domid: int, *, host: Any | None = None, force:
     With ``state_dir``, the whole detach holds the state dir's lock (no hide, unhide or attach
     changes the device meanwhile), and the backend settings file it updates at the end is read
     first: a corrupt file stops the detach before its first write, not halfway.
+
+    ``grants`` is the hypervisor port: what the state dir's grant record says the domain holds
+    for the device is revoked once the backend has let it go.
     """
     if state_dir is None or dry_run:
         return _detach(client, bdf, domid, host, force, timeout, reset, retries, on_attempt, None,
-                       dry_run)
+                       dry_run, grants)
     from xenpciback_cli.engine.backend_settings import load_device_settings
     from xenpciback_cli.engine.journal import Journal
 
+    from xenpciback_cli.engine.grants import load_record
+
     with Journal(state_dir).locked():
         load_device_settings(state_dir, bdf)  # only this device's file: others' don't concern us
+        load_record(state_dir, bdf)  # so is a corrupt grant record
         return _detach(client, bdf, domid, host, force, timeout, reset, retries, on_attempt,
-                       state_dir)
+                       state_dir, False, grants)
 
 
 def _detach(client: Any, bdf: Bdf, domid: int, host: Any | None, force: bool, timeout: float,
             reset: bool, retries: int, on_attempt: Callable[[int], None] | None,
-            state_dir: str | None, dry_run: bool = False) -> DetachResult:
+            state_dir: str | None, dry_run: bool = False,
+            grants: DomainGrants | None = None) -> DetachResult:
     if not 0 < domid < 0x7FF0:
         raise InputError(f"invalid domain id {domid}: guests are 1-32751 (0 is dom0)")
     # One read-only transaction: its commit fails (and is retried) if another writer changed
@@ -157,10 +175,10 @@ def _detach(client: Any, bdf: Bdf, domid: int, host: Any | None, force: bool, ti
         if not transact(client, release, retries=retries, what=f"detaching {bdf}"):
             raise OperationFailed(f"{bdf} was attached to domain {domid} again while detaching; "
                                   "nothing changed")
-        return DetachResult(domid, bdf, -1, False, True, False,
-                            reset_device(host, bdf) if reset else None,
-                            [f"no backend entry for {bdf} in domain {domid}: removed the stale "
-                             f"record {L.libxl_domid_path(bdf)}"])
+        stale_notes = [f"no backend entry for {bdf} in domain {domid}: removed the stale "
+                       f"record {L.libxl_domid_path(bdf)}"]
+        outcome, revoked = _revoke_and_reset(grants, state_dir, host, bdf, domid, reset, stale_notes)
+        return DetachResult(domid, bdf, -1, False, True, False, outcome, stale_notes, revoked=revoked)
     if not view.exists and not home:
         raise InputError(f"unknown domain {domid}: /local/domain/{domid} does not exist"
                          + (f" ({bdf} has a stale record there: use --force to clear it)"
@@ -258,12 +276,30 @@ def _detach(client: Any, bdf: Bdf, domid: int, host: Any | None, force: bool, ti
         except OperationFailed as exc:
             notes.append(f"the guest's frontend directory {L.frontend_path(domid)} was left "
                          f"behind: {exc}")
-    outcome = reset_device(host, bdf) if reset else None
+    outcome, revoked = _revoke_and_reset(grants, state_dir, host, bdf, domid, reset, notes)
     if state_dir is not None:  # the guest's quirks went with it (the kernel frees them too)
         from xenpciback_cli.engine.backend_settings import record_detach
 
         record_detach(state_dir, bdf)
-    return DetachResult(domid, bdf, index, bool(handshake), forced, destroyed[0], outcome, notes)
+    return DetachResult(domid, bdf, index, bool(handshake), forced, destroyed[0], outcome, notes,
+                        revoked=revoked)
+
+
+def _revoke_and_reset(grants: DomainGrants | None, state_dir: str | None, host: Any | None, bdf: Bdf,
+                      domid: int, reset: bool, notes: list[str]) -> tuple[ResetOutcome | None, list[Grant]]:
+    """The guest has let go: take back what it was granted, reset the device while it is in
+    Xen's quarantine, then hand it back to dom0. Failures to revoke are notes (libxl logs them
+    and goes on): the device is out of the guest's xenstore either way."""
+    from xenpciback_cli.engine.grants import revoke_device
+
+    outcome: list[ResetOutcome | None] = [None]
+
+    def do_reset() -> None:
+        outcome[0] = reset_device(host, bdf) if reset else None
+
+    revoked, problems = revoke_device(grants, state_dir, bdf, domid, before_release=do_reset)
+    notes.extend(problems)
+    return outcome[0], revoked
 
 
 def _gone(bdf: Bdf, domid: int) -> Exception:

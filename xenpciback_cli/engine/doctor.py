@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from xenpciback_cli.errors import OperationFailed, StateDirUnsafe, StateFileCorrupt, XenPcibackError
 from xenpciback_cli.pci.drivers import SEIZE_DRIVERS
@@ -217,6 +218,8 @@ def _serve(env: DoctorEnv) -> tuple[bool, str]:
     count = len(guests) if isinstance(guests, list) else 0
     return True, (f"userspace backend (serve): running, pid {status.get('pid')}, "
                   f"{status.get('mode', '?')} mode, {count} guest(s)")
+#: pciback not loaded: ``pci.drivers.serving_drivers`` makes pci-stub's devices attachable.
+PCI_STUB_SERVED = "devices held by pci-stub are attachable (served by serve)"
 
 
 def _backend(env: DoctorEnv) -> CheckResult:
@@ -226,8 +229,9 @@ def _backend(env: DoctorEnv) -> CheckResult:
         if module.driver_registered:
             return CheckResult("backend", OK, f"the sandbox's simulated kernel pciback; {serve_note}")
         if serving:
-            return CheckResult("backend", OK, f"no simulated kernel pciback; {serve_note}")
-        return CheckResult("backend", FAIL, "the sandbox has no pciback driver and serve is not running",
+            return CheckResult("backend", OK, f"no simulated kernel pciback; {serve_note}; {PCI_STUB_SERVED}")
+        return CheckResult("backend", FAIL, "the sandbox has no pciback driver and serve is not running; "
+                           f"{PCI_STUB_SERVED}",
                            f"start the userspace backend: xen-pciback --sandbox {env.sandbox} "
                            "serve foreground")
     if not env._xen:
@@ -238,12 +242,13 @@ def _backend(env: DoctorEnv) -> CheckResult:
                                             + (f"; {note}" if note else "") + f"; {serve_note}")
     if not module.driver_registered:
         if serving:
-            return CheckResult("backend", OK, f"the kernel's pciback is not loaded; {serve_note}")
+            return CheckResult("backend", OK, f"the kernel's pciback is not loaded; {serve_note}; "
+                                              f"{PCI_STUB_SERVED}")
         available = env.platform.pciback_module_available()
         fix = (f"start the userspace backend: {SERVE_START}"
                + ("; or load the kernel's: modprobe xen-pciback" if available is not False else ""))
         return CheckResult("backend", FAIL, f"no PCI backend: the kernel's pciback is not loaded; "
-                                            f"{serve_note}", fix)
+                                            f"{serve_note}; {PCI_STUB_SERVED}", fix)
     kind = {"module": "loaded as a module", "built-in": "built into the kernel",
             None: "module state unknown"}[module.kind]
     mode = {True: "passthrough mode (guests see the real addresses)",
@@ -351,10 +356,15 @@ def _persisted(env: DoctorEnv) -> CheckResult:
 def _journal(env: DoctorEnv) -> CheckResult:
     from xenpciback_cli.engine.journal import pending_operations
 
+    from xenpciback_cli.engine.grants import load_records
+
     corrupt: list[StateFileCorrupt] = []
     entries = pending_operations(env.state_dir, corrupt=corrupt)
-    waiting = [e for e in entries if not e.running]
+    waiting: list[Any] = [e for e in entries if not e.running]
     running = [e for e in entries if e.running]
+    grants = load_records(env.state_dir, corrupt) if os.path.lexists(env.state_dir) else {}
+    waiting += [SimpleNamespace(op="grants" if r.phase == "granting" else "revoke", bdf=r.bdf)
+                for r in grants.values() if r.interrupted]
     if corrupt:
         return CheckResult("journal", FAIL, "; ".join(str(c).split("; fix: ")[0] for c in corrupt),
                            _fix_of(str(corrupt[0])))

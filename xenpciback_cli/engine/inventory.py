@@ -6,10 +6,12 @@ State rules (one place, so ``list``, ``hide`` and the docs agree):
 * ``seized``   - bound to a stub driver (pciback, pci-stub, vfio-pci), ready for a guest;
 * ``host``     - anything else: a host driver has it, or nothing does.
 
-``attachable`` (JSON) says whether ``attach`` takes the device as it is: only a device bound to
-pciback (or already attached) is, because Xen's PV backend serves only those. A device seized
-by vfio-pci or pci-stub is held for another consumer (VFIO users, KVM's legacy assignment):
-``attach`` refuses it with or without ``--seize`` and says to ``unhide`` it first.
+``attachable`` (JSON) says whether ``attach`` takes the device as it is (one rule,
+``pci.drivers.serving_drivers``): a device bound to pciback (or already attached) is; so is one
+held by pci-stub when the kernel's pciback is not loaded (the userspace backend, ``serve``,
+serves it). A device seized by vfio-pci, or by pci-stub while pciback is loaded, is held for
+another consumer (VFIO users, KVM's legacy assignment): ``attach`` refuses it with or without
+``--seize`` and says to ``unhide`` it first.
 
 ``original_driver`` comes from the seize records (engine.records, kept by hide/unhide), so a
 seized device still says where it came from.
@@ -29,7 +31,7 @@ from xenpciback_cli.errors import DeviceNotFound, InputError
 from xenpciback_cli.host.model import Host
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
-from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS
+from xenpciback_cli.pci.drivers import PCIBACK_DRIVER, SEIZE_DRIVERS, serving_drivers
 
 if TYPE_CHECKING:  # pci.spec (three dataclasses) is imported by list only when it filters
     from xenpciback_cli.pci.spec import BdfPattern, IdSelector
@@ -91,6 +93,8 @@ class InventoryRow(NamedTuple):
     state: DeviceState
     domid: int | None
     original_driver: str | None
+    #: The drivers whose devices a Xen guest is given on this host (``serving_drivers``).
+    serving: frozenset[str] = frozenset({PCIBACK_DRIVER})
 
     @property
     def bdf(self) -> Bdf:
@@ -98,7 +102,7 @@ class InventoryRow(NamedTuple):
 
     @property
     def attachable(self) -> bool:
-        return self.state is DeviceState.ATTACHED or self.device.driver == PCIBACK_DRIVER
+        return self.state is DeviceState.ATTACHED or self.device.driver in self.serving
 
     def as_json(self) -> dict[str, Any]:
         d = self.device
@@ -215,6 +219,7 @@ def inventory(host: Host, *, state_dir: Path | None = None,
     ``override``: with ``brief``, false when ``driver_override`` is not shown either.
     """
     originals = load_original_drivers(state_dir)
+    serving = serving_drivers(host.loaded_drivers())
     attachments = attachments or {}
     pattern_list = list(patterns)
     rows = []
@@ -229,5 +234,5 @@ def inventory(host: Host, *, state_dir: Path | None = None,
         state = device_state(device, domid)
         if seized_only and state is DeviceState.HOST:
             continue
-        rows.append(InventoryRow(device, state, domid, originals.get(device.bdf)))
+        rows.append(InventoryRow(device, state, domid, originals.get(device.bdf), serving))
     return rows

@@ -61,9 +61,16 @@ class SeizeStep:
             self._seizer = Seizer(self.host, self.app.state_dir, xenstore=self.app.xenstore())
         return self._seizer
 
+    @property
+    def driver(self) -> str:
+        """pciback, or pci-stub where the kernel backend is not loaded (``default_seize_driver``)."""
+        from xenpciback_cli.pci.drivers import default_seize_driver
+
+        return default_seize_driver(self.host.loaded_drivers())
+
     def check(self, bdfs: list[Bdf]) -> None:
         seizer = self.seizer()
-        preflights = seizer.preflight(bdfs, "pciback")
+        preflights = seizer.preflight(bdfs, self.driver)
         seizer.enforce(preflights, force=False)
         self._checked = {p.bdf: p for p in preflights}
 
@@ -71,7 +78,8 @@ class SeizeStep:
         if set(bdfs) - set(self._checked):
             self.check(bdfs)
         seizer = self.seizer()
-        return [seizer.hide(self._checked[b], "pciback").bdf for b in bdfs]
+        driver = self.driver
+        return [seizer.hide(self._checked[b], driver).bdf for b in bdfs]
 
 
 def seizer_of(app: SeizeApp, host: Host) -> SeizeStep:

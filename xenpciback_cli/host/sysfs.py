@@ -271,7 +271,7 @@ class SysfsHost(Host):
             driver_override=None if override in (None, "", "(null)") else override,
             iommu_group=decimal(group),
             numa_node=None if numa is None or numa < 0 else numa,
-            irq=_read_int(base + "irq", 10),
+            irq=decimal(_read(base + "irq"), max_digits=10),  # not int(): '1_1' is no IRQ
             boot_vga=None if boot_vga is None else boot_vga == "1",
             physfn=Bdf.parse(physfn) if physfn and _BDF_NAME.match(physfn) else None,
             virtfns=tuple(virtfns), sriov_numvfs=numvfs,

@@ -86,7 +86,11 @@ def create_domain(client: Any, domid: int, name: str | None = None, *,
     return DomainResult(domid, name)
 
 
-def destroy_domain(client: Any, domid: int, *, host: Any | None = None) -> DomainResult:
+def destroy_domain(client: Any, domid: int, *, host: Any | None = None, grants: Any | None = None,
+                   state_dir: str | None = None) -> DomainResult:
+    """``xl destroy``: the devices released as libxl's ``destroy_all`` does (xenstore, then the
+    hypervisor's grants the state dir records, each device reset in Xen's quarantine before
+    dom0 gets it back), the domain's nodes removed, the domain released."""
     if not 0 < domid < 0x7FF0:
         raise InputError(f"invalid domain id {domid}: guests are 1-32751 (0 is dom0)")
     home = L.domain_home(domid)
@@ -108,8 +112,19 @@ def destroy_domain(client: Any, domid: int, *, host: Any | None = None) -> Domai
 
     client.transact(teardown)
     result.released_devices = attached
-    for bdf in attached:
-        result.resets[bdf] = reset_device(host, bdf)
+    import contextlib
+
+    from xenpciback_cli.engine.grants import revoke_device
+    from xenpciback_cli.engine.journal import Journal
+
+    with Journal(state_dir).locked() if state_dir is not None else contextlib.nullcontext():
+        for bdf in attached:
+            def reset(bdf: Bdf = bdf) -> None:
+                result.resets[bdf] = reset_device(host, bdf)
+
+            revoke_device(grants, state_dir, bdf, domid, before_release=reset)
+    if grants is not None and hasattr(grants, "domain_destroyed"):
+        grants.domain_destroyed(domid)  # Xen frees whatever the domain still had
     if client.is_domain_introduced(domid):
         client.release(domid)
     return result

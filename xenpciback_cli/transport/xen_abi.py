@@ -61,6 +61,15 @@ PHYSDEVOP_RELEASE_MSIX = 31
 PHYSDEV_PCI_DEVICE = struct.Struct("=HBB")
 DOMID_IO = 0x7FF1
 
+# -- device assignment (xen/domctl.h) --------------------------------------------------------------
+#: ``xc_assign_device``'s flag: reserved device memory conflicts are warnings, not refusals.
+XEN_DOMCTL_DEV_RDM_RELAXED = 1
+
+
+def machine_sbdf(segment: int, bus: int, devfn: int) -> int:
+    """libxl's ``pci_encode_bdf``: the ``machine_sbdf`` argument of (de)assign."""
+    return (segment & 0xFFFF) << 16 | (bus & 0xFF) << 8 | (devfn & 0xFF)
+
 # -- the library functions called through ctypes ---------------------------------------------------
 #: name -> (C return type, C parameter types), exactly as spelt in the headers (xenctrl.h,
 #: xencall.h). The ctypes prototypes are derived from these; the test re-declares them in C.
@@ -71,6 +80,15 @@ XENCTRL_FUNCTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "xc_physdev_map_pirq_msi": ("int", ("xc_interface *", "uint32_t", "int", "int *", "int", "int",
                                         "int", "uint64_t")),
     "xc_physdev_unmap_pirq": ("int", ("xc_interface *", "uint32_t", "int")),
+    # the domain's grants (transport/xen_grants.py): libxl's calls for a PV guest's device
+    "xc_domain_iomem_permission": ("int", ("xc_interface *", "uint32_t", "unsigned long",
+                                           "unsigned long", "uint8_t")),
+    "xc_domain_ioport_permission": ("int", ("xc_interface *", "uint32_t", "uint32_t", "uint32_t",
+                                            "uint32_t")),
+    "xc_physdev_map_pirq": ("int", ("xc_interface *", "uint32_t", "int", "int *")),
+    "xc_domain_irq_permission": ("int", ("xc_interface *", "uint32_t", "uint32_t", "bool")),
+    "xc_assign_device": ("int", ("xc_interface *", "uint32_t", "uint32_t", "uint32_t")),
+    "xc_deassign_device": ("int", ("xc_interface *", "uint32_t", "uint32_t")),
 }
 XENCALL_FUNCTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "xencall_open": ("xencall_handle *", ("struct xentoollog_logger *", "unsigned")),

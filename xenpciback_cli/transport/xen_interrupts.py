@@ -59,7 +59,9 @@ from xenpciback_cli.config.registers import (MSI_FLAGS, MSI_FLAGS_ENABLE, MSIX_F
                                              MSIX_FLAGS_MASKALL, CapId, Command, Reg)
 from xenpciback_cli.host.configfile import FileConfigAccessor
 from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.engine.grants import IRQ_LINE_LIMIT
 from xenpciback_cli.transport import xen_abi as abi
+from xenpciback_cli.untrusted import decimal
 
 __all__ = ["Hypervisor", "LibxcHypervisor", "XenInterrupts", "XenLibraries", "ctypes_prototype",
            "load_libraries"]
@@ -72,7 +74,8 @@ PIRQ_ANY = -1  # let Xen pick the PIRQ (and the index)
 _CTYPES: dict[str, Any] = {
     "int": ctypes.c_int, "unsigned": ctypes.c_uint, "unsigned int": ctypes.c_uint,
     "uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64, "size_t": ctypes.c_size_t,
-    "int *": ctypes.POINTER(ctypes.c_int), "void": None,
+    "int *": ctypes.POINTER(ctypes.c_int), "void": None, "bool": ctypes.c_bool,
+    "uint8_t": ctypes.c_uint8, "unsigned long": ctypes.c_ulong,
 }
 
 
@@ -367,12 +370,15 @@ class XenInterrupts:
     # -- INTx and release -------------------------------------------------------------------------
     def legacy_pirq(self, domid: int, host: Bdf) -> int:
         """The device's INTx as the guest knows it: libxl maps the GSI into a PV guest under the
-        same number (``xc_physdev_map_pirq(domid, irq, &irq)``), so it is sysfs ``irq``."""
+        same number (``xc_physdev_map_pirq(domid, irq, &irq)``), so it is sysfs ``irq`` - a plain
+        decimal line number in libxl's range (1-254, as ``attach`` grants it), else 0 (none)."""
         try:
-            with open(self._device_file(host, "irq")) as f:
-                return max(0, int(f.read().strip() or 0))
-        except (OSError, ValueError):
+            with open(self._device_file(host, "irq"), "rb") as f:
+                text = f.read(64).decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
             return 0
+        irq = decimal(text, max_digits=3)
+        return irq if irq is not None and 0 < irq < IRQ_LINE_LIMIT else 0
 
     def release(self, host: Bdf) -> None:
         """The device leaves this backend: unmap what is still mapped, undo prepare_msix."""

@@ -1,0 +1,228 @@
+"""engine.grants against a recording fake hypervisor: libxl's plan from sysfs facts, the order
+of the calls, all-or-nothing granting, revoking newest first with the reset in the quarantine,
+the record a crash leaves, and recover."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from xenpciback_cli.engine import grants as G
+from xenpciback_cli.errors import OperationFailed, StateFileCorrupt
+from xenpciback_cli.host.sysfs import SysfsHost
+from xenpciback_cli.pci.address import Bdf
+
+DEV = Bdf.parse("0000:05:00.0")
+EMPTY = "0x0000000000000000 0x0000000000000000 0x0000000000000000"
+
+
+def resource_lines(*lines: tuple[int, int, int] | None, total: int = 13) -> str:
+    out = [EMPTY if line is None else f"0x{line[0]:016x} 0x{line[1]:016x} 0x{line[2]:016x}" for line in lines]
+    return "\n".join(out + [EMPTY] * (total - len(out))) + "\n"
+
+
+def make_device(tmp_path, resource: str, irq: str = "19\n"):
+    base = tmp_path / "sys" / "bus" / "pci" / "devices" / str(DEV)
+    base.mkdir(parents=True)
+    config = bytearray(64)
+    config[0:4] = bytes([0x86, 0x80, 0xD3, 0x10])
+    (base / "config").write_bytes(bytes(config))
+    for name, value in (("vendor", "0x8086"), ("device", "0x10d3"), ("class", "0x020000"),
+                        ("resource", resource), ("irq", irq)):
+        (base / name).write_text(value)
+    return SysfsHost(str(tmp_path / "sys"), str(tmp_path / "proc")).device(DEV)
+
+
+#: BAR0 128 KiB memory, BAR1 unset, BAR2 32 I/O ports, BAR3 a 16-byte memory BAR (less than a
+#: page), an expansion ROM with its enable bit (bit 0: libxl would call it I/O), and a bridge
+#: window past line 6 that libxl never reads.
+RESOURCES = resource_lines((0xFEBC0000, 0xFEBDFFFF, 0x40200), None, (0xC000, 0xC01F, 0x40101),
+                           (0xFEBF1000, 0xFEBF100F, 0x40200), None, None,
+                           (0xFEB80001, 0xFEBBFFFF, 0x46201), (0xD0000000, 0xDFFFFFFF, 0x200))
+
+
+class FakeHypervisor:
+    kind = "fake"
+
+    def __init__(self, fail: dict[str, int] | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.fail = dict(fail or {})
+
+    def _call(self, name, *args):
+        self.calls.append((name, *args))
+        if name in self.fail:
+            code = self.fail[name]
+            raise OSError(code, f"{name}: {errno.errorcode[code]}")
+
+    def iomem_permission(self, domid, first_frame, frames, allow):
+        self._call("iomem", domid, first_frame, frames, allow)
+
+    def ioport_permission(self, domid, first_port, ports, allow):
+        self._call("ioport", domid, first_port, ports, allow)
+
+    def map_pirq(self, domid, irq):
+        self._call("map_pirq", domid, irq)
+        return irq
+
+    def unmap_pirq(self, domid, pirq):
+        self._call("unmap_pirq", domid, pirq)
+
+    def irq_permission(self, domid, pirq, allow):
+        self._call("irq_permission", domid, pirq, allow)
+
+    def assign_device(self, domid, bdf, *, relaxed):
+        self._call("assign", domid, str(bdf), relaxed)
+
+    def deassign_device(self, domid, bdf):
+        self._call("deassign", domid, str(bdf))
+
+
+GRANT_CALLS = [("iomem", 5, 0xFEBC0, 32, True), ("ioport", 5, 0xC000, 32, True),
+               ("iomem", 5, 0xFEBF1, 1, True), ("iomem", 5, 0xFEB80, 64, True),
+               ("map_pirq", 5, 19), ("irq_permission", 5, 19, True), ("assign", 5, str(DEV), False)]
+
+
+def test_plan_is_libxls_from_the_sysfs_files(tmp_path):
+    plan = G.plan_grants(make_device(tmp_path, RESOURCES), relaxed=False)
+    assert [g.to_json() for g in plan] == [
+        {"kind": "iomem", "first": 0xFEBC0, "count": 32},
+        {"kind": "ioport", "first": 0xC000, "count": 32},
+        {"kind": "iomem", "first": 0xFEBF1, "count": 1},  # 16 bytes: one frame
+        {"kind": "iomem", "first": 0xFEB80, "count": 64},  # the ROM is memory whatever bit 0 says
+        {"kind": "intx", "irq": 19, "pirq": None},
+        {"kind": "assign", "relaxed": False}]
+
+
+@pytest.mark.parametrize("irq", ["0\n", "255\n", "1_9\n", "-19\n", "\u0661\u0669\n", "", "junk"])
+def test_no_intx_grant_without_a_plain_line_number(tmp_path, irq):
+    plan = G.plan_grants(make_device(tmp_path, RESOURCES, irq), relaxed=True)
+    assert [g.kind for g in plan] == ["iomem", "ioport", "iomem", "iomem", "assign"]
+    assert plan[-1].relaxed
+
+
+def test_grant_calls_the_hypervisor_in_libxls_order_and_records_it(tmp_path):
+    hv = FakeHypervisor()
+    state = tmp_path / "state"
+    outcome = G.grant_device(hv, state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    assert hv.calls == GRANT_CALLS
+    assert outcome.grants[4] == G.Grant("intx", 19, pirq=19)
+    record = G.load_record(state, DEV)
+    assert record.phase == "granting" and record.grants == outcome.grants and record.adapter == "fake"
+    G.mark_attached(state, [DEV])
+    assert G.load_record(state, DEV).phase == "attached"
+
+
+@pytest.mark.parametrize("failing, granted", [("iomem", 0), ("ioport", 1), ("map_pirq", 4),
+                                              ("irq_permission", 4), ("assign", 6)])
+def test_a_failure_revokes_what_was_granted_newest_first(tmp_path, failing, granted):
+    hv = FakeHypervisor({failing: errno.EPERM})
+    state = tmp_path / "state"
+    with pytest.raises(OperationFailed) as exc:
+        G.grant_device(hv, state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    assert "EPERM" in str(exc.value) and "\n" not in str(exc.value)
+    index = next(i for i, c in enumerate(hv.calls) if c[0] == failing)
+    undo = hv.calls[index + 1:]
+    if failing == "irq_permission":  # mapped, not permitted: the map is taken back first
+        assert undo[0] == ("unmap_pirq", 5, 19)
+        undo = undo[1:]
+    expected = []
+    for call in reversed(GRANT_CALLS[:index if failing != "irq_permission" else index - 1]):
+        if call[0] in ("iomem", "ioport"):
+            expected.append(call[:-1] + (False,))
+        elif call[0] == "irq_permission":
+            expected += [("unmap_pirq", 5, 19), ("irq_permission", 5, 19, False)]
+    assert undo == expected
+    assert G.load_record(state, DEV) is None
+
+
+def test_no_iommu_context_says_how_to_get_one_and_enosys_is_accepted(tmp_path):
+    with pytest.raises(OperationFailed, match='passthrough="enabled"'):
+        G.grant_device(FakeHypervisor({"assign": errno.EOPNOTSUPP}), None, 5,
+                       make_device(tmp_path, RESOURCES), relaxed=False)
+    outcome = G.grant_device(FakeHypervisor({"assign": errno.ENOSYS}), tmp_path / "state", 5,
+                             SysfsHost(str(tmp_path / "sys"), str(tmp_path / "proc")).device(DEV), relaxed=False)
+    assert [g.kind for g in outcome.grants] == ["iomem", "ioport", "iomem", "iomem", "intx"]
+    assert "ENOSYS" in outcome.notes[0]
+    assert [g.kind for g in G.load_record(tmp_path / "state", DEV).grants] == [g.kind for g in outcome.grants]
+
+
+def test_revoke_newest_first_resets_in_the_quarantine_then_hands_back(tmp_path):
+    state = tmp_path / "state"
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    hv = FakeHypervisor({"unmap_pirq": errno.EINVAL})  # already unmapped: not a problem
+    seen = []
+    revoked, problems = G.revoke_device(hv, state, DEV, 5,
+                                        before_release=lambda: seen.append(list(hv.calls)))
+    assert problems == []
+    assert hv.calls == [("deassign", 5, str(DEV)), ("unmap_pirq", 5, 19), ("irq_permission", 5, 19, False),
+                        ("iomem", 5, 0xFEB80, 64, False), ("iomem", 5, 0xFEBF1, 1, False),
+                        ("ioport", 5, 0xC000, 32, False), ("iomem", 5, 0xFEBC0, 32, False),
+                        ("deassign", G.DOMID_IO, str(DEV))]
+    assert seen == [hv.calls[:-1]]  # the reset ran after everything but the hand-back
+    assert [g.kind for g in revoked] == ["assign", "intx", "iomem", "iomem", "ioport", "iomem"]
+    assert G.load_record(state, DEV) is None
+
+
+def test_revoke_failures_are_sentences_and_the_revoke_goes_on(tmp_path):
+    state = tmp_path / "state"
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    hv = FakeHypervisor({"ioport": errno.EACCES})
+    _, problems = G.revoke_device(hv, state, DEV, 5)
+    assert problems == ["revoking I/O ports 0xc000-0xc01f: EACCES (Permission denied)"]
+    assert hv.calls[-1] == ("deassign", G.DOMID_IO, str(DEV))
+
+
+def test_another_domains_record_is_not_revoked(tmp_path):
+    state = tmp_path / "state"
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    hv = FakeHypervisor()
+    assert G.revoke_device(hv, state, DEV, 6) == ([], [])
+    assert hv.calls == [] and G.load_record(state, DEV).domid == 5
+
+
+def test_recover_revokes_an_unpublished_attach_and_a_destroyed_guests_grants(tmp_path):
+    state = tmp_path / "state"
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    hv = FakeHypervisor()
+    assert G.recover_grants(state, hv, {DEV: 5}, dry_run=True)[0].action == "kept"
+    assert G.load_record(state, DEV).phase == "granting"  # a dry run writes nothing
+    [outcome] = G.recover_grants(state, hv, {})
+    assert outcome.action == "revoked" and "before it published" in outcome.reason
+    assert hv.calls[-1] == ("deassign", G.DOMID_IO, str(DEV)) and G.load_record(state, DEV) is None
+    # attached, the guest destroyed since (xenstore no longer has it): revoked too
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path / "b", RESOURCES), relaxed=False)
+    G.mark_attached(state, [DEV])
+    assert G.recover_grants(state, hv, None) == []  # no xenstore: nothing says the guest let go
+    assert G.recover_grants(state, None, {})[0].action == "skipped"
+    assert G.recover_grants(state, hv, {DEV: 5}) == []
+    assert G.recover_grants(state, hv, {})[0].reason.startswith("the guest no longer holds the device")
+
+
+def test_a_corrupt_record_is_one_line_naming_the_file(tmp_path):
+    state = tmp_path / "state"
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    path = state / "grants" / "0000-05-00-0.json"
+    data = json.loads(path.read_text())
+    data["grants"][0]["count"] = -1
+    path.write_text(json.dumps(data))
+    with pytest.raises(StateFileCorrupt) as exc:
+        G.load_record(state, DEV)
+    assert str(path) in str(exc.value) and "count" in str(exc.value) and "\n" not in str(exc.value)
+    found: list = []
+    assert G.load_records(state, found) == {} and len(found) == 1
+
+
+def test_an_interrupted_grant_takes_back_what_it_granted(tmp_path):
+    """Ctrl-C (or a bug) in the middle: what was granted is revoked and the record goes."""
+    class Interrupting(FakeHypervisor):
+        def map_pirq(self, domid, irq):
+            raise KeyboardInterrupt
+
+    hv = Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        G.grant_device(hv, tmp_path / "state", 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    assert hv.calls[4:] == [("iomem", 5, 0xFEB80, 64, False), ("iomem", 5, 0xFEBF1, 1, False),
+                            ("ioport", 5, 0xC000, 32, False), ("iomem", 5, 0xFEBC0, 32, False)]
+    assert G.load_record(tmp_path / "state", DEV) is None
