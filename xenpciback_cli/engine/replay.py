@@ -34,6 +34,7 @@ from xenpciback_cli.untrusted import decimal
 
 MAX_KEPT = 1000
 _NAMES = {int(op): op.name.lower() for op in PciOp}
+_CONF_READ, _CONF_WRITE = int(PciOp.CONF_READ), int(PciOp.CONF_WRITE)
 
 
 class _Recorded:
@@ -133,13 +134,18 @@ class _Replayer:
             session = self.sessions[snap.domid] = GuestSession(snap.domid, self.control,
                                                                 mode=self.mode)
         host = Bdf.parse(snap.host)
+        physfn = Bdf.parse(snap.physfn) if snap.physfn is not None else None
         device = PciDevice(host, snap.vendor_id, snap.device_id, 0, 0, irq=snap.irq,
+                           physfn=physfn,
                            resources=tuple(Resource(*r) for r in snap.resources))
         try:
             quirks = tuple(parse_quirk(q) for q in snap.quirks)
+            # a VF's memory decode is its PF's COMMAND: the PF's header from the same line
+            physfn_config = MemoryAccessor(snap.physfn_config) \
+                if physfn is not None and snap.physfn_config else None
             session.export(host, MemoryAccessor(snap.config), device=device,
                            permissive=snap.permissive, quirks=quirks,
-                           guest=Bdf.parse(snap.guest))
+                           physfn_config=physfn_config, guest=Bdf.parse(snap.guest))
         except (InputError, ValueError) as exc:
             raise bad_trace(self.path, number, f"device {snap.host}: {exc}") from None
         self.known.add((snap.domid, snap.host))
@@ -148,6 +154,8 @@ class _Replayer:
         op = record.op
         dev = self.sessions[domid].devices.get((op.domain, op.bus, op.devfn)) \
             if domid in self.sessions else None
+        if op.cmd != _CONF_READ and op.cmd != _CONF_WRITE:
+            return _NAMES.get(op.cmd, f"op {op.cmd}")
         if dev is None:
             return f"{op.offset:#04x}"
         found = dev.overlay.field_at(op.offset)

@@ -14,6 +14,8 @@ from typing import IO, Any
 from xenpciback_cli.backend.ports import ConfigAccess
 from xenpciback_cli.config.fields import ConfigAccessError
 from xenpciback_cli.errors import InputError
+from xenpciback_cli.pci.address import Bdf
+from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pv.trace import (
     DeviceSnapshot,
     TraceFormatError,
@@ -24,9 +26,13 @@ from xenpciback_cli.pv.trace import (
     op_dict,
     state_dict,
 )
+from xenpciback_cli.toolstack.xenbus import XenbusState
+from xenpciback_cli.untrusted import decimal
 
 #: Config space is snapshotted up to this many bytes (the extended space), dword by dword.
 MAX_CONFIG = 4096
+#: Of a VF's PF, the standard header is kept (its COMMAND decides the VF's memory decode).
+PHYSFN_CONFIG = 64
 
 
 def snapshot_config(config: ConfigAccess, limit: int = MAX_CONFIG) -> bytes:
@@ -41,6 +47,29 @@ def snapshot_config(config: ConfigAccess, limit: int = MAX_CONFIG) -> bytes:
     return bytes(out)
 
 
+def device_snapshot(domid: int, host: Bdf, guest: Bdf, config: ConfigAccess,
+                    device: PciDevice | None, options: dict[str, object],
+                    physfn: ConfigAccess | None = None) -> DeviceSnapshot:
+    """A ``device`` line's content: identity and resources as the host knows them, the config
+    space as read now (before the export, or before the guest's first op), the overlay
+    settings, and for a VF its PF's header."""
+    data = snapshot_config(config)
+    vendor = int.from_bytes(data[0:2], "little") if len(data) >= 4 else 0xFFFF
+    ident = int.from_bytes(data[2:4], "little") if len(data) >= 4 else 0xFFFF
+    resources: tuple[tuple[int, int, int, int], ...] = ()
+    irq = 0
+    if device is not None:
+        vendor, ident, irq = device.vendor_id, device.device_id, device.irq or 0
+        resources = tuple((r.index, r.start, r.end, r.flags) for r in device.resources)
+    quirks: Any = options.get("quirks", ())
+    pf = device.physfn if device is not None else None
+    return DeviceSnapshot(domid, str(host), str(guest), vendor, ident, irq, resources, data,
+                          bool(options.get("permissive", False)), tuple(str(q) for q in quirks),
+                          None if pf is None else str(pf),
+                          snapshot_config(physfn, PHYSFN_CONFIG) if physfn is not None and pf
+                          is not None else b"")
+
+
 def open_text(path: str, mode: str) -> IO[str]:
     """``path`` as text, through gzip when it ends in ``.gz``."""
     if path.endswith(".gz"):
@@ -49,15 +78,29 @@ def open_text(path: str, mode: str) -> IO[str]:
 
 
 class TraceWriter:
-    """Writes a trace: the header at once, then device, op, state and AER lines as they come."""
+    """Writes a trace: the header, then device, op, state and AER lines as they come.
 
-    def __init__(self, path: str, *, tool_version: str, mode: str,
+    ``mode=None`` defers the header until :meth:`begin` names the mode (a simulated guest
+    learns it from the backend's devices), or the first line, or :meth:`close` (then vpci)."""
+
+    def __init__(self, path: str, *, tool_version: str, mode: str | None,
                  clock: Any = time.time) -> None:
         self.clock = clock
+        self.tool_version = tool_version
         self.out = open_text(path, "w")
-        self._line(header_dict(tool_version, mode))
+        self._begun = False
+        if mode is not None:
+            self.begin(mode)
+
+    def begin(self, mode: str) -> None:
+        """Write the header (once)."""
+        if not self._begun:
+            self._begun = True
+            self._line(header_dict(self.tool_version, mode))
 
     def _line(self, data: dict[str, object]) -> None:
+        if not self._begun:
+            self.begin("vpci")
         self.out.write(json.dumps(data, separators=(",", ":")) + "\n")
         self.out.flush()
 
@@ -67,14 +110,52 @@ class TraceWriter:
     def op(self, record: TraceRecord, host: str | None) -> None:
         self._line(op_dict(record, self.clock(), host))
 
-    def state(self, domid: int, state: int, name: str) -> None:
-        self._line(state_dict(self.clock(), domid, state, name))
+    def state(self, domid: int, state: int, name: str, end: str = "backend") -> None:
+        self._line(state_dict(self.clock(), domid, state, name, end))
 
-    def aer(self, domid: int, host: str, step: str, result: str) -> None:
-        self._line(aer_dict(self.clock(), domid, host, step, result))
+    def xenbus_state(self, domid: int, value: str, end: str = "backend") -> None:
+        """A state node's new value as written (``"4"``): named after ``io/xenbus.h``."""
+        number = decimal(value.strip(), max_digits=2)
+        if number is None:
+            return
+        try:
+            name = XenbusState(number).label
+        except ValueError:
+            name = f"state {number}"
+        self.state(domid, number, name, end)
+
+    def aer(self, domid: int, host: str, step: str, result: str,
+            outcome: str | None = None) -> None:
+        self._line(aer_dict(self.clock(), domid, host, step, result, outcome))
 
     def close(self) -> None:
+        if not self._begun:
+            self.begin("vpci")
         self.out.close()
+
+
+def snapshot_from(source: Any, settings: Any, domid: int, host: Bdf,
+                  guest: Bdf) -> DeviceSnapshot | None:
+    """``device_snapshot`` of ``host`` through serve's adapters (``source``: a DeviceSource,
+    ``settings``: bdf -> overlay options); None when its config space cannot be opened."""
+    try:
+        config = source.config(host)
+    except (OSError, ValueError, LookupError):
+        return None
+    physfn = None
+    try:
+        device = source.device(host)
+        if device is not None and device.physfn is not None:
+            try:
+                physfn = source.config(device.physfn)
+            except (OSError, ValueError, LookupError):
+                physfn = None
+        return device_snapshot(domid, host, guest, config, device, dict(settings(host)), physfn)
+    finally:
+        for access in (config, physfn):
+            close = getattr(access, "close", None)
+            if close is not None:
+                close()
 
 
 class TraceLine:

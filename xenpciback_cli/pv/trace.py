@@ -90,13 +90,21 @@ class DeviceSnapshot(NamedTuple):
     config: bytes
     permissive: bool = False
     quirks: tuple[str, ...] = ()
+    #: An SR-IOV VF's PF and the PF's config header: a VF's memory decode is its PF's COMMAND.
+    physfn: str | None = None
+    physfn_config: bytes = b""
 
     def as_dict(self) -> dict[str, object]:
-        return {"kind": "device", "domid": self.domid, "host": self.host, "guest": self.guest,
-                "vendor_id": f"{self.vendor_id:#06x}", "device_id": f"{self.device_id:#06x}",
-                "irq": self.irq, "resources": [list(r) for r in self.resources],
-                "config": self.config.hex(), "permissive": self.permissive,
-                "quirks": list(self.quirks)}
+        out: dict[str, object] = {
+            "kind": "device", "domid": self.domid, "host": self.host, "guest": self.guest,
+            "vendor_id": f"{self.vendor_id:#06x}", "device_id": f"{self.device_id:#06x}",
+            "irq": self.irq, "resources": [list(r) for r in self.resources],
+            "config": self.config.hex(), "permissive": self.permissive,
+            "quirks": list(self.quirks)}
+        if self.physfn is not None:
+            out["physfn"] = self.physfn
+            out["physfn_config"] = self.physfn_config.hex()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> DeviceSnapshot:
@@ -106,11 +114,14 @@ class DeviceSnapshot(NamedTuple):
             if any(len(r) != 4 for r in resources):
                 raise TraceFormatError("a resource is [index, start, end, flags]")
             quirks = tuple(str(q) for q in _list(data.get("quirks", []), "quirks"))
+            physfn = data.get("physfn")
             return cls(_int(data["domid"], "domid"), _bdf(data["host"], "host"),
                        _bdf(data["guest"], "guest"), _hex(data["vendor_id"], "vendor_id"),
                        _hex(data["device_id"], "device_id"), _int(data.get("irq", 0), "irq"),
                        resources, bytes.fromhex(str(data["config"])),  # type: ignore[arg-type]
-                       _bool(data.get("permissive", False), "permissive"), quirks)
+                       _bool(data.get("permissive", False), "permissive"), quirks,
+                       None if physfn is None else _bdf(physfn, "physfn"),
+                       bytes.fromhex(str(data.get("physfn_config", ""))))
         except KeyError as exc:
             raise TraceFormatError(f"a device line has no {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -197,15 +208,23 @@ def parse_op(data: dict[str, object]) -> OpLine:
     return OpLine(record, None if host is None else _bdf(host, "host"), float(time))
 
 
-def state_dict(time: float, domid: int, state: int, name: str) -> dict[str, object]:
-    """A xenbus state change of the backend."""
-    return {"kind": "state", "t": round(time, 6), "domid": domid, "state": state, "name": name}
+def state_dict(time: float, domid: int, state: int, name: str,
+               end: str = "backend") -> dict[str, object]:
+    """A xenbus state change of one end (the backend's own, in serve's traces; the frontend's,
+    in a simulated guest's)."""
+    return {"kind": "state", "t": round(time, 6), "domid": domid, "state": state, "name": name,
+            "end": end}
 
 
-def aer_dict(time: float, domid: int, host: str, step: str, result: str) -> dict[str, object]:
-    """An AER event relayed to the guest (one recovery step and its answer)."""
-    return {"kind": "aer", "t": round(time, 6), "domid": domid, "host": host, "step": step,
-            "result": result}
+def aer_dict(time: float, domid: int, host: str, step: str, result: str,
+             outcome: str | None = None) -> dict[str, object]:
+    """An AER event relayed to the guest (one recovery step, the guest's answer and how the
+    backend decided: relayed, timeout, no handler...)."""
+    out: dict[str, object] = {"kind": "aer", "t": round(time, 6), "domid": domid, "host": host,
+                              "step": step, "result": result}
+    if outcome is not None:
+        out["outcome"] = outcome
+    return out
 
 
 def op_code(name: str) -> int | None:
