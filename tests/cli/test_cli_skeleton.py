@@ -38,8 +38,9 @@ def test_help_imports_no_heavy_modules():
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
 
 
-@pytest.mark.parametrize("group", [[], ["sandbox"], ["sandbox", "domain"], ["serve"], ["xenstore"]],
-                         ids=["root", "sandbox", "sandbox-domain", "serve", "xenstore"])
+@pytest.mark.parametrize("group", [[], ["sandbox"], ["sandbox", "domain"], ["serve"], ["trace"],
+                                   ["xenstore"]],
+                         ids=["root", "sandbox", "sandbox-domain", "serve", "trace", "xenstore"])
 def test_a_group_given_no_command_prints_its_help_and_exits_2(capsys, group):
     """Like git and xl: the normal, multi-line help on stdout, and a failing exit (2, bad usage,
     as README documents). Click >= 8.2 would flatten it onto one error line; < 8.2 exits 0."""
@@ -80,4 +81,4 @@ def test_every_group_of_the_tree_is_covered_by_the_bare_group_test():
                 yield from groups(command.get_command(ctx, name), [*path, name])
 
     assert sorted(groups(cli, [])) == [[], ["sandbox"], ["sandbox", "domain"], ["serve"],
-                                       ["xenstore"]]
+                                       ["trace"], ["xenstore"]]

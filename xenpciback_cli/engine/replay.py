@@ -209,7 +209,7 @@ def parse_kinds(text: str | None) -> frozenset[int] | None:
     return frozenset(codes)
 
 
-class _Replayer:
+class Replayer:
     def __init__(self, path: str, mode: str, against: Against | None = None,
                  allow_writes: bool = False) -> None:
         self.path = path
@@ -295,7 +295,7 @@ def replay(path: str, *, check: bool = True, until: int | None = None,
     """Replay ``path``; InputError (exit 2) for a bad trace, naming the line. ``progress``
     gets ``(bytes read, bytes in all)`` now and then."""
     stream = TraceStream(path)
-    rep = _Replayer(path, stream.mode, against, allow_writes)
+    rep = Replayer(path, stream.mode, against, allow_writes)
     result = ReplayResult(path)
     try:
         for snap in stream.devices:
@@ -309,7 +309,7 @@ def replay(path: str, *, check: bool = True, until: int | None = None,
     return result
 
 
-def _run(stream: TraceStream, rep: _Replayer, result: ReplayResult, check: bool,
+def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
          until: int | None, only: frozenset[int] | None,
          progress: Callable[[int, int], None] | None) -> None:
     path = stream.path
@@ -439,7 +439,7 @@ def _run(stream: TraceStream, rep: _Replayer, result: ReplayResult, check: bool,
     result.ops, result.checked = ops, checked
 
 
-def _mismatch(rep: _Replayer, result: ReplayResult, number: int, host: object, domid: int,
+def _mismatch(rep: Replayer, result: ReplayResult, number: int, host: object, domid: int,
               index: int, got: Result, record: TraceRecord) -> None:
     result.mismatch_count += 1
     if len(result.mismatches) >= MAX_KEPT:
