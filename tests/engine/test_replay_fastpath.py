@@ -68,3 +68,12 @@ def test_until_and_only_count_as_before(tmp_path):
     writes = sum(1 for x in lines(path)[1:151] if x["code"] == WRITE)
     assert (result.ops, result.checked) == (150, writes)
     assert json.loads(run("--json", "replay", path, "--until", "0").out)["ops"] == 0
+
+
+def test_progress_is_reported_in_bytes_as_the_trace_is_read(tmp_path):
+    path = driver_session(tmp_path / "t.jsonl", 20000)
+    seen = []
+    replay(str(path), progress=lambda done, total: seen.append((done, total)))
+    size = path.stat().st_size
+    assert len(seen) == 20000 // 8192 and all(total == size for _, total in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and 0 < seen[-1][0] <= size

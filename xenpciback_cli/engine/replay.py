@@ -28,7 +28,7 @@ from xenpciback_cli.backend.session import GuestSession
 from xenpciback_cli.backend.topology import Mode
 from xenpciback_cli.config.fields import ConfigAccessError, MemoryAccessor
 from xenpciback_cli.engine.trace import TraceStream, bad_trace, parse_line
-from xenpciback_cli.errors import InputError
+from xenpciback_cli.errors import InputError, OperationFailed
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice, Resource
 from xenpciback_cli.pci.quirk import parse_quirk
@@ -141,8 +141,42 @@ class ShadowedConfig:
             close()
 
 
-#: ``against``: the live config space to replay a device line on (None: its snapshot).
-Against = Callable[[DeviceSnapshot], ConfigAccess]
+#: ``against``: the live config space to replay a device line on, and where it is.
+Against = Callable[[DeviceSnapshot], tuple[ConfigAccess, str]]
+
+
+def parse_against(text: str, source: Any, sandbox: bool) -> Against:
+    """``--against BDF|sandbox`` with the config source the app chose (``sandbox``: whether
+    it is a sandbox's); InputError for a bad address or 'sandbox' without one."""
+    if text.strip().lower() == "sandbox":
+        if not sandbox:
+            raise InputError("--against sandbox needs --sandbox DIR (or XEN_PCIBACK_SANDBOX)")
+        return live_devices(source, None, "sandbox")
+    return live_devices(source, Bdf.parse(text), "sandbox" if sandbox else "host")
+
+
+def live_devices(source: Any, target: Bdf | None, where: str) -> Against:
+    """``replay --against``: each device line replayed on a live device of ``source`` (a
+    DeviceSource: ``config(bdf)``): ``target``, or when None the line's own host address
+    (``--against sandbox``). A trace of several devices cannot all go to one ``target``."""
+    chosen: dict[str, Bdf] = {}
+
+    def open_live(snap: DeviceSnapshot) -> tuple[ConfigAccess, str]:
+        bdf = target if target is not None else Bdf.parse(snap.host)
+        if target is not None and chosen and snap.host not in chosen:
+            raise InputError(f"the trace has devices {next(iter(chosen))} and {snap.host}; "
+                             f"--against {target} replays a trace of one device "
+                             "(--against sandbox replays each on its own address)")
+        chosen[snap.host] = bdf
+        try:
+            config: ConfigAccess = source.config(bdf)
+            config.read(0, 4)
+        except (OSError, ConfigAccessError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or f"error {getattr(exc, 'err', exc)}"
+            raise OperationFailed(f"cannot read the config space of {bdf} ({where}): "
+                                  f"{why}") from None
+        return config, f"{bdf} ({where})"
+    return open_live
 
 
 @dataclass
@@ -180,6 +214,7 @@ class ReplayResult:
     #: With ``against``: where each device was replayed, and the writes kept from it.
     against: dict[str, str] = field(default_factory=dict)
     writes_withheld: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -190,6 +225,7 @@ class ReplayResult:
         if self.against:
             out["against"] = dict(self.against)
             out["writes_withheld"] = self.writes_withheld
+            out["notes"] = list(self.notes)
         return out
 
 
@@ -221,6 +257,7 @@ class Replayer:
         self.allow_writes = allow_writes
         self.live: list[ConfigAccess] = []
         self.where: dict[str, str] = {}
+        self.notes: list[str] = []
 
     def session(self, domid: int) -> GuestSession:
         session = self.sessions.get(domid)
@@ -250,8 +287,15 @@ class Replayer:
     def _config(self, snap: DeviceSnapshot) -> ConfigAccess:
         if self.against is None:
             return SnapshotMemory(snap.config)
-        live = self.against(snap)
-        self.where[snap.host] = str(getattr(live, "label", None) or snap.host)
+        live, label = self.against(snap)
+        self.where[snap.host] = label
+        try:
+            ids = live.read(0, 4)
+        except ConfigAccessError:
+            ids = 0xFFFFFFFF
+        if ids != snap.vendor_id | snap.device_id << 16:
+            self.notes.append(f"{label} is {ids & 0xFFFF:04x}:{ids >> 16:04x}, the trace's "
+                              f"{snap.host} {snap.vendor_id:04x}:{snap.device_id:04x}")
         if not self.allow_writes:
             live = ShadowedConfig(live)
         self.live.append(live)
@@ -305,7 +349,7 @@ def replay(path: str, *, check: bool = True, until: int | None = None,
     finally:
         stream.close()
         result.writes_withheld = rep.close()
-        result.against = rep.where
+        result.against, result.notes = rep.where, rep.notes
     return result
 
 
