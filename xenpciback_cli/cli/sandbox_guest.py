@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 @click.option("--record", "record", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write the guest's side as a trace (docs/trace-format.md, version 1; "
                    "FILE.gz compressed): the exported devices, each op and its answer.")
+@click.option("--record-max-size", "max_size", default=None, metavar="SIZE",
+              help="Rotate the --record file at SIZE (as 'serve foreground' does).")
+@click.option("--record-keep", "keep", type=click.IntRange(min=1, max=1000), default=5,
+              show_default=True, metavar="N", help="Rotated files kept (FILE.1 to FILE.N).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds to wait for the backend at each step.")
 @click.option("--aer-result", type=click.Choice(["driver", "recovered", "can_recover", "need_reset",
@@ -26,8 +30,8 @@ if TYPE_CHECKING:
                    "(NEED_RESET when frozen, else CAN_RECOVER, then RECOVERED); a fixed answer; "
                    "'no-handler' (no AER handler advertised); 'ignore' (never answers).")
 @click.pass_obj
-def command(app: Application, domid: int, stay: bool, record: str | None, timeout: float,
-            aer_result: str) -> None:
+def command(app: Application, domid: int, stay: bool, record: str | None,
+            max_size: str | None, keep: int, timeout: float, aer_result: str) -> None:
     """Play domain DOMID's pcifront over the sandbox transport.
 
     Publishes the shared page and event channel (docs/sandbox-protocol.md), waits for the
@@ -71,12 +75,16 @@ def command(app: Application, domid: int, stay: bool, record: str | None, timeou
     with app.open_xenstore() as client:
         pcifront.check_domain(sandbox, client, domid)
     stream = recorder = None
+    if max_size is not None and record is None:
+        raise InputError("--record-max-size goes with --record FILE")
     if record is not None:
         from xenpciback_cli import __version__
-        from xenpciback_cli.engine.trace import TraceWriter, snapshot_from
+        from xenpciback_cli.engine.trace import TraceWriter, parse_size, snapshot_from
 
+        size = parse_size(max_size) if max_size is not None else None
         try:
-            stream = TraceWriter(record, tool_version=__version__, mode=None)
+            stream = TraceWriter(record, tool_version=__version__, mode=None, max_size=size,
+                                 keep=keep)
         except OSError as exc:
             raise InputError(f"cannot write --record file {record}: {exc.strerror}") from None
         source = app.serve_adapters().devices

@@ -74,23 +74,70 @@ def device_snapshot(domid: int, host: Bdf, guest: Bdf, config: ConfigAccess,
 
 
 def open_text(path: str, mode: str) -> IO[str]:
-    """``path`` as text, through gzip when it ends in ``.gz``."""
+    """``path`` as text, through gzip when it ends in ``.gz``. Writing ``.zst`` is refused
+    (InputError): only reading it is supported (compress a finished trace with ``zstd``)."""
+    if "w" in mode and path.endswith(".zst"):
+        raise InputError(f"cannot write {path}: traces are written plain or .gz; "
+                         "compress a finished one with zstd")
     if path.endswith(".gz"):
         return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
     return open(path, mode, encoding="utf-8", buffering=1 if "r" not in mode else -1)
 
 
+#: ``--record-max-size``: the smallest size accepted, and how many files are kept by default.
+MIN_ROTATE = 64 * 1024
+DEFAULT_KEEP = 5
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``--record-max-size``: bytes, or with K, M or G (powers of 1024); InputError when it is
+    not one or is below 64K."""
+    word = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = word[-1:] if word[-1:] in _UNITS else ""
+    number = decimal(word[:len(word) - len(unit)], max_digits=12)
+    if number is None:
+        raise InputError(f"--record-max-size {text!r}: a size in bytes, or with K, M or G "
+                         "(e.g. 64M)")
+    size = number * _UNITS[unit]
+    if size < MIN_ROTATE:
+        raise InputError(f"--record-max-size {text!r}: at least 64K")
+    return size
+
+
+def rotated_name(path: str, number: int) -> str:
+    """``trace.jsonl`` -> ``trace.jsonl.1``; ``trace.jsonl.gz`` -> ``trace.jsonl.1.gz``."""
+    if path.endswith(".gz"):
+        return f"{path[:-3]}.{number}.gz"
+    return f"{path}.{number}"
+
+
 class TraceWriter:
-    """Writes a trace: the header, then device, op, state and AER lines as they come.
+    """Writes a trace: the header, then device, op, state and AER lines as they come, each
+    flushed as it is written (a crash loses at most the line being written).
 
     ``mode=None`` defers the header until :meth:`begin` names the mode (a simulated guest
-    learns it from the backend's devices), or the first line, or :meth:`close` (then vpci)."""
+    learns it from the backend's devices), or the first line, or :meth:`close` (then vpci).
+
+    ``max_size``: when the lines after the header reach it (text, before compression), the file
+    is closed and renamed ``FILE.1`` (``FILE.1`` to ``FILE.2``..., the oldest beyond ``keep``
+    removed) and a new FILE begins: its header lists the devices declared so far (the last line
+    of each), so every file reads on its own."""
 
     def __init__(self, path: str, *, tool_version: str, mode: str | None,
-                 clock: Any = time.time) -> None:
+                 clock: Any = time.time, max_size: int | None = None,
+                 keep: int = DEFAULT_KEEP) -> None:
         self.clock = clock
+        self.path = path
         self.tool_version = tool_version
+        self.max_size = max_size
+        self.keep = max(1, keep)
         self.out = open_text(path, "w")
+        self.mode: str | None = None
+        self.written = self.header_size = 0
+        self.rotations = 0
+        #: (domid, host) -> its device line, for the header of the next file
+        self.devices: dict[tuple[int, str], DeviceSnapshot] = {}
         self._begun = False
         if mode is not None:
             self.begin(mode)
@@ -99,15 +146,41 @@ class TraceWriter:
         """Write the header (once)."""
         if not self._begun:
             self._begun = True
+            self.mode = mode
             self._line(header_dict(self.tool_version, mode))
 
     def _line(self, data: dict[str, object]) -> None:
         if not self._begun:
             self.begin("vpci")
-        self.out.write(json.dumps(data, separators=(",", ":")) + "\n")
+        text = json.dumps(data, separators=(",", ":")) + "\n"
+        self.out.write(text)
         self.out.flush()
+        self.written += len(text)
+        if self.max_size is not None and self.written - self.header_size >= self.max_size:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self.out.close()
+        oldest = rotated_name(self.path, self.keep)
+        if os.path.exists(oldest):
+            os.unlink(oldest)
+        for number in range(self.keep - 1, 0, -1):
+            older = rotated_name(self.path, number)
+            if os.path.exists(older):
+                os.replace(older, rotated_name(self.path, number + 1))
+        os.replace(self.path, rotated_name(self.path, 1))
+        self.rotations += 1
+        self.out = open_text(self.path, "w")
+        text = json.dumps(header_dict(self.tool_version, self.mode or "vpci",
+                                      tuple(self.devices.values())),
+                          separators=(",", ":")) + "\n"
+        self.out.write(text)
+        self.out.flush()
+        self.written = self.header_size = len(text)
 
     def device(self, snap: DeviceSnapshot) -> None:
+        self.devices.pop((snap.domid, snap.host), None)
+        self.devices[(snap.domid, snap.host)] = snap
         self._line(snap.as_dict())
 
     def op(self, record: TraceRecord, host: str | None) -> None:
