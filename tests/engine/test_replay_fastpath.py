@@ -77,3 +77,23 @@ def test_progress_is_reported_in_bytes_as_the_trace_is_read(tmp_path):
     size = path.stat().st_size
     assert len(seen) == 20000 // 8192 and all(total == size for _, total in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and 0 < seen[-1][0] <= size
+
+
+def test_a_trace_whose_lines_never_repeat_replays_clean_too(tmp_path):
+    """Past the table's size with few repeats, lines are no longer looked up (for a while);
+    the answers are the same either way."""
+    path = driver_session(tmp_path / "t.jsonl", 12000, unique=True, permissive=True)
+    result = replay(str(path))
+    assert (result.ops, result.mismatch_count) == (12000, 0)
+
+
+def test_a_device_declared_again_was_released_in_between(tmp_path):
+    """serve writes a device line at every export: unplugged and plugged again, the same
+    device is declared twice. The second line replaces the first (a fresh overlay)."""
+    path = driver_session(tmp_path / "t.jsonl", 30)
+    items = lines(path)
+    header = items[0]
+    again = dict(header["devices"][0], kind="device")
+    path = write_lines(tmp_path / "again.jsonl", items + [again] + items[1:])
+    result = replay(str(path))
+    assert (result.devices, result.ops, result.mismatch_count) == (2, 60, 0)

@@ -62,8 +62,11 @@ _MAX_ADDRESSES = 4096
 _OP_PREFIX = '{"kind":"op","t":'
 #: A JSON number (``t``'s text on that fastest path).
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-#: At most this many distinct op lines remembered (cleared when full: memory stays bounded).
-_MAX_SEEN = 16384
+#: At most this many distinct op lines remembered (cleared when full: memory stays bounded);
+#: when they were looked up less than half as often as kept, lines are not looked up for the
+#: next _PAUSE lines (a trace whose lines do not repeat pays the table no more).
+_MAX_SEEN = 8192
+_PAUSE = 1 << 16
 _GUEST_RE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]\Z")
 
 
@@ -268,6 +271,9 @@ class Replayer:
     def export(self, snap: DeviceSnapshot, number: int) -> None:
         session = self.session(snap.domid)
         host = Bdf.parse(snap.host)
+        for dev in list(session.devices.values()):
+            if dev.host == host:  # declared again: it was released and exported anew
+                session.release(dev.guest)
         physfn = Bdf.parse(snap.physfn) if snap.physfn is not None else None
         device = PciDevice(host, snap.vendor_id, snap.device_id, 0, 0, irq=snap.irq,
                            physfn=physfn,
@@ -361,6 +367,7 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
     addresses: dict[str, tuple[int, int, int]] = {}
     #: op lines already parsed and checked, by their text after ``t`` (see _OP_PREFIX)
     seen: dict[str, tuple[Any, ...]] = {}
+    caching, hits, pause = True, 0, 0
     limit = until if until is not None else -1
     ops = checked = 0
     check_all = check and only is None
@@ -383,7 +390,11 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
                 countdown = PROGRESS_EVERY
                 progress(stream.position(), stream.size)
         key = None
-        if text.startswith(_OP_PREFIX):
+        if not caching:
+            pause -= 1
+            if not pause:
+                caching, hits = True, 0
+        elif text.startswith(_OP_PREFIX):
             # -- the fastest path: an op line seen before, but for its time ------------------
             comma = text.find(",", prefix)
             key = text[comma:]
@@ -392,6 +403,7 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
                 session, op, err, value_out, cmd, domid, host = hit
                 if ops == limit:
                     break
+                hits += 1
                 got = session.handle(op)
                 index = ops
                 ops += 1
@@ -401,7 +413,7 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
                         _mismatch(rep, result, number, host, domid, index, got,
                                   TraceRecord(domid, op.raw, err, value_out))
                 continue
-        elif text == "\n" or not text.strip():
+        if text == "\n" or not text.strip():
             continue
         data = parse_line(path, number, text)
         get = data.get
@@ -436,8 +448,13 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
                         + _NO_ENTRIES)
                 if key is not None:
                     if len(seen) >= _MAX_SEEN:
+                        # lines that do not repeat (fewer hits than lines kept): stop looking
+                        # them up for a while; either way start afresh
+                        caching, pause = hits >= _MAX_SEEN // 2, _PAUSE
                         seen.clear()
-                    seen[key] = (session, op, err, value_out, cmd, domid, host)
+                        hits = 0
+                    if caching:
+                        seen[key] = (session, op, err, value_out, cmd, domid, host)
                 got = session.handle(op)
                 index = ops
                 ops += 1

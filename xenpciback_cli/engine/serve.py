@@ -528,6 +528,8 @@ class Server:
                     self._record_interrupts(guest, dev)  # before the guest sees the answer
             set_flag_bits(page, clear_mask=ACTIVE)
             channel.notify()
+            if self.trace is not None and record is not None:
+                self._trace_op(guest, record)  # after the answer: off the guest's round trip
             self._after_op(guest)
         except Exception as exc:  # noqa: BLE001 - isolation: a bad guest ends alone
             self._fail(guest, f"{type(exc).__name__}: {exc}")
@@ -597,10 +599,11 @@ class Server:
 
     def _recorded(self, guest: Guest, record: TraceRecord) -> None:
         guest.last = record
-        if self.trace is not None:
-            op = record.op
-            dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
-            self.trace.op(record, None if dev is None else str(dev.host))
+
+    def _trace_op(self, guest: Guest, record: TraceRecord) -> None:
+        assert self.trace is not None
+        dev = guest.session.devices.get(self.trace.address_of(record))
+        self.trace.op(record, None if dev is None else self.trace.text_of(dev.host))
 
     def _trace_device(self, guest: Guest, action: Export, config: ConfigAccess,
                       device: PciDevice | None, options: dict[str, object],

@@ -10,6 +10,7 @@ import io
 import json
 import json.scanner
 import os
+import struct
 import time
 from collections.abc import Iterator
 from typing import IO, Any
@@ -19,6 +20,7 @@ from xenpciback_cli.config.fields import ConfigAccessError
 from xenpciback_cli.errors import InputError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
+from xenpciback_cli.pv.abi import OP_HEADER
 from xenpciback_cli.pv.trace import (
     DeviceSnapshot,
     TraceFormatError,
@@ -84,6 +86,13 @@ def open_text(path: str, mode: str) -> IO[str]:
     return open(path, mode, encoding="utf-8", buffering=1 if "r" not in mode else -1)
 
 
+_unpack_header = OP_HEADER.unpack_from
+_unpack_address = struct.Struct("<IiIII").unpack_from
+_CONF_NAMES = {0: "conf_read", 1: "conf_write"}
+#: pv.trace.op_dict's line for a config op, as json.dumps(separators=(",", ":")) writes it.
+_OP_LINE = ('{"kind":"op","t":%s,"domid":%d,"guest":"%s","host":%s,"op":"%s","code":%d,'
+            '"offset":%d,"size":%d,"value_in":%d,"value_out":%d,"err":%d}\n')
+
 #: ``--record-max-size``: the smallest size accepted, and how many files are kept by default.
 MIN_ROTATE = 64 * 1024
 DEFAULT_KEEP = 5
@@ -138,6 +147,8 @@ class TraceWriter:
         self.rotations = 0
         #: (domid, host) -> its device line, for the header of the next file
         self.devices: dict[tuple[int, str], DeviceSnapshot] = {}
+        self._guests: dict[tuple[int, int, int], str] = {}
+        self._hosts: dict[Bdf, str] = {}
         self._begun = False
         if mode is not None:
             self.begin(mode)
@@ -184,7 +195,39 @@ class TraceWriter:
         self._line(snap.as_dict())
 
     def op(self, record: TraceRecord, host: str | None) -> None:
-        self._line(op_dict(record, self.clock(), host))
+        """An op line. A config read or write (nearly every op) is formatted here, to the very
+        text ``json.dumps(op_dict(...))`` gives (a test holds them equal), in a fifth of its
+        time: recording sits on the backend's per-op path."""
+        cmd, _, domain, bus, devfn, offset, size, value, _ = _unpack_header(record.request)
+        if (cmd != 0 and cmd != 1) or record.vectors or not self._begun:
+            self._line(op_dict(record, self.clock(), host))
+            return
+        guest = self._guests.get((domain, bus, devfn))
+        if guest is None:
+            guest = f"{domain:04x}:{bus:02x}:{devfn >> 3:02x}.{devfn & 7}"
+            if len(self._guests) < 4096:
+                self._guests[(domain, bus, devfn)] = guest
+        text = _OP_LINE % (repr(round(float(self.clock()), 6)), record.domid, guest,
+                           "null" if host is None else f'"{host}"', _CONF_NAMES[cmd], cmd,
+                           offset, size, value, record.value, record.err)
+        self.out.write(text)
+        self.out.flush()
+        self.written += len(text)
+        if self.max_size is not None and self.written - self.header_size >= self.max_size:
+            self._rotate()
+
+    def address_of(self, record: TraceRecord) -> tuple[int, int, int]:
+        """``(domain, bus, devfn)`` of the op's request, without decoding all of it."""
+        _, _, domain, bus, devfn = _unpack_address(record.request)
+        return domain, bus, devfn
+
+    def text_of(self, host: Bdf) -> str:
+        text = self._hosts.get(host)
+        if text is None:
+            text = str(host)
+            if len(self._hosts) < 4096:
+                self._hosts[host] = text
+        return text
 
     def state(self, domid: int, state: int, name: str, end: str = "backend") -> None:
         self._line(state_dict(self.clock(), domid, state, name, end))
