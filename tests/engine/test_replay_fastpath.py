@@ -97,3 +97,12 @@ def test_a_device_declared_again_was_released_in_between(tmp_path):
     path = write_lines(tmp_path / "again.jsonl", items + [again] + items[1:])
     result = replay(str(path))
     assert (result.devices, result.ops, result.mismatch_count) == (2, 60, 0)
+
+
+def test_a_host_that_is_not_a_string_is_a_bad_line_not_a_crash(tmp_path):
+    path = driver_session(tmp_path / "t.jsonl", 5)
+    items = lines(path)
+    items.append(dict(items[-1], host=["0000:03:00.0"]))
+    bad = write_lines(tmp_path / "bad.jsonl", items)
+    res = run("replay", bad)
+    assert res.code == 2 and "line 7:" in res.err and "Traceback" not in res.err

@@ -165,3 +165,16 @@ def test_offset_ranges(text, expected):
 def test_an_offset_beyond_config_space_is_refused():
     with pytest.raises(InputError):
         parse_offsets("0x1000")
+
+
+def test_text_from_the_trace_is_printed_inertly(tmp_path):
+    """A trace may come from elsewhere: what it says (a state's name, an AER step) reaches the
+    terminal without its control characters."""
+    path = probe(tmp_path / "t.jsonl")
+    items = lines(path)
+    items.insert(2, {"kind": "state", "t": 1.0, "domid": 7, "state": 4,
+                     "name": "\x1b[2JConnected", "end": "backend\x07"})
+    items.insert(3, {"kind": "aer", "t": 1.0, "domid": 7, "host": "x\x1b]0;pwned\x07",
+                     "step": "resume", "result": "none"})
+    out = ok("trace", "show", write_lines(tmp_path / "e.jsonl", items), "--kind", "state,aer").out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[2JConnected" in out

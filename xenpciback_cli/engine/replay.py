@@ -436,7 +436,7 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
                     and -0x80000000 <= err <= 0x7FFFFFFF and -0x80000000 <= offset <= 0x7FFFFFFF
                     and -0x80000000 <= size <= 0x7FFFFFFF and 0 <= domid <= 0xFFFF
                     and "entries" not in data and "vectors" not in data
-                    and (host is None or (domid, host) in known)):
+                    and (host is None or (type(host) is str and (domid, host) in known))):
                 if ops == limit:
                     break
                 session = sessions.get(domid)

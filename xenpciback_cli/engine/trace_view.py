@@ -11,6 +11,7 @@ at a time, ``stats`` its counters.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -285,23 +286,32 @@ def _device_event(snap: DeviceSnapshot, number: int, when: float | None) -> Even
     if snap.permissive:
         detail += ", permissive"
     if snap.quirks:
-        detail += f", quirks {' '.join(snap.quirks)}"
+        detail += f", quirks {' '.join(inert(q) for q in snap.quirks)}"
     if snap.physfn:
         detail += f", VF of {snap.physfn}"
     return Event(number, "device", when, snap.domid, guest=snap.guest, host=snap.host,
                  detail=detail)
 
 
+def inert(value: object, limit: int = 64) -> str:
+    """A value a trace holds as text to print: control characters escaped, at most ``limit``
+    characters (a trace may come from elsewhere; the terminal must not act on it)."""
+    text = value if isinstance(value, str) else json.dumps(value)[:limit + 1]
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit + 1])
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _other_event(kind: str, number: int, when: float | None, data: dict[str, object]) -> Event:
     domid = data.get("domid")
     domid = domid if isinstance(domid, int) and not isinstance(domid, bool) else -1
     if kind == "state":
-        detail = f"{data.get('end', 'backend')} {data.get('name')} ({data.get('state')})"
+        detail = (f"{inert(data.get('end', 'backend'))} {inert(data.get('name'))} "
+                  f"({inert(data.get('state'))})")
         return Event(number, kind, when, domid, detail=detail)
     host = data.get("host")
-    detail = f"{data.get('step')} on {host}: {data.get('result')}"
+    detail = f"{inert(data.get('step'))} on {inert(host)}: {inert(data.get('result'))}"
     if data.get("outcome"):
-        detail += f" ({data.get('outcome')})"
+        detail += f" ({inert(data.get('outcome'))})"
     return Event(number, kind, when, domid, host=host if isinstance(host, str) else None,
                  detail=detail)
 
