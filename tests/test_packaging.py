@@ -20,6 +20,7 @@ DATA_FILES = [
     "share/zsh/site-functions/_xen-pciback",
     "share/fish/vendor_completions.d/xen-pciback.fish",
     "share/xen-pciback/systemd/xen-pciback-restore.service",
+    "share/xen-pciback/systemd/xen-pciback-serve.service",
 ]
 
 
@@ -99,7 +100,8 @@ def test_install_units_writes_a_unit_that_starts_this_installation(installed, tm
     assert json.loads(again.stdout)["changed"] is False  # idempotent
     if shutil.which("systemd-analyze"):
         verify = subprocess.run(["systemd-analyze", "verify", "--man=no",
-                                 str(tmp_path / "xen-pciback-restore.service")],
+                                 str(tmp_path / "xen-pciback-restore.service"),
+                                 str(tmp_path / "xen-pciback-serve.service")],
                                 capture_output=True, text=True, timeout=60)
         assert verify.returncode == 0, verify.stderr
 
@@ -126,3 +128,27 @@ def test_install_units_dry_run_writes_nothing_and_a_missing_directory_is_one_lin
     assert list(tmp_path.iterdir()) == []
     missing = invoke("install-units", "--dir", tmp_path / "nope")
     assert missing.code == 2 and "does not exist" in missing.error
+
+
+def test_serve_unit_is_type_notify_and_keeps_its_run_dir_across_restarts():
+    """serve sends READY=1 itself (engine.serve.notify_ready); its interrupt records live in the
+    run dir and must outlive a restart, or a restarted serve could not hand the guest's PIRQs
+    back to the adapter."""
+    from xenpciback_cli.engine.units import UNITS, template
+
+    assert "xen-pciback-serve.service" in UNITS
+    lines = template("xen-pciback-serve.service").splitlines()
+    assert "Type=notify" in lines and "NotifyAccess=main" in lines
+    assert [line for line in lines if line.startswith("ExecStart=")] == [
+        "ExecStart=@XEN_PCIBACK@ serve foreground"]
+    assert "RuntimeDirectory=xen-pciback" in lines and "RuntimeDirectoryPreserve=yes" in lines
+    assert "KillSignal=SIGTERM" in lines and "Restart=on-failure" in lines
+    after = " ".join(line.split("=", 1)[1] for line in lines if line.startswith("After="))
+    assert "xenstored.service" in after.split() and "xen-pciback-restore.service" in after.split()
+
+
+def test_serve_unit_run_dir_is_the_one_serve_uses(monkeypatch):
+    from xenpciback_cli.app import Application, Settings
+
+    monkeypatch.delenv("XEN_PCIBACK_RUN_DIR", raising=False)
+    assert str(Application(Settings()).serve_run_dir()) == "/run/xen-pciback"

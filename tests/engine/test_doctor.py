@@ -153,7 +153,68 @@ def test_without_xl_the_iommu_is_unknown_not_guessed(fake, tmp_path):
 def test_no_pciback_under_xen_fails_with_modprobe(fake, tmp_path):
     dom0(fake, pciback=None)
     checks = by_name(run_checks(env_for(fake, tmp_path, xl={"info": XL_INFO_ON, "dmesg": XL_DMESG_IR})))
-    assert checks["backend"].verdict == "fail" and checks["backend"].fix == "modprobe xen-pciback"
+    assert checks["backend"].verdict == "fail"
+    assert "xen-pciback serve foreground" in (checks["backend"].fix or "")
+    assert "modprobe xen-pciback" in (checks["backend"].fix or "")
+
+
+class FakeServe:
+    """A control socket answering ``status`` as a running ``serve`` does (one JSON per connection)."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+        import threading
+
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(4)
+        self.sock.settimeout(5)
+        self.thread = threading.Thread(target=self._answer, daemon=True)
+        self.thread.start()
+
+    def _answer(self) -> None:
+        import json
+
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(4096)
+            conn.sendall(json.dumps({"pid": 4242, "mode": "passthrough",
+                                     "guests": [{"domid": 3}, {"domid": 4}]}).encode())
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(5)
+
+
+def test_no_kernel_pciback_but_serve_running_is_a_backend(fake, tmp_path):
+    dom0(fake, pciback=None)
+    env = env_for(fake, tmp_path, xl={"info": XL_INFO_ON, "dmesg": XL_DMESG_IR})
+    env.serve_control = tmp_path / "serve.sock"
+    serve = FakeServe(env.serve_control)
+    try:
+        checks = by_name(run_checks(env))
+    finally:
+        serve.close()
+    backend = checks["backend"]
+    assert backend.verdict == "ok", backend
+    assert "running, pid 4242, passthrough mode, 2 guest(s)" in backend.detail
+
+
+def test_a_dead_serve_socket_is_not_a_backend(fake, tmp_path):
+    import socket
+
+    dom0(fake, pciback=None)
+    env = env_for(fake, tmp_path, xl={"info": XL_INFO_ON, "dmesg": XL_DMESG_IR})
+    env.serve_control = tmp_path / "serve.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(env.serve_control))   # bound, never listening: connect is refused
+    stale.close()
+    backend = by_name(run_checks(env))["backend"]
+    assert backend.verdict == "fail" and "not answering" in backend.detail
 
 
 def test_xenstored_absent_or_silent_fails(fake, tmp_path):

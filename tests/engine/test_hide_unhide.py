@@ -289,3 +289,42 @@ def test_a_corrupt_journal_entry_stops_hide_before_its_first_write(sandbox):
     assert run.code == 2 and "unhide-0000-03-00-1.json is corrupt" in run.error
     host = open_sandbox(sandbox)
     assert host.device(NIC0).driver == "igb" and host.device(NIC1).driver == "igb"
+
+
+@pytest.mark.parametrize("failure", ["ENOENT", "EACCES", "lost"])
+def test_forgetting_the_libxl_nodes_tolerates_only_their_absence(sandbox, failure):
+    """unhide removes libxl's driver_path and name nodes: one already gone (ENOENT) is fine;
+    any other xenstore failure is an error that names the node, never silently skipped."""
+    from xenpciback_cli.errors import OperationFailed
+    from xenpciback_cli.xenstore.client import XenstoreConnectionLost, XenstoreError
+
+    class Store(dict):
+        def write(self, path, value): self[path] = value
+        def read(self, path): return self[path].encode()
+
+        def rm(self, path):
+            if path not in self:
+                raise XenstoreError("ENOENT", path, "RM")
+            if failure == "lost":
+                raise XenstoreConnectionLost("the daemon went away", path, "RM")
+            if failure != "ENOENT":
+                raise XenstoreError(failure, path, "RM")
+            del self[path]
+
+    host = open_sandbox(sandbox)
+    store = Store()
+    seizer = Seizer(host, sandbox / "state", xenstore=store)
+    [pre] = seizer.preflight([NIC0], "pciback")
+    seizer.hide(pre, "pciback")
+    if failure == "ENOENT":
+        assert seizer.unhide(NIC0, rebind=True).driver == "igb"
+        return
+    with pytest.raises(OperationFailed) as info:
+        seizer.unhide(NIC0, rebind=True)
+    message = str(info.value)
+    assert "/libxl/pci/0000-03-00-0/driver_path" in message and "recover" in message, message
+    assert host.device(NIC0).driver == "igb"  # the release itself was done
+    failure = "ENOENT"  # xenstore answers again: recover finishes the job
+    [outcome] = seizer.recover()
+    assert outcome["action"] == "completed" and store == {}, outcome
+    assert seizer.recover() == []

@@ -104,3 +104,71 @@ def test_every_field_is_validated_and_only_its_device_is_affected(tmp_path, key,
     assert load_record(tmp_path, VF).original_driver == "igbvf"  # the other device is unaffected
     found: list = []
     assert set(load_records(tmp_path, corrupt=found)) == {VF} and len(found) == 1
+
+
+# -- one read of the records per operation ------------------------------------------------------
+def _count_record_reads(monkeypatch):
+    """Every read of a seize-record file (or listing of their dir), by name."""
+    from collections import Counter
+
+    from xenpciback_cli.engine import statestore
+
+    counts: Counter[str] = Counter()
+    read, listing = statestore.StateStore.read, statestore.StateStore.list
+
+    def counted_read(self, name):
+        if name.startswith("seized"):
+            counts[name] += 1
+        return read(self, name)
+
+    def counted_list(self, subdir=None):
+        if subdir == "seized":
+            counts["list seized/"] += 1
+        return listing(self, subdir)
+
+    monkeypatch.setattr(statestore.StateStore, "read", counted_read)
+    monkeypatch.setattr(statestore.StateStore, "list", counted_list)
+    return counts
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["first", "already-seized"])
+def test_hide_and_unhide_read_the_records_once(sandbox, monkeypatch, again):
+    from xenpciback_cli.engine.seize import Seizer
+    from xenpciback_cli.pci.spec import BdfPattern
+    from xenpciback_cli.sandbox.host import open_sandbox
+
+    seizer = Seizer(open_sandbox(sandbox), sandbox / "state")
+    both = [BdfPattern.parse("03:00.0"), BdfPattern.parse("03:00.1")]
+    if again:
+        seizer.hide_devices(both, "pciback", force=True)
+    counts = _count_record_reads(monkeypatch)
+    seizer.hide_devices(both, "pciback", force=True)
+    assert counts["list seized/"] == 1, counts
+    assert all(n == 1 for n in counts.values()), counts  # each file (the old single one too) once
+    counts.clear()
+    report = seizer.unhide_devices(both, rebind=True)
+    assert [r.driver for r in report.results] == ["igb", "igb"]
+    assert all(n == 1 for n in counts.values()), counts
+
+
+def test_record_set_answers_as_load_record(tmp_path):
+    """A RecordSet read once says what load_record says for each device: its own file, else the
+    old single file's entry; a corrupt file of its own, or a corrupt old file it falls back on,
+    raises for that device only."""
+    from xenpciback_cli.engine.records import load_record_set
+
+    put_record(tmp_path, SeizeRecord(NIC, "igb", "pciback"))
+    other = Bdf(0, 5, 0, 0)
+    records_path(tmp_path, VF).write_text("{")
+    records_path(tmp_path).write_text(json.dumps({"devices": [SeizeRecord(other, "e1000e", "pciback").to_json()]}))
+    records = load_record_set(tmp_path)
+    for bdf in (NIC, other, Bdf(0, 6, 0, 0)):
+        assert records.get(bdf) == load_record(tmp_path, bdf)
+    with pytest.raises(StateFileCorrupt) as raised:
+        records.get(VF)
+    assert raised.value.bdf == VF
+    records_path(tmp_path).write_text("[")
+    records = load_record_set(tmp_path)
+    assert records.get(NIC) == load_record(tmp_path, NIC)  # its own file: the old one is not asked
+    with pytest.raises(StateFileCorrupt):
+        records.get(other)

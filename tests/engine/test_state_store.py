@@ -186,3 +186,44 @@ def test_settings_one_file_per_device(tmp_path):
     (tmp_path / "backend-settings" / "0000-03-00-0.json").write_text('{"permissive": 1, "quirks": []}')
     found: list = []
     assert set(load_settings(tmp_path, corrupt=found)) == {OTHER} and found[0].bdf == NIC
+
+
+@pytest.mark.parametrize("kind", ["records", "settings"])
+def test_the_old_single_files_move_the_same_way(tmp_path, kind):
+    """Both old single files (seized.json, backend-settings.json) go through one migration: the
+    first write moves each entry to its device's file, a device's own file wins, the old file
+    goes; a corrupt old file stops the write with nothing moved."""
+    nic, vf, gpu = Bdf(0, 3, 0, 0), Bdf(0, 4, 0x10, 1), Bdf(0, 2, 0, 0)
+    if kind == "records":
+        old, subdir = "seized.json", "seized"
+        own = {"format": 2, **SeizeRecord(vf, "e1000e", "pciback", seized_at=1.0).to_json()}
+        legacy = {"devices": [SeizeRecord(b, "igb", "pciback", seized_at=1.0).to_json() for b in (nic, vf)]}
+
+        def write():
+            put_record(tmp_path, SeizeRecord(gpu, "amdgpu", "pciback"))
+
+        def seen(bdf):
+            return load_record(tmp_path, bdf).original_driver
+    else:
+        old, subdir = "backend-settings.json", "backend-settings"
+        own = {"format": 1, "bdf": str(vf), "permissive": False, "quirks": [[64, 1, 255]]}
+        legacy = {str(b): {"permissive": True, "quirks": []} for b in (nic, vf)}
+
+        def write():
+            record_attach(tmp_path, gpu, permissive=True, quirks=())
+
+        def seen(bdf):
+            return load_settings(tmp_path)[bdf].permissive
+    (tmp_path / subdir).mkdir(mode=0o700)
+    tmp_path.chmod(0o700)
+    (tmp_path / subdir / "0000-04-10-1.json").write_text(json.dumps(own))
+    (tmp_path / old).write_text("{")
+    with pytest.raises(StateFileCorrupt):
+        write()
+    assert sorted(os.listdir(tmp_path / subdir)) == ["0000-04-10-1.json"]
+    (tmp_path / old).write_text(json.dumps(legacy))
+    write()
+    assert not (tmp_path / old).exists()
+    assert sorted(os.listdir(tmp_path / subdir)) == ["0000-02-00-0.json", "0000-03-00-0.json", "0000-04-10-1.json"]
+    assert seen(nic) == (True if kind == "settings" else "igb")
+    assert seen(vf) == (False if kind == "settings" else "e1000e")  # its own file won

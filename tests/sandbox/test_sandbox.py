@@ -411,3 +411,20 @@ def test_simulated_guests_come_back_after_sandbox_stop(pristine_sandbox, tmp_pat
         assert len(_background(target)) == 1  # only xenstored
     finally:
         ok("--sandbox", target, "sandbox", "stop")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_the_state_dir_is_private_like_the_real_one(tmp_path, umask):
+    """S/state holds the journal and seize records (recover acts on them): 0700, as
+    engine/statestore.py creates the real state dir, whatever the umask."""
+    import stat
+
+    from xenpciback_cli.engine.statestore import DIR_MODE
+    from xenpciback_cli.sandbox.host import create_sandbox
+
+    old = os.umask(umask)
+    try:
+        create_sandbox(tmp_path / "s")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "s" / "state").stat().st_mode) == DIR_MODE == 0o700

@@ -54,13 +54,16 @@ EXIT_CODES_HELP = (
 
 
 class Seconds(click.types.FloatParamType):
-    """A duration option: a finite number of seconds, not negative (click's float, and its
-    FloatRange too, let nan and inf through; a wait of nan seconds ends at once or never)."""
+    """A duration option: a finite number of seconds, ``minimum`` or more (click's float, and
+    its FloatRange too, let nan and inf through; a wait of nan seconds ends at once or never)."""
+
+    def __init__(self, minimum: float = 0.0) -> None:
+        self.minimum = minimum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         seconds = float(super().convert(value, param, ctx))
-        if not 0 <= seconds < float("inf"):  # False for nan too
-            self.fail(f"{value!r} is not a number of seconds (0 or more, finite).", param, ctx)
+        if not self.minimum <= seconds < float("inf"):  # False for nan too
+            self.fail(f"{value!r} is not a number of seconds ({self.minimum:g} or more, finite).", param, ctx)
         return seconds
 
 

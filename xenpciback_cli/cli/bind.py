@@ -27,15 +27,16 @@ def command(app: Application, device: str, driver: str, force: bool, dry_run: bo
     the host uses is refused (exit 3) unless --force. DRIVER's module is loaded first
     (modprobe) unless --no-load.
     """
-    from xenpciback_cli.cli.pending import device_patterns, listener_for, load_driver, seizer_for
+    from xenpciback_cli.cli.pending import listener_for, load_driver, seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.engine.selection import select_patterns
     from xenpciback_cli.host.model import driver_name
     from xenpciback_cli.pci.drivers import SEIZE_DRIVERS
 
     terminal = terminal_for(app)
     as_json = app.settings.json
     driver_name(driver)
-    patterns = device_patterns(app, [device])
+    patterns = select_patterns(app.host, app.state_dir, [device], verb="bind", xenstore=app.xenstore)
     load_driver(app, terminal, driver, load=not no_load, dry_run=dry_run)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: render_bound(terminal, r),

@@ -33,7 +33,8 @@ def command(app: Application) -> None:
 
     term = terminal_for(app)
     env = DoctorEnv(platform=app.platform, state_dir=app.state_dir, persist_file=app.persist_file,
-                    host=lambda: app.host, xenstore=app.probe_xenstore, sandbox=app.sandbox_dir)
+                    host=lambda: app.host, xenstore=app.probe_xenstore, sandbox=app.sandbox_dir,
+                    serve_control=app.serve_run_dir() / "serve.sock")
     results = []
     indent = " " * 27  # "verdict  name" columns, so the text keeps its own column
     columns = max(60, shutil.get_terminal_size((80, 24)).columns)

@@ -37,23 +37,17 @@ def command(app: Application, devices: tuple[str, ...], ids_text: str | None, ta
     it, siblings, IOMMU group, SR-IOV, target driver loaded); a refusal exits 3 unless --force.
     A missing target driver's module is loaded first (modprobe) unless --no-load.
     """
-    from xenpciback_cli.cli.pending import device_patterns, listener_for, load_driver, seizer_for
+    from xenpciback_cli.cli.pending import listener_for, load_driver, seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.engine.selection import select_patterns
     from xenpciback_cli.errors import SafetyRefusal
     from xenpciback_cli.pci.spec import device_name
 
     terminal = terminal_for(app)
     as_json = app.settings.json
-    from xenpciback_cli.engine.inventory import seize_patterns
-    from xenpciback_cli.errors import InputError
-    from xenpciback_cli.pci.spec import IdSelector
-
-    if not devices and ids_text is None:
-        raise InputError("name the devices to seize: DEVICE... or -d VENDOR:DEVICE")
-    if name is not None:
+    if name is not None and (devices or ids_text is not None):
         device_name(name)
-    ids = IdSelector.parse(ids_text) if ids_text is not None else None
-    patterns = seize_patterns(app.host, device_patterns(app, devices), ids)
+    patterns = select_patterns(app.host, app.state_dir, devices, ids_text, verb="seize", xenstore=app.xenstore)
     load_driver(app, terminal, target, load=not no_load, dry_run=dry_run)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, target),

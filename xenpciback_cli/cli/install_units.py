@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Say what would change; write nothing.")
 @click.pass_obj
 def command(app: Application, directory: str, dry_run: bool) -> None:
-    """Write xen-pciback-restore.service (boot: recover, then restore, before networking) with
-    the absolute command of this installation, wherever pip put it.
+    """Write xen-pciback-restore.service (boot: recover, then restore, before networking) and
+    xen-pciback-serve.service (the userspace backend, Type=notify) with the absolute command of
+    this installation, wherever pip put it.
 
     Idempotent: a unit already as it should be is left alone (JSON "changed": false). Then run
-    'systemctl daemon-reload && systemctl enable xen-pciback-restore'.
+    'systemctl daemon-reload && systemctl enable xen-pciback-restore', and
+    'systemctl enable --now xen-pciback-serve' where this tool's serve is the backend.
     """
     from xenpciback_cli.cli.terminal import terminal_for
     from xenpciback_cli.engine.units import install
@@ -35,4 +37,5 @@ def command(app: Application, directory: str, dry_run: bool) -> None:
         verb = ("would write" if dry_run else "wrote") if result.changed else "unchanged:"
         terminal.line(f"{verb} {result.path} (runs {result.exec_command})")
     if changed and not dry_run:
-        terminal.info("next: systemctl daemon-reload && systemctl enable xen-pciback-restore")
+        terminal.info("next: systemctl daemon-reload && systemctl enable xen-pciback-restore"
+                      " (and xen-pciback-serve, where serve is the backend)")

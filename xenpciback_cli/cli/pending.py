@@ -96,30 +96,6 @@ def listener_for(terminal: Any, *, as_json: bool, render: Any = None, forced: st
     return TerminalListener()
 
 
-def device_patterns(app: Application, words: Sequence[str]) -> list[Any]:
-    """The devices ``words`` name: PCI addresses and patterns, or else (one device each) a
-    device name given at ``hide --name``/``xl pci-assignable-add -n``, a host network interface
-    (``eth1``) or a block device (``nvme0n1``), as driverctl and dpdk-devbind accept."""
-    from xenpciback_cli.errors import InputError
-    from xenpciback_cli.pci.spec import BdfPattern, parse_device_patterns
-
-    patterns: list[Any] = []
-    for word in words:
-        try:
-            patterns += parse_device_patterns([word])
-            continue
-        except InputError as exc:
-            problem = exc
-        from xenpciback_cli.engine.names import resolve_device_word
-
-        bdf = resolve_device_word(word, app.host, app.state_dir, app.xenstore())
-        if bdf is None:
-            raise InputError(f"{problem}; nor is {word!r} a device name, network interface or "
-                             "block device on this host")
-        patterns.append(BdfPattern.parse(str(bdf)))
-    return patterns
-
-
 def load_driver(app: Application, terminal: Any, driver: str, *, load: bool, dry_run: bool) -> str | None:
     """Load the module of ``driver`` when it is not loaded (``modprobe``), unless ``load`` is
     off or this is a dry run; one line says what was (or would be) loaded. Returns the module."""

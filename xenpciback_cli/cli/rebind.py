@@ -29,19 +29,13 @@ def command(app: Application, devices: tuple[str, ...], ids_text: str | None, fo
     uses is refused (exit 3) unless --force.
     """
     from xenpciback_cli.cli.bind import render_bound
-    from xenpciback_cli.cli.pending import device_patterns, listener_for, seizer_for
+    from xenpciback_cli.cli.pending import listener_for, seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.engine.selection import select_patterns
 
     terminal = terminal_for(app)
     as_json = app.settings.json
-    from xenpciback_cli.engine.inventory import seize_patterns
-    from xenpciback_cli.errors import InputError
-    from xenpciback_cli.pci.spec import IdSelector
-
-    if not devices and ids_text is None:
-        raise InputError("name the devices to rebind: DEVICE... or -d VENDOR:DEVICE")
-    ids = IdSelector.parse(ids_text) if ids_text is not None else None
-    patterns = seize_patterns(app.host, device_patterns(app, devices), ids)
+    patterns = select_patterns(app.host, app.state_dir, devices, ids_text, verb="rebind", xenstore=app.xenstore)
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: render_bound(terminal, r),
                             forced="FORCED past a safety refusal: ")

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from xenpciback_cli.cli import Seconds
+
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
 
@@ -16,8 +18,8 @@ if TYPE_CHECKING:
 @click.argument("bdf")
 @click.option("--error", "error", type=click.Choice(["fatal", "nonfatal", "corrected"]),
               default="nonfatal", show_default=True, help="The AER severity the host reports.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              help="Seconds to wait for the recovery to finish.")
+@click.option("--timeout", type=Seconds(minimum=0.1), default=30.0, show_default=True, metavar="SECONDS",
+              help="Seconds to wait for the recovery to finish (at least 0.1).")
 @click.pass_obj
 def command(app: Application, bdf: str, error: str, timeout: float) -> None:
     """Raise an AER error on BDF as the host's AER core would, and show the recovery.

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from xenpciback_cli.cli import Seconds
+
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
 
@@ -21,8 +23,8 @@ if TYPE_CHECKING:
               help="Rotate the --record file at SIZE (as 'serve foreground' does).")
 @click.option("--record-keep", "keep", type=click.IntRange(min=1, max=1000), default=5,
               show_default=True, metavar="N", help="Rotated files kept (FILE.1 to FILE.N).")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to wait for the backend at each step.")
+@click.option("--timeout", type=Seconds(minimum=0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="Seconds to wait for the backend at each step (at least 0.1).")
 @click.option("--aer-result", type=click.Choice(["driver", "recovered", "can_recover", "need_reset",
                                                 "disconnect", "none", "no-handler", "ignore"]),
               default="driver", show_default=True,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from xenpciback_cli.cli import LazyGroup
+from xenpciback_cli.cli import LazyGroup, Seconds
 
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
@@ -34,9 +34,10 @@ def group() -> None:
                    "FILE becomes FILE.1 (FILE.gz: FILE.1.gz) and a new FILE starts.")
 @click.option("--record-keep", "keep", type=click.IntRange(min=1, max=1000), default=5,
               show_default=True, metavar="N", help="Rotated files kept (FILE.1 to FILE.N).")
-@click.option("--aer-timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True,
+@click.option("--aer-timeout", type=Seconds(minimum=0.1), default=300.0, show_default=True,
               metavar="SECONDS",
-              help="How long a guest may take to answer an AER request before aerState=aerfail.")
+              help="How long a guest may take to answer an AER request before aerState=aerfail "
+                   "(at least 0.1).")
 @click.pass_obj
 def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str | None,
                max_size: str | None, keep: int, aer_timeout: float) -> None:

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from xenpciback_cli.cli import Seconds
+
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
     from xenpciback_cli.toolstack.xenbus import XenbusState
@@ -14,7 +16,7 @@ if TYPE_CHECKING:
 @click.command("status")
 @click.option("--domid", "-d", type=int, required=True, help="Guest domain id.")
 @click.option("--socket", "socket_path", metavar="PATH", default=None, help="xenstored socket.")
-@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+@click.option("--wait", "wait_seconds", type=Seconds(), default=None, metavar="SECONDS",
               help="First wait until backend and guest are both Connected; on timeout fail (exit 1) "
                    "naming the stuck state and whose move it is.")
 @click.pass_obj

@@ -29,28 +29,20 @@ def command(app: Application, devices: tuple[str, ...], ids_text: str | None, re
 
     Refuses (exit 3) while the device is attached to a guest.
     """
-    from xenpciback_cli.cli.pending import device_patterns, listener_for, seizer_for
+    from xenpciback_cli.cli.pending import listener_for, seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
+    from xenpciback_cli.engine.selection import select_patterns
 
     terminal = terminal_for(app)
     as_json = app.settings.json
-    from xenpciback_cli.engine.inventory import held_patterns, seize_patterns
-    from xenpciback_cli.errors import InputError
-    from xenpciback_cli.pci.spec import IdSelector
-
-    if not devices and ids_text is None:
-        raise InputError("name the devices to release: DEVICE... or -d VENDOR:DEVICE")
-    patterns = device_patterns(app, devices)
-    if ids_text is not None:
-        patterns = held_patterns(app.host, app.state_dir, patterns, IdSelector.parse(ids_text))
-        if not patterns:
-            if as_json:
-                terminal.json({"changed": False, "dry_run": dry_run, "devices": [], "unpersisted": False})
-            else:
-                terminal.line(f"no seized device has ids {ids_text}; nothing to do")
-            return
-    else:
-        patterns = seize_patterns(app.host, patterns)
+    patterns = select_patterns(app.host, app.state_dir, devices, ids_text, verb="release",
+                               xenstore=app.xenstore, held=True)
+    if not patterns:  # -d selected devices, none of them seized
+        if as_json:
+            terminal.json({"changed": False, "dry_run": dry_run, "devices": [], "unpersisted": False})
+        else:
+            terminal.line(f"no seized device has ids {ids_text}; nothing to do")
+        return
     seizer = seizer_for(app)
     listener = listener_for(terminal, as_json=as_json, render=lambda r: _render(terminal, r, rebind))
     report = seizer.unhide_devices(patterns, rebind=rebind, force=force, dry_run=dry_run,

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from xenpciback_cli.cli import Seconds
+
 if TYPE_CHECKING:
     from xenpciback_cli.app import Application
     from xenpciback_cli.cli.terminal import Terminal
@@ -128,7 +130,7 @@ def rm(ctx: click.Context, paths: tuple[str, ...], socket_path: str | None) -> N
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--count", "-n", type=click.IntRange(1), default=None,
               help="Stop after N events (the initial event of each watch counts).")
-@click.option("--timeout", type=click.FloatRange(0), default=None, metavar="SECONDS",
+@click.option("--timeout", type=Seconds(), default=None, metavar="SECONDS",
               help="Stop after this long without reaching --count.")
 @_socket_option
 @click.pass_context

@@ -69,8 +69,9 @@ def _entry(value: object, what: str) -> DeviceSettings:
     return DeviceSettings(st.boolean(entry["permissive"], f"{what} permissive"), tuple(parsed))
 
 
-def _legacy(store: st.StateStore) -> dict[Bdf, DeviceSettings]:
-    data = store.read(FILE_NAME)
+def _legacy(store: st.StateStore, data: bytes | None = None) -> dict[Bdf, DeviceSettings]:
+    """The older single file's settings (``data``: its bytes, when read already)."""
+    data = store.read(FILE_NAME) if data is None else data
     if data is None:
         return {}
     try:
@@ -112,10 +113,9 @@ def load_settings(state_dir: str | os.PathLike[str], *,
 
 
 def _migrate(store: st.StateStore) -> None:
-    for bdf, settings in _legacy(store).items():
-        if store.read(_name(bdf)) is None:
-            _store(store, bdf, settings)
-    store.remove(FILE_NAME)
+    """Move the older single file's settings into per-device files (the first write does it)."""
+    st.migrate_legacy(store, FILE_NAME, lambda data: _legacy(store, data), _name,
+                      lambda bdf, settings: _store(store, bdf, settings))
 
 
 def _store(store: st.StateStore, bdf: Bdf, settings: DeviceSettings) -> None:

@@ -71,6 +71,8 @@ class DoctorEnv:
     #: one is there but does not answer.
     xenstore: Callable[[], XenstoreClient | None]
     sandbox: Path | None = None
+    #: The control socket of a running ``serve`` (the userspace backend), if one is expected.
+    serve_control: Path | None = None
     _xen: bool = field(default=False, init=False)
     _attachments: dict[Bdf, int] | None = field(default=None, init=False)
 
@@ -195,35 +197,59 @@ def _interrupt_remapping(env: DoctorEnv) -> CheckResult:
                        "/var/log/xen/)")
 
 
-# -- the backend ---------------------------------------------------------------------------------
-SERVE_NOTE = "userspace backend (serve): not running (not in this release)"
+# -- the backend ----------------------------------------------------------------------------------
+SERVE_START = "xen-pciback serve foreground (systemd: systemctl enable --now xen-pciback-serve)"
+
+
+def _serve(env: DoctorEnv) -> tuple[bool, str]:
+    """(is this tool's ``serve`` answering, one phrase saying so) - asked through its control
+    socket with a short timeout; a socket nobody answers on is "not running"."""
+    path = env.serve_control
+    if path is None or not path.exists():
+        return False, "userspace backend (serve): not running"
+    from xenpciback_cli.engine.serve import read_status
+
+    try:
+        status = read_status(str(path), timeout=1.0)
+    except (OSError, ValueError):
+        return False, f"userspace backend (serve): not answering on {path} (not running?)"
+    guests = status.get("guests")
+    count = len(guests) if isinstance(guests, list) else 0
+    return True, (f"userspace backend (serve): running, pid {status.get('pid')}, "
+                  f"{status.get('mode', '?')} mode, {count} guest(s)")
 
 
 def _backend(env: DoctorEnv) -> CheckResult:
     module = env.platform.pciback()
+    serving, serve_note = _serve(env)
     if env.sandbox is not None:
         if module.driver_registered:
-            return CheckResult("backend", OK, f"the sandbox's simulated kernel pciback; {SERVE_NOTE}")
-        return CheckResult("backend", FAIL, "the sandbox has no pciback driver",
-                           f"recreate it: xen-pciback sandbox init --force {env.sandbox}")
+            return CheckResult("backend", OK, f"the sandbox's simulated kernel pciback; {serve_note}")
+        if serving:
+            return CheckResult("backend", OK, f"no simulated kernel pciback; {serve_note}")
+        return CheckResult("backend", FAIL, "the sandbox has no pciback driver and serve is not running",
+                           f"start the userspace backend: xen-pciback --sandbox {env.sandbox} "
+                           "serve foreground")
     if not env._xen:
         available = env.platform.pciback_module_available()
         note = {True: "xen-pciback.ko is installed for this kernel",
                 False: "this kernel has no xen-pciback.ko", None: ""}[available]
         return CheckResult("backend", SKIP, f"{NEEDS_XEN}: pciback loads only in dom0"
-                                            + (f"; {note}" if note else "") + f"; {SERVE_NOTE}")
+                                            + (f"; {note}" if note else "") + f"; {serve_note}")
     if not module.driver_registered:
+        if serving:
+            return CheckResult("backend", OK, f"the kernel's pciback is not loaded; {serve_note}")
         available = env.platform.pciback_module_available()
-        fix = ("modprobe xen-pciback" if available is not False else
-               "use a kernel built with CONFIG_XEN_PCIDEV_BACKEND (Debian's kernels have it)")
-        return CheckResult("backend", FAIL, f"no PCI backend: the kernel's pciback is not loaded; {SERVE_NOTE}",
-                           fix)
+        fix = (f"start the userspace backend: {SERVE_START}"
+               + ("; or load the kernel's: modprobe xen-pciback" if available is not False else ""))
+        return CheckResult("backend", FAIL, f"no PCI backend: the kernel's pciback is not loaded; "
+                                            f"{serve_note}", fix)
     kind = {"module": "loaded as a module", "built-in": "built into the kernel",
             None: "module state unknown"}[module.kind]
     mode = {True: "passthrough mode (guests see the real addresses)",
             False: "vpci mode (guests see one virtual bus 0000:00)",
             None: "mode unknown (no parameters/passthrough)"}[module.passthrough]
-    return CheckResult("backend", OK, f"kernel pciback, {kind}, {mode}; {SERVE_NOTE}")
+    return CheckResult("backend", OK, f"kernel pciback, {kind}, {mode}; {serve_note}")
 
 
 # -- xenstored -----------------------------------------------------------------------------------

@@ -6,14 +6,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from xenpciback_cli.config.dumpfile import DumpedDevice, config_image, devices_in_dump
 from xenpciback_cli.config.report import DeviceSource
 from xenpciback_cli.errors import DeviceNotFound, InputError, XenPcibackError, from_oserror
 from xenpciback_cli.engine.inventory import select_devices
+from xenpciback_cli.host.model import Host
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.spec import IdSelector, parse_device_patterns
+
+
+class InspectApp(Protocol):
+    """What ``inspect`` reads of the application (``app.Application`` is one): the host model,
+    and whether it is a sandbox's (said in each device's source)."""
+
+    @property
+    def host(self) -> Host: ...
+
+    @property
+    def sandbox_dir(self) -> Path | None: ...
 
 
 def read_dump_file(path: str | Path) -> list[DumpedDevice]:
@@ -50,7 +62,7 @@ def binary_label(path: str | Path) -> str | None:
         return None
 
 
-def collect_sources(app: Any, bdfs: Sequence[str], *, dump_file: str | None = None,
+def collect_sources(app: InspectApp, bdfs: Sequence[str], *, dump_file: str | None = None,
                     binary_file: str | None = None, ids: IdSelector | None = None) -> list[DeviceSource]:
     if dump_file and binary_file:
         raise InputError("give either --from-dump or --from-binary, not both")
@@ -91,7 +103,7 @@ def collect_sources(app: Any, bdfs: Sequence[str], *, dump_file: str | None = No
     if not wanted:
         what = " ".join([*bdfs, *([f"-d {ids}"] if ids else [])])
         raise DeviceNotFound(f"no PCI device matches {what} on this host")
-    source = "sandbox" if getattr(app, "sandbox_dir", None) is not None else "sysfs"
+    source = "sandbox" if app.sandbox_dir is not None else "sysfs"
     out = []
     for bdf in wanted:
         found = host.device(bdf)

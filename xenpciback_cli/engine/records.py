@@ -103,8 +103,9 @@ def _name(bdf: Bdf) -> str:
     return f"{RECORDS_DIR}/{bdf.xs_key}.json"
 
 
-def _legacy(store: st.StateStore) -> dict[Bdf, SeizeRecord]:
-    data = store.read(LEGACY_FILE)
+def _legacy(store: st.StateStore, data: bytes | None = None) -> dict[Bdf, SeizeRecord]:
+    """The old single file's records (``data``: its bytes, when read already)."""
+    data = store.read(LEGACY_FILE) if data is None else data
     if data is None:
         return {}
     path = store.path(LEGACY_FILE)
@@ -154,14 +155,79 @@ def load_records(state_dir: str | os.PathLike[str], *,
     return dict(sorted(records.items()))
 
 
+@dataclass
+class RecordSet:
+    """Every record as one operation read it (:func:`load_record_set`), so the operation consults
+    this instead of reading the files again for each step and device. Whoever holds it under the
+    state dir's lock keeps it true: :func:`put_record`/:func:`drop_record` given it update it.
+
+    :meth:`get` answers as :func:`load_record` would have: a corrupt file of the device's own
+    raises, so does a corrupt old single file when the device has no file of its own."""
+
+    records: dict[Bdf, SeizeRecord]
+    #: Every corrupt record file found (the device's own, the old single file, a misnamed one).
+    corrupt: list[StateFileCorrupt]
+    #: The devices with a file of their own (valid or not); the others fall back to the old file.
+    own: set[Bdf]
+    legacy_path: Path
+    #: Whether the old single file is there (the first write moves it into per-device files).
+    legacy_present: bool = False
+
+    def get(self, bdf: Bdf) -> SeizeRecord | None:
+        for problem in self.corrupt:
+            if problem.bdf == bdf:
+                raise problem
+        if bdf not in self.own:
+            for problem in self.corrupt:
+                if problem.path == self.legacy_path:
+                    raise problem
+        return self.records.get(bdf)
+
+    def put(self, record: SeizeRecord) -> None:
+        """``record`` was written (and the old single file's records moved to files of their own)."""
+        self.records[record.bdf] = record
+        self.own.update(self.records)
+        self.legacy_present = False
+        self.corrupt = [p for p in self.corrupt if p.bdf != record.bdf]
+
+    def drop(self, bdf: Bdf) -> None:
+        """``bdf``'s file was removed (and the old single file's records moved)."""
+        self.records.pop(bdf, None)
+        self.own.update(self.records)
+        self.legacy_present = False
+        self.own.add(bdf)  # its old-file entry, if any, went with the move
+        self.corrupt = [p for p in self.corrupt if p.bdf != bdf]
+
+
+def load_record_set(state_dir: str | os.PathLike[str]) -> RecordSet:
+    """Every record, read once; corrupt files are collected, not raised (:meth:`RecordSet.get`
+    raises the one about the device asked for)."""
+    store = st.StateStore(state_dir)
+    own: set[Bdf] = set()
+    present = False
+
+    def legacy() -> dict[Bdf, SeizeRecord]:
+        nonlocal present
+        data = store.read(LEGACY_FILE)
+        present = data is not None
+        return {} if data is None else _legacy(store, data)
+
+    def parse(name: str, device: Bdf) -> SeizeRecord | None:
+        data = store.read_for(name, device)
+        if data is None:
+            return None
+        own.add(device)
+        return _parse(data, store.path(name), device)
+
+    corrupt: list[StateFileCorrupt] = []
+    records = st.load_per_device(store, RECORDS_DIR, "record", legacy, parse, corrupt)
+    return RecordSet(dict(sorted(records.items())), corrupt, own, store.path(LEGACY_FILE), present)
+
+
 def _migrate(store: st.StateStore) -> None:
     """Move the old single file's records into per-device files (the first write does it)."""
-    legacy = _legacy(store)
-    for bdf, record in legacy.items():
-        if store.read(_name(bdf)) is None:
-            _write(store, record)
-    if store.read(LEGACY_FILE) is not None:
-        store.remove(LEGACY_FILE)
+    st.migrate_legacy(store, LEGACY_FILE, lambda data: _legacy(store, data), _name,
+                      lambda _bdf, record: _write(store, record))
 
 
 def _write(store: st.StateStore, record: SeizeRecord) -> None:
@@ -181,23 +247,33 @@ def save_records(state_dir: str | os.PathLike[str], records: dict[Bdf, SeizeReco
         _write(store, record)
 
 
-def put_record(state_dir: str | os.PathLike[str], record: SeizeRecord) -> None:
+def put_record(state_dir: str | os.PathLike[str], record: SeizeRecord, *,
+               records: RecordSet | None = None) -> None:
+    """Write ``record`` (``records``, the operation's set, follows)."""
     store = st.StateStore(state_dir)
-    _migrate(store)
+    if records is None or records.legacy_present:
+        _migrate(store)
     _write(store, record)
+    if records is not None:
+        records.put(record)
 
 
-def drop_record(state_dir: str | os.PathLike[str], bdf: Bdf) -> SeizeRecord | None:
+def drop_record(state_dir: str | os.PathLike[str], bdf: Bdf, *,
+                records: RecordSet | None = None) -> SeizeRecord | None:
     """Forget ``bdf``'s record; return it (None if there was none). A corrupt file is removed
-    too, since dropping is what its fix asks for."""
+    too, since dropping is what its fix asks for. ``records``: the operation's set, consulted
+    instead of the file and kept true."""
     store = st.StateStore(state_dir)
     try:
-        record = load_record(state_dir, bdf)
+        record = records.get(bdf) if records is not None else load_record(state_dir, bdf)
     except StateFileCorrupt as exc:
         if exc.bdf != bdf:
             raise
         record = None
-    _migrate(store)
+    if records is None or records.legacy_present:
+        _migrate(store)
     store.remove(_name(bdf))
+    if records is not None:
+        records.drop(bdf)
     return record
 

@@ -36,7 +36,14 @@ from xenpciback_cli.engine.identity import DeviceIdentity, differences, identity
 from xenpciback_cli.engine.preflight import Preflight, check_hide
 from xenpciback_cli.engine import persist as persisted
 from xenpciback_cli.engine.backend_settings import load_settings, record_release
-from xenpciback_cli.engine.records import SeizeRecord, drop_record, load_record, load_records, put_record
+from xenpciback_cli.engine.records import (
+    RecordSet,
+    SeizeRecord,
+    drop_record,
+    load_record,
+    load_record_set,
+    put_record,
+)
 from xenpciback_cli.host.model import AttributeWrite, Host, WriteHook, driver_name
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.address import Bdf
@@ -309,7 +316,7 @@ class Seizer:
         if name is not None and len(self.select(patterns)) != 1:
             raise errors.InputError("hide --name names one device: give exactly one address")
         with self._operation(dry_run):
-            listener.pending(*self._pending())
+            records = self._pending(listener)
             persisting = persist and not dry_run
             if persisting:
                 if config is None:
@@ -317,18 +324,19 @@ class Seizer:
                 _check_config_target(config, config_named)  # before any sysfs write
             bdfs = self.select(patterns)
             if not dry_run:
-                self._validate(bdfs)
+                self._validate(bdfs, records)
             if name is not None:
                 from xenpciback_cli.engine.names import check_name_free
 
                 check_name_free(name, bdfs[0], self.state_dir, self.xenstore)
-            preflights = self.preflight(bdfs, target)
+            preflights = self.preflight(bdfs, target, records=records)
             listener.checked(preflights)
             forced = self.enforce(preflights, force=force)
             listener.forced(forced)
             results: list[DeviceResult] = []
             for preflight in listener.each(preflights, "seizing"):
-                result = self.hide(preflight, target, persist=persist, dry_run=dry_run, name=name)
+                result = self.hide(preflight, target, persist=persist, dry_run=dry_run, name=name,
+                                   records=records)
                 result.forced = [f for f in forced if f.startswith(f"{result.bdf}:")]
                 results.append(result)
                 listener.done(result)
@@ -349,18 +357,18 @@ class Seizer:
         listener = listener or Listener()
         self._present(patterns)
         with self._operation(dry_run):
-            listener.pending(*self._pending())
+            records = self._pending(listener)
             if not dry_run and config is not None:
                 persisted.load(config, must_exist=config_named)  # before any sysfs write
             bdfs = self.select(patterns)
             if not dry_run:
-                self._validate(bdfs)
+                self._validate(bdfs, records)
             if force:
                 listener.forced([f"releasing {bdf} while attached to domain {self.attachments[bdf]}"
                                  for bdf in bdfs if bdf in self.attachments])
             results: list[DeviceResult] = []
             for bdf in listener.each(bdfs, "releasing"):
-                result = self.unhide(bdf, rebind=rebind, force=force, dry_run=dry_run)
+                result = self.unhide(bdf, rebind=rebind, force=force, dry_run=dry_run, records=records)
                 results.append(result)
                 listener.done(result)
             unpersisted = False
@@ -379,7 +387,7 @@ class Seizer:
         its record kept (a different device at the address is refused)."""
         listener = listener or Listener()
         with self._operation(dry_run):
-            listener.pending(*self._pending())
+            records = self._pending(listener)
             devices = persisted.load(config, must_exist=config_named)
             present = self.host.addresses()
             report: list[dict[str, object]] = []
@@ -391,9 +399,9 @@ class Seizer:
                     continue
                 for bdf in selected:
                     try:
-                        [pre] = self.preflight([bdf], entry.driver, restoring=True)
+                        [pre] = self.preflight([bdf], entry.driver, restoring=True, records=records)
                         self.enforce([pre], force=force)
-                        result = self.hide(pre, entry.driver, persist=True, dry_run=dry_run)
+                        result = self.hide(pre, entry.driver, persist=True, dry_run=dry_run, records=records)
                         report.append({"bdf": str(bdf), "status": result.status, "changed": result.changed,
                                        "detail": f"{result.original_driver or 'no driver'} -> {result.driver}"})
                     except errors.SafetyRefusal as exc:
@@ -413,23 +421,26 @@ class Seizer:
             if bdf not in present:
                 raise errors.DeviceNotFound(f"no PCI device {bdf} on this host", bdf=bdf)
 
-    def _validate(self, bdfs: Iterable[Bdf]) -> None:
-        """Read the state files of these devices (journal entries, records) so a corrupt one
+    def _validate(self, bdfs: Iterable[Bdf], records: RecordSet) -> None:
+        """Check the state files of these devices (journal entries, records) so a corrupt one
         stops the operation (exit 2, naming the file) before its first sysfs write, not half-way.
         Backend settings need no check: a release ends them, a corrupt file included."""
         for bdf in bdfs:
-            load_record(self.state_dir, bdf)
+            records.get(bdf)
             for op in OPS:  # Journal.begin reads each op's entry too
                 self.journal.entry_for(op, bdf)
 
-    def _pending(self) -> tuple[list[JournalEntry], list[errors.StateFileCorrupt]]:
-        """The journal's entries, and every corrupt state file (reported, not raised: the
-        command about that device refuses it)."""
+    def _pending(self, listener: Listener) -> RecordSet:
+        """Tell ``listener`` the journal's entries and every corrupt state file (reported, not
+        raised: the command about that device refuses it); return the seize records, read here
+        once for the whole operation."""
         problems: list[errors.StateFileCorrupt] = []
         entries = pending_operations(self.state_dir, corrupt=problems)
-        load_records(self.state_dir, corrupt=problems)
+        records = load_record_set(self.state_dir)
+        problems += records.corrupt
         load_settings(self.state_dir, corrupt=problems)
-        return entries, problems
+        listener.pending(entries, problems)
+        return records
 
     def select(self, patterns: Iterable[BdfPattern]) -> list[Bdf]:
         """The devices ``patterns`` name, in order, once each: a wildcard expands to the functions
@@ -446,17 +457,20 @@ class Seizer:
         return bdfs
 
     # -- hide -------------------------------------------------------------------------------
-    def preflight(self, bdfs: Collection[Bdf], target: str, *, restoring: bool = False) -> list[Preflight]:
+    def preflight(self, bdfs: Collection[Bdf], target: str, *, restoring: bool = False,
+                  records: RecordSet | None = None) -> list[Preflight]:
         """The checks of each device. ``restoring``: the records' identities are what must be
-        found at their addresses (a different device there is refused)."""
-        corrupt: list[errors.StateFileCorrupt] = []
-        records = load_records(self.state_dir, corrupt=corrupt)
-        for problem in corrupt:  # another device's corrupt record does not stop this one
+        found at their addresses (a different device there is refused). ``records``: the
+        operation's records (read here when not given)."""
+        if records is None:
+            records = load_record_set(self.state_dir)
+        for problem in records.corrupt:  # another device's corrupt record does not stop this one
             if problem.bdf is None or problem.bdf in bdfs:
                 raise problem
+        known = records.records
         by_address = {d.bdf: d for d in self.host.devices()}
-        return [check_hide(self.host, bdf, target, records=records, hiding=bdfs, by_address=by_address,
-                           expected=records[bdf].identity if restoring and bdf in records else None)
+        return [check_hide(self.host, bdf, target, records=known, hiding=bdfs, by_address=by_address,
+                           expected=known[bdf].identity if restoring and bdf in known else None)
                 for bdf in bdfs]
 
     @staticmethod
@@ -487,19 +501,24 @@ class Seizer:
         return overridden
 
     def hide(self, preflight: Preflight, target: str, *, persist: bool = False,
-             dry_run: bool = False, name: str | None = None) -> DeviceResult:
-        """Seize one device whose pre-flight has passed (or was forced)."""
+             dry_run: bool = False, name: str | None = None,
+             records: RecordSet | None = None) -> DeviceResult:
+        """Seize one device whose pre-flight has passed (or was forced). ``records``: the
+        operation's records (read here when not given), kept true as this writes."""
         device = preflight.device
         assert device is not None
+        if records is None:
+            records = load_record_set(self.state_dir)
         checks = [c.to_json() for c in preflight.checks]
-        existing = load_record(self.state_dir, device.bdf)
+        existing = records.get(device.bdf)
         identity = identity_of(self.host, device.bdf)
         if preflight.already_seized:
             if not dry_run:
                 self._keep_record(device, existing, identity, self._original_for(device, existing, identity),
-                                  target, "override", persist, name)
-            return DeviceResult(device.bdf, DeviceStatus.ALREADY_SEIZED, self._original(device.bdf), target,
-                                checks=checks)
+                                  target, "override", persist, name, records=records)
+            kept = records.get(device.bdf)
+            return DeviceResult(device.bdf, DeviceStatus.ALREADY_SEIZED, kept.original_driver if kept else None,
+                                target, checks=checks)
         original = self._original_for(device, existing, identity)
         method, steps = plan_hide(self.host, device, target)
         # The journal's original is where a rollback returns the device (it may be pci-stub);
@@ -514,7 +533,7 @@ class Seizer:
             raise errors.OperationFailed(
                 f"hide {device.bdf}: {target} did not bind it (driver now "
                 f"{now.driver or 'none'}); run 'xen-pciback recover'")
-        self._keep_record(device, None, identity, original, target, method, persist, name)
+        self._keep_record(device, None, identity, original, target, method, persist, name, records=records)
         self.journal.finish(entry)
         return DeviceResult(device.bdf, DeviceStatus.SEIZED, original, target, method, checks, writes)
 
@@ -531,26 +550,29 @@ class Seizer:
 
     # -- unhide -----------------------------------------------------------------------------
     def unhide(self, bdf: Bdf, *, rebind: bool = False, force: bool = False,
-               dry_run: bool = False) -> DeviceResult:
+               dry_run: bool = False, records: RecordSet | None = None) -> DeviceResult:
+        """Release one device. ``records``: the operation's records (read here when not given)."""
         domid = self.attachments.get(bdf)
         if domid is not None and not force:
             raise errors.SafetyRefusal(f"refusing to unhide {bdf}: it is attached to domain {domid} "
                                        f"(detach it first with 'xl pci-detach {domid} {bdf}')")
         device = self.host.device(bdf)
-        record = load_record(self.state_dir, bdf)
+        if records is None:
+            records = load_record_set(self.state_dir)
+        record = records.get(bdf)
         held = device.driver in SEIZE_DRIVERS
         if record is not None and record.released and not held:
             # Released by a plain unhide: only --rebind has something left to do, and only while
             # no host driver has taken the device meanwhile.
             if not rebind or device.driver is not None:
                 if device.driver is not None and not dry_run:
-                    drop_record(self.state_dir, bdf)  # a host driver has it: the record is spent
+                    drop_record(self.state_dir, bdf, records=records)  # a host driver has it: spent
                 return DeviceResult(bdf, DeviceStatus.NOT_SEIZED, record.original_driver, device.driver)
         elif record is None and not held:
             return DeviceResult(bdf, DeviceStatus.NOT_SEIZED, None, device.driver)
         elif record is not None and not held and device.driver is not None:
             if not dry_run:
-                drop_record(self.state_dir, bdf)  # a stale record: the host has the device
+                drop_record(self.state_dir, bdf, records=records)  # stale: the host has the device
             return DeviceResult(bdf, DeviceStatus.NOT_SEIZED, None, device.driver)
         target = record.target_driver if record else str(device.driver)
         original = host_driver(record.original_driver) if record else None
@@ -569,7 +591,7 @@ class Seizer:
         now = self.host.device(bdf)
         if now.driver == target:
             raise errors.OperationFailed(f"unhide {bdf}: still bound to {target}; run 'xen-pciback recover'")
-        self._released(bdf, record, identity, original, target, method, keep=not rebind)
+        self._released(bdf, record, identity, original, target, method, keep=not rebind, records=records)
         self.journal.finish(entry)
         return DeviceResult(bdf, DeviceStatus.RELEASED, original, now.driver, writes=writes)
 
@@ -584,13 +606,13 @@ class Seizer:
         if target is not None:
             driver_name(target)
         with self._operation(dry_run):
-            listener.pending(*self._pending())
+            records = self._pending(listener)
             present = set(self.host.addresses())
             for bdf in bdfs:
                 if bdf not in present:
                     raise errors.DeviceNotFound(f"no PCI device {bdf} on this host", bdf=bdf)
             if not dry_run:
-                self._validate(bdfs)
+                self._validate(bdfs, records)
             verb = f"bind {target} to" if target else "rebind"
             forced: list[str] = []
             for bdf in bdfs:
@@ -615,13 +637,14 @@ class Seizer:
             listener.forced(forced)
             results: list[DeviceResult] = []
             for bdf in listener.each(list(bdfs), "binding"):
-                result = self.bind(bdf, target, dry_run=dry_run)
+                result = self.bind(bdf, target, dry_run=dry_run, records=records)
                 result.forced = [f for f in forced if f.startswith(f"{bdf}:")]
                 results.append(result)
                 listener.done(result)
             return results
 
-    def bind(self, bdf: Bdf, target: str | None, *, dry_run: bool = False) -> DeviceResult:
+    def bind(self, bdf: Bdf, target: str | None, *, dry_run: bool = False,
+             records: RecordSet | None = None) -> DeviceResult:
         """One device to ``target`` (or to the kernel's choice); the caller holds the lock."""
         device = self.host.device(bdf)
         if _bind_done(device, target):
@@ -634,20 +657,20 @@ class Seizer:
         if dry_run:
             return DeviceResult(bdf, DeviceStatus.PLANNED, device.driver, target, method, writes=writes)
         now = self.host.device(bdf)
-        self._bound(bdf, device, now)
+        self._bound(bdf, device, now, records)
         self.journal.finish(entry)
         if target is not None and now.driver != target:
             raise errors.OperationFailed(f"bind {bdf}: {target} did not take it (driver now "
                                          f"{now.driver or 'none'}; its probe refused the device?)")
         return DeviceResult(bdf, DeviceStatus.BOUND, device.driver, now.driver, method, writes=writes)
 
-    def _bound(self, bdf: Bdf, before: PciDevice, now: PciDevice) -> None:
+    def _bound(self, bdf: Bdf, before: PciDevice, now: PciDevice, records: RecordSet | None = None) -> None:
         """After a bind: a device that left a seize driver for a host one is no longer seized."""
         if self._dry:
             return
         if before.driver in SEIZE_DRIVERS and now.driver not in SEIZE_DRIVERS:
             with contextlib.suppress(errors.StateFileCorrupt):
-                drop_record(self.state_dir, bdf)
+                drop_record(self.state_dir, bdf, records=records)
             self._forget(bdf)
 
     def _recover_bind(self, entry: JournalEntry, device: PciDevice, outcome: dict[str, object]) -> None:
@@ -677,13 +700,9 @@ class Seizer:
             self.journal.step_done(entry, index)
         return writes
 
-    def _original(self, bdf: Bdf) -> str | None:
-        record = load_record(self.state_dir, bdf)
-        return record.original_driver if record else None
-
     def _keep_record(self, device: PciDevice, existing: SeizeRecord | None, identity: DeviceIdentity | None,
                      original: str | None, target: str, method: str, persist: bool,
-                     name: str | None = None) -> None:
+                     name: str | None = None, *, records: RecordSet | None = None) -> None:
         """Record a seize; an existing live record is kept (the first record knows the original).
         A name (``hide --name``) goes in the record and, like libxl's, at /libxl/pci/BDF/name."""
         if self._dry:
@@ -698,10 +717,10 @@ class Seizer:
             if existing.target_driver != target:  # moved from one seize driver to another
                 kept = replace(kept, target_driver=target, method=method)
             if kept != existing:
-                put_record(self.state_dir, kept)
+                put_record(self.state_dir, kept, records=records)
             return
         put_record(self.state_dir, SeizeRecord(bdf, original, target, persist, method=method, identity=identity,
-                                               name=name))
+                                               name=name), records=records)
         if self.xenstore is not None and original:
             self.xenstore.write(driver_path_key(bdf), f"/sys/bus/pci/drivers/{original}")
 
@@ -712,7 +731,8 @@ class Seizer:
             self.xenstore.write(name_key(bdf), name)
 
     def _released(self, bdf: Bdf, record: SeizeRecord | None, identity: DeviceIdentity | None,
-                  original: str | None, target: str, method: str, *, keep: bool) -> None:
+                  original: str | None, target: str, method: str, *, keep: bool,
+                  records: RecordSet | None = None) -> None:
         """The device left the seize driver: forget it, or (a plain unhide, driverless now) keep
         what a later ``unhide --rebind`` needs, marked released."""
         if self._dry:
@@ -720,22 +740,29 @@ class Seizer:
         if keep and original:
             kept = record if record is not None else SeizeRecord(bdf, original, target, method=method)
             put_record(self.state_dir, replace(kept, original_driver=original, released=True,
-                                               identity=kept.identity or identity, name=None))
+                                               identity=kept.identity or identity, name=None), records=records)
         else:
-            drop_record(self.state_dir, bdf)
+            drop_record(self.state_dir, bdf, records=records)
         self._forget(bdf)
 
     def _forget(self, bdf: Bdf) -> None:
-        """What ends with the seize: backend settings and libxl's "assignable" driver_path."""
+        """What ends with the seize: backend settings and libxl's "assignable" driver_path and
+        name. A node already gone (ENOENT) is nothing to forget; any other xenstore failure is
+        raised, before the journal entry is finished, so ``recover`` retries the removal."""
         record_release(self.state_dir, bdf)  # permissive and quirks end with the seize
         if self.xenstore is not None:
             from xenpciback_cli.engine.names import name_key
+            from xenpciback_cli.xenstore.client import XenstoreError
 
             for key in (driver_path_key(bdf), name_key(bdf)):
                 try:
                     self.xenstore.rm(key)
-                except Exception:  # absent already: nothing to forget
-                    pass
+                except XenstoreError as exc:
+                    if exc.errno_name == "ENOENT":  # absent already
+                        continue
+                    raise errors.OperationFailed(
+                        f"{bdf} left its seize driver, but removing {key} from xenstore failed "
+                        f"({exc}); once xenstore answers, run 'xen-pciback recover'") from None
 
     # -- recover ----------------------------------------------------------------------------
     def recover(self, *, dry_run: bool = False) -> list[dict[str, object]]:

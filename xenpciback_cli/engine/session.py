@@ -2,18 +2,40 @@
 
 The xenstore connection and the host are chosen in ``app.py`` (the one place adapters are
 picked); this module only adapts them to the orchestrations' needs. Kept out of the click
-modules so the engine and tests can use it too.
+modules so the engine and tests can use it too. The engine may not import ``app``, so what it
+uses of the application is written down here as protocols (``app.Application`` is both).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from xenpciback_cli.engine.seize import Seizer, XenstoreClient
+    from xenpciback_cli.engine.preflight import Preflight
+    from xenpciback_cli.host.model import Host
     from xenpciback_cli.pci.address import Bdf
 
 
-def host_of(app: Any) -> Any | None:
+class HostApp(Protocol):
+    """An application that offers a host model (reading it may raise ImportError where this
+    build has none)."""
+
+    @property
+    def host(self) -> Host: ...
+
+
+class SeizeApp(Protocol):
+    """What ``--seize`` uses of the application: its state dir and xenstore client."""
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    def xenstore(self) -> XenstoreClient | None: ...
+
+
+def host_of(app: HostApp) -> Host | None:
     """The application's host model, or None where this build has none to offer."""
     try:
         return app.host
@@ -27,12 +49,12 @@ class SeizeStep:
     the device...) and writes nothing; calling the step seizes. The caller holds the state dir's
     lock around both (``attach`` does)."""
 
-    def __init__(self, app: Any, host: Any) -> None:
+    def __init__(self, app: SeizeApp, host: Host) -> None:
         self.app, self.host = app, host
-        self._seizer: Any = None
-        self._checked: dict[Any, Any] = {}
+        self._seizer: Seizer | None = None
+        self._checked: dict[Bdf, Preflight] = {}
 
-    def seizer(self) -> Any:
+    def seizer(self) -> Seizer:
         if self._seizer is None:
             from xenpciback_cli.engine.seize import Seizer
 
@@ -52,5 +74,5 @@ class SeizeStep:
         return [seizer.hide(self._checked[b], "pciback").bdf for b in bdfs]
 
 
-def seizer_of(app: Any, host: Any) -> Any:
+def seizer_of(app: SeizeApp, host: Host) -> SeizeStep:
     return SeizeStep(app, host)

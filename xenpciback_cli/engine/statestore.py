@@ -449,3 +449,18 @@ def load_per_device(store: StateStore, subdir: str, kind: str, legacy: Callable[
                 raise
             found_corrupt.append(exc)
     return entries
+
+
+def migrate_legacy(store: StateStore, legacy_name: str, legacy: Callable[[bytes], dict[Bdf, T]],
+                   name_of: Callable[[Bdf], str], write: Callable[[Bdf, T], None]) -> None:
+    """Move an older single file's entries into one file per device, then remove it (the first
+    write after an upgrade does this). ``legacy`` parses the old file's bytes (raising
+    :class:`StateFileCorrupt`, which stops the move with nothing written); a device that has a
+    file of its own already keeps it (``name_of``); ``write`` stores one entry."""
+    data = store.read(legacy_name)
+    if data is None:
+        return
+    for device, entry in legacy(data).items():
+        if store.read(name_of(device)) is None:
+            write(device, entry)
+    store.remove(legacy_name)

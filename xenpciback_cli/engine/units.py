@@ -20,7 +20,7 @@ from pathlib import Path
 from xenpciback_cli.errors import InputError, OperationFailed
 
 PLACEHOLDER = "@XEN_PCIBACK@"
-UNITS = ("xen-pciback-restore.service",)
+UNITS = ("xen-pciback-restore.service", "xen-pciback-serve.service")
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 
 

@@ -156,13 +156,23 @@ def _captures() -> tuple[dict[str, Any], Any]:
     return json.loads(folder.joinpath("index.json").read_text()), folder
 
 
+def _private_dir(path: Path) -> None:
+    """The state dir as engine/statestore.py makes the real one: 0700 whatever the umask (it
+    holds the journal and seize records, and a group- or world-writable one is refused)."""
+    from xenpciback_cli.engine.statestore import DIR_MODE
+
+    path.mkdir(mode=DIR_MODE, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
 def _build(root: Path) -> None:
     tree = Tree(root)
     for directory in ("sys/bus/pci/devices", "sys/bus/pci/drivers", "sys/bus/pci/slots",
                       "sys/class/block", "sys/class/net", "sys/class/graphics",
                       "sys/kernel/iommu_groups", "sys/devices/pci0000:00", "sys/module",
-                      "proc/net", "proc/self", "state"):
+                      "proc/net", "proc/self"):
         (root / directory).mkdir(parents=True, exist_ok=True)
+    _private_dir(root / "state")
     for name, text in (("drivers_probe", ""), ("drivers_autoprobe", "1\n"), ("rescan", ""),
                        ("resource_alignment", "\n")):
         write_text(tree.pci / name, text)
