@@ -87,3 +87,25 @@ def test_the_guests_view_and_the_backends_agree(sandbox):
     assert data["differ"] is False and data["ops_a"] == data["ops_b"] > 256
     assert data["notes"] == []          # the same device, settings and config at the start
     assert json.loads(ok("--json", "replay", seen, "--check").out)["mismatch_count"] == 0
+
+
+def test_passthrough_both_views_replay_clean_and_agree(sandbox):
+    """--mode passthrough: the guest addresses are the host's; the guest's recorder says
+    passthrough in its header, and both traces replay clean and agree."""
+    nic = "0000:03:00.0"
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", 7, "--no-guest")
+    ok("--sandbox", sandbox, "attach", nic, "--domid", 7, "--seize")
+    ok("--sandbox", sandbox, "attach", VF, "--domid", 7, "--seize")
+    served, seen = sandbox.parent / "served.jsonl", sandbox.parent / "seen.jsonl"
+    proc = start_serve(sandbox, "--mode", "passthrough", "--record", str(served))
+    try:
+        ok("--sandbox", sandbox, "sandbox", "guest", 7, "--record", seen, "--timeout", 20)
+    finally:
+        stop_serve(proc)
+    header = _lines(seen)[0]
+    assert header["mode"] == "passthrough" and _lines(served)[0]["mode"] == "passthrough"
+    assert sorted(x["host"] for x in _lines(seen) if x["kind"] == "device") == [nic, VF]
+    for path in (served, seen):
+        out = json.loads(ok("--json", "replay", path, "--check").out)
+        assert out["mismatch_count"] == 0 and out["devices"] == 2, out["mismatches"][:2]
+    assert json.loads(ok("--json", "trace", "diff", served, seen).out)["differ"] is False

@@ -222,11 +222,14 @@ class Recorder:
         #: guest address -> host address, as the backend's ``vdev-i``/``dev-i`` say
         self.hosts: dict[Bdf, Bdf] = {}
         self.declared: set[Bdf] = set()
+        #: frontend states before the mode is known (the header comes first)
+        self.pending: list[int] | None = []
 
     def devices(self, pairs: list[tuple[Bdf, Bdf]]) -> None:
         """The backend's exported functions now (guest, host): declare the new ones."""
         if pairs:
             self.writer.begin("passthrough" if all(g == h for g, h in pairs) else "vpci")
+        self._flush_states()
         for guest, host in pairs:
             self.hosts[guest] = host
             if host in self.declared or self.snapshot is None:
@@ -237,7 +240,16 @@ class Recorder:
                 self.declared.add(host)
 
     def state(self, value: int) -> None:
+        if self.pending is not None and value not in (CLOSING, CLOSED):
+            self.pending.append(value)  # the header, which needs the devices, comes first
+            return
+        self._flush_states()
         self.writer.xenbus_state(self.domid, str(value), end="frontend")
+
+    def _flush_states(self) -> None:
+        pending, self.pending = self.pending, None
+        for value in pending or ():
+            self.writer.xenbus_state(self.domid, str(value), end="frontend")
 
     def __call__(self, result: OpResult) -> None:
         from xenpciback_cli.pv.trace import TraceRecord
