@@ -284,6 +284,23 @@ class Application:
 
         return ServeAdapters(transport, interrupts, Source(), lambda domid: kernel_backend)
 
+    def config_source(self, *, writable: bool = False) -> Any:
+        """Config space by address for ``replay --against``: the sandbox's devices, or the
+        host's sysfs ``config`` files, opened read-only unless ``writable``."""
+        if self.sandbox_dir is not None:
+            from xenpciback_cli.transport.sandbox import SandboxDevices
+
+            return SandboxDevices(self.sandbox_dir)
+        from xenpciback_cli.host.configfile import FileConfigAccessor
+
+        root = self.settings.sysfs_root
+
+        class Source:
+            def config(self, bdf: Bdf) -> Any:
+                return FileConfigAccessor(os.path.join(root, "bus", "pci", "devices", str(bdf),
+                                                       "config"), writable=writable)
+        return Source()
+
     def serve_settings(self, bdf: Bdf) -> dict[str, object]:
         """The overlay options ``serve`` exports ``bdf`` with (``engine.backend_settings``)."""
         from xenpciback_cli.engine.backend_settings import load_device_settings

@@ -46,8 +46,9 @@ def test_the_usage_exit_code_named_without_errors_py_is_errors_own():
     assert USAGE_EXIT == HelpShownForMissingCommand.exit_code == ExitCode.USAGE
 
 
-@pytest.mark.parametrize("group", [[], ["sandbox"], ["sandbox", "domain"], ["serve"], ["xenstore"]],
-                         ids=["root", "sandbox", "sandbox-domain", "serve", "xenstore"])
+@pytest.mark.parametrize("group", [[], ["sandbox"], ["sandbox", "domain"], ["serve"], ["trace"],
+                                   ["xenstore"]],
+                         ids=["root", "sandbox", "sandbox-domain", "serve", "trace", "xenstore"])
 def test_a_group_given_no_command_prints_its_help_and_exits_2(capsys, group):
     """Like git and xl: the normal, multi-line help on stdout, and a failing exit (2, bad usage,
     as README documents). Click >= 8.2 would flatten it onto one error line; < 8.2 exits 0."""
@@ -88,4 +89,4 @@ def test_every_group_of_the_tree_is_covered_by_the_bare_group_test():
                 yield from groups(command.get_command(ctx, name), [*path, name])
 
     assert sorted(groups(cli, [])) == [[], ["sandbox"], ["sandbox", "domain"], ["serve"],
-                                       ["xenstore"]]
+                                       ["trace"], ["xenstore"]]

@@ -32,10 +32,12 @@ def test_hotplug_and_unplug_while_the_guest_is_connected(sandbox, tmp_path):
         wait_out(front, f"hot-plug: {guest_bdf} ", timeout=5)
         assert "[8086:10ca]" in front.out.split("hot-plug: ")[1]
         reads = [json.loads(line) for line in record.read_text().splitlines()]
-        ids = [r for r in reads if r["bdf"] == guest_bdf and r["op"] == "conf_read"
-               and r["offset"] == 0 and r["size"] == 4]
-        assert ids[0]["result"]["err"] == -1                     # the first scan: nothing there
-        assert (ids[-1]["result"]["err"], ids[-1]["result"]["value"]) == (0, VF_IDS)
+        ids = [r for r in reads if r["kind"] == "op" and r["guest"] == guest_bdf
+               and r["op"] == "conf_read" and r["offset"] == 0 and r["size"] == 4]
+        assert ids[0]["err"] == -1                               # the first scan: nothing there
+        assert (ids[-1]["err"], ids[-1]["value_out"], ids[-1]["host"]) == (0, VF_IDS, VF)
+        declared = [r["host"] for r in reads if r["kind"] == "device"]
+        assert declared == [NIC0, VF]                # the hot-plugged VF declared before its ops
         status = json.loads(ok("--sandbox", sandbox, "--json", "serve", "status").out)
         hosts = [d["host"] for d in status["guests"][0]["devices"]]
         assert sorted(hosts) == [NIC0, VF]

@@ -71,9 +71,14 @@ def test_guest_json_and_record(no_guest, backend, tmp_path):
     assert steps["MSI-X enable"]["ok"] and steps["MSI-X enable"]["ops"][-1]["result"]["vectors"] \
         == [100, 101, 102]
     lines = [json.loads(line) for line in record.read_text().splitlines()]
-    assert len(lines) == data["ops"] == backend.ops
-    absent = next(x for x in lines if x["bdf"] == "0000:00:01.0")
-    assert absent["op"] == "conf_read" and absent["result"]["err_name"] == "dev_not_found"
+    assert (lines[0]["kind"], lines[0]["version"], lines[0]["mode"]) == ("header", 1, "vpci")
+    ops = [x for x in lines if x["kind"] == "op"]
+    assert len(ops) == data["ops"] == backend.ops
+    absent = next(x for x in ops if x["guest"] == "0000:00:01.0")
+    assert absent["op"] == "conf_read" and absent["err"] == -1 and absent["host"] is None
+    states = [x["name"] for x in lines if x["kind"] == "state"]
+    assert states == ["Initialised", "Connected", "Closing", "Closed"]
+    assert all(x["end"] == "frontend" for x in lines if x["kind"] == "state")
 
 
 def test_no_backend_times_out_naming_the_state(no_guest):
@@ -200,3 +205,14 @@ def test_stay_holds_until_sigterm(no_guest, backend):
     assert proc.returncode == 0, err
     assert "holding domain 5's connection" in out
     assert not (no_guest / "xen" / "evtchn" / "5-8.front").exists()
+
+
+def test_a_guest_recording_replays_through_our_engine(no_guest, backend, tmp_path):
+    """The guest's trace under the test backend re-runs clean through our engine: device lines
+    carry the host's config and settings, ops the host they reached; .gz written as read."""
+    record = tmp_path / "guest.jsonl.gz"
+    ok("--sandbox", no_guest, "sandbox", "guest", 5, "--record", record)
+    out = invoke("--json", "replay", record, "--check")
+    data = json.loads(out.out)
+    assert data["devices"] == 1 and data["ops"] == backend.ops and data["events"] == 4
+    assert out.code == 0 and data["mismatch_count"] == 0, data["mismatches"][:3]

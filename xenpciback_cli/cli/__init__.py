@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "completion": ("completion_cmd", "command", "Print the shell completion script for bash, zsh or fish."),
     "install-units": ("install_units", "command", "Write the systemd units so they start this installation."),
     "replay": ("replay", "command", "Re-run a recorded trace (serve --record) and check the answers."),
+    "trace": ("trace", "group", "Read recorded traces: registers named, a summary, or two side by side."),
     "serve": ("serve", "group", "Run the userspace PCI backend for guests (serve foreground), or ask it."),
 }
 

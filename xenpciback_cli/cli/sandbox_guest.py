@@ -17,7 +17,12 @@ if TYPE_CHECKING:
 @click.argument("domid", type=int)
 @click.option("--stay", is_flag=True, help="Keep the connection after the probe, until SIGTERM or Ctrl-C.")
 @click.option("--record", "record", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Write one JSON line per op (the op and its result) to FILE.")
+              help="Write the guest's side as a trace (docs/trace-format.md, version 1; "
+                   "FILE.gz compressed): the exported devices, each op and its answer.")
+@click.option("--record-max-size", "max_size", default=None, metavar="SIZE",
+              help="Rotate the --record file at SIZE (as 'serve foreground' does).")
+@click.option("--record-keep", "keep", type=click.IntRange(min=1, max=1000), default=5,
+              show_default=True, metavar="N", help="Rotated files kept (FILE.1 to FILE.N).")
 @click.option("--timeout", type=Seconds(minimum=0.1), default=10.0, show_default=True, metavar="SECONDS",
               help="Seconds to wait for the backend at each step (at least 0.1).")
 @click.option("--aer-result", type=click.Choice(["driver", "recovered", "can_recover", "need_reset",
@@ -27,8 +32,8 @@ if TYPE_CHECKING:
                    "(NEED_RESET when frozen, else CAN_RECOVER, then RECOVERED); a fixed answer; "
                    "'no-handler' (no AER handler advertised); 'ignore' (never answers).")
 @click.pass_obj
-def command(app: Application, domid: int, stay: bool, record: str | None, timeout: float,
-            aer_result: str) -> None:
+def command(app: Application, domid: int, stay: bool, record: str | None,
+            max_size: str | None, keep: int, timeout: float, aer_result: str) -> None:
     """Play domain DOMID's pcifront over the sandbox transport.
 
     Publishes the shared page and event channel (docs/sandbox-protocol.md), waits for the
@@ -50,9 +55,12 @@ def command(app: Application, domid: int, stay: bool, record: str | None, timeou
        "devices": [{"bdf", "vendor", "device", "class", "class_name", "revision",
                     "header_type", "multifunction", "subsystem", "vendor_name", "device_name"}],
        "probe": [{"bdf", "step", "ok", "detail", "ops": [OP...]}], "ops": COUNT}
-    OP (also each line of --record FILE):
+    OP:
       {"op": "conf_read", "cmd": 0, "bdf", "offset", "size", "value", ["entries": [...]],
        "result": {"err", "err_name", "value", "vectors": [...]}}
+    --record FILE writes a trace that 'replay' and 'trace show|stats|diff' read: a device line
+    per function the backend exported (its config space as the host has it before the guest's
+    first op, its overlay settings), then the guest's ops and answers and its xenbus states.
     If no backend answers within --timeout: one line naming the backend's state and whose move
     it is, exit 1.
     """
@@ -68,12 +76,22 @@ def command(app: Application, domid: int, stay: bool, record: str | None, timeou
         raise InputError("'sandbox guest' needs --sandbox DIR (or XEN_PCIBACK_SANDBOX)")
     with app.open_xenstore() as client:
         pcifront.check_domain(sandbox, client, domid)
-    stream = None
+    stream = recorder = None
+    if max_size is not None and record is None:
+        raise InputError("--record-max-size goes with --record FILE")
     if record is not None:
+        from xenpciback_cli import __version__
+        from xenpciback_cli.engine.trace import TraceWriter, parse_size, snapshot_from
+
+        size = parse_size(max_size) if max_size is not None else None
         try:
-            stream = open(record, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+            stream = TraceWriter(record, tool_version=__version__, mode=None, max_size=size,
+                                 keep=keep)
         except OSError as exc:
             raise InputError(f"cannot write --record file {record}: {exc.strerror}") from None
+        source = app.serve_adapters().devices
+        recorder = pcifront.Recorder(stream, domid, lambda host, guest: snapshot_from(
+            source, app.serve_settings, domid, host, guest))
     term = terminal_for(app)
 
     def aer_line(line: str) -> None:
@@ -82,7 +100,7 @@ def command(app: Application, domid: int, stay: bool, record: str | None, timeou
             term.stdout.flush()
 
     front = pcifront.PciFront(sandbox, domid, timeout=timeout,
-                              recorder=pcifront.Recorder(stream) if stream else None,
+                              recorder=recorder,
                               aer_policy=aer_result, on_aer=aer_line,
                               on_change=aer_line)
     try:

@@ -29,13 +29,18 @@ def group() -> None:
 @click.option("--record", "record", type=click.Path(dir_okay=False, writable=True),
               default=None, metavar="FILE", help="Write a trace (docs/trace-format.md): a header, then each device "
                    "and op as one JSON line (FILE.gz: compressed).")
+@click.option("--record-max-size", "max_size", default=None, metavar="SIZE",
+              help="Rotate the --record file when it reaches SIZE (bytes, or 64K, 100M, 1G): "
+                   "FILE becomes FILE.1 (FILE.gz: FILE.1.gz) and a new FILE starts.")
+@click.option("--record-keep", "keep", type=click.IntRange(min=1, max=1000), default=5,
+              show_default=True, metavar="N", help="Rotated files kept (FILE.1 to FILE.N).")
 @click.option("--aer-timeout", type=Seconds(minimum=0.1), default=300.0, show_default=True,
               metavar="SECONDS",
               help="How long a guest may take to answer an AER request before aerState=aerfail "
                    "(at least 0.1).")
 @click.pass_obj
 def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str | None,
-               aer_timeout: float) -> None:
+               max_size: str | None, keep: int, aer_timeout: float) -> None:
     """Serve guests in the foreground until SIGTERM or SIGINT (the op in progress finishes)."""
     import signal
     import sys
@@ -43,16 +48,20 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
     from xenpciback_cli.backend.topology import Mode
     from xenpciback_cli.engine.serve import Server, notify_ready
     from xenpciback_cli.engine.statestore import StateStore
-    from xenpciback_cli.engine.trace import TraceWriter
+    from xenpciback_cli.engine.trace import TraceWriter, parse_size
     from xenpciback_cli.errors import InputError
 
     adapters = app.serve_adapters()
     run_dir = app.serve_run_dir()
     out: TraceWriter | None = None
+    if max_size is not None and not record:
+        raise InputError("--record-max-size goes with --record FILE")
     if record:
         from xenpciback_cli import __version__
+        size = parse_size(max_size) if max_size is not None else None
         try:
-            out = TraceWriter(record, tool_version=__version__, mode=mode)
+            out = TraceWriter(record, tool_version=__version__, mode=mode, max_size=size,
+                              keep=keep)
         except OSError as exc:
             raise InputError(f"cannot write --record file {record}: "
                              f"{exc.strerror or exc}") from None

@@ -7,8 +7,9 @@ hand it data; they never print directly.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -157,6 +158,25 @@ class Terminal:
             for item in items:
                 yield item
                 bar.advance(task)
+
+    @contextlib.contextmanager
+    def bar(self, description: str, *, total: int, threshold: int = 1 << 22
+            ) -> Iterator[Callable[[int, int], None] | None]:
+        """A progress bar on stderr, for work measured in units (bytes of a file): yields
+        ``update(done, total)``, or None when stderr is not a terminal or ``total`` is below
+        ``threshold`` (a short job shows nothing)."""
+        if total < threshold or not getattr(self.stderr, "isatty", lambda: False)():
+            yield None
+            return
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(file=self.stderr, markup=False), transient=True) as bar:
+            task = bar.add_task(description, total=total)
+
+            def update(done: int, whole: int) -> None:
+                bar.update(task, completed=done, total=whole)
+            yield update
 
 
 ELLIPSIS = "\u2026"  # one column wide, so a cut name keeps the width it was given

@@ -85,13 +85,13 @@ from xenpciback_cli.backend.xenbus import (
 )
 from xenpciback_cli.engine import statestore
 from xenpciback_cli.engine.statestore import StateStore
-from xenpciback_cli.engine.trace import TraceWriter, snapshot_config
+from xenpciback_cli.engine.trace import TraceWriter, device_snapshot
 from xenpciback_cli.errors import InputError, XenPcibackError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pv.abi import PciOp
 from xenpciback_cli.pv.codec import read_flags, set_flag_bits
-from xenpciback_cli.pv.trace import DeviceSnapshot, TraceRecord
+from xenpciback_cli.pv.trace import TraceRecord
 from xenpciback_cli.toolstack.libxl_layout import backend_path, frontend_path
 from xenpciback_cli.toolstack.xenbus import XenbusState
 from xenpciback_cli.toolstack.xsexec import apply_ops, list_or_empty, read_dir_values
@@ -392,12 +392,14 @@ class Server:
                 ops = xenstore_ops(done) + xenstore_ops(guest.xenbus.fatal(
                     errno.EIO, f"{type(action).__name__.lower()}: {exc}"))
                 self.client.transact(lambda tx, ops=ops: apply_ops(tx, ops))
+                self._trace_states(guest, ops)
                 self._close(guest, str(exc))
                 return
             done.append(action)
         ops = xenstore_ops(actions)
         if ops:
             self.client.transact(lambda tx: apply_ops(tx, ops))
+            self._trace_states(guest, ops)
 
     def _do(self, guest: Guest, action: Action) -> None:
         if isinstance(action, Export):
@@ -428,7 +430,7 @@ class Server:
             else None
         options = dict(self.settings(action.host))
         if self.trace is not None:  # before the export: what the overlay is built over
-            self._trace_device(guest, action, config, device, options)
+            self._trace_device(guest, action, config, device, options, physfn)
         try:
             guest.session.export(action.host, config, device=device, physfn_config=physfn,
                                  guest=action.guest, **options)  # type: ignore[arg-type]
@@ -498,6 +500,7 @@ class Server:
         try:
             ops = xenstore_ops(guest.xenbus.fatal(errno.EIO, why[:200]))
             self.client.transact(lambda tx: apply_ops(tx, ops))
+            self._trace_states(guest, ops)
         except Exception as exc:  # noqa: BLE001
             self.log(f"domain {guest.domid}: could not write the error node: {exc}")
         self._close(guest, why)
@@ -525,6 +528,8 @@ class Server:
                     self._record_interrupts(guest, dev)  # before the guest sees the answer
             set_flag_bits(page, clear_mask=ACTIVE)
             channel.notify()
+            if self.trace is not None and record is not None:
+                self._trace_op(guest, record)  # after the answer: off the guest's round trip
             self._after_op(guest)
         except Exception as exc:  # noqa: BLE001 - isolation: a bad guest ends alone
             self._fail(guest, f"{type(exc).__name__}: {exc}")
@@ -594,27 +599,26 @@ class Server:
 
     def _recorded(self, guest: Guest, record: TraceRecord) -> None:
         guest.last = record
-        if self.trace is not None:
-            op = record.op
-            dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
-            self.trace.op(record, None if dev is None else str(dev.host))
+
+    def _trace_op(self, guest: Guest, record: TraceRecord) -> None:
+        assert self.trace is not None
+        dev = guest.session.devices.get(self.trace.address_of(record))
+        self.trace.op(record, None if dev is None else self.trace.text_of(dev.host))
 
     def _trace_device(self, guest: Guest, action: Export, config: ConfigAccess,
-                      device: PciDevice | None, options: dict[str, object]) -> None:
+                      device: PciDevice | None, options: dict[str, object],
+                      physfn: ConfigAccess | None) -> None:
         assert self.trace is not None
-        data = snapshot_config(config)
-        vendor = int.from_bytes(data[0:2], "little") if len(data) >= 4 else 0xFFFF
-        ident = int.from_bytes(data[2:4], "little") if len(data) >= 4 else 0xFFFF
-        resources: tuple[tuple[int, int, int, int], ...] = ()
-        irq = 0
-        if device is not None:
-            vendor, ident, irq = device.vendor_id, device.device_id, device.irq or 0
-            resources = tuple((r.index, r.start, r.end, r.flags) for r in device.resources)
-        quirks: Any = options.get("quirks", ())
-        self.trace.device(DeviceSnapshot(
-            guest.domid, str(action.host), str(action.guest), vendor, ident,
-            irq, resources, data, bool(options.get("permissive", False)),
-            tuple(str(q) for q in quirks)))
+        self.trace.device(device_snapshot(guest.domid, action.host, action.guest, config,
+                                          device, options, physfn))
+
+    def _trace_states(self, guest: Guest, ops: list[Any]) -> None:
+        """A ``state`` line for each write of the backend's own ``state`` node."""
+        if self.trace is not None:
+            node = f"{backend_path(guest.domid)}/state"
+            for op in ops:
+                if getattr(op, "path", None) == node and hasattr(op, "value"):
+                    self.trace.xenbus_state(guest.domid, op.value)
 
     def _after_op(self, guest: Guest) -> None:
         record = guest.last
@@ -701,6 +705,9 @@ class Server:
 
     def _decided(self, guest: Guest, recovery: Recovery, decision: AerDecision) -> None:
         self.log(decision.line)
+        if self.trace is not None:
+            self.trace.aer(guest.domid, str(recovery.host), decision.request.step.label,
+                           result_name(decision.result), decision.outcome.value)
         recovery.steps.append({"step": decision.request.step.label,
                                "outcome": decision.outcome.value,
                                "result": result_name(decision.result),

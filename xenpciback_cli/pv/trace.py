@@ -29,6 +29,8 @@ class TraceRecord(NamedTuple):
     @classmethod
     def of(cls, domid: int, op: Op, result: Result) -> TraceRecord:
         vectors: tuple[int, ...] = result[2] if len(result) > 2 else ()
+        if vectors:  # what the page carried to the guest: 16 bits each
+            vectors = tuple(v & 0xFFFF for v in vectors)
         return cls(domid, op.raw, result[0], result[1] & 0xFFFFFFFF, vectors)
 
     @property
@@ -45,20 +47,32 @@ class TraceRecord(NamedTuple):
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> TraceRecord:
-        """From :meth:`as_dict`'s form; a malformed record raises :class:`PageError`."""
+        """From :meth:`as_dict`'s form; a malformed record raises :class:`PageError`: a field
+        missing, not an integer (JSON's true and false are not: Python would take them for 1
+        and 0), or beyond what the wire holds (domid 16 bits, err int32, value uint32,
+        vectors 16 bits)."""
         try:
             domid, err, value = (data["domid"], data["err"], data["value"])
             request = bytes.fromhex(str(data["request"]))
             vectors = data.get("vectors", [])
-            if not (isinstance(domid, int) and isinstance(err, int) and isinstance(value, int)
-                    and isinstance(vectors, list) and all(isinstance(v, int) for v in vectors)):
+            if not (_is_int(domid) and _is_int(err) and _is_int(value)
+                    and isinstance(vectors, list) and all(_is_int(v) for v in vectors)):
                 raise TypeError("domid, err, value and vectors must be integers")
         except (KeyError, TypeError, ValueError) as exc:
             raise PageError(f"not a trace record: {exc}") from None
+        assert isinstance(domid, int) and isinstance(err, int) and isinstance(value, int)
+        if not (0 <= domid <= 0xFFFF and -2**31 <= err < 2**31 and 0 <= value <= 0xFFFFFFFF
+                and all(0 <= v <= 0xFFFF for v in vectors)):
+            raise PageError("not a trace record: a number out of its field's range "
+                            "(domid 0-65535, err int32, value uint32, vectors 0-65535)")
         if len(request) != OP_SIZE or len(vectors) > SH_INFO_MAX_VEC:
             raise PageError(f"a trace request is {OP_SIZE} bytes with at most "
                             f"{SH_INFO_MAX_VEC} vectors")
         return cls(domid, request, err, value, tuple(vectors))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # -- the trace file's lines (docs/trace-format.md) -------------------------------------------------
@@ -90,13 +104,21 @@ class DeviceSnapshot(NamedTuple):
     config: bytes
     permissive: bool = False
     quirks: tuple[str, ...] = ()
+    #: An SR-IOV VF's PF and the PF's config header: a VF's memory decode is its PF's COMMAND.
+    physfn: str | None = None
+    physfn_config: bytes = b""
 
     def as_dict(self) -> dict[str, object]:
-        return {"kind": "device", "domid": self.domid, "host": self.host, "guest": self.guest,
-                "vendor_id": f"{self.vendor_id:#06x}", "device_id": f"{self.device_id:#06x}",
-                "irq": self.irq, "resources": [list(r) for r in self.resources],
-                "config": self.config.hex(), "permissive": self.permissive,
-                "quirks": list(self.quirks)}
+        out: dict[str, object] = {
+            "kind": "device", "domid": self.domid, "host": self.host, "guest": self.guest,
+            "vendor_id": f"{self.vendor_id:#06x}", "device_id": f"{self.device_id:#06x}",
+            "irq": self.irq, "resources": [list(r) for r in self.resources],
+            "config": self.config.hex(), "permissive": self.permissive,
+            "quirks": list(self.quirks)}
+        if self.physfn is not None:
+            out["physfn"] = self.physfn
+            out["physfn_config"] = self.physfn_config.hex()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> DeviceSnapshot:
@@ -106,11 +128,14 @@ class DeviceSnapshot(NamedTuple):
             if any(len(r) != 4 for r in resources):
                 raise TraceFormatError("a resource is [index, start, end, flags]")
             quirks = tuple(str(q) for q in _list(data.get("quirks", []), "quirks"))
+            physfn = data.get("physfn")
             return cls(_int(data["domid"], "domid"), _bdf(data["host"], "host"),
                        _bdf(data["guest"], "guest"), _hex(data["vendor_id"], "vendor_id"),
                        _hex(data["device_id"], "device_id"), _int(data.get("irq", 0), "irq"),
                        resources, bytes.fromhex(str(data["config"])),  # type: ignore[arg-type]
-                       _bool(data.get("permissive", False), "permissive"), quirks)
+                       _bool(data.get("permissive", False), "permissive"), quirks,
+                       None if physfn is None else _bdf(physfn, "physfn"),
+                       bytes.fromhex(str(data.get("physfn_config", ""))))
         except KeyError as exc:
             raise TraceFormatError(f"a device line has no {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -175,15 +200,17 @@ def parse_op(data: dict[str, object]) -> OpLine:
         devfn = (int(slot, 16) << 3) | int(fn)
         entries = tuple((_int(e[0], "entry"), _int(e[1], "entry"))  # type: ignore[index]
                         for e in _list(data.get("entries", []), "entries"))
-        vectors = tuple(_int(v, "vector") for v in _list(data.get("vectors", []), "vectors"))
+        vectors = tuple(_int(v, "vector", 0, 0xFFFF)
+                        for v in _list(data.get("vectors", []), "vectors"))
         if len(entries) > SH_INFO_MAX_VEC or len(vectors) > SH_INFO_MAX_VEC:
             raise TraceFormatError(f"at most {SH_INFO_MAX_VEC} MSI-X entries")
         request = encode_op(_int(data["code"], "code"), int(domain, 16), int(bus, 16), devfn,
                             _int(data["offset"], "offset"), _int(data["size"], "size"),
-                            _int(data["value_in"], "value_in") & 0xFFFFFFFF,
+                            _int(data["value_in"], "value_in", 0, _U32),
                             msix_entries=entries)
-        record = TraceRecord(_int(data["domid"], "domid"), request, _int(data["err"], "err"),
-                             _int(data["value_out"], "value_out"), vectors)
+        record = TraceRecord(_int(data["domid"], "domid", 0, 0xFFFF), request,
+                             _int(data["err"], "err", -2**31, 2**31 - 1),
+                             _int(data["value_out"], "value_out", 0, _U32), vectors)
         host = data.get("host")
         time = data.get("t", 0.0)
         if not isinstance(time, (int, float)):
@@ -197,15 +224,23 @@ def parse_op(data: dict[str, object]) -> OpLine:
     return OpLine(record, None if host is None else _bdf(host, "host"), float(time))
 
 
-def state_dict(time: float, domid: int, state: int, name: str) -> dict[str, object]:
-    """A xenbus state change of the backend."""
-    return {"kind": "state", "t": round(time, 6), "domid": domid, "state": state, "name": name}
+def state_dict(time: float, domid: int, state: int, name: str,
+               end: str = "backend") -> dict[str, object]:
+    """A xenbus state change of one end (the backend's own, in serve's traces; the frontend's,
+    in a simulated guest's)."""
+    return {"kind": "state", "t": round(time, 6), "domid": domid, "state": state, "name": name,
+            "end": end}
 
 
-def aer_dict(time: float, domid: int, host: str, step: str, result: str) -> dict[str, object]:
-    """An AER event relayed to the guest (one recovery step and its answer)."""
-    return {"kind": "aer", "t": round(time, 6), "domid": domid, "host": host, "step": step,
-            "result": result}
+def aer_dict(time: float, domid: int, host: str, step: str, result: str,
+             outcome: str | None = None) -> dict[str, object]:
+    """An AER event relayed to the guest (one recovery step, the guest's answer and how the
+    backend decided: relayed, timeout, no handler...)."""
+    out: dict[str, object] = {"kind": "aer", "t": round(time, 6), "domid": domid, "host": host,
+                              "step": step, "result": result}
+    if outcome is not None:
+        out["outcome"] = outcome
+    return out
 
 
 def op_code(name: str) -> int | None:
@@ -224,9 +259,14 @@ def _list(value: object, what: str) -> list[object]:
     return value
 
 
-def _int(value: object, what: str) -> int:
+_U32 = 0xFFFFFFFF
+
+
+def _int(value: object, what: str, low: int | None = None, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TraceFormatError(f"{what} is not an integer")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise TraceFormatError(f"{what} {value} is out of range ({low} to {high})")
     return value
 
 

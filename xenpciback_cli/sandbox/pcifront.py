@@ -35,15 +35,14 @@ wait is bounded, and a timeout names the backend's state and whose move it is.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from xenpciback_cli.errors import OperationFailed
+from xenpciback_cli.errors import InputError, OperationFailed
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pv.abi import (
     OP_END,
@@ -209,14 +208,61 @@ class ProbeStep:
 
 
 class Recorder:
-    """``--record FILE``: one JSON line per op (the op and its result), flushed as it goes."""
+    """``--record FILE``: the guest's side as a version 1 trace (docs/trace-format.md): a
+    ``device`` line per function the backend exported (``snapshot``: host -> its line, taken
+    before the guest's first op on it), the ops as the guest sent them and their answers, and
+    the frontend's own xenbus states. The header's mode is vpci unless every device sits at its
+    host address (passthrough)."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+    def __init__(self, writer: Any, domid: int,
+                 snapshot: Callable[[Bdf, Bdf], Any] | None = None) -> None:
+        self.writer = writer
+        self.domid = domid
+        self.snapshot = snapshot
+        #: guest address -> host address, as the backend's ``vdev-i``/``dev-i`` say
+        self.hosts: dict[Bdf, Bdf] = {}
+        self.declared: set[Bdf] = set()
+        #: frontend states before the mode is known (the header comes first)
+        self.pending: list[int] | None = []
+
+    def devices(self, pairs: list[tuple[Bdf, Bdf]]) -> None:
+        """The backend's exported functions now (guest, host): declare the new ones."""
+        if pairs:
+            self.writer.begin("passthrough" if all(g == h for g, h in pairs) else "vpci")
+        self._flush_states()
+        for guest, host in pairs:
+            self.hosts[guest] = host
+            if host in self.declared or self.snapshot is None:
+                continue
+            snap = self.snapshot(host, guest)
+            if snap is not None:
+                self.writer.device(snap)
+                self.declared.add(host)
+
+    def state(self, value: int) -> None:
+        if self.pending is not None and value not in (CLOSING, CLOSED):
+            self.pending.append(value)  # the header, which needs the devices, comes first
+            return
+        self._flush_states()
+        self.writer.xenbus_state(self.domid, str(value), end="frontend")
+
+    def _flush_states(self) -> None:
+        pending, self.pending = self.pending, None
+        for value in pending or ():
+            self.writer.xenbus_state(self.domid, str(value), end="frontend")
 
     def __call__(self, result: OpResult) -> None:
-        self.stream.write(json.dumps(result.to_json(), sort_keys=True) + "\n")
-        self.stream.flush()
+        from xenpciback_cli.pv.trace import TraceRecord
+
+        address = result.address
+        request = encode_op(result.cmd, address.domain, address.bus, address.devfn,
+                            result.offset, result.size, result.value_in & 0xFFFFFFFF,
+                            msix_entries=tuple((0, e) for e in result.entries))
+        host = self.hosts.get(address)
+        reached = host is not None and host in self.declared \
+            and result.err != XenPciErr.DEV_NOT_FOUND
+        self.writer.op(TraceRecord(self.domid, request, result.err, result.value & 0xFFFFFFFF,
+                                   result.vectors), str(host) if reached else None)
 
 
 class PciFront:
@@ -341,11 +387,42 @@ class PciFront:
             tx.write(f"{self.frontend}/state", str(INITIALISED))
 
         self.client.transact(publish)
+        self._recorded_state(INITIALISED)
         self._wait_state(lambda s: s == CONNECTED, deadline,
                          "waiting for the backend to connect")
         self.client.write(f"{self.frontend}/state", str(CONNECTED))
+        self._recorded_state(CONNECTED)
         self.roots = self.read_roots()
+        self._declare()
         return self.roots
+
+    def exported(self) -> list[tuple[Bdf, Bdf]]:
+        """The backend's functions now, ``(guest, host)``: every ``dev-i``/``vdev-i`` pair not
+        being closed (what a trace's ``device`` lines need)."""
+        text = self._read(f"{self.backend}/num_devs") or "0"
+        count = int(text) if text.isdigit() and len(text) < 4 else 0
+        pairs = []
+        for i in range(count):
+            if self._read(f"{self.backend}/state-{i}") in (str(CLOSING), str(CLOSED)):
+                continue
+            guest = _parse_vdev(self._read(f"{self.backend}/vdev-{i}"))
+            try:
+                host = Bdf.parse(self._read(f"{self.backend}/dev-{i}") or "")
+            except (ValueError, OperationFailed, InputError):
+                continue
+            if guest is not None:
+                pairs.append((guest, host))
+        return pairs
+
+    def _declare(self) -> None:
+        devices = getattr(self.recorder, "devices", None)
+        if devices is not None:
+            devices(self.exported())
+
+    def _recorded_state(self, state: int) -> None:
+        record = getattr(self.recorder, "state", None)
+        if record is not None:
+            record(state)
 
     def read_roots(self) -> list[tuple[int, int]]:
         count_text = self._read(f"{self.backend}/root_num") or "0"
@@ -488,10 +565,13 @@ class PciFront:
         if backend == RECONFIGURING and frontend == CONNECTED:
             self.detach_closing()
             self.client.write(f"{self.frontend}/state", str(RECONFIGURING))
+            self._recorded_state(RECONFIGURING)
             return True
         if backend == RECONFIGURED and frontend == RECONFIGURING:
+            self._declare()
             self.rescan()
             self.client.write(f"{self.frontend}/state", str(CONNECTED))
+            self._recorded_state(CONNECTED)
             return True
         return False
 
@@ -654,7 +734,9 @@ class PciFront:
         try:
             if self.client is not None and self.frontend_state() is not None:
                 self.client.write(f"{self.frontend}/state", str(CLOSING))
+                self._recorded_state(CLOSING)
                 self.client.write(f"{self.frontend}/state", str(CLOSED))
+                self._recorded_state(CLOSED)
         except Exception:  # noqa: BLE001 - leaving: the daemon may be gone already
             pass
         finally:
