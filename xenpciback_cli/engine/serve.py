@@ -519,8 +519,7 @@ class Server:
             guest.session.process(page)
             record = guest.last
             if record is not None and record.request[0] in INTERRUPT_OPS:
-                op = record.op
-                dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
+                dev = guest.session.recorded_device  # the op's device, looked up once
                 if dev is not None:
                     self._record_interrupts(guest, dev)  # before the guest sees the answer
             set_flag_bits(page, clear_mask=ACTIVE)
@@ -595,8 +594,7 @@ class Server:
     def _recorded(self, guest: Guest, record: TraceRecord) -> None:
         guest.last = record
         if self.trace is not None:
-            op = record.op
-            dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
+            dev = guest.session.recorded_device  # the session's lookup, not a second one
             self.trace.op(record, None if dev is None else str(dev.host))
 
     def _trace_device(self, guest: Guest, action: Export, config: ConfigAccess,
@@ -619,9 +617,9 @@ class Server:
     def _after_op(self, guest: Guest) -> None:
         record = guest.last
         if record is not None and record.request[0] == PciOp.CONF_WRITE:
-            op = record.op
-            dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
+            dev = guest.session.recorded_device
             if dev is not None and dev.overlay.dropped_writes:
+                op = record.op
                 key = (dev.host, op.offset)
                 total = sum(d.overlay.dropped_writes for d in guest.session.devices.values())
                 if total > guest.writes_denied:
