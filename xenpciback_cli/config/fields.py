@@ -141,11 +141,11 @@ class MemoryAccessor:
         self.reads += 1
         if offset < 0 or offset + size > self.readable:
             raise ConfigAccessError(XenPciErr.OP_FAILED)
-        unpack = _UNPACK.get(size)  # the overlay's sizes: one C call, no slice (the per-op path)
-        if unpack is not None:
-            value: int = unpack(self.data, offset)[0]
-            return value
-        return int.from_bytes(self.data[offset:offset + size], "little")
+        try:  # the overlay's sizes 1, 2, 4: one C call, no slice (the per-op path)
+            value: int = _UNPACK[size](self.data, offset)[0]
+        except KeyError:  # any other size: this accessor is general
+            return int.from_bytes(self.data[offset:offset + size], "little")
+        return value
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset < 0 or offset + size > self.readable:
