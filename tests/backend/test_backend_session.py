@@ -256,3 +256,42 @@ def test_hostile_ops_never_raise(cmd, devfn, offset, size, value, tail):
     assert -(2**31) <= result[0] <= 0
     assert read_op(page)[:1] == (cmd,)
     write_result(bytearray(4096), result)
+
+
+def test_recorder_is_told_the_device_the_op_was_routed_to():
+    """serve's trace and MSI records use ``recorded_device`` instead of looking the device up
+    again (one lookup per op)."""
+    seen = []
+    s, _, _ = session()
+    s.recorder = lambda record: seen.append((record.request[0], s.recorded_device))
+    exported = s.devices[(0, 0, GUEST_DEVFN)]
+    s.process(op_page(0, offset=0, size=2))
+    s.process(op_page(1, offset=0x3C, size=1, value=5))
+    s.process(op_page(0, devfn=GUEST_DEVFN + 1))  # nobody there
+    s.process(op_page(2))                          # enable_msi: the other ops' path
+    s.process(op_page(9))                          # not implemented, device present
+    assert seen == [(0, exported), (1, exported), (0, None), (2, exported), (9, exported)]
+
+
+@pytest.mark.parametrize("length", [0, 551, 4])
+def test_a_buffer_too_short_for_an_op_is_a_page_error_and_nothing_is_written(length):
+    from xenpciback_cli.pv.codec import PageError
+
+    s, _, hw = session()
+    writes = hw.writes  # the export's PME_Enable clear
+    page = bytearray(b"\x5a" * length)
+    with pytest.raises(PageError, match=f"this buffer has {length} bytes"):
+        s.process(page)
+    assert page == b"\x5a" * length and s.ops_served == 0 and hw.writes == writes
+
+
+@pytest.mark.parametrize("kind", [lambda page: page, memoryview])
+def test_conf_answers_are_packed_in_place_for_every_page_type(kind):
+    s, _, _ = session()
+    page = op_page(0, offset=0x40, size=1)  # PM capability ID, from hardware
+    s.process(kind(page))
+    assert struct.unpack_from("<i", page, 8)[0] == 0 and struct.unpack_from("<I", page, 32)[0] == 1
+    page = op_page(1, offset=0x10, size=3, value=0xFFFFFFFF)  # bad size: -2, value echoed
+    s.process(kind(page))
+    assert struct.unpack_from("<i", page, 8)[0] == -2
+    assert struct.unpack_from("<I", page, 32)[0] == 0xFFFFFFFF

@@ -244,3 +244,13 @@ def test_unowned_space_is_not_tabled_yet_reads_and_writes_as_before():
         assert ov.write(offset, size, 0) == XenPciErr.INVALID_OFFSET
     assert ov.write(0x800, 4, 0) == 0 and ov.read(0x800, 4) == (0, 0xCAFEF00D)  # dropped
     assert ov.dropped_writes == 1
+
+
+def test_memory_accessor_reads_little_endian_at_every_size_and_refuses_unreadable_bytes():
+    hw = MemoryAccessor(bytes(range(1, 65)), size=256, readable=64)
+    assert [hw.read(8, n) for n in (1, 2, 3, 4)] == [0x09, 0x0A09, 0x0B0A09, 0x0C0B0A09]
+    assert hw.read(61, 3) == 0x403F3E and hw.read(60, 4) == 0x403F3E3D and hw.read(5, 0) == 0
+    for offset, size in ((61, 4), (64, 1), (-1, 1), (63, 2)):
+        with pytest.raises(ConfigAccessError):
+            hw.read(offset, size)
+    assert hw.reads == 11 and hw.writes == 0  # every attempt counts, refused ones too

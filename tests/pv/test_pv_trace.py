@@ -60,3 +60,14 @@ def test_an_op_line_out_of_range_or_not_an_integer_is_refused(change):
     parse_op(_op_line())
     with pytest.raises(TraceFormatError):
         parse_op(_op_line(**change))
+
+
+def test_a_record_names_its_whole_op_code_not_its_first_byte():
+    """serve picks MSI records and denied-write logs by the op code: 0x101 is no conf_write."""
+    import struct as _struct
+
+    from xenpciback_cli.pv.trace import TraceRecord
+
+    request = _struct.pack("<I", 0x101) + bytes(544)
+    assert TraceRecord(1, request, -4, 0).cmd == 0x101
+    assert TraceRecord(1, _struct.pack("<I", 1) + bytes(544), 0, 0).cmd == 1

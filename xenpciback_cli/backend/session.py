@@ -37,13 +37,14 @@ from xenpciback_cli.pv.abi import (
     ERR,
     ERR_OFFSET,
     OP_HEADER,
+    OP_OFFSET,
     SH_INFO_MAX_VEC,
     VALUE,
     VALUE_OFFSET,
     Errno,
     PciOp,
 )
-from xenpciback_cli.pv.codec import Op, Result, copy_op, decode_op, write_result
+from xenpciback_cli.pv.codec import OP_COPY, Op, Result, decode_op, short_page, write_result
 from xenpciback_cli.pv.trace import TraceRecord
 
 _NOT_FOUND = -1
@@ -61,6 +62,7 @@ _EINVAL, _ENXIO, _ENOSPC, _EALREADY = (int(e) for e in (Errno.EINVAL, Errno.ENXI
 _CONF_HEADER = struct.Struct("<I4x12siiI")
 assert _CONF_HEADER.size == OP_HEADER.size - 4 and OP_HEADER.format == "<IiIIIiiII"
 _unpack_conf = _CONF_HEADER.unpack_from
+_copy_op = OP_COPY.unpack_from
 _ADDRESS = struct.Struct("<III")
 _pack_err = ERR.pack_into
 _pack_value = VALUE.pack_into
@@ -124,6 +126,9 @@ class GuestSession:
         self._routes: dict[bytes, tuple[Callable[..., tuple[int, int]],
                                         Callable[..., tuple[int, int]], ExportedDevice]] = {}
         self.ops_served = 0
+        #: The device the op being recorded was routed to (None: no device at that address),
+        #: set just before each call of ``recorder``: the recorder's owner needs no lookup.
+        self.recorded_device: ExportedDevice | None = None
         self.events: deque[str] = deque(maxlen=MAX_EVENTS)
         self._other_ops: dict[int, Callable[[ExportedDevice, int, bytes], Result]] = {
             PciOp.ENABLE_MSI: self._enable_msi, PciOp.DISABLE_MSI: self._disable_msi,
@@ -241,9 +246,17 @@ class GuestSession:
     def process(self, page: bytearray | memoryview) -> Result:
         """Serve the op waiting in ``page``: copy it out once, dispatch, write the result back
         (``err``, ``value``, MSI-X vectors). Clearing ``_XEN_PCIF_active`` and notifying the
-        guest are the event loop's. A buffer too short for an op raises ``PageError``."""
-        raw = copy_op(page)  # the one copy (XSA-155)
-        # _dispatch inlined for conf ops: this is the per-op path (bench/bench_dispatch.py)
+        guest are the event loop's. A buffer too short for an op raises ``PageError``.
+
+        This is the per-op path (bench/bench_dispatch.py), so it is :meth:`_dispatch` written
+        out for the two conf ops: one copy (``OP_COPY``, a single C call), one unpack of the
+        fields served on, one dict lookup for the device, one call into its overlay, and the
+        two ``pack_into`` of ``err`` and ``value`` - no Op, no frames besides the overlay's.
+        """
+        try:
+            raw = _copy_op(page, OP_OFFSET)[0]  # the one copy (XSA-155)
+        except struct.error:
+            raise short_page(page) from None
         cmd, address, offset, size, value = _unpack_conf(raw)
         self.ops_served += 1
         route = self._routes.get(address)
@@ -260,14 +273,25 @@ class GuestSession:
                 result = _NOT_IMPLEMENTED, value
             else:
                 result = handler(route[2], value, raw)
-        if len(result) == 2:
-            _pack_err(page, ERR_OFFSET, result[0])
-            _pack_value(page, VALUE_OFFSET, result[1])
-        else:
-            write_result(page, result)
+            write_result(page, result)  # may carry MSI-X vectors
+            if self.recorder is not None:
+                self._record(raw, result, route[2])
+            return result
+        # A conf op's or a miss's (err, value): a wire code and a uint32 (the copy's value or
+        # what the overlay read), so write_result's checks are not needed here.
+        _pack_err(page, ERR_OFFSET, result[0])
+        _pack_value(page, VALUE_OFFSET, result[1])
         if self.recorder is not None:
-            self.recorder(TraceRecord.of(self.domid, decode_op(raw), result))
+            self._record(raw, result, None if route is None else route[2])
         return result
+
+    def _record(self, raw: bytes, result: Result, device: ExportedDevice | None) -> None:
+        """Hand the op as decided on (the private copy) and its answer to the recorder, with
+        ``recorded_device`` set to the device it was routed to (None: not exported) so the
+        recorder's owner needs no second lookup."""
+        assert self.recorder is not None
+        self.recorded_device = device
+        self.recorder(TraceRecord.of(self.domid, decode_op(raw), result))
 
     def handle(self, op: Op) -> Result:
         """The answer to an op already copied out of the page (``pv.codec.read_op``)."""

@@ -81,6 +81,8 @@ _DENIED = int(XenPciErr.ACCESS_DENIED)
 _INVALID_READ = (_INVALID, 0)
 _WIDTH = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 _SIZES = (1, 2, 4)
+#: The read entry of an access no field touches (all bits from hardware), one per size.
+_UNOWNED_READ: dict[int, _ReadEntry] = {size: (_WIDTH[size], 0, (_OK, 0)) for size in _SIZES}
 _COMMAND = int(Reg.COMMAND)
 _CACHE_LINE = int(Reg.CACHE_LINE_SIZE)
 _BIST = int(Reg.BIST)
@@ -387,10 +389,15 @@ class OverlayDevice:
             for offset in range(0, self.config_size, size):
                 key = offset << 3 | size
                 if not any(owners[offset:offset + size]):
-                    # No field (most of extended space): all hardware, writes dropped or
-                    # written through in permissive mode. Not tabled (three dicts of ~7000
-                    # entries per device were ~2.5 MB: serve holds hundreds of devices): a miss
-                    # that is a valid access is one of these (_unowned_op).
+                    # No field: all hardware, writes dropped or written through in permissive
+                    # mode. Tabled in the standard 256 bytes, where drivers read (status, class,
+                    # header type, subsystem IDs...), with shared read entries; not in extended
+                    # space (three dicts of ~7000 entries per device were ~2.5 MB and serve
+                    # holds hundreds of devices): a miss that is a valid access is one of
+                    # these (_unowned_op).
+                    if offset < CONFIG_SIZE:
+                        reads[key] = _UNOWNED_READ[size]
+                        whole[key] = (self._w_unowned, key, _WIDTH[size])
                     continue
                 hwmask = 0
                 seen: list[Field] = []

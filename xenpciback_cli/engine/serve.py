@@ -521,9 +521,8 @@ class Server:
             guest.window_ops += 1
             guest.session.process(page)
             record = guest.last
-            if record is not None and record.request[0] in INTERRUPT_OPS:
-                op = record.op
-                dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
+            if record is not None and record.cmd in INTERRUPT_OPS:
+                dev = guest.session.recorded_device  # the op's device, looked up once
                 if dev is not None:
                     self._record_interrupts(guest, dev)  # before the guest sees the answer
             set_flag_bits(page, clear_mask=ACTIVE)
@@ -602,7 +601,7 @@ class Server:
 
     def _trace_op(self, guest: Guest, record: TraceRecord) -> None:
         assert self.trace is not None
-        dev = guest.session.devices.get(self.trace.address_of(record))
+        dev = guest.session.recorded_device  # the session's lookup for this op, not a second one
         self.trace.op(record, None if dev is None else self.trace.text_of(dev.host))
 
     def _trace_device(self, guest: Guest, action: Export, config: ConfigAccess,
@@ -622,10 +621,10 @@ class Server:
 
     def _after_op(self, guest: Guest) -> None:
         record = guest.last
-        if record is not None and record.request[0] == PciOp.CONF_WRITE:
-            op = record.op
-            dev = guest.session.devices.get((op.domain, op.bus, op.devfn))
+        if record is not None and record.cmd == PciOp.CONF_WRITE:
+            dev = guest.session.recorded_device
             if dev is not None and dev.overlay.dropped_writes:
+                op = record.op
                 key = (dev.host, op.offset)
                 total = sum(d.overlay.dropped_writes for d in guest.session.devices.values())
                 if total > guest.writes_denied:

@@ -10,7 +10,6 @@ import io
 import json
 import json.scanner
 import os
-import struct
 import time
 from collections.abc import Iterator
 from typing import IO, Any
@@ -87,7 +86,6 @@ def open_text(path: str, mode: str) -> IO[str]:
 
 
 _unpack_header = OP_HEADER.unpack_from
-_unpack_address = struct.Struct("<IiIII").unpack_from
 _CONF_NAMES = {0: "conf_read", 1: "conf_write"}
 #: pv.trace.op_dict's line for a config op, as json.dumps(separators=(",", ":")) writes it.
 _OP_LINE = ('{"kind":"op","t":%s,"domid":%d,"guest":"%s","host":%s,"op":"%s","code":%d,'
@@ -215,11 +213,6 @@ class TraceWriter:
         self.written += len(text)
         if self.max_size is not None and self.written - self.header_size >= self.max_size:
             self._rotate()
-
-    def address_of(self, record: TraceRecord) -> tuple[int, int, int]:
-        """``(domain, bus, devfn)`` of the op's request, without decoding all of it."""
-        _, _, domain, bus, devfn = _unpack_address(record.request)
-        return domain, bus, devfn
 
     def text_of(self, host: Bdf) -> str:
         text = self._hosts.get(host)

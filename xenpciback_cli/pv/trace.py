@@ -38,6 +38,11 @@ class TraceRecord(NamedTuple):
         return decode_op(self.request)
 
     @property
+    def cmd(self) -> int:
+        """The request's whole 32-bit op code (its first byte alone would take 0x101 for 1)."""
+        return int.from_bytes(self.request[0:4], "little")
+
+    @property
     def result(self) -> Result:
         return (self.err, self.value, self.vectors) if self.vectors else (self.err, self.value)
 
