@@ -213,3 +213,15 @@ def test_removing_a_middle_entry_moves_later_ones_down_with_their_optional_keys(
         "key-1": "0000:03:00.1", "dev-1": "0000:03:00.1", "state-1": "1",
         "opts-1": "msitranslate=0,power_mgmt=0,permissive=1,rdm_policy=strict"}
     assert values["num_devs"] == "2"
+
+
+def test_a_closed_frontend_and_a_closing_backend_get_different_advice():
+    """A guest that closed its pcifront is not a backend being torn down: detach plainly works
+    then (the demo showed the old advice, 'detach it with --force', before a plain detach)."""
+    from xenpciback_cli.toolstack.xenbus import next_move
+
+    who, what = next_move(S.CONNECTED, S.CLOSED)
+    assert who == "the toolstack" and "the guest closed its PCI frontend" in what
+    assert "--force" not in what
+    who, what = next_move(S.CLOSING, S.CONNECTED)
+    assert "backend is being torn down" in what and "--force" in what

@@ -107,8 +107,12 @@ def next_move(backend: XenbusState | None, frontend: XenbusState | None) -> tupl
     move = _MOVES.get((backend, frontend))
     if move is not None:
         return move
-    if backend in (_B.CLOSING, _B.CLOSED) or frontend in (_B.CLOSING, _B.CLOSED):
-        return ("the toolstack", "the device is being torn down; detach it with --force")
+    if backend in (_B.CLOSING, _B.CLOSED):
+        return ("the toolstack", "the backend is being torn down: detach the device (with --force "
+                                 "if the guest does not let go)")
+    if frontend in (_B.CLOSING, _B.CLOSED):
+        return ("the toolstack", "the guest closed its PCI frontend: detach the device, or let "
+                                 "the guest reconnect")
     if backend is None:
         return ("the toolstack", "no backend directory: nothing is attached")
     if frontend is None:
