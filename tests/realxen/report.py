@@ -1,0 +1,171 @@
+"""The side-by-side report: what the guest saw through the kernel's xen-pciback and through ours.
+
+Input: ``data.json`` as dom0's scenario wrote it (per backend: the guest's config bytes of each
+device, the write/read-back sweep, ``lspci -xxxx``, the BAR0 read, the latency run, interrupts).
+Output: ``side-by-side.json`` and ``side-by-side.txt`` in the artefact directory, and the same
+dict returned for the tests. Every difference is listed; each is either *explained* (a reason
+naming docs/linux-differences.md or the register's nature) or *unexplained* -- the test fails on
+an unexplained one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: Registers whose value is the host's run-time state, not the backend's doing: the same bytes
+#: can differ between two guests of one device (offsets within the standard header).
+STATUS_RW1C = {0x06: "STATUS (hardware event bits)", 0x07: "STATUS (hardware event bits)"}
+
+
+def _config_bytes(hexstr: str) -> bytes:
+    try:
+        return bytes.fromhex(hexstr)
+    except ValueError:
+        return b""
+
+
+def _capabilities(config: bytes) -> dict[int, tuple[int, int]]:
+    """offset -> (capability id, length guess) of the standard list, for naming differences."""
+    caps: dict[int, tuple[int, int]] = {}
+    if len(config) < 0x40 or not config[0x06] & 0x10:
+        return caps
+    pointer, seen = config[0x34] & 0xFC, set()
+    while pointer >= 0x40 and pointer not in seen and pointer + 1 < len(config):
+        seen.add(pointer)
+        caps[pointer] = (config[pointer], 0)
+        pointer = config[pointer + 1] & 0xFC
+    return caps
+
+
+def _cap_of(offset: int, caps: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
+    """(capability offset, id) containing ``offset``: the nearest capability at or below it."""
+    starts = [c for c in caps if c <= offset]
+    if not starts or offset >= 0x100:
+        return None
+    start = max(starts)
+    return start, caps[start][0]
+
+
+def explain(offset: int, config: bytes) -> str | None:
+    """Why the byte at ``offset`` may legitimately differ between two guests; None if it may not."""
+    if offset in STATUS_RW1C:
+        return STATUS_RW1C[offset]
+    cap = _cap_of(offset, _capabilities(config))
+    if cap is not None:
+        start, cap_id = cap
+        rel = offset - start
+        if cap_id == 0x05 and rel >= 4:  # MSI address/data/mask/pending: Xen programs them
+            return "MSI address/data: programmed by Xen for the PIRQ it chose (differs per mapping)"
+        if cap_id == 0x05 and rel in (2, 3):
+            return "MSI message control: enable bit as the last driver left it"
+        if cap_id == 0x11 and rel in (2, 3):
+            return "MSI-X message control: enable/mask as the last driver left it"
+        if cap_id == 0x10 and 8 <= rel < 12:  # PCIe device status/control: error bits
+            return "PCIe device control/status: error status bits are hardware events"
+    return None
+
+
+def compare_bytes(kernel: bytes, ours: bytes) -> list[dict]:
+    diffs = []
+    for offset in range(max(len(kernel), len(ours))):
+        a = kernel[offset] if offset < len(kernel) else None
+        b = ours[offset] if offset < len(ours) else None
+        if a != b:
+            diffs.append({"offset": offset, "kernel": a, "ours": b,
+                          "explained": explain(offset, kernel or ours)})
+    return diffs
+
+
+def compare_sweep(kernel: list[list[str]], ours: list[list[str]], config: bytes) -> list[dict]:
+    """Each access: (offset, size, original, write rc, after all-ones, restore rc, read errors).
+    Equal unless the register's original value is host state that differed."""
+    diffs = []
+    by_key = {(int(r[0]), int(r[1])): r for r in ours}
+    for row in kernel:
+        key = (int(row[0]), int(row[1]))
+        other = by_key.pop(key, None)
+        if other is None or other[2:] != row[2:]:
+            offset, size = key
+            reason = None
+            if (other is not None and other[3:] == row[3:]) or (other is not None and row[2] != other[2]):
+                reasons = {explain(offset + i, config) for i in range(size)}
+                reasons.discard(None)
+                reason = "; ".join(sorted(r for r in reasons if r)) or None
+            diffs.append({"offset": offset, "size": size, "kernel": row[2:],
+                          "ours": other[2:] if other else None, "explained": reason})
+    for key, other in sorted(by_key.items()):
+        diffs.append({"offset": key[0], "size": key[1], "kernel": None, "ours": other[2:],
+                      "explained": None})
+    return diffs
+
+
+def build(data: dict) -> dict:
+    kernel, ours = data.get("kernel", {}), data.get("ours", {})
+    devices: dict[str, dict] = {}
+    for ids in sorted(set(kernel.get("config", {})) | set(ours.get("config", {}))):
+        kconf = _config_bytes(kernel.get("config", {}).get(ids, ""))
+        oconf = _config_bytes(ours.get("config", {}).get(ids, ""))
+        config_diffs = compare_bytes(kconf, oconf)
+        sweep_diffs = compare_sweep(kernel.get("sweep", {}).get(ids, []),
+                                    ours.get("sweep", {}).get(ids, []), kconf)
+        devices[ids] = {
+            "config_size": {"kernel": len(kconf), "ours": len(oconf)},
+            "config_differences": config_diffs,
+            "sweep_accesses": {"kernel": len(kernel.get("sweep", {}).get(ids, [])),
+                               "ours": len(ours.get("sweep", {}).get(ids, []))},
+            "sweep_differences": sweep_diffs,
+            "unexplained": sum(1 for d in config_diffs + sweep_diffs if not d["explained"]),
+        }
+    klat, olat = kernel.get("latency", {}), ours.get("latency", {})
+    latency = {"kernel_us_per_read": klat.get("us_per_read"), "ours_us_per_read": olat.get("us_per_read"),
+               "reads": klat.get("reads")}
+    if klat.get("us_per_read") and olat.get("us_per_read"):
+        latency["ratio_ours_to_kernel"] = olat["us_per_read"] / klat["us_per_read"]
+    return {
+        "devices": devices,
+        "lspci_xxxx_identical": kernel.get("lspci_xxxx") == ours.get("lspci_xxxx"),
+        "latency": latency,
+        "bar0": {"kernel": kernel.get("bar0"), "ours": ours.get("bar0")},
+        "interrupts": {side: {mode: {"lines": v.get("lines"), "counts": v.get("counts")}
+                              for mode, v in d.get("interrupts", {}).items()}
+                       for side, d in (("kernel", kernel), ("ours", ours))},
+        "hotplug": {"kernel": kernel.get("hotplug"), "ours": ours.get("hotplug")},
+        "unexplained": sum(d["unexplained"] for d in devices.values()),
+    }
+
+
+def _fmt(value: object) -> str:
+    return "-" if value is None else (f"{value:02x}" if isinstance(value, int) else str(value))
+
+
+def text(report: dict) -> str:
+    lines = ["Side by side: the guest's view through the kernel's xen-pciback vs ours", ""]
+    for ids, dev in report["devices"].items():
+        lines.append(f"device {ids}: config size kernel {dev['config_size']['kernel']} / ours "
+                     f"{dev['config_size']['ours']}; sweep accesses {dev['sweep_accesses']['kernel']} / "
+                     f"{dev['sweep_accesses']['ours']}; unexplained differences: {dev['unexplained']}")
+        for d in dev["config_differences"]:
+            lines.append(f"  config {d['offset']:#05x}: kernel {_fmt(d['kernel'])} ours "
+                         f"{_fmt(d['ours'])}  -- {d['explained'] or 'UNEXPLAINED'}")
+        for d in dev["sweep_differences"]:
+            lines.append(f"  sweep {d['offset']:#05x}/{d['size']}: kernel {d['kernel']} ours "
+                         f"{d['ours']}  -- {d['explained'] or 'UNEXPLAINED'}")
+    lat = report["latency"]
+    lines += ["", f"latency per config read (guest-side, {lat.get('reads')} reads): kernel "
+              f"{_fmt(round(lat['kernel_us_per_read'], 1) if lat.get('kernel_us_per_read') else None)} us, "
+              f"ours {_fmt(round(lat['ours_us_per_read'], 1) if lat.get('ours_us_per_read') else None)} us, "
+              f"ratio {_fmt(round(lat['ratio_ours_to_kernel'], 2) if lat.get('ratio_ours_to_kernel') else None)}",
+              f"lspci -xxxx identical: {report['lspci_xxxx_identical']}",
+              f"BAR0: {json.dumps(report['bar0'])}",
+              f"interrupts: {json.dumps(report['interrupts'])}",
+              f"hot-plug: {json.dumps(report['hotplug'])}",
+              f"unexplained differences in all: {report['unexplained']}"]
+    return "\n".join(lines) + "\n"
+
+
+def write(data: dict, directory: Path) -> dict:
+    report = build(data)
+    (directory / "side-by-side.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    (directory / "side-by-side.txt").write_text(text(report))
+    return report
