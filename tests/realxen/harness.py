@@ -47,7 +47,7 @@ GUEST_SOURCE = HERE / "guest/xpb_guest.c"
 DOMU_INIT = HERE / "domu_init.sh"
 QEMU = "qemu-system-x86_64"
 
-SCENARIO_TIMEOUT = int(os.environ.get("XEN_PCIBACK_REALXEN_SCENARIO_TIMEOUT", "900"))
+SCENARIO_TIMEOUT = int(os.environ.get("XEN_PCIBACK_REALXEN_SCENARIO_TIMEOUT", "1500"))
 #: (name, console marker that ends it, timeout in seconds). Generous: 2 busy cores, TCG.
 STAGES = (
     ("boot-to-init", "XPB-STAGE init", 240),
@@ -106,10 +106,10 @@ def source_tree() -> Path:
 
 def scenario_settings() -> dict[str, object]:
     """``XEN_PCIBACK_REALXEN_PHASES=kernel,ours`` (which backends to run; both by default) and
-    ``XEN_PCIBACK_REALXEN_LATENCY_READS`` (timed config reads per backend, 500 by default)."""
+    ``XEN_PCIBACK_REALXEN_LATENCY_READS`` (timed config reads per backend, 300 by default)."""
     phases = [p for p in os.environ.get("XEN_PCIBACK_REALXEN_PHASES", "kernel,ours").split(",") if p]
     return {"phases": phases,
-            "latency_reads": int(os.environ.get("XEN_PCIBACK_REALXEN_LATENCY_READS", "500"))}
+            "latency_reads": int(os.environ.get("XEN_PCIBACK_REALXEN_LATENCY_READS", "300"))}
 
 
 def build_guest_program(out: Path) -> None:
@@ -134,7 +134,7 @@ def prepare_share(share: Path, stack: Stack) -> None:
     (share / "results").mkdir()
     guest = share / "guest"
     guest.mkdir()
-    shutil.copy2(stack.kernel, guest / "vmlinuz")
+    shutil.copy2(stack.domu_kernel, guest / "vmlinux.gz")
     extra = share / "domu-extra"
     (extra / "bin").mkdir(parents=True)
     build_guest_program(extra / "bin/xpb-guest")
