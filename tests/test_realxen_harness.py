@@ -64,3 +64,28 @@ def test_guest_answer_framing_decodes() -> None:
     console = "XPBG-BEGIN 7\n" + lines[0] + "\n[  12.3] pcifront: noise\n" + "\n".join(lines[1:]) \
         + "\nXPBG-END 7\n"
     assert module.decode_answer(console, 7) == (3, "hello")
+
+
+def test_monitor_command_talks_to_qemu(tmp_path: Path) -> None:
+    """The AER injection path: one command over QEMU's human monitor socket, its answer back."""
+    import shutil
+    import time
+
+    if shutil.which(harness.QEMU) is None:
+        pytest.skip("QEMU not installed")
+    monitor = tmp_path / "monitor.sock"
+    proc = subprocess.Popen([harness.QEMU, "-machine", "none", "-nodefaults", "-display", "none",
+                             "-monitor", f"unix:{monitor},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not monitor.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answer = harness.monitor_command(monitor, "pcie_aer_inject_error nosuchdev CMPLTO")
+        assert "nosuchdev" in answer or "not" in answer.lower(), answer
+        (tmp_path / "share").mkdir()
+        harness.inject_aer(monitor, tmp_path / "share", ["3", "nosuchdev", "CMPLTO"])
+        assert (tmp_path / "share/aer-ack-3").read_text().strip()
+    finally:
+        proc.kill()
+        proc.wait()

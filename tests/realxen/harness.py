@@ -18,6 +18,7 @@ import compileall
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -151,6 +152,38 @@ def prepare_share(share: Path, stack: Stack) -> None:
         compileall.compile_dir(share / "scenario", quiet=1, workers=1)
 
 
+def monitor_command(monitor: Path, command: str, timeout: float = 20) -> str:
+    """One human-monitor command over QEMU's unix socket; its answer (the prompt stripped)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(monitor))
+        data = b""
+        while b"(qemu)" not in data:  # the banner and first prompt
+            data += sock.recv(4096) or b"(qemu)"
+        sock.sendall(command.encode() + b"\n")
+        data = b""
+        while data.count(b"(qemu)") < 1:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    text = data.decode(errors="replace").replace("\r", "")
+    return "\n".join(line for line in text.splitlines()
+                     if line.strip() and not line.startswith("(qemu)") and command not in line)
+
+
+def inject_aer(monitor: Path, share: Path, request: list[str]) -> None:
+    """dom0 asked (``AER-INJECT ROUND DEVICE ERROR``): inject, answer in ``aer-ack-ROUND``."""
+    if len(request) != 3 or not request[0].isdigit():
+        return
+    round_, device, error = request
+    try:
+        answer = monitor_command(monitor, f"pcie_aer_inject_error {device} {error}") or "ok"
+    except OSError as exc:
+        answer = f"monitor: {exc}"
+    (share / f"aer-ack-{round_}").write_text(answer + "\n")
+
+
 def _failure(stage: str, exc: StageFailed, share: Path) -> StageFailed:
     """The stage failure with the xenstore tree dom0 saved (or printed) on its way down."""
     tree = share / "results/xenstore-on-failure.txt"
@@ -194,6 +227,8 @@ def run(workdir: Path | None = None, log: Callable[[str], None] = print) -> RunR
     def progress(line: str) -> None:
         if "XPB-SCENARIO XPB-CHECK" in line:
             log("realxen: " + line.split("XPB-SCENARIO ", 1)[1].strip())
+        elif "XPB-SCENARIO AER-INJECT " in line:
+            inject_aer(monitor, share, line.split("AER-INJECT ", 1)[1].split())
 
     proc = subprocess.Popen(qemu_command(stack, share, serial, monitor), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -54,9 +54,9 @@ GUEST_TIMEOUT = 600  # lspci -xxxx of an Express device is ~1300 config ops: min
 CHECK_NAMES = (
     "environment",
     "kernel-setup", "kernel-create-guest", "kernel-enumerate", "kernel-bar0", "kernel-latency",
-    "kernel-sweep", "kernel-msix", "kernel-msi", "kernel-hotplug", "kernel-teardown",
+    "kernel-sweep", "kernel-msi", "kernel-msix", "kernel-aer", "kernel-hotplug", "kernel-teardown",
     "ours-hide", "ours-create-guest", "ours-attach", "ours-serve", "ours-enumerate", "ours-bar0",
-    "ours-latency", "ours-sweep", "ours-msix", "ours-msi", "ours-hotplug", "ours-serve-restart",
+    "ours-latency", "ours-sweep", "ours-msi", "ours-msix", "ours-aer", "ours-hotplug", "ours-serve-restart",
     "ours-teardown",
 )
 
@@ -129,8 +129,9 @@ def record(name: str, ok: bool, detail: str, seconds: float, **extra: object) ->
     console(f"XPB-CHECK {name} {'ok' if ok else 'FAIL'} {seconds:.2f}s {first}")
 
 
-def check(name: str, phase: str, fn, *args) -> object:  # noqa: ANN001
-    """Run one check; a failure marks its phase failed (later checks of the phase are skipped)."""
+def check(name: str, phase: str, fn, *args, fatal: bool = True) -> object:  # noqa: ANN001
+    """Run one check; a failure of a ``fatal`` one marks its phase failed (its later checks are
+    skipped: they need what it set up). Observations (a BAR read, interrupts...) are not fatal."""
     started = time.monotonic()
     if phase in UNSELECTED:
         record(name, False, f"skipped: phase '{phase}' not selected (XEN_PCIBACK_REALXEN_PHASES)", 0.0)
@@ -144,10 +145,12 @@ def check(name: str, phase: str, fn, *args) -> object:  # noqa: ANN001
         record(name, True, detail, time.monotonic() - started)
         return value
     except CheckFailed as exc:
-        FAILED_PHASES.add(phase)
+        if fatal:
+            FAILED_PHASES.add(phase)
         record(name, False, str(exc), time.monotonic() - started)
     except Exception:  # noqa: BLE001 - reported as the check's failure
-        FAILED_PHASES.add(phase)
+        if fatal:
+            FAILED_PHASES.add(phase)
         record(name, False, traceback.format_exc()[-3000:], time.monotonic() - started)
     return None
 
@@ -180,7 +183,7 @@ class Guest:
         self.cfg = Path(f"/tmp/{name}.cfg")
         lines = [f'name = "{name}"', 'type = "pv"', f'kernel = "{GUEST_DIR}/vmlinux.gz"',
                  f'ramdisk = "{GUEST_DIR}/domu.cpio"',
-                 'extra = "console=hvc0 rdinit=/init loglevel=1"', "memory = 256", "vcpus = 1",
+                 'extra = "console=hvc0 rdinit=/init loglevel=1"', "memory = 160", "vcpus = 1",
                  'on_poweroff = "destroy"', 'on_crash = "destroy"']
         if pci is None:
             lines.append('passthrough = "enabled"')
@@ -393,6 +396,59 @@ def interrupts_guest(phase: str, guest: Guest, mode: str) -> str:
     expect(sum(counts) > 0, f"e1000e ({mode}) raised no interrupt in the guest: {lines}")
     return f"{len(lines)} vector(s), {sum(counts)} interrupt(s): " + " | ".join(
         " ".join(line.split()) for line in lines)
+
+
+def aer_offset(config: bytes) -> int:
+    """Offset of the AER extended capability (id 1) in ``config``; 0 when absent."""
+    offset, seen = 0x100, set()
+    while 0x100 <= offset < len(config) - 3 and offset not in seen:
+        seen.add(offset)
+        header = int.from_bytes(config[offset:offset + 4], "little")
+        if header & 0xFFFF == 1:
+            return offset
+        offset = (header >> 20) & 0xFFC
+    return 0
+
+
+AER_ROUNDS = [0]
+
+
+def aer_guest(phase: str, guest: Guest) -> str:
+    """QEMU's monitor injects an uncorrectable error (completion timeout) into the e1000e; the
+    harness on the host does it when it sees the request on dom0's console and answers through
+    the share. What we can see: the device's AER status in dom0, the same register through the
+    backend in the guest, and whatever the guest's kernel logged."""
+    AER_ROUNDS[0] += 1
+    ack = SHARE / f"aer-ack-{AER_ROUNDS[0]}"
+    config_path = Path(f"/sys/bus/pci/devices/{NIC}/config")
+    aer = aer_offset(config_path.read_bytes())
+    expect(aer != 0, f"{NIC} has no AER capability in dom0's view")
+    console(f"AER-INJECT {AER_ROUNDS[0]} nic0 CMPLTO")
+    expect(wait_for(ack.exists, 60), "the harness did not inject the error within 60 s")
+    answer = ack.read_text().strip()
+    time.sleep(3)
+    status = int.from_bytes(config_path.read_bytes()[aer + 4:aer + 8], "little")
+    bdf = DATA[phase]["guest_bdfs"][IDS[NIC]]
+    _, out = guest.do(f"xpb-guest config {bdf}; dmesg | grep -iE 'aer|error|pcifront' | tail -n 10")
+    fields = next((f for f in parse_xpbr(out) if f[0] == "config"), None)
+    guest_config = bytes.fromhex(fields[3]) if fields else b""
+    guest_status = int.from_bytes(guest_config[aer + 4:aer + 8], "little") \
+        if len(guest_config) >= aer + 8 else None
+    DATA[phase]["aer"] = {"monitor": answer, "dom0_uncor_status": status, "guest_uncor_status":
+                          guest_status, "guest_log": out[-2000:]}
+    save_data()
+    # Clear the RW1C status bits from dom0, so the next phase starts clean.
+    with open(config_path, "r+b") as f:
+        f.seek(aer + 4)
+        f.write(status.to_bytes(4, "little"))
+    expect(status & (1 << 14), f"the injected completion timeout is not in {NIC}'s uncorrectable "
+           f"status (dom0 reads {status:#x}); monitor said: {answer}")
+    expect(guest_status == status, f"the guest reads AER uncorrectable status {guest_status} "
+           f"through the backend, dom0 {status:#x}")
+    logged = [line for line in out.splitlines() if "aer" in line.lower()]
+    return (f"uncorrectable status {status:#x} in dom0 and in the guest; the guest's kernel logged "
+            f"{len(logged)} AER line(s) (no AER event reaches dom0's AER core: the e1000e is an "
+            "integrated endpoint on the root bus, no root port to signal it)")
 
 
 # -- phase 1: the kernel's xen-pciback ---------------------------------------------------------
@@ -618,11 +674,12 @@ def main(results_dir: str) -> int:
     check("kernel-setup", "kernel", kernel_setup)
     check("kernel-create-guest", "kernel", kguest.create)
     check("kernel-enumerate", "kernel", probe_guest, "kernel", kguest)
-    check("kernel-bar0", "kernel", bar_guest, "kernel", kguest)
-    check("kernel-latency", "kernel", latency_guest, "kernel", kguest)
-    check("kernel-sweep", "kernel", sweep_guest, "kernel", kguest)
-    check("kernel-msix", "kernel", interrupts_guest, "kernel", kguest, "msix")
-    check("kernel-msi", "kernel", interrupts_guest, "kernel", kguest, "msi")
+    check("kernel-bar0", "kernel", bar_guest, "kernel", kguest, fatal=False)
+    check("kernel-latency", "kernel", latency_guest, "kernel", kguest, fatal=False)
+    check("kernel-sweep", "kernel", sweep_guest, "kernel", kguest, fatal=False)
+    check("kernel-msi", "kernel", interrupts_guest, "kernel", kguest, "msi", fatal=False)
+    check("kernel-msix", "kernel", interrupts_guest, "kernel", kguest, "msix", fatal=False)
+    check("kernel-aer", "kernel", aer_guest, "kernel", kguest, fatal=False)
     check("kernel-hotplug", "kernel", kernel_hotplug, kguest)
     if "kernel" in PHASES:
         FAILED_PHASES.discard("kernel")  # teardown runs whatever happened before
@@ -636,11 +693,12 @@ def main(results_dir: str) -> int:
     check("ours-attach", "ours", ours_attach, oguest)
     check("ours-serve", "ours", ours_serve)
     check("ours-enumerate", "ours", probe_guest, "ours", oguest)
-    check("ours-bar0", "ours", bar_guest, "ours", oguest)
-    check("ours-latency", "ours", latency_guest, "ours", oguest)
-    check("ours-sweep", "ours", sweep_guest, "ours", oguest)
-    check("ours-msix", "ours", interrupts_guest, "ours", oguest, "msix")
-    check("ours-msi", "ours", interrupts_guest, "ours", oguest, "msi")
+    check("ours-bar0", "ours", bar_guest, "ours", oguest, fatal=False)
+    check("ours-latency", "ours", latency_guest, "ours", oguest, fatal=False)
+    check("ours-sweep", "ours", sweep_guest, "ours", oguest, fatal=False)
+    check("ours-msi", "ours", interrupts_guest, "ours", oguest, "msi", fatal=False)
+    check("ours-msix", "ours", interrupts_guest, "ours", oguest, "msix", fatal=False)
+    check("ours-aer", "ours", aer_guest, "ours", oguest, fatal=False)
     check("ours-hotplug", "ours", ours_hotplug, oguest)
     check("ours-serve-restart", "ours", ours_restart, oguest)
     if "ours" in PHASES:
