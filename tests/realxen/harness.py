@@ -107,10 +107,12 @@ def source_tree() -> Path:
 
 def scenario_settings() -> dict[str, object]:
     """``XEN_PCIBACK_REALXEN_PHASES=kernel,ours`` (which backends to run; both by default) and
-    ``XEN_PCIBACK_REALXEN_LATENCY_READS`` (timed config reads per backend, 300 by default)."""
+    ``XEN_PCIBACK_REALXEN_LATENCY_READS`` (timed config reads per backend, 300 by default),
+    ``XEN_PCIBACK_REALXEN_SERVE_RECORD=1`` (``serve --record``: a trace of every op, slower)."""
     phases = [p for p in os.environ.get("XEN_PCIBACK_REALXEN_PHASES", "kernel,ours").split(",") if p]
     return {"phases": phases,
-            "latency_reads": int(os.environ.get("XEN_PCIBACK_REALXEN_LATENCY_READS", "300"))}
+            "latency_reads": int(os.environ.get("XEN_PCIBACK_REALXEN_LATENCY_READS", "300")),
+            "serve_record": os.environ.get("XEN_PCIBACK_REALXEN_SERVE_RECORD") == "1"}
 
 
 def build_guest_program(out: Path) -> None:

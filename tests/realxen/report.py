@@ -47,8 +47,19 @@ def _cap_of(offset: int, caps: dict[int, tuple[int, int]]) -> tuple[int, int] | 
     return start, caps[start][0]
 
 
-def explain(offset: int, config: bytes) -> str | None:
-    """Why the byte at ``offset`` may legitimately differ between two guests; None if it may not."""
+#: CACHE_LINE_SIZE: Linux's pciback calls pci_set_mwi when a guest sets MWI in COMMAND (the
+#: sweep's all-ones write does), which programs the host's cache line size; ours never programs
+#: it and drops MWI while it is 0 (docs/linux-differences.md #13).
+CACHE_LINE_SIZE = 0x0C
+CLS_REASON = ("CACHE_LINE_SIZE: Linux's pci_set_mwi programmed it when the guest set MWI; ours "
+              "does not (docs/linux-differences.md #13)")
+
+
+def explain(offset: int, config: bytes, kernel: int | None = None, ours: int | None = None) -> str | None:
+    """Why the byte at ``offset`` may legitimately differ between two guests; None if it may not.
+    ``kernel``/``ours`` are the two values, where a reason depends on them."""
+    if offset == CACHE_LINE_SIZE and ours == 0 and kernel:
+        return CLS_REASON
     if offset in STATUS_RW1C:
         return STATUS_RW1C[offset]
     cap = _cap_of(offset, _capabilities(config))
@@ -73,7 +84,7 @@ def compare_bytes(kernel: bytes, ours: bytes) -> list[dict]:
         b = ours[offset] if offset < len(ours) else None
         if a != b:
             diffs.append({"offset": offset, "kernel": a, "ours": b,
-                          "explained": explain(offset, kernel or ours)})
+                          "explained": explain(offset, kernel or ours, a, b)})
     return diffs
 
 
@@ -88,10 +99,14 @@ def compare_sweep(kernel: list[list[str]], ours: list[list[str]], config: bytes)
         if other is None or other[2:] != row[2:]:
             offset, size = key
             reason = None
-            if (other is not None and other[3:] == row[3:]) or (other is not None and row[2] != other[2]):
-                reasons = {explain(offset + i, config) for i in range(size)}
-                reasons.discard(None)
-                reason = "; ".join(sorted(r for r in reasons if r)) or None
+            if other is not None and other[3:] == row[3:]:  # only the original value differs
+                kval, oval = int(row[2], 16), int(other[2], 16)
+                reasons = set()
+                for i in range(size):
+                    kbyte, obyte = (kval >> 8 * i) & 0xFF, (oval >> 8 * i) & 0xFF
+                    if kbyte != obyte:
+                        reasons.add(explain(offset + i, config, kbyte, obyte))
+                reason = None if None in reasons or not reasons else "; ".join(sorted(reasons))
             diffs.append({"offset": offset, "size": size, "kernel": row[2:],
                           "ours": other[2:] if other else None, "explained": reason})
     for key, other in sorted(by_key.items()):

@@ -193,6 +193,7 @@ class Guest:
         self.domid = -1
         self.seq = 0
         self.log = Path(f"/var/log/xen/guest-{name}.log")
+        self._read, self._console, self._searched = 0, "", 0
 
     def create(self) -> str:
         started = time.monotonic()
@@ -212,19 +213,27 @@ class Guest:
         return f"domid {self.domid}: xl create {created:.1f} s, guest ready {time.monotonic() - started:.1f} s"
 
     def text(self) -> str:
+        """The console log so far, read incrementally: dom0's CPU is the backend's too (a
+        whole-file read every poll slowed our serve into pcifront's 2 s timeout)."""
         try:
-            return self.log.read_text(errors="replace")
+            with open(self.log, "rb") as f:
+                f.seek(self._read)
+                chunk = f.read()
         except OSError:
-            return ""
+            return self._console
+        self._read += len(chunk)
+        self._console += chunk.decode(errors="replace")
+        return self._console
 
     def do(self, command: str, timeout: float = GUEST_TIMEOUT) -> tuple[int, str]:
         """Run ``command`` in the guest; (exit code, its console output)."""
         self.seq += 1
         seq = self.seq
         started = time.monotonic()
+        self._searched = len(self.text())
         xs_write(f"/local/domain/{self.domid}/data/xpb-cmd", f"{seq} {command}")
         end = re.compile(rf"^XPBG-END {seq}\r?$", re.M)
-        if not wait_for(lambda: end.search(self.text()) is not None, timeout):
+        if not wait_for(lambda: end.search(self.text(), self._searched) is not None, timeout, 0.5):
             raise CheckFailed(f"guest {self.name}: no answer to '{command}' within {timeout:.0f} s:\n"
                               f"{self.text()[-2500:]}")
         text = self.text()
@@ -500,9 +509,12 @@ class Serve:
         with open(SERVE_LOG, "a") as out:
             out.write(f"--- serve start {self.starts} at {time.monotonic() - T0:.2f}\n")
             out.flush()
+            # No --record: a trace line per op is a write per op, and the latency run measures
+            # the backend as deployed (XEN_PCIBACK_REALXEN_SERVE_RECORD=1 turns it on for debugging).
+            record = ["--record", f"/tmp/serve-trace-{self.starts}.jsonl"] \
+                if SETTINGS.get("serve_record") else []
             self.proc = subprocess.Popen([sys.executable, "-m", "xenpciback_cli", "-v", "serve",
-                                          "foreground", "--record",
-                                          f"/tmp/serve-trace-{self.starts}.jsonl"],
+                                          "foreground", *record],
                                          stdout=out, stderr=subprocess.STDOUT)
         return f"pid {self.proc.pid}"
 
@@ -537,6 +549,32 @@ def ours_setup() -> str:
     return "both devices held by pci-stub"
 
 
+def _xc_pci(bdf: str) -> str:
+    """The BDF as Xen's Python binding parses it: "0xSEG,0xBUS,0xDEV,0xFN". Anything without
+    a comma is silently nothing to (de)assign (it returns 0; a first run here lost MSI to that:
+    ENODEV from the map)."""
+    seg, bus, rest = bdf.split(":")
+    slot, fn = rest.split(".")
+    return f"0x{seg},0x{bus},0x{slot},0x{fn}"
+
+
+def temporary_hypervisor_release(domid: int, bdf: str) -> str:
+    """TEMPORARY, the reverse of :func:`temporary_hypervisor_grant` after a detach: the device
+    goes back to quarantine (DomIO), its ranges are no longer the guest's."""
+    import xen.lowlevel.xc as xc
+
+    h = xc.xc()
+    rc = h.deassign_device(domid, _xc_pci(bdf))
+    expect(rc == 0, f"xc deassign_device({domid}, {bdf}) -> {rc}")
+    for line in Path(f"/sys/bus/pci/devices/{bdf}/resource").read_text().splitlines()[:7]:
+        start, end, flags = (int(x, 16) for x in line.split())
+        if start and flags & 0x200:
+            h.domain_iomem_permission(domid, start >> 12, (end >> 12) - (start >> 12) + 1, 0)
+        elif start and flags & 0x100:
+            h.domain_ioport_permission(domid, start, end - start + 1, 0)
+    return "deassigned, ranges revoked"
+
+
 def temporary_hypervisor_grant(domid: int, bdf: str) -> str:
     """TEMPORARY (until 'attach' does it on real Xen, issue 13 / helper xenhv): what libxl does
     in the hypervisor for a PV guest's device -- IOMMU assignment, iomem and ioport permission
@@ -545,7 +583,7 @@ def temporary_hypervisor_grant(domid: int, bdf: str) -> str:
 
     h = xc.xc()
     done = []
-    rc = h.assign_device(domid, bdf)
+    rc = h.assign_device(domid, _xc_pci(bdf))
     expect(rc == 0, f"xc assign_device({domid}, {bdf}) -> {rc}")
     done.append("assigned")
     base = f"/sys/bus/pci/devices/{bdf}"
@@ -615,6 +653,7 @@ def ours_hotplug(guest: Guest) -> str:
     gone = time.monotonic() - started
     started = time.monotonic()
     if ATTACH_MODE.get(TESTDEV) == "temporary":
+        temporary_hypervisor_release(guest.domid, TESTDEV)
         temporary_hypervisor_grant(guest.domid, TESTDEV)
         temporary_attach(guest.domid, TESTDEV)
     else:
@@ -646,10 +685,13 @@ def ours_restart(guest: Guest) -> str:
 
 
 def ours_teardown(guest: Guest) -> str:
+    detached = [cli("detach", bdf, "--domid", str(guest.domid), "--force", "--timeout", "60",
+                    check=False, timeout=120).returncode for bdf in DEVICES]
     guest.destroy()
     rc = SERVE.stop()
     proc = cli("unhide", *DEVICES, check=False)
-    return f"guest destroyed; serve stopped (rc {rc}); unhide -> {proc.returncode}"
+    expect(proc.returncode == 0, f"unhide exited {proc.returncode}: {proc.stderr.strip()}")
+    return f"detach -> {detached}; guest destroyed; serve stopped (rc {rc}); devices unhidden"
 
 
 def environment() -> str:
