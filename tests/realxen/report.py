@@ -88,6 +88,14 @@ def compare_bytes(kernel: bytes, ours: bytes) -> list[dict]:
     return diffs
 
 
+def _behaviour(row: list[str]) -> tuple[str, ...]:
+    """What the backend did with one access, apart from the register's value: the write's and
+    the restore's return codes, the read errors, and whether the all-ones write stuck (the value
+    read back as such when it changed, "kept" when the register kept its original value)."""
+    orig, wrc, after, rrc, errs = row[2:7]
+    return wrc, rrc, errs, "kept" if after == orig else after
+
+
 def compare_sweep(kernel: list[list[str]], ours: list[list[str]], config: bytes) -> list[dict]:
     """Each access: (offset, size, original, write rc, after all-ones, restore rc, read errors).
     Equal unless the register's original value is host state that differed."""
@@ -99,7 +107,7 @@ def compare_sweep(kernel: list[list[str]], ours: list[list[str]], config: bytes)
         if other is None or other[2:] != row[2:]:
             offset, size = key
             reason = None
-            if other is not None and other[3:] == row[3:]:  # only the original value differs
+            if other is not None and _behaviour(other) == _behaviour(row):  # only the value differs
                 kval, oval = int(row[2], 16), int(other[2], 16)
                 reasons = set()
                 for i in range(size):
