@@ -100,3 +100,15 @@ def test_a_dropped_write_over_different_host_state_is_the_same_behaviour() -> No
     osweep = [["84", "4", "fee00358", "0", "ffffffff", "0", "00"]]  # the write went through
     built = report.build(_data(config, config, ksweep, osweep))
     assert built["devices"]["1b36:0005"]["sweep_differences"][0]["explained"] is None
+
+
+def test_aer_status_registers_are_host_events_but_aer_masks_are_not() -> None:
+    config = bytearray(4096)
+    config[0x100:0x104] = (0x00010001).to_bytes(4, "little")  # AER, version 1, last
+    kernel, ours = bytearray(config), bytearray(config)
+    ours[0x104] = 0x40   # uncorrectable status
+    ours[0x118] = 0x0E   # first error pointer
+    ours[0x108] = 0x01   # uncorrectable mask: configuration
+    diffs = {d["offset"]: d for d in report.compare_bytes(bytes(kernel), bytes(ours))}
+    assert "AER status" in diffs[0x104]["explained"] and "AER status" in diffs[0x118]["explained"]
+    assert diffs[0x108]["explained"] is None

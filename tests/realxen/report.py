@@ -38,6 +38,18 @@ def _capabilities(config: bytes) -> dict[int, tuple[int, int]]:
     return caps
 
 
+def _aer_offset(config: bytes) -> int:
+    """Offset of the AER extended capability (id 1); 0 when absent or unreadable."""
+    offset, seen = 0x100, set()
+    while 0x100 <= offset <= len(config) - 4 and offset not in seen:
+        seen.add(offset)
+        header = int.from_bytes(config[offset:offset + 4], "little")
+        if header & 0xFFFF == 1:
+            return offset
+        offset = (header >> 20) & 0xFFC
+    return 0
+
+
 def _cap_of(offset: int, caps: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
     """(capability offset, id) containing ``offset``: the nearest capability at or below it."""
     starts = [c for c in caps if c <= offset]
@@ -62,6 +74,12 @@ def explain(offset: int, config: bytes, kernel: int | None = None, ours: int | N
         return CLS_REASON
     if offset in STATUS_RW1C:
         return STATUS_RW1C[offset]
+    aer = _aer_offset(config)
+    if aer and aer + 4 <= offset < aer + 0x2C and not aer + 8 <= offset < aer + 0x0C \
+            and not aer + 0x14 <= offset < aer + 0x18:
+        # AER status, first-error pointer and header log: what errors the device has seen
+        # (the tier injects one through QEMU's monitor); the masks are configuration.
+        return "AER status/first-error pointer/header log: hardware error events"
     cap = _cap_of(offset, _capabilities(config))
     if cap is not None:
         start, cap_id = cap
