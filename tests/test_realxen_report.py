@@ -112,3 +112,16 @@ def test_aer_status_registers_are_host_events_but_aer_masks_are_not() -> None:
     diffs = {d["offset"]: d for d in report.compare_bytes(bytes(kernel), bytes(ours))}
     assert "AER status" in diffs[0x104]["explained"] and "AER status" in diffs[0x118]["explained"]
     assert diffs[0x108]["explained"] is None
+
+
+def test_device_state_left_by_the_kernel_phases_aer_injection_is_explained_by_evidence() -> None:
+    """Ours probes after the kernel phase injected an AER error; a byte that differs is
+    explained only when the kernel's backend read that same value right after the injection."""
+    kernel = bytes(_config(oec=0x11))
+    ours = bytes(_config(oec=0x00, oed=0x07))
+    after = bytes(_config(oec=0x00))             # the kernel's view right after the injection
+    data = _data(kernel, ours)
+    data["kernel"]["aer"] = {"ids": "1b36:0005", "guest_config": after.hex()}
+    diffs = {d["offset"]: d for d in report.build(data)["devices"]["1b36:0005"]["config_differences"]}
+    assert "injected AER error" in diffs[0xEC]["explained"]
+    assert diffs[0xED]["explained"] is None     # 0x07 was never seen through the kernel's backend

@@ -469,7 +469,8 @@ def aer_guest(phase: str, guest: Guest) -> str:
     guest_status = int.from_bytes(guest_config[aer + 4:aer + 8], "little") \
         if len(guest_config) >= aer + 8 else None
     DATA[phase]["aer"] = {"monitor": answer, "dom0_uncor_status": status, "guest_uncor_status":
-                          guest_status, "guest_log": out[-2000:]}
+                          guest_status, "guest_log": out[-2000:], "guest_config": guest_config.hex(),
+                          "ids": IDS[NIC]}
     save_data()
     # Clear the RW1C status bits from dom0, so the next phase starts clean.
     with open(config_path, "r+b") as f:
