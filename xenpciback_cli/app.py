@@ -269,6 +269,7 @@ class Application:
         root = self.settings.sysfs_root
         host = self.host
         transport, interrupts = real_xen_adapters(root)
+        interrupts.warm_up()  # a real pcifront gives up on an op after 2 s: no dlopen then
         kernel_backend = os.path.isdir(os.path.join(root, "bus", "xen-backend", "drivers", "pci"))
 
         class Source:

@@ -230,3 +230,51 @@ def test_a_record_the_hardware_contradicts_is_dropped_with_one_line(two_guests):
         assert a.op(ENABLE_MSIX, 0, 0, 0, 2, entries=(0, 1))[0] == 0  # the guest may enable
     finally:
         stop_serve(second)
+
+
+# -- found on real Xen (tests/realxen) ----------------------------------------------------------------
+def test_ops_posted_during_a_handshake_are_answered_between_its_steps(monkeypatch):
+    """A real pcifront rescans as soon as the backend says Reconfigured and gives up on an op
+    after 2 s; a handshake step re-reads xenstore (seconds in an emulated dom0). So the ops a
+    guest posted are answered after each step's actions, before the next re-read."""
+    from types import SimpleNamespace
+
+    from xenpciback_cli.engine.serve import Server
+
+    server = Server(SimpleNamespace(), None, None, None)  # type: ignore[arg-type]
+    order: list[object] = []
+    steps = iter([["export", "state 8"], ["state 4"], []])
+    guest = SimpleNamespace(xenbus=SimpleNamespace(step=lambda snap: next(steps)))
+    server.guests[5] = guest  # type: ignore[assignment]
+    monkeypatch.setattr(server, "_snapshot", lambda domid: SimpleNamespace(backend={"state": "7"}))
+    monkeypatch.setattr(server, "_carry_out", lambda g, actions: order.append(tuple(actions)))
+    monkeypatch.setattr(server, "_answer_posted_ops", lambda: order.append("ops"))
+    server._settle(5)
+    assert order == [("export", "state 8"), "ops", ("state 4",), "ops"]
+    server.guests.clear()
+    server.close()
+
+
+def test_answer_posted_ops_serves_only_guests_whose_channel_is_ready(monkeypatch):
+    import socket
+
+    from xenpciback_cli.engine.serve import Guest, Server
+
+    server = Server(None, None, None, None)  # type: ignore[arg-type]
+    ready_r, ready_w = socket.socketpair()
+    quiet_r, quiet_w = socket.socketpair()
+    ready = Guest(domid=1, xenbus=None, session=None)  # type: ignore[arg-type]
+    quiet = Guest(domid=2, xenbus=None, session=None)  # type: ignore[arg-type]
+    server.guests.update({1: ready, 2: quiet})
+    server.selector.register(ready_r, 1, ready)  # EVENT_READ
+    server.selector.register(quiet_r, 1, quiet)
+    served: list[int] = []
+    monkeypatch.setattr(server, "serve_one", lambda g: served.append(g.domid))
+    ready_w.send(b"\0")
+    server._answer_posted_ops()
+    assert served == [1] and not ready.pending
+    for sock in (ready_r, ready_w, quiet_r, quiet_w):
+        server.selector.unregister(sock) if sock in (ready_r, quiet_r) else None
+        sock.close()
+    server.guests.clear()
+    server.close()

@@ -148,6 +148,14 @@ def cache_key(kernel: tuple[str, str]) -> tuple[str, dict[str, object]]:
 
 
 def fetch_kernel_deb(package: str, version: str, cache: Path) -> Path:
+    return fetch_deb(package, version, cache, "kernel", stale_glob=f"{package.split('-')[0]}-image-*.deb")
+
+
+def fetch_deb(package: str, version: str, cache: Path, what: str, *,
+              stale_glob: str | None = None) -> Path:
+    """``package=version`` as a .deb under ``cache/debs`` (``apt-get download``, once); other
+    files matching ``stale_glob`` there are superseded and removed. The real-Xen tier fetches
+    the hypervisor with it too."""
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     for existing in debs.glob(f"{package}_*.deb"):
@@ -155,15 +163,15 @@ def fetch_kernel_deb(package: str, version: str, cache: Path) -> Path:
             return existing
     with tempfile.TemporaryDirectory(dir=debs) as tmp:
         os.chmod(tmp, 0o755)  # apt's _apt user downloads into it when it can
-        _run("download kernel", ["apt-get", "download", "-q", f"{package}={version}"], cwd=tmp)
+        _run(f"download {what}", ["apt-get", "download", "-q", f"{package}={version}"], cwd=tmp)
         downloaded = list(Path(tmp).glob("*.deb"))
         if not downloaded:
-            raise BuildError(f"download kernel: apt-get download {package} produced no .deb")
+            raise BuildError(f"download {what}: apt-get download {package} produced no .deb")
         target = debs / downloaded[0].name
         os.replace(downloaded[0], target)
-    for stale in debs.glob(f"{package.split('-')[0]}-image-*.deb"):
+    for stale in debs.glob(stale_glob) if stale_glob else ():
         if stale != target:
-            stale.unlink(missing_ok=True)  # an older kernel: superseded
+            stale.unlink(missing_ok=True)  # an older version: superseded
     return target
 
 
@@ -318,6 +326,25 @@ def build(stage: Path, kernel_deb: Path, versions: dict[str, str]) -> str:
     return release
 
 
+def pack_initramfs(stage: Path, image: Path, *, compress: bool = True) -> None:
+    """``stage`` as a newc cpio archive (what the kernel unpacks as its initramfs), gzipped
+    unless ``compress`` is false (the real-Xen tier appends archives before compressing once)."""
+    with open(image, "wb") as sink:
+        find = subprocess.Popen(["find", ".", "-print0"], cwd=stage, stdout=subprocess.PIPE)
+        cpio = subprocess.Popen(["cpio", "--null", "-o", "-H", "newc", "--quiet"], cwd=stage,
+                                stdin=find.stdout, stdout=subprocess.PIPE if compress else sink)
+        procs = [cpio, find]
+        if compress:
+            procs.insert(0, subprocess.Popen(["gzip", "-1"], stdin=cpio.stdout, stdout=sink))
+            assert cpio.stdout is not None
+            cpio.stdout.close()
+        assert find.stdout is not None
+        find.stdout.close()
+        codes = tuple(proc.wait(timeout=300) for proc in procs)
+    if any(codes):
+        raise BuildError(f"pack initramfs: find/cpio/gzip exited {codes}")
+
+
 def _prune(cache: Path, keep: Path) -> None:
     """Drop guests built for other package versions: the cache holds one guest at a time."""
     for other in cache.glob("guest-*"):
@@ -349,17 +376,7 @@ def ensure_guest(log: Callable[[str], None] | None = None) -> GuestImage:
         vmlinuz = work / "kernel-root/boot" / f"vmlinuz-{release}"
         shutil.copy2(vmlinuz, partial / "vmlinuz")
         image = partial / "initramfs.cpio.gz"
-        with open(image, "wb") as sink:
-            find = subprocess.Popen(["find", ".", "-print0"], cwd=stage, stdout=subprocess.PIPE)
-            cpio = subprocess.Popen(["cpio", "--null", "-o", "-H", "newc", "--quiet"], cwd=stage,
-                                    stdin=find.stdout, stdout=subprocess.PIPE)
-            gzip = subprocess.Popen(["gzip", "-1"], stdin=cpio.stdout, stdout=sink)
-            assert find.stdout is not None and cpio.stdout is not None
-            find.stdout.close()
-            cpio.stdout.close()
-            codes = (gzip.wait(timeout=300), cpio.wait(timeout=300), find.wait(timeout=300))
-        if any(codes):
-            raise BuildError(f"pack initramfs: find/cpio/gzip exited {codes}")
+        pack_initramfs(stage, image)
         manifest["kernel_release"] = release
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         try:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,14 +137,23 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _wait_for_marker(proc: subprocess.Popen, serial: Path, stage: str, marker: str,
-                     timeout: float, offset: int) -> int:
-    """Poll the serial log until ``marker`` appears after ``offset``; return the new offset."""
+                     timeout: float, offset: int,
+                     progress: Callable[[str], None] | None = None) -> int:
+    """Poll the serial log until ``marker`` appears after ``offset``; return the new offset.
+    ``progress`` (the real-Xen tier's) gets each complete new line of the log as it arrives."""
     deadline = time.monotonic() + timeout
+    seen = offset
     while True:
         try:
             text = serial.read_bytes().decode(errors="replace")
         except OSError:
             text = ""
+        if progress is not None:
+            end = text.rfind("\n", seen)
+            if end >= seen:
+                for line in text[seen:end].splitlines():
+                    progress(line)
+                seen = end + 1
         index = text.find(marker, offset)
         if index >= 0:
             return index + len(marker)

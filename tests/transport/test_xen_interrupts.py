@@ -335,3 +335,37 @@ def test_adopted_msi_and_bad_adoptions(hv, irqs):
             irqs.adopt(8, DEV, kind, entries, pirqs)
         assert err.value.errno == -errno.EINVAL
     assert irqs.mapped() == {}
+
+
+# -- found on real Xen (tests/realxen) ----------------------------------------------------------------
+def test_warm_up_opens_the_libraries_once_before_the_first_enable(sysfs):
+    """A real pcifront gives up on an op after 2 s ("pciback not responding"); loading the
+    libraries at the first MSI-X enable took longer than that in an emulated dom0, so the
+    guest's e1000e fell back to INTx. warm_up() loads them when serve starts."""
+    log: list[tuple] = []
+    loads: list[int] = []
+
+    def loader():
+        loads.append(1)
+        return _fake_libraries(log)
+
+    irqs = XenInterrupts(str(sysfs), hypervisor=LibxcHypervisor(loader=loader))  # type: ignore[arg-type]
+    irqs.warm_up()
+    assert loads == [1] and log == []  # loaded and opened, no hypercall yet
+    assert irqs.enable_msi(4, DEV) == 53
+    assert loads == [1]  # not loaded again at the enable
+
+
+def test_warm_up_without_xen_is_silent_and_the_enable_still_reports_it(sysfs):
+    def loader():
+        raise OSError(errno.ENOENT, "cannot load libxenctrl")
+
+    irqs = XenInterrupts(str(sysfs), hypervisor=LibxcHypervisor(loader=loader))
+    irqs.warm_up()  # no exception: a host without Xen still starts serve
+    with pytest.raises(InterruptError, match="ENOENT"):
+        irqs.enable_msi(4, DEV)
+
+
+def test_warm_up_tolerates_a_hypervisor_without_open(sysfs, hv):
+    XenInterrupts(str(sysfs), hypervisor=hv).warm_up()
+    assert hv.calls == []

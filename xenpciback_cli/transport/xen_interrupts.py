@@ -158,6 +158,10 @@ class LibxcHypervisor:
                 raise OSError(err, f"xencall_open: {os.strerror(err)}")
         return self._libs, self._xch, self._xcall
 
+    def open(self) -> None:
+        """Load the libraries and open both handles now (OSError if that fails)."""
+        self._open()
+
     def map_pirq_msi(self, domid: int, bus: int, devfn: int, entry_nr: int, table_base: int) -> int:
         libs, xch, _ = self._open()
         pirq = ctypes.c_int(PIRQ_ANY)
@@ -212,6 +216,21 @@ class XenInterrupts:
         self._msi: dict[tuple[int, Bdf], int] = {}
         self._msix: dict[tuple[int, Bdf], list[int]] = {}
         self._prepared: set[Bdf] = set()
+
+    def warm_up(self) -> None:
+        """Open the hypervisor interface now rather than at the first MSI/MSI-X enable.
+
+        Found on real Xen (issue 13): a real pcifront waits 2 s for an answer, then logs
+        "pciback not responding", gives up on the op and fails the driver's
+        ``pci_enable_msix``; loading libxenctrl and libxencall and opening their handles took
+        longer than that in an emulated dom0. A failure here is not reported: the first enable
+        meets it again and reports it to the guest that needed it."""
+        opener = getattr(self._hv, "open", None)
+        if callable(opener):
+            try:
+                opener()
+            except OSError:
+                pass
 
     # -- the device's files ---------------------------------------------------------------------
     def _device_file(self, host: Bdf, name: str) -> str:
