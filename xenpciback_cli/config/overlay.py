@@ -734,6 +734,23 @@ class OverlayDevice:
                 self._set_virtual(field, field.bar_val)
         self.remove_quirks()
 
+    # -- what a restarted backend hands back --------------------------------------------------
+    def guest_command(self) -> tuple[int, bool]:
+        """COMMAND as the guest last wrote it, and whether that enabled the device: state the
+        hardware does not hold for the guest (its virtual bits; the hardware's INTx-disable may
+        be the backend's own, set with MSI), so a backend that restarts records it and hands
+        it back with :meth:`restore_guest_command` instead of rebuilding it from the hardware."""
+        return self._vcmd, self.enabled
+
+    def restore_guest_command(self, value: int, enabled: bool) -> None:
+        """Take back what :meth:`guest_command` said in an earlier run; nothing is written to
+        the hardware (it kept its own part)."""
+        self._vcmd = value & 0xFFFF
+        self.enabled = self.enable_intx = bool(enabled)
+        field = self.field_at(Reg.COMMAND)
+        if field is not None:
+            self._set_virtual(field, self._vcmd & _NOT_GUEST)
+
     def fields(self) -> list[Field]:
         """The field table in the order Linux would apply it."""
         return list(self._fields)

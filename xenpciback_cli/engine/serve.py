@@ -28,6 +28,8 @@ Rules:
      checks it against the device's enable bit (the hardware wins: a record the device
      contradicts is dropped, one log line) and hands it to the session and the adapter
      (``InterruptControl.adopt``), so the guest's next disable unmaps those PIRQs once.
+     The guest's COMMAND view (the overlay's virtual bits, not in the hardware) is kept the
+     same way in ``RUN/views/D-BDF.json`` and taken back only when resuming after a restart.
   6. AER (``backend/aer.py``): a host error on an exported device (:meth:`Server.raise_aer`; in a
      sandbox through the control socket, ``sandbox aer``) runs the host's recovery sequence for
      that device, each step relayed to the guest through ``aer_op``; the loop polls the answer
@@ -173,6 +175,10 @@ class Guest:
     aer_failed: int = 0
     #: The MSI/MSI-X state last recorded per device (what the run dir's record says).
     recorded: dict[Bdf, InterruptState | None] = field(default_factory=dict)
+    #: The guest's COMMAND view last recorded per device (what ``RUN/views`` says).
+    views: dict[Bdf, tuple[int, bool] | None] = field(default_factory=dict)
+    #: True while the exports of a restart are carried out (a recorded view is taken back).
+    resuming: bool = False
 
     @property
     def state(self) -> str:
@@ -187,7 +193,8 @@ class Server:
                  trace: TraceWriter | None = None,
                  log: Callable[[str], None] = lambda line: None,
                  control: str | None = None, aer_timeout: float = DEFAULT_TIMEOUT,
-                 interrupt_records: StateStore | None = None) -> None:
+                 interrupt_records: StateStore | None = None,
+                 view_records: StateStore | None = None) -> None:
         self.client = client
         self.transport = transport
         self.interrupts = interrupts
@@ -201,6 +208,7 @@ class Server:
         self.control_path = control
         self.aer_timeout = aer_timeout
         self.interrupt_records = interrupt_records
+        self.view_records = view_records
         self.guests: dict[int, Guest] = {}
         self.stopping = False
         self.started = time.time()
@@ -357,7 +365,11 @@ class Server:
             if resumed:
                 self.log(f"domain {domid}: resuming after a restart "
                          f"({sum(isinstance(a, Export) for a in resumed)} device(s))")
-                self._carry_out(guest, resumed)
+                guest.resuming = True
+                try:
+                    self._carry_out(guest, resumed)
+                finally:
+                    guest.resuming = False
         elif not snap.backend:
             self._carry_out(guest, guest.xenbus.step(snap))
             self._disconnect(guest)
@@ -427,6 +439,7 @@ class Server:
             released = guest.session.release(action.guest)
             if released is not None:
                 self._record_interrupts(guest, released)
+                self._record_view(guest, released)
                 _close(guest.configs.pop(released.host, None))
                 _close(guest.physfn_configs.pop(released.host, None))
                 self.log(f"domain {guest.domid}: device {released.host} released")
@@ -464,6 +477,7 @@ class Server:
         quirks = options.get("quirks") or ()
         extra += f", {len(quirks)} quirk(s)" if quirks else ""  # type: ignore[arg-type]
         self.log(f"domain {guest.domid}: device {action.host} exported as {action.guest}{extra}")
+        self._restore_view(guest, action.host)
         self._restore_interrupts(guest, action.host)
         self._flush_events(guest)
 
@@ -544,6 +558,10 @@ class Server:
                 dev = guest.session.recorded_device  # the op's device, looked up once
                 if dev is not None:
                     self._record_interrupts(guest, dev)  # before the guest sees the answer
+            elif record is not None and record.cmd == PciOp.CONF_WRITE:
+                dev = guest.session.recorded_device
+                if dev is not None:
+                    self._record_view(guest, dev)  # a COMMAND write: before the answer too
             set_flag_bits(page, clear_mask=ACTIVE)
             channel.notify()
             if self.trace is not None and record is not None:
@@ -597,6 +615,46 @@ class Server:
             store.remove(name)
         except (XenPcibackError, OSError):
             pass
+
+    # -- the guest's COMMAND view (rule 5 too) ---------------------------------------------------
+    def _record_view(self, guest: Guest, dev: ExportedDevice) -> None:
+        """Write (or remove) ``RUN/views/D-BDF.json`` when the guest's COMMAND view changed: the
+        overlay's virtual COMMAND is not in the hardware, so a restart would otherwise rebuild
+        it from bits the backend set itself (INTx-disable with MSI, decode the host left on)."""
+        store = self.view_records
+        view = dev.overlay.guest_command() if dev in guest.session.devices.values() else None
+        if store is None or guest.views.get(dev.host) == view:
+            return
+        name = record_name(guest.domid, dev.host)
+        try:
+            if view is None:
+                store.remove(name)
+            else:
+                store.write(name, json.dumps({"domid": guest.domid, "host": str(dev.host),
+                                              "command": view[0], "enabled": view[1]}).encode())
+        except (XenPcibackError, OSError) as exc:
+            self.log(f"domain {guest.domid}: could not record the COMMAND view of {dev.host}: {exc}")
+            return
+        guest.views[dev.host] = view
+
+    def _restore_view(self, guest: Guest, host: Bdf) -> None:
+        """On export: when resuming after a restart, the view the earlier run recorded for
+        ``host`` is handed back to the overlay; then the current view is recorded (on a first
+        export this replaces a record left from an attachment ``serve`` did not see end)."""
+        dev = next((d for d in guest.session.devices.values() if d.host == host), None)
+        store = self.view_records
+        if dev is None or store is None:
+            return
+        name = record_name(guest.domid, host)
+        try:
+            data = store.read(name) if guest.resuming else None
+            if data is not None:
+                command, enabled = parse_view(data, guest.domid, host)
+                dev.overlay.restore_guest_command(command, enabled)
+                guest.views[host] = (command, enabled)
+        except (XenPcibackError, OSError, statestore.Invalid) as exc:
+            self.log(f"domain {guest.domid}: COMMAND view record of {host} dropped: {exc}")
+        self._record_view(guest, dev)
 
     def _flooding(self, guest: Guest, count: int) -> bool:
         guest.notifications += count
@@ -904,6 +962,18 @@ def parse_record(data: bytes, domid: int, host: Bdf) -> InterruptState:
     if kind == "msix" and (not entry_t or len(entry_t) != len(pirq_t) or len(entry_t) > 128):
         raise statestore.Invalid("MSI-X has one PIRQ per entry (1 to 128)")
     return kind, entry_t, pirq_t
+
+
+def parse_view(data: bytes, domid: int, host: Bdf) -> tuple[int, bool]:
+    """A view record's ``(command, enabled)``, every field checked (``statestore.Invalid``)."""
+    value = statestore.obj(statestore.parse_json(data), "the record",
+                           required={"domid", "host", "command", "enabled"})
+    if statestore.integer(value["domid"], "domid", 0, 0x7FEF) != domid \
+            or statestore.bdf(value["host"], "host") != host:
+        raise statestore.Invalid("it names another guest or device")
+    if not isinstance(value["enabled"], bool):
+        raise statestore.Invalid("enabled must be true or false")
+    return statestore.integer(value["command"], "command", 0, 0xFFFF), value["enabled"]
 
 
 def _close(access: object) -> None:
