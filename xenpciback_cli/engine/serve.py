@@ -280,8 +280,13 @@ class Server:
                 timeout = max(0.0, min(timeout, deadline - now))
         ready = self.selector.select(timeout)
         dirty: set[int] = set()
+        # xenstore is asked only when its socket is readable or the client holds something: a
+        # poll of it every round is one more system call per op, dear under a PV dom0.
+        xenstore_ready = bool(self.client.pending_events() or self.client.buffered())
         for key, _ in ready:
-            if key.data == "wake":
+            if key.data is None:
+                xenstore_ready = True
+            elif key.data == "wake":
                 try:
                     while self._wake_r.recv(64):
                         pass
@@ -293,7 +298,7 @@ class Server:
                 self._read_control(key.data)
             elif isinstance(key.data, Guest):
                 key.data.pending = True
-        while True:
+        while xenstore_ready:
             event = self.client.next_event(0)
             if event is None:
                 break

@@ -271,6 +271,10 @@ class XenstoreClient:
     def pending_events(self) -> int:
         return len(self._events)
 
+    def buffered(self) -> int:
+        """Bytes read from the daemon and not yet parsed (a watch event may be among them)."""
+        return self._decoder.buffered
+
     def watch(self, path: str, token: str) -> None:
         self.request(T.WATCH, wire.args(path, token), path=path)
 
