@@ -302,3 +302,18 @@ def test_route_intx_leaves_other_devices_alone(tmp_path, enable, pin):
     assert G.route_intx(host, DEV) is False
     assert writes == []
     assert host.device(DEV).irq == 10
+
+
+def test_attach_grants_the_routed_gsi_not_the_interrupt_line(tmp_path):
+    # The attach path (engine.attach._grant_functions) routes before it reads the device: the
+    # PIRQ mapped and permitted is the GSI (real Xen: 20), not the INTERRUPT_LINE (10).
+    from xenpciback_cli.engine.attach import _grant_functions
+    from xenpciback_cli.toolstack.libxl_layout import PciOptions
+
+    host, _ = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub")
+    hv, notes = FakeHypervisor(), []
+    granted = _grant_functions(hv, host, [DEV], 5, PciOptions(), str(tmp_path / "state"), notes)
+    assert [g for g in granted[DEV] if g.kind == "intx"] == [G.Grant("intx", 22, pirq=22)]
+    assert [c for c in hv.calls if c[0] in ("map_pirq", "irq_permission")] == \
+        [("map_pirq", 5, 22), ("irq_permission", 5, 22, True)]
+    assert any("routes its INTx" in note for note in notes)

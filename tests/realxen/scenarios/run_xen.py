@@ -578,10 +578,19 @@ def ours_setup() -> str:
 def ours_attach_one(domid: int, bdf: str) -> str:
     """``xen-pciback attach``: the xenstore half and the hypervisor's grants (assignment, iomem /
     ioport permission, INTx PIRQ). A refusal or failure is the check's failure, stderr its detail."""
-    proc = cli("attach", bdf, "--domid", str(domid), "--timeout", "60", check=False, timeout=120)
+    proc = cli("--json", "attach", bdf, "--domid", str(domid), "--timeout", "60", check=False, timeout=120)
     expect(proc.returncode == 0,
            f"xen-pciback attach {bdf} --domid {domid} exited {proc.returncode}: {proc.stderr.strip()}")
-    return f"{bdf}: xen-pciback attach" + (f" ({proc.stdout.strip()[-200:]})" if proc.stdout.strip() else "")
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        return f"{bdf}: attached ({proc.stdout.strip()[-200:]})"
+    grants = result.get("grants", {}).get(bdf, [])
+    DATA["ours"].setdefault("grants", {})[bdf] = grants
+    save_data()
+    return f"{bdf}: granted " + ", ".join(
+        " ".join(f"{k}={v}" for k, v in g.items() if v is not None) for g in grants) \
+        + "".join(f"; {note}" for note in result.get("notes", []))
 
 
 def ours_attach(guest: Guest) -> str:
