@@ -295,10 +295,11 @@ def test_route_intx_binds_the_stub_back_when_the_enable_fails(tmp_path):
     assert host.device(DEV).driver == "pci-stub"
 
 
-@pytest.mark.parametrize(("enable", "pin"), [("1", 1), ("0", 0), (None, 1)],
-                         ids=["already-enabled", "no-interrupt-pin", "no-enable-attribute"])
-def test_route_intx_leaves_other_devices_alone(tmp_path, enable, pin):
-    host, writes = intx_host(tmp_path, enable=enable, pin=pin, driver="pci-stub")
+@pytest.mark.parametrize(("enable", "pin", "driver"),
+                         [("1", 1, "pci-stub"), ("0", 0, "pci-stub"), (None, 1, "pci-stub"), ("0", 1, "pciback")],
+                         ids=["already-enabled", "no-interrupt-pin", "no-enable-attribute", "pciback-routed-it"])
+def test_route_intx_leaves_other_devices_alone(tmp_path, enable, pin, driver):
+    host, writes = intx_host(tmp_path, enable=enable, pin=pin, driver=driver)
     assert G.route_intx(host, DEV) is False
     assert writes == []
     assert host.device(DEV).irq == 10

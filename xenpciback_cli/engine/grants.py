@@ -47,6 +47,7 @@ from xenpciback_cli.engine import statestore as st
 from xenpciback_cli.errors import OperationFailed, StateFileCorrupt
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
+from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -189,11 +190,13 @@ def route_intx(host: Any, bdf: Bdf) -> bool:
     pin = host.read_config(bdf, 0x3D, 1)
     if enabled != "0" or not pin or pin[0] == 0:
         return False
+    driver = host.device(bdf).driver
+    if driver == PCIBACK_DRIVER:
+        return False  # its probe enabled the device once: routed already
     relative = os.path.relpath(path, host.path(""))
     # The kernel refuses (EBUSY) to enable a device through sysfs while a driver holds it: the
     # stub is unbound for the moment of the round (its driver_override keeps others off) and
     # bound again whatever happened.
-    driver = host.device(bdf).driver
     if driver:
         host.unbind(bdf, driver)
     try:
