@@ -226,3 +226,95 @@ def test_an_interrupted_grant_takes_back_what_it_granted(tmp_path):
     assert hv.calls[4:] == [("iomem", 5, 0xFEB80, 64, False), ("iomem", 5, 0xFEBF1, 1, False),
                             ("ioport", 5, 0xC000, 32, False), ("iomem", 5, 0xFEBC0, 32, False)]
     assert G.load_record(tmp_path / "state", DEV) is None
+
+
+# -- route_intx: the GSI, not the firmware's INTERRUPT_LINE ---------------------------------------
+def intx_host(tmp_path, *, enable: str | None, pin: int, driver: str | None = None,
+              line_irq: str = "10\n", gsi: str = "22\n", enable_fails: bool = False):
+    """A sysfs tree whose kernel, like Linux, replaces ``irq`` (the firmware's INTERRUPT_LINE
+    until the device is first enabled) by the routed GSI when '1' is written to ``enable``, and
+    refuses that write (EBUSY) while a driver is bound."""
+    make_device(tmp_path, resource_lines(), irq=line_irq)
+    sys_root = tmp_path / "sys"
+    base = sys_root / "bus" / "pci" / "devices" / str(DEV)
+    config = bytearray((base / "config").read_bytes())
+    config[0x3D] = pin
+    (base / "config").write_bytes(bytes(config))
+    if enable is not None:
+        (base / "enable").write_text(enable + "\n")
+    if driver:
+        drivers = sys_root / "bus" / "pci" / "drivers" / driver
+        drivers.mkdir(parents=True)
+        (base / "driver").symlink_to(drivers)
+    host = SysfsHost(str(sys_root), str(tmp_path / "proc"))
+    writes: list[tuple[str, str]] = []
+
+    def kernel(write) -> None:  # noqa: ANN001
+        name = write.path.rsplit("/", 1)[-1]
+        writes.append((name, write.value))
+        if name == "unbind":
+            (base / "driver").unlink()
+        elif name == "bind":
+            (base / "driver").symlink_to(sys_root / "bus" / "pci" / "drivers" / driver)
+        elif name == "enable" and write.value == "1":
+            if (base / "driver").is_symlink():
+                raise OSError(errno.EBUSY, "device busy")
+            if enable_fails:
+                raise OSError(errno.EIO, "enable failed")
+            (base / "irq").write_text(gsi)
+
+    host.write_hooks.append(kernel)
+    return host, writes
+
+
+def test_route_intx_enables_a_never_enabled_device_once_so_irq_is_the_gsi(tmp_path):
+    # Real Xen: a pci-stub-held e1000e reported irq 10 (its INTERRUPT_LINE); granted as is, the
+    # guest's INTx never fired. After the enable/disable round sysfs irq is the routed GSI.
+    host, writes = intx_host(tmp_path, enable="0", pin=1)
+    assert host.device(DEV).irq == 10
+    assert G.route_intx(host, DEV) is True
+    assert writes == [("enable", "1"), ("enable", "0")]
+    assert host.device(DEV).irq == 22
+    assert [g for g in G.plan_grants(host.device(DEV), relaxed=False) if g.kind == "intx"] == [G.Grant("intx", 22)]
+
+
+def test_route_intx_unbinds_the_stub_around_the_enable(tmp_path):
+    # Real Xen: writing 'enable' while pci-stub held the device answered EBUSY.
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub")
+    assert G.route_intx(host, DEV) is True
+    assert writes == [("unbind", str(DEV)), ("enable", "1"), ("enable", "0"), ("bind", str(DEV))]
+    device = host.device(DEV)
+    assert (device.driver, device.irq) == ("pci-stub", 22)
+
+
+def test_route_intx_binds_the_stub_back_when_the_enable_fails(tmp_path):
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", enable_fails=True)
+    with pytest.raises(OSError):
+        G.route_intx(host, DEV)
+    assert writes == [("unbind", str(DEV)), ("enable", "1"), ("bind", str(DEV))]
+    assert host.device(DEV).driver == "pci-stub"
+
+
+@pytest.mark.parametrize(("enable", "pin", "driver"),
+                         [("1", 1, "pci-stub"), ("0", 0, "pci-stub"), (None, 1, "pci-stub"), ("0", 1, "pciback")],
+                         ids=["already-enabled", "no-interrupt-pin", "no-enable-attribute", "pciback-routed-it"])
+def test_route_intx_leaves_other_devices_alone(tmp_path, enable, pin, driver):
+    host, writes = intx_host(tmp_path, enable=enable, pin=pin, driver=driver)
+    assert G.route_intx(host, DEV) is False
+    assert writes == []
+    assert host.device(DEV).irq == 10
+
+
+def test_attach_grants_the_routed_gsi_not_the_interrupt_line(tmp_path):
+    # The attach path (engine.attach._grant_functions) routes before it reads the device: the
+    # PIRQ mapped and permitted is the GSI (real Xen: 20), not the INTERRUPT_LINE (10).
+    from xenpciback_cli.engine.attach import _grant_functions
+    from xenpciback_cli.toolstack.libxl_layout import PciOptions
+
+    host, _ = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub")
+    hv, notes = FakeHypervisor(), []
+    granted = _grant_functions(hv, host, [DEV], 5, PciOptions(), str(tmp_path / "state"), notes)
+    assert [g for g in granted[DEV] if g.kind == "intx"] == [G.Grant("intx", 22, pirq=22)]
+    assert [c for c in hv.calls if c[0] in ("map_pirq", "irq_permission")] == \
+        [("map_pirq", 5, 22), ("irq_permission", 5, 22, True)]
+    assert any("routes its INTx" in note for note in notes)

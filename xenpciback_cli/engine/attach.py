@@ -541,11 +541,13 @@ def _grant_functions(grants: DomainGrants | None, host: Any | None, bdfs: Sequen
     """Grant every function; a failure revokes the functions granted before it, then raises."""
     if grants is None or host is None:
         return {}
-    from xenpciback_cli.engine.grants import grant_device
+    from xenpciback_cli.engine.grants import grant_device, route_intx
 
     granted: dict[Bdf, list[Grant]] = {}
     for bdf in bdfs:
         try:
+            if route_intx(host, bdf):
+                notes.append(f"{bdf}: enabled once in dom0 so the kernel routes its INTx (as pciback's probe does)")
             outcome = grant_device(grants, state_dir, domid, host.device(bdf),
                                    relaxed=options.rdm_policy == "relaxed")
         except BaseException:

@@ -47,6 +47,7 @@ from xenpciback_cli.engine import statestore as st
 from xenpciback_cli.errors import OperationFailed, StateFileCorrupt
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
+from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -163,6 +164,48 @@ def plan_grants(device: PciDevice, *, relaxed: bool) -> list[Grant]:
         grants.append(Grant("intx", irq))
     grants.append(Grant("assign", relaxed=relaxed))
     return grants
+
+
+def route_intx(host: Any, bdf: Bdf) -> bool:
+    """Have the kernel route ``bdf``'s INTx before its IRQ is read for the grant; True if it did.
+
+    Until a dom0 driver has enabled a device once, sysfs ``irq`` is the firmware's INTERRUPT_LINE
+    register, not the GSI: the real-Xen tier saw a pci-stub-held e1000e granted and mapped as
+    "GSI10" in the guest, whose interrupts never came (its line is an I/O APIC GSI). Enabling the
+    device makes the kernel resolve its GSI through ACPI, register it with Xen (dom0's PIRQ of
+    that number, which ``irq_permission`` needs) and store it as ``irq``; the kernel's pciback
+    gets the same from enabling each device in its probe. Done only for a device with an
+    interrupt pin that is not enabled (sysfs ``enable`` reads 0); it is disabled again at once,
+    which leaves the routing (and the IRQ number) in place, as with pciback. Its driver (the
+    stub) is unbound around the round, as the kernel requires, and bound again."""
+    base = getattr(host, "device_dir", None)
+    if base is None:
+        return False
+    path = os.path.join(base(bdf), "enable")
+    try:
+        with open(path, encoding="ascii") as handle:
+            enabled = handle.read().strip()
+    except OSError:
+        return False  # no such attribute (an old kernel, a simulated host): keep sysfs irq
+    pin = host.read_config(bdf, 0x3D, 1)
+    if enabled != "0" or not pin or pin[0] == 0:
+        return False
+    driver = host.device(bdf).driver
+    if driver == PCIBACK_DRIVER:
+        return False  # its probe enabled the device once: routed already
+    relative = os.path.relpath(path, host.path(""))
+    # The kernel refuses (EBUSY) to enable a device through sysfs while a driver holds it: the
+    # stub is unbound for the moment of the round (its driver_override keeps others off) and
+    # bound again whatever happened.
+    if driver:
+        host.unbind(bdf, driver)
+    try:
+        host.write_attribute(relative, "1", bdf)
+        host.write_attribute(relative, "0", bdf)
+    finally:
+        if driver:
+            host.bind(bdf, driver)
+    return True
 
 
 # -- the record --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ its console (``domu_init.sh``); xenconsoled logs that console to ``/var/log/xen/
 
 Output: one JSON line per check in ``RESULTS/results.jsonl`` (name, ok, detail, seconds) and the
 raw guest-visible data of each phase in ``RESULTS/data.json`` (the host builds the side-by-side
-report from it). Stdlib only, plus Xen's ``xen.lowlevel.xc`` for the TEMPORARY hypercall step.
+report from it). Stdlib only: every hypercall of the ours phase is made by the CLI itself.
 """
 
 from __future__ import annotations
@@ -575,88 +575,22 @@ def ours_setup() -> str:
     return "both devices held by pci-stub"
 
 
-def _xc_pci(bdf: str) -> str:
-    """The BDF as Xen's Python binding parses it: "0xSEG,0xBUS,0xDEV,0xFN". Anything without
-    a comma is silently nothing to (de)assign (it returns 0; a first run here lost MSI to that:
-    ENODEV from the map)."""
-    seg, bus, rest = bdf.split(":")
-    slot, fn = rest.split(".")
-    return f"0x{seg},0x{bus},0x{slot},0x{fn}"
-
-
-def temporary_hypervisor_release(domid: int, bdf: str) -> str:
-    """TEMPORARY, the reverse of :func:`temporary_hypervisor_grant` after a detach: the device
-    goes back to quarantine (DomIO), its ranges are no longer the guest's."""
-    import xen.lowlevel.xc as xc
-
-    h = xc.xc()
-    rc = h.deassign_device(domid, _xc_pci(bdf))
-    expect(rc == 0, f"xc deassign_device({domid}, {bdf}) -> {rc}")
-    for line in Path(f"/sys/bus/pci/devices/{bdf}/resource").read_text().splitlines()[:7]:
-        start, end, flags = (int(x, 16) for x in line.split())
-        if start and flags & 0x200:
-            h.domain_iomem_permission(domid, start >> 12, (end >> 12) - (start >> 12) + 1, 0)
-        elif start and flags & 0x100:
-            h.domain_ioport_permission(domid, start, end - start + 1, 0)
-    return "deassigned, ranges revoked"
-
-
-def temporary_hypervisor_grant(domid: int, bdf: str) -> str:
-    """TEMPORARY (until 'attach' does it on real Xen, issue 13 / helper xenhv): what libxl does
-    in the hypervisor for a PV guest's device -- IOMMU assignment, iomem and ioport permission
-    for its BARs, its INTx GSI mapped as a PIRQ of the same number and permitted."""
-    import xen.lowlevel.xc as xc
-
-    h = xc.xc()
-    done = []
-    rc = h.assign_device(domid, _xc_pci(bdf))
-    expect(rc == 0, f"xc assign_device({domid}, {bdf}) -> {rc}")
-    done.append("assigned")
-    base = f"/sys/bus/pci/devices/{bdf}"
-    for line in Path(f"{base}/resource").read_text().splitlines()[:7]:
-        start, end, flags = (int(x, 16) for x in line.split())
-        if not start:
-            continue
-        if flags & 0x200:
-            first, last = start >> 12, end >> 12
-            h.domain_iomem_permission(domid, first, last - first + 1, 1)
-            done.append(f"iomem {start:#x}-{end:#x}")
-        elif flags & 0x100:
-            h.domain_ioport_permission(domid, start, end - start + 1, 1)
-            done.append(f"ioport {start:#x}-{end:#x}")
-    irq = int(Path(f"{base}/irq").read_text().strip() or 0)
-    if irq:
-        h.physdev_map_pirq(domid, irq, irq)
-        h.domain_irq_permission(domid, irq, 1)
-        done.append(f"pirq {irq}")
-    return ", ".join(done)
-
-
-def temporary_attach(domid: int, bdf: str) -> str:
-    """TEMPORARY: the xenstore half of attach through the engine, skipping the CLI's 'must be
-    bound to pciback' rule (pci-stub-held devices become attachable with helper xenhv's work)."""
-    code = ("from xenpciback_cli.engine.attach import attach, AttachSpec; "
-            "from xenpciback_cli.xenstore.client import connect; "
-            "from xenpciback_cli.pci.address import Bdf; "
-            f"spec = AttachSpec({domid}, Bdf.parse('{bdf}')); "
-            "print(attach(connect(), spec, host=None, timeout=60).to_json())")
-    return run([sys.executable, "-c", code], check=True).stdout.strip()
-
-
-ATTACH_MODE: dict[str, str] = {}
-
-
 def ours_attach_one(domid: int, bdf: str) -> str:
-    proc = cli("attach", bdf, "--domid", str(domid), check=False)
-    if proc.returncode == 0:
-        ATTACH_MODE[bdf] = "cli"
-        return f"{bdf}: xen-pciback attach"
-    expect(proc.returncode == 3 and "pci-stub" in proc.stderr,
-           f"xen-pciback attach {bdf} exited {proc.returncode}: {proc.stderr.strip()}")
-    ATTACH_MODE[bdf] = "temporary"
-    grant = temporary_hypervisor_grant(domid, bdf)
-    temporary_attach(domid, bdf)
-    return f"{bdf}: TEMPORARY attach (CLI refuses pci-stub: {proc.stderr.strip()[:80]}); {grant}"
+    """``xen-pciback attach``: the xenstore half and the hypervisor's grants (assignment, iomem /
+    ioport permission, INTx PIRQ). A refusal or failure is the check's failure, stderr its detail."""
+    proc = cli("--json", "attach", bdf, "--domid", str(domid), "--timeout", "60", check=False, timeout=120)
+    expect(proc.returncode == 0,
+           f"xen-pciback attach {bdf} --domid {domid} exited {proc.returncode}: {proc.stderr.strip()}")
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        return f"{bdf}: attached ({proc.stdout.strip()[-200:]})"
+    grants = result.get("grants", {}).get(bdf, [])
+    DATA["ours"].setdefault("grants", {})[bdf] = grants
+    save_data()
+    return f"{bdf}: granted " + ", ".join(
+        " ".join(f"{k}={v}" for k, v in g.items() if v is not None) for g in grants) \
+        + "".join(f"; {note}" for note in result.get("notes", []))
 
 
 def ours_attach(guest: Guest) -> str:
@@ -678,16 +612,13 @@ def ours_hotplug(guest: Guest) -> str:
     wait_gone(guest, ids)
     gone = time.monotonic() - started
     started = time.monotonic()
-    if ATTACH_MODE.get(TESTDEV) == "temporary":
-        temporary_hypervisor_release(guest.domid, TESTDEV)
-        temporary_hypervisor_grant(guest.domid, TESTDEV)
-        temporary_attach(guest.domid, TESTDEV)
-    else:
-        cli("attach", TESTDEV, "--domid", str(guest.domid), "--timeout", "60", timeout=120)
+    proc = cli("attach", TESTDEV, "--domid", str(guest.domid), "--timeout", "60", check=False, timeout=120)
+    expect(proc.returncode == 0, f"xen-pciback attach {TESTDEV} (hot-plug) exited {proc.returncode}: "
+                                 f"{proc.stderr.strip()}")
     found = wait_enumerated(guest, [ids], timeout=60)
     DATA["ours"]["hotplug"] = {"detach_s": round(gone, 2), "attach_s": round(time.monotonic() - started, 2)}
     return f"detach: gone from the guest in {gone:.1f} s; attach: back as {found[ids]} in " \
-           f"{time.monotonic() - started:.1f} s ({ATTACH_MODE.get(TESTDEV)})"
+           f"{time.monotonic() - started:.1f} s"
 
 
 def _header(config_hex: str) -> bytes:
