@@ -16,7 +16,7 @@ python3.11, the project's dependencies, kernel modules by ``modules.dep`` and sh
   gzipped for the guest (``xl create`` reads it from the 9p share; libxenguest inflates gzip
   several times faster than XZ, which made ``xl create`` take a minute and a half).
 * ``dom0.cpio.gz``: busybox; the Xen tools (xl, xenstored, xenconsoled, xen-init-dom0,
-  xenstore-*) with their libraries and libgcc_s (xl aborts without it); Xen's ``xen.lowlevel.xc``;
+  xenstore-*) with their libraries and libgcc_s (xl aborts without it); libxenctrl/libxencall;
   python3.11 and the project's dependencies; lspci; the modules dom0 needs; ``dom0_init.sh`` as
   /init. The project's code and the scenario come over 9p at run time (no rebuild per change).
 * ``domu-base.cpio`` (not compressed): busybox, lspci, xenstore-read/-write, xen-pcifront and e1000e. The
@@ -159,16 +159,10 @@ def build_dom0(stage: Path, modroot: Path, release: str, versions: dict[str, str
     rk._stage_busybox(stage)
     extensions = rk._stage_python(stage)
     rk._stage_python_deps(stage, versions)
-    # Xen's Python binding (xen.lowlevel.xc): the scenario's hypercalls where the CLI has none yet.
-    pydir = Path(XEN_LIBEXEC) / "lib/python/xen"
-    if not pydir.is_dir():
-        raise BuildError(f"dom0: {pydir} missing (apt xen-utils-4.17)")
-    shutil.copytree(pydir, stage / pydir.relative_to("/"), symlinks=False)
-    xen_extensions = [str(p) for p in pydir.rglob("*.so")]
     libgcc = _libgcc_s()
     libraries = [libgcc] + [f"/lib/x86_64-linux-gnu/{name}" for name in
                             ("libxenctrl.so.4.17", "libxencall.so.1")]
-    _stage_binaries(stage, list(DOM0_BINARIES), extensions + xen_extensions + libraries)
+    _stage_binaries(stage, list(DOM0_BINARIES), extensions + libraries)
     for lib in libraries:
         rk._copy_file(lib, stage)
     os.symlink("python3.11", stage / "usr/bin/python") if not (stage / "usr/bin/python").exists() else None

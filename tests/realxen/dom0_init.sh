@@ -50,7 +50,7 @@ budget=$(sed -n 's/.*xpb.timeout=\([0-9]*\).*/\1/p' /proc/cmdline)
 mark scenario-start
 # The code runs from dom0's memory: every import over 9p costs round trips under emulation.
 cp -a /mnt/code /run/code && cp -a /mnt/scenario /run/scenario || die "copy code from the share"
-PYTHONPATH=/run/code:/opt/pydeps:/usr/lib/xen-4.17/lib/python timeout "${budget:-600}" \
+PYTHONPATH=/run/code:/opt/pydeps timeout "${budget:-600}" \
     python3 /run/scenario/run_xen.py /mnt/results >/mnt/results/scenario.out 2>&1
 rc=$?
 if [ $rc -ne 0 ]; then
