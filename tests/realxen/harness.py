@@ -84,8 +84,9 @@ class RunResult:
 
 
 def qemu_command(stack: Stack, share: Path, serial: Path, monitor: Path) -> list[str]:
-    """00:03.0 pci-testdev (1b36:0005), 00:04.0 e1000e (8086:10d3, MSI and MSI-X), 00:06.0 the
-    9p share; ``intel-iommu`` before them all."""
+    """00:03.0 pci-testdev (1b36:0005), 00:04.0 e1000e (8086:10d3, MSI and MSI-X), one
+    multi-function device (00:05.0 edu 1234:11e8, ``multifunction=on``, + 00:05.1 pvpanic-pci
+    1b36:0011), 00:06.0 the 9p share; ``intel-iommu`` before them all."""
     for path in (stack.kernel, stack.dom0_initramfs):
         if "," in str(path):
             raise StageFailed("setup", f"{path}: a multiboot module path cannot contain a comma", "")
@@ -99,6 +100,8 @@ def qemu_command(stack: Stack, share: Path, serial: Path, monitor: Path) -> list
         "-device", "intel-iommu",
         "-device", "pci-testdev,addr=03.0",
         "-device", "e1000e,addr=04.0,id=nic0",
+        "-device", "edu,addr=05.0,multifunction=on,id=mf0",
+        "-device", "pvpanic-pci,addr=05.1",
         "-fsdev", f"local,id=share,path={share},security_model=none",
         "-device", "virtio-9p-pci,fsdev=share,mount_tag=share,addr=06.0",
     ]

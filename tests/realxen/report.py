@@ -187,6 +187,11 @@ def build(data: dict) -> dict:
                               for mode, v in d.get("interrupts", {}).items()}
                        for side, d in (("kernel", kernel), ("ours", ours))},
         "hotplug": {"kernel": kernel.get("hotplug"), "ours": ours.get("hotplug")},
+        # Where each function sits in the guest, and the multi-function device's slot (its
+        # functions together, their numbers kept, function 0's header type); the slot number
+        # itself is each backend's pick (pcifront lists the order the devices were exported in).
+        "guest_addresses": {"kernel": kernel.get("guest_bdfs"), "ours": ours.get("guest_bdfs")},
+        "multifunction": {"kernel": kernel.get("multifunction"), "ours": ours.get("multifunction")},
         "unexplained": sum(d["unexplained"] for d in devices.values()),
     }
 
@@ -216,6 +221,8 @@ def text(report: dict) -> str:
               f"BAR0: {json.dumps(report['bar0'])}",
               f"interrupts: {json.dumps(report['interrupts'])}",
               f"hot-plug: {json.dumps(report['hotplug'])}",
+              f"guest addresses: {json.dumps(report.get('guest_addresses'))}",
+              f"multi-function device: {json.dumps(report.get('multifunction'))}",
               f"unexplained differences in all: {report['unexplained']}"]
     return "\n".join(lines) + "\n"
 

@@ -17,15 +17,18 @@ from . import conftest
 from .harness import SCENARIOS, RunResult, StageFailed, run
 
 
-def _check_names() -> list[str]:
+def _scenario():  # noqa: ANN202 -- the module dom0 runs, loaded from its file
     spec = importlib.util.spec_from_file_location("xpb_run_xen", SCENARIOS / "run_xen.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return list(module.CHECK_NAMES)
+    return module
 
 
-CHECK_NAMES = _check_names()
+_SCENARIO = _scenario()
+CHECK_NAMES = list(_SCENARIO.CHECK_NAMES)
+#: vendor:device of every function the scenario passes through (the report is keyed by them).
+DEVICE_IDS = set(_SCENARIO.IDS.values())
 
 pytestmark = pytest.mark.realxen
 
@@ -71,6 +74,9 @@ def test_side_by_side_has_no_unexplained_difference(xen_run: RunResult | StageFa
     result = _result(xen_run)
     report = result.report
     assert report.get("devices"), "no side-by-side data (a phase failed before its probe)"
+    assert set(report["devices"]) == DEVICE_IDS, f"the report covers {sorted(report['devices'])}"
+    for side in ("kernel", "ours"):  # the enumerate checks found one slot, function numbers kept
+        assert report["multifunction"][side], f"no multi-function slot recorded for {side}"
     for ids, device in report["devices"].items():
         assert device["config_size"]["kernel"] and device["config_size"]["ours"], ids
         assert device["sweep_accesses"]["kernel"] == device["sweep_accesses"]["ours"] > 0, ids
