@@ -4,6 +4,8 @@ libraries (and, where installed, the real ones failing cleanly without Xen)."""
 
 from __future__ import annotations
 
+import xenpciback_cli.transport.xen_interrupts as xen_interrupts_module
+
 import ctypes
 import errno
 import os
@@ -338,10 +340,12 @@ def test_adopted_msi_and_bad_adoptions(hv, irqs):
 
 
 # -- found on real Xen (tests/realxen) ----------------------------------------------------------------
-def test_warm_up_opens_the_libraries_once_before_the_first_enable(sysfs):
+def test_warm_up_opens_the_libraries_once_before_the_first_enable(sysfs, tmp_path, monkeypatch):
     """A real pcifront gives up on an op after 2 s ("pciback not responding"); loading the
     libraries at the first MSI-X enable took longer than that in an emulated dom0, so the
     guest's e1000e fell back to INTx. warm_up() loads them when serve starts."""
+    (tmp_path / "privcmd").touch()  # as under Xen
+    monkeypatch.setattr(xen_interrupts_module, "PRIVCMD_DEVICES", (str(tmp_path / "privcmd"),))
     log: list[tuple] = []
     loads: list[int] = []
 
@@ -364,6 +368,20 @@ def test_warm_up_without_xen_is_silent_and_the_enable_still_reports_it(sysfs):
     irqs.warm_up()  # no exception: a host without Xen still starts serve
     with pytest.raises(InterruptError, match="ENOENT"):
         irqs.enable_msi(4, DEV)
+
+
+def test_warm_up_without_privcmd_loads_nothing(sysfs, tmp_path, monkeypatch):
+    """Not under Xen: libxencall would print its own error line on serve's stderr at start
+    (seen with 'serve foreground --record-max-size banana' before its one-line refusal)."""
+    loads: list[int] = []
+
+    def loader():
+        loads.append(1)
+        raise OSError(errno.ENOENT, "cannot load libxenctrl")
+
+    monkeypatch.setattr(xen_interrupts_module, "PRIVCMD_DEVICES", (str(tmp_path / "none"),))
+    XenInterrupts(str(sysfs), hypervisor=LibxcHypervisor(loader=loader)).warm_up()
+    assert loads == []
 
 
 def test_warm_up_tolerates_a_hypervisor_without_open(sysfs, hv):

@@ -51,14 +51,15 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
     from xenpciback_cli.engine.trace import TraceWriter, parse_size
     from xenpciback_cli.errors import InputError
 
+    # The person's input first: a bad option is one line, before any device or library is opened.
+    if max_size is not None and not record:
+        raise InputError("--record-max-size goes with --record FILE")
+    size = parse_size(max_size) if max_size is not None else None
     adapters = app.serve_adapters()
     run_dir = app.serve_run_dir()
     out: TraceWriter | None = None
-    if max_size is not None and not record:
-        raise InputError("--record-max-size goes with --record FILE")
     if record:
         from xenpciback_cli import __version__
-        size = parse_size(max_size) if max_size is not None else None
         try:
             out = TraceWriter(record, tool_version=__version__, mode=mode, max_size=size,
                               keep=keep)

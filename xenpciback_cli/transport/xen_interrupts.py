@@ -207,6 +207,10 @@ def _error(what: str, exc: OSError) -> InterruptError:
     return InterruptError(-code, f"{what}: {errno.errorcode.get(code, code)} ({os.strerror(code)})")
 
 
+#: Where the kernel offers Xen's hypercall interface (privcmd) to dom0's userspace.
+PRIVCMD_DEVICES = ("/dev/xen/privcmd", "/proc/xen/privcmd")
+
+
 class XenInterrupts:
     """:class:`~xenpciback_cli.backend.ports.InterruptControl` for real Xen."""
 
@@ -224,7 +228,10 @@ class XenInterrupts:
         "pciback not responding", gives up on the op and fails the driver's
         ``pci_enable_msix``; loading libxenctrl and libxencall and opening their handles took
         longer than that in an emulated dom0. A failure here is not reported: the first enable
-        meets it again and reports it to the guest that needed it."""
+        meets it again and reports it to the guest that needed it. Without Xen's privcmd
+        device there is nothing to warm, and libxencall would print its own error line."""
+        if not any(os.path.exists(p) for p in PRIVCMD_DEVICES):
+            return
         opener = getattr(self._hv, "open", None)
         if callable(opener):
             try:
