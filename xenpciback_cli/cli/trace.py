@@ -96,7 +96,8 @@ def stats(app: Application, trace: str, device: str | None) -> None:
     if result.denied_registers:
         term.line("")
         term.table(["denied register", "writes"], result.denied_registers.most_common(10))
-    timeline = sorted(result.as_dict()["states"] + result.as_dict()["aer"],  # type: ignore[operator]
+    summary = result.as_dict()
+    timeline = sorted(summary["states"] + summary["aer"],  # type: ignore[operator]
                       key=lambda x: (x["t"] is None, x["t"] or 0))
     if timeline:
         term.line("")
