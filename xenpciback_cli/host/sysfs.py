@@ -414,8 +414,7 @@ class SysfsHost(Host):
         return [name for name in names
                 if os.path.realpath(os.path.join(directory, name)).startswith(below)]
 
-    def _block_usage(self, below: str, labels: list[str] | None = None) -> list[str]:
-        labels = [] if labels is None else labels
+    def _block_usage(self, below: str, labels: list[str]) -> list[str]:
         disks = self._class_entries_below("block", below)
         if not disks:
             return []
@@ -482,8 +481,7 @@ class SysfsHost(Host):
                     return name
         return None
 
-    def _network_usage(self, below: str, labels: list[str] | None = None) -> list[str]:
-        labels = [] if labels is None else labels
+    def _network_usage(self, below: str, labels: list[str]) -> list[str]:
         reasons = []
         interfaces = self._class_entries_below("net", below)
         routes = self._routes() if interfaces and self.proc_root else {}
@@ -551,8 +549,7 @@ class SysfsHost(Host):
                 found.insert(0, ipv4)
         return found
 
-    def _console_usage(self, bdf: Bdf, below: str, labels: list[str] | None = None) -> list[str]:
-        labels = [] if labels is None else labels
+    def _console_usage(self, bdf: Bdf, below: str, labels: list[str]) -> list[str]:
         reasons = []
         if _read(os.path.join(self.device_dir(bdf), "boot_vga")) == "1":
             reasons.append("it is the boot VGA device (the firmware/boot console)")
