@@ -221,13 +221,8 @@ def inventory(host: Host, *, state_dir: Path | None = None,
     originals = load_original_drivers(state_dir)
     serving = serving_drivers(host.loaded_drivers())
     attachments = attachments or {}
-    pattern_list = list(patterns)
     rows = []
-    if pattern_list or ids is not None:
-        devices = select_devices(host, pattern_list, ids, brief=brief, override=override)
-    else:
-        devices = list(host.brief_devices(override=override) if brief else host.devices())
-    for device in devices:
+    for device in select_devices(host, patterns, ids, brief=brief, override=override):
         if class_filter is not None and not class_filter.matches(device.class_code):
             continue
         domid = attachments.get(device.bdf)

@@ -89,6 +89,16 @@ def _kernel_bdf(name: str) -> Bdf:
     return Bdf(int(name[:-8], 16), int(name[-7:-5], 16), int(name[-4:-2], 16), int(name[-1]))
 
 
+def _function_above(entry: str) -> Bdf | None:
+    """The PCI function a /sys/class entry belongs to: the nearest one upwards from where it
+    lies in /sys/devices (a partition below its disk, a disk below its controller, below the
+    function); None when no PCI function is above it."""
+    for part in reversed(os.path.realpath(entry).split(os.sep)):
+        if _BDF_NAME.fullmatch(part):
+            return _kernel_bdf(part)
+    return None
+
+
 def _link_name(path: str) -> str | None:
     try:
         return os.path.basename(os.readlink(path))
@@ -347,12 +357,7 @@ class SysfsHost(Host):
         entry = os.path.join(self.sysfs_root, "class", klass, name)
         if not os.path.lexists(entry):
             return None
-        # The entry lies below its device in /sys/devices: the nearest PCI function upwards
-        # (a partition below its disk, a disk below its controller, below the function).
-        for part in reversed(os.path.realpath(entry).split(os.sep)):
-            if _BDF_NAME.match(part):
-                return Bdf.parse(part)
-        return None
+        return _function_above(entry)
 
     def load_module(self, module: str) -> None:
         """``modprobe MODULE`` (the real host only: a sysfs root elsewhere has no kernel)."""
@@ -394,11 +399,9 @@ class SysfsHost(Host):
             except OSError:
                 continue
             for name in names:
-                parts = os.path.realpath(os.path.join(directory, name)).split("/")
-                for part in reversed(parts):  # the nearest PCI function above the entry
-                    if _BDF_NAME.fullmatch(part):
-                        found.add(Bdf.parse(part))
-                        break
+                bdf = _function_above(os.path.join(directory, name))
+                if bdf is not None:
+                    found.add(bdf)
         return frozenset(found)
 
     def _class_entries_below(self, klass: str, below: str) -> list[str]:
@@ -411,8 +414,7 @@ class SysfsHost(Host):
         return [name for name in names
                 if os.path.realpath(os.path.join(directory, name)).startswith(below)]
 
-    def _block_usage(self, below: str, labels: list[str] | None = None) -> list[str]:
-        labels = [] if labels is None else labels
+    def _block_usage(self, below: str, labels: list[str]) -> list[str]:
         disks = self._class_entries_below("block", below)
         if not disks:
             return []
@@ -479,8 +481,7 @@ class SysfsHost(Host):
                     return name
         return None
 
-    def _network_usage(self, below: str, labels: list[str] | None = None) -> list[str]:
-        labels = [] if labels is None else labels
+    def _network_usage(self, below: str, labels: list[str]) -> list[str]:
         reasons = []
         interfaces = self._class_entries_below("net", below)
         routes = self._routes() if interfaces and self.proc_root else {}
@@ -548,8 +549,7 @@ class SysfsHost(Host):
                 found.insert(0, ipv4)
         return found
 
-    def _console_usage(self, bdf: Bdf, below: str, labels: list[str] | None = None) -> list[str]:
-        labels = [] if labels is None else labels
+    def _console_usage(self, bdf: Bdf, below: str, labels: list[str]) -> list[str]:
         reasons = []
         if _read(os.path.join(self.device_dir(bdf), "boot_vga")) == "1":
             reasons.append("it is the boot VGA device (the firmware/boot console)")
