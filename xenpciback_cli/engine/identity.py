@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xenpciback_cli import errors
-from xenpciback_cli.config.capabilities import find_extended
 from xenpciback_cli.config.le import u32
 from xenpciback_cli.pci.address import Bdf
 
@@ -74,6 +73,9 @@ class DeviceIdentity:
 
 def read_serial(config: bytes) -> str | None:
     """The Device Serial Number from a config space dump, or None (absent or not readable)."""
+    # imported here: records (and so list, with a state dir) import this module at start-up
+    from xenpciback_cli.config.capabilities import find_extended
+
     offset = find_extended(config, SERIAL_CAPABILITY)
     if offset is None or offset + 12 > len(config):
         return None
