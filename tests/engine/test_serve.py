@@ -232,6 +232,28 @@ def test_a_record_the_hardware_contradicts_is_dropped_with_one_line(two_guests):
         stop_serve(second)
 
 
+def test_a_record_left_before_a_first_export_is_not_taken_over(sandbox):
+    guest(sandbox, 7, NIC0)
+    records = sandbox / "run" / "interrupts"                     # an earlier attachment's leftover
+    records.mkdir(parents=True, exist_ok=True)
+    (records / NIC0_RECORD).write_text(json.dumps({"domid": 7, "host": NIC0, "kind": "msix",
+                                                   "entries": [0], "pirqs": [99]}))
+    os.chmod(records / NIC0_RECORD, 0o600)
+    path = sandbox / "sys/bus/pci/devices" / NIC0 / "config"
+    config = bytearray(path.read_bytes())                        # and the enable bit agreeing
+    struct.pack_into("<H", config, 0x72, struct.unpack_from("<H", config, 0x72)[0] | 0x8000)
+    path.write_bytes(bytes(config))
+    proc = start_serve(sandbox)
+    front = Frontend(sandbox, 7)
+    try:
+        front.connect()
+        assert not (records / NIC0_RECORD).exists()
+        assert "taken over" not in serve_log(proc)
+    finally:
+        front.close()
+        stop_serve(proc)
+
+
 # -- found on real Xen (tests/realxen) ----------------------------------------------------------------
 def test_ops_posted_during_a_handshake_are_answered_between_its_steps(monkeypatch):
     """A real pcifront rescans as soon as the backend says Reconfigured and gives up on an op

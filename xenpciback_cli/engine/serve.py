@@ -598,12 +598,17 @@ class Server:
         guest.recorded[dev.host] = state
 
     def _restore_interrupts(self, guest: Guest, host: Bdf) -> None:
-        """A restart: take over the MSI/MSI-X state an earlier run recorded for ``host``."""
+        """A restart: take over the MSI/MSI-X state an earlier run recorded for ``host``. On a
+        first export a record left from an attachment ``serve`` did not see end is only
+        removed: its PIRQs are not this attachment's to unmap."""
         store = self.interrupt_records
         if store is None:
             return
         name = record_name(guest.domid, host)
         try:
+            if not guest.resuming:
+                store.remove(name)
+                return
             data = store.read(name)
             if data is None:
                 return
