@@ -230,10 +230,13 @@ def test_an_interrupted_grant_takes_back_what_it_granted(tmp_path):
 
 # -- route_intx: the GSI, not the firmware's INTERRUPT_LINE ---------------------------------------
 def intx_host(tmp_path, *, enable: str | None, pin: int, driver: str | None = None,
-              line_irq: str = "10\n", gsi: str = "22\n", enable_fails: bool = False):
+              line_irq: str = "10\n", gsi: str = "22\n", enable_fails: bool = False,
+              disable_fails: int = 0, rebound_after_enable: bool = False, bind_fails: bool = False):
     """A sysfs tree whose kernel, like Linux, replaces ``irq`` (the firmware's INTERRUPT_LINE
     until the device is first enabled) by the routed GSI when '1' is written to ``enable``, and
-    refuses that write (EBUSY) while a driver is bound."""
+    refuses a write to ``enable`` (EBUSY) while a driver is bound. ``disable_fails``: that many
+    writes of '0' fail (EIO); ``rebound_after_enable``: something (a udev rule's probe) binds
+    the stub again right after the enable; ``bind_fails``: binding the stub back fails."""
     make_device(tmp_path, resource_lines(), irq=line_irq)
     sys_root = tmp_path / "sys"
     base = sys_root / "bus" / "pci" / "devices" / str(DEV)
@@ -248,6 +251,7 @@ def intx_host(tmp_path, *, enable: str | None, pin: int, driver: str | None = No
         (base / "driver").symlink_to(drivers)
     host = SysfsHost(str(sys_root), str(tmp_path / "proc"))
     writes: list[tuple[str, str]] = []
+    failures = [0]
 
     def kernel(write) -> None:  # noqa: ANN001
         name = write.path.rsplit("/", 1)[-1]
@@ -255,13 +259,23 @@ def intx_host(tmp_path, *, enable: str | None, pin: int, driver: str | None = No
         if name == "unbind":
             (base / "driver").unlink()
         elif name == "bind":
+            if bind_fails:
+                raise OSError(errno.ENODEV, "bind failed")
             (base / "driver").symlink_to(sys_root / "bus" / "pci" / "drivers" / driver)
+        elif name == "enable" and (base / "driver").is_symlink():
+            raise OSError(errno.EBUSY, "device busy")
         elif name == "enable" and write.value == "1":
-            if (base / "driver").is_symlink():
-                raise OSError(errno.EBUSY, "device busy")
             if enable_fails:
                 raise OSError(errno.EIO, "enable failed")
             (base / "irq").write_text(gsi)
+            (base / "enable").write_text("1\n")
+            if rebound_after_enable:
+                (base / "driver").symlink_to(sys_root / "bus" / "pci" / "drivers" / driver)
+        elif name == "enable" and write.value == "0":
+            if failures[0] < disable_fails:
+                failures[0] += 1
+                raise OSError(errno.EIO, "disable failed")
+            (base / "enable").write_text("0\n")
 
     host.write_hooks.append(kernel)
     return host, writes
@@ -293,6 +307,61 @@ def test_route_intx_binds_the_stub_back_when_the_enable_fails(tmp_path):
         G.route_intx(host, DEV)
     assert writes == [("unbind", str(DEV)), ("enable", "1"), ("bind", str(DEV))]
     assert host.device(DEV).driver == "pci-stub"
+
+
+def test_route_intx_disables_again_when_the_stub_was_bound_back_meanwhile(tmp_path):
+    # A udev rule probing the device between the two writes binds the stub again (its
+    # driver_override lets only the stub in): the kernel answers the disable EBUSY. The stub is
+    # unbound once more and the disable retried; the device is not left enabled in dom0.
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", rebound_after_enable=True)
+    assert G.route_intx(host, DEV) is True
+    assert writes == [("unbind", str(DEV)), ("enable", "1"), ("enable", "0"), ("unbind", str(DEV)),
+                      ("enable", "0"), ("bind", str(DEV))]
+    base = tmp_path / "sys" / "bus" / "pci" / "devices" / str(DEV)
+    assert (base / "enable").read_text().strip() == "0"
+    assert (host.device(DEV).driver, host.device(DEV).irq) == ("pci-stub", 22)
+
+
+def test_route_intx_retries_a_failed_disable_once(tmp_path):
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", disable_fails=1)
+    assert G.route_intx(host, DEV) is True
+    assert writes == [("unbind", str(DEV)), ("enable", "1"), ("enable", "0"), ("enable", "0"),
+                      ("bind", str(DEV))]
+    assert host.device(DEV).driver == "pci-stub"
+
+
+def test_route_intx_says_so_when_the_device_stays_enabled_in_dom0(tmp_path):
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", disable_fails=2)
+    with pytest.raises(OperationFailed) as exc:
+        G.route_intx(host, DEV)
+    message = str(exc.value)
+    assert f"{DEV} is left enabled in dom0" in message and "\n" not in message
+    assert message.count("disable failed") == 2  # both attempts named
+    assert "write 0 to its sysfs enable" in message and "attach again" in message
+    assert writes[-1] == ("bind", str(DEV)) and host.device(DEV).driver == "pci-stub"
+
+
+def test_route_intx_names_the_first_failure_when_binding_back_fails_too(tmp_path):
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", enable_fails=True,
+                             bind_fails=True)
+    with pytest.raises(OperationFailed) as exc:
+        G.route_intx(host, DEV)
+    message = str(exc.value)
+    assert message.index("enable failed") < message.index("bind failed")
+    assert f"binding {DEV} back to pci-stub failed too" in message and "\n" not in message
+    assert isinstance(exc.value.__cause__, OSError) and "enable failed" in str(exc.value.__cause__)
+    assert writes == [("unbind", str(DEV)), ("enable", "1"), ("bind", str(DEV))]
+
+
+def test_an_attach_whose_device_stays_enabled_in_dom0_fails_before_any_grant(tmp_path):
+    from xenpciback_cli.engine.attach import _grant_functions
+    from xenpciback_cli.toolstack.libxl_layout import PciOptions
+
+    host, _ = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", disable_fails=2)
+    hv = FakeHypervisor()
+    with pytest.raises(OperationFailed, match="left enabled in dom0"):
+        _grant_functions(hv, host, [DEV], 5, PciOptions(), str(tmp_path / "state"), [])
+    assert hv.calls == [] and G.load_record(tmp_path / "state", DEV) is None
 
 
 @pytest.mark.parametrize(("enable", "pin", "driver"),

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from xenpciback_cli.engine import statestore as st
-from xenpciback_cli.errors import OperationFailed, StateFileCorrupt
+from xenpciback_cli.errors import OperationFailed, StateFileCorrupt, XenPcibackError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
@@ -177,35 +177,93 @@ def route_intx(host: Any, bdf: Bdf) -> bool:
     gets the same from enabling each device in its probe. Done only for a device with an
     interrupt pin that is not enabled (sysfs ``enable`` reads 0); it is disabled again at once,
     which leaves the routing (and the IRQ number) in place, as with pciback. Its driver (the
-    stub) is unbound around the round, as the kernel requires, and bound again."""
-    base = getattr(host, "device_dir", None)
-    if base is None:
-        return False
-    path = os.path.join(base(bdf), "enable")
-    try:
-        with open(path, encoding="ascii") as handle:
-            enabled = handle.read().strip()
-    except OSError:
-        return False  # no such attribute (an old kernel, a simulated host): keep sysfs irq
-    pin = host.read_config(bdf, 0x3D, 1)
-    if enabled != "0" or not pin or pin[0] == 0:
+    stub) is unbound around the round, as the kernel requires, and bound again.
+
+    A disable that fails is tried once more (a stub bound again meanwhile, by a udev rule's
+    probe, is unbound first); if the device stays enabled in dom0, OperationFailed says so and
+    the attach stops before any grant. When binding the stub back fails after another failure,
+    the error names both, the first as the cause."""
+    path = _enable_path(host, bdf)
+    if path is None:
         return False
     driver = host.device(bdf).driver
-    if driver == PCIBACK_DRIVER:
-        return False  # its probe enabled the device once: routed already
     relative = os.path.relpath(path, host.path(""))
     # The kernel refuses (EBUSY) to enable a device through sysfs while a driver holds it: the
     # stub is unbound for the moment of the round (its driver_override keeps others off) and
     # bound again whatever happened.
     if driver:
         host.unbind(bdf, driver)
+    failure: BaseException | None = None
     try:
         host.write_attribute(relative, "1", bdf)
-        host.write_attribute(relative, "0", bdf)
+        _disable(host, bdf, path, relative, driver)
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         if driver:
-            host.bind(bdf, driver)
+            _bind_back(host, bdf, driver, failure)
     return True
+
+
+def _enable_path(host: Any, bdf: Bdf) -> str | None:
+    """The device's sysfs ``enable`` when the kernel has still to route its INTx, else None."""
+    base = getattr(host, "device_dir", None)
+    if base is None:
+        return None
+    path = os.path.join(base(bdf), "enable")
+    enabled = _read_enable(path)
+    if enabled is None:
+        return None  # no such attribute (an old kernel, a simulated host): keep sysfs irq
+    pin = host.read_config(bdf, 0x3D, 1)
+    if enabled != "0" or not pin or pin[0] == 0:
+        return None
+    if host.device(bdf).driver == PCIBACK_DRIVER:
+        return None  # its probe enabled the device once: routed already
+    return path
+
+
+def _read_enable(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _disable(host: Any, bdf: Bdf, path: str, relative: str, driver: str | None) -> None:
+    """Write 0 to ``enable``; on a failure, once more (the stub unbound again if it came back).
+
+    Left enabled, the device would keep its decoding on in dom0 and the kernel's enable count
+    at one (a later host driver's remove would not turn it off): the attach must not go on."""
+    try:
+        host.write_attribute(relative, "0", bdf)
+        return
+    except (OSError, XenPcibackError) as exc:
+        first = exc
+    try:
+        if _read_enable(path) == "0":
+            return
+        if driver and host.device(bdf).driver == driver:
+            host.unbind(bdf, driver)  # bound again meanwhile: the kernel answered EBUSY
+        host.write_attribute(relative, "0", bdf)
+    except (OSError, XenPcibackError) as exc:
+        raise OperationFailed(
+            f"{bdf} is left enabled in dom0 after routing its INTx: disabling it failed ({first}), "
+            f"and again ({exc}); nothing was granted: unbind its driver, write 0 to its sysfs "
+            "enable, bind the driver back, then attach again") from first
+
+
+def _bind_back(host: Any, bdf: Bdf, driver: str, failure: BaseException | None) -> None:
+    """Bind the stub back after the round; if that fails after ``failure``, say both."""
+    try:
+        if host.device(bdf).driver != driver:
+            host.bind(bdf, driver)
+    except (OSError, XenPcibackError) as exc:
+        if failure is None or not isinstance(failure, Exception):
+            raise
+        raise OperationFailed(f"{failure}; binding {bdf} back to {driver} failed too: {exc}") \
+            from failure
 
 
 # -- the record --------------------------------------------------------------------------------
