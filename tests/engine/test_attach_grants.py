@@ -6,6 +6,7 @@ backend-kind rule (pci-stub's devices are attachable only without the kernel's p
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -124,6 +125,44 @@ def test_recover_finishes_a_revoke_cut_short(sandbox):
     out = ok("--sandbox", sandbox, "--json", "recover").output
     [op] = [o for o in json.loads(out)["operations"] if o["op"] == "grants"]
     assert op["action"] == "revoked" and op["bdf"] == str(NIC) and "detach was cut short" in op["reason"]
+    assert hypervisor(sandbox) == {"owners": {}, "domains": {}}
+    assert load_record(sandbox / "state", NIC) is None
+    assert "nothing to recover" in ok("--sandbox", sandbox, "recover").output
+
+
+def test_a_revoke_that_fails_leaves_a_record_that_recover_finishes(sandbox):
+    """Xen refusing one revoke: the rest is revoked, the device handed back, and what is still
+    granted stays recorded, so doctor says to recover and recover takes it back."""
+    from xenpciback_cli.engine.grants import Grant, load_record, revoke_device
+
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", 5, "--no-guest")
+    ok("--sandbox", sandbox, "attach", NIC, "--domid", 5, "--seize")
+    _, ioport, _ = libxl_grants(sandbox, NIC)
+
+    class RefusesToDenyPorts(SandboxDomainGrants):
+        def ioport_permission(self, domid, first_port, ports, allow):
+            if not allow:
+                raise OSError(errno.EACCES, "xc_domain_ioport_permission")
+            super().ioport_permission(domid, first_port, ports, allow)
+
+    revoked, problems = revoke_device(RefusesToDenyPorts(sandbox), sandbox / "state", NIC, 5)
+    ports = f"I/O ports {ioport[0][0]:#x}-{ioport[0][0] + ioport[0][1] - 1:#x}"
+    assert problems[0] == f"revoking {ports}: EACCES (Permission denied)"
+    assert "xen-pciback recover" in problems[-1]
+    assert "ioport" not in [g.kind for g in revoked]
+    held = hypervisor(sandbox)
+    assert held == {"owners": {}, "domains": {"5": {"iomem": [], "ioport": ioport, "pirqs": {}, "irqs": []}}}
+    left = load_record(sandbox / "state", NIC)
+    assert left is not None and left.phase == "revoking"
+    assert left.grants == [Grant("ioport", *ioport[0])]
+
+    doctor = invoke("--sandbox", sandbox, "--json", "doctor")
+    [journal] = [c for c in json.loads(doctor.out)["checks"] if c["name"] == "journal"]
+    assert f"revoke {NIC}" in journal["detail"] and journal["fix"] == "xen-pciback recover"
+
+    out = ok("--sandbox", sandbox, "--json", "recover").output
+    [op] = [o for o in json.loads(out)["operations"] if o["op"] == "grants"]
+    assert op["action"] == "revoked" and op["reason"].endswith(f"revoked {ports}")
     assert hypervisor(sandbox) == {"owners": {}, "domains": {}}
     assert load_record(sandbox / "state", NIC) is None
     assert "nothing to recover" in ok("--sandbox", sandbox, "recover").output

@@ -170,8 +170,67 @@ def test_revoke_failures_are_sentences_and_the_revoke_goes_on(tmp_path):
     G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
     hv = FakeHypervisor({"ioport": errno.EACCES})
     _, problems = G.revoke_device(hv, state, DEV, 5)
-    assert problems == ["revoking I/O ports 0xc000-0xc01f: EACCES (Permission denied)"]
+    assert problems == ["revoking I/O ports 0xc000-0xc01f: EACCES (Permission denied)",
+                        "still granted, kept in the record for 'xen-pciback recover': I/O ports 0xc000-0xc01f"]
     assert hv.calls[-1] == ("deassign", G.DOMID_IO, str(DEV))
+
+
+@pytest.mark.parametrize(("failing", "code", "kept"),
+                         [("ioport", errno.EACCES, ["ioport"]), ("unmap_pirq", errno.EPERM, ["intx"]),
+                          ("deassign", errno.EPERM, ["assign"])])
+def test_a_failed_revoke_keeps_what_is_still_granted_in_the_record(tmp_path, failing, code, kept):
+    """Nothing is lost: what a revoke could not take back stays recorded (phase revoking), and
+    recover finishes it with a hypervisor that answers."""
+    state = tmp_path / "state"
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    hv = FakeHypervisor({failing: code})
+    revoked, problems = G.revoke_device(hv, state, DEV, 5)
+    assert problems and "recover" in problems[-1]
+    record = G.load_record(state, DEV)
+    assert record is not None and record.phase == "revoking"
+    assert [g.kind for g in record.grants] == kept
+    assert kept[0] not in [g.kind for g in revoked]
+    assert len(revoked) == 5
+    [outcome] = G.recover_grants(state, FakeHypervisor(), {})
+    assert outcome.action == "revoked" and "detach was cut short" in outcome.reason
+    assert G.load_record(state, DEV) is None
+
+
+def test_a_failed_hand_back_keeps_the_assignment_in_the_record(tmp_path):
+    state = tmp_path / "state"
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+
+    class NoHandBack(FakeHypervisor):
+        def deassign_device(self, domid, bdf):
+            super().deassign_device(domid, bdf)
+            if domid == G.DOMID_IO:
+                raise OSError(errno.EIO, "EIO")
+
+    _, problems = G.revoke_device(NoHandBack(), state, DEV, 5)
+    assert problems[0].startswith(f"handing {DEV} back to dom0 from the quarantine: EIO")
+    assert G.load_record(state, DEV).grants == [G.Grant("assign")]
+    hv = FakeHypervisor()
+    G.recover_grants(state, hv, {})
+    assert ("deassign", G.DOMID_IO, str(DEV)) in hv.calls and G.load_record(state, DEV) is None
+
+
+def test_a_failed_grant_whose_undo_fails_keeps_the_record_for_recover(tmp_path):
+    state = tmp_path / "state"
+
+    class Stuck(FakeHypervisor):
+        def ioport_permission(self, domid, first_port, ports, allow):
+            self._call("ioport", domid, first_port, ports, allow)
+            if not allow:
+                raise OSError(errno.EACCES, "EACCES")
+
+    with pytest.raises(OperationFailed, match="revoking the rest failed too") as exc:
+        G.grant_device(Stuck({"assign": errno.EBUSY}), state, 5, make_device(tmp_path, RESOURCES),
+                       relaxed=False)
+    assert "recover" in str(exc.value)
+    record = G.load_record(state, DEV)
+    assert record.phase == "revoking" and record.grants == [G.Grant("ioport", 0xC000, 32)]
+    G.recover_grants(state, FakeHypervisor(), {})
+    assert G.load_record(state, DEV) is None
 
 
 def test_another_domains_record_is_not_revoked(tmp_path):
