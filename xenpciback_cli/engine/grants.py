@@ -448,8 +448,9 @@ def grant_device(port: DomainGrants, state_dir: str | os.PathLike[str] | None, d
     """Grant ``domid`` everything libxl would for ``device``; all or nothing.
 
     A failure half way revokes what was granted (and the record goes, unless a revoke failed
-    too: then it stays for ``recover``) before OperationFailed says which call failed. ENOSYS from the assignment (a Xen without IOMMU support) is
-    accepted for a PV guest, as libxl does."""
+    too: then it stays for ``recover``) before OperationFailed says which call failed. ENOSYS
+    from the assignment (a Xen without IOMMU support) is accepted for a PV guest, as libxl
+    does."""
     store = st.StateStore(state_dir) if state_dir is not None else None
     plan = plan_grants(device, relaxed=relaxed)
     record = GrantRecord(device.bdf, domid, port.kind, "granting", list(plan))
