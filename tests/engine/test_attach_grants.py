@@ -206,6 +206,30 @@ def test_without_the_kernel_pciback_hide_picks_pci_stub_and_attach_takes_it(sand
     assert open_sandbox(sandbox).device(NIC).driver == "pci-stub"
 
 
+def test_attach_dry_run_says_the_intx_is_routed_at_attach_time_and_writes_nothing(sandbox):
+    """A stub-held device no dom0 driver enabled: sysfs irq is the firmware's INTERRUPT_LINE
+    until the attach has the kernel route it, so the dry run must not offer it as the GSI."""
+    open_sandbox(sandbox).kernel.unload_module("pciback")
+    ok("--sandbox", sandbox, "hide", XHCI)
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", 7, "--no-guest")
+    enable = sandbox / "sys" / "bus" / "pci" / "devices" / str(XHCI) / "enable"
+    enable.write_text("0\n")
+    irq = (sandbox / "sys" / "bus" / "pci" / "devices" / str(XHCI) / "irq").read_text().strip()
+    before = snapshot(sandbox), (sandbox / "sandbox.json").read_text()
+    result = json.loads(ok("--sandbox", sandbox, "--json", "attach", XHCI, "--domid", 7, "--dry-run").output)
+    [planned] = [n for n in result["notes"] if n.startswith("would grant")]
+    assert f"INTx: routed by the kernel at attach time (sysfs irq {irq} now), IOMMU assignment" in planned
+    assert "INTx IRQ" not in planned
+    text = ok("--sandbox", sandbox, "attach", XHCI, "--domid", 7, "--dry-run").output
+    assert f"INTx: routed by the kernel at attach time (sysfs irq {irq} now)" in text
+    assert (snapshot(sandbox), (sandbox / "sandbox.json").read_text()) == before
+    assert enable.read_text() == "0\n"
+    assert not (sandbox / "state" / "grants").exists() or not any((sandbox / "state" / "grants").iterdir())
+    enable.write_text("1\n")  # enabled once already: its irq is the GSI, shown as it will be mapped
+    result = json.loads(ok("--sandbox", sandbox, "--json", "attach", XHCI, "--domid", 7, "--dry-run").output)
+    assert any(f"INTx IRQ {irq}, IOMMU assignment" in n for n in result["notes"])
+
+
 def test_vfio_pci_stays_refused_without_the_kernel_pciback(sandbox):
     open_sandbox(sandbox).kernel.unload_module("pciback")
     ok("--sandbox", sandbox, "hide", "--driver", "vfio-pci", XHCI)

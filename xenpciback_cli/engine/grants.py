@@ -206,6 +206,12 @@ def route_intx(host: Any, bdf: Bdf) -> bool:
     return True
 
 
+def intx_unrouted(host: Any, bdf: Bdf) -> bool:
+    """Whether :func:`route_intx` would enable ``bdf`` once (nothing is written): its sysfs
+    ``irq`` is then the firmware's INTERRUPT_LINE, not the GSI the attach will map."""
+    return _enable_path(host, bdf) is not None
+
+
 def _enable_path(host: Any, bdf: Bdf) -> str | None:
     """The device's sysfs ``enable`` when the kernel has still to route its INTx, else None."""
     base = getattr(host, "device_dir", None)
