@@ -433,16 +433,18 @@ def test_route_intx_leaves_other_devices_alone(tmp_path, enable, pin, driver):
     assert host.device(DEV).irq == 10
 
 
-@pytest.mark.parametrize("line_irq", ["10\n", "0\n"], ids=["a-line", "no-line-yet"])
-def test_attach_dry_run_plans_the_intx_as_routed_at_attach_time(tmp_path, line_irq):
+@pytest.mark.parametrize(("line_irq", "now"), [("10\n", "sysfs irq 10 now"), ("0\n", "sysfs irq 0 now"),
+                                               ("junk\n", "no sysfs irq now")],
+                         ids=["a-line", "no-line-yet", "unreadable"])
+def test_attach_dry_run_plans_the_intx_as_routed_at_attach_time(tmp_path, line_irq, now):
     # Even a device whose INTERRUPT_LINE says none (0) gets its INTx from the routing.
     from xenpciback_cli.engine.attach import _planned_grants
     from xenpciback_cli.toolstack.libxl_layout import PciOptions
 
     host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", line_irq=line_irq)
     [planned] = _planned_grants(FakeHypervisor(), host, [DEV], 5, PciOptions())
-    assert planned == (f"would grant domain 5 INTx: routed by the kernel at attach time (sysfs irq "
-                       f"{line_irq.strip()} now), IOMMU assignment of {DEV}")
+    assert planned == (f"would grant domain 5 INTx: routed by the kernel at attach time ({now}), "
+                       f"IOMMU assignment of {DEV}")
     assert writes == []
 
 

@@ -539,8 +539,8 @@ def _planned_grants(grants: DomainGrants | None, host: Any | None, bdfs: Sequenc
             # sysfs irq is the firmware's INTERRUPT_LINE until the attach has the kernel route
             # the GSI (engine.grants.route_intx): say so rather than offer it as what is mapped.
             steps = [g.describe() for g in plan if g.kind != "intx"]
-            now = "no" if device.irq is None else str(device.irq)
-            steps.insert(len(steps) - 1, f"INTx: routed by the kernel at attach time (sysfs irq {now} now)")
+            now = "no sysfs irq now" if device.irq is None else f"sysfs irq {device.irq} now"
+            steps.insert(len(steps) - 1, f"INTx: routed by the kernel at attach time ({now})")
         out.append(f"would grant domain {domid} {', '.join(steps)} of {bdf}")
     return out
 
