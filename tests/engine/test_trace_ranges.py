@@ -83,10 +83,10 @@ def test_the_edges_of_a_device_line_are_kept(trace):
     ok("trace", "show", path)
 
 
-@pytest.mark.parametrize("kind", ["op", "state"])
+@pytest.mark.parametrize("kind", ["op", "state", "device"])
 @pytest.mark.parametrize("t", [True, "NaN", "Infinity", "-Infinity", "soon"])
 def test_a_time_that_is_no_finite_number_is_refused(trace, kind, t):
-    text = trace.read_text().splitlines(keepends=True)
+    text = [json.dumps(x, separators=(",", ":")) + "\n" for x in _device(lines(trace))]
     number = next(i for i, line in enumerate(text, 1) if json.loads(line)["kind"] == kind)
     data = json.loads(text[number - 1])
     data["t"] = "@T@"

@@ -473,12 +473,13 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
         if kind not in KINDS:
             raise bad_trace(path, number, f"unknown kind {str(kind)[:20]!r}")
         try:
+            if kind != "op":
+                line_time(data)
             if kind == "device":
                 rep.export(DeviceSnapshot.from_dict(data), number)
                 result.devices += 1
                 continue
             if kind != "op":
-                line_time(data)
                 result.events += 1
                 continue
             entry = parse_op(data)
