@@ -6,6 +6,7 @@ backend-kind rule (pci-stub's devices are attachable only without the kernel's p
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -129,6 +130,44 @@ def test_recover_finishes_a_revoke_cut_short(sandbox):
     assert "nothing to recover" in ok("--sandbox", sandbox, "recover").output
 
 
+def test_a_revoke_that_fails_leaves_a_record_that_recover_finishes(sandbox):
+    """Xen refusing one revoke: the rest is revoked, the device handed back, and what is still
+    granted stays recorded, so doctor says to recover and recover takes it back."""
+    from xenpciback_cli.engine.grants import Grant, load_record, revoke_device
+
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", 5, "--no-guest")
+    ok("--sandbox", sandbox, "attach", NIC, "--domid", 5, "--seize")
+    _, ioport, _ = libxl_grants(sandbox, NIC)
+
+    class RefusesToDenyPorts(SandboxDomainGrants):
+        def ioport_permission(self, domid, first_port, ports, allow):
+            if not allow:
+                raise OSError(errno.EACCES, "xc_domain_ioport_permission")
+            super().ioport_permission(domid, first_port, ports, allow)
+
+    revoked, problems = revoke_device(RefusesToDenyPorts(sandbox), sandbox / "state", NIC, 5)
+    ports = f"I/O ports {ioport[0][0]:#x}-{ioport[0][0] + ioport[0][1] - 1:#x}"
+    assert problems[0] == f"revoking {ports}: EACCES (Permission denied)"
+    assert "xen-pciback recover" in problems[-1]
+    assert "ioport" not in [g.kind for g in revoked]
+    held = hypervisor(sandbox)
+    assert held == {"owners": {}, "domains": {"5": {"iomem": [], "ioport": ioport, "pirqs": {}, "irqs": []}}}
+    left = load_record(sandbox / "state", NIC)
+    assert left is not None and left.phase == "revoking"
+    assert left.grants == [Grant("ioport", *ioport[0])]
+
+    doctor = invoke("--sandbox", sandbox, "--json", "doctor")
+    [journal] = [c for c in json.loads(doctor.out)["checks"] if c["name"] == "journal"]
+    assert f"revoke {NIC}" in journal["detail"] and journal["fix"] == "xen-pciback recover"
+
+    out = ok("--sandbox", sandbox, "--json", "recover").output
+    [op] = [o for o in json.loads(out)["operations"] if o["op"] == "grants"]
+    assert op["action"] == "revoked" and op["reason"].endswith(f"revoked {ports}")
+    assert hypervisor(sandbox) == {"owners": {}, "domains": {}}
+    assert load_record(sandbox / "state", NIC) is None
+    assert "nothing to recover" in ok("--sandbox", sandbox, "recover").output
+
+
 def test_recover_keeps_the_grants_of_an_attach_that_had_published(sandbox):
     """An attach killed after its xenstore commit (record still 'granting'): the guest keeps them."""
     from xenpciback_cli.engine import grants as G
@@ -165,6 +204,30 @@ def test_without_the_kernel_pciback_hide_picks_pci_stub_and_attach_takes_it(sand
     # attach --seize of a host device seizes it for pci-stub too
     ok("--sandbox", sandbox, "attach", NIC, "--domid", 7, "--seize")
     assert open_sandbox(sandbox).device(NIC).driver == "pci-stub"
+
+
+def test_attach_dry_run_says_the_intx_is_routed_at_attach_time_and_writes_nothing(sandbox):
+    """A stub-held device no dom0 driver enabled: sysfs irq is the firmware's INTERRUPT_LINE
+    until the attach has the kernel route it, so the dry run must not offer it as the GSI."""
+    open_sandbox(sandbox).kernel.unload_module("pciback")
+    ok("--sandbox", sandbox, "hide", XHCI)
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", 7, "--no-guest")
+    enable = sandbox / "sys" / "bus" / "pci" / "devices" / str(XHCI) / "enable"
+    enable.write_text("0\n")
+    irq = (sandbox / "sys" / "bus" / "pci" / "devices" / str(XHCI) / "irq").read_text().strip()
+    before = snapshot(sandbox), (sandbox / "sandbox.json").read_text()
+    result = json.loads(ok("--sandbox", sandbox, "--json", "attach", XHCI, "--domid", 7, "--dry-run").output)
+    [planned] = [n for n in result["notes"] if n.startswith("would grant")]
+    assert f"INTx: routed by the kernel at attach time (sysfs irq {irq} now), IOMMU assignment" in planned
+    assert "INTx IRQ" not in planned
+    text = ok("--sandbox", sandbox, "attach", XHCI, "--domid", 7, "--dry-run").output
+    assert f"INTx: routed by the kernel at attach time (sysfs irq {irq} now)" in text
+    assert (snapshot(sandbox), (sandbox / "sandbox.json").read_text()) == before
+    assert enable.read_text() == "0\n"
+    assert not (sandbox / "state" / "grants").exists() or not any((sandbox / "state" / "grants").iterdir())
+    enable.write_text("1\n")  # enabled once already: its irq is the GSI, shown as it will be mapped
+    result = json.loads(ok("--sandbox", sandbox, "--json", "attach", XHCI, "--domid", 7, "--dry-run").output)
+    assert any(f"INTx IRQ {irq}, IOMMU assignment" in n for n in result["notes"])
 
 
 def test_vfio_pci_stays_refused_without_the_kernel_pciback(sandbox):

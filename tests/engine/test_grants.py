@@ -170,8 +170,67 @@ def test_revoke_failures_are_sentences_and_the_revoke_goes_on(tmp_path):
     G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
     hv = FakeHypervisor({"ioport": errno.EACCES})
     _, problems = G.revoke_device(hv, state, DEV, 5)
-    assert problems == ["revoking I/O ports 0xc000-0xc01f: EACCES (Permission denied)"]
+    assert problems == ["revoking I/O ports 0xc000-0xc01f: EACCES (Permission denied)",
+                        "still granted, kept in the record for 'xen-pciback recover': I/O ports 0xc000-0xc01f"]
     assert hv.calls[-1] == ("deassign", G.DOMID_IO, str(DEV))
+
+
+@pytest.mark.parametrize(("failing", "code", "kept"),
+                         [("ioport", errno.EACCES, ["ioport"]), ("unmap_pirq", errno.EPERM, ["intx"]),
+                          ("deassign", errno.EPERM, ["assign"])])
+def test_a_failed_revoke_keeps_what_is_still_granted_in_the_record(tmp_path, failing, code, kept):
+    """Nothing is lost: what a revoke could not take back stays recorded (phase revoking), and
+    recover finishes it with a hypervisor that answers."""
+    state = tmp_path / "state"
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    hv = FakeHypervisor({failing: code})
+    revoked, problems = G.revoke_device(hv, state, DEV, 5)
+    assert problems and "recover" in problems[-1]
+    record = G.load_record(state, DEV)
+    assert record is not None and record.phase == "revoking"
+    assert [g.kind for g in record.grants] == kept
+    assert kept[0] not in [g.kind for g in revoked]
+    assert len(revoked) == 5
+    [outcome] = G.recover_grants(state, FakeHypervisor(), {})
+    assert outcome.action == "revoked" and "detach was cut short" in outcome.reason
+    assert G.load_record(state, DEV) is None
+
+
+def test_a_failed_hand_back_keeps_the_assignment_in_the_record(tmp_path):
+    state = tmp_path / "state"
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+
+    class NoHandBack(FakeHypervisor):
+        def deassign_device(self, domid, bdf):
+            super().deassign_device(domid, bdf)
+            if domid == G.DOMID_IO:
+                raise OSError(errno.EIO, "EIO")
+
+    _, problems = G.revoke_device(NoHandBack(), state, DEV, 5)
+    assert problems[0].startswith(f"handing {DEV} back to dom0 from the quarantine: EIO")
+    assert G.load_record(state, DEV).grants == [G.Grant("assign")]
+    hv = FakeHypervisor()
+    G.recover_grants(state, hv, {})
+    assert ("deassign", G.DOMID_IO, str(DEV)) in hv.calls and G.load_record(state, DEV) is None
+
+
+def test_a_failed_grant_whose_undo_fails_keeps_the_record_for_recover(tmp_path):
+    state = tmp_path / "state"
+
+    class Stuck(FakeHypervisor):
+        def ioport_permission(self, domid, first_port, ports, allow):
+            self._call("ioport", domid, first_port, ports, allow)
+            if not allow:
+                raise OSError(errno.EACCES, "EACCES")
+
+    with pytest.raises(OperationFailed, match="revoking the rest failed too") as exc:
+        G.grant_device(Stuck({"assign": errno.EBUSY}), state, 5, make_device(tmp_path, RESOURCES),
+                       relaxed=False)
+    assert "recover" in str(exc.value)
+    record = G.load_record(state, DEV)
+    assert record.phase == "revoking" and record.grants == [G.Grant("ioport", 0xC000, 32)]
+    G.recover_grants(state, FakeHypervisor(), {})
+    assert G.load_record(state, DEV) is None
 
 
 def test_another_domains_record_is_not_revoked(tmp_path):
@@ -230,10 +289,13 @@ def test_an_interrupted_grant_takes_back_what_it_granted(tmp_path):
 
 # -- route_intx: the GSI, not the firmware's INTERRUPT_LINE ---------------------------------------
 def intx_host(tmp_path, *, enable: str | None, pin: int, driver: str | None = None,
-              line_irq: str = "10\n", gsi: str = "22\n", enable_fails: bool = False):
+              line_irq: str = "10\n", gsi: str = "22\n", enable_fails: bool = False,
+              disable_fails: int = 0, rebound_after_enable: bool = False, bind_fails: bool = False):
     """A sysfs tree whose kernel, like Linux, replaces ``irq`` (the firmware's INTERRUPT_LINE
     until the device is first enabled) by the routed GSI when '1' is written to ``enable``, and
-    refuses that write (EBUSY) while a driver is bound."""
+    refuses a write to ``enable`` (EBUSY) while a driver is bound. ``disable_fails``: that many
+    writes of '0' fail (EIO); ``rebound_after_enable``: something (a udev rule's probe) binds
+    the stub again right after the enable; ``bind_fails``: binding the stub back fails."""
     make_device(tmp_path, resource_lines(), irq=line_irq)
     sys_root = tmp_path / "sys"
     base = sys_root / "bus" / "pci" / "devices" / str(DEV)
@@ -248,6 +310,7 @@ def intx_host(tmp_path, *, enable: str | None, pin: int, driver: str | None = No
         (base / "driver").symlink_to(drivers)
     host = SysfsHost(str(sys_root), str(tmp_path / "proc"))
     writes: list[tuple[str, str]] = []
+    failures = [0]
 
     def kernel(write) -> None:  # noqa: ANN001
         name = write.path.rsplit("/", 1)[-1]
@@ -255,13 +318,23 @@ def intx_host(tmp_path, *, enable: str | None, pin: int, driver: str | None = No
         if name == "unbind":
             (base / "driver").unlink()
         elif name == "bind":
+            if bind_fails:
+                raise OSError(errno.ENODEV, "bind failed")
             (base / "driver").symlink_to(sys_root / "bus" / "pci" / "drivers" / driver)
+        elif name == "enable" and (base / "driver").is_symlink():
+            raise OSError(errno.EBUSY, "device busy")
         elif name == "enable" and write.value == "1":
-            if (base / "driver").is_symlink():
-                raise OSError(errno.EBUSY, "device busy")
             if enable_fails:
                 raise OSError(errno.EIO, "enable failed")
             (base / "irq").write_text(gsi)
+            (base / "enable").write_text("1\n")
+            if rebound_after_enable:
+                (base / "driver").symlink_to(sys_root / "bus" / "pci" / "drivers" / driver)
+        elif name == "enable" and write.value == "0":
+            if failures[0] < disable_fails:
+                failures[0] += 1
+                raise OSError(errno.EIO, "disable failed")
+            (base / "enable").write_text("0\n")
 
     host.write_hooks.append(kernel)
     return host, writes
@@ -295,6 +368,61 @@ def test_route_intx_binds_the_stub_back_when_the_enable_fails(tmp_path):
     assert host.device(DEV).driver == "pci-stub"
 
 
+def test_route_intx_disables_again_when_the_stub_was_bound_back_meanwhile(tmp_path):
+    # A udev rule probing the device between the two writes binds the stub again (its
+    # driver_override lets only the stub in): the kernel answers the disable EBUSY. The stub is
+    # unbound once more and the disable retried; the device is not left enabled in dom0.
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", rebound_after_enable=True)
+    assert G.route_intx(host, DEV) is True
+    assert writes == [("unbind", str(DEV)), ("enable", "1"), ("enable", "0"), ("unbind", str(DEV)),
+                      ("enable", "0"), ("bind", str(DEV))]
+    base = tmp_path / "sys" / "bus" / "pci" / "devices" / str(DEV)
+    assert (base / "enable").read_text().strip() == "0"
+    assert (host.device(DEV).driver, host.device(DEV).irq) == ("pci-stub", 22)
+
+
+def test_route_intx_retries_a_failed_disable_once(tmp_path):
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", disable_fails=1)
+    assert G.route_intx(host, DEV) is True
+    assert writes == [("unbind", str(DEV)), ("enable", "1"), ("enable", "0"), ("enable", "0"),
+                      ("bind", str(DEV))]
+    assert host.device(DEV).driver == "pci-stub"
+
+
+def test_route_intx_says_so_when_the_device_stays_enabled_in_dom0(tmp_path):
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", disable_fails=2)
+    with pytest.raises(OperationFailed) as exc:
+        G.route_intx(host, DEV)
+    message = str(exc.value)
+    assert f"{DEV} is left enabled in dom0" in message and "\n" not in message
+    assert message.count("disable failed") == 2  # both attempts named
+    assert "write 0 to its sysfs enable" in message and "attach again" in message
+    assert writes[-1] == ("bind", str(DEV)) and host.device(DEV).driver == "pci-stub"
+
+
+def test_route_intx_names_the_first_failure_when_binding_back_fails_too(tmp_path):
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", enable_fails=True,
+                             bind_fails=True)
+    with pytest.raises(OperationFailed) as exc:
+        G.route_intx(host, DEV)
+    message = str(exc.value)
+    assert message.index("enable failed") < message.index("bind failed")
+    assert f"binding {DEV} back to pci-stub failed too" in message and "\n" not in message
+    assert isinstance(exc.value.__cause__, OSError) and "enable failed" in str(exc.value.__cause__)
+    assert writes == [("unbind", str(DEV)), ("enable", "1"), ("bind", str(DEV))]
+
+
+def test_an_attach_whose_device_stays_enabled_in_dom0_fails_before_any_grant(tmp_path):
+    from xenpciback_cli.engine.attach import _grant_functions
+    from xenpciback_cli.toolstack.libxl_layout import PciOptions
+
+    host, _ = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", disable_fails=2)
+    hv = FakeHypervisor()
+    with pytest.raises(OperationFailed, match="left enabled in dom0"):
+        _grant_functions(hv, host, [DEV], 5, PciOptions(), str(tmp_path / "state"), [])
+    assert hv.calls == [] and G.load_record(tmp_path / "state", DEV) is None
+
+
 @pytest.mark.parametrize(("enable", "pin", "driver"),
                          [("1", 1, "pci-stub"), ("0", 0, "pci-stub"), (None, 1, "pci-stub"), ("0", 1, "pciback")],
                          ids=["already-enabled", "no-interrupt-pin", "no-enable-attribute", "pciback-routed-it"])
@@ -303,6 +431,21 @@ def test_route_intx_leaves_other_devices_alone(tmp_path, enable, pin, driver):
     assert G.route_intx(host, DEV) is False
     assert writes == []
     assert host.device(DEV).irq == 10
+
+
+@pytest.mark.parametrize(("line_irq", "now"), [("10\n", "sysfs irq 10 now"), ("0\n", "sysfs irq 0 now"),
+                                               ("junk\n", "no sysfs irq now")],
+                         ids=["a-line", "no-line-yet", "unreadable"])
+def test_attach_dry_run_plans_the_intx_as_routed_at_attach_time(tmp_path, line_irq, now):
+    # Even a device whose INTERRUPT_LINE says none (0) gets its INTx from the routing.
+    from xenpciback_cli.engine.attach import _planned_grants
+    from xenpciback_cli.toolstack.libxl_layout import PciOptions
+
+    host, writes = intx_host(tmp_path, enable="0", pin=1, driver="pci-stub", line_irq=line_irq)
+    [planned] = _planned_grants(FakeHypervisor(), host, [DEV], 5, PciOptions())
+    assert planned == (f"would grant domain 5 INTx: routed by the kernel at attach time ({now}), "
+                       f"IOMMU assignment of {DEV}")
+    assert writes == []
 
 
 def test_attach_grants_the_routed_gsi_not_the_interrupt_line(tmp_path):

@@ -38,7 +38,7 @@ def test_a_repeated_line_is_still_run_through_the_engine(tmp_path):
 
 @pytest.mark.parametrize("change, why", [
     ({"size": True}, "size is not an integer"),
-    ({"t": "soon"}, "t is a number"),
+    ({"t": "soon"}, "t 'soon' is not a finite number of seconds"),
     ({"value_in": 2**32}, "value_in 4294967296 is out of range"),
     ({"err": -2**31 - 1}, "out of range"),
     ({"guest": "0000:00:00.8"}, "is not an address"),

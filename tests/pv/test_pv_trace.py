@@ -52,7 +52,8 @@ def _op_line(**change):
 @pytest.mark.parametrize("change", [
     {"value_in": 2**32}, {"value_in": -1}, {"value_out": 2**32}, {"err": 2**31},
     {"domid": 2**16}, {"size": True}, {"offset": False}, {"vectors": [2**16]},
-    {"offset": 2**31}, {"t": "soon"},
+    {"offset": 2**31}, {"t": "soon"}, {"t": True}, {"t": float("nan")}, {"t": float("inf")},
+    {"t": -float("inf")}, {"t": 10**18}, {"t": 10**400},
 ])
 def test_an_op_line_out_of_range_or_not_an_integer_is_refused(change):
     from xenpciback_cli.pv.trace import TraceFormatError, parse_op

@@ -527,12 +527,22 @@ def _planned_grants(grants: DomainGrants | None, host: Any | None, bdfs: Sequenc
                     options: L.PciOptions) -> list[str]:
     if grants is None or host is None:
         return []
-    from xenpciback_cli.engine.grants import plan_grants
+    from xenpciback_cli.engine.grants import intx_unrouted, plan_grants
 
     relaxed = options.rdm_policy == "relaxed"
-    return [f"would grant domain {domid} "
-            f"{', '.join(g.describe() for g in plan_grants(host.device(b), relaxed=relaxed))} of {b}"
-            for b in bdfs]
+    out = []
+    for bdf in bdfs:
+        device = host.device(bdf)
+        plan = plan_grants(device, relaxed=relaxed)
+        steps = [g.describe() for g in plan]
+        if intx_unrouted(host, bdf):
+            # sysfs irq is the firmware's INTERRUPT_LINE until the attach has the kernel route
+            # the GSI (engine.grants.route_intx): say so rather than offer it as what is mapped.
+            steps = [g.describe() for g in plan if g.kind != "intx"]
+            now = "no sysfs irq now" if device.irq is None else f"sysfs irq {device.irq} now"
+            steps.insert(len(steps) - 1, f"INTx: routed by the kernel at attach time ({now})")
+        out.append(f"would grant domain {domid} {', '.join(steps)} of {bdf}")
+    return out
 
 
 def _grant_functions(grants: DomainGrants | None, host: Any | None, bdfs: Sequence[Bdf], domid: int,

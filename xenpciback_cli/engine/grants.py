@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from xenpciback_cli.engine import statestore as st
-from xenpciback_cli.errors import OperationFailed, StateFileCorrupt
+from xenpciback_cli.errors import OperationFailed, StateFileCorrupt, XenPcibackError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pci.drivers import PCIBACK_DRIVER
@@ -177,35 +177,99 @@ def route_intx(host: Any, bdf: Bdf) -> bool:
     gets the same from enabling each device in its probe. Done only for a device with an
     interrupt pin that is not enabled (sysfs ``enable`` reads 0); it is disabled again at once,
     which leaves the routing (and the IRQ number) in place, as with pciback. Its driver (the
-    stub) is unbound around the round, as the kernel requires, and bound again."""
-    base = getattr(host, "device_dir", None)
-    if base is None:
-        return False
-    path = os.path.join(base(bdf), "enable")
-    try:
-        with open(path, encoding="ascii") as handle:
-            enabled = handle.read().strip()
-    except OSError:
-        return False  # no such attribute (an old kernel, a simulated host): keep sysfs irq
-    pin = host.read_config(bdf, 0x3D, 1)
-    if enabled != "0" or not pin or pin[0] == 0:
+    stub) is unbound around the round, as the kernel requires, and bound again.
+
+    A disable that fails is tried once more (a stub bound again meanwhile, by a udev rule's
+    probe, is unbound first); if the device stays enabled in dom0, OperationFailed says so and
+    the attach stops before any grant. When binding the stub back fails after another failure,
+    the error names both, the first as the cause."""
+    path = _enable_path(host, bdf)
+    if path is None:
         return False
     driver = host.device(bdf).driver
-    if driver == PCIBACK_DRIVER:
-        return False  # its probe enabled the device once: routed already
     relative = os.path.relpath(path, host.path(""))
     # The kernel refuses (EBUSY) to enable a device through sysfs while a driver holds it: the
     # stub is unbound for the moment of the round (its driver_override keeps others off) and
     # bound again whatever happened.
     if driver:
         host.unbind(bdf, driver)
+    failure: BaseException | None = None
     try:
         host.write_attribute(relative, "1", bdf)
-        host.write_attribute(relative, "0", bdf)
+        _disable(host, bdf, path, relative, driver)
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         if driver:
-            host.bind(bdf, driver)
+            _bind_back(host, bdf, driver, failure)
     return True
+
+
+def intx_unrouted(host: Any, bdf: Bdf) -> bool:
+    """Whether :func:`route_intx` would enable ``bdf`` once (nothing is written): its sysfs
+    ``irq`` is then the firmware's INTERRUPT_LINE, not the GSI the attach will map."""
+    return _enable_path(host, bdf) is not None
+
+
+def _enable_path(host: Any, bdf: Bdf) -> str | None:
+    """The device's sysfs ``enable`` when the kernel has still to route its INTx, else None."""
+    base = getattr(host, "device_dir", None)
+    if base is None:
+        return None
+    path = os.path.join(base(bdf), "enable")
+    enabled = _read_enable(path)
+    if enabled is None:
+        return None  # no such attribute (an old kernel, a simulated host): keep sysfs irq
+    pin = host.read_config(bdf, 0x3D, 1)
+    if enabled != "0" or not pin or pin[0] == 0:
+        return None
+    if host.device(bdf).driver == PCIBACK_DRIVER:
+        return None  # its probe enabled the device once: routed already
+    return path
+
+
+def _read_enable(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _disable(host: Any, bdf: Bdf, path: str, relative: str, driver: str | None) -> None:
+    """Write 0 to ``enable``; on a failure, once more (the stub unbound again if it came back).
+
+    Left enabled, the device would keep its decoding on in dom0 and the kernel's enable count
+    at one (a later host driver's remove would not turn it off): the attach must not go on."""
+    try:
+        host.write_attribute(relative, "0", bdf)
+        return
+    except (OSError, XenPcibackError) as exc:
+        first = exc
+    try:
+        if _read_enable(path) == "0":
+            return
+        if driver and host.device(bdf).driver == driver:
+            host.unbind(bdf, driver)  # bound again meanwhile: the kernel answered EBUSY
+        host.write_attribute(relative, "0", bdf)
+    except (OSError, XenPcibackError) as exc:
+        raise OperationFailed(
+            f"{bdf} is left enabled in dom0 after routing its INTx: disabling it failed ({first}), "
+            f"and again ({exc}); nothing was granted: unbind its driver, write 0 to its sysfs "
+            "enable, bind the driver back, then attach again") from first
+
+
+def _bind_back(host: Any, bdf: Bdf, driver: str, failure: BaseException | None) -> None:
+    """Bind the stub back after the round; if that fails after ``failure``, say both."""
+    try:
+        if host.device(bdf).driver != driver:
+            host.bind(bdf, driver)
+    except (OSError, XenPcibackError) as exc:
+        if failure is None or not isinstance(failure, Exception):
+            raise
+        raise OperationFailed(f"{failure}; binding {bdf} back to {driver} failed too: {exc}") \
+            from failure
 
 
 # -- the record --------------------------------------------------------------------------------
@@ -389,9 +453,10 @@ def grant_device(port: DomainGrants, state_dir: str | os.PathLike[str] | None, d
                  device: PciDevice, *, relaxed: bool) -> GrantOutcome:
     """Grant ``domid`` everything libxl would for ``device``; all or nothing.
 
-    A failure half way revokes what was granted (and the record goes) before OperationFailed
-    says which call failed. ENOSYS from the assignment (a Xen without IOMMU support) is
-    accepted for a PV guest, as libxl does."""
+    A failure half way revokes what was granted (and the record goes, unless a revoke failed
+    too: then it stays for ``recover``) before OperationFailed says which call failed. ENOSYS
+    from the assignment (a Xen without IOMMU support) is accepted for a PV guest, as libxl
+    does."""
     store = st.StateStore(state_dir) if state_dir is not None else None
     plan = plan_grants(device, relaxed=relaxed)
     record = GrantRecord(device.bdf, domid, port.kind, "granting", list(plan))
@@ -410,18 +475,14 @@ def grant_device(port: DomainGrants, state_dir: str | os.PathLike[str] | None, d
                 if store is not None:
                     _save(store, record)
                 break
-            problems = revoke_grants(port, domid, device.bdf, list(reversed(done)))
-            if store is not None:
-                store.remove(record.name)
+            problems = _take_back(port, store, record, domid, device.bdf, done)
             hint = (" (the guest has no IOMMU context: create it with passthrough=\"enabled\" or a "
                     "pci= entry)" if grant.kind == "assign" and exc.errno == errno.EOPNOTSUPP else "")
             undone = ("; revoking the rest failed too: " + "; ".join(problems)) if problems else \
                 "; what was granted is revoked"
             raise OperationFailed(_failure(grant.doing(device.bdf, domid), exc) + hint + undone) from None
         except BaseException:  # Ctrl-C, a bug: nothing half granted stays behind either
-            revoke_grants(port, domid, device.bdf, list(reversed(done)))
-            if store is not None:
-                store.remove(record.name)
+            _take_back(port, store, record, domid, device.bdf, done)
             raise
         done.append(granted)
         record.grants = done + plan[index + 1:]
@@ -430,15 +491,45 @@ def grant_device(port: DomainGrants, state_dir: str | os.PathLike[str] | None, d
     return GrantOutcome(device.bdf, done, notes)
 
 
-def revoke_grants(port: DomainGrants, domid: int, bdf: Bdf, grants: Sequence[Grant],
-                  after_each: Callable[[int], None] | None = None) -> list[str]:
-    """Revoke ``grants`` in the order given; ``after_each(i)`` once grant ``i`` is undone."""
-    problems: list[str] = []
-    for index, grant in enumerate(grants):
-        problems += _revoke_one(port, domid, bdf, grant)
-        if after_each is not None:
-            after_each(index)
+def _take_back(port: DomainGrants, store: st.StateStore | None, record: GrantRecord, domid: int,
+               bdf: Bdf, done: list[Grant]) -> list[str]:
+    """A grant failed half way: revoke ``done`` newest first. The record goes when all of it
+    was revoked; else it stays (phase ``revoking``, what is still granted) for ``recover``."""
+    record.phase = "revoking"
+    record.grants = list(done)
+    if store is not None and done:
+        _save(store, record)
+    _, problems, still = _revoke_held(port, store, record, domid, bdf, done)
+    if store is not None:
+        if still:
+            problems.append(_kept(still))
+        else:
+            store.remove(record.name)
     return problems
+
+
+def _revoke_held(port: DomainGrants, store: st.StateStore | None, record: GrantRecord, domid: int,
+                 bdf: Bdf, held: Sequence[Grant],
+                 keep: Callable[[Grant], bool] = lambda g: False) -> tuple[list[Grant], list[str], list[Grant]]:
+    """Revoke ``held`` newest first, the record rewritten after each with what is still held
+    (a grant whose revoke failed, and those ``keep`` holds back); returns (what was revoked,
+    problems as sentences, what is still held, in ``held``'s order)."""
+    revoked = [False] * len(held)
+    problems: list[str] = []
+    for index in reversed(range(len(held))):
+        trouble = _revoke_one(port, domid, bdf, held[index])
+        problems += trouble
+        revoked[index] = not trouble
+        record.grants = [g for g, gone in zip(held, revoked) if not gone or keep(g)]
+        if store is not None:
+            _save(store, record)
+    return ([g for g, gone in zip(reversed(held), reversed(revoked)) if gone], problems,
+            [g for g, gone in zip(held, revoked) if not gone])
+
+
+def _kept(still: Sequence[Grant]) -> str:
+    return ("still granted, kept in the record for 'xen-pciback recover': "
+            + ", ".join(g.describe() for g in still))
 
 
 def mark_attached(state_dir: str | os.PathLike[str] | None, bdfs: Sequence[Bdf]) -> None:
@@ -461,7 +552,10 @@ def revoke_device(port: DomainGrants | None, state_dir: str | os.PathLike[str] |
     The record is rewritten after each revoke (phase ``revoking``), so a crash leaves exactly
     what is still to do for ``recover``. After the device left the domain (deassign: Xen's
     quarantine), ``before_release`` runs (detach resets the device there), then the device is
-    handed back to dom0. Returns (what was revoked, problems as sentences)."""
+    handed back to dom0. The record goes only when everything was revoked: a revoke Xen
+    refused leaves it with what is still granted (the hand-back owes the assignment), and the
+    last problem says ``recover`` finishes it. Returns (what was revoked, problems as
+    sentences)."""
     store = st.StateStore(state_dir) if state_dir is not None else None
     record = load_record(state_dir, bdf) if state_dir is not None else None
     if record is not None and record.domid != domid:
@@ -471,36 +565,34 @@ def revoke_device(port: DomainGrants | None, state_dir: str | os.PathLike[str] |
         if before_release is not None:
             before_release()
         return [], []
-    order = list(reversed(held))
     if record is None:
         record = GrantRecord(bdf, domid, port.kind, "revoking", list(held))
     record.phase = "revoking"
     if store is not None:
         _save(store, record)
 
+    # The assignment stays in the record until the device is back in dom0: a revoke cut short
+    # after the deassign still owes the hand-back from the quarantine.
     assignment = [g for g in held if g.kind == "assign"]
-
-    def progress(index: int) -> None:
-        # The assignment stays in the record until the device is back in dom0: a revoke cut
-        # short after the deassign still owes the hand-back from the quarantine.
-        rest = list(reversed(order[index + 1:]))
-        record.grants = rest + [g for g in assignment if g not in rest]
-        if store is not None:
-            _save(store, record)
-
-    problems = revoke_grants(port, domid, bdf, order, progress)
-    assigned = bool(assignment)
+    revoked, problems, still = _revoke_held(port, store, record, domid, bdf, held,
+                                            keep=lambda g: g.kind == "assign")
     if before_release is not None:
         before_release()
-    if assigned:
+    if assignment:
         try:
             port.deassign_device(DOMID_IO, bdf)  # from the quarantine back to dom0
         except OSError as exc:
             if exc.errno not in ALREADY_GONE["release"]:
                 problems.append(_failure(f"handing {bdf} back to dom0 from the quarantine", exc))
+                still += [g for g in assignment if g not in still]
     if store is not None:
-        store.remove(record.name)
-    return order, problems
+        if still:  # nothing is lost: recover revokes what is left
+            record.grants = still
+            _save(store, record)
+            problems.append(_kept(still))
+        else:
+            store.remove(record.name)
+    return revoked, problems
 
 
 # -- recover -------------------------------------------------------------------------------------

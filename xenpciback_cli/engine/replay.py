@@ -37,8 +37,10 @@ from xenpciback_cli.pv.codec import Op, Result
 from xenpciback_cli.pv.trace import (
     KINDS,
     DeviceSnapshot,
+    TIME_LIMIT,
     TraceFormatError,
     TraceRecord,
+    line_time,
     op_code,
     parse_op,
 )
@@ -55,13 +57,15 @@ _UNPACK = {1: struct.Struct("<B").unpack_from, 2: struct.Struct("<H").unpack_fro
            4: struct.Struct("<I").unpack_from}
 _NO_ENTRIES = bytes(MSIX_ENTRIES.size)
 _U32 = 0xFFFFFFFF
+_TIME_LIMIT = TIME_LIMIT
 #: Guest addresses parsed so far (a trace names a handful; bounded all the same).
 _MAX_ADDRESSES = 4096
 #: How op lines begin when this tool wrote them (pv.trace.op_dict, compact separators): the
 #: rest after ``t`` identifies an op and its answer, so a line seen before is not parsed again.
 _OP_PREFIX = '{"kind":"op","t":'
-#: A JSON number (``t``'s text on that fastest path).
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+#: A JSON number below pv.trace.TIME_LIMIT in magnitude (``t``'s text on that fastest path;
+#: at most 18 digits before the point, an exponent only a negative one).
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]+)?(?:[eE]-[0-9]+)?")
 #: At most this many distinct op lines remembered (cleared when full: memory stays bounded);
 #: when they were looked up less than half as often as kept, lines are not looked up for the
 #: next _PAUSE lines (a trace whose lines do not repeat pays the table no more).
@@ -431,7 +435,7 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
             if (where is not None and type(cmd) is int and cmd in _CONF_OPS
                     and type(domid) is int and type(offset) is int and type(size) is int
                     and type(value_in) is int and type(err) is int and type(value_out) is int
-                    and (type(t) is float or type(t) is int)
+                    and (type(t) is float or type(t) is int) and -_TIME_LIMIT < t < _TIME_LIMIT
                     and 0 <= value_in <= _U32 and 0 <= value_out <= _U32
                     and -0x80000000 <= err <= 0x7FFFFFFF and -0x80000000 <= offset <= 0x7FFFFFFF
                     and -0x80000000 <= size <= 0x7FFFFFFF and 0 <= domid <= 0xFFFF
@@ -469,6 +473,8 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
         if kind not in KINDS:
             raise bad_trace(path, number, f"unknown kind {str(kind)[:20]!r}")
         try:
+            if kind != "op":
+                line_time(data)
             if kind == "device":
                 rep.export(DeviceSnapshot.from_dict(data), number)
                 result.devices += 1

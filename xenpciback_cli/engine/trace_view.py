@@ -22,7 +22,7 @@ from xenpciback_cli.engine.trace_names import RegisterNames, err_name, op_name
 from xenpciback_cli.errors import InputError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pv.abi import PciOp
-from xenpciback_cli.pv.trace import KINDS, DeviceSnapshot, TraceFormatError, op_code, parse_op
+from xenpciback_cli.pv.trace import KINDS, DeviceSnapshot, TraceFormatError, line_time, op_code, parse_op
 from xenpciback_cli.untrusted import decimal
 
 #: ``stats`` lists this many registers, and keeps this many state and AER lines.
@@ -239,11 +239,10 @@ class _Annotator:
         kind = data.get("kind")
         if kind not in KINDS:
             raise bad_trace(self.path, number, f"unknown kind {str(kind)[:20]!r}")
-        t = data.get("t")
-        when = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
-        if when is not None and self.start is None:
-            self.start = when
         try:
+            when = line_time(data)
+            if when is not None and self.start is None:
+                self.start = when
             if kind == "device":
                 snap = DeviceSnapshot.from_dict(data)
                 self._declare(snap, number)

@@ -94,6 +94,17 @@ class TraceFormatError(ValueError):
     """A line that is not what docs/trace-format.md says (the reader adds its line number)."""
 
 
+#: A device line's domain is a guest's or dom0's: below DOMID_FIRST_RESERVED (0x7FF0).
+DOMID_LIMIT = 0x7FF0
+#: Bytes of config space a device line holds at most (PCIe's extended space).
+CONFIG_LIMIT = 4096
+#: sysfs ``resource`` line numbers a device line may name (the kernel has 17 today).
+RESOURCE_LINES = 64
+#: A line's ``t`` (seconds) is a finite number below this in magnitude.
+TIME_LIMIT = 10**18
+_U64 = 2**64 - 1
+
+
 class DeviceSnapshot(NamedTuple):
     """One exported device as the trace starts it: where it sits, what it is, its config space
     (as read before the export) and the overlay settings it was exported with."""
@@ -127,20 +138,21 @@ class DeviceSnapshot(NamedTuple):
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> DeviceSnapshot:
+        """From :meth:`as_dict`'s form; TraceFormatError for a field missing, of the wrong type
+        or beyond what it stands for: domid 0-0x7fef, irq an unsigned int, ids 16 bits,
+        resources ``[index 0-63, start, end, flags]`` each 64 bits, config 4096 bytes."""
         try:
-            resources = tuple(tuple(_int(v, "resource") for v in r)  # type: ignore[attr-defined]
-                              for r in _list(data.get("resources", []), "resources"))
-            if any(len(r) != 4 for r in resources):
-                raise TraceFormatError("a resource is [index, start, end, flags]")
+            resources = tuple(_resource(r) for r in _list(data.get("resources", []), "resources"))
             quirks = tuple(str(q) for q in _list(data.get("quirks", []), "quirks"))
             physfn = data.get("physfn")
-            return cls(_int(data["domid"], "domid"), _bdf(data["host"], "host"),
+            return cls(_int(data["domid"], "domid", 0, DOMID_LIMIT - 1), _bdf(data["host"], "host"),
                        _bdf(data["guest"], "guest"), _hex(data["vendor_id"], "vendor_id"),
-                       _hex(data["device_id"], "device_id"), _int(data.get("irq", 0), "irq"),
-                       resources, bytes.fromhex(str(data["config"])),  # type: ignore[arg-type]
+                       _hex(data["device_id"], "device_id"),
+                       _int(data.get("irq", 0), "irq", 0, _U32), resources,
+                       _config(data["config"], "config"),
                        _bool(data.get("permissive", False), "permissive"), quirks,
                        None if physfn is None else _bdf(physfn, "physfn"),
-                       bytes.fromhex(str(data.get("physfn_config", ""))))
+                       _config(data.get("physfn_config", ""), "physfn_config"))
         except KeyError as exc:
             raise TraceFormatError(f"a device line has no {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
@@ -217,16 +229,26 @@ def parse_op(data: dict[str, object]) -> OpLine:
                              _int(data["err"], "err", -2**31, 2**31 - 1),
                              _int(data["value_out"], "value_out", 0, _U32), vectors)
         host = data.get("host")
-        time = data.get("t", 0.0)
-        if not isinstance(time, (int, float)):
-            raise TraceFormatError("t is a number")
+        time = line_time(data)
     except KeyError as exc:
         raise TraceFormatError(f"an op line has no {exc.args[0]!r}") from None
     except (struct.error, TypeError, ValueError, IndexError) as exc:
         if isinstance(exc, TraceFormatError):
             raise
         raise TraceFormatError(f"a bad op line: {exc}") from None
-    return OpLine(record, None if host is None else _bdf(host, "host"), float(time))
+    return OpLine(record, None if host is None else _bdf(host, "host"), 0.0 if time is None else time)
+
+
+def line_time(data: dict[str, object]) -> float | None:
+    """A line's ``t`` in seconds (None when it has none); TraceFormatError unless a finite
+    number below TIME_LIMIT in magnitude (JSON's true, NaN and Infinity are not)."""
+    time = data.get("t")
+    if time is None:
+        return None
+    if isinstance(time, bool) or not isinstance(time, (int, float)) or not -TIME_LIMIT < time < TIME_LIMIT:
+        raise TraceFormatError(f"t {repr(time)[:20]} is not a finite number of seconds "
+                               "(below 1e18 in magnitude)")
+    return float(time)
 
 
 def state_dict(time: float, domid: int, state: int, name: str,
@@ -282,10 +304,30 @@ def _bool(value: object, what: str) -> bool:
 
 
 def _hex(value: object, what: str) -> int:
+    """A 16-bit id written in hex ("0x8086")."""
     try:
-        return int(str(value), 16)
+        number = int(str(value), 16)
     except ValueError:
         raise TraceFormatError(f"{what} is not a hex number") from None
+    if not 0 <= number <= 0xFFFF:
+        raise TraceFormatError(f"{what} {str(value)[:20]} is out of range (0x0 to 0xffff)")
+    return number
+
+
+def _resource(value: object) -> tuple[int, int, int, int]:
+    fields = _list(value, "a resource")
+    if len(fields) != 4:
+        raise TraceFormatError("a resource is [index, start, end, flags]")
+    return (_int(fields[0], "resource index", 0, RESOURCE_LINES - 1),
+            _int(fields[1], "resource start", 0, _U64), _int(fields[2], "resource end", 0, _U64),
+            _int(fields[3], "resource flags", 0, _U64))
+
+
+def _config(value: object, what: str) -> bytes:
+    data = bytes.fromhex(str(value))
+    if len(data) > CONFIG_LIMIT:
+        raise TraceFormatError(f"{what} is {len(data)} bytes, more than {CONFIG_LIMIT}")
+    return data
 
 
 def _bdf(value: object, what: str) -> str:
