@@ -339,3 +339,26 @@ def test_a_corrupt_grant_record_is_named_and_the_others_recovered(sandbox):
     assert result.code == 2 and "0000-00-14-0.json is corrupt" in result.error
     assert "revoked the grants of domain 5 for 0000:03:00.0" in result.out
     assert str(NIC) not in hypervisor(sandbox)["owners"]
+
+
+def test_recover_whose_revoke_xen_refuses_again_says_failed_and_keeps_the_record(sandbox):
+    """Recover must not call a revoke done when Xen refused it again: the outcome is 'failed'
+    (the CLI exits 1) and the record still holds what is granted, for the next recover."""
+    from xenpciback_cli.engine.grants import load_record, recover_grants, revoke_device
+
+    ok("--sandbox", sandbox, "sandbox", "domain", "create", 5, "--no-guest")
+    ok("--sandbox", sandbox, "attach", NIC, "--domid", 5, "--seize")
+
+    class RefusesToDenyPorts(SandboxDomainGrants):
+        def ioport_permission(self, domid, first_port, ports, allow):
+            if not allow:
+                raise OSError(errno.EACCES, "xc_domain_ioport_permission")
+            super().ioport_permission(domid, first_port, ports, allow)
+
+    port = RefusesToDenyPorts(sandbox)
+    revoke_device(port, sandbox / "state", NIC, 5)
+    [outcome] = recover_grants(sandbox / "state", port, holders={})
+    assert outcome.action == "failed" and "EACCES" in outcome.reason
+    assert load_record(sandbox / "state", NIC) is not None
+    [outcome] = recover_grants(sandbox / "state", SandboxDomainGrants(sandbox), holders={})
+    assert outcome.action == "revoked" and load_record(sandbox / "state", NIC) is None

@@ -23,7 +23,8 @@ def command(app: Application, dry_run: bool) -> None:
     the device at the address must still be the one journalled and unused by the host; otherwise
     recover refuses (exit 3) and says what differs. --dry-run makes the same decisions and
     prints them with the sysfs writes each would make (as shell lines); it writes nothing, not
-    even the state dir.
+    even the state dir. Hypervisor grants a dead attach or detach left are revoked; one Xen
+    refuses again stays recorded for the next recover (exit 1).
     """
     from xenpciback_cli.cli.pending import render_planned_writes, seizer_for
     from xenpciback_cli.cli.terminal import terminal_for
@@ -54,11 +55,17 @@ def command(app: Application, dry_run: bool) -> None:
                     render_planned_writes(terminal, f"{_VERBS.get(str(outcome['action']), 'recover')} "
                                           f"{outcome['op']} of", outcome["bdf"], outcome["writes"])
             elif outcome["op"] == "grants":
-                terminal.line(f"{'# dry run: ' if dry_run else ''}{outcome['action']} the grants of domain "
+                verb = "failed to revoke" if outcome["action"] == "failed" else outcome["action"]
+                terminal.line(f"{'# dry run: ' if dry_run else ''}{verb} the grants of domain "
                               f"{outcome['domid']} for {outcome['bdf']}: {outcome['reason']}")
             elif outcome["action"] != "refused":
                 terminal.line(f"{outcome['action']} {outcome['op']} {outcome['bdf']}: {outcome['reason']} "
                               f"(driver now {outcome.get('driver') or 'none'})")
+    failed = [o for o in outcomes if o["action"] == "failed"]
+    if failed and not refused and not corrupt:  # still recorded: a later recover retries (exit 1)
+        from xenpciback_cli.errors import OperationFailed
+        raise OperationFailed("; ".join(f"could not finish {o['op']} {o['bdf']}: {o['reason']}"
+                                        for o in failed))
     if corrupt and not refused:  # the others were recovered; these need a person (exit 2)
         raise StateFileCorrupt("; ".join(str(o["reason"]) for o in corrupt))
     if refused:

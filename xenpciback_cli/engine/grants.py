@@ -600,7 +600,7 @@ def revoke_device(port: DomainGrants | None, state_dir: str | os.PathLike[str] |
 class RecoverOutcome:
     bdf: Bdf
     domid: int
-    action: str  # "revoked", "kept", "skipped"
+    action: str  # "revoked", "kept", "skipped", "failed" (still recorded: run recover again)
     reason: str
     corrupt: bool = False  # the record itself is unreadable: a person must look (exit 2)
 
@@ -652,5 +652,7 @@ def recover_grants(state_dir: str | os.PathLike[str], port: DomainGrants | None,
         text = f"{why}: revoked " + (", ".join(g.describe() for g in revoked) or "nothing left")
         if problems:
             text += "; " + "; ".join(problems)
-        out.append(RecoverOutcome(bdf, record.domid, "revoked", text))
+        # Something Xen refused again stays recorded (revoke_device): not finished, say so.
+        left = load_record(state_dir, bdf) is not None and bool(problems)
+        out.append(RecoverOutcome(bdf, record.domid, "failed" if left else "revoked", text))
     return out
