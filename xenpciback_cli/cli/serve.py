@@ -38,9 +38,13 @@ def group() -> None:
               metavar="SECONDS",
               help="How long a guest may take to answer an AER request before aerState=aerfail "
                    "(at least 0.1).")
+@click.option("--busy-poll", type=click.IntRange(min=0, max=10000), default=200,
+              show_default=True, metavar="USEC",
+              help="Watch a guest's page up to USEC microseconds after an answer for its next "
+                   "op, as long as that pays (adaptive; 0: never, sleep at once).")
 @click.pass_obj
 def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str | None,
-               max_size: str | None, keep: int, aer_timeout: float) -> None:
+               max_size: str | None, keep: int, aer_timeout: float, busy_poll: int) -> None:
     """Serve guests in the foreground until SIGTERM or SIGINT (the op in progress finishes)."""
     import signal
     import sys
@@ -78,7 +82,8 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
                     trace=out, log=log,
                     control=str(run_dir / "serve.sock"), aer_timeout=aer_timeout,
                     interrupt_records=StateStore(run_dir / "interrupts"),
-                    view_records=StateStore(run_dir / "views"))
+                    view_records=StateStore(run_dir / "views"),
+                    busy_poll=busy_poll / 1e6)
     signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())

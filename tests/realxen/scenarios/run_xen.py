@@ -385,8 +385,16 @@ def latency_guest(phase: str, guest: Guest) -> str:
     n, ns, value, failures = int(fields[2]), int(fields[3]), fields[4], int(fields[5])
     expect(failures == 0, f"{failures} of {n} config reads failed")
     data["latency"] = {"reads": n, "ns_total": ns, "us_per_read": ns / n / 1000, "value": value}
+    polled = ""
+    if phase == "ours":  # how many ops serve answered by polling its page (engine/busypoll.py)
+        proc = cli("--json", "serve", "status", check=False)
+        if proc.returncode == 0:
+            guests = json.loads(proc.stdout)["guests"]
+            served = sum(g["ops_served"] for g in guests)
+            data["latency"]["ops_polled"] = sum(g.get("ops_polled", 0) for g in guests)
+            polled = f"; serve answered {data['latency']['ops_polled']} of {served} ops by polling"
     save_data()
-    return f"{n} reads of {ids}'s dword 0 ({value}): {ns / n / 1000:.1f} us per read"
+    return f"{n} reads of {ids}'s dword 0 ({value}): {ns / n / 1000:.1f} us per read{polled}"
 
 
 def bar_guest(phase: str, guest: Guest) -> str:
