@@ -565,20 +565,25 @@ class Server:
         try:
             count = channel.drain()
             if self._flooding(guest, count):
-                return
-            page = mapping.page
-            if not read_flags(page) & ACTIVE:
-                return
-            guest.poll.woken(time.perf_counter())
-            self._answer(guest, channel, page)
-            for _ in range(MAX_POLLED):
-                if guest.poll.window <= 0 or not self._poll_page(page, guest.poll.window):
-                    return
-                guest.ops_polled += 1
-                self._answer(guest, channel, page)
-            guest.pending = True  # a long burst: the others' turn; this guest's next round soon
+                return  # left masked while throttled: the flood costs dom0 nothing
+            try:
+                self._answer_burst(guest, channel, mapping.page)
+            finally:
+                channel.rearm()  # a notification that came meanwhile fires now
         except Exception as exc:  # noqa: BLE001 - isolation: a bad guest ends alone
             self._fail(guest, f"{type(exc).__name__}: {exc}")
+
+    def _answer_burst(self, guest: Guest, channel: EventChannel, page: memoryview) -> None:
+        if not read_flags(page) & ACTIVE:
+            return
+        guest.poll.woken(time.perf_counter())
+        self._answer(guest, channel, page)
+        for _ in range(MAX_POLLED):
+            if guest.poll.window <= 0 or not self._poll_page(page, guest.poll.window):
+                return
+            guest.ops_polled += 1
+            self._answer(guest, channel, page)
+        guest.pending = True  # a long burst: the others' turn; this guest's next round soon
 
     def _answer(self, guest: Guest, channel: EventChannel, page: memoryview) -> None:
         """Serve the op in the page, clear ``_XEN_PCIF_active``, notify the guest."""
