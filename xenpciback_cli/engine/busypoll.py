@@ -34,13 +34,15 @@ START = 10e-6
 class PollWindow:
     """One guest's poll window (seconds); ``limit`` 0 turns polling off."""
 
-    __slots__ = ("answered_at", "limit", "window")
+    __slots__ = ("answered_at", "last_gap", "limit", "window")
 
     def __init__(self, limit: float = DEFAULT_LIMIT) -> None:
         self.limit = max(0.0, limit)
         self.window = 0.0
         #: When the guest last got an answer (the serve loop's clock); None: not yet.
         self.answered_at: float | None = None
+        #: The last answer-to-wake-up gap seen (seconds; None: none yet), for ``serve status``.
+        self.last_gap: float | None = None
 
     def answered(self, now: float) -> None:
         self.answered_at = now
@@ -49,7 +51,7 @@ class PollWindow:
         """An op arrived by event channel at ``now``: grow or shrink by how long it waited."""
         if self.limit <= 0 or self.answered_at is None:
             return
-        gap = now - self.answered_at
+        gap = self.last_gap = now - self.answered_at
         if gap <= self.limit:
             self.window = min(self.limit, max(START, self.window * 2))
         else:

@@ -608,8 +608,10 @@ class Server:
     @staticmethod
     def _poll_page(page: memoryview, window: float) -> bool:
         """Watch the page's active bit for up to ``window`` seconds: True when an op is waiting.
-        The clock is read once per 16 looks at the page (a look is a few hundred nanoseconds)."""
-        clock = time.perf_counter
+        The clock is read once per 16 looks at the page (a look is a few hundred nanoseconds),
+        and the CPU offered to whatever else is runnable on it (the guest's own vCPU, or the
+        frontend in a sandbox, may be waiting for exactly this CPU)."""
+        clock, give_way = time.perf_counter, os.sched_yield
         deadline = clock() + window
         while True:
             for _ in range(16):
@@ -617,6 +619,7 @@ class Server:
                     return True
             if clock() >= deadline:
                 return False
+            give_way()
 
     # -- MSI/MSI-X records (rule 5) ---------------------------------------------------------------
     def _record_interrupts(self, guest: Guest, dev: ExportedDevice) -> None:
@@ -900,6 +903,9 @@ class Server:
             guests.append({"domid": guest.domid, "state": guest.state, "devices": devices,
                            "ops_served": guest.session.ops_served,
                            "ops_polled": guest.ops_polled,
+                           "poll_window_us": round(guest.poll.window * 1e6, 1),
+                           "last_wake_gap_us": None if guest.poll.last_gap is None
+                           else round(guest.poll.last_gap * 1e6, 1),
                            "notifications": guest.notifications,
                            "writes_denied": sum(d["writes_denied"] for d in devices),  # type: ignore[misc]
                            "errors": guest.errors, "throttled": guest.throttle_logged,
