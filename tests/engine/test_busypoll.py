@@ -8,7 +8,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from xenpciback_cli.engine.busypoll import START, PollWindow
+from xenpciback_cli.engine.busypoll import (
+    AUTO,
+    AUTO_ANSWERS,
+    AUTO_MAX,
+    AUTO_MIN,
+    START,
+    PollWindow,
+    parse_busy_poll,
+)
+from xenpciback_cli.errors import InputError
 from xenpciback_cli.pv.codec import read_flags, set_flag_bits
 
 
@@ -42,6 +51,53 @@ def test_a_limit_of_zero_never_opens_the_window():
     window.answered(1.0)
     window.woken(1.0 + 1e-6)
     assert window.window == 0
+
+
+def _answers(window: PollWindow, took: float, count: int = 200) -> None:
+    now = 10.0
+    for _ in range(count):
+        window.begin(now)
+        now += took
+        window.answered(now)
+
+
+@pytest.mark.parametrize(("took", "limit"), [
+    (1e-6, AUTO_MIN),                       # a native host: the floor
+    (300e-6, AUTO_ANSWERS * 300e-6),        # an emulated dom0: 8 answers' time
+    (10e-3, AUTO_MAX),                      # anything slower: the ceiling
+])
+def test_the_automatic_limit_is_measured_in_answers_on_this_host(took, limit):
+    window = PollWindow(AUTO)
+    assert window.limit == AUTO_MIN  # nothing measured yet
+    _answers(window, took)
+    assert window.limit == pytest.approx(limit, rel=1e-3)
+
+
+def test_on_a_slow_host_the_automatic_limit_opens_for_a_slow_guests_bursts():
+    """A gap of 1 ms between ops would never open a 200 us window; on a host where an answer
+    takes 300 us the automatic one does, and a fixed one of the same width does not."""
+    auto, fixed = PollWindow(AUTO), PollWindow(200e-6)
+    for window in (auto, fixed):
+        now = 100.0
+        for _ in range(12):  # woken 1 ms after each answer; each answer takes 300 us
+            window.woken(now)
+            now += 300e-6
+            window.answered(now)
+            now += 1e-3
+    assert auto.window > 1e-3 >= fixed.window == 0
+    assert auto.limit == pytest.approx(AUTO_ANSWERS * 300e-6)
+
+
+@pytest.mark.parametrize(("text", "limit"), [("auto", AUTO), ("AUTO", AUTO), ("0", 0.0),
+                                             ("250", 250e-6)])
+def test_busy_poll_option_values(text, limit):
+    assert parse_busy_poll(text) == limit
+
+
+@pytest.mark.parametrize("text", ["-1", "1.5", "fast", "", "100001", "nan"])
+def test_busy_poll_option_refuses_what_is_not_a_limit(text):
+    with pytest.raises(InputError, match="--busy-poll"):
+        parse_busy_poll(text)
 
 
 # -- the serve loop --------------------------------------------------------------------------
@@ -112,3 +168,11 @@ def test_a_guest_that_never_pauses_yields_after_a_bounded_burst():
         assert read_flags(page) & 1  # its next op waits for the next round, not lost
     finally:
         server.close()
+
+
+def test_a_bad_busy_poll_is_one_line_before_serve_opens_anything(sandbox):
+    from helpers.cli import invoke
+
+    res = invoke("--sandbox", sandbox, "serve", "foreground", "--busy-poll", "fast")
+    assert res.code == 2 and res.err.strip().count("\n") == 0
+    assert "--busy-poll 'fast': give 'auto' or microseconds" in res.err

@@ -11,49 +11,102 @@ does the like for block devices (io_poll) and KVM for halting vCPUs (halt_poll_n
 Why adaptive: polling burns the CPU it polls on, so the window must pay for itself. It follows
 KVM's rule. It starts closed. An op that arrives by event channel soon after the last answer
 (within the largest window) says the window would have caught it: the window grows (doubling,
-to at most ``limit``). An op that arrives later says polling would have been waste: the window
+to at most the limit). An op that arrives later says polling would have been waste: the window
 halves, and closes below ``START``. A poll that catches an op keeps the window as it is. A guest
-that pauses between ops longer than ``limit`` is never polled for; one in a burst is polled for
-at most ``limit`` per op.
+that pauses between ops longer than the limit is never polled for; one in a burst is polled for
+at most the limit per op.
+
+The limit (``serve --busy-poll``): a number of microseconds, or ``auto`` (the default): as long
+as ``AUTO_ANSWERS`` answers take this backend on this host (a running average), between
+``AUTO_MIN`` and ``AUTO_MAX``. A guest's pause between two ops and our answer are slowed alike by
+a slow host (an emulated dom0 runs everything ten to fifty times slower), so a fixed number of
+microseconds right for one host is useless on the other; measured in answers it carries over,
+and the CPU polling may burn stays a bounded multiple of the CPU the answers take.
 
 Sans-IO: fed times and outcomes, it answers how long to poll; the serve loop owns the clock.
 """
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_LIMIT", "START", "PollWindow"]
+from xenpciback_cli.errors import InputError
 
-#: The largest window, in seconds (``serve --busy-poll``). About ten times what one op takes
-#: dom0 to answer natively, and less than one config read costs a guest through either backend
-#: under emulation.
-DEFAULT_LIMIT = 200e-6
+__all__ = ["AUTO", "AUTO_ANSWERS", "AUTO_MAX", "AUTO_MIN", "START", "PollWindow",
+           "parse_busy_poll"]
+
+#: ``limit`` None: the automatic limit.
+AUTO = None
+#: The automatic limit is this many answers' time...
+AUTO_ANSWERS = 8
+#: ... and at least this (a native host's answer takes microseconds; a guest's pause between
+#: two ops of a burst is tens of them) ...
+AUTO_MIN = 100e-6
+#: ... and at most this.
+AUTO_MAX = 5e-3
 #: The window a grow starts from; a shrink below it closes the window.
 START = 10e-6
+#: The weight of the newest answer in the running average of an answer's time.
+_WEIGHT = 1 / 16
+#: The largest number of microseconds ``--busy-poll`` takes.
+MAX_USEC = 100_000
+
+
+def parse_busy_poll(text: str) -> float | None:
+    """``auto`` -> :data:`AUTO`; microseconds (0: never poll) -> seconds."""
+    word = text.strip().lower()
+    if word == "auto":
+        return AUTO
+    if not word.isdigit() or int(word) > MAX_USEC:
+        raise InputError(f"--busy-poll {text!r}: give 'auto' or microseconds from 0 to {MAX_USEC}")
+    return int(word) / 1e6
 
 
 class PollWindow:
-    """One guest's poll window (seconds); ``limit`` 0 turns polling off."""
+    """One guest's poll window (seconds). ``limit``: seconds (0 turns polling off) or
+    :data:`AUTO`."""
 
-    __slots__ = ("answered_at", "last_gap", "limit", "window")
+    __slots__ = ("_begun", "answer_time", "answered_at", "fixed", "last_gap", "window")
 
-    def __init__(self, limit: float = DEFAULT_LIMIT) -> None:
-        self.limit = max(0.0, limit)
+    def __init__(self, limit: float | None = AUTO) -> None:
+        self.fixed = None if limit is None else max(0.0, limit)
         self.window = 0.0
         #: When the guest last got an answer (the serve loop's clock); None: not yet.
         self.answered_at: float | None = None
         #: The last answer-to-wake-up gap seen (seconds; None: none yet), for ``serve status``.
         self.last_gap: float | None = None
+        #: The running average of how long an answer takes, from seeing the op to the notify.
+        self.answer_time: float | None = None
+        self._begun: float | None = None
+
+    @property
+    def limit(self) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        if self.answer_time is None:
+            return AUTO_MIN
+        return min(AUTO_MAX, max(AUTO_MIN, AUTO_ANSWERS * self.answer_time))
+
+    def begin(self, now: float) -> None:
+        """An op was seen at ``now`` (woken for, or caught by polling)."""
+        self._begun = now
 
     def answered(self, now: float) -> None:
         self.answered_at = now
+        if self._begun is not None:
+            took = now - self._begun
+            self.answer_time = took if self.answer_time is None else \
+                self.answer_time + _WEIGHT * (took - self.answer_time)
+            self._begun = None
 
     def woken(self, now: float) -> None:
         """An op arrived by event channel at ``now``: grow or shrink by how long it waited."""
-        if self.limit <= 0 or self.answered_at is None:
+        self.begin(now)
+        limit = self.limit
+        self.window = min(self.window, limit)  # an automatic limit moves with the average
+        if limit <= 0 or self.answered_at is None:
             return
         gap = self.last_gap = now - self.answered_at
-        if gap <= self.limit:
-            self.window = min(self.limit, max(START, self.window * 2))
+        if gap <= limit:
+            self.window = min(limit, max(START, self.window * 2))
         else:
             self.window /= 2
             if self.window < START:

@@ -87,7 +87,7 @@ from xenpciback_cli.backend.xenbus import (
     xenstore_ops,
 )
 from xenpciback_cli.engine import statestore
-from xenpciback_cli.engine.busypoll import DEFAULT_LIMIT, PollWindow
+from xenpciback_cli.engine.busypoll import AUTO, PollWindow
 from xenpciback_cli.engine.statestore import StateStore
 from xenpciback_cli.engine.trace import TraceWriter, device_snapshot
 from xenpciback_cli.errors import InputError, XenPcibackError
@@ -203,7 +203,7 @@ class Server:
                  control: str | None = None, aer_timeout: float = DEFAULT_TIMEOUT,
                  interrupt_records: StateStore | None = None,
                  view_records: StateStore | None = None,
-                 busy_poll: float = DEFAULT_LIMIT) -> None:
+                 busy_poll: float | None = AUTO) -> None:
         self.client = client
         self.transport = transport
         self.interrupts = interrupts
@@ -581,6 +581,7 @@ class Server:
         for _ in range(MAX_POLLED):
             if guest.poll.window <= 0 or not self._poll_page(page, guest.poll.window):
                 return
+            guest.poll.begin(time.perf_counter())
             guest.ops_polled += 1
             self._answer(guest, channel, page)
         guest.pending = True  # a long burst: the others' turn; this guest's next round soon
@@ -904,6 +905,7 @@ class Server:
                            "ops_served": guest.session.ops_served,
                            "ops_polled": guest.ops_polled,
                            "poll_window_us": round(guest.poll.window * 1e6, 1),
+                           "poll_limit_us": round(guest.poll.limit * 1e6, 1),
                            "last_wake_gap_us": None if guest.poll.last_gap is None
                            else round(guest.poll.last_gap * 1e6, 1),
                            "notifications": guest.notifications,
