@@ -176,3 +176,20 @@ def test_a_bad_busy_poll_is_one_line_before_serve_opens_anything(sandbox):
     res = invoke("--sandbox", sandbox, "serve", "foreground", "--busy-poll", "fast")
     assert res.code == 2 and res.err.strip().count("\n") == 0
     assert "--busy-poll 'fast': give 'auto' or microseconds" in res.err
+
+
+def test_a_guest_gets_at_most_its_budget_of_polling_per_second():
+    """A guest timing its ops just inside the limit cannot keep a dom0 CPU polling for it."""
+    from xenpciback_cli.engine.busypoll import BUDGET
+
+    window = PollWindow(5e-3)
+    window.window = 5e-3
+    now, polled = 50.0, 0.0
+    while now < 51.0 - 5e-3:  # one second of polls that each run the whole window
+        width = window.may_poll(now)
+        if width:
+            window.polled(width)
+            polled += width
+        now += 5e-3
+    assert BUDGET <= polled < BUDGET + 5e-3
+    assert window.may_poll(51.0) == 5e-3  # the next second: a fresh budget

@@ -23,6 +23,10 @@ a slow host (an emulated dom0 runs everything ten to fifty times slower), so a f
 microseconds right for one host is useless on the other; measured in answers it carries over,
 and the CPU polling may burn stays a bounded multiple of the CPU the answers take.
 
+A hostile guest could time its ops to come just inside the limit and keep a dom0 CPU polling
+for it all the time; so a guest gets at most ``BUDGET`` seconds of polling per second of the
+clock, then none until the next second.
+
 Sans-IO: fed times and outcomes, it answers how long to poll; the serve loop owns the clock.
 """
 
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 from xenpciback_cli.errors import InputError
 
-__all__ = ["AUTO", "AUTO_ANSWERS", "AUTO_MAX", "AUTO_MIN", "START", "PollWindow",
+__all__ = ["AUTO", "AUTO_ANSWERS", "AUTO_MAX", "AUTO_MIN", "BUDGET", "START", "PollWindow",
            "parse_busy_poll"]
 
 #: ``limit`` None: the automatic limit.
@@ -44,6 +48,8 @@ AUTO_MIN = 100e-6
 AUTO_MAX = 5e-3
 #: The window a grow starts from; a shrink below it closes the window.
 START = 10e-6
+#: Seconds of polling one guest may have per second of the clock.
+BUDGET = 0.25
 #: The weight of the newest answer in the running average of an answer's time.
 _WEIGHT = 1 / 16
 #: The largest number of microseconds ``--busy-poll`` takes.
@@ -64,7 +70,8 @@ class PollWindow:
     """One guest's poll window (seconds). ``limit``: seconds (0 turns polling off) or
     :data:`AUTO`."""
 
-    __slots__ = ("_begun", "answer_time", "answered_at", "fixed", "last_gap", "window")
+    __slots__ = ("_begun", "_second", "_spent", "answer_time", "answered_at", "fixed", "last_gap",
+                 "window")
 
     def __init__(self, limit: float | None = AUTO) -> None:
         self.fixed = None if limit is None else max(0.0, limit)
@@ -76,6 +83,8 @@ class PollWindow:
         #: The running average of how long an answer takes, from seeing the op to the notify.
         self.answer_time: float | None = None
         self._begun: float | None = None
+        self._second = 0.0  # when the current second of the budget began
+        self._spent = 0.0  # seconds polled in it
 
     @property
     def limit(self) -> float:
@@ -84,6 +93,18 @@ class PollWindow:
         if self.answer_time is None:
             return AUTO_MIN
         return min(AUTO_MAX, max(AUTO_MIN, AUTO_ANSWERS * self.answer_time))
+
+    def may_poll(self, now: float) -> float:
+        """How long to poll now: the window, unless this second's budget is spent (0)."""
+        if now - self._second >= 1.0:
+            self._second, self._spent = now, 0.0
+        if self._spent >= BUDGET:
+            return 0.0
+        return self.window
+
+    def polled(self, seconds: float) -> None:
+        """Charge ``seconds`` of polling to the budget."""
+        self._spent += seconds
 
     def begin(self, now: float) -> None:
         """An op was seen at ``now`` (woken for, or caught by polling)."""

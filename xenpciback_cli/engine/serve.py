@@ -576,12 +576,20 @@ class Server:
     def _answer_burst(self, guest: Guest, channel: EventChannel, page: memoryview) -> None:
         if not read_flags(page) & ACTIVE:
             return
-        guest.poll.woken(time.perf_counter())
+        clock, poll = time.perf_counter, guest.poll
+        poll.woken(clock())
         self._answer(guest, channel, page)
         for _ in range(MAX_POLLED):
-            if guest.poll.window <= 0 or not self._poll_page(page, guest.poll.window):
+            started = clock()
+            window = poll.may_poll(started)
+            if window <= 0:
                 return
-            guest.poll.begin(time.perf_counter())
+            caught = self._poll_page(page, window)
+            now = clock()
+            poll.polled(now - started)
+            if not caught:
+                return
+            poll.begin(now)
             guest.ops_polled += 1
             self._answer(guest, channel, page)
         guest.pending = True  # a long burst: the others' turn; this guest's next round soon
