@@ -94,7 +94,7 @@ from xenpciback_cli.errors import InputError, XenPcibackError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pv.abi import PciOp
-from xenpciback_cli.pv.codec import read_flags, set_flag_bits
+from xenpciback_cli.pv.codec import read_flags
 from xenpciback_cli.pv.trace import TraceRecord
 from xenpciback_cli.toolstack.libxl_layout import backend_path, frontend_path
 from xenpciback_cli.toolstack.xenbus import XenbusState
@@ -104,6 +104,9 @@ from xenpciback_cli.untrusted import decimal
 BACKEND_ROOT = "/local/domain/0/backend/pci"
 TOKEN = "xen-pciback-serve"
 ACTIVE = 1  # _XEN_PCIF_active
+_NOT_ACTIVE = 0xFF & ~ACTIVE
+_CONF_READ = int(PciOp.CONF_READ)
+_CONF_WRITE = int(PciOp.CONF_WRITE)
 MAX_STEPS = 32
 #: XSA-332: more than this many notifications in a window, beyond FLOOD_RATIO per op answered,
 #: and the guest's channel is left alone for THROTTLE seconds.
@@ -595,40 +598,52 @@ class Server:
         guest.pending = True  # a long burst: the others' turn; this guest's next round soon
 
     def _answer(self, guest: Guest, channel: EventChannel, page: memoryview) -> None:
-        """Serve the op in the page, clear ``_XEN_PCIF_active``, notify the guest."""
+        """Serve the op in the page, clear ``_XEN_PCIF_active``, notify the guest. The path of
+        every op: a conf_read does nothing here beyond the session's dispatch, the flag and the
+        notify (an emulated dom0 pays for each Python step)."""
         guest.window_ops += 1
         guest.session.process(page)
         record = guest.last
-        if record is not None and record.cmd in INTERRUPT_OPS:
-            dev = guest.session.recorded_device  # the op's device, looked up once
-            if dev is not None:
-                self._record_interrupts(guest, dev)  # before the guest sees the answer
-        elif record is not None and record.cmd == PciOp.CONF_WRITE:
-            dev = guest.session.recorded_device
-            if dev is not None:
-                self._record_view(guest, dev)  # a COMMAND write: before the answer too
-        set_flag_bits(page, clear_mask=ACTIVE)
+        cmd = record.cmd if record is not None else -1
+        if cmd != _CONF_READ:
+            if cmd in INTERRUPT_OPS:
+                dev = guest.session.recorded_device  # the op's device, looked up once
+                if dev is not None:
+                    self._record_interrupts(guest, dev)  # before the guest sees the answer
+            elif cmd == _CONF_WRITE:
+                dev = guest.session.recorded_device
+                if dev is not None:
+                    self._record_view(guest, dev)  # a COMMAND write: before the answer too
+        # Bit 0 of the flags word's first byte; a read-modify-write of that byte as of the word
+        # before it (the guest owns bit 0 only while it is clear).
+        page[0] &= _NOT_ACTIVE
         channel.notify()
         guest.poll.answered(time.perf_counter())
         if self.trace is not None and record is not None:
             self._trace_op(guest, record)  # after the answer: off the guest's round trip
-        self._after_op(guest)
+        if cmd == _CONF_WRITE:
+            self._after_write(guest, record)
+        if guest.session.events:
+            self._flush_events(guest)
 
     @staticmethod
     def _poll_page(page: memoryview, window: float) -> bool:
         """Watch the page's active bit for up to ``window`` seconds: True when an op is waiting.
-        The clock is read once per 16 looks at the page (a look is a few hundred nanoseconds),
-        and the CPU offered to whatever else is runnable on it (the guest's own vCPU, or the
-        frontend in a sandbox, may be waiting for exactly this CPU)."""
+        The clock is read once per 32 looks at the page (a look is a byte read), and every 8th
+        time the CPU is offered to whatever else is runnable on it (the frontend in a sandbox,
+        a daemon in dom0)."""
         clock, give_way = time.perf_counter, os.sched_yield
         deadline = clock() + window
+        rounds = 0
         while True:
-            for _ in range(16):
-                if read_flags(page) & ACTIVE:
+            for _ in range(32):
+                if page[0] & ACTIVE:
                     return True
             if clock() >= deadline:
                 return False
-            give_way()
+            rounds += 1
+            if not rounds & 7:
+                give_way()
 
     # -- MSI/MSI-X records (rule 5) ---------------------------------------------------------------
     def _record_interrupts(self, guest: Guest, dev: ExportedDevice) -> None:
@@ -758,21 +773,21 @@ class Server:
                 if getattr(op, "path", None) == node and hasattr(op, "value"):
                     self.trace.xenbus_state(guest.domid, op.value)
 
-    def _after_op(self, guest: Guest) -> None:
-        record = guest.last
-        if record is not None and record.cmd == PciOp.CONF_WRITE:
-            dev = guest.session.recorded_device
-            if dev is not None and dev.overlay.dropped_writes:
-                op = record.op
-                key = (dev.host, op.offset)
-                total = sum(d.overlay.dropped_writes for d in guest.session.devices.values())
-                if total > guest.writes_denied:
-                    guest.writes_denied = total
-                    if key not in guest.denied_logged and len(guest.denied_logged) < 256:
-                        guest.denied_logged.add(key)
-                        self.log(f"domain {guest.domid}: write denied to {dev.host} config "
-                                 f"{op.offset:#x} (size {op.size}; logged once per register)")
-        self._flush_events(guest)
+    def _after_write(self, guest: Guest, record: TraceRecord | None) -> None:
+        dev = guest.session.recorded_device
+        if record is None or dev is None:
+            return
+        dev.overlay.events.clear()  # the overlay's own log lines: serve logs denials itself
+        if dev.overlay.dropped_writes:
+            op = record.op
+            key = (dev.host, op.offset)
+            total = sum(d.overlay.dropped_writes for d in guest.session.devices.values())
+            if total > guest.writes_denied:
+                guest.writes_denied = total
+                if key not in guest.denied_logged and len(guest.denied_logged) < 256:
+                    guest.denied_logged.add(key)
+                    self.log(f"domain {guest.domid}: write denied to {dev.host} config "
+                             f"{op.offset:#x} (size {op.size}; logged once per register)")
 
     def _flush_events(self, guest: Guest) -> None:
         events = guest.session.events
@@ -780,8 +795,6 @@ class Server:
             line = events.popleft()
             if "MSI" in line or "failed" in line:
                 self.log(line)
-        for dev in guest.session.devices.values():
-            dev.overlay.events.clear()
 
     # -- AER -------------------------------------------------------------------------------------
     def raise_aer(self, host: Bdf, error: str, reply: Reply | None = None) -> None:

@@ -99,6 +99,7 @@ class XenEventChannel:
         self._transport = transport
         self._fd = fd
         self._port_bytes = abi.EVTCHN_PORT.pack(port)
+        self._notify_buf = bytearray(self._port_bytes)
         self._masked = False  # a port was read and not yet written back
 
     def fileno(self) -> int:
@@ -146,11 +147,15 @@ class XenEventChannel:
         self._masked = False
 
     def notify(self) -> None:
+        """One ioctl, once per op answered: the buffer is built once and the error text only
+        when there is an error (an emulated dom0 feels every Python step here)."""
         if self._fd < 0:
             return
-        buf = bytearray(abi.EVTCHN_PORT.pack(self.port))
-        self._transport._call(self._fd, abi.IOCTL_EVTCHN_NOTIFY, buf,
-                              f"notifying domain {self.domid} on port {self.port}")
+        try:
+            self._transport._ioctl(self._fd, abi.IOCTL_EVTCHN_NOTIFY, self._notify_buf)
+        except OSError as exc:
+            raise TransportError(_reason(f"notifying domain {self.domid} on port {self.port}",
+                                         exc)) from None
 
     def close(self) -> None:
         """Unbind and close (closing alone would unbind too; the explicit unbind reports)."""
