@@ -107,7 +107,8 @@ class PollWindow:
         self._spent += seconds
 
     def begin(self, now: float) -> None:
-        """An op was seen at ``now`` (woken for, or caught by polling)."""
+        """An op was seen at ``now`` (woken for): the next :meth:`answered` times the answer.
+        Ops caught by polling are not timed (one clock reading per op is enough)."""
         self._begun = now
 
     def answered(self, now: float) -> None:

@@ -94,7 +94,6 @@ from xenpciback_cli.errors import InputError, XenPcibackError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pci.device import PciDevice
 from xenpciback_cli.pv.abi import PciOp
-from xenpciback_cli.pv.codec import read_flags
 from xenpciback_cli.pv.trace import TraceRecord
 from xenpciback_cli.toolstack.libxl_layout import backend_path, frontend_path
 from xenpciback_cli.toolstack.xenbus import XenbusState
@@ -577,27 +576,27 @@ class Server:
             self._fail(guest, f"{type(exc).__name__}: {exc}")
 
     def _answer_burst(self, guest: Guest, channel: EventChannel, page: memoryview) -> None:
-        if not read_flags(page) & ACTIVE:
+        """Answer the op waiting, then those the guest posts while the poll window is open. The
+        clock is read once per op answered (and once per 32 looks while polling): on a PV dom0
+        whose TSC Xen does not call stable, each reading is a system call."""
+        if not page[0] & ACTIVE:
             return
-        clock, poll = time.perf_counter, guest.poll
-        poll.woken(clock())
-        self._answer(guest, channel, page)
+        poll = guest.poll
+        poll.woken(time.perf_counter())
+        answered = self._answer(guest, channel, page)
         for _ in range(MAX_POLLED):
-            started = clock()
-            window = poll.may_poll(started)
+            window = poll.may_poll(answered)
             if window <= 0:
                 return
-            caught = self._poll_page(page, window)
-            now = clock()
-            poll.polled(now - started)
+            caught, seen = self._poll_page(page, answered, window)
+            poll.polled(seen - answered)
             if not caught:
                 return
-            poll.begin(now)
             guest.ops_polled += 1
-            self._answer(guest, channel, page)
+            answered = self._answer(guest, channel, page)
         guest.pending = True  # a long burst: the others' turn; this guest's next round soon
 
-    def _answer(self, guest: Guest, channel: EventChannel, page: memoryview) -> None:
+    def _answer(self, guest: Guest, channel: EventChannel, page: memoryview) -> float:
         """Serve the op in the page, clear ``_XEN_PCIF_active``, notify the guest. The path of
         every op: a conf_read does nothing here beyond the session's dispatch, the flag and the
         notify (an emulated dom0 pays for each Python step)."""
@@ -618,29 +617,32 @@ class Server:
         # before it (the guest owns bit 0 only while it is clear).
         page[0] &= _NOT_ACTIVE
         channel.notify()
-        guest.poll.answered(time.perf_counter())
+        answered = time.perf_counter()
+        guest.poll.answered(answered)
         if self.trace is not None and record is not None:
             self._trace_op(guest, record)  # after the answer: off the guest's round trip
         if cmd == _CONF_WRITE:
             self._after_write(guest, record)
         if guest.session.events:
             self._flush_events(guest)
+        return answered
 
     @staticmethod
-    def _poll_page(page: memoryview, window: float) -> bool:
-        """Watch the page's active bit for up to ``window`` seconds: True when an op is waiting.
-        The clock is read once per 32 looks at the page (a look is a byte read), and every 8th
-        time the CPU is offered to whatever else is runnable on it (the frontend in a sandbox,
-        a daemon in dom0)."""
+    def _poll_page(page: memoryview, start: float, window: float) -> tuple[bool, float]:
+        """Watch the page's active bit from ``start`` for up to ``window`` seconds: (an op is
+        waiting, the clock when last read). The clock is read once per 32 looks at the page (a
+        look is a byte read), and every 8th time the CPU is offered to whatever else is
+        runnable on it (the frontend in a sandbox, a daemon in dom0)."""
         clock, give_way = time.perf_counter, os.sched_yield
-        deadline = clock() + window
-        rounds = 0
+        deadline = start + window
+        seen, rounds = start, 0
         while True:
             for _ in range(32):
                 if page[0] & ACTIVE:
-                    return True
-            if clock() >= deadline:
-                return False
+                    return True, seen
+            seen = clock()
+            if seen >= deadline:
+                return False, seen
             rounds += 1
             if not rounds & 7:
                 give_way()
