@@ -98,7 +98,7 @@ def generate(path: Path, ops: int, unique: bool) -> None:
             else:
                 raw = encode_op(0, 0, 0, 0, offset, size, 0)
             op = decode_op(raw)
-            record = TraceRecord.of(7, op, session.handle(op))
+            record = TraceRecord.of(7, op.raw, session.handle(op))
             t += 0.000125
             chunk.append(dumps(op_dict(record, t, HOST)))
             if len(chunk) == 10000:

@@ -63,10 +63,19 @@ def cli(sandbox: Path, *args: str) -> None:
 
 
 # -- the bare frontend loop, used against both backends ---------------------------------------
+def notify(sock: socket.socket, back: str) -> None:
+    """One notification; a full queue means the backend has some waiting already (an event
+    channel's pending bit does not count either: serve drains once per burst it polls for)."""
+    try:
+        sock.sendto(b"\x01", back)
+    except BlockingIOError:
+        pass
+
+
 def round_trip(page: memoryview, sock: socket.socket, back: str, op: bytes) -> int:
     page[4:4 + len(op)] = op
     page[0:4] = SET
-    sock.sendto(b"\x01", back)
+    notify(sock, back)
     while True:
         sock.recv(64)  # blocking: a notification
         if not page[0] & 1:
@@ -120,7 +129,7 @@ def baseline(scratch: Path, rounds: int) -> list[float]:
     samples = timed(page, sock, back, rounds)
     page[4] = 0xFF
     page[0:4] = SET
-    sock.sendto(b"\x01", back)
+    notify(sock, back)
     child.join(5)
     return samples
 
@@ -168,7 +177,7 @@ def many(fronts: list[PciFront], seconds: float) -> list[int]:
     def post(i: int) -> None:
         pages[i][4:4 + OP.size] = CONF_READ_VENDOR
         pages[i][0:4] = SET
-        socks[i].sendto(b"\x01", backs[i])
+        notify(socks[i], backs[i])
 
     for i in range(len(fronts)):
         post(i)

@@ -33,6 +33,9 @@ class Channel:
     def drain(self):
         return 1
 
+    def rearm(self):
+        pass
+
     def notify(self):
         self.notified += 1
 

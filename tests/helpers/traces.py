@@ -79,7 +79,7 @@ class TraceMaker:
         op = decode_op(encode_op(cmd, 0, 0, devfn, offset, size, value,
                                  msix_entries=tuple((0, e) for e in entries)))
         result = self.session.handle(op)
-        record = TraceRecord.of(self.domid, op, result)
+        record = TraceRecord.of(self.domid, op.raw, result)
         self.time += 0.000125
         host = HOST if (0, 0, devfn) in self.session.devices else None
         self._write(op_dict(record, self.time, host))

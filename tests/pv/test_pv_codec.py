@@ -130,7 +130,7 @@ def test_flags_and_aer_op():
 def test_trace_record_round_trip():
     page = hand_page(0, 0, 0, 8, 4, 2, 0)
     op = read_op(page)
-    record = TraceRecord.of(3, op, (0, 0x0406))
+    record = TraceRecord.of(3, op.raw, (0, 0x0406))
     again = TraceRecord.from_dict(record.as_dict())
     assert again == record and again.op == op and again.result == (0, 0x0406)
     with pytest.raises(PageError):

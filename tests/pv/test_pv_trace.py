@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from xenpciback_cli.pv.abi import PciOp
-from xenpciback_cli.pv.codec import PageError, decode_op, encode_op
+from xenpciback_cli.pv.codec import PageError, encode_op
 from xenpciback_cli.pv.trace import TraceRecord
 
 
 def good() -> dict[str, object]:
-    record = TraceRecord.of(7, decode_op(encode_op(PciOp.CONF_READ, 0, 0, 8, 4, 2)), (0, 0x10))
+    record = TraceRecord.of(7, encode_op(PciOp.CONF_READ, 0, 0, 8, 4, 2), (0, 0x10))
     return record.as_dict()
 
 

@@ -114,11 +114,13 @@ def source_tree() -> Path:
 def scenario_settings() -> dict[str, object]:
     """``XEN_PCIBACK_REALXEN_PHASES=kernel,ours`` (which backends to run; both by default) and
     ``XEN_PCIBACK_REALXEN_LATENCY_READS`` (timed config reads per backend, 300 by default),
-    ``XEN_PCIBACK_REALXEN_SERVE_RECORD=1`` (``serve --record``: a trace of every op, slower)."""
+    ``XEN_PCIBACK_REALXEN_SERVE_RECORD=1`` (``serve --record``: a trace of every op, slower),
+    ``XEN_PCIBACK_REALXEN_BUSY_POLL=USEC`` (``serve --busy-poll``; serve's own default if unset)."""
     phases = [p for p in os.environ.get("XEN_PCIBACK_REALXEN_PHASES", "kernel,ours").split(",") if p]
     return {"phases": phases,
             "latency_reads": int(os.environ.get("XEN_PCIBACK_REALXEN_LATENCY_READS", "300")),
-            "serve_record": os.environ.get("XEN_PCIBACK_REALXEN_SERVE_RECORD") == "1"}
+            "serve_record": os.environ.get("XEN_PCIBACK_REALXEN_SERVE_RECORD") == "1",
+            "busy_poll": os.environ.get("XEN_PCIBACK_REALXEN_BUSY_POLL")}
 
 
 def build_guest_program(out: Path) -> None:

@@ -216,3 +216,48 @@ def test_a_guest_recording_replays_through_our_engine(no_guest, backend, tmp_pat
     data = json.loads(out.out)
     assert data["devices"] == 1 and data["ops"] == backend.ops and data["events"] == 4
     assert out.code == 0 and data["mismatch_count"] == 0, data["mismatches"][:3]
+
+
+class _PollingBackendChannel:
+    """A backend that polls the page: it answers the moment bit 0 is set, before (or without)
+    the frontend's notification, and notifies after its answer."""
+
+    def __init__(self, page):
+        self.page, self.queued = page, 0
+
+    def _answer_if_posted(self):
+        if self.page[0] & 1:
+            self.page[0] &= 0xFE
+            self.queued += 1
+
+    def drain(self):
+        self._answer_if_posted()  # it was quicker than the frontend's drain
+        drained, self.queued = self.queued, 0
+        return drained
+
+    def notify(self):
+        self._answer_if_posted()
+        return True
+
+    def wait(self, timeout):
+        if self.queued:
+            self.queued -= 1
+            return True
+        time.sleep(min(timeout, 0.01))
+        return False
+
+
+def test_an_answer_given_before_the_notification_is_not_drained_as_stale(no_guest):
+    """Found with serve's page polling: the frontend drained stale notifications after setting
+    bit 0, so an answer given at once had its notification drained and the op timed out."""
+    from types import SimpleNamespace
+
+    from xenpciback_cli.pv.abi import PciOp
+
+    front = PciFront(no_guest, 5, timeout=1.0)
+    page = memoryview(bytearray(4096))
+    front.grant = SimpleNamespace(page=page)  # type: ignore[assignment]
+    front.channel = _PollingBackendChannel(page)  # type: ignore[assignment]
+    for _ in range(3):
+        result = front.op(PciOp.CONF_READ, Bdf(0, 0, 0, 0), 0, 4)
+        assert result.err == 0

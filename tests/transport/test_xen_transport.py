@@ -146,7 +146,15 @@ def test_bind_notify_drain_unbind(kernel, transport):
 
     peer.sendall(struct.pack("=III", 40, 40, 40))  # three notifications coalesced in the ring
     assert channel.drain() == 3
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(64)  # still masked: the guest's next notify costs dom0 no interrupt
+    channel.rearm()
     assert peer.recv(64) == struct.pack("=I", 40)  # written back once: unmasked
+    channel.rearm()
+    with pytest.raises(BlockingIOError):
+        peer.recv(64)  # nothing read since: nothing to unmask
+    peer.setblocking(True)
 
     channel.close()
     assert kernel.calls[-1] == ("IOCTL_EVTCHN_UNBIND", fd, struct.pack("=I", 40))
@@ -171,6 +179,7 @@ def test_ring_overflow_resets_and_counts(kernel, transport, monkeypatch):
     monkeypatch.setattr(os, "read", overflowing)
     assert channel.drain() == 1
     assert ("IOCTL_EVTCHN_RESET", channel.fileno(), b"") in kernel.calls
+    channel.rearm()
     assert kernel.peers[channel.fileno()].recv(64) == struct.pack("=I", 40)
     channel.close()
 

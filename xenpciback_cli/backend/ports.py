@@ -90,7 +90,13 @@ class EventChannel(Protocol):
         ...
 
     def drain(self) -> int:
-        """Consume pending notifications (they may be coalesced); return how many."""
+        """Consume pending notifications (they may be coalesced); return how many. The channel
+        may stay quiet (masked) until :meth:`rearm`."""
+        ...
+
+    def rearm(self) -> None:
+        """Let the peer's notifications wake the backend again after a :meth:`drain` (one that
+        came in between is delivered then, not lost)."""
         ...
 
     def notify(self) -> None:

@@ -291,7 +291,7 @@ class GuestSession:
         recorder's owner needs no second lookup."""
         assert self.recorder is not None
         self.recorded_device = device
-        self.recorder(TraceRecord.of(self.domid, decode_op(raw), result))
+        self.recorder(TraceRecord.of(self.domid, raw, result))
 
     def handle(self, op: Op) -> Result:
         """The answer to an op already copied out of the page (``pv.codec.read_op``)."""

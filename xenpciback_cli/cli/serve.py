@@ -38,14 +38,19 @@ def group() -> None:
               metavar="SECONDS",
               help="How long a guest may take to answer an AER request before aerState=aerfail "
                    "(at least 0.1).")
+@click.option("--busy-poll", default="auto", show_default=True, metavar="auto|USEC",
+              help="Watch a guest's page after an answer for its next op, as long as that pays "
+                   "(adaptive), for at most USEC microseconds (0: never) or, auto, the time "
+                   "8 answers take on this host.")
 @click.pass_obj
 def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str | None,
-               max_size: str | None, keep: int, aer_timeout: float) -> None:
+               max_size: str | None, keep: int, aer_timeout: float, busy_poll: str) -> None:
     """Serve guests in the foreground until SIGTERM or SIGINT (the op in progress finishes)."""
     import signal
     import sys
 
     from xenpciback_cli.backend.topology import Mode
+    from xenpciback_cli.engine.busypoll import parse_busy_poll
     from xenpciback_cli.engine.serve import Server, notify_ready
     from xenpciback_cli.engine.statestore import StateStore
     from xenpciback_cli.engine.trace import TraceWriter, parse_size
@@ -55,6 +60,7 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
     if max_size is not None and not record:
         raise InputError("--record-max-size goes with --record FILE")
     size = parse_size(max_size) if max_size is not None else None
+    poll_limit = parse_busy_poll(busy_poll)
     adapters = app.serve_adapters()
     run_dir = app.serve_run_dir()
     out: TraceWriter | None = None
@@ -78,7 +84,8 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
                     trace=out, log=log,
                     control=str(run_dir / "serve.sock"), aer_timeout=aer_timeout,
                     interrupt_records=StateStore(run_dir / "interrupts"),
-                    view_records=StateStore(run_dir / "views"))
+                    view_records=StateStore(run_dir / "views"),
+                    busy_poll=poll_limit)
     signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())

@@ -27,11 +27,13 @@ class TraceRecord(NamedTuple):
     vectors: tuple[int, ...] = ()
 
     @classmethod
-    def of(cls, domid: int, op: Op, result: Result) -> TraceRecord:
+    def of(cls, domid: int, request: bytes, result: Result) -> TraceRecord:
+        """The record of ``request`` (an op's private copy, undecoded: a record is built for
+        every op ``serve`` answers) and the backend's ``result``."""
         vectors: tuple[int, ...] = result[2] if len(result) > 2 else ()
         if vectors:  # what the page carried to the guest: 16 bits each
             vectors = tuple(v & 0xFFFF for v in vectors)
-        return cls(domid, op.raw, result[0], result[1] & 0xFFFFFFFF, vectors)
+        return cls(domid, request, result[0], result[1] & 0xFFFFFFFF, vectors)
 
     @property
     def op(self) -> Op:

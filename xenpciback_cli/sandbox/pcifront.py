@@ -448,10 +448,13 @@ class PciFront:
         entry_list = tuple(entries)
         raw = encode_op(cmd, address.domain, address.bus, address.devfn, offset, size, value,
                         msix_entries=tuple((0, e) for e in entry_list))
+        # Stale notifications must not be taken for this op's answer: drained before the bit is
+        # set, never after (a backend polling the page may answer at once, and its notification
+        # would be drained with them).
+        channel.drain()
         page[OP_OFFSET:OP_END] = raw
         flags = read_flags(page) | XEN_PCIF_ACTIVE
         page[0:4] = flags.to_bytes(4, "little")
-        channel.drain()  # stale notifications must not be taken for this op's answer
         deadline = time.monotonic() + self.timeout
         notified = channel.notify()
         answered = False

@@ -116,6 +116,9 @@ class SandboxChannel:
                 raise TransportError(f"event channel {self.back}: {exc.strerror}") from None
             count += 1
 
+    def rearm(self) -> None:
+        """Nothing to do: a datagram socket queues notifications without masking."""
+
     def notify(self) -> None:
         try:
             self._sock.sendto(b"\x01", str(self.front))

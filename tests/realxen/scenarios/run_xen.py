@@ -385,8 +385,19 @@ def latency_guest(phase: str, guest: Guest) -> str:
     n, ns, value, failures = int(fields[2]), int(fields[3]), fields[4], int(fields[5])
     expect(failures == 0, f"{failures} of {n} config reads failed")
     data["latency"] = {"reads": n, "ns_total": ns, "us_per_read": ns / n / 1000, "value": value}
+    polled = ""
+    if phase == "ours":  # how many ops serve answered by polling its page (engine/busypoll.py)
+        proc = cli("--json", "serve", "status", check=False)
+        if proc.returncode == 0:
+            guests = json.loads(proc.stdout)["guests"]
+            served = sum(g["ops_served"] for g in guests)
+            data["latency"]["ops_polled"] = sum(g.get("ops_polled", 0) for g in guests)
+            data["latency"]["serve_poll"] = [{k: g.get(k) for k in ("domid", "poll_window_us",
+                                              "last_wake_gap_us")} for g in guests]
+            polled = (f"; serve answered {data['latency']['ops_polled']} of {served} ops by "
+                      f"polling (window, last wake gap: {data['latency']['serve_poll']})")
     save_data()
-    return f"{n} reads of {ids}'s dword 0 ({value}): {ns / n / 1000:.1f} us per read"
+    return f"{n} reads of {ids}'s dword 0 ({value}): {ns / n / 1000:.1f} us per read{polled}"
 
 
 def bar_guest(phase: str, guest: Guest) -> str:
@@ -563,6 +574,8 @@ class Serve:
             # the backend as deployed (XEN_PCIBACK_REALXEN_SERVE_RECORD=1 turns it on for debugging).
             record = ["--record", f"/tmp/serve-trace-{self.starts}.jsonl"] \
                 if SETTINGS.get("serve_record") else []
+            if SETTINGS.get("busy_poll"):
+                record += ["--busy-poll", str(SETTINGS["busy_poll"])]
             self.proc = subprocess.Popen([sys.executable, "-m", "xenpciback_cli", "-v", "serve",
                                           "foreground", *record],
                                          stdout=out, stderr=subprocess.STDOUT)
