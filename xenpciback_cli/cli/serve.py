@@ -78,7 +78,8 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
                     trace=out, log=log,
                     control=str(run_dir / "serve.sock"), aer_timeout=aer_timeout,
                     interrupt_records=StateStore(run_dir / "interrupts"),
-                    view_records=StateStore(run_dir / "views"))
+                    view_records=StateStore(run_dir / "views"),
+                    aer_feed=adapters.aer_feed)
     signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())

@@ -46,7 +46,7 @@ import selectors
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,6 +127,17 @@ class DeviceSource(Protocol):
     def device(self, bdf: Bdf) -> PciDevice | None: ...
 
 
+class AerFeed(Protocol):
+    """The host's AER events (``host/uevents.py`` on a real host): a file descriptor for the
+    selector, and the ``(device, severity)`` pairs waiting among the exported devices."""
+
+    def fileno(self) -> int: ...
+
+    def poll(self, exported: Collection[Bdf]) -> list[tuple[Bdf, str]]: ...
+
+    def close(self) -> None: ...
+
+
 SettingsLoader = Callable[[Bdf], dict[str, object]]
 Reply = Callable[[dict[str, Any]], None]
 
@@ -194,7 +205,8 @@ class Server:
                  log: Callable[[str], None] = lambda line: None,
                  control: str | None = None, aer_timeout: float = DEFAULT_TIMEOUT,
                  interrupt_records: StateStore | None = None,
-                 view_records: StateStore | None = None) -> None:
+                 view_records: StateStore | None = None,
+                 aer_feed: AerFeed | None = None) -> None:
         self.client = client
         self.transport = transport
         self.interrupts = interrupts
@@ -209,6 +221,7 @@ class Server:
         self.aer_timeout = aer_timeout
         self.interrupt_records = interrupt_records
         self.view_records = view_records
+        self.aer_feed = aer_feed
         self.guests: dict[int, Guest] = {}
         self.stopping = False
         self.started = time.time()
@@ -236,6 +249,8 @@ class Server:
         self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         if self.control_path:
             self._open_control(self.control_path)
+        if self.aer_feed is not None:
+            self.selector.register(self.aer_feed.fileno(), selectors.EVENT_READ, "aer-feed")
         self.client.watch(BACKEND_ROOT, TOKEN)
         for name in list_or_empty(self.client, BACKEND_ROOT):
             domid = decimal(name, max_digits=5)
@@ -254,6 +269,8 @@ class Server:
         for guest in self.guests.values():
             self._disconnect(guest)
             self._abandon_recoveries(guest, "serve stopped")
+        if self.aer_feed is not None:
+            self.aer_feed.close()
         if self._control is not None:
             self._control.close()
             try:
@@ -294,6 +311,8 @@ class Server:
                     pass
             elif key.data == "control":
                 self._accept_control()
+            elif key.data == "aer-feed":
+                self._host_aer()
             elif isinstance(key.data, _ControlClient):
                 self._read_control(key.data)
             elif isinstance(key.data, Guest):
@@ -762,6 +781,17 @@ class Server:
         self.log(f"domain {domid}: AER {error} error on {host}: starting recovery")
         holder.recoveries.append(recovery)
         self._aer_progress(holder)
+
+    def _host_aer(self) -> None:
+        """The host's AER feed had something: relay each error on an exported device. The
+        host's recovery has already run (the device's kernel driver, pci-stub, has no handlers):
+        the guest hears of it afterwards and its answer only decides ``aerState``."""
+        assert self.aer_feed is not None
+        exported = {dev.host for guest in self.guests.values()
+                    for dev in guest.session.devices.values()}
+        for host, error in self.aer_feed.poll(exported):
+            self.log(f"host AER: {error} error on {host} (the host's recovery has run)")
+            self.raise_aer(host, error)
 
     def _aer_progress(self, guest: Guest) -> None:
         """Advance the guest's current recovery as far as it goes without waiting."""

@@ -677,12 +677,20 @@ def aer_guest(phase: str, guest: Guest) -> str:
         seen = len(uevents.events)
         rp_answer, rp_log, rp_s = inject("rp0", "COMP_TIME", wait_done=90)
         rp_regs = {NIC: registers(NIC), ROOT_PORT: registers(ROOT_PORT)}
+        # The kernel's pciback relays during the host's recovery; our serve after it, from the
+        # uevent (host/uevents.py): either way the backend ends with aerState when the guest's
+        # pcifront has no driver to ask.
+        state_path = f"/local/domain/0/backend/pci/{guest.domid}/0/aerState"
+        wait_for(lambda: xs_read(state_path) is not None, 30, 1.0)
         _, out = guest.do(f"dmesg | tail -n +{guest_before + 1}")
         guest_log = [line for line in out.splitlines() if line.strip()]
         facts["port"] = {"inject": "rp0 COMP_TIME", "monitor": rp_answer, "dom0_log": rp_log[-40:],
                          "verdict_s": round(rp_s, 1), "registers": rp_regs,
                          "uevents": uevents.events[seen:], "guest_log": guest_log[-30:],
-                         "aerState": xs_read(f"/local/domain/0/backend/pci/{guest.domid}/0/aerState")}
+                         "aerState": xs_read(state_path),
+                         "serve_log": [line for line in (SERVE_LOG.read_text(errors="replace")
+                                                         if SERVE_LOG.exists() else "").splitlines()
+                                       if "AER" in line][-12:]}
         seen = len(uevents.events)
         cor_answer, cor_log, cor_s = inject("rp0", "RCVR", wait_done=8)
         facts["correctable"] = {"inject": "rp0 RCVR", "monitor": cor_answer, "dom0_log": cor_log[-20:],
@@ -715,6 +723,10 @@ def aer_guest(phase: str, guest: Guest) -> str:
            f"through the backend, dom0 {status:#x}")
     expect(rp_s >= 0, f"dom0's AER core logged no verdict on the root port's completion timeout "
            f"within 90 s; dom0's log: {rp_log[-15:]}; registers: {rp_regs}")
+    if phase == "ours":  # serve's host AER feed: the uevent relayed to the guest's pcifront
+        expect(any("pcifront" in line for line in facts["port"]["guest_log"]),
+               f"serve relayed nothing to the guest: its log {facts['port']['serve_log']}, "
+               f"uevents {facts['port']['uevents']}, the guest's {facts['port']['guest_log']}")
     return facts["outcome"]
 
 
@@ -744,7 +756,8 @@ def aer_outcome(phase: str, facts: dict) -> str:
         f"(the e1000e below it held by {facts['dom0_driver']}); dom0: {' | '.join(kernel_lines[:8])}; "
         f"uevents: {events}; the guest's kernel logged: "
         f"{' | '.join(relayed[:3]) if relayed else 'nothing (not relayed)'}; "
-        f"backend aerState={port['aerState']}")
+        f"backend aerState={port['aerState']}"
+        + (f"; serve: {' | '.join(_msg(line) for line in port['serve_log'][:4])}" if port.get("serve_log") else ""))
     parts.append(f"rp0 RCVR (correctable): {'reached' if cor['verdict_s'] >= 0 else 'stops at the port'} "
                  f"(root status {cor['registers'][ROOT_PORT].get('root_status', 0):#x}; "
                  f"{len([line for line in cor['dom0_log'] if 'AER' in line])} AER line(s) in dom0)")
