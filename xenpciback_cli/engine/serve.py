@@ -31,7 +31,8 @@ Rules:
      The guest's COMMAND view (the overlay's virtual bits, not in the hardware) is kept the
      same way in ``RUN/views/D-BDF.json`` and taken back only when resuming after a restart.
   6. AER (``backend/aer.py``): a host error on an exported device (:meth:`Server.raise_aer`; in a
-     sandbox through the control socket, ``sandbox aer``) runs the host's recovery sequence for
+     sandbox through the control socket, ``sandbox aer``; on a real host from the kernel's
+     error-recovery uevents, an :class:`AerFeed`, after the host's own recovery) runs the host's recovery sequence for
      that device, each step relayed to the guest through ``aer_op``; the loop polls the answer
      on every round and wakes up at the relay's deadline, so a guest that never answers costs
      the others nothing. One recovery per guest at a time, later ones queue (bounded).
