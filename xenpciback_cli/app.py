@@ -283,7 +283,19 @@ class Application:
                 except Exception:  # noqa: BLE001 - then the overlay works without resources
                     return None
 
-        return ServeAdapters(transport, interrupts, Source(), lambda domid: kernel_backend)
+        return ServeAdapters(transport, interrupts, Source(), lambda domid: kernel_backend,
+                             self._host_aer_feed(root))
+
+    @staticmethod
+    def _host_aer_feed(root: str) -> Any:
+        """The kernel's PCI error-recovery uevents (``host/uevents.py``); None when the netlink
+        socket cannot be opened (then no host error reaches ``serve``'s guests)."""
+        from xenpciback_cli.host.uevents import UeventFeed
+
+        try:
+            return UeventFeed(root)
+        except OSError:
+            return None
 
     def config_source(self, *, writable: bool = False) -> Any:
         """Config space by address for ``replay --against``: the sandbox's devices, or the
@@ -315,3 +327,4 @@ class ServeAdapters(NamedTuple):
     interrupts: Any
     devices: Any
     others_serve: Any
+    aer_feed: Any = None

@@ -84,7 +84,9 @@ class RunResult:
 
 
 def qemu_command(stack: Stack, share: Path, serial: Path, monitor: Path) -> list[str]:
-    """00:03.0 pci-testdev (1b36:0005), 00:04.0 e1000e (8086:10d3, MSI and MSI-X), one
+    """00:03.0 pci-testdev (1b36:0005); 00:04.0 a ``pcie-root-port`` (rp0) with the e1000e
+    (8086:10d3, MSI and MSI-X) behind it at 01:00.0 -- behind a root port an injected AER error
+    is signalled up to dom0's AER core (on the root bus it stops at the device); one
     multi-function device (00:05.0 edu 1234:11e8, ``multifunction=on``, + 00:05.1 pvpanic-pci
     1b36:0011), 00:06.0 the 9p share; ``intel-iommu`` before them all."""
     for path in (stack.kernel, stack.dom0_initramfs):
@@ -99,7 +101,8 @@ def qemu_command(stack: Stack, share: Path, serial: Path, monitor: Path) -> list
                    f"{stack.dom0_initramfs}",
         "-device", "intel-iommu",
         "-device", "pci-testdev,addr=03.0",
-        "-device", "e1000e,addr=04.0,id=nic0",
+        "-device", "pcie-root-port,id=rp0,chassis=1,addr=04.0",
+        "-device", "e1000e,bus=rp0,addr=00.0,id=nic0",
         "-device", "edu,addr=05.0,multifunction=on,id=mf0",
         "-device", "pvpanic-pci,addr=05.1",
         "-fsdev", f"local,id=share,path={share},security_model=none",

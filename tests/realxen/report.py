@@ -192,7 +192,42 @@ def build(data: dict) -> dict:
         # itself is each backend's pick (pcifront lists the order the devices were exported in).
         "guest_addresses": {"kernel": kernel.get("guest_bdfs"), "ours": ours.get("guest_bdfs")},
         "multifunction": {"kernel": kernel.get("multifunction"), "ours": ours.get("multifunction")},
+        # AER (issue 13, item 5): what each backend relayed to the guest, and where it stopped.
+        "aer": {"kernel": aer_side(kernel.get("aer", {})), "ours": aer_side(ours.get("aer", {}))},
         "unexplained": sum(d["unexplained"] for d in devices.values()),
+    }
+
+
+def _line(text: str) -> str:
+    """A kernel log line without its timestamp."""
+    return text.split("] ", 1)[-1].strip()
+
+
+def aer_side(aer: dict) -> dict | None:
+    """How far the injected errors went with one backend (``run_xen.aer_guest``'s facts):
+    where each stopped, dom0's AER core, the uevents, what the guest's kernel logged, aerState."""
+    if not aer or "port" not in aer:
+        return None
+    port, device, cor = aer["port"], aer.get("device", {}), aer.get("correctable", {})
+    return {
+        "dom0_driver": aer.get("dom0_driver"),
+        "e1000e_error": {"uncor_status_dom0": aer.get("dom0_uncor_status"),
+                         "uncor_status_guest": aer.get("guest_uncor_status"),
+                         "devctl_after_write_0xf": aer.get("devctl_after_write_0xf"),
+                         "reached_dom0_aer_core": device.get("verdict_s", -1) >= 0},
+        "root_port_error": {
+            "reached_dom0_aer_core": port.get("verdict_s", -1) >= 0,
+            "dom0": [_line(x) for x in port.get("dom0_log", [])
+                     if "AER" in x or "recover" in x or "pciback" in x],
+            "uevents": [f"{e.get('PCI_SLOT_NAME')} {e.get('ERROR_EVENT')} (driver {e.get('DRIVER')})"
+                        for e in port.get("uevents", []) if e.get("ERROR_EVENT")],
+            "guest": [_line(x) for x in port.get("guest_log", [])
+                      if "pcifront" in x or "AER" in x or "aer" in x],
+            "aerState": port.get("aerState"),
+            "serve": port.get("serve_log", []),
+        },
+        "correctable_reached_dom0": cor.get("verdict_s", -1) >= 0,
+        "outcome": aer.get("outcome"),
     }
 
 
@@ -223,7 +258,28 @@ def text(report: dict) -> str:
               f"hot-plug: {json.dumps(report['hotplug'])}",
               f"guest addresses: {json.dumps(report.get('guest_addresses'))}",
               f"multi-function device: {json.dumps(report.get('multifunction'))}",
-              f"unexplained differences in all: {report['unexplained']}"]
+              ""]
+    for side in ("kernel", "ours"):
+        aer = report.get("aer", {}).get(side)
+        if not aer:
+            lines.append(f"AER, {side}'s backend: no data")
+            continue
+        rp = aer["root_port_error"]
+        lines += [f"AER, {side}'s backend (e1000e held by {aer['dom0_driver']} in dom0):",
+                  f"  e1000e COMP_TIME: status {_fmt(aer['e1000e_error']['uncor_status_dom0'])} in dom0, "
+                  f"{_fmt(aer['e1000e_error']['uncor_status_guest'])} in the guest; reached dom0's AER core: "
+                  f"{aer['e1000e_error']['reached_dom0_aer_core']} (QEMU's e1000e: Device Control "
+                  f"error-reporting bits read-only 0, {_fmt(aer['e1000e_error']['devctl_after_write_0xf'])} "
+                  "after dom0 wrote 0xf)",
+                  f"  root port COMP_TIME: reached dom0's AER core: {rp['reached_dom0_aer_core']}",
+                  *[f"    dom0: {x}" for x in rp["dom0"]],
+                  *[f"    uevent: {x}" for x in rp["uevents"]],
+                  *[f"    serve: {x.removeprefix('serve: ')}" for x in rp["serve"]],
+                  *[f"    guest: {x}" for x in rp["guest"] or ["(nothing relayed)"]],
+                  f"    backend aerState: {rp['aerState']}",
+                  f"  root port RCVR (correctable): reached dom0: {aer['correctable_reached_dom0']} "
+                  "(QEMU 7.2 forwards no correctable message)"]
+    lines.append(f"unexplained differences in all: {report['unexplained']}")
     return "\n".join(lines) + "\n"
 
 

@@ -85,7 +85,8 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
                     control=str(run_dir / "serve.sock"), aer_timeout=aer_timeout,
                     interrupt_records=StateStore(run_dir / "interrupts"),
                     view_records=StateStore(run_dir / "views"),
-                    busy_poll=poll_limit)
+                    busy_poll=poll_limit,
+                    aer_feed=adapters.aer_feed)
     signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())

@@ -31,7 +31,8 @@ Rules:
      The guest's COMMAND view (the overlay's virtual bits, not in the hardware) is kept the
      same way in ``RUN/views/D-BDF.json`` and taken back only when resuming after a restart.
   6. AER (``backend/aer.py``): a host error on an exported device (:meth:`Server.raise_aer`; in a
-     sandbox through the control socket, ``sandbox aer``) runs the host's recovery sequence for
+     sandbox through the control socket, ``sandbox aer``; on a real host from the kernel's
+     error-recovery uevents, an :class:`AerFeed`, after the host's own recovery) runs the host's recovery sequence for
      that device, each step relayed to the guest through ``aer_op``; the loop polls the answer
      on every round and wakes up at the relay's deadline, so a guest that never answers costs
      the others nothing. One recovery per guest at a time, later ones queue (bounded).
@@ -47,7 +48,7 @@ import selectors
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -133,6 +134,17 @@ class DeviceSource(Protocol):
     def device(self, bdf: Bdf) -> PciDevice | None: ...
 
 
+class AerFeed(Protocol):
+    """The host's AER events (``host/uevents.py`` on a real host): a file descriptor for the
+    selector, and the ``(device, severity)`` pairs waiting among the exported devices."""
+
+    def fileno(self) -> int: ...
+
+    def poll(self, exported: Collection[Bdf]) -> list[tuple[Bdf, str]]: ...
+
+    def close(self) -> None: ...
+
+
 SettingsLoader = Callable[[Bdf], dict[str, object]]
 Reply = Callable[[dict[str, Any]], None]
 
@@ -205,7 +217,8 @@ class Server:
                  control: str | None = None, aer_timeout: float = DEFAULT_TIMEOUT,
                  interrupt_records: StateStore | None = None,
                  view_records: StateStore | None = None,
-                 busy_poll: float | None = AUTO) -> None:
+                 busy_poll: float | None = AUTO,
+                 aer_feed: AerFeed | None = None) -> None:
         self.client = client
         self.transport = transport
         self.interrupts = interrupts
@@ -221,6 +234,7 @@ class Server:
         self.interrupt_records = interrupt_records
         self.view_records = view_records
         self.busy_poll = busy_poll
+        self.aer_feed = aer_feed
         self.guests: dict[int, Guest] = {}
         self.stopping = False
         self.started = time.time()
@@ -248,6 +262,8 @@ class Server:
         self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         if self.control_path:
             self._open_control(self.control_path)
+        if self.aer_feed is not None:
+            self.selector.register(self.aer_feed.fileno(), selectors.EVENT_READ, "aer-feed")
         self.client.watch(BACKEND_ROOT, TOKEN)
         for name in list_or_empty(self.client, BACKEND_ROOT):
             domid = decimal(name, max_digits=5)
@@ -266,6 +282,8 @@ class Server:
         for guest in self.guests.values():
             self._disconnect(guest)
             self._abandon_recoveries(guest, "serve stopped")
+        if self.aer_feed is not None:
+            self.aer_feed.close()
         if self._control is not None:
             self._control.close()
             try:
@@ -306,6 +324,8 @@ class Server:
                     pass
             elif key.data == "control":
                 self._accept_control()
+            elif key.data == "aer-feed":
+                self._host_aer()
             elif isinstance(key.data, _ControlClient):
                 self._read_control(key.data)
             elif isinstance(key.data, Guest):
@@ -829,6 +849,17 @@ class Server:
         self.log(f"domain {domid}: AER {error} error on {host}: starting recovery")
         holder.recoveries.append(recovery)
         self._aer_progress(holder)
+
+    def _host_aer(self) -> None:
+        """The host's AER feed had something: relay each error on an exported device. The
+        host's recovery has already run (the device's kernel driver, pci-stub, has no handlers):
+        the guest hears of it afterwards and its answer only decides ``aerState``."""
+        assert self.aer_feed is not None
+        exported = {dev.host for guest in self.guests.values()
+                    for dev in guest.session.devices.values()}
+        for host, error in self.aer_feed.poll(exported):
+            self.log(f"host AER: {error} error on {host} (the host's recovery has run)")
+            self.raise_aer(host, error)
 
     def _aer_progress(self, guest: Guest) -> None:
         """Advance the guest's current recovery as far as it goes without waiting."""
