@@ -902,12 +902,17 @@ class Server:
             guest.aer_failed += 1
             recovery.aerfail = True
             self._write_aerfail(guest)
-            recovery.request = None  # the guest is being destroyed: nothing more to relay
-            self._finish(guest, recovery, False)
-            return
+            if decision.outcome.value != "relayed":  # timed out, or the guest is gone
+                recovery.request = None
+                self._finish(guest, recovery, False)
+                return
+            # The guest answered (NONE: no driver of its own took part). As on Linux, the host's
+            # recovery goes on with the next callback and the guest hears of each, though it is
+            # marked for destruction (the real-Xen tier saw pciback relay three steps).
         step = next_step(decision.request, decision.result)
         if step is None:
-            self._finish(guest, recovery, decision.request.step is AerStep.RESUME)
+            self._finish(guest, recovery,
+                         decision.request.step is AerStep.RESUME and not recovery.aerfail)
         else:
             recovery.request = AerRequest(recovery.host, step)
 
