@@ -112,6 +112,37 @@ def test_a_fatal_count_that_moved_on_the_port_makes_it_fatal(tmp_path):
         kernel.close()
 
 
+def test_on_the_kernels_socket_only_the_kernels_messages_count(tmp_path):
+    """Another root process may send to the uevent group: its message (port id not 0) must not
+    make serve relay an error; the kernel's (port id 0) does."""
+
+    class NetlinkLike:
+        family = socket.AF_NETLINK
+
+        def __init__(self, messages):
+            self.messages = list(messages)
+
+        def setblocking(self, flag):
+            pass
+
+        def recvfrom(self, size):
+            if not self.messages:
+                raise BlockingIOError
+            return self.messages.pop(0)
+
+        def fileno(self):
+            return -1
+
+        def close(self):
+            pass
+
+    spoofed = (uevent("FAILED_RECOVERY"), (4242, 1))
+    feed = UeventFeed(str(_sysfs(tmp_path)), sock=NetlinkLike([spoofed]))  # type: ignore[arg-type]
+    assert feed.poll({NIC}) == []
+    feed.sock = NetlinkLike([spoofed, (uevent("FAILED_RECOVERY"), (0, 1))])  # type: ignore[assignment]
+    assert feed.poll({NIC}) == [(NIC, "nonfatal")]
+
+
 def test_serve_relays_what_the_feed_reports_to_raise_aer():
     from xenpciback_cli.engine.serve import Server
 

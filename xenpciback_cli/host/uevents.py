@@ -106,6 +106,9 @@ class UeventFeed:
                 raise
         self.sock = sock
         self.sock.setblocking(False)
+        #: On the kernel's socket only messages from port id 0 are the kernel's: another root
+        #: process may send to the group too, and must not make serve relay an error.
+        self._from_kernel_only = sock.family == socket.AF_NETLINK
         # Every device's fatal count now, so the first error after start-up is told apart from
         # the ones before it.
         for path in Path(self.root, "bus", "pci", "devices").glob("*"):
@@ -122,12 +125,14 @@ class UeventFeed:
         found: list[tuple[Bdf, str]] = []
         for _ in range(64):  # bounded: the rest waits for the next round
             try:
-                data = self.sock.recv(MAX_MESSAGE)
+                data, sender = self.sock.recvfrom(MAX_MESSAGE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # ENOBUFS: the kernel dropped some; go on with the rest
                 self.log(f"AER feed: uevent socket: {exc.strerror or exc}")
                 break
+            if self._from_kernel_only and (not isinstance(sender, tuple) or sender[0] != 0):
+                continue
             event = parse(data)
             bdf = self.recoveries.device(event, exported) if event is not None else None
             if bdf is not None:
