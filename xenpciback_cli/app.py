@@ -181,7 +181,9 @@ class Application:
             if not any_candidate_exists():  # no Xen here: skip loading the client at all
                 return None
         try:
-            return self.open_xenstore(timeout=5.0)
+            # As patient as attach/detach: on an emulated dom0 right after a domain's
+            # destruction xenstored took over 5 s to answer, and hide/unhide failed.
+            return self.open_xenstore(timeout=10.0)
         except OperationFailed:
             return None
 
