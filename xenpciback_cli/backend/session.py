@@ -200,9 +200,14 @@ class GuestSession:
             return [VPCI_ROOT] if self.devices else []
         return passthrough_roots({d.host: d.bridges for d in self.devices.values()})
 
+    def exported(self, host: Bdf) -> ExportedDevice | None:
+        """The device exported from ``host``, or None."""
+        return next((d for d in self.devices.values() if d.host == host), None)
+
     def guest_address(self, host: Bdf) -> Bdf | None:
         """Where the guest sees ``host`` (for AER requests); None if not exported."""
-        return next((d.guest for d in self.devices.values() if d.host == host), None)
+        dev = self.exported(host)
+        return None if dev is None else dev.guest
 
     def restore_interrupts(self, host: Bdf, kind: str, entries: tuple[int, ...],
                            pirqs: tuple[int, ...]) -> str | None:
@@ -212,7 +217,7 @@ class GuestSession:
         mapping over (``InterruptControl.adopt``), so the guest's next disable unmaps it and a
         second enable gets -EALREADY/-EBUSY, not a second mapping. None when restored, else
         why the record is dropped (one line for the log)."""
-        dev = next((d for d in self.devices.values() if d.host == host), None)
+        dev = self.exported(host)
         if dev is None:
             return f"{host} is not exported to domain {self.domid}"
         if dev.msi_enabled or dev.msix_enabled:

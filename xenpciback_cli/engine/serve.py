@@ -48,7 +48,7 @@ import selectors
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -342,10 +342,8 @@ class Server:
                              if (d := decimal(n, max_digits=5)) is not None)
         for domid in sorted(dirty):
             self.settle(domid)
+        self._serve_pending()
         for guest in list(self.guests.values()):
-            if guest.pending and not guest.throttled_until:
-                guest.pending = False
-                self.serve_one(guest)
             if guest.recoveries:
                 self._aer_progress(guest)
 
@@ -435,6 +433,10 @@ class Server:
         for key, _ in self.selector.select(0):
             if isinstance(key.data, Guest):
                 key.data.pending = True
+        self._serve_pending()
+
+    def _serve_pending(self) -> None:
+        """Serve every guest with an op or notification pending that is not throttled."""
         for guest in list(self.guests.values()):
             if guest.pending and not guest.throttled_until:
                 guest.pending = False
@@ -670,24 +672,30 @@ class Server:
     # -- MSI/MSI-X records (rule 5) ---------------------------------------------------------------
     def _record_interrupts(self, guest: Guest, dev: ExportedDevice) -> None:
         """Write (or remove) the device's record when its MSI/MSI-X state changed."""
-        store = self.interrupt_records
         state = None if dev not in guest.session.devices.values() else dev.interrupts()
-        if store is None or guest.recorded.get(dev.host) == state:
+        fields = {} if state is None else {"kind": state[0], "entries": list(state[1]),
+                                            "pirqs": list(state[2])}
+        self._keep_record(self.interrupt_records, guest.recorded, guest, dev.host, state, fields,
+                          "MSI/MSI-X state")
+
+    def _keep_record(self, store: StateStore | None, kept: dict[Bdf, Any], guest: Guest,
+                     host: Bdf, value: object, fields: Mapping[str, object], what: str) -> None:
+        """``RUN/<store>/D-BDF.json`` follows ``value``: written with ``fields`` when it changed
+        from what ``kept`` says was last recorded, removed when it became None. A failed write
+        is one log line, and ``kept`` is left as it was so the next change tries again."""
+        if store is None or kept.get(host) == value:
             return
-        name = record_name(guest.domid, dev.host)
+        name = record_name(guest.domid, host)
         try:
-            if state is None:
+            if value is None:
                 store.remove(name)
             else:
-                kind, entries, pirqs = state
-                store.write(name, json.dumps({
-                    "domid": guest.domid, "host": str(dev.host), "kind": kind,
-                    "entries": list(entries), "pirqs": list(pirqs)}).encode())
+                store.write(name, json.dumps({"domid": guest.domid, "host": str(host),
+                                              **fields}).encode())
         except (XenPcibackError, OSError) as exc:
-            self.log(f"domain {guest.domid}: could not record the MSI/MSI-X state of "
-                     f"{dev.host}: {exc}")
+            self.log(f"domain {guest.domid}: could not record the {what} of {host}: {exc}")
             return
-        guest.recorded[dev.host] = state
+        kept[host] = value
 
     def _restore_interrupts(self, guest: Guest, host: Bdf) -> None:
         """A restart: take over the MSI/MSI-X state an earlier run recorded for ``host``. On a
@@ -723,27 +731,16 @@ class Server:
         """Write (or remove) ``RUN/views/D-BDF.json`` when the guest's COMMAND view changed: the
         overlay's virtual COMMAND is not in the hardware, so a restart would otherwise rebuild
         it from bits the backend set itself (INTx-disable with MSI, decode the host left on)."""
-        store = self.view_records
         view = dev.overlay.guest_command() if dev in guest.session.devices.values() else None
-        if store is None or guest.views.get(dev.host) == view:
-            return
-        name = record_name(guest.domid, dev.host)
-        try:
-            if view is None:
-                store.remove(name)
-            else:
-                store.write(name, json.dumps({"domid": guest.domid, "host": str(dev.host),
-                                              "command": view[0], "enabled": view[1]}).encode())
-        except (XenPcibackError, OSError) as exc:
-            self.log(f"domain {guest.domid}: could not record the COMMAND view of {dev.host}: {exc}")
-            return
-        guest.views[dev.host] = view
+        fields = {} if view is None else {"command": view[0], "enabled": view[1]}
+        self._keep_record(self.view_records, guest.views, guest, dev.host, view, fields,
+                          "COMMAND view")
 
     def _restore_view(self, guest: Guest, host: Bdf) -> None:
         """On export: when resuming after a restart, the view the earlier run recorded for
         ``host`` is handed back to the overlay; then the current view is recorded (on a first
         export this replaces a record left from an attachment ``serve`` did not see end)."""
-        dev = next((d for d in guest.session.devices.values() if d.host == host), None)
+        dev = guest.session.exported(host)
         store = self.view_records
         if dev is None or store is None:
             return
