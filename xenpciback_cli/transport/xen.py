@@ -98,8 +98,8 @@ class XenEventChannel:
         self.remote_port = remote_port
         self._transport = transport
         self._fd = fd
-        self._port_bytes = abi.EVTCHN_PORT.pack(port)
-        self._notify_buf = bytearray(self._port_bytes)
+        #: The port as the device wants it: written back to unmask, passed to notify.
+        self._port_buf = bytearray(abi.EVTCHN_PORT.pack(port))
         self._masked = False  # a port was read and not yet written back
 
     def fileno(self) -> int:
@@ -141,7 +141,7 @@ class XenEventChannel:
         if not self._masked or self._fd < 0:
             return
         try:
-            os.write(self._fd, self._port_bytes)
+            os.write(self._fd, self._port_buf)
         except OSError as exc:
             raise TransportError(_reason(f"unmasking event channel {self.port}", exc)) from None
         self._masked = False
@@ -152,7 +152,7 @@ class XenEventChannel:
         if self._fd < 0:
             return
         try:
-            self._transport._ioctl(self._fd, abi.IOCTL_EVTCHN_NOTIFY, self._notify_buf)
+            self._transport._ioctl(self._fd, abi.IOCTL_EVTCHN_NOTIFY, self._port_buf)
         except OSError as exc:
             raise TransportError(_reason(f"notifying domain {self.domid} on port {self.port}",
                                          exc)) from None
