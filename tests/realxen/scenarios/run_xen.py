@@ -122,6 +122,16 @@ def cli(*args: str, check: bool = True, timeout: float = CLI_TIMEOUT) -> subproc
     return run([sys.executable, "-m", "xenpciback_cli", *args], timeout=timeout, check=check)
 
 
+def cli_after_destroy(*args: str) -> subprocess.CompletedProcess:
+    """A command right after a domain's destruction: xenstored, still busy with it under
+    emulation, once left a query unanswered past the CLI's timeout; then once more."""
+    proc = cli(*args, check=False)
+    if proc.returncode == 1 and "no reply" in proc.stderr:
+        time.sleep(5)
+        proc = cli(*args, check=False)
+    return proc
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.2) -> bool:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -859,12 +869,7 @@ SERVE = Serve()
 def ours_setup() -> str:
     expect(not os.path.exists("/sys/module/xen_pciback"), "the kernel's xen_pciback is loaded")
     run(["modprobe", "pci-stub"])
-    proc = cli("hide", "--driver", "pci-stub", TESTDEV, NIC, MF_SLOT, check=False)
-    if proc.returncode == 1 and "no reply" in proc.stderr:
-        # xenstored still busy after the kernel phase's destroy (seen once after the kernel's
-        # pciback had written aerState), as in ours_teardown's unhide: once more.
-        time.sleep(5)
-        proc = cli("hide", "--driver", "pci-stub", TESTDEV, NIC, MF_SLOT, check=False)
+    proc = cli_after_destroy("hide", "--driver", "pci-stub", TESTDEV, NIC, MF_SLOT)
     expect(proc.returncode == 0, f"hide exited {proc.returncode}: {proc.stderr.strip()}")
     for bdf in DEVICES:
         driver = os.path.basename(os.readlink(f"/sys/bus/pci/devices/{bdf}/driver"))
@@ -957,10 +962,7 @@ def ours_teardown(guest: Guest) -> str:
                     check=False, timeout=120).returncode for bdf in DEVICES]
     guest.destroy()
     rc = SERVE.stop()
-    proc = cli("unhide", *DEVICES, check=False)
-    if proc.returncode == 1 and "no reply" in proc.stderr:  # xenstored still busy with the destroy
-        time.sleep(5)
-        proc = cli("unhide", *DEVICES, check=False)
+    proc = cli_after_destroy("unhide", *DEVICES)
     expect(proc.returncode == 0, f"unhide exited {proc.returncode}: {proc.stderr.strip()}")
     return f"detach -> {detached}; guest destroyed; serve stopped (rc {rc}); devices unhidden"
 
