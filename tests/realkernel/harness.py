@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,6 +190,33 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
+def boot_stages(proc: subprocess.Popen, serial: Path, stages: Iterable[tuple[str, str, float]],
+                timed: Callable[[str, float], None], *, powered_off: str,
+                exit_timeout: float = QEMU_EXIT_TIMEOUT,
+                progress: Callable[[str], None] | None = None,
+                failure: Callable[[str, StageFailed], StageFailed] | None = None) -> None:
+    """Wait for each stage's marker on the serial log in turn (``timed`` after each), then for
+    QEMU to exit once ``powered_off`` powered off. ``failure`` may dress a failed stage up
+    (the real-Xen tier adds the xenstore tree and the scenario's tail)."""
+    offset = 0
+    for stage, marker, timeout in stages:
+        started = time.monotonic()
+        try:
+            offset = _wait_for_marker(proc, serial, stage, marker, timeout, offset, progress)
+        except StageFailed as exc:
+            if failure is None:
+                raise
+            raise failure(stage, exc) from None
+        timed(stage, started)
+    started = time.monotonic()
+    try:
+        proc.wait(timeout=exit_timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise StageFailed("qemu-exit", f"QEMU still running {exit_timeout} s after "
+                          f"{powered_off} powered off", _tail(serial)) from exc
+    timed("qemu-exit", started)
+
+
 def run(workdir: Path | None = None, log=print) -> RunResult:  # noqa: ANN001 - a print-like callable
     """Build (or reuse) the guest, boot it, run the scenarios, power off; return the results."""
     if shutil.which(QEMU) is None:
@@ -227,18 +254,7 @@ def run(workdir: Path | None = None, log=print) -> RunResult:  # noqa: ANN001 - 
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         try:
-            offset = 0
-            for stage, marker, timeout in GUEST_STAGES:
-                started = time.monotonic()
-                offset = _wait_for_marker(proc, serial, stage, marker, timeout, offset)
-                timed(stage, started)
-            started = time.monotonic()
-            try:
-                proc.wait(timeout=QEMU_EXIT_TIMEOUT)
-            except subprocess.TimeoutExpired as exc:
-                raise StageFailed("qemu-exit", f"QEMU still running {QEMU_EXIT_TIMEOUT} s after "
-                                  "the guest powered off", _tail(serial)) from exc
-            timed("qemu-exit", started)
+            boot_stages(proc, serial, GUEST_STAGES, timed, powered_off="the guest")
         finally:
             _stop(proc)
             if proc.stderr:

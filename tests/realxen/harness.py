@@ -34,8 +34,7 @@ from realkernel.harness import (
     StageFailed,
     _read_stderr,
     _stop,
-    _tail,
-    _wait_for_marker,
+    boot_stages,
     load_checks,
 )
 from realxen.build_stack import BuildError, Stack, ensure_stack
@@ -246,21 +245,8 @@ def run(workdir: Path | None = None, log: Callable[[str], None] = print) -> RunR
     proc = subprocess.Popen(qemu_command(stack, share, serial, monitor), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        offset = 0
-        for stage, marker, timeout in STAGES:
-            started = time.monotonic()
-            try:
-                offset = _wait_for_marker(proc, serial, stage, marker, timeout, offset, progress)
-            except StageFailed as exc:
-                raise _failure(stage, exc, share) from None
-            timed(stage, started)
-        started = time.monotonic()
-        try:
-            proc.wait(timeout=QEMU_EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired as exc:
-            raise StageFailed("qemu-exit", f"QEMU still running {QEMU_EXIT_TIMEOUT} s after dom0 "
-                              "powered off", _tail(serial)) from exc
-        timed("qemu-exit", started)
+        boot_stages(proc, serial, STAGES, timed, powered_off="dom0", exit_timeout=QEMU_EXIT_TIMEOUT,
+                    progress=progress, failure=lambda stage, exc: _failure(stage, exc, share))
     finally:
         _stop(proc)
         if proc.returncode not in (0, None):
