@@ -18,11 +18,19 @@ from dataclasses import dataclass, field
 
 from xenpciback_cli.engine.replay import Replayer
 from xenpciback_cli.engine.trace import TraceStream, bad_trace
-from xenpciback_cli.engine.trace_names import RegisterNames, err_name, op_name
+from xenpciback_cli.engine.trace_names import RegisterNames, err_name
 from xenpciback_cli.errors import InputError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pv.abi import PciOp
-from xenpciback_cli.pv.trace import KINDS, DeviceSnapshot, TraceFormatError, line_time, op_code, parse_op
+from xenpciback_cli.pv.trace import (
+    KINDS,
+    DeviceSnapshot,
+    TraceFormatError,
+    line_time,
+    op_code,
+    op_name,
+    parse_op,
+)
 from xenpciback_cli.untrusted import decimal
 
 #: ``stats`` lists this many registers, and keeps this many state and AER lines.
@@ -157,14 +165,13 @@ def parse_filter(device: str | None = None, kinds: str | None = None,
     """The filter from the options' text; InputError (exit 2) naming what is wrong."""
     kind_set = None
     if kinds:
-        names = {op.name.lower() for op in PciOp} | set(_EVENT_KINDS)
         kind_set = set()
         for word in kinds.split(","):
             word = word.strip().lower()
             code = decimal(word, max_digits=3)
             if code is not None:
                 word = op_name(code)
-            elif word not in names and op_code(word) is None:
+            elif word not in _EVENT_KINDS and op_code(word) is None:
                 raise InputError(f"unknown kind {word!r} for --kind (op names such as "
                                  f"conf_read, conf_write, enable_msix; or {', '.join(_EVENT_KINDS)})")
             kind_set.add(word)
