@@ -220,6 +220,8 @@ class _Annotator:
         self.engine = engine
         self.replayer = Replayer(path, self.stream.mode)
         self.names: dict[tuple[int, str], RegisterNames] = {}
+        #: for an op on an address no device line declared: offsets only (built once)
+        self.unnamed = RegisterNames(b"")
         self.snapshots: list[DeviceSnapshot] = []
         self.start: float | None = None
         self.ops = 0
@@ -265,9 +267,8 @@ class _Annotator:
                             f"{record.domid}, which the trace never declared")
         op = record.op
         guest = f"{op.domain:04x}:{op.bus:02x}:{op.devfn >> 3:02x}.{op.devfn & 7}"
-        names = self.names.get((record.domid, guest))
-        register = names.name(op.offset, op.size, op.cmd, op.value) if names is not None \
-            else RegisterNames(b"").name(op.offset, op.size, op.cmd, op.value)
+        register = self.names.get((record.domid, guest), self.unnamed) \
+            .name(op.offset, op.size, op.cmd, op.value)
         denied = False
         if self.engine:
             session = self.replayer.session(record.domid)
