@@ -188,6 +188,9 @@ def parse_offsets(text: str) -> tuple[int, int]:
     """``0x10-0x24`` (both ends included), ``0x04`` (one byte), ``0x70+12`` (12 bytes from)."""
     def number(word: str) -> int:
         word = word.strip().lower()
+        if not word:
+            raise InputError(f"--offset {text!r}: a number is missing (START, START-END or "
+                             "START+LENGTH; offsets are not negative)")
         try:
             value = int(word, 16) if word.startswith("0x") else int(word, 10)
         except ValueError:
