@@ -10,7 +10,7 @@ import pytest
 
 from helpers.cli import invoke as run
 from helpers.cli import ok
-from helpers.pcifront import Frontend, start_serve, stop_serve
+from helpers.pcifront import serving
 
 NIC0 = "0000:03:00.0"
 READ, WRITE, ENABLE_MSIX, DISABLE_MSIX = 0, 1, 4, 5
@@ -21,10 +21,7 @@ def recorded(sandbox):
     ok("--sandbox", sandbox, "sandbox", "domain", "create", 7, "--no-guest")
     ok("--sandbox", sandbox, "attach", NIC0, "--domid", 7, "--seize")
     trace = sandbox.parent / "trace.jsonl"
-    proc = start_serve(sandbox, "--record", str(trace))
-    front = Frontend(sandbox, 7)
-    try:
-        front.connect()
+    with serving(sandbox, 7, "--record", str(trace)) as front:
         assert front.op(READ, 0, 0, 4)[:2] == (0, 0x10C98086)
         assert front.op(WRITE, 0, 0xFC, 4, 0xFFFFFFFF)[0] == 0      # denied: not permissive
         front.op(READ, 0, 0xFC, 4)
@@ -33,9 +30,6 @@ def recorded(sandbox):
         front.op(READ, 0, 0x04, 2)
         assert front.op(ENABLE_MSIX, 0, 0, 0, 2, entries=(0, 1))[0] == 0
         front.op(DISABLE_MSIX, 0, 0, 0, 0)
-    finally:
-        front.close()
-        stop_serve(proc)
     return trace
 
 

@@ -117,36 +117,32 @@ def test_zst_reads_the_same_when_the_package_is_there(tmp_path):
     assert (result.ops, result.mismatch_count, result.devices) == (1, 0, 1)
 
 
-def test_the_fast_op_line_is_the_json_one(tmp_path):
-    """TraceWriter formats config ops itself; the text must be json.dumps(op_dict(...))'s."""
+def _random_ops(seed, count):
+    """(record, host) pairs of config ops with odd offsets, sizes, errors and hosts."""
     import random
 
+    rnd = random.Random(seed)
+    for _ in range(count):
+        cmd = rnd.choice([0, 1])
+        raw = encode_op(cmd, rnd.choice([0, 0xFFFF]), rnd.randrange(256), rnd.randrange(256),
+                        rnd.randrange(-8, 4096), rnd.choice([1, 2, 4, 0, -1]),
+                        rnd.randrange(2**32))
+        record = TraceRecord(rnd.randrange(2**16), raw, rnd.choice([0, -1, -5, 2**31 - 1]),
+                             rnd.randrange(2**32))
+        yield record, rnd.choice([None, HOST])
+
+
+def test_the_fast_op_line_is_the_json_one(tmp_path):
+    """TraceWriter formats config ops itself; the text must be json.dumps(op_dict(...))'s."""
     from xenpciback_cli.pv.trace import op_dict
 
-    rnd = random.Random(3)
     times = iter([1_700_000_000.123456789, 0.1, 1e-7, 12345.5, 3.0, 1e16] * 50)
     path = tmp_path / "t.jsonl"
     writer = TraceWriter(str(path), tool_version="t", mode="vpci", clock=lambda: next(times))
-    expected = []
-    for _ in range(300):
-        cmd = rnd.choice([0, 1])
-        raw = encode_op(cmd, rnd.choice([0, 0xFFFF]), rnd.randrange(256), rnd.randrange(256),
-                        rnd.randrange(-8, 4096), rnd.choice([1, 2, 4, 0, -1]),
-                        rnd.randrange(2**32))
-        record = TraceRecord(rnd.randrange(2**16), raw, rnd.choice([0, -1, -5, 2**31 - 1]),
-                             rnd.randrange(2**32))
-        host = rnd.choice([None, HOST])
+    for record, host in _random_ops(3, 300):
         writer.op(record, host)
     writer.close()
     times = iter([1_700_000_000.123456789, 0.1, 1e-7, 12345.5, 3.0, 1e16] * 50)
-    rnd = random.Random(3)
-    for _ in range(300):
-        cmd = rnd.choice([0, 1])
-        raw = encode_op(cmd, rnd.choice([0, 0xFFFF]), rnd.randrange(256), rnd.randrange(256),
-                        rnd.randrange(-8, 4096), rnd.choice([1, 2, 4, 0, -1]),
-                        rnd.randrange(2**32))
-        record = TraceRecord(rnd.randrange(2**16), raw, rnd.choice([0, -1, -5, 2**31 - 1]),
-                             rnd.randrange(2**32))
-        host = rnd.choice([None, HOST])
-        expected.append(json.dumps(op_dict(record, next(times), host), separators=(",", ":")))
+    expected = [json.dumps(op_dict(record, next(times), host), separators=(",", ":"))
+                for record, host in _random_ops(3, 300)]
     assert path.read_text().splitlines()[1:] == expected

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from helpers.cli import ok
-from helpers.pcifront import Frontend, start_serve, stop_serve
+from helpers.pcifront import serving, start_serve, stop_serve
 
 VF, PF = "0000:04:10.1", "0000:03:00.1"
 READ, WRITE, ENABLE_MSIX, DISABLE_MSIX = 0, 1, 4, 5
@@ -21,10 +21,7 @@ def test_a_vf_trace_replays_clean_and_serve_records_its_states(sandbox):
     ok("--sandbox", sandbox, "sandbox", "domain", "create", 7, "--no-guest")
     ok("--sandbox", sandbox, "attach", VF, "--domid", 7, "--seize")
     trace = sandbox.parent / "vf.jsonl"
-    proc = start_serve(sandbox, "--record", str(trace))
-    front = Frontend(sandbox, 7)
-    try:
-        front.connect()
+    with serving(sandbox, 7, "--record", str(trace)) as front:
         vdev = front.read(f"{front.be}/vdev-0")          # 0000:00:SS.FF
         devfn = (int(vdev.split(":")[2][:2], 16) << 3) | int(vdev.rsplit(".", 1)[1], 16)
         assert front.op(READ, devfn, 0, 4)[0] == 0
@@ -32,9 +29,6 @@ def test_a_vf_trace_replays_clean_and_serve_records_its_states(sandbox):
         enabled = front.op(ENABLE_MSIX, devfn, 0, 0, 2, entries=(0, 1))
         assert enabled[0] == 0, enabled        # the PF decodes memory: the VF's MSI-X is on
         front.op(DISABLE_MSIX, devfn, 0, 0, 0)
-    finally:
-        front.close()
-        stop_serve(proc)
     lines = _lines(trace)
     device = next(x for x in lines if x["kind"] == "device")
     assert device["host"] == VF and device["physfn"] == PF

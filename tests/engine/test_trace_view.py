@@ -167,6 +167,12 @@ def test_an_offset_beyond_config_space_is_refused():
         parse_offsets("0x1000")
 
 
+@pytest.mark.parametrize("text", ["-1", "0x10-", "+4"])
+def test_an_offset_with_a_part_missing_says_so(text):
+    with pytest.raises(InputError, match="a number is missing"):
+        parse_offsets(text)
+
+
 def test_text_from_the_trace_is_printed_inertly(tmp_path):
     """A trace may come from elsewhere: what it says (a state's name, an AER step) reaches the
     terminal without its control characters."""

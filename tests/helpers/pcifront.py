@@ -3,6 +3,7 @@ file, a ``.front`` datagram socket, xenstore writes through the domain's own soc
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import select
@@ -12,6 +13,7 @@ import sys
 import subprocess
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from xenpciback_cli.xenstore.client import XenstoreClient
@@ -207,3 +209,16 @@ def stop_guest(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@contextlib.contextmanager
+def serving(sandbox: Path, domid: int, *args: str) -> Iterator[Frontend]:
+    """``serve foreground ARGS`` and domain DOMID's Frontend, connected; both closed after."""
+    proc = start_serve(sandbox, *args)
+    front = Frontend(sandbox, domid)
+    try:
+        front.connect()
+        yield front
+    finally:
+        front.close()
+        stop_serve(proc)

@@ -394,6 +394,7 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
                 countdown = PROGRESS_EVERY
                 progress(stream.position(), stream.size)
         key = None
+        ready = False  # session, op, err, value_out, cmd, domid and host are set: run the op
         if not caching:
             pause -= 1
             if not pause:
@@ -408,66 +409,62 @@ def _run(stream: TraceStream, rep: Replayer, result: ReplayResult, check: bool,
                 if ops == limit:
                     break
                 hits += 1
-                got = session.handle(op)
-                index = ops
-                ops += 1
-                if check_all or (check and cmd in only):  # type: ignore[operator]
-                    checked += 1
-                    if got[0] != err or got[1] & _U32 != value_out or len(got) > 2:
-                        _mismatch(rep, result, number, host, domid, index, got,
-                                  TraceRecord(domid, op.raw, err, value_out))
+                ready = True
+        if not ready:
+            if text == "\n" or not text.strip():
                 continue
-        if text == "\n" or not text.strip():
+            data = parse_line(path, number, text)
+            get = data.get
+            if get("kind") == "op":
+                # -- the fast path: a config read or write, every field as expected --------
+                cmd, domid, offset, size = get("code"), get("domid"), get("offset"), get("size")
+                value_in, err, value_out = get("value_in"), get("err"), get("value_out")
+                host, t = get("host"), get("t")
+                guest = get("guest")
+                where = addresses.get(guest) if type(guest) is str else None
+                if where is None and type(guest) is str:
+                    where = _address(guest)
+                    if where is not None and len(addresses) < _MAX_ADDRESSES:
+                        addresses[guest] = where
+                if (where is not None and type(cmd) is int and cmd in _CONF_OPS
+                        and type(domid) is int and type(offset) is int and type(size) is int
+                        and type(value_in) is int and type(err) is int
+                        and type(value_out) is int
+                        and (type(t) is float or type(t) is int) and -_TIME_LIMIT < t < _TIME_LIMIT
+                        and 0 <= value_in <= _U32 and 0 <= value_out <= _U32
+                        and -0x80000000 <= err <= 0x7FFFFFFF and -0x80000000 <= offset <= 0x7FFFFFFF
+                        and -0x80000000 <= size <= 0x7FFFFFFF and 0 <= domid <= 0xFFFF
+                        and "entries" not in data and "vectors" not in data
+                        and (host is None or (type(host) is str and (domid, host) in known))):
+                    if ops == limit:
+                        break
+                    session = sessions.get(domid)
+                    if session is None:
+                        session = rep.session(domid)
+                    domain, bus, devfn = where
+                    op = Op(cmd, 0, domain, bus, devfn, offset, size, value_in, 0,
+                            _PACK_HEADER(cmd, 0, domain, bus, devfn, offset, size, value_in, 0)
+                            + _NO_ENTRIES)
+                    if key is not None:
+                        if len(seen) >= _MAX_SEEN:
+                            # lines that do not repeat (fewer hits than lines kept): stop
+                            # looking them up for a while; either way start afresh
+                            caching, pause = hits >= _MAX_SEEN // 2, _PAUSE
+                            seen.clear()
+                            hits = 0
+                        if caching:
+                            seen[key] = (session, op, err, value_out, cmd, domid, host)
+                    ready = True
+        if ready:
+            # both fast paths: the op as a config read or write, its answer checked
+            got = session.handle(op)
+            if check_all or (check and cmd in only):  # type: ignore[operator]
+                checked += 1
+                if got[0] != err or got[1] & _U32 != value_out or len(got) > 2:
+                    _mismatch(rep, result, number, host, domid, ops, got,
+                              TraceRecord(domid, op.raw, err, value_out))
+            ops += 1
             continue
-        data = parse_line(path, number, text)
-        get = data.get
-        if get("kind") == "op":
-            # -- the fast path: a config read or write, every field as expected ------------
-            cmd, domid, offset, size = get("code"), get("domid"), get("offset"), get("size")
-            value_in, err, value_out = get("value_in"), get("err"), get("value_out")
-            host, t = get("host"), get("t")
-            guest = get("guest")
-            where = addresses.get(guest) if type(guest) is str else None
-            if where is None and type(guest) is str:
-                where = _address(guest)
-                if where is not None and len(addresses) < _MAX_ADDRESSES:
-                    addresses[guest] = where
-            if (where is not None and type(cmd) is int and cmd in _CONF_OPS
-                    and type(domid) is int and type(offset) is int and type(size) is int
-                    and type(value_in) is int and type(err) is int and type(value_out) is int
-                    and (type(t) is float or type(t) is int) and -_TIME_LIMIT < t < _TIME_LIMIT
-                    and 0 <= value_in <= _U32 and 0 <= value_out <= _U32
-                    and -0x80000000 <= err <= 0x7FFFFFFF and -0x80000000 <= offset <= 0x7FFFFFFF
-                    and -0x80000000 <= size <= 0x7FFFFFFF and 0 <= domid <= 0xFFFF
-                    and "entries" not in data and "vectors" not in data
-                    and (host is None or (type(host) is str and (domid, host) in known))):
-                if ops == limit:
-                    break
-                session = sessions.get(domid)
-                if session is None:
-                    session = rep.session(domid)
-                domain, bus, devfn = where
-                op = Op(cmd, 0, domain, bus, devfn, offset, size, value_in, 0,
-                        _PACK_HEADER(cmd, 0, domain, bus, devfn, offset, size, value_in, 0)
-                        + _NO_ENTRIES)
-                if key is not None:
-                    if len(seen) >= _MAX_SEEN:
-                        # lines that do not repeat (fewer hits than lines kept): stop looking
-                        # them up for a while; either way start afresh
-                        caching, pause = hits >= _MAX_SEEN // 2, _PAUSE
-                        seen.clear()
-                        hits = 0
-                    if caching:
-                        seen[key] = (session, op, err, value_out, cmd, domid, host)
-                got = session.handle(op)
-                index = ops
-                ops += 1
-                if check_all or (check and cmd in only):  # type: ignore[operator]
-                    checked += 1
-                    if got[0] != err or got[1] & _U32 != value_out or len(got) > 2:
-                        _mismatch(rep, result, number, host, domid, index, got,
-                                  TraceRecord(domid, op.raw, err, value_out))
-                continue
         # -- the slow path: other kinds, other ops, and whatever the fast path did not like --
         kind = get("kind")
         if kind not in KINDS:

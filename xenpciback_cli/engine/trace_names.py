@@ -14,6 +14,7 @@ from __future__ import annotations
 from xenpciback_cli.config.capabilities import walk
 from xenpciback_cli.config.registers import CapId, ExtCapId, Reg
 from xenpciback_cli.pv.abi import Errno, PciOp, XenPciErr
+from xenpciback_cli.pv.trace import op_name
 
 _ALL_ONES = 0xFFFFFFFF
 _TYPE0 = {r.value: r.name for r in Reg if not r.name.startswith(("BRIDGE_", "CARDBUS_CAP"))}
@@ -60,9 +61,6 @@ _LENGTHS: dict[tuple[bool, int], int] = {(False, CapId.PM): 8, (False, CapId.MSI
             (True, ExtCapId.ERR): 0x38, (True, ExtCapId.SRIOV): 0x40, (True, ExtCapId.DSN): 12,
             (True, ExtCapId.ARI): 8, (True, ExtCapId.ACS): 8, (True, ExtCapId.LTR): 8}
 
-_OP_NAMES = {int(op): op.name.lower() for op in PciOp}
-
-
 def msi_fields(control: int) -> tuple[tuple[int, str], ...]:
     """MSI's layout depends on its Message Control: 64-bit addresses (bit 7) and per-vector
     masking (bit 8) move the fields after the address."""
@@ -89,10 +87,6 @@ def err_name(err: int) -> str:
         return f"-{Errno(err).name}"
     except ValueError:
         return f"error {err}"
-
-
-def op_name(code: int) -> str:
-    return _OP_NAMES.get(code, f"op {code}")
 
 
 class RegisterNames:

@@ -18,11 +18,19 @@ from dataclasses import dataclass, field
 
 from xenpciback_cli.engine.replay import Replayer
 from xenpciback_cli.engine.trace import TraceStream, bad_trace
-from xenpciback_cli.engine.trace_names import RegisterNames, err_name, op_name
+from xenpciback_cli.engine.trace_names import RegisterNames, err_name
 from xenpciback_cli.errors import InputError
 from xenpciback_cli.pci.address import Bdf
 from xenpciback_cli.pv.abi import PciOp
-from xenpciback_cli.pv.trace import KINDS, DeviceSnapshot, TraceFormatError, line_time, op_code, parse_op
+from xenpciback_cli.pv.trace import (
+    KINDS,
+    DeviceSnapshot,
+    TraceFormatError,
+    line_time,
+    op_code,
+    op_name,
+    parse_op,
+)
 from xenpciback_cli.untrusted import decimal
 
 #: ``stats`` lists this many registers, and keeps this many state and AER lines.
@@ -157,14 +165,13 @@ def parse_filter(device: str | None = None, kinds: str | None = None,
     """The filter from the options' text; InputError (exit 2) naming what is wrong."""
     kind_set = None
     if kinds:
-        names = {op.name.lower() for op in PciOp} | set(_EVENT_KINDS)
         kind_set = set()
         for word in kinds.split(","):
             word = word.strip().lower()
             code = decimal(word, max_digits=3)
             if code is not None:
                 word = op_name(code)
-            elif word not in names and op_code(word) is None:
+            elif word not in _EVENT_KINDS and op_code(word) is None:
                 raise InputError(f"unknown kind {word!r} for --kind (op names such as "
                                  f"conf_read, conf_write, enable_msix; or {', '.join(_EVENT_KINDS)})")
             kind_set.add(word)
@@ -181,6 +188,9 @@ def parse_offsets(text: str) -> tuple[int, int]:
     """``0x10-0x24`` (both ends included), ``0x04`` (one byte), ``0x70+12`` (12 bytes from)."""
     def number(word: str) -> int:
         word = word.strip().lower()
+        if not word:
+            raise InputError(f"--offset {text!r}: a number is missing (START, START-END or "
+                             "START+LENGTH; offsets are not negative)")
         try:
             value = int(word, 16) if word.startswith("0x") else int(word, 10)
         except ValueError:
@@ -213,6 +223,8 @@ class _Annotator:
         self.engine = engine
         self.replayer = Replayer(path, self.stream.mode)
         self.names: dict[tuple[int, str], RegisterNames] = {}
+        #: for an op on an address no device line declared: offsets only (built once)
+        self.unnamed = RegisterNames(b"")
         self.snapshots: list[DeviceSnapshot] = []
         self.start: float | None = None
         self.ops = 0
@@ -258,9 +270,8 @@ class _Annotator:
                             f"{record.domid}, which the trace never declared")
         op = record.op
         guest = f"{op.domain:04x}:{op.bus:02x}:{op.devfn >> 3:02x}.{op.devfn & 7}"
-        names = self.names.get((record.domid, guest))
-        register = names.name(op.offset, op.size, op.cmd, op.value) if names is not None \
-            else RegisterNames(b"").name(op.offset, op.size, op.cmd, op.value)
+        register = self.names.get((record.domid, guest), self.unnamed) \
+            .name(op.offset, op.size, op.cmd, op.value)
         denied = False
         if self.engine:
             session = self.replayer.session(record.domid)

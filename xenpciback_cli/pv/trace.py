@@ -276,6 +276,11 @@ def op_code(name: str) -> int | None:
     return _OP_CODES.get(name)
 
 
+def op_name(code: int) -> str:
+    """``conf_read`` and the like; ``op N`` for a code PciOp does not name."""
+    return _OP_NAMES.get(code, f"op {code}")
+
+
 def _obj(value: object, what: str) -> dict[str, object]:
     if not isinstance(value, dict):
         raise TraceFormatError(f"{what} is not an object")
