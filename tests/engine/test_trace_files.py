@@ -78,6 +78,8 @@ def test_bad_sizes(text):
 def test_record_options_are_checked_before_anything_runs(sandbox, tmp_path):
     res = run("--sandbox", sandbox, "serve", "foreground", "--record-max-size", "1M")
     assert res.code == 2 and "--record-max-size goes with --record FILE" in res.err
+    res = run("--sandbox", sandbox, "serve", "foreground", "--record-keep", "3")
+    assert res.code == 2 and "--record-keep goes with --record FILE" in res.err
     res = run("--sandbox", sandbox, "serve", "foreground", "--record", tmp_path / "t.zst")
     assert res.code == 2 and "traces are written plain or .gz" in res.err
     res = run("--sandbox", sandbox, "serve", "foreground", "--record", tmp_path / "t.jsonl",

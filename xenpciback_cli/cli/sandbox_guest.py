@@ -21,8 +21,8 @@ if TYPE_CHECKING:
                    "FILE.gz compressed): the exported devices, each op and its answer.")
 @click.option("--record-max-size", "max_size", default=None, metavar="SIZE",
               help="Rotate the --record file at SIZE (as 'serve foreground' does).")
-@click.option("--record-keep", "keep", type=click.IntRange(min=1, max=1000), default=5,
-              show_default=True, metavar="N", help="Rotated files kept (FILE.1 to FILE.N).")
+@click.option("--record-keep", "keep", type=click.IntRange(min=1, max=1000), default=None,
+              metavar="N", help="Rotated files kept (FILE.1 to FILE.N; 5 unless given).")
 @click.option("--timeout", type=Seconds(minimum=0.1), default=10.0, show_default=True, metavar="SECONDS",
               help="Seconds to wait for the backend at each step (at least 0.1).")
 @click.option("--aer-result", type=click.Choice(["driver", "recovered", "can_recover", "need_reset",
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
                    "'no-handler' (no AER handler advertised); 'ignore' (never answers).")
 @click.pass_obj
 def command(app: Application, domid: int, stay: bool, record: str | None,
-            max_size: str | None, keep: int, timeout: float, aer_result: str) -> None:
+            max_size: str | None, keep: int | None, timeout: float, aer_result: str) -> None:
     """Play domain DOMID's pcifront over the sandbox transport.
 
     Publishes the shared page and event channel (docs/sandbox-protocol.md), waits for the
@@ -77,16 +77,16 @@ def command(app: Application, domid: int, stay: bool, record: str | None,
     with app.open_xenstore() as client:
         pcifront.check_domain(sandbox, client, domid)
     stream = recorder = None
-    if max_size is not None and record is None:
-        raise InputError("--record-max-size goes with --record FILE")
+    from xenpciback_cli.engine.trace import rotation_options
+
+    size, kept = rotation_options(record, max_size, keep)
     if record is not None:
         from xenpciback_cli import __version__
-        from xenpciback_cli.engine.trace import TraceWriter, parse_size, snapshot_from
+        from xenpciback_cli.engine.trace import TraceWriter, snapshot_from
 
-        size = parse_size(max_size) if max_size is not None else None
         try:
             stream = TraceWriter(record, tool_version=__version__, mode=None, max_size=size,
-                                 keep=keep)
+                                 keep=kept)
         except OSError as exc:
             raise InputError(f"cannot write --record file {record}: {exc.strerror}") from None
         source = app.serve_adapters().devices

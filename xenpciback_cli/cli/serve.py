@@ -32,8 +32,8 @@ def group() -> None:
 @click.option("--record-max-size", "max_size", default=None, metavar="SIZE",
               help="Rotate the --record file when it reaches SIZE (bytes, or 64K, 100M, 1G): "
                    "FILE becomes FILE.1 (FILE.gz: FILE.1.gz) and a new FILE starts.")
-@click.option("--record-keep", "keep", type=click.IntRange(min=1, max=1000), default=5,
-              show_default=True, metavar="N", help="Rotated files kept (FILE.1 to FILE.N).")
+@click.option("--record-keep", "keep", type=click.IntRange(min=1, max=1000), default=None,
+              metavar="N", help="Rotated files kept (FILE.1 to FILE.N; 5 unless given).")
 @click.option("--aer-timeout", type=Seconds(minimum=0.1), default=300.0, show_default=True,
               metavar="SECONDS",
               help="How long a guest may take to answer an AER request before aerState=aerfail "
@@ -44,7 +44,7 @@ def group() -> None:
                    "8 answers take on this host.")
 @click.pass_obj
 def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str | None,
-               max_size: str | None, keep: int, aer_timeout: float, busy_poll: str) -> None:
+               max_size: str | None, keep: int | None, aer_timeout: float, busy_poll: str) -> None:
     """Serve guests in the foreground until SIGTERM or SIGINT (the op in progress finishes)."""
     import signal
     import sys
@@ -53,13 +53,11 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
     from xenpciback_cli.engine.busypoll import parse_busy_poll
     from xenpciback_cli.engine.serve import Server, notify_ready
     from xenpciback_cli.engine.statestore import StateStore
-    from xenpciback_cli.engine.trace import TraceWriter, parse_size
+    from xenpciback_cli.engine.trace import TraceWriter, rotation_options
     from xenpciback_cli.errors import InputError
 
     # The person's input first: a bad option is one line, before any device or library is opened.
-    if max_size is not None and not record:
-        raise InputError("--record-max-size goes with --record FILE")
-    size = parse_size(max_size) if max_size is not None else None
+    size, kept = rotation_options(record, max_size, keep)
     poll_limit = parse_busy_poll(busy_poll)
     adapters = app.serve_adapters()
     run_dir = app.serve_run_dir()
@@ -68,7 +66,7 @@ def foreground(app: Application, mode: str, domids: tuple[int, ...], record: str
         from xenpciback_cli import __version__
         try:
             out = TraceWriter(record, tool_version=__version__, mode=mode, max_size=size,
-                              keep=keep)
+                              keep=kept)
         except OSError as exc:
             raise InputError(f"cannot write --record file {record}: "
                              f"{exc.strerror or exc}") from None

@@ -112,6 +112,17 @@ def parse_size(text: str) -> int:
     return size
 
 
+def rotation_options(record: str | None, max_size: str | None,
+                     keep: int | None) -> tuple[int | None, int]:
+    """``--record-max-size`` and ``--record-keep``: each goes with ``--record FILE`` (InputError
+    otherwise, rather than an option quietly ignored); the size parsed, ``keep`` defaulted."""
+    for given, name in ((max_size, "--record-max-size"), (keep, "--record-keep")):
+        if given is not None and not record:
+            raise InputError(f"{name} goes with --record FILE")
+    return (parse_size(max_size) if max_size is not None else None,
+            DEFAULT_KEEP if keep is None else keep)
+
+
 def rotated_name(path: str, number: int) -> str:
     """``trace.jsonl`` -> ``trace.jsonl.1``; ``trace.jsonl.gz`` -> ``trace.jsonl.1.gz``."""
     if path.endswith(".gz"):
