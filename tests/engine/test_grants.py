@@ -461,3 +461,22 @@ def test_attach_grants_the_routed_gsi_not_the_interrupt_line(tmp_path):
     assert [c for c in hv.calls if c[0] in ("map_pirq", "irq_permission")] == \
         [("map_pirq", 5, 22), ("irq_permission", 5, 22, True)]
     assert any("routes its INTx" in note for note in notes)
+
+
+def test_recover_leaves_a_record_whose_process_is_still_running(tmp_path):
+    """A second admin's recover must not revoke what a live attach (another process) is granting."""
+    import os
+
+    from xenpciback_cli.engine import statestore as st
+    from xenpciback_cli.engine.journal import boot_id, process_start
+
+    state = tmp_path / "state"
+    G.grant_device(FakeHypervisor(), state, 5, make_device(tmp_path, RESOURCES), relaxed=False)
+    record = G.load_record(state, DEV)
+    assert record is not None
+    record.phase = "granting"
+    record.owner = {"pid": os.getppid(), "boot_id": boot_id(), "process_start": process_start(os.getppid())}
+    st.StateStore(state).write(record.name, json.dumps(record.to_json()).encode())
+    [outcome] = G.recover_grants(state, FakeHypervisor(), {})
+    assert outcome.action == "skipped" and "still running" in outcome.reason
+    assert G.load_record(state, DEV) is not None

@@ -628,6 +628,10 @@ def recover_grants(state_dir: str | os.PathLike[str], port: DomainGrants | None,
         bdf = exc.bdf if isinstance(exc.bdf, Bdf) else Bdf(0, 0, 0, 0)
         out.append(RecoverOutcome(bdf, 0, "skipped", str(exc), corrupt=True))
     for bdf, record in sorted(records.items()):
+        if record.phase != "attached" and not record.interrupted:
+            out.append(RecoverOutcome(bdf, record.domid, "skipped", f"its {record.phase} process is "
+                                      "still running: left to it"))
+            continue
         held = holders is not None and holders.get(bdf) == record.domid
         if record.phase != "revoking" and held:
             if record.phase == "granting" and not dry_run:
